@@ -1,0 +1,1 @@
+"""sipconsole's Textual operator console."""

@@ -1,0 +1,1 @@
+"""sipconsole's registrar core: SIP message layer, transports, registrar and location service."""

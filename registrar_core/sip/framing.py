@@ -1,0 +1,63 @@
+"""Split a TCP byte stream into SIP messages by Content-Length (RFC 3261 §18.3)."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SipError
+from .limits import DEFAULT_LIMITS, Limits
+from .message import content_length
+
+# A CRLFCRLF "ping" between messages (RFC 5626 §4.4.1); answered with a CRLF "pong".
+KEEPALIVE = b"\r\n\r\n"
+_LENGTH_LINE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(.*?)[ \t]*$", re.I | re.M)
+
+
+class StreamFramer:
+    """Feed bytes as they arrive; take whole messages out.
+
+    A message without Content-Length, with a bad one, or a header block larger
+    than the limits raises SipError(drop=True): the connection must be closed.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._buffer = bytearray()
+        self._limits = limits
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Append ``data``; return every complete message (and KEEPALIVE pings) now framed."""
+        self._buffer += data
+        out: list[bytes] = []
+        while self._buffer:
+            if self._buffer.startswith(KEEPALIVE):
+                del self._buffer[:4]
+                out.append(KEEPALIVE)
+                continue
+            if self._buffer.startswith(b"\r\n"):
+                if len(self._buffer) < 4 and KEEPALIVE.startswith(bytes(self._buffer)):
+                    break  # maybe the start of a ping
+                del self._buffer[:2]
+                continue
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > self._limits.max_header_block:
+                    raise SipError(513, "Header block too large", drop=True)
+                break
+            head = bytes(self._buffer[:end])
+            if len(head) > self._limits.max_header_block:
+                raise SipError(513, "Header block too large", drop=True)
+            length = content_length([m.decode("latin-1") for m in _LENGTH_LINE.findall(head)])
+            if length is None:
+                raise SipError(400, "Content-Length required on a stream", drop=True)
+            total = end + 4 + length
+            if total > self._limits.max_message_size:
+                raise SipError(513, "Message Too Large", drop=True)
+            if len(self._buffer) < total:
+                break
+            out.append(bytes(self._buffer[:total]))
+            del self._buffer[:total]
+        return out

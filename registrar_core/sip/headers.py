@@ -1,0 +1,234 @@
+"""Header values: comma splitting, name-addr/addr-spec, Via, CSeq (RFC 3261 §20, §25)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import SipError
+from .uri import URI, Params, format_params, param, parse_host, parse_params, parse_uri
+
+# Compact forms (RFC 3261 §7.3.3 and later RFCs) to full names.
+COMPACT_FORMS = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+
+# Headers whose values are comma-separated lists (RFC 3261 §7.3.1).
+LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Via", "Contact", "Route", "Record-Route", "Path", "Service-Route", "Allow",
+        "Supported", "Require", "Proxy-Require", "Unsupported", "Accept", "Accept-Encoding",
+        "Accept-Language", "Allow-Events", "Content-Encoding", "Content-Language", "In-Reply-To",
+    )
+)
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+MAX_CSEQ = 2**32 - 1
+
+
+def split_values(value: str) -> list[str]:
+    """Split a list header on commas outside quotes and angle brackets."""
+    if "," not in value:
+        stripped = value.strip()
+        return [stripped] if stripped else []
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    depth = 0
+    for i, c in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if c == "\\":
+                escaped = True
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            parts.append(value[start:i].strip())
+            start = i + 1
+    parts.append(value[start:].strip())
+    if any(not p for p in parts):
+        raise SipError(400, "Empty element in a header list")
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """``"Display" <uri>;params`` or a bare addr-spec ``uri;params``.
+
+    For an addr-spec the ``;params`` belong to the header, never to the URI
+    (RFC 3261 §20.10), so ``sip:a@b;x`` has uri ``sip:a@b`` and params ``x``.
+    """
+
+    uri: URI
+    display: str | None = None
+    params: Params = ()
+    bracketed: bool = True
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    @property
+    def tag(self) -> str | None:
+        return self.param("tag")
+
+    def __str__(self) -> str:
+        display = f"{self.display} " if self.display else ""
+        return f"{display}<{self.uri.raw or self.uri}>{format_params(self.params)}"
+
+
+def _quoted_end(text: str, start: int) -> int:
+    """Index just past the closing quote of a quoted-string opening at ``start``."""
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i + 1
+        i += 1
+    raise SipError(400, "Unbalanced quotes")
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse one From/To/Contact/Route-style value."""
+    text = text.strip()
+    if not text:
+        raise SipError(400, "Empty address")
+    lt = -1
+    display: str | None = None
+    if text.startswith('"'):
+        end = _quoted_end(text, 0)
+        display = text[:end]
+        lt = text.find("<", end)
+        if lt < 0 or text[end:lt].strip():
+            raise SipError(400, "Quoted display name without <URI>")
+    else:
+        lt = text.find("<")
+        if lt >= 0:
+            display_text = text[:lt].strip()
+            if display_text:
+                # An unquoted display name is a sequence of tokens (RFC 3261 §25.1).
+                if not all(_TOKEN.match(w) for w in display_text.split()):
+                    raise SipError(400, "Display name must be quoted")
+                display = display_text
+    if lt >= 0:
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise SipError(400, "Unterminated <URI>")
+        uri_text = text[lt + 1 : gt]
+        if uri_text != uri_text.strip():
+            raise SipError(400, "Whitespace inside <URI>")
+        rest = text[gt + 1 :].strip()
+        bracketed = True
+    else:
+        uri_text, semi, rest = text.partition(";")
+        uri_text = uri_text.strip()
+        rest = semi + rest
+        if "?" in uri_text:
+            raise SipError(400, "URI headers need <> in an addr-spec")
+        bracketed = False
+    if rest and not rest.startswith(";"):
+        raise SipError(400, "Junk after address")
+    return NameAddr(
+        uri=parse_uri(uri_text),
+        display=display,
+        params=parse_params(rest[1:]) if rest else (),
+        bracketed=bracketed,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via hop: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: Params
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    @property
+    def branch(self) -> str | None:
+        return self.param("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.param("received")
+
+    @property
+    def rport(self) -> str | None:
+        return self.param("rport")
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
+
+
+def parse_via(text: str) -> Via:
+    protocol, _, rest = text.strip().partition(" ")
+    parts = [p.strip() for p in protocol.split("/")]
+    rest = rest.strip()
+    if (
+        len(parts) != 3
+        or parts[0].upper() != "SIP"
+        or parts[1] != "2.0"
+        or not _TOKEN.match(parts[2])
+        or not rest
+    ):
+        raise SipError(400, "Malformed Via")
+    hostport, semi, params = rest.partition(";")
+    host, port = parse_host(hostport.strip())
+    return Via(parts[2].upper(), host, port, parse_params(params) if semi else ())
+
+
+def parse_cseq(text: str) -> tuple[int, str]:
+    number, _, method = text.strip().partition(" ")
+    method = method.strip()
+    if not number.isdigit() or not _TOKEN.match(method):
+        raise SipError(400, "Malformed CSeq")
+    value = int(number)
+    if value > MAX_CSEQ:
+        raise SipError(400, "CSeq out of range")
+    return value, method
+
+
+def parse_delta(text: str, name: str) -> int:
+    """An Expires/Min-Expires style delta-seconds; huge values saturate at 2**32-1."""
+    text = text.strip()
+    if not text.isdigit():
+        raise SipError(400, f"Malformed {name}")
+    return min(int(text), MAX_CSEQ) if len(text) < 20 else MAX_CSEQ
+
+
+def is_token(text: str) -> bool:
+    return bool(_TOKEN.match(text))

@@ -1,0 +1,215 @@
+"""SIP, SIPS, TEL and absolute URIs (RFC 3261 §19.1, RFC 3966, RFC 5118).
+
+A parsed URI keeps its original text in ``raw`` so that a stored contact is
+returned byte-exact; ``str(uri)`` rebuilds the same text from the parts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from .errors import SipError
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-._]*[A-Za-z0-9])?\.?\Z")
+_ESCAPE_BYTES = re.compile(rb"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Characters that may stand unescaped in the user part (RFC 3261 §25.1: unreserved / user-unreserved).
+_USER_PLAIN = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/"
+)
+_FORBIDDEN = frozenset(" \t\r\n<>\"")
+
+Params = tuple[tuple[str, str | None], ...]
+
+
+def _bad(reason: str) -> SipError:
+    return SipError(400, f"Bad URI: {reason}")
+
+
+def parse_params(text: str) -> Params:
+    """Split ``a=1;b;c=x`` into ((name, value|None), ...), names kept as written."""
+    params: list[tuple[str, str | None]] = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            raise _bad("empty parameter")
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not name:
+            raise _bad("parameter without a name")
+        params.append((name, value.strip() if eq else None))
+    return tuple(params)
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+
+
+def param(params: Params, name: str) -> str | None:
+    """The value of ``name`` (case-insensitive); "" for a flag, None when absent."""
+    lname = name.lower()
+    for n, v in params:
+        if n.lower() == lname:
+            return "" if v is None else v
+    return None
+
+
+def has_param(params: Params, name: str) -> bool:
+    lname = name.lower()
+    return any(n.lower() == lname for n, _ in params)
+
+
+def unescape(text: str) -> bytes:
+    """Percent-decode to bytes (a %00 stays a NUL byte, nothing is cut)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    return _ESCAPE_BYTES.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+
+
+def canonical_user(user: str) -> str:
+    """One spelling per user part: escapes decoded, then re-escaped where required."""
+    if "%" not in user:
+        return user
+    return "".join(
+        chr(b) if chr(b) in _USER_PLAIN and b < 0x80 else f"%{b:02X}" for b in unescape(user)
+    )
+
+
+def parse_host(text: str) -> tuple[str, int | None]:
+    """``host[:port]`` with IPv6 references in brackets; validates both parts."""
+    if not text:
+        raise _bad("missing host")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise _bad("unterminated IPv6 reference")
+        host, rest = text[: end + 1], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise _bad("invalid IPv6 reference") from None
+        if rest and not rest.startswith(":"):
+            raise _bad("junk after IPv6 reference")
+        port_text = rest[1:] if rest else None
+    else:
+        host, sep, port_text = text.partition(":")
+        if not sep:
+            port_text = None
+        if not _HOSTNAME.match(host):
+            raise _bad("invalid host")
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+        raise _bad("invalid port")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class SipURI:
+    """A sip:, sips: or tel: URI. ``user`` and ``headers`` keep their escapes."""
+
+    scheme: str
+    host: str
+    user: str | None = None
+    password: str | None = None
+    port: int | None = None
+    params: Params = ()
+    headers: str | None = None
+    raw: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        if self.scheme == "tel":
+            return f"tel:{self.host}{format_params(self.params)}"
+        userinfo = ""
+        if self.user is not None:
+            userinfo = self.user
+            if self.password is not None:
+                userinfo += ":" + self.password
+            userinfo += "@"
+        port = f":{self.port}" if self.port is not None else ""
+        headers = f"?{self.headers}" if self.headers is not None else ""
+        return f"{self.scheme}:{userinfo}{self.host}{port}{format_params(self.params)}{headers}"
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    @property
+    def transport(self) -> str | None:
+        value = self.param("transport")
+        return value.lower() if value else None
+
+    @property
+    def aor(self) -> str:
+        """Canonical address-of-record: ``user@host`` (host lower-cased, no params)."""
+        host = self.host.lower()
+        if self.user is None:
+            return host
+        return f"{canonical_user(self.user)}@{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteURI:
+    """Any other scheme (``isbn:``, ``http:``...), kept opaque."""
+
+    scheme: str
+    rest: str
+    raw: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.rest}"
+
+    @property
+    def aor(self) -> str:
+        return str(self)
+
+
+URI = SipURI | AbsoluteURI
+
+
+def parse_uri(text: str) -> URI:
+    """Parse a URI; raises SipError(400) on anything malformed."""
+    if not text or any(c in _FORBIDDEN for c in text):
+        raise _bad("empty or contains whitespace, quotes or angle brackets")
+    scheme, colon, rest = text.partition(":")
+    if not colon or not _SCHEME.match(scheme) or not rest:
+        raise _bad("no scheme")
+    if _BAD_ESCAPE.search(rest):
+        raise _bad("invalid escape")
+    lscheme = scheme.lower()
+    if lscheme in ("sip", "sips"):
+        return _parse_sip(lscheme, rest, text)
+    if lscheme == "tel":
+        number, _, params = rest.partition(";")
+        if not number:
+            raise _bad("empty telephone number")
+        return SipURI("tel", number, params=parse_params(params) if params else (), raw=text)
+    return AbsoluteURI(lscheme, rest, raw=text)
+
+
+def _parse_sip(scheme: str, rest: str, raw: str) -> SipURI:
+    rest, qmark, headers = rest.partition("?")
+    user = password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        if not userinfo:
+            raise _bad("empty user")
+        user, colon, pw = userinfo.partition(":")
+        if colon:
+            password = pw
+        if not user:
+            raise _bad("empty user")
+    hostport, semi, params = rest.partition(";")
+    host, port = parse_host(hostport)
+    return SipURI(
+        scheme,
+        host,
+        user=user,
+        password=password,
+        port=port,
+        params=parse_params(params) if semi else (),
+        headers=headers if qmark else None,
+        raw=raw,
+    )
