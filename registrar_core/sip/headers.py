@@ -42,7 +42,17 @@ LIST_HEADERS = frozenset(
     )
 )
 
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN_CHARS = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN = re.compile(_TOKEN_CHARS + r"\Z")
+# via-parm (RFC 3261 §25.1): LWS is allowed around "/" and ":" (SLASH, COLON), and
+# between sent-protocol and sent-by; the params (from ";") are split by parse_params.
+_VIA = re.compile(
+    rf"({_TOKEN_CHARS})\s*/\s*({_TOKEN_CHARS})\s*/\s*({_TOKEN_CHARS})\s+"
+    r"(\[[^\]]*\]|[^\s:;\[\]]+)(?:\s*:\s*([^\s;]*))?\s*(?:;(.*))?\Z",
+    re.S,
+)
+_CSEQ = re.compile(rf"([0-9]+)\s+({_TOKEN_CHARS})\Z")
+_DIGITS = re.compile(r"[0-9]+\Z")
 MAX_CSEQ = 2**32 - 1
 
 
@@ -195,40 +205,48 @@ class Via:
 
 
 def parse_via(text: str) -> Via:
-    protocol, _, rest = text.strip().partition(" ")
-    parts = [p.strip() for p in protocol.split("/")]
-    rest = rest.strip()
-    if (
-        len(parts) != 3
-        or parts[0].upper() != "SIP"
-        or parts[1] != "2.0"
-        or not _TOKEN.match(parts[2])
-        or not rest
-    ):
+    """Parse one Via value; LWS around ``/ : ; =`` is allowed (RFC 3261 §25.1, RFC 4475 wsinv)."""
+    m = _VIA.match(text.strip())
+    if not m or m[1].upper() != "SIP" or m[2] != "2.0":
         raise SipError(400, "Malformed Via")
-    hostport, semi, params = rest.partition(";")
-    host, port = parse_host(hostport.strip())
-    return Via(parts[2].upper(), host, port, parse_params(params) if semi else ())
+    _, _, transport, host_text, port_text, params = m.groups()
+    host, port = parse_host(host_text if port_text is None else f"{host_text}:{port_text}")
+    return Via(transport.upper(), host, port, parse_params(params) if params is not None else ())
+
+
+def _number(digits: str) -> int | None:
+    """The value of an ASCII digit string, or None when it exceeds 2**32-1."""
+    significant = digits.lstrip("0")
+    if len(significant) > 10:
+        return None  # also keeps int() away from its 4300-digit limit
+    value = int(digits)
+    return value if value <= MAX_CSEQ else None
 
 
 def parse_cseq(text: str) -> tuple[int, str]:
-    number, _, method = text.strip().partition(" ")
-    method = method.strip()
-    if not number.isdigit() or not _TOKEN.match(method):
+    """``CSeq: 1 REGISTER`` -> (1, "REGISTER"); the number must fit 32 bits (RFC 3261 §8.1.1.5)."""
+    m = _CSEQ.match(text.strip())
+    if not m:
         raise SipError(400, "Malformed CSeq")
-    value = int(number)
-    if value > MAX_CSEQ:
+    value = _number(m[1])
+    if value is None:
         raise SipError(400, "CSeq out of range")
-    return value, method
+    return value, m[2]
 
 
 def parse_delta(text: str, name: str) -> int:
     """An Expires/Min-Expires style delta-seconds; huge values saturate at 2**32-1."""
     text = text.strip()
-    if not text.isdigit():
+    if not _DIGITS.match(text):
         raise SipError(400, f"Malformed {name}")
-    return min(int(text), MAX_CSEQ) if len(text) < 20 else MAX_CSEQ
+    value = _number(text)
+    return MAX_CSEQ if value is None else value
 
 
 def is_token(text: str) -> bool:
     return bool(_TOKEN.match(text))
+
+
+def is_digits(text: str) -> bool:
+    """True for a non-empty string of ASCII digits (``str.isdigit`` also takes "²")."""
+    return bool(_DIGITS.match(text))

@@ -7,15 +7,18 @@ once, at parse time, and caches the parsed values on the message.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
+from typing import Any, Generic, TypeVar
 
 from .errors import SipError
 from .headers import (
     COMPACT_FORMS,
     NameAddr,
     Via,
+    is_digits,
     is_token,
     parse_cseq,
     parse_delta,
@@ -24,12 +27,14 @@ from .headers import (
     split_values,
 )
 from .limits import DEFAULT_LIMITS, Limits
-from .uri import URI, parse_uri
+from .uri import URI, SipURI, parse_uri
 
 SIP_VERSION = "SIP/2.0"
-_VERSION = re.compile(r"SIP/\d+\.\d+\Z", re.IGNORECASE)
+_VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*")
 _SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "expires", "content-type")
-_CANONICAL = {
+# Lower-case name (or compact letter) -> conventional spelling of the full name.
+_NAMES = {
     name.lower(): name
     for name in (
         *COMPACT_FORMS.values(),
@@ -38,27 +43,74 @@ _CANONICAL = {
         "Date", "Retry-After", "WWW-Authenticate", "Authorization", "Record-Route", "Route",
         "Service-Route", "Flow-Timer", "Accept", "Warning", "P-Registrar-Error",
     )
-}
+} | COMPACT_FORMS
+
+
+T = TypeVar("T")
+
+
+class cached_property(Generic[T]):  # noqa: N801 - drop-in for functools.cached_property
+    """Compute once per instance, then store in the instance ``__dict__``.
+
+    functools.cached_property takes a lock on every first access on Python 3.11;
+    a message is parsed and read by one task, so the lock is pure cost here.
+    """
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> T:
+        if instance is None:
+            return self  # type: ignore[return-value]
+        value = instance.__dict__[self.name] = self.func(instance)
+        return value
 
 
 def canonical_name(name: str) -> str:
     """Full, conventionally spelled header name (compact forms expanded)."""
-    if len(name) == 1:
-        full = COMPACT_FORMS.get(name.lower())
-        if full:
-            return full
-    return _CANONICAL.get(name.lower(), name)
+    return _NAMES.get(name.lower(), name)
+
+
+def _key(name: str) -> str:
+    """The lookup key of a header name: its full name, lower-cased."""
+    return canonical_name(name).lower()
 
 
 class Headers:
-    """Ordered header fields with case-insensitive lookup by full name."""
+    """Ordered header fields with case-insensitive lookup by full name.
 
-    __slots__ = ("_fields",)
+    Names are stored in their canonical spelling (compact forms expanded); values
+    as received, unfolded. Lookups go through an index built on first use.
+    """
 
-    def __init__(self, fields: list[tuple[str, str]] | None = None) -> None:
+    __slots__ = ("_fields", "_index")
+
+    def __init__(self, fields: Iterable[tuple[str, str]] | None = None) -> None:
         self._fields: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in fields or ()]
+        self._index: dict[str, list[str]] | None = None
 
-    def __iter__(self):
+    @classmethod
+    def _canonical(cls, fields: list[tuple[str, str]]) -> Headers:
+        """Wrap fields whose names are already canonical (the parser's fast path)."""
+        headers = cls()
+        headers._fields = fields
+        return headers
+
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self._fields:
+                index.setdefault(n.lower(), []).append(v)
+            self._index = index
+        return index
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._fields)
 
     def __len__(self) -> int:
@@ -71,39 +123,46 @@ class Headers:
         return f"Headers({self._fields!r})"
 
     def get(self, name: str) -> str | None:
-        lname = canonical_name(name).lower()
-        for n, v in self._fields:
-            if n.lower() == lname:
-                return v
-        return None
+        """The first value of ``name`` (any spelling or compact form), or None."""
+        values = self._lookup().get(_key(name))
+        return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
         """Every field value of ``name``, as written (not comma-split)."""
-        lname = canonical_name(name).lower()
-        return [v for n, v in self._fields if n.lower() == lname]
+        return list(self._lookup().get(_key(name), ()))
 
     def values(self, name: str) -> list[str]:
         """The list elements of ``name`` across all its fields, comma-split."""
         out: list[str] = []
-        for value in self.get_all(name):
+        for value in self._lookup().get(_key(name), ()):
             out.extend(split_values(value))
         return out
 
     def add(self, name: str, value: str) -> None:
         self._fields.append((canonical_name(name), value))
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` field by one, appended at the end."""
         self.remove(name)
         self.add(name, value)
 
     def remove(self, name: str) -> None:
-        lname = canonical_name(name).lower()
-        self._fields = [(n, v) for n, v in self._fields if n.lower() != lname]
+        key = _key(name)
+        self._fields = [(n, v) for n, v in self._fields if n.lower() != key]
+        self._index = None
+
+    def replace_first(self, name: str, value: str) -> None:
+        """Give the first ``name`` field a new value, in place (no-op when absent)."""
+        key = _key(name)
+        for i, (n, _) in enumerate(self._fields):
+            if n.lower() == key:
+                self._fields[i] = (n, value)
+                self._index = None
+                return
 
     def copy(self) -> Headers:
-        h = Headers()
-        h._fields = list(self._fields)
-        return h
+        return Headers._canonical(list(self._fields))
 
 
 @dataclass(eq=True)
@@ -111,11 +170,8 @@ class _Message:
     headers: Headers
     body: bytes
 
-    def _head_lines(self) -> list[str]:
-        return [f"{n}: {v}" for n, v in self.headers]
-
     def _serialise(self, start_line: str) -> bytes:
-        head = "\r\n".join([start_line, *self._head_lines()]) + "\r\n\r\n"
+        head = "".join([start_line, "\r\n", *(f"{n}: {v}\r\n" for n, v in self.headers), "\r\n"])
         return head.encode("utf-8", "surrogateescape") + self.body
 
     # Parsed views of the headers every SIP message carries; computed once.
@@ -146,9 +202,14 @@ class _Message:
 
     @cached_property
     def contacts(self) -> list[NameAddr] | str:
-        """The Contact list, or the string ``"*"`` for a wildcard Contact."""
+        """The Contact list, or the string ``"*"`` for a wildcard Contact.
+
+        A ``*`` mixed with other contacts is a 400 (RFC 3261 §10.3 step 6).
+        """
         values = self.headers.values("Contact")
-        if any(v == "*" for v in values):
+        if "*" in values:
+            if len(values) > 1:
+                raise SipError(400, "Wildcard Contact must stand alone")
             return "*"
         return [parse_name_addr(v) for v in values]
 
@@ -163,36 +224,36 @@ class Request(_Message):
         return self._serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}")
 
     def stamp_source(self, host: str, port: int) -> None:
-        """RFC 3261 §18.2.1 / RFC 3581: note the packet's source in the top Via."""
+        """Note the packet's source address in the top Via.
+
+        ``received`` is added when the sent-by is not that address (RFC 3261 §18.2.1);
+        an empty ``rport`` gets the source port, and then ``received`` always (RFC 3581 §4).
+        """
         fields = self.headers.get_all("Via")
         if not fields:
             return
         top, *rest = split_values(fields[0])
         via = parse_via(top)
         params = list(via.params)
-        changed = False
-        if via.host.strip("[]") != host:
-            params = [(n, v) for n, v in params if n.lower() != "received"] + [("received", host)]
-            changed = True
-        if any(n.lower() == "rport" and not v for n, v in params):
-            params = [(n, str(port) if n.lower() == "rport" else v) for n, v in params]
-            if not changed:
-                params = [(n, v) for n, v in params if n.lower() != "received"] + [("received", host)]
-            changed = True
-        if not changed:
+        fill_rport = any(n.lower() == "rport" and not v for n, v in params)
+        if not fill_rport and _same_address(via.host, host):
             return
+        if fill_rport:
+            params = [(n, str(port) if n.lower() == "rport" else v) for n, v in params]
+        params = [(n, v) for n, v in params if n.lower() != "received"] + [("received", host)]
         stamped = Via(via.transport, via.host, via.port, tuple(params))
-        new_first = ", ".join([str(stamped), *rest])
-        replaced = False
-        new_fields: list[tuple[str, str]] = []
-        for n, v in self.headers:
-            if not replaced and n == "Via":
-                new_fields.append((n, new_first))
-                replaced = True
-            else:
-                new_fields.append((n, v))
-        self.headers._fields = new_fields
+        self.headers.replace_first("Via", ", ".join([str(stamped), *rest]))
         self.__dict__.pop("vias", None)
+
+
+def _same_address(sent_by: str, source: str) -> bool:
+    """True when the Via sent-by is the source IP address (any spelling of it)."""
+    if sent_by.strip("[]") == source:
+        return True
+    try:
+        return ipaddress.ip_address(sent_by.strip("[]")) == ipaddress.ip_address(source)
+    except ValueError:
+        return False  # a host name: RFC 3261 §18.2.1 always adds received
 
 
 @dataclass(eq=True)
@@ -226,19 +287,20 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _header_fields(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
+    """Header lines to (canonical name, value) pairs, folded lines joined (RFC 3261 §7.3.1)."""
     fields: list[tuple[str, str]] = []
     for line in lines:
         if line[:1] in (" ", "\t"):
             if not fields:
                 raise SipError(400, "Continuation line before any header")
             name, value = fields[-1]
-            fields[-1] = (name, f"{value} {line.strip()}".strip())
+            fields[-1] = (name, f"{value} {line.strip(' ')}".strip(" \t"))
             continue
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not is_token(name):
+        m = _HEADER_NAME.match(line)
+        if not m:
             raise SipError(400, "Malformed header line")
-        fields.append((canonical_name(name), value.strip(" \t")))
+        name = m[1]
+        fields.append((_NAMES.get(name.lower(), name), line[m.end() :].rstrip(" \t")))
     if len(fields) > limits.max_headers:
         raise SipError(400, "Too many headers")
     return fields
@@ -248,9 +310,12 @@ def content_length(values: list[str]) -> int | None:
     """The one Content-Length of a message; a bad or conflicting one cannot be framed."""
     if not values:
         return None
-    if any(not v.strip().isdigit() for v in values):
-        raise SipError(400, "Invalid Content-Length", drop=True)
-    numbers = {int(v) for v in values}
+    numbers = set()
+    for value in values:
+        value = value.strip()
+        if not is_digits(value) or len(value.lstrip("0")) > 10:
+            raise SipError(400, "Invalid Content-Length", drop=True)
+        numbers.add(int(value))
     if len(numbers) > 1:
         raise SipError(400, "Conflicting Content-Length", drop=True)
     return numbers.pop()
@@ -282,16 +347,15 @@ def _parse(data: bytes, limits: Limits) -> Message:
     lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
     if len(lines) > limits.max_headers * 2:
         raise SipError(400, "Too many headers")
-    if any(len(line) > limits.max_line_length for line in lines):
+    if max(map(len, lines)) > limits.max_line_length:
         raise SipError(400, "Line too long")
-    start, fields = lines[0], _header_fields(lines[1:], limits)
-    headers = Headers()
-    headers._fields = fields
+    headers = Headers._canonical(_header_fields(lines[1:], limits))
     length = content_length(headers.get_all("Content-Length"))
     if length is not None:
         if length > len(body):
             raise SipError(400, "Content-Length larger than the message")
         body = body[:length]
+    start = lines[0]
     if start.startswith("SIP/"):
         return _parse_response(start, headers, body)
     return _parse_request(start, headers, body)
@@ -308,12 +372,15 @@ def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
         if _VERSION.match(version):
             raise SipError(505, "Version Not Supported")
         raise SipError(400, "Malformed SIP version")
-    request = Request(headers, body, method=method, uri=parse_uri(uri_text))
+    uri = parse_uri(uri_text)
+    if isinstance(uri, SipURI) and uri.headers is not None:
+        raise SipError(400, "Headers are not allowed in a Request-URI")  # RFC 3261 §19.1.1
+    request = Request(headers, body, method=method, uri=uri)
     _validate_common(request, headers)
     if request.cseq[1] != method:
         raise SipError(400, "CSeq method does not match the request")
     max_forwards = headers.get("Max-Forwards")
-    if max_forwards is not None and not max_forwards.isdigit():
+    if max_forwards is not None and not is_digits(max_forwards):
         raise SipError(400, "Malformed Max-Forwards")
     _ = request.expires
     return request
@@ -322,7 +389,7 @@ def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
 def _parse_response(start: str, headers: Headers, body: bytes) -> Response:
     version, _, rest = start.partition(" ")
     code, _, reason = rest.partition(" ")
-    if version.upper() != SIP_VERSION or len(code) != 3 or not code.isdigit():
+    if version.upper() != SIP_VERSION or len(code) != 3 or not is_digits(code):
         raise SipError(400, "Malformed status line", drop=True)
     status = int(code)
     if not 100 <= status <= 699:
@@ -336,8 +403,9 @@ def _parse_response(start: str, headers: Headers, body: bytes) -> Response:
 
 
 def _validate_common(message: _Message, headers: Headers) -> None:
+    index = headers._lookup()
     for name in _SINGLE:
-        if len(headers.get_all(name)) > 1:
+        if len(index.get(name, ())) > 1:
             raise SipError(400, f"Duplicate {canonical_name(name)}")
     if not message.vias:
         raise SipError(400, "Missing Via")
@@ -353,7 +421,11 @@ def build_response(
     to_tag: str | None = None,
     body: bytes = b"",
 ) -> Response:
-    """A response to ``request``: Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6)."""
+    """A response to ``request``: Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6).
+
+    ``to_tag`` is added to To unless the request's To already has a tag (or the
+    status is 100, which never carries one); Content-Length is always set.
+    """
     fields: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_all("Via")]
     fields.append(("From", request.headers.get("From") or ""))
     to = request.headers.get("To") or ""
@@ -362,9 +434,6 @@ def build_response(
     fields.append(("To", to))
     fields.append(("Call-ID", request.call_id))
     fields.append(("CSeq", request.headers.get("CSeq") or ""))
-    fields.extend(headers or ())
+    fields.extend((canonical_name(n), v) for n, v in headers or ())
     fields.append(("Content-Length", str(len(body))))
-    response = Response(Headers(), body, status=status, reason=reason)
-    response.headers._fields = fields
-    return response
-
+    return Response(Headers._canonical(fields), body, status=status, reason=reason)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .errors import SipError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
+_PORT = re.compile(r"[0-9]{1,5}\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-._]*[A-Za-z0-9])?\.?\Z")
 _ESCAPE_BYTES = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -20,7 +21,8 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _USER_PLAIN = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/"
 )
-_FORBIDDEN = frozenset(" \t\r\n<>\"")
+# Never inside a URI: controls, whitespace, DEL, quotes and angle brackets.
+_FORBIDDEN = re.compile(r'[\x00-\x20\x7f<>"]')
 
 Params = tuple[tuple[str, str | None], ...]
 
@@ -29,17 +31,40 @@ def _bad(reason: str) -> SipError:
     return SipError(400, f"Bad URI: {reason}")
 
 
+def _split_semicolons(text: str) -> list[str]:
+    """Split on ``;`` outside quoted strings (a quoted param value may hold ``;``)."""
+    if '"' not in text:
+        return text.split(";")
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif c == "\\" and quoted:
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == ";" and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    if quoted:
+        raise _bad("unbalanced quotes in a parameter")
+    parts.append(text[start:])
+    return parts
+
+
 def parse_params(text: str) -> Params:
-    """Split ``a=1;b;c=x`` into ((name, value|None), ...), names kept as written."""
+    """Split ``a=1;b;c=x`` into ((name, value|None), ...), names kept as written.
+
+    LWS around ``;`` and ``=`` is dropped (RFC 3261 §25.1 SEMI, EQUAL).
+    """
     params: list[tuple[str, str | None]] = []
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            raise _bad("empty parameter")
+    for part in _split_semicolons(text):
         name, eq, value = part.partition("=")
         name = name.strip()
         if not name:
-            raise _bad("parameter without a name")
+            raise _bad("empty parameter" if not eq else "parameter without a name")
         params.append((name, value.strip() if eq else None))
     return tuple(params)
 
@@ -70,7 +95,7 @@ def unescape(text: str) -> bytes:
 
 def canonical_user(user: str) -> str:
     """One spelling per user part: escapes decoded, then re-escaped where required."""
-    if "%" not in user:
+    if "%" not in user and user.isascii():
         return user
     return "".join(
         chr(b) if chr(b) in _USER_PLAIN and b < 0x80 else f"%{b:02X}" for b in unescape(user)
@@ -101,7 +126,7 @@ def parse_host(text: str) -> tuple[str, int | None]:
             raise _bad("invalid host")
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    if not _PORT.match(port_text) or int(port_text) > 65535:
         raise _bad("invalid port")
     return host, int(port_text)
 
@@ -142,8 +167,18 @@ class SipURI:
 
     @property
     def aor(self) -> str:
-        """Canonical address-of-record: ``user@host`` (host lower-cased, no params)."""
+        """Canonical address-of-record: ``user@host`` (RFC 3261 §10.3 step 5).
+
+        The host is lower-cased (an IPv6 reference also compressed), URI params and
+        headers are dropped, and the user's escapes are normalised: ``%61lice`` is
+        ``alice``, while characters that must stay escaped (``%00``) stay escaped.
+        """
         host = self.host.lower()
+        if host.startswith("["):
+            try:
+                host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+            except ValueError:
+                pass  # built by hand, not parsed: leave it as written
         if self.user is None:
             return host
         return f"{canonical_user(self.user)}@{host}"
@@ -170,12 +205,12 @@ URI = SipURI | AbsoluteURI
 
 def parse_uri(text: str) -> URI:
     """Parse a URI; raises SipError(400) on anything malformed."""
-    if not text or any(c in _FORBIDDEN for c in text):
-        raise _bad("empty or contains whitespace, quotes or angle brackets")
+    if not text or _FORBIDDEN.search(text):
+        raise _bad("empty or contains whitespace, controls, quotes or angle brackets")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.match(scheme) or not rest:
         raise _bad("no scheme")
-    if _BAD_ESCAPE.search(rest):
+    if "%" in rest and _BAD_ESCAPE.search(rest):
         raise _bad("invalid escape")
     lscheme = scheme.lower()
     if lscheme in ("sip", "sips"):
@@ -189,18 +224,18 @@ def parse_uri(text: str) -> URI:
 
 
 def _parse_sip(scheme: str, rest: str, raw: str) -> SipURI:
-    rest, qmark, headers = rest.partition("?")
+    # The user part may hold "?", ";" and "/" (RFC 3261 §25.1 user-unreserved) but
+    # never an unescaped "@", so the userinfo ends at the last "@".
     user = password = None
     at = rest.rfind("@")
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
-        if not userinfo:
-            raise _bad("empty user")
         user, colon, pw = userinfo.partition(":")
         if colon:
             password = pw
         if not user:
             raise _bad("empty user")
+    rest, qmark, headers = rest.partition("?")
     hostport, semi, params = rest.partition(";")
     host, port = parse_host(hostport)
     return SipURI(

@@ -1,0 +1,276 @@
+"""The registrar core's public API: start here.
+
+:class:`RegistrarCore` mirrors Kamailio's registrar and usrloc functions under
+Pythonic names:
+
+=================================  ==========================================
+Kamailio                           sipconsole
+=================================  ==========================================
+``save(table, flags)``             ``await core.save(request, flags, table=...)``
+``unregister(table, aor[, ruid])`` ``await core.unregister(aor, ruid, table=...)``
+``reg_fetch_contacts(t, uri, p)``  ``core.fetch_contacts(aor, table=...)`` -> Profile
+``lookup(table)``                  ``core.lookup(uri, table=...)`` (q-ordered)
+``registered(table)``              ``core.registered(uri, table=...)``
+``reg_from_user(table, uri)``      ``core.from_registered_device(request, source)``
+=================================  ==========================================
+
+The console and the control socket (``sipconsole ctl``) use exactly this API.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import events as ev
+from .config import Config
+from .events import EventBus, Subscription
+from .location import DEFAULT_TABLE, Contact, LocationService, LocationStore
+from .location.service import REMOVED_ADMIN
+from .redirect import answer
+from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar
+from .sip import Request, Response, SipError, SipURI, parse_message, parse_uri
+from .source import Source
+from .stateless import salvage_reply
+from .stats import Stats
+from .transactions import IN_PROGRESS, Reply, TransactionTable, transaction_key
+
+log = logging.getLogger(__name__)
+
+POLICY_CALLER_CHECK = "caller_check"
+
+
+def reply_address(request: Request, source: Source) -> tuple[str, int]:
+    """RFC 3261 §18.2.2 with RFC 3581 rport: where a UDP response goes."""
+    via = request.vias[0]
+    host = via.received or source.ip
+    rport = via.rport
+    if rport:
+        return host, int(rport)
+    return host, via.port or 5060
+
+
+class NotFound(LookupError):
+    """An AOR or contact that the location table does not hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A read-only snapshot of one AOR's contacts: Kamailio's $ulc(profile=>attr)."""
+
+    aor: str
+    contacts: tuple[Contact, ...]
+    table: str = DEFAULT_TABLE
+
+    @property
+    def count(self) -> int:
+        return len(self.contacts)
+
+    def __getitem__(self, index: int) -> Contact:
+        return self.contacts[index]
+
+    def __iter__(self):
+        return iter(self.contacts)
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        return {"aor": self.aor, "count": self.count,
+                "contacts": [c.to_dict(now) for c in self.contacts]}
+
+
+def normalise_aor(text: str) -> str:
+    """``alice@example.com`` or ``sip:alice@example.com`` -> the canonical AOR key."""
+    text = text.strip()
+    if ":" not in text.split("@")[0]:
+        text = "sip:" + text
+    try:
+        uri = parse_uri(text)
+    except SipError:
+        raise NotFound(f"not a valid AOR: {text}") from None
+    if not isinstance(uri, SipURI):
+        raise NotFound(f"not a SIP AOR: {text}")
+    return uri.aor
+
+
+class RegistrarCore:
+    """The embedded registrar: location service, REGISTER logic, redirect answers, events."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 memory_only: bool = False) -> None:
+        self.config = config
+        self.events = EventBus()
+        self.stats = Stats(started=clock())
+        store = None if memory_only else LocationStore(config.db)
+        self.location = LocationService(store, self.events, clock=clock)
+        self.to_tag = secrets.token_hex(6)
+        self.registrar = Registrar(config, self.location, self.to_tag)
+        self.transactions = TransactionTable()
+        self.listening: list[str] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    async def start(self) -> None:
+        await self.location.start()
+
+    async def stop(self) -> None:
+        await self.location.stop()
+
+    # -- Kamailio's functions ----------------------------------------------------------
+    async def save(self, request: Request, flags: int = 0, *, table: str = DEFAULT_TABLE,
+                   source: Source | None = None) -> Response:
+        """Process a REGISTER (Kamailio save()); returns the reply to send."""
+        source = source or Source("udp", "127.0.0.1", 0, "api")
+        response = await self.registrar.save(table, request, flags, source)
+        if response.status == 200:
+            self._seen.add((table, request.to.uri.aor))
+        return response
+
+    async def unregister(self, aor: str, ruid: str | None = None, *,
+                         table: str = DEFAULT_TABLE) -> list[Contact]:
+        """Remove every contact of ``aor``, or the one with ``ruid``; returns what went."""
+        key = normalise_aor(aor)
+        await self.location.locks.acquire((table, key))
+        try:
+            contacts = self.location.contacts(table, key)
+            if ruid is not None:
+                contacts = [c for c in contacts if c.ruid == ruid]
+            if not contacts:
+                what = f"contact {ruid} of {key}" if ruid else key
+                raise NotFound(f"{what} is not registered in table {table}")
+            await self.location.apply(table, [], [(c, REMOVED_ADMIN) for c in contacts])
+            return contacts
+        finally:
+            self.location.locks.release((table, key))
+
+    def fetch_contacts(self, aor: str, *, table: str = DEFAULT_TABLE) -> Profile:
+        """Kamailio reg_fetch_contacts(): a snapshot profile of the AOR's contacts."""
+        key = normalise_aor(aor)
+        return Profile(key, tuple(self.location.contacts(table, key)), table)
+
+    def lookup(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE) -> list[Contact]:
+        """The destination set for ``uri``, highest q first (newest first among equals)."""
+        key = uri.aor if isinstance(uri, SipURI) else normalise_aor(uri)
+        contacts = self.location.contacts(table, key)
+        return sorted(contacts, key=lambda c: (-(1.0 if c.q is None else c.q), -c.modified))
+
+    def registered(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE) -> bool:
+        return bool(self.lookup(uri, table=table))
+
+    def from_registered_device(self, request: Request, source: Source, table: str = DEFAULT_TABLE) -> bool:
+        """Kamailio reg_from_user(): does the request come from a registered contact of its From AOR?"""
+        uri = request.from_.uri
+        if not isinstance(uri, SipURI):
+            return False
+        return any(c.received == source.address for c in self.location.contacts(table, uri.aor))
+
+    def known_aor(self, aor: str, table: str = DEFAULT_TABLE) -> bool:
+        return self.location.known(table, aor) or (table, aor) in self._seen
+
+    # -- policies ------------------------------------------------------------------
+    def single_contact(self, aor: str | None = None, *, table: str = DEFAULT_TABLE) -> bool:
+        """The single-contact policy in force for ``aor`` (or the table-wide default)."""
+        return self.registrar.single_contact(table, normalise_aor(aor) if aor else GLOBAL)
+
+    async def set_single_contact(self, on: bool | None, aor: str | None = None, *,
+                                 table: str = DEFAULT_TABLE) -> None:
+        """Switch single-contact globally, or for one AOR (None drops the AOR's override)."""
+        key = normalise_aor(aor) if aor else GLOBAL
+        value = None if on is None else ("on" if on else "off")
+        await self.location.set_policy(table, key, POLICY_SINGLE_CONTACT, value)
+
+    def single_contact_overrides(self, table: str = DEFAULT_TABLE) -> dict[str, bool]:
+        return {aor: v == "on" for (t, aor), v in self.location.policies(POLICY_SINGLE_CONTACT).items()
+                if t == table and aor != GLOBAL}
+
+    @property
+    def caller_check(self) -> bool:
+        value = self.location.policy(DEFAULT_TABLE, GLOBAL, POLICY_CALLER_CHECK)
+        return self.config.caller_check if value is None else value == "on"
+
+    async def set_caller_check(self, on: bool) -> None:
+        await self.location.set_policy(DEFAULT_TABLE, GLOBAL, POLICY_CALLER_CHECK, "on" if on else "off")
+
+    # -- operations ------------------------------------------------------------------
+    def dump(self, table: str = DEFAULT_TABLE) -> list[Profile]:
+        now = self.location.clock()
+        profiles = []
+        for aor in self.location.aors(table):
+            contacts = self.location.contacts(table, aor, now)
+            if contacts:
+                profiles.append(Profile(aor, tuple(contacts), table))
+        return profiles
+
+    def subscribe(self, maxsize: int = 10_000) -> Subscription:
+        return self.events.subscribe(maxsize)
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        now = self.location.clock()
+        aors, contacts = self.location.counts()
+        s = self.stats
+        return {
+            "uptime": now - s.started,
+            "listening": list(self.listening),
+            "registered_users": aors,
+            "location_contacts": contacts,
+            "accepted_regs": s.accepted_regs,
+            "rejected_regs": s.rejected_regs,
+            "expired_contacts": self.location.expired_total,
+            "parse_errors": s.parse_errors,
+            "retransmissions": s.retransmissions,
+            "requests": dict(s.requests),
+            "responses": dict(s.responses),
+            "register_rate": s.rate_series(now),
+            "single_contact": self.single_contact(),
+            "caller_check": self.caller_check,
+            "storage_error": self.location.storage_error,
+            "tables": self.location.tables(),
+        }
+
+    # -- SIP entry point for the transports ----------------------------------------------
+    async def handle(self, data: bytes, source: Source) -> Reply | None:
+        """One framed message in; the reply and where to send it (None: send nothing)."""
+        try:
+            message = parse_message(data, self.config.limits)
+        except SipError as exc:
+            self.stats.parse_errors += 1
+            salvaged = salvage_reply(data, exc, self.to_tag)
+            return None if salvaged is None else (salvaged, (source.ip, source.port))
+        if not isinstance(message, Request) or message.method == "ACK":
+            return None
+        message.stamp_source(source.ip, source.port)
+        key = transaction_key(message)
+        previous = self.transactions.lookup(key)
+        if previous is not None:
+            self.stats.retransmissions += 1
+            return None if previous is IN_PROGRESS else previous
+        self.transactions.begin(key)
+        try:
+            response = await self._dispatch(message, source)
+        except BaseException:
+            self.transactions.forget(key)
+            raise
+        out = (bytes(response), reply_address(message, source))
+        self.transactions.complete(key, out)
+        return out
+
+    async def _dispatch(self, request: Request, source: Source) -> Response:
+        method = request.method
+        self.stats.requests[method] += 1
+        if method == "REGISTER":
+            response = await self.save(request, source=source)
+            self.stats.count_register(response.status == 200, self.location.clock())
+            aor = request.to.uri.aor
+        else:
+            response = answer(self, request, source, DEFAULT_TABLE)
+            aor = request.uri.aor
+        self.stats.responses[str(response.status)] += 1
+        if self.events.active:
+            self.events.publish(ev.REQUEST_HANDLED, method=method, aor=aor, source=source.address,
+                                status=response.status, reason=response.reason,
+                                user_agent=request.headers.get("User-Agent") or "")
+        return response
+
+
+__all__ = ["NotFound", "Profile", "RegistrarCore", "normalise_aor"]

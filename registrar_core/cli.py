@@ -1,0 +1,133 @@
+"""The ``sipconsole`` command: console (default), ``serve``, ``attach`` and ``ctl``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any, NoReturn
+
+from .config import Config, ConfigError, build_config, default_control_path, load_toml
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_NO_REGISTRAR = 3
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, without the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _registrar_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registrar")
+    g.add_argument("--config", metavar="FILE", help="TOML file with the same keys as these options")
+    g.add_argument("--listen", action="append", metavar="PROTO:HOST:PORT",
+                   help="listen address, repeatable (default udp:127.0.0.1:5060 and tcp:127.0.0.1:5060)")
+    g.add_argument("--db", metavar="PATH", help="SQLite location database (default ~/.local/share/sipconsole/location.db)")
+    g.add_argument("--domain", action="append", metavar="D",
+                   help="domain served, repeatable (none: accept any; others get 404)")
+    g.add_argument("--min-expires", type=int, metavar="S", help="shortest registration (default 60; shorter gets 423)")
+    g.add_argument("--max-expires", type=int, metavar="S", help="longest registration, longer is shortened (default 7200)")
+    g.add_argument("--default-expires", type=int, metavar="S", help="when the REGISTER names none (default 3600)")
+    g.add_argument("--max-contacts", type=int, metavar="N", help="contacts per AOR, 0 = no limit (default 0)")
+    g.add_argument("--single-contact", action=argparse.BooleanOptionalAction, default=None,
+                   help="newest REGISTER keeps the only binding of its AOR (default off)")
+    g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,
+                   help='answer "403 Please register first" to unregistered callers (default off)')
+    g.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    for name in ("listen", "db", "domain", "min_expires", "max_expires", "default_expires",
+                 "max_contacts", "single_contact", "caller_check", "control"):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    return build_config(values)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="sipconsole", description=(
+        "SIP registrar with a live terminal console. With no command: run the registrar and "
+        "its console in one process."))
+    _registrar_options(parser)
+    parser.add_argument("--read-only", action="store_true", help="console: disable every destructive action")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    serve = sub.add_parser("serve", help="run the registrar headless (logs to stderr)")
+    _registrar_options(serve)
+
+    attach = sub.add_parser("attach", help="open the console on a running `sipconsole serve`")
+    attach.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+    attach.add_argument("--read-only", action="store_true", help="disable every destructive action")
+
+    from .ctl import add_ctl_parser
+
+    add_ctl_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "ctl":
+            from .ctl import run_ctl
+
+            return run_ctl(args)
+        if args.command == "attach":
+            from console.app import run_attached
+
+            return run_attached(args.control or str(default_control_path()), read_only=args.read_only)
+        config = _config_from(args)
+        if args.command == "serve":
+            return serve(config)
+        from console.app import run_embedded
+
+        return run_embedded(config, read_only=args.read_only)
+    except ConfigError as exc:
+        print(f"sipconsole: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def serve(config: Config) -> int:
+    from .server import Server, install_fast_loop
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_fast_loop()
+
+    async def run() -> int:
+        server = Server(config)
+        try:
+            await server.start()
+        except OSError as exc:
+            print(f"sipconsole: error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # storage refused to open, etc.
+            print(f"sipconsole: error: {exc}", file=sys.stderr)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        logging.getLogger("sipconsole").info("registrar ready (%s)", ", ".join(server.core.listening))
+        await stop.wait()
+        logging.getLogger("sipconsole").info("shutting down")
+        await server.stop()
+        return 0
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Registrar configuration: defaults, validation, and loading from TOML or options."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .sip.limits import Limits
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names it in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    proto: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.proto}:{host}:{self.port}"
+
+
+_LISTEN = re.compile(r"(?P<proto>udp|tcp):(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)\Z")
+
+
+def parse_listen(text: str) -> Listen:
+    """``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``."""
+    m = _LISTEN.match(text.strip().lower())
+    if not m or not 0 <= int(m["port"]) <= 65535:
+        raise ConfigError(f"bad listen address {text!r}: expected PROTO:HOST:PORT, e.g. udp:127.0.0.1:5060")
+    return Listen(m["proto"], m["v6"] or m["host"], int(m["port"]))
+
+
+def _runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "sipconsole" if base else Path(f"/tmp/sipconsole-{os.getuid()}")
+
+
+def default_control_path() -> Path:
+    return _runtime_dir() / "control.sock"
+
+
+def default_db_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sipconsole" / "location.db"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
+    db: str = field(default_factory=lambda: str(default_db_path()))
+    control: str = field(default_factory=lambda: str(default_control_path()))
+    domain: tuple[str, ...] = ()
+    min_expires: int = 60
+    max_expires: int = 7200
+    default_expires: int = 3600
+    min_expires_mode: str = "reject"  # "reject" answers 423, "clamp" raises to the minimum
+    expires_range: int = 0  # percent of randomisation, as Kamailio's default_expires_range
+    max_contacts: int = 0  # 0 = no limit
+    max_contacts_status: int = 503  # Kamailio answers 503, Asterisk 403
+    single_contact: bool = False
+    caller_check: bool = False
+    tcp_idle_timeout: float = 600.0
+    max_message_size: int = 65_535
+    max_headers: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_opt(name)} must not be negative")
+        if self.max_expires and self.min_expires > self.max_expires:
+            raise ConfigError("min-expires must not exceed max-expires")
+        if self.default_expires < 1:
+            raise ConfigError("default-expires must be at least 1")
+        if self.min_expires_mode not in ("reject", "clamp"):
+            raise ConfigError("min-expires-mode must be 'reject' or 'clamp'")
+        if self.max_contacts_status not in (403, 503):
+            raise ConfigError("max-contacts-status must be 403 or 503")
+        if self.expires_range > 100:
+            raise ConfigError("expires-range is a percentage (0-100)")
+        if not self.listen:
+            raise ConfigError("at least one --listen address is needed")
+        if self.tcp_idle_timeout <= 0:
+            raise ConfigError("tcp-idle-timeout must be positive")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_message_size=self.max_message_size, max_headers=self.max_headers)
+
+
+def _opt(name: str) -> str:
+    return name.replace("_", "-")
+
+
+_CONVERTERS: dict[str, Any] = {
+    "listen": lambda v: tuple(parse_listen(x) for x in _as_list(v)),
+    "domain": lambda v: tuple(str(x).lower() for x in _as_list(v)),
+    "db": str,
+    "control": str,
+    "min_expires_mode": str,
+}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """A Config from a mapping of option names (dashes or underscores); None means default."""
+    known = {f.name: f for f in fields(Config)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is None:
+            continue
+        convert = _CONVERTERS.get(name)
+        default = known[name].default
+        try:
+            if convert is not None:
+                kwargs[name] = convert(value)
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError
+                kwargs[name] = value
+            elif isinstance(default, float):
+                kwargs[name] = float(value)
+            else:
+                if isinstance(value, bool):
+                    raise ValueError
+                kwargs[name] = int(value)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_opt(name)}: invalid value {value!r}") from None
+    return Config(**kwargs)
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None

@@ -1,0 +1,308 @@
+"""The control socket: JSON-RPC 2.0 over a Unix socket, one JSON object per line.
+
+:class:`Methods` is the JSON face of :class:`~registrar_core.api.RegistrarCore`. The
+control server, ``sipconsole ctl`` and the console (embedded through
+:class:`LocalClient`, attached through :class:`ControlClient`) all go through it.
+
+Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table}``,
+``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``, and
+``subscribe``, after which the server sends ``{"method": "event", "params": {...}}``
+notifications on that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from .api import NotFound, RegistrarCore
+from .location import DEFAULT_TABLE, StorageError
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+NOT_FOUND = -32004
+STORAGE_FAILED = -32005
+MAX_LINE = 1 << 20
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Methods:
+    """Every control method, as JSON-compatible values in and out."""
+
+    def __init__(self, core: RegistrarCore) -> None:
+        self.core = core
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        handler = getattr(self, "rpc_" + method.replace(".", "_"), None)
+        if handler is None or method == "subscribe":
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
+        try:
+            return await handler(**params)
+        except TypeError as exc:
+            raise RpcError(INVALID_PARAMS, f"bad parameters for {method}: {exc}") from None
+        except NotFound as exc:
+            raise RpcError(NOT_FOUND, str(exc)) from None
+        except StorageError as exc:
+            raise RpcError(STORAGE_FAILED, f"storage failure: {exc}") from None
+
+    async def rpc_dump(self, table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        now = self.core.location.clock()
+        aors = [{"aor": p.aor, "contacts": [c.to_dict(now) for c in p]} for p in self.core.dump(table)]
+        return {"table": table, "aors": aors}
+
+    async def rpc_show(self, aor: str, table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        profile = self.core.fetch_contacts(aor, table=table)
+        if not profile.count:
+            raise NotFound(f"{profile.aor} has no contacts in table {table}")
+        return profile.to_dict(self.core.location.clock())
+
+    async def rpc_unregister(self, aor: str, ruid: str | None = None,
+                             table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        removed = await self.core.unregister(aor, ruid, table=table)
+        now = self.core.location.clock()
+        return {"removed": [c.to_dict(now) for c in removed]}
+
+    async def rpc_policy_get(self, table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        return {
+            "single_contact": self.core.single_contact(table=table),
+            "single_contact_overrides": self.core.single_contact_overrides(table),
+            "caller_check": self.core.caller_check,
+        }
+
+    async def rpc_policy_set(self, name: str, value: bool | None, aor: str | None = None,
+                             table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        if name == "single_contact":
+            if value is None and not aor:
+                raise RpcError(INVALID_PARAMS, "the global single-contact policy needs on or off")
+            await self.core.set_single_contact(value, aor, table=table)
+        elif name == "caller_check":
+            if aor or value is None:
+                raise RpcError(INVALID_PARAMS, "caller_check is global and needs on or off")
+            await self.core.set_caller_check(bool(value))
+        else:
+            raise RpcError(INVALID_PARAMS, f"unknown policy {name!r}")
+        return await self.rpc_policy_get(table)
+
+    async def rpc_stats(self) -> dict[str, Any]:
+        return self.core.snapshot_stats()
+
+
+def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}}
+
+
+class ControlServer:
+    def __init__(self, core: RegistrarCore, path: str | Path) -> None:
+        self.core = core
+        self.methods = Methods(core)
+        self.path = Path(path)
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.path.exists() or self.path.is_symlink():
+            if await _answers(self.path):
+                raise OSError(f"another registrar already answers on {self.path}")
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_LINE)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        pump: asyncio.Task[None] | None = None
+        try:
+            while line := await reader.readline():
+                reply, subscribe = await self._one(line)
+                if reply is not None:
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    await writer.drain()
+                if subscribe and pump is None:
+                    pump = asyncio.create_task(self._pump(writer))
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            if pump is not None:
+                pump.cancel()
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _one(self, line: bytes) -> tuple[dict[str, Any] | None, bool]:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return _error(None, PARSE_ERROR, "invalid JSON"), False
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
+            request.get("method"), str
+        ):
+            return _error(request.get("id") if isinstance(request, dict) else None,
+                          INVALID_REQUEST, "not a JSON-RPC 2.0 request"), False
+        id_ = request.get("id")
+        params = request.get("params") or {}
+        if not isinstance(params, dict):
+            return _error(id_, INVALID_PARAMS, "params must be an object"), False
+        if request["method"] == "subscribe":
+            return {"jsonrpc": "2.0", "id": id_, "result": {"subscribed": True}}, True
+        try:
+            result = await self.methods.call(request["method"], params)
+        except RpcError as exc:
+            return (_error(id_, exc.code, exc.message) if "id" in request else None), False
+        except Exception as exc:  # a bug must not take the control socket down
+            log.exception("control method %s failed", request["method"])
+            return _error(id_, -32603, f"internal error: {exc}"), False
+        return ({"jsonrpc": "2.0", "id": id_, "result": result} if "id" in request else None), False
+
+    async def _pump(self, writer: asyncio.StreamWriter) -> None:
+        sub = self.core.subscribe()
+        try:
+            while True:
+                events = [await sub.get(), *sub.drain()]
+                for event in events:
+                    note = {"jsonrpc": "2.0", "method": "event", "params": event.to_dict()}
+                    writer.write(json.dumps(note, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            sub.close()
+
+
+async def _answers(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+class ControlClient:
+    """An async JSON-RPC client of a running registrar's control socket."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100_000)
+        self._task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> ControlClient:
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=MAX_LINE * 64)
+        except OSError as exc:
+            raise ConnectionError(f"no registrar answers on {self.path} ({exc.strerror or exc})") from None
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _read(self) -> None:
+        assert self._reader is not None
+        try:
+            while line := await self._reader.readline():
+                message = json.loads(line)
+                if message.get("method") == "event":
+                    if self._events.full():
+                        self._events.get_nowait()
+                    self._events.put_nowait(message["params"])
+                    continue
+                fut = self._waiting.pop(message.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(message)
+        except (ConnectionError, ValueError, asyncio.CancelledError):
+            pass
+        finally:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the registrar closed the control connection"))
+            self._waiting.clear()
+
+    async def call(self, method: str, **params: Any) -> Any:
+        if self._writer is None:
+            raise ConnectionError("not connected")
+        id_ = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[id_] = fut
+        request = {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}
+        self._writer.write(json.dumps(request).encode() + b"\n")
+        await self._writer.drain()
+        reply = await fut
+        if "error" in reply:
+            raise RpcError(reply["error"]["code"], reply["error"]["message"])
+        return reply["result"]
+
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Subscribe, then yield the events in batches as they arrive."""
+        await self.call("subscribe")
+        while True:
+            batch = [await self._events.get()]
+            while not self._events.empty():
+                batch.append(self._events.get_nowait())
+            yield batch
+
+
+class LocalClient:
+    """The same interface as ControlClient, for a console embedded with its core."""
+
+    def __init__(self, core: RegistrarCore) -> None:
+        self.methods = Methods(core)
+        self.core = core
+
+    async def connect(self) -> LocalClient:
+        return self
+
+    async def close(self) -> None:
+        return None
+
+    async def call(self, method: str, **params: Any) -> Any:
+        # A JSON round trip keeps the embedded console honest: it sees what ctl sees.
+        result = await self.methods.call(method, params)
+        return json.loads(json.dumps(result, default=str))
+
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        sub = self.core.subscribe()
+        try:
+            while True:
+                events = [await sub.get(), *sub.drain()]
+                yield [e.to_dict() for e in events]
+        finally:
+            sub.close()

@@ -1,0 +1,159 @@
+"""``sipconsole ctl``: one-shot, scriptable commands against a running registrar (kamctl style)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from .config import default_control_path
+from .control import NOT_FOUND, ControlClient, RpcError
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_NO_REGISTRAR = 0, 1, 2, 3
+
+_EPILOG = """commands:
+  dump [--table T]                          every AOR and its contacts
+  show AOR [--table T]                      one AOR's contacts with every attribute
+  unregister AOR [--ruid RUID] [--table T]  remove an AOR, or one contact of it
+  policy single-contact on|off|inherit [--aor AOR]
+                                            newest REGISTER keeps the only binding
+                                            (globally, or for one AOR; inherit drops
+                                            the AOR's override)
+  policy caller-check on|off                403 "Please register first" to unregistered callers
+  policy show                               the policies in force
+  stats                                     counters, like Kamailio's statistics
+
+AOR is alice@example.com or sip:alice@example.com.
+exit status: 0 ok, 1 not found, 2 bad usage, 3 no registrar on the control socket."""
+
+
+def add_ctl_parser(sub: argparse._SubParsersAction) -> None:
+    ctl = sub.add_parser("ctl", help="query and change a running registrar (dump, show, unregister, policy, stats)",
+                         description="One-shot commands against a running registrar, through its control socket.",
+                         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ctl.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    cmds = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+    dump = cmds.add_parser("dump", help="every AOR and its contacts")
+    dump.add_argument("--table", default="location")
+    show = cmds.add_parser("show", help="one AOR's contacts with every attribute")
+    show.add_argument("aor", metavar="AOR")
+    show.add_argument("--table", default="location")
+    unreg = cmds.add_parser("unregister", help="remove an AOR, or one contact with --ruid")
+    unreg.add_argument("aor", metavar="AOR")
+    unreg.add_argument("--ruid", help="remove only this contact")
+    unreg.add_argument("--table", default="location")
+    policy = cmds.add_parser("policy", help="show or switch single-contact and caller-check")
+    policy.add_argument("name", choices=["single-contact", "caller-check", "show"])
+    policy.add_argument("value", nargs="?", choices=["on", "off", "inherit"])
+    policy.add_argument("--aor", help="single-contact for this AOR only")
+    policy.add_argument("--table", default="location")
+    cmds.add_parser("stats", help="counters (registered_users, accepted_regs, ...)")
+
+
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    cmd = args.ctl_command
+    if cmd == "dump":
+        return "dump", {"table": args.table}
+    if cmd == "show":
+        return "show", {"aor": args.aor, "table": args.table}
+    if cmd == "unregister":
+        params = {"aor": args.aor, "table": args.table}
+        if args.ruid:
+            params["ruid"] = args.ruid
+        return "unregister", params
+    if cmd == "stats":
+        return "stats", {}
+    if args.name == "show":
+        return "policy.get", {"table": args.table}
+    if args.value is None:
+        raise ValueError(f"policy {args.name} needs on or off")
+    if args.name == "caller-check" and (args.aor or args.value == "inherit"):
+        raise ValueError("caller-check is global: on or off, without --aor")
+    if args.value == "inherit" and not args.aor:
+        raise ValueError("inherit needs --aor (the global policy is on or off)")
+    value = None if args.value == "inherit" else args.value == "on"
+    params = {"name": args.name.replace("-", "_"), "value": value, "table": args.table}
+    if args.aor:
+        params["aor"] = args.aor
+    return "policy.set", params
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    try:
+        method, params = _request(args)
+    except ValueError as exc:
+        print(f"sipconsole ctl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.control or str(default_control_path())
+    try:
+        result = asyncio.run(_call(path, method, params))
+    except ConnectionError as exc:
+        print(f"sipconsole ctl: {exc}", file=sys.stderr)
+        return EXIT_NO_REGISTRAR
+    except RpcError as exc:
+        print(f"sipconsole ctl: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_FOUND if exc.code == NOT_FOUND else EXIT_USAGE
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(render(method, result))
+    return EXIT_OK
+
+
+async def _call(path: str, method: str, params: dict[str, Any]) -> Any:
+    client = await ControlClient(path).connect()
+    try:
+        return await client.call(method, **params)
+    finally:
+        await client.close()
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
+    return [[aor, c["addr"], str(c["expires"]), "" if c["q"] is None else f"{c['q']:g}",
+             c["received"], c["user_agent"], c["ruid"]] for c in contacts]
+
+
+_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "RECEIVED", "USER-AGENT", "RUID"]
+
+
+def render(method: str, result: Any) -> str:
+    if method == "dump":
+        rows = [row for a in result["aors"] for row in _contact_rows(a["aor"], a["contacts"])]
+        summary = f"table {result['table']}: {len(result['aors'])} AORs, {len(rows)} contacts"
+        return f"{table(_CONTACT_HEADERS, rows)}\n{summary}" if rows else summary
+    if method == "show":
+        blocks = [f"AOR: {result['aor']}  ({result['count']} contacts)"]
+        for c in result["contacts"]:
+            blocks.append("\n".join(f"  {k:>10}: {_text(v)}" for k, v in sorted(c.items())))
+        return "\n\n".join(blocks)
+    if method == "unregister":
+        removed = result["removed"]
+        return "\n".join(f"removed {c['aor']} {c['addr']} (ruid {c['ruid']})" for c in removed)
+    if method in ("policy.get", "policy.set"):
+        lines = [f"single-contact: {'on' if result['single_contact'] else 'off'} (global)",
+                 f"caller-check:   {'on' if result['caller_check'] else 'off'}"]
+        for aor, on in sorted(result["single_contact_overrides"].items()):
+            lines.append(f"single-contact: {'on' if on else 'off'} for {aor}")
+        return "\n".join(lines)
+    rows = [[k, _text(v)] for k, v in result.items() if k not in ("register_rate", "requests", "responses")]
+    rows += [[f"requests.{k}", str(v)] for k, v in sorted(result["requests"].items())]
+    rows += [[f"responses.{k}", str(v)] for k, v in sorted(result["responses"].items())]
+    return table(["STATISTIC", "VALUE"], rows)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)

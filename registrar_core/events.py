@@ -1,0 +1,80 @@
+"""The core's event stream: contact changes and handled requests, fanned out to subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# Event kinds.
+CONTACT_ADDED = "contact.added"
+CONTACT_REFRESHED = "contact.refreshed"
+CONTACT_REMOVED = "contact.removed"
+CONTACT_EXPIRED = "contact.expired"
+REQUEST_HANDLED = "request.handled"
+POLICY_CHANGED = "policy.changed"
+STORAGE_STATE = "storage.state"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    data: dict[str, Any]
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "time": self.time, **self.data}
+
+
+class Subscription:
+    """A bounded queue of events; when a slow reader lets it fill, the oldest are dropped."""
+
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
+        self._bus = bus
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def drain(self) -> list[Event]:
+        """Every event queued now, without waiting."""
+        out = []
+        while not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscription] = []
+
+    def subscribe(self, maxsize: int = 10_000) -> Subscription:
+        sub = Subscription(self, maxsize)
+        self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscribers:
+            self._subscribers.remove(sub)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._subscribers)
+
+    def publish(self, kind: str, **data: Any) -> None:
+        if not self._subscribers:
+            return
+        event = Event(kind, data)
+        for sub in self._subscribers:
+            sub.put(event)

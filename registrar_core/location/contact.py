@@ -1,0 +1,83 @@
+"""One binding of the location table, with the attributes of Kamailio's $ulc."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+
+# Kamailio's save() flags.
+SAVE_MEMORY_ONLY = 0x01
+SAVE_NO_REPLY = 0x02
+SAVE_SINGLE_CONTACT = 0x04
+SAVE_NO_EXPIRES_RANDOM = 0x08
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A registered contact. ``expires`` is absolute (epoch seconds), as in $ulc.
+
+    ``params`` holds the Contact header parameters other than expires and q,
+    exactly as the device sent them (unknown ones included).
+    """
+
+    ruid: str
+    aor: str
+    addr: str
+    expires: float
+    callid: str
+    cseq: int
+    q: float | None = None
+    params: str = ""
+    path: tuple[str, ...] = ()
+    received: str = ""
+    socket: str = ""
+    user_agent: str = ""
+    methods: str = ""
+    flags: int = 0
+    cflags: int = 0
+    instance: str = ""
+    regid: int = 0
+    conid: int | None = None
+    modified: float = field(default_factory=time.time)
+
+    @property
+    def domain(self) -> str:
+        return self.aor.rpartition("@")[2]
+
+    @property
+    def aorhash(self) -> int:
+        return aor_hash(self.aor)
+
+    def expires_in(self, now: float | None = None) -> int:
+        """Whole seconds left (never negative)."""
+        left = self.expires - (time.time() if now is None else now)
+        return max(0, int(left + 0.5))
+
+    def key(self) -> tuple[str, int] | str:
+        """Identity used to match a REGISTER's contact with this binding (RFC 5626 §6)."""
+        return (self.instance, self.regid) if self.instance else self.addr
+
+    def updated(self, **changes: object) -> Contact:
+        return replace(self, **changes)
+
+    def to_dict(self, now: float | None = None) -> dict[str, object]:
+        """Every $ulc attribute; ``expires`` as seconds left, ``expires_at`` absolute."""
+        data = asdict(self)
+        data["path"] = list(self.path)
+        data["expires_at"] = self.expires
+        data["expires"] = self.expires_in(now)
+        data["domain"] = self.domain
+        data["aorhash"] = self.aorhash
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Contact:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["expires"] = data.get("expires_at", data["expires"])
+        fields["path"] = tuple(data.get("path") or ())
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+def aor_hash(aor: str) -> int:
+    return zlib.crc32(aor.encode("utf-8", "surrogateescape"))

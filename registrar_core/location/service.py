@@ -1,0 +1,279 @@
+"""The location service: named tables of bindings in memory, made durable by group commit.
+
+Every change goes through :meth:`LocationService.apply`: it is committed to SQLite
+first (unless memory-only), then applied in memory and published as events, so a
+binding visible to anyone has been made durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+
+from .. import events as ev
+from ..events import EventBus
+from .contact import Contact
+from .store import Batch, LocationStore, StorageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TABLE = "location"
+REMOVED_UNREGISTERED = "unregistered"
+REMOVED_REPLACED = "replaced"
+REMOVED_ADMIN = "admin"
+REMOVED_EXPIRED = "expired"
+
+
+class KeyedLock:
+    """Serialises work per key (one AOR) without allocating a lock per request."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[Hashable, deque[asyncio.Future[None]]] = {}
+
+    async def acquire(self, key: Hashable) -> None:
+        queue = self._waiters.get(key)
+        if queue is None:
+            self._waiters[key] = deque()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # we were handed the lock while being cancelled
+            else:
+                queue.remove(fut)
+            raise
+
+    def release(self, key: Hashable) -> None:
+        queue = self._waiters[key]
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        del self._waiters[key]
+
+
+class LocationService:
+    def __init__(
+        self,
+        store: LocationStore | None,
+        events: EventBus,
+        *,
+        clock: Callable[[], float] = time.time,
+        expiry_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.locks = KeyedLock()
+        self.expired_total = 0
+        self.storage_error: str | None = None
+        self._tables: dict[str, dict[str, dict[str, Contact]]] = {DEFAULT_TABLE: {}}
+        self._policies: dict[tuple[str, str, str], str] = {}
+        self._heap: list[tuple[float, str, str, str]] = []
+        self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._expiry_interval = expiry_interval
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.store is not None:
+            await self.store.open()
+            for table, contact in await self.store.load(self.clock()):
+                self._put(table, contact)
+            for tbl, aor, name, value in await self.store.load_policies():
+                self._policies[(tbl, aor, name)] = value
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="location-writer"),
+            asyncio.create_task(self._expirer(), name="location-expiry"),
+        ]
+
+    async def stop(self) -> None:
+        while self._pending:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.store is not None:
+            await self.store.close()
+
+    # -- reading ---------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        return list(self._tables)
+
+    def aors(self, table: str = DEFAULT_TABLE) -> Iterator[str]:
+        return iter(list(self._tables.get(table, {})))
+
+    def contacts(self, table: str, aor: str, now: float | None = None) -> list[Contact]:
+        """Live bindings of ``aor`` (expired ones not yet purged are left out)."""
+        bindings = self._tables.get(table, {}).get(aor)
+        if not bindings:
+            return []
+        now = self.clock() if now is None else now
+        return [c for c in bindings.values() if c.expires > now]
+
+    def known(self, table: str, aor: str) -> bool:
+        return aor in self._tables.get(table, {})
+
+    def counts(self) -> tuple[int, int]:
+        """(AORs, contacts) across all tables."""
+        aors = sum(len(t) for t in self._tables.values())
+        contacts = sum(len(b) for t in self._tables.values() for b in t.values())
+        return aors, contacts
+
+    # -- policies --------------------------------------------------------------------
+    def policy(self, table: str, aor: str, name: str) -> str | None:
+        return self._policies.get((table, aor, name))
+
+    def policies(self, name: str) -> dict[tuple[str, str], str]:
+        return {(t, a): v for (t, a, n), v in self._policies.items() if n == name}
+
+    async def set_policy(self, table: str, aor: str, name: str, value: str | None) -> None:
+        """Persist one policy value (None deletes it), then apply it."""
+        if self.store is not None:
+            await self._commit(Batch(policies=[(table, aor, name, value)]))
+        if value is None:
+            self._policies.pop((table, aor, name), None)
+        else:
+            self._policies[(table, aor, name)] = value
+        self.events.publish(ev.POLICY_CHANGED, table=table, aor=aor, name=name, value=value)
+
+    # -- writing ---------------------------------------------------------------------
+    async def apply(
+        self,
+        table: str,
+        puts: list[tuple[Contact, bool]],
+        removes: list[tuple[Contact, str]],
+        *,
+        memory_only: bool = False,
+    ) -> None:
+        """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason).
+
+        Raises StorageError when the commit fails; nothing is changed then.
+        """
+        if not puts and not removes:
+            return
+        if self.store is not None and not memory_only:
+            await self._commit(
+                Batch(puts=[(table, c) for c, _ in puts], deletes=[c.ruid for c, _ in removes])
+            )
+        publish = self.events.publish if self.events.active else None
+        for contact, reason in removes:
+            self._drop(table, contact)
+            if publish:
+                kind = ev.CONTACT_EXPIRED if reason == REMOVED_EXPIRED else ev.CONTACT_REMOVED
+                publish(kind, table=table, aor=contact.aor,
+                        ruid=contact.ruid, reason=reason, contact=contact.to_dict())
+        for contact, is_new in puts:
+            self._put(table, contact)
+            if publish:
+                publish(ev.CONTACT_ADDED if is_new else ev.CONTACT_REFRESHED, table=table,
+                        aor=contact.aor, ruid=contact.ruid, contact=contact.to_dict())
+
+    def _put(self, table: str, contact: Contact) -> None:
+        self._tables.setdefault(table, {}).setdefault(contact.aor, {})[contact.ruid] = contact
+        heapq.heappush(self._heap, (contact.expires, table, contact.aor, contact.ruid))
+
+    def _drop(self, table: str, contact: Contact) -> None:
+        aors = self._tables.get(table, {})
+        bindings = aors.get(contact.aor)
+        if bindings is None:
+            return
+        bindings.pop(contact.ruid, None)
+        if not bindings:
+            del aors[contact.aor]
+
+    async def _commit(self, batch: Batch) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((batch, fut))
+        self._wake.set()
+        await fut
+
+    async def _writer(self) -> None:
+        assert self.store is not None or not self._pending
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, []
+            if not pending or self.store is None:
+                continue
+            try:
+                await self.store.write(_merge(b for b, _ in pending))
+            except StorageError as exc:
+                self._storage_state(str(exc))
+                for _, fut in pending:
+                    if not fut.done():
+                        fut.set_exception(StorageError(str(exc)))
+                continue
+            except asyncio.CancelledError:
+                for _, fut in pending:
+                    if not fut.done():
+                        fut.set_exception(StorageError("registrar is shutting down"))
+                raise
+            self._storage_state(None)
+            for _, fut in pending:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _storage_state(self, error: str | None) -> None:
+        if error == self.storage_error:
+            return
+        if error:
+            log.error("storage failure: %s (REGISTERs get 500 until it clears)", error)
+        else:
+            log.warning("storage recovered")
+        self.storage_error = error
+        self.events.publish(ev.STORAGE_STATE, ok=error is None, error=error)
+
+    async def _expirer(self) -> None:
+        while True:
+            await asyncio.sleep(self._expiry_interval)
+            await self.expire_now()
+
+    async def expire_now(self) -> int:
+        """Remove every binding whose time is up; returns how many went."""
+        now = self.clock()
+        due: dict[str, list[tuple[Contact, str]]] = {}
+        while self._heap and self._heap[0][0] <= now:
+            expires, table, aor, ruid = heapq.heappop(self._heap)
+            contact = self._tables.get(table, {}).get(aor, {}).get(ruid)
+            if contact is not None and contact.expires == expires:
+                due.setdefault(table, []).append((contact, REMOVED_EXPIRED))
+        count = 0
+        for table, removes in due.items():
+            try:
+                await self.apply(table, [], removes)
+            except StorageError:
+                # Expired is expired: a reload drops them anyway, so memory follows the clock.
+                await self.apply(table, [], removes, memory_only=True)
+            count += len(removes)
+        self.expired_total += count
+        return count
+
+
+def _merge(batches: Iterator[Batch] | list[Batch]) -> Batch:
+    """Collapse batches in order: the last change to each ruid wins."""
+    final: dict[str, tuple[str, Contact] | None] = {}
+    merged = Batch()
+    for batch in batches:
+        for ruid in batch.deletes:
+            final[ruid] = None
+        for table, contact in batch.puts:
+            final[contact.ruid] = (table, contact)
+        merged.policies += batch.policies
+    for ruid, value in final.items():
+        if value is None:
+            merged.deletes.append(ruid)
+        else:
+            merged.puts.append(value)
+    return merged

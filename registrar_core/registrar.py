@@ -1,0 +1,244 @@
+"""REGISTER processing, every step of RFC 3261 §10.3, with Kamailio's save() semantics."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import secrets
+from dataclasses import dataclass
+
+from .config import Config
+from .location import (
+    SAVE_MEMORY_ONLY,
+    SAVE_NO_EXPIRES_RANDOM,
+    SAVE_SINGLE_CONTACT,
+    Contact,
+    LocationService,
+    StorageError,
+)
+from .location.service import REMOVED_REPLACED, REMOVED_UNREGISTERED
+from .sip import NameAddr, Request, Response, SipError, SipURI, build_response
+from .sip.headers import parse_delta
+from .sip.uri import format_params
+from .source import Source
+
+SUPPORTED = ("path", "outbound")
+POLICY_SINGLE_CONTACT = "single_contact"
+GLOBAL = ""  # the AOR key of table-wide policy values
+
+
+def new_ruid() -> str:
+    return "uloc-" + secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """One Contact of a REGISTER, validated."""
+
+    contact: NameAddr
+    addr: str
+    expires: int
+    q: float | None
+    params: str
+    instance: str
+    regid: int
+
+    @property
+    def key(self) -> tuple[str, int] | str:
+        return (self.instance, self.regid) if self.instance else self.addr
+
+
+class RegisterRejected(Exception):
+    """A REGISTER is answered with an error; ``headers`` go into the reply."""
+
+    def __init__(self, status: int, reason: str, explanation: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = [("P-Registrar-Error", explanation), *(headers or ())]
+
+
+def reply(request: Request, status: int, reason: str, headers: list[tuple[str, str]], to_tag: str) -> Response:
+    return build_response(request, status, reason, [*headers, ("Server", "sipconsole")], to_tag=to_tag)
+
+
+def format_binding(contact: Contact, now: float) -> str:
+    q = "" if contact.q is None else f";q={contact.q:.3f}".rstrip("0").rstrip(".")
+    return f"<{contact.addr}>{contact.params};expires={contact.expires_in(now)}{q}"
+
+
+class Registrar:
+    """Applies REGISTER requests to a LocationService."""
+
+    def __init__(self, config: Config, location: LocationService, to_tag: str) -> None:
+        self.config = config
+        self.location = location
+        self.to_tag = to_tag
+
+    def single_contact(self, table: str, aor: str) -> bool:
+        value = self.location.policy(table, aor, POLICY_SINGLE_CONTACT)
+        if value is None:
+            value = self.location.policy(table, GLOBAL, POLICY_SINGLE_CONTACT)
+        return self.config.single_contact if value is None else value == "on"
+
+    async def save(self, table: str, request: Request, flags: int, source: Source) -> Response:
+        """Kamailio's save(table, flags): process one REGISTER and build its reply."""
+        try:
+            aor = self._check_request(request)
+            await self.location.locks.acquire((table, aor))
+            try:
+                return await self._save_locked(table, aor, request, flags, source)
+            finally:
+                self.location.locks.release((table, aor))
+        except RegisterRejected as exc:
+            return reply(request, exc.status, exc.reason, exc.headers, self.to_tag)
+        except SipError as exc:
+            return reply(request, exc.status, exc.reason, [("P-Registrar-Error", exc.reason)], self.to_tag)
+
+    def _check_request(self, request: Request) -> str:
+        required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
+        unsupported = [o for o in required if o.lower() not in SUPPORTED]
+        if unsupported:
+            raise RegisterRejected(420, "Bad Extension", "Unsupported extension required",
+                                   [("Unsupported", ", ".join(unsupported))])
+        uri = request.to.uri
+        if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
+            raise RegisterRejected(400, "Bad Request", "To must be a sip or sips URI")
+        if self.config.domain and uri.host.lower() not in self.config.domain:
+            raise RegisterRejected(404, "Not Found", "Domain not served here")
+        if request.headers.get("Path") is not None and "path" not in _supported(request):
+            raise RegisterRejected(420, "Bad Extension", "Path without Supported: path",
+                                   [("Unsupported", "path")])
+        return uri.aor
+
+    async def _save_locked(self, table: str, aor: str, request: Request, flags: int, source: Source) -> Response:
+        now = self.location.clock()
+        existing = self.location.contacts(table, aor, now)
+        callid = request.call_id
+        cseq = request.cseq[0]
+        contacts = request.contacts
+        puts: list[tuple[Contact, bool]] = []
+        removes: list[tuple[Contact, str]] = []
+        if contacts == "*":
+            if request.expires != 0 or len(request.headers.values("Contact")) != 1:
+                raise RegisterRejected(400, "Bad Request", "* used with other contacts or non-zero expires")
+            removes = [(c, REMOVED_UNREGISTERED) for c in existing if _newer(c, callid, cseq)]
+        elif contacts:
+            wanted = [self._wanted(c, request) for c in contacts]
+            by_key = {c.key(): c for c in existing}
+            path = tuple(request.headers.values("Path"))
+            user_agent = request.headers.get("User-Agent") or ""
+            methods = ",".join(request.headers.values("Allow"))
+            expires_factor = self._expires_factor(flags)
+            for w in wanted:
+                old = by_key.get(w.key)
+                if old is not None and not _newer(old, callid, cseq):
+                    continue  # retransmitted or out of order: no update (Kamailio replies 200)
+                if w.expires == 0:
+                    if old is not None:
+                        removes.append((old, REMOVED_UNREGISTERED))
+                    continue
+                contact = Contact(
+                    ruid=old.ruid if old else new_ruid(), aor=aor, addr=w.addr,
+                    expires=now + round(w.expires * expires_factor), callid=callid, cseq=cseq,
+                    q=w.q, params=w.params, path=path, received=source.address,
+                    socket=source.local, user_agent=user_agent, methods=methods,
+                    flags=SAVE_MEMORY_ONLY if flags & SAVE_MEMORY_ONLY else 0,
+                    instance=w.instance, regid=w.regid, conid=source.conid, modified=now,
+                )
+                puts.append((contact, old is None))
+            if flags & SAVE_SINGLE_CONTACT or self.single_contact(table, aor):
+                puts, removes = _single(existing, puts, removes)
+            self._check_max_contacts(existing, puts, removes)
+        if puts or removes:
+            try:
+                await self.location.apply(table, puts, removes, memory_only=bool(flags & SAVE_MEMORY_ONLY))
+            except StorageError:
+                raise RegisterRejected(500, "Server Internal Error", "Location table could not be saved",
+                                       [("Retry-After", "5")]) from None
+        return self._ok(request, self.location.contacts(table, aor, now), now)
+
+    def _wanted(self, contact: NameAddr, request: Request) -> _Wanted:
+        uri = contact.uri
+        if not isinstance(uri, SipURI):
+            raise RegisterRejected(400, "Bad Request", "Contact must be a SIP URI")
+        expires_param = contact.param("expires")
+        if expires_param is not None:
+            expires = parse_delta(expires_param, "contact expires")
+        elif request.expires is not None:
+            expires = request.expires
+        else:
+            expires = self.config.default_expires
+        if 0 < expires < self.config.min_expires:
+            if self.config.min_expires_mode == "reject":
+                raise RegisterRejected(423, "Interval Too Brief", "Expires below the minimum",
+                                       [("Min-Expires", str(self.config.min_expires))])
+            expires = self.config.min_expires
+        if self.config.max_expires and expires > self.config.max_expires:
+            expires = self.config.max_expires
+        q_text = contact.param("q")
+        q: float | None = None
+        if q_text is not None:
+            try:
+                q = float(q_text)
+            except ValueError:
+                raise RegisterRejected(400, "Bad Request", "Invalid q value") from None
+            if not 0.0 <= q <= 1.0:
+                raise RegisterRejected(400, "Bad Request", "q value out of range")
+        instance = contact.param("+sip.instance") or ""
+        regid_text = contact.param("reg-id")
+        regid = 0
+        if instance and regid_text is not None and "outbound" in _supported(request):
+            if not regid_text.isdigit():
+                raise RegisterRejected(400, "Bad Request", "Invalid reg-id")
+            regid = int(regid_text)
+        kept = tuple((n, v) for n, v in contact.params if n.lower() not in ("expires", "q"))
+        return _Wanted(contact, uri.raw or str(uri), expires, q, format_params(kept), instance, regid)
+
+    def _expires_factor(self, flags: int) -> float:
+        spread = self.config.expires_range
+        if not spread or flags & SAVE_NO_EXPIRES_RANDOM:
+            return 1.0
+        return 1.0 - random.uniform(0, spread / 100)
+
+    def _check_max_contacts(self, existing: list[Contact], puts: list[tuple[Contact, bool]],
+                            removes: list[tuple[Contact, str]]) -> None:
+        limit = self.config.max_contacts
+        if not limit:
+            return
+        count = len(existing) - len(removes) + sum(1 for _, is_new in puts if is_new)
+        if count > limit:
+            status = self.config.max_contacts_status
+            reason = "Service Unavailable" if status == 503 else "Forbidden"
+            raise RegisterRejected(status, reason, f"Too many registered contacts (max {limit})")
+
+    def _ok(self, request: Request, bindings: list[Contact], now: float) -> Response:
+        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings]
+        supported = _supported(request)
+        if "path" in supported:
+            headers += [("Path", p) for p in request.headers.values("Path")]
+        if "outbound" in supported and any(c.regid for c in bindings):
+            headers.append(("Require", "outbound"))
+        headers.append(("Supported", ", ".join(SUPPORTED)))
+        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        return reply(request, 200, "OK", headers, self.to_tag)
+
+
+def _supported(request: Request) -> set[str]:
+    return {v.lower() for v in request.headers.values("Supported")}
+
+
+def _newer(binding: Contact, callid: str, cseq: int) -> bool:
+    """RFC 3261 §10.3 step 6/7: same Call-ID must bring a higher CSeq to change a binding."""
+    return binding.callid != callid or cseq > binding.cseq
+
+
+def _single(existing: list[Contact], puts: list[tuple[Contact, bool]],
+            removes: list[tuple[Contact, str]]) -> tuple[list[tuple[Contact, bool]], list[tuple[Contact, str]]]:
+    """Save flag 0x04: the REGISTER's first contact becomes the AOR's only binding."""
+    if not puts:
+        return puts, removes
+    keep = puts[0]
+    gone = {c.ruid for c, _ in removes}
+    removes = removes + [(c, REMOVED_REPLACED) for c in existing if c.ruid != keep[0].ruid and c.ruid not in gone]
+    return [keep], removes

@@ -1,0 +1,54 @@
+"""The registrar as a running service: core, SIP listeners and (optionally) the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .api import RegistrarCore
+from .config import Config
+from .control import ControlServer
+from .transport import Transports
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, config: Config, *, control: bool = True, memory_only: bool = False) -> None:
+        self.config = config
+        self.core = RegistrarCore(config, memory_only=memory_only)
+        self.transports = Transports(self.core.handle, config.limits, config.tcp_idle_timeout)
+        self._control_enabled = control
+        self.control: ControlServer | None = None
+
+    async def start(self) -> None:
+        await self.core.start()
+        try:
+            for spec in self.config.listen:
+                address = await self.transports.listen(spec)
+                self.core.listening.append(address)
+                log.info("listening on %s", address)
+            if self._control_enabled:
+                self.control = ControlServer(self.core, self.config.control)
+                await self.control.start()
+                log.info("control socket at %s", self.config.control)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+            self.control: ControlServer | None = None
+        await self.transports.close()
+        await self.core.stop()
+
+
+def install_fast_loop() -> bool:
+    """Use uvloop where the platform has it; asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True

@@ -1,0 +1,19 @@
+"""Where a request came from and which of our sockets took it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    proto: str  # "udp" or "tcp"
+    ip: str
+    port: int
+    local: str  # our socket, Kamailio style: "udp:127.0.0.1:5060"
+    conid: int | None = None  # the TCP connection, for replies and flow matching
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.proto}:{host}:{self.port}"

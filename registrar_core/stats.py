@@ -1,0 +1,38 @@
+"""Counters in Kamailio's vocabulary (accepted_regs, rejected_regs, ...)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    accepted_regs: int = 0
+    rejected_regs: int = 0
+    requests: Counter[str] = field(default_factory=Counter)
+    responses: Counter[str] = field(default_factory=Counter)
+    parse_errors: int = 0
+    retransmissions: int = 0
+    # REGISTERs per second over the last ten minutes, newest last: (second, count).
+    register_rate: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=600))
+
+    def count_register(self, accepted: bool, now: float) -> None:
+        if accepted:
+            self.accepted_regs += 1
+        else:
+            self.rejected_regs += 1
+        second = int(now)
+        rate = self.register_rate
+        if rate and rate[-1][0] == second:
+            rate[-1] = (second, rate[-1][1] + 1)
+        else:
+            rate.append((second, 1))
+
+    def rate_series(self, now: float, seconds: int = 120) -> list[int]:
+        """REGISTERs per second for the last ``seconds`` whole seconds, oldest first."""
+        counts = dict(self.register_rate)
+        end = int(now)
+        return [counts.get(s, 0) for s in range(end - seconds, end)]
