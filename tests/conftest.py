@@ -1,0 +1,71 @@
+"""Shared fixtures: a registrar in this process, or `sipconsole serve` as a real process."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from registrar_core.config import build_config
+from registrar_core.server import Server
+
+from .processes import ServeProcess
+from .sipclient import free_port
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short temporary directory (Unix socket paths are limited to ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def make_server(short_dir: Path) -> AsyncIterator:
+    """Factory: ``await make_server(**settings)`` starts a registrar in this event loop."""
+    started: list[Server] = []
+
+    async def start(**settings) -> Server:
+        port = free_port()
+        values = {
+            "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
+            "db": str(short_dir / "location.db"),
+            "control": str(short_dir / f"control-{len(started)}.sock"),
+        }
+        values.update(settings)
+        srv = Server(build_config(values))
+        await srv.start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        await srv.stop()
+
+
+@pytest.fixture
+async def server(make_server) -> Server:
+    """A registrar on a free UDP+TCP port with its database in a temporary directory."""
+    return await make_server()
+
+
+def server_address(srv: Server, proto: str = "udp") -> tuple[str, int]:
+    """(host, port) of the server's first listener for ``proto``."""
+    for address in srv.core.listening:
+        p, rest = address.split(":", 1)
+        host, port = rest.rsplit(":", 1)
+        if p == proto:
+            return host.strip("[]"), int(port)
+    raise LookupError(proto)
+
+
+@pytest.fixture
+def serve_process(short_dir: Path) -> Iterator[ServeProcess]:
+    """`sipconsole serve` as a separate process (not started: call .start())."""
+    proc = ServeProcess(short_dir, free_port())
+    yield proc
+    proc.stop()

@@ -1,0 +1,126 @@
+"""Real processes for tests: `sipconsole serve` and sipp."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+class ServeProcess:
+    """`sipconsole serve` on 127.0.0.1:<port> (UDP and TCP) with its own db and control socket."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.db = directory / "location.db"
+        self.control = directory / "control.sock"
+        self.log = directory / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "registrar_core.cli", "serve",
+            "--listen", f"udp:127.0.0.1:{self.port}", "--listen", f"tcp:127.0.0.1:{self.port}",
+            "--db", str(self.db), "--control", str(self.control), *extra,
+        ]
+
+    def start(self, *extra: str, timeout: float = 10.0) -> ServeProcess:
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.command(*extra), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sipconsole serve exited {self.proc.returncode}:\n{self.log.read_text()}")
+            if self.control.exists() and self._answers():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"sipconsole serve did not come up:\n{self.log.read_text()}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(self.control))
+            return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait: the clean shutdown path."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def ctl(self, *args: str, json_output: bool = True) -> tuple[int, object]:
+        """Run `sipconsole ctl` against this server; returns (exit code, parsed JSON or text)."""
+        cmd = [sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(self.control)]
+        if json_output:
+            cmd.append("--json")
+        done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=30)
+        out: object = done.stdout
+        if json_output and done.returncode == 0:
+            out = json.loads(done.stdout)
+        elif done.returncode != 0:
+            out = done.stderr
+        return done.returncode, out
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    successful: int
+    failed: int
+    output: str
+
+
+def write_injection(path: Path, rows: list[tuple[str, ...]], mode: str = "SEQUENTIAL") -> Path:
+    path.write_text(mode + "\n" + "".join(";".join(r) + "\n" for r in rows))
+    return path
+
+
+def run_sipp(
+    scenario: str,
+    port: int,
+    *args: str,
+    calls: int = 1,
+    rate: int = 100,
+    transport: str = "u1",
+    timeout: int = 60,
+    cwd: Path | None = None,
+) -> SippResult:
+    """Run sipp as the UAC against 127.0.0.1:port until ``calls`` calls have ended."""
+    cmd = [
+        "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / scenario), "-m", str(calls),
+        "-r", str(rate), "-t", transport, "-i", "127.0.0.1", "-nostdin", "-timeout", f"{timeout}s",
+        "-timeout_error", "-max_recv_loops", "1000", *args,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, cwd=cwd,
+                          env={**os.environ, "TERM": "dumb"})
+    text = done.stdout + done.stderr
+    return SippResult(done.returncode, _count(text, "Successful call"), _count(text, "Failed call"), text)
+
+
+def _count(text: str, label: str) -> int:
+    m = re.search(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", text)
+    return int(m.group(1)) if m else -1

@@ -1,0 +1,184 @@
+"""A small SIP user agent for tests: real UDP/TCP sockets on 127.0.0.1, real bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+from registrar_core.sip import Response, parse_message
+
+_counter = itertools.count(1)
+
+
+def register_bytes(
+    aor: str,
+    contacts: list[str] | None,
+    *,
+    local: tuple[str, int],
+    transport: str = "UDP",
+    call_id: str | None = None,
+    cseq: int = 1,
+    expires: int | None = 3600,
+    extra: list[str] | None = None,
+    registrar: str | None = None,
+    branch: str | None = None,
+) -> bytes:
+    """A REGISTER for ``aor`` (``user@domain``) with the given Contact values (None: a query)."""
+    domain = aor.split("@", 1)[1]
+    host, port = local
+    lines = [
+        f"REGISTER sip:{registrar or domain} SIP/2.0",
+        f"Via: SIP/2.0/{transport} {host}:{port};branch={branch or 'z9hG4bK' + secrets.token_hex(6)};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{aor}>;tag={secrets.token_hex(4)}",
+        f"To: <sip:{aor}>",
+        f"Call-ID: {call_id or secrets.token_hex(8) + '@test'}",
+        f"CSeq: {cseq} REGISTER",
+    ]
+    lines += [f"Contact: {c}" for c in contacts or ()]
+    if expires is not None:
+        lines.append(f"Expires: {expires}")
+    lines += extra or []
+    lines += ["User-Agent: sipconsole-tests", "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def request_bytes(method: str, target: str, from_aor: str, *, local: tuple[str, int],
+                  call_id: str | None = None, extra: list[str] | None = None) -> bytes:
+    """An out-of-dialog request (INVITE, OPTIONS, MESSAGE...) to ``target`` (a SIP URI)."""
+    host, port = local
+    lines = [
+        f"{method} {target} SIP/2.0",
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{from_aor}>;tag={secrets.token_hex(4)}",
+        f"To: <{target}>",
+        f"Call-ID: {call_id or secrets.token_hex(8) + '@test'}",
+        f"CSeq: 1 {method}",
+        f"Contact: <sip:{from_aor.split('@')[0]}@{host}:{port}>",
+        *(extra or []),
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+class Collector(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.queue.put_nowait(data)
+
+
+@dataclass
+class UdpPhone:
+    """A device on its own UDP socket: ``await phone.send(bytes)`` returns the parsed response."""
+
+    server: tuple[str, int]
+    transport: asyncio.DatagramTransport | None = None
+    protocol: Collector = field(default_factory=Collector)
+
+    async def open(self) -> UdpPhone:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: self.protocol, local_addr=("127.0.0.1", 0))
+        return self
+
+    @property
+    def local(self) -> tuple[str, int]:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[:2]
+
+    @property
+    def contact(self) -> str:
+        host, port = self.local
+        return f"<sip:phone@{host}:{port}>"
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, self.server)
+
+    async def receive_raw(self, timeout: float = 3.0) -> bytes:
+        return await asyncio.wait_for(self.protocol.queue.get(), timeout)
+
+    async def receive(self, timeout: float = 3.0) -> Response:
+        message = parse_message(await self.receive_raw(timeout))
+        assert isinstance(message, Response), message
+        return message
+
+    async def send(self, data: bytes, timeout: float = 3.0) -> Response:
+        self.send_raw(data)
+        return await self.receive(timeout)
+
+    async def register(self, aor: str, contacts: list[str] | None = None, **kw) -> Response:
+        contacts = [self.contact] if contacts is None else contacts
+        return await self.send(register_bytes(aor, contacts, local=self.local, **kw))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class TcpPhone:
+    """A device on one TCP connection; responses are framed by Content-Length."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> TcpPhone:
+        self.reader, self.writer = await asyncio.open_connection(*self.server)
+        return self
+
+    @property
+    def local(self) -> tuple[str, int]:
+        assert self.writer is not None
+        return self.writer.get_extra_info("sockname")[:2]
+
+    async def send(self, data: bytes, timeout: float = 3.0) -> Response:
+        assert self.writer is not None
+        self.writer.write(data)
+        await self.writer.drain()
+        return await self.receive(timeout)
+
+    async def receive(self, timeout: float = 3.0) -> Response:
+        assert self.reader is not None
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in (b"content-length", b"l"):
+                length = int(value)
+        body = await asyncio.wait_for(self.reader.readexactly(length), timeout) if length else b""
+        message = parse_message(head + body)
+        assert isinstance(message, Response)
+        return message
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 at the moment of asking."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def next_aor(prefix: str = "user") -> str:
+    return f"{prefix}{next(_counter)}@example.com"
