@@ -19,6 +19,7 @@ The console and the control socket (``sipconsole ctl``) use exactly this API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import events as ev
+from .auth import Authenticator, NonceFactory, Refusal, Subscribers, authorised_for, load_key
 from .config import Config
 from .events import EventBus, Subscription
 from .location import DEFAULT_TABLE, Contact, LocationService, LocationStore
 from .location.service import REMOVED_ADMIN
 from .redirect import answer
-from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar
+from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar, reply
+from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
 from .sip import Request, Response, SipError, SipURI, parse_message, parse_uri
 from .source import Source
 from .stateless import salvage_reply
@@ -109,13 +112,37 @@ class RegistrarCore:
         self.registrar = Registrar(config, self.location, self.to_tag)
         self.transactions = TransactionTable()
         self.listening: list[str] = []
+        self.subscribers = Subscribers(self.location)
+        self.guard = IpGuard(config.ip_budget, config.ban_time)
+        self.authenticator: Authenticator | None = None
         self._seen: set[tuple[str, str]] = set()
+        self._scanner_ips: set[str] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.location.start()
+        await self.subscribers.load()
+        if self.config.auth:
+            key = load_key(self.config.auth_key_path)
+            self.authenticator = Authenticator(
+                self.subscribers, NonceFactory(key, clock=self.location.clock), key,
+                fail_budget=self.config.auth_fail_budget, ban_time=self.config.ban_time,
+                clock=self.location.clock)
+            if not len(self.subscribers):
+                log.warning("authentication is on and there are no subscribers: add one with "
+                            "`sipconsole user add alice@example.com` (or run with --auth off in a lab)")
+        self._sweeper = asyncio.create_task(self._sweep_bans())
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.location.stop()
+
+    async def _sweep_bans(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for ip in self.guard.expired_bans():
+                self._security("unban", Source("udp", ip, 0, ""))
 
     # -- Kamailio's functions ----------------------------------------------------------
     async def save(self, request: Request, flags: int = 0, *, table: str = DEFAULT_TABLE,
@@ -218,6 +245,10 @@ class RegistrarCore:
             "rejected_regs": s.rejected_regs,
             "expired_contacts": self.location.expired_total,
             "parse_errors": s.parse_errors,
+            "security": dict(s.security),
+            "banned_ips": sorted(self.guard.bans),
+            "auth": self.authenticator is not None,
+            "subscribers": len(self.subscribers),
             "retransmissions": s.retransmissions,
             "requests": dict(s.requests),
             "responses": dict(s.responses),
@@ -231,6 +262,11 @@ class RegistrarCore:
     # -- SIP entry point for the transports ----------------------------------------------
     async def handle(self, data: bytes, source: Source) -> Reply | None:
         """One framed message in; the reply and where to send it (None: send nothing)."""
+        verdict = self.guard.admit(source.ip)
+        if verdict is not ADMIT:
+            if verdict is BAN:
+                self._security("ban", source)
+            return None
         try:
             message = parse_message(data, self.config.limits)
         except SipError as exc:
@@ -238,6 +274,9 @@ class RegistrarCore:
             salvaged = salvage_reply(data, exc, self.to_tag)
             return None if salvaged is None else (salvaged, (source.ip, source.port))
         if not isinstance(message, Request) or message.method == "ACK":
+            return None
+        if self.config.drop_scanners and is_scanner(message.headers.get("User-Agent")):
+            self._note_scanner(source, message.headers.get("User-Agent") or "")
             return None
         message.stamp_source(source.ip, source.port)
         key = transaction_key(message)
@@ -255,11 +294,46 @@ class RegistrarCore:
         self.transactions.complete(key, out)
         return out
 
+    def _authenticate(self, request: Request, source: Source) -> Refusal | None:
+        """Digest-authenticate a REGISTER (when auth is on); None means go ahead."""
+        if self.authenticator is None:
+            return None
+        to = request.to.uri
+        if not isinstance(to, SipURI):
+            return None  # the registrar answers 400 for a non-SIP To
+        realm = to.host.lower()
+        outcome = self.authenticator.check(request, realm)
+        refusal = outcome.refusal
+        if refusal is None and not authorised_for(request, outcome.username or "", realm):
+            refusal = Refusal(403, "Forbidden", [("P-Registrar-Error", "Not authorised for this AOR")],
+                              failure="wrong-aor", user=outcome.username or "")
+        if refusal is not None and refusal.failure:
+            self._security(refusal.failure, source, refusal.user)
+        return refusal
+
+    def _security(self, event: str, source: Source, user: str = "") -> None:
+        """A ban, a failed authentication, a scanner: a SIPSEC log line and an event."""
+        self.stats.security[event] += 1
+        sipsec(event, source.ip, source.port, user)
+        self.events.publish(ev.SECURITY, event=event, ip=source.ip, port=source.port, user=user)
+
+    def _note_scanner(self, source: Source, user_agent: str) -> None:
+        """Drop silently; say so once per address (scanners send thousands)."""
+        self.stats.security["scanner"] += 1
+        if source.ip not in self._scanner_ips and len(self._scanner_ips) < 10_000:
+            self._scanner_ips.add(source.ip)
+            sipsec("scanner", source.ip, source.port, user_agent)
+            self.events.publish(ev.SECURITY, event="scanner", ip=source.ip, port=source.port, user=user_agent)
+
     async def _dispatch(self, request: Request, source: Source) -> Response:
         method = request.method
         self.stats.requests[method] += 1
         if method == "REGISTER":
-            response = await self.save(request, source=source)
+            refusal = self._authenticate(request, source)
+            if refusal is None:
+                response = await self.save(request, source=source)
+            else:
+                response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
             self.stats.count_register(response.status == 200, self.location.clock())
             aor = request.to.uri.aor
         else:

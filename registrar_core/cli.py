@@ -41,12 +41,21 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,
                    help='answer "403 Please register first" to unregistered callers (default off)')
     g.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+    s = p.add_argument_group("security")
+    s.add_argument("--auth", choices=["on", "off"], help="digest authentication of REGISTER (default on; off only in a lab)")
+    s.add_argument("--ip-budget", type=int, metavar="N", help="requests per source IP per 2 s before a ban, 0 = no limit (default 400)")
+    s.add_argument("--ban-time", type=int, metavar="S", help="seconds an IP or user stays banned (default 300)")
+    s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user per minute before a ban (default 5)")
+    s.add_argument("--drop-scanners", action=argparse.BooleanOptionalAction, default=None,
+                   help="silently drop known scanner User-Agents (default on)")
+    s.add_argument("--max-tcp-per-ip", type=int, metavar="N", help="TCP connections per source IP (default 64)")
 
 
 def _config_from(args: argparse.Namespace) -> Config:
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     for name in ("listen", "db", "domain", "min_expires", "max_expires", "default_expires",
-                 "max_contacts", "single_contact", "caller_check", "control"):
+                 "max_contacts", "single_contact", "caller_check", "control", "auth", "ip_budget",
+                 "ban_time", "auth_fail_budget", "drop_scanners", "max_tcp_per_ip"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
@@ -69,8 +78,10 @@ def build_parser() -> Parser:
     attach.add_argument("--read-only", action="store_true", help="disable every destructive action")
 
     from .ctl import add_ctl_parser
+    from .users import add_user_parser
 
     add_ctl_parser(sub)
+    add_user_parser(sub)
     return parser
 
 
@@ -82,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from .ctl import run_ctl
 
             return run_ctl(args)
+        if args.command == "user":
+            from .users import run_user
+
+            return run_user(args)
         if args.command == "attach":
             from console.app import run_attached
 

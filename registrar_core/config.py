@@ -67,12 +67,20 @@ class Config:
     max_contacts_status: int = 503  # Kamailio answers 503, Asterisk 403
     single_contact: bool = False
     caller_check: bool = False
+    auth: bool = True  # digest authentication of REGISTER; off only for a lab
+    auth_key: str = ""  # HMAC key file for nonces; default: auth.key beside the database
+    auth_fail_budget: int = 5  # failed authentications per user per minute before a ban
+    ip_budget: int = 400  # requests per source IP per 2 s before a ban (pike); 0 = no limit
+    ban_time: int = 300  # seconds an IP or user stays banned
+    drop_scanners: bool = True  # silently drop known scanner User-Agents (sipvicious...)
+    max_tcp_per_ip: int = 64
     tcp_idle_timeout: float = 600.0
     max_message_size: int = 65_535
     max_headers: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range"):
+        for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
+                     "auth_fail_budget", "ip_budget", "ban_time", "max_tcp_per_ip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_opt(name)} must not be negative")
         if self.max_expires and self.min_expires > self.max_expires:
@@ -91,6 +99,14 @@ class Config:
             raise ConfigError("tcp-idle-timeout must be positive")
 
     @property
+    def auth_key_path(self) -> Path:
+        if self.auth_key:
+            return Path(self.auth_key)
+        if self.db == ":memory:":
+            return _runtime_dir() / "auth.key"
+        return Path(self.db).parent / "auth.key"
+
+    @property
     def limits(self) -> Limits:
         return Limits(max_message_size=self.max_message_size, max_headers=self.max_headers)
 
@@ -104,8 +120,17 @@ _CONVERTERS: dict[str, Any] = {
     "domain": lambda v: tuple(str(x).lower() for x in _as_list(v)),
     "db": str,
     "control": str,
+    "auth_key": str,
     "min_expires_mode": str,
 }
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("on", "off", "true", "false", "yes", "no"):
+        return value.lower() in ("on", "true", "yes")
+    raise ValueError(value)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -128,9 +153,7 @@ def build_config(values: dict[str, Any]) -> Config:
             if convert is not None:
                 kwargs[name] = convert(value)
             elif isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise ValueError
-                kwargs[name] = value
+                kwargs[name] = _as_bool(value)
             elif isinstance(default, float):
                 kwargs[name] = float(value)
             else:

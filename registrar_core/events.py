@@ -15,6 +15,7 @@ CONTACT_EXPIRED = "contact.expired"
 REQUEST_HANDLED = "request.handled"
 POLICY_CHANGED = "policy.changed"
 STORAGE_STATE = "storage.state"
+SECURITY = "security"  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ class Server:
     def __init__(self, config: Config, *, control: bool = True, memory_only: bool = False) -> None:
         self.config = config
         self.core = RegistrarCore(config, memory_only=memory_only)
-        self.transports = Transports(self.core.handle, config.limits, config.tcp_idle_timeout)
+        self.transports = Transports(self.core.handle, config.limits, config.tcp_idle_timeout,
+                                     config.max_tcp_per_ip)
         self._control_enabled = control
         self.control: ControlServer | None = None
 

@@ -14,6 +14,7 @@ class Stats:
     rejected_regs: int = 0
     requests: Counter[str] = field(default_factory=Counter)
     responses: Counter[str] = field(default_factory=Counter)
+    security: Counter[str] = field(default_factory=Counter)
     parse_errors: int = 0
     retransmissions: int = 0
     # REGISTERs per second over the last ten minutes, newest last: (second, count).

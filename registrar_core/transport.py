@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from .config import Listen
@@ -63,8 +64,10 @@ class TcpConnection(asyncio.Protocol):
     """One TCP connection: framed by Content-Length, replies on the same connection."""
 
     def __init__(self, handler: Handler, limits: Limits, idle_timeout: float,
-                 connections: dict[int, TcpConnection]) -> None:
+                 connections: dict[int, TcpConnection], per_ip: Counter[str], max_per_ip: int) -> None:
         self.handler = handler
+        self.per_ip = per_ip
+        self.max_per_ip = max_per_ip
         self.framer = StreamFramer(limits)
         self.idle_timeout = idle_timeout
         self.connections = connections
@@ -80,6 +83,12 @@ class TcpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         local = _local_name("tcp", transport.get_extra_info("sockname"))
         self.source = Source("tcp", peer[0], peer[1], local, self.conid)
+        if self.max_per_ip and self.per_ip[peer[0]] >= self.max_per_ip:
+            log.warning("refusing TCP connection from %s: %d connections already", peer[0], self.max_per_ip)
+            self.source = None
+            transport.close()
+            return
+        self.per_ip[peer[0]] += 1
         self.connections[self.conid] = self
         self._worker = asyncio.ensure_future(self._serve())
         self._touch()
@@ -121,7 +130,10 @@ class TcpConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.pop(self.conid, None)
+        if self.connections.pop(self.conid, None) is not None and self.source is not None:
+            self.per_ip[self.source.ip] -= 1
+            if not self.per_ip[self.source.ip]:
+                del self.per_ip[self.source.ip]
         if self._idle is not None:
             self._idle.cancel()
         if self._worker is not None:
@@ -131,11 +143,14 @@ class TcpConnection(asyncio.Protocol):
 class Transports:
     """Every listening socket of the registrar."""
 
-    def __init__(self, handler: Handler, limits: Limits, tcp_idle_timeout: float) -> None:
+    def __init__(self, handler: Handler, limits: Limits, tcp_idle_timeout: float,
+                 max_tcp_per_ip: int = 0) -> None:
         self.handler = handler
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.max_tcp_per_ip = max_tcp_per_ip
         self.connections: dict[int, TcpConnection] = {}
+        self.per_ip: Counter[str] = Counter()
         self.addresses: list[str] = []
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -152,7 +167,8 @@ class Transports:
                 address = protocol.local
             else:
                 server = await loop.create_server(
-                    lambda: TcpConnection(self.handler, self.limits, self.tcp_idle_timeout, self.connections),
+                    lambda: TcpConnection(self.handler, self.limits, self.tcp_idle_timeout,
+                                          self.connections, self.per_ip, self.max_tcp_per_ip),
                     spec.host, spec.port, family=family, reuse_address=True)
                 self._tcp.append(server)
                 address = _local_name("tcp", server.sockets[0].getsockname())

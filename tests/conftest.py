@@ -35,6 +35,9 @@ async def make_server(short_dir: Path) -> AsyncIterator:
             "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
             "db": str(short_dir / "location.db"),
             "control": str(short_dir / f"control-{len(started)}.sock"),
+            # Lab settings unless a test asks otherwise: auth and flood limits have their own tests.
+            "auth": False,
+            "ip_budget": 0,
         }
         values.update(settings)
         srv = Server(build_config(values))

@@ -31,7 +31,9 @@ class ServeProcess:
         return [
             sys.executable, "-m", "registrar_core.cli", "serve",
             "--listen", f"udp:127.0.0.1:{self.port}", "--listen", f"tcp:127.0.0.1:{self.port}",
-            "--db", str(self.db), "--control", str(self.control), *extra,
+            "--db", str(self.db), "--control", str(self.control),
+            # Lab settings unless a test asks otherwise (a later option wins).
+            "--auth", "off", "--ip-budget", "0", *extra,
         ]
 
     def start(self, *extra: str, timeout: float = 10.0) -> ServeProcess:
@@ -71,6 +73,14 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode if self.proc else None
+
+    def user(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `sipconsole user ...` for this server (through its control socket when it runs)."""
+        cmd = [sys.executable, "-m", "registrar_core.cli", "user", "--db", str(self.db),
+               "--control", str(self.control), *args]
+        if password is not None:
+            cmd.append("--password-stdin")
+        return subprocess.run(cmd, input=(password or "") + "\n", capture_output=True, text=True, timeout=30)
 
     def ctl(self, *args: str, json_output: bool = True) -> tuple[int, object]:
         """Run `sipconsole ctl` against this server; returns (exit code, parsed JSON or text)."""

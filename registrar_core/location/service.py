@@ -193,6 +193,11 @@ class LocationService:
         if not bindings:
             del aors[contact.aor]
 
+    async def commit(self, batch: Batch) -> None:
+        """Make ``batch`` durable with the next group commit (no-op without a store)."""
+        if self.store is not None:
+            await self._commit(batch)
+
     async def _commit(self, batch: Batch) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, fut))
@@ -271,6 +276,7 @@ def _merge(batches: Iterator[Batch] | list[Batch]) -> Batch:
         for table, contact in batch.puts:
             final[contact.ruid] = (table, contact)
         merged.policies += batch.policies
+        merged.subscribers += batch.subscribers
     for ruid, value in final.items():
         if value is None:
             merged.deletes.append(ruid)

@@ -16,7 +16,7 @@ import aiosqlite
 
 from .contact import Contact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: contacts, policies; 2: subscribers
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
     ruid TEXT PRIMARY KEY,
@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS policies (
     value TEXT NOT NULL,
     PRIMARY KEY (tbl, aor, name)
 );
+CREATE TABLE IF NOT EXISTS subscribers (
+    username TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    ha1_md5 TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL,
+    ha1_sha512_256 TEXT NOT NULL,
+    PRIMARY KEY (username, domain)
+);
 """
 _UPSERT = (
     "INSERT OR REPLACE INTO contacts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -69,6 +77,8 @@ class Batch:
     puts: list[tuple[str, Contact]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     policies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    # (username, domain, (ha1_md5, ha1_sha256, ha1_sha512_256) or None to delete)
+    subscribers: list[tuple[str, str, tuple[str, str, str] | None]] = field(default_factory=list)
 
 
 def _row(table: str, c: Contact) -> tuple[object, ...]:
@@ -147,6 +157,12 @@ class LocationStore:
         async with db.execute("SELECT tbl, aor, name, value FROM policies") as cur:
             return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
+    async def load_subscribers(self) -> list[tuple[str, str, tuple[str, str, str]]]:
+        db = self._require()
+        async with db.execute("SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 "
+                              "FROM subscribers ORDER BY domain, username") as cur:
+            return [(r[0], r[1], (r[2], r[3], r[4])) for r in await cur.fetchall()]
+
     async def write(self, batch: Batch) -> None:
         """Apply one batch in one transaction; all or nothing."""
         db = self._require()
@@ -161,6 +177,13 @@ class LocationStore:
                     await db.executemany(_UPSERT, (_row(t, c) for t, c in batch.puts))
                 if batch.policies:
                     await self._write_policies(db, batch.policies)
+                for username, domain, ha1s in batch.subscribers:
+                    if ha1s is None:
+                        await db.execute("DELETE FROM subscribers WHERE username=? AND domain=?",
+                                         (username, domain))
+                    else:
+                        await db.execute("INSERT OR REPLACE INTO subscribers VALUES (?,?,?,?,?)",
+                                         (username, domain, *ha1s))
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:

@@ -1,0 +1,132 @@
+"""Digest authentication of requests, with the defences of security-and-reliability.md §3-§4:
+the same 401 before any subscriber lookup, a dummy HA1 for unknown users, stateless nonces
+with nonce-count replay protection, stale=true for genuine old nonces, and a per-user
+failed-auth budget."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..sip import Request, SipURI
+from .digest import ALGORITHMS, DigestError, challenge, matches, parse_authorization, response
+from .nonce import NonceFactory, NonceState
+from .subscribers import Subscribers
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The reply to send instead of processing the request."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    failure: str | None = None  # a security event worth logging: "auth-failed", "user-banned", ...
+    user: str = ""  # the username the client claimed, for that log line
+
+
+@dataclass
+class AuthOutcome:
+    username: str | None = None
+    refusal: Refusal | None = None
+
+
+class Authenticator:
+    def __init__(self, subscribers: Subscribers, nonces: NonceFactory, key: bytes, *,
+                 fail_budget: int = 5, fail_window: float = 60.0, ban_time: float = 300.0,
+                 clock=time.time) -> None:
+        self.subscribers = subscribers
+        self.nonces = nonces
+        self._dummy_key = hashlib.sha256(b"dummy-ha1" + key).digest()
+        self.fail_budget = fail_budget
+        self.fail_window = fail_window
+        self.ban_time = ban_time
+        self.clock = clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._banned: dict[tuple[str, str], float] = {}
+
+    def challenge(self, realm: str, *, stale: bool = False, failure: str | None = None,
+                  user: str = "") -> Refusal:
+        """401 with one WWW-Authenticate per algorithm, the preferred (SHA-256) first."""
+        nonce = self.nonces.make(realm)
+        headers = [("WWW-Authenticate", challenge(realm, nonce, alg, stale=stale)) for alg in ALGORITHMS]
+        return Refusal(401, "Unauthorized", headers, failure, user)
+
+    def check(self, request: Request, realm: str) -> AuthOutcome:
+        """Authenticate ``request`` against ``realm`` (the AOR's domain)."""
+        creds = None
+        try:
+            for value in request.headers.get_all("Authorization"):
+                found = parse_authorization(value)
+                if found is not None and found.realm.lower() == realm:
+                    creds = found
+                    break
+        except DigestError as exc:
+            return AuthOutcome(refusal=Refusal(400, "Bad Request", [("P-Registrar-Error", str(exc))]))
+        if creds is None:
+            return AuthOutcome(refusal=self.challenge(realm))
+        if creds.uri != (request.uri.raw or str(request.uri)):
+            return AuthOutcome(refusal=Refusal(400, "Bad Request",
+                                               [("P-Registrar-Error", "Digest uri differs from the Request-URI")]))
+        state = self.nonces.check(creds.nonce, realm)
+        if state is NonceState.FORGED:
+            return AuthOutcome(refusal=self._failed(creds.username, realm))
+        if state is NonceState.STALE:
+            return AuthOutcome(refusal=self.challenge(realm, stale=True))
+        nc = _nc(creds.nc)
+        if creds.qop != "auth" or nc is None or not creds.cnonce:
+            return AuthOutcome(refusal=self._failed(creds.username, realm))
+        if not self.nonces.nc_fresh(creds.nonce, nc):
+            return AuthOutcome(refusal=self.challenge(realm, stale=True))
+        key = (creds.username, realm)
+        if self._banned.get(key, 0) > self.clock():
+            return AuthOutcome(refusal=Refusal(403, "Try later", failure="user-banned", user=creds.username))
+        ha1 = self.subscribers.ha1(creds.username, realm, creds.algorithm)
+        if ha1 is None:
+            ha1 = self._dummy_ha1(creds.username, realm, creds.algorithm)
+        expected = response(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
+                            request.method, creds.uri)
+        if not matches(expected, creds.response) or not self.subscribers.exists(creds.username, realm):
+            return AuthOutcome(refusal=self._failed(creds.username, realm))
+        self.nonces.accept_nc(creds.nonce, nc)
+        self._failures.pop(key, None)
+        return AuthOutcome(username=creds.username)
+
+    def _dummy_ha1(self, username: str, realm: str, algorithm: str) -> str:
+        """A stable fake HA1: unknown users cost the same work as known ones."""
+        digest = hmac.new(self._dummy_key, f"{username}:{realm}:{algorithm}".encode(), "sha256").hexdigest()
+        return digest[:32] if algorithm == "MD5" else digest
+
+    def _failed(self, username: str, realm: str) -> Refusal:
+        now = self.clock()
+        key = (username, realm)
+        failures = self._failures.setdefault(key, deque())
+        failures.append(now)
+        while failures and failures[0] < now - self.fail_window:
+            failures.popleft()
+        if len(failures) >= self.fail_budget:
+            self._banned[key] = now + self.ban_time
+            failures.clear()
+            return self.challenge(realm, failure="user-banned", user=username)
+        return self.challenge(realm, failure="auth-failed", user=username)
+
+
+def authorised_for(request: Request, username: str, realm: str) -> bool:
+    """RFC 3261 §10.3 step 4: the authenticated user registers its own AOR only."""
+    for uri in (request.to.uri, request.from_.uri):
+        if not isinstance(uri, SipURI) or uri.user != username or uri.host.lower() != realm:
+            return False
+    return True
+
+
+def _nc(text: str | None) -> int | None:
+    if text is None or len(text) != 8:
+        return None
+    try:
+        value = int(text, 16)
+    except ValueError:
+        return None
+    return value or None  # nc=0 is never valid

@@ -1,0 +1,81 @@
+"""Subscribers: who may register, with HA1 per digest algorithm (never the password)."""
+
+from __future__ import annotations
+
+import re
+
+from ..location.service import LocationService
+from ..location.store import Batch
+from .digest import ha1
+
+_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
+_DOMAIN = re.compile(r"[A-Za-z0-9\-.]+\Z")
+
+
+class SubscriberError(ValueError):
+    """A username, domain or password that cannot be accepted."""
+
+
+def split_user(text: str) -> tuple[str, str]:
+    """``alice@example.com`` (or ``sip:alice@example.com``) -> ("alice", "example.com")."""
+    text = text.strip()
+    if text.lower().startswith(("sip:", "sips:")):
+        text = text.split(":", 1)[1]
+    user, at, domain = text.partition("@")
+    if not at or not _USER.match(user) or not _DOMAIN.match(domain):
+        raise SubscriberError(f"expected USER@DOMAIN, got {text!r}")
+    return user, domain.lower()
+
+
+def ha1_set(username: str, domain: str, password: str) -> tuple[str, str, str]:
+    if not password:
+        raise SubscriberError("the password must not be empty")
+    return (ha1("MD5", username, domain, password), ha1("SHA-256", username, domain, password),
+            ha1("SHA-512-256", username, domain, password))
+
+
+class Subscribers:
+    """The subscriber table, in memory for the hot path and persisted with the location table."""
+
+    def __init__(self, location: LocationService) -> None:
+        self.location = location
+        self._ha1: dict[tuple[str, str], tuple[str, str, str]] = {}
+
+    async def load(self) -> None:
+        if self.location.store is not None:
+            for username, domain, ha1s in await self.location.store.load_subscribers():
+                self._ha1[(username, domain)] = ha1s
+
+    def __len__(self) -> int:
+        return len(self._ha1)
+
+    def ha1(self, username: str, domain: str, algorithm: str) -> str | None:
+        ha1s = self._ha1.get((username, domain.lower()))
+        if ha1s is None:
+            return None
+        return ha1s[("MD5", "SHA-256", "SHA-512-256").index(algorithm)]
+
+    def exists(self, username: str, domain: str) -> bool:
+        return (username, domain.lower()) in self._ha1
+
+    def list(self) -> list[str]:
+        return [f"{u}@{d}" for u, d in sorted(self._ha1, key=lambda k: (k[1], k[0]))]
+
+    async def add(self, user_at_domain: str, password: str, *, replace: bool = False) -> str:
+        username, domain = split_user(user_at_domain)
+        if not replace and (username, domain) in self._ha1:
+            raise SubscriberError(f"{username}@{domain} exists already (use passwd to change its password)")
+        if replace and (username, domain) not in self._ha1:
+            raise LookupError(f"no subscriber {username}@{domain}")
+        ha1s = ha1_set(username, domain, password)
+        await self.location.commit(Batch(subscribers=[(username, domain, ha1s)]))
+        self._ha1[(username, domain)] = ha1s
+        return f"{username}@{domain}"
+
+    async def remove(self, user_at_domain: str) -> str:
+        username, domain = split_user(user_at_domain)
+        if (username, domain) not in self._ha1:
+            raise LookupError(f"no subscriber {username}@{domain}")
+        await self.location.commit(Batch(subscribers=[(username, domain, None)]))
+        del self._ha1[(username, domain)]
+        return f"{username}@{domain}"

@@ -1,0 +1,275 @@
+"""Digest authentication and the defences against enumeration, brute force, hijack and floods."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+
+import pytest
+
+from registrar_core.auth import digest
+from registrar_core.sip import Response
+
+from .conftest import server_address
+from .processes import run_sipp, write_injection
+from .sipclient import UdpPhone, register_bytes, request_bytes
+
+PASSWORD = "correct horse"
+
+
+def test_rfc2617_vector():
+    h1 = digest.ha1("MD5", "Mufasa", "testrealm@host.com", "Circle Of Life")
+    got = digest.response("MD5", h1, "dcd98b7102dd2f0e8b11d0f600bfb0c093", "00000001", "0a4f113b",
+                          "auth", "GET", "/dir/index.html")
+    assert got == "6629fae49393a05397450978507c4ef1"
+
+
+@pytest.mark.parametrize("algorithm, expected", [
+    ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+    ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+])
+def test_rfc7616_vectors(algorithm, expected):
+    h1 = digest.ha1(algorithm, "Mufasa", "http-auth@example.org", "Circle of Life")
+    got = digest.response(algorithm, h1, "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "00000001",
+                          "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", "auth", "GET", "/dir/index.html")
+    assert got == expected
+
+
+def challenges(r: Response) -> list[dict[str, str]]:
+    out = []
+    for value in r.headers.get_all("WWW-Authenticate"):
+        assert value.startswith("Digest ")
+        out.append({k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', value[7:])})
+    return out
+
+
+def authorization(ch: dict[str, str], user: str, password: str, uri: str, *, nc: int = 1,
+                  algorithm: str | None = None, realm: str | None = None, nonce: str | None = None) -> str:
+    algorithm = algorithm or ch["algorithm"]
+    realm = realm or ch["realm"]
+    nonce = nonce or ch["nonce"]
+    cnonce = secrets.token_hex(4)
+    h1 = digest.ha1(algorithm, user, realm, password)
+    resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", "REGISTER", uri)
+    return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}"')
+
+
+@pytest.fixture
+async def auth_server(make_server):
+    srv = await make_server(auth=True)
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    await srv.core.subscribers.add("bob@example.com", "bobs secret")
+    return srv
+
+
+@pytest.fixture
+async def phone(auth_server):
+    p = await UdpPhone(server_address(auth_server)).open()
+    yield p
+    p.close()
+
+
+async def register(phone, aor="alice@example.com", *, auth: str | None = None, call_id="c@t", cseq=1,
+                   contacts=None, expires=3600) -> Response:
+    extra = [auth] if auth else []
+    return await phone.register(aor, contacts=contacts, call_id=call_id, cseq=cseq, extra=extra, expires=expires)
+
+
+async def test_challenge_offers_sha256_then_md5_with_qop(auth_server, phone):
+    r = await register(phone)
+    assert r.status == 401
+    chs = challenges(r)
+    assert [c["algorithm"] for c in chs] == ["SHA-256", "MD5"]
+    assert all(c["qop"] == "auth" and c["realm"] == "example.com" for c in chs)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", chs[0]["nonce"]), "nonce is base64url only"
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5", "SHA-512-256"])
+async def test_register_with_each_algorithm(auth_server, phone, algorithm):
+    ch = challenges(await register(phone))[0]
+    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", algorithm=algorithm),
+                       cseq=2)
+    assert r.status == 200
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 1
+
+
+async def test_unknown_auth_scheme_gets_digest_challenge(auth_server, phone):
+    r = await register(phone, auth='Authorization: NoOneKnowsThisScheme opaque-data=here')
+    assert r.status == 401 and challenges(r)
+
+
+async def test_replayed_nc_is_stale_and_nc_must_grow(auth_server, phone):
+    ch = challenges(await register(phone))[0]
+    first = authorization(ch, "alice", PASSWORD, "sip:example.com", nc=1)
+    assert (await register(phone, auth=first, cseq=2)).status == 200
+    replay = await register(phone, auth=first, cseq=3, expires=0)
+    assert replay.status == 401 and challenges(replay)[0].get("stale") == "true"
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 1, "the replay changed nothing"
+    nc2 = authorization(ch, "alice", PASSWORD, "sip:example.com", nc=2)
+    assert (await register(phone, auth=nc2, cseq=4)).status == 200
+
+
+async def test_nc_zero_rejected(auth_server, phone):
+    ch = challenges(await register(phone))[0]
+    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=0), cseq=2)
+    assert r.status == 401 and "stale" not in challenges(r)[0]
+
+
+async def test_wrong_uri_and_wrong_realm(auth_server, phone):
+    ch = challenges(await register(phone))[0]
+    wrong_uri = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:other.example.com"), cseq=2)
+    assert wrong_uri.status == 400
+    wrong_realm = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com",
+                                                           realm="evil.example"), cseq=3)
+    assert wrong_realm.status == 401
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_expired_nonce_is_stale_and_forged_is_not(auth_server, phone):
+    auth_server.core.authenticator.nonces.lifetime = 1
+    ch = challenges(await register(phone))[0]
+    forged_nonce = ch["nonce"][:-2] + ("AA" if not ch["nonce"].endswith("AA") else "BB")
+    forged = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nonce=forged_nonce),
+                            cseq=2)
+    assert forged.status == 401 and "stale" not in challenges(forged)[0]
+    await asyncio.sleep(1.2)
+    late = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=3)
+    assert late.status == 401 and challenges(late)[0]["stale"] == "true"
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_restart_between_challenge_and_answer_is_stale_then_ok(make_server, short_dir):
+    settings = dict(auth=True, db=str(short_dir / "restart.db"))
+    first = await make_server(**settings)
+    await first.core.subscribers.add("alice@example.com", PASSWORD)
+    phone = await UdpPhone(server_address(first)).open()
+    ch = challenges(await register(phone))[0]
+    await first.stop()
+    second = await make_server(**settings, listen=[f"udp:127.0.0.1:{server_address(first)[1]}"])
+    stale = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)
+    assert stale.status == 401 and challenges(stale)[0]["stale"] == "true"
+    fresh = challenges(stale)[0]
+    assert (await register(phone, auth=authorization(fresh, "alice", PASSWORD, "sip:example.com"), cseq=3)).status == 200
+    assert second.core.fetch_contacts("alice@example.com").count == 1
+    phone.close()
+
+
+async def test_hijack_auth_as_alice_register_bob_is_403(auth_server, phone):
+    ch = challenges(await register(phone, "bob@example.com"))[0]
+    r = await register(phone, "bob@example.com", auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)
+    assert r.status == 403
+    assert auth_server.core.fetch_contacts("bob@example.com").count == 0
+
+
+async def test_unauthenticated_wildcard_removal_refused(auth_server, phone):
+    ch = challenges(await register(phone))[0]
+    await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)
+    r = await register(phone, contacts=["*"], expires=0, call_id="other@t")
+    assert r.status == 401
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 1
+
+
+def _fingerprint(r: Response, user: str) -> list[tuple[str, str]]:
+    """Status line and headers, with what legitimately varies masked: the user asked about,
+    tags, branch, Call-ID and nonce."""
+    out = [("status", f"{r.status} {r.reason}")]
+    for name, value in r.headers:
+        value = value.replace(user, "USER")
+        value = re.sub(r"(tag|branch|rport)=[^;>,]+", r"\1=*", value)
+        value = re.sub(r'nonce="[^"]+"', 'nonce="*"', value)
+        out.append((name, "*" if name == "Call-ID" else value))
+    return out
+
+
+async def test_unknown_user_and_wrong_password_answer_identically(auth_server, phone):
+    fingerprints = []
+    for user, password in (("alice", "wrong password"), ("nosuchuser", "whatever")):
+        aor = f"{user}@example.com"
+        ch = challenges(await register(phone, aor, call_id=f"{user}@t"))[0]
+        r = await register(phone, aor, auth=authorization(ch, user, password, "sip:example.com"),
+                           call_id=f"{user}@t", cseq=2)
+        fingerprints.append(_fingerprint(r, user))
+    assert fingerprints[0] == fingerprints[1]
+    assert fingerprints[0][0] == ("status", "401 Unauthorized")
+
+
+async def test_failed_auth_budget_bans_the_user(make_server, caplog):
+    srv = await make_server(auth=True, auth_fail_budget=3)
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    phone = await UdpPhone(server_address(srv)).open()
+    caplog.set_level(logging.WARNING, logger="sipconsole.security")
+    for cseq in range(1, 4):
+        ch = challenges(await register(phone, call_id=f"b{cseq}@t"))[0]
+        await register(phone, auth=authorization(ch, "alice", "guess", "sip:example.com"), call_id=f"b{cseq}@t",
+                       cseq=cseq + 10)
+    ch = challenges(await register(phone, call_id="last@t"))[0]
+    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), call_id="last@t", cseq=2)
+    assert (r.status, r.reason) == (403, "Try later"), "banned even with the right password"
+    assert any(re.fullmatch(r'SIPSEC user-banned src=127\.0\.0\.1:\d+ user="alice"', m.getMessage())
+               for m in caplog.records)
+    phone.close()
+
+
+async def test_flood_from_one_address_banned_while_another_registers(make_server, caplog):
+    srv = await make_server(auth=False, ip_budget=20)
+    caplog.set_level(logging.WARNING, logger="sipconsole.security")
+    host, port = server_address(srv)
+    flooder = await UdpPhone((host, port)).open()
+    for i in range(60):
+        flooder.send_raw(request_bytes("OPTIONS", f"sip:{host}", "flood@example.com", local=flooder.local))
+    answered = 0
+    while True:
+        try:
+            await flooder.receive(timeout=0.3)
+            answered += 1
+        except asyncio.TimeoutError:
+            break
+    assert answered <= 20, "everything past the budget is dropped"
+    assert "127.0.0.1" in srv.core.snapshot_stats()["banned_ips"]
+    assert any(m.getMessage().startswith("SIPSEC ban src=127.0.0.1:") for m in caplog.records)
+    loop = asyncio.get_running_loop()
+    other = UdpPhone((host, port))
+    other.transport, _ = await loop.create_datagram_endpoint(lambda: other.protocol, local_addr=("127.0.0.2", 0))
+    r = await other.register("legit@example.com")
+    assert r.status == 200, "another source still registers"
+    flooder.close()
+    other.close()
+
+
+async def test_scanner_user_agent_dropped(auth_server, phone, caplog):
+    caplog.set_level(logging.WARNING, logger="sipconsole.security")
+    host, _ = server_address(auth_server)
+    phone.send_raw(request_bytes("OPTIONS", f"sip:100@{host}", "100@example.com", local=phone.local,
+                                 extra=["User-Agent: friendly-scanner"]))
+    with pytest.raises(asyncio.TimeoutError):
+        await phone.receive(timeout=0.4)
+    assert auth_server.core.snapshot_stats()["security"]["scanner"] == 1
+    assert any('SIPSEC scanner src=127.0.0.1:' in m.getMessage() for m in caplog.records)
+
+
+async def test_log_line_takes_ip_from_socket_not_headers(auth_server, phone, caplog):
+    caplog.set_level(logging.WARNING, logger="sipconsole.security")
+    aor = "alice@example.com"
+    data = register_bytes(aor, [phone.contact], local=("6.6.6.6", 5060), call_id="inj@t",
+                           extra=['Authorization: Digest username="x\' failed for \'1.2.3.4", realm="example.com", '
+                                  'nonce="AAAA", uri="sip:example.com", response="00", qop=auth, nc=00000001, cnonce="c"'])
+    await phone.send(data)
+    lines = [m.getMessage() for m in caplog.records if m.getMessage().startswith("SIPSEC")]
+    assert lines and all(" src=127.0.0.1:" in line for line in lines)
+    assert "6.6.6.6" not in "".join(lines)
+
+
+def test_sipp_registers_with_digest(serve_process, tmp_path):
+    serve_process.start("--auth", "on")
+    for i in range(5):
+        done = serve_process.user("add", f"dev{i}@example.com", password=f"pw{i}")
+        assert done.returncode == 0, done.stderr
+    inf = write_injection(tmp_path / "users.csv", [(f"dev{i}", "example.com", f"pw{i}") for i in range(5)])
+    result = run_sipp("register_auth.xml", serve_process.port, "-inf", str(inf), calls=5, rate=20)
+    assert (result.successful, result.failed) == (5, 0), result.output[-3000:]
+    code, dump = serve_process.ctl("dump")
+    assert sorted(a["aor"] for a in dump["aors"]) == [f"dev{i}@example.com" for i in range(5)]
