@@ -118,6 +118,10 @@ class RegistrarCore:
         self._seen: set[tuple[str, str]] = set()
         self._scanner_ips: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # Who wants the responses to requests we send (qualify OPTIONS); set by the service.
+        self.response_sinks: list[Callable[[Response, Source], None]] = []
+        # How to send a request: (local socket name, TCP conid, (host, port), bytes) -> sent?
+        self.sender: Callable[[str, int | None, tuple[str, int], bytes], bool] | None = None
 
     async def start(self) -> None:
         await self.location.start()
@@ -273,7 +277,11 @@ class RegistrarCore:
             self.stats.parse_errors += 1
             salvaged = salvage_reply(data, exc, self.to_tag)
             return None if salvaged is None else (salvaged, (source.ip, source.port))
-        if not isinstance(message, Request) or message.method == "ACK":
+        if isinstance(message, Response):
+            for sink in self.response_sinks:
+                sink(message, source)
+            return None
+        if message.method == "ACK":
             return None
         if self.config.drop_scanners and is_scanner(message.headers.get("User-Agent")):
             self._note_scanner(source, message.headers.get("User-Agent") or "")

@@ -19,6 +19,7 @@ class Server:
         self.core = RegistrarCore(config, memory_only=memory_only)
         self.transports = Transports(self.core.handle, config.limits, config.tcp_idle_timeout,
                                      config.max_tcp_per_ip)
+        self.core.sender = self.transports.send
         self._control_enabled = control
         self.control: ControlServer | None = None
 

@@ -153,6 +153,7 @@ class Transports:
         self.per_ip: Counter[str] = Counter()
         self.addresses: list[str] = []
         self._udp: list[asyncio.DatagramTransport] = []
+        self._udp_by_name: dict[str, UdpProtocol] = {}
         self._tcp: list[asyncio.base_events.Server] = []
 
     async def listen(self, spec: Listen) -> str:
@@ -165,6 +166,7 @@ class Transports:
                     lambda: UdpProtocol(self.handler), local_addr=(spec.host, spec.port), family=family)
                 self._udp.append(transport)
                 address = protocol.local
+                self._udp_by_name[address] = protocol
             else:
                 server = await loop.create_server(
                     lambda: TcpConnection(self.handler, self.limits, self.tcp_idle_timeout,
@@ -177,6 +179,23 @@ class Transports:
         self.addresses.append(address)
         return address
 
+    def send(self, local: str, conid: int | None, addr: tuple[str, int], data: bytes) -> bool:
+        """Send a request from the socket named ``local`` (or on TCP connection ``conid``)."""
+        if conid is not None:
+            conn = self.connections.get(conid)
+            if conn is None or conn.transport is None or conn.transport.is_closing():
+                return False
+            conn.transport.write(data)
+            return True
+        protocol = self._udp_by_name.get(local)
+        if protocol is None or protocol.transport is None:
+            return False
+        try:
+            protocol.transport.sendto(data, addr)
+        except OSError:
+            return False
+        return True
+
     async def close(self) -> None:
         for transport in self._udp:
             transport.close()
@@ -187,4 +206,5 @@ class Transports:
         for server in self._tcp:
             await server.wait_closed()
         self._udp.clear()
+        self._udp_by_name.clear()
         self._tcp.clear()
