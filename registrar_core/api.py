@@ -45,6 +45,7 @@ from .transactions import IN_PROGRESS, Reply, TransactionTable, transaction_key
 log = logging.getLogger(__name__)
 
 POLICY_CALLER_CHECK = "caller_check"
+MAX_SEEN = 1_000_000
 
 
 def reply_address(request: Request, source: Source) -> tuple[str, int]:
@@ -115,7 +116,7 @@ class RegistrarCore:
         self.subscribers = Subscribers(self.location)
         self.guard = IpGuard(config.ip_budget, config.ban_time)
         self.authenticator: Authenticator | None = None
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: dict[tuple[str, str], None] = {}  # AORs that registered since start (bounded)
         self._scanner_ips: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # Who wants the responses to requests we send (qualify OPTIONS); set by the service.
@@ -130,7 +131,7 @@ class RegistrarCore:
             key = load_key(self.config.auth_key_path)
             self.authenticator = Authenticator(
                 self.subscribers, NonceFactory(key, clock=self.location.clock), key,
-                fail_budget=self.config.auth_fail_budget, ban_time=self.config.ban_time,
+                algorithms=self.config.auth_algorithms, fail_budget=self.config.auth_fail_budget, ban_time=self.config.ban_time,
                 clock=self.location.clock)
             if not len(self.subscribers):
                 log.warning("authentication is on and there are no subscribers: add one with "
@@ -151,12 +152,24 @@ class RegistrarCore:
     # -- Kamailio's functions ----------------------------------------------------------
     async def save(self, request: Request, flags: int = 0, *, table: str = DEFAULT_TABLE,
                    source: Source | None = None) -> Response:
-        """Process a REGISTER (Kamailio save()); returns the reply to send."""
+        """Process a REGISTER (Kamailio save()); returns the reply, and sends nothing itself:
+        the transports send it, and with flag 0x02 (no reply) the caller decides when,
+        e.g. with :meth:`send_reply`."""
         source = source or Source("udp", "127.0.0.1", 0, "api")
         response = await self.registrar.save(table, request, flags, source)
         if response.status == 200:
-            self._seen.add((table, request.to.uri.aor))
+            key = (table, request.to.uri.aor)
+            if self.location.known(*key):
+                self._seen[key] = None
+                if len(self._seen) > MAX_SEEN:
+                    del self._seen[next(iter(self._seen))]
         return response
+
+    def send_reply(self, request: Request, source: Source, response: Response) -> bool:
+        """Kamailio reg_send_reply(): send a reply kept back by save() flag 0x02 (no reply)."""
+        if self.sender is None:
+            return False
+        return self.sender(source.local, source.conid, reply_address(request, source), bytes(response))
 
     async def unregister(self, aor: str, ruid: str | None = None, *,
                          table: str = DEFAULT_TABLE) -> list[Contact]:
@@ -197,7 +210,10 @@ class RegistrarCore:
         return any(c.received == source.address for c in self.location.contacts(table, uri.aor))
 
     def known_aor(self, aor: str, table: str = DEFAULT_TABLE) -> bool:
-        return self.location.known(table, aor) or (table, aor) in self._seen
+        """An AOR with contacts, a subscriber, or one that registered since start."""
+        user, _, host = aor.rpartition("@")
+        return (self.location.known(table, aor) or (table, aor) in self._seen
+                or (bool(user) and self.subscribers.exists(user, host)))
 
     # -- policies ------------------------------------------------------------------
     def single_contact(self, aor: str | None = None, *, table: str = DEFAULT_TABLE) -> bool:

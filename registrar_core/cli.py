@@ -43,6 +43,8 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
     s = p.add_argument_group("security")
     s.add_argument("--auth", choices=["on", "off"], help="digest authentication of REGISTER (default on; off only in a lab)")
+    s.add_argument("--auth-algorithms", metavar="LIST",
+                   help="digest algorithms challenged, in order (default SHA-256,MD5; also SHA-512-256)")
     s.add_argument("--ip-budget", type=int, metavar="N", help="requests per source IP per 2 s before a ban, 0 = no limit (default 400)")
     s.add_argument("--ban-time", type=int, metavar="S", help="seconds an IP or user stays banned (default 300)")
     s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user per minute before a ban (default 5)")
@@ -54,7 +56,7 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
 def _config_from(args: argparse.Namespace) -> Config:
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     for name in ("listen", "db", "domain", "min_expires", "max_expires", "default_expires",
-                 "max_contacts", "single_contact", "caller_check", "control", "auth", "ip_budget",
+                 "max_contacts", "single_contact", "caller_check", "control", "auth", "auth_algorithms", "ip_budget",
                  "ban_time", "auth_fail_budget", "drop_scanners", "max_tcp_per_ip"):
         value = getattr(args, name)
         if value is not None:

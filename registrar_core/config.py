@@ -68,6 +68,7 @@ class Config:
     single_contact: bool = False
     caller_check: bool = False
     auth: bool = True  # digest authentication of REGISTER; off only for a lab
+    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenged in this order; others refused
     auth_key: str = ""  # HMAC key file for nonces; default: auth.key beside the database
     auth_fail_budget: int = 5  # failed authentications per user per minute before a ban
     ip_budget: int = 400  # requests per source IP per 2 s before a ban (pike); 0 = no limit
@@ -95,6 +96,9 @@ class Config:
             raise ConfigError("expires-range is a percentage (0-100)")
         if not self.listen:
             raise ConfigError("at least one --listen address is needed")
+        unknown = [a for a in self.auth_algorithms if a not in ("SHA-256", "SHA-512-256", "MD5")]
+        if unknown or not self.auth_algorithms:
+            raise ConfigError("auth-algorithms: choose from SHA-256, SHA-512-256, MD5")
         if self.tcp_idle_timeout <= 0:
             raise ConfigError("tcp-idle-timeout must be positive")
 
@@ -118,6 +122,8 @@ def _opt(name: str) -> str:
 _CONVERTERS: dict[str, Any] = {
     "listen": lambda v: tuple(parse_listen(x) for x in _as_list(v)),
     "domain": lambda v: tuple(str(x).lower() for x in _as_list(v)),
+    "auth_algorithms": lambda v: tuple(
+        a.strip().upper() for x in _as_list(v) for a in str(x).split(",") if a.strip()),
     "db": str,
     "control": str,
     "auth_key": str,

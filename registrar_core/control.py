@@ -5,7 +5,9 @@ control server, ``sipconsole ctl`` and the console (embedded through
 :class:`LocalClient`, attached through :class:`ControlClient`) all go through it.
 
 Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table}``,
-``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``, and
+``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``,
+``user.list``, ``user.add {user, password}``, ``user.passwd {user, password}``,
+``user.remove {user}``, and
 ``subscribe``, after which the server sends ``{"method": "event", "params": {...}}``
 notifications on that connection.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import json
 import logging
@@ -22,7 +25,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .api import NotFound, RegistrarCore
+from .api import NotFound, RegistrarCore, normalise_aor
+from .auth import SubscriberError
 from .location import DEFAULT_TABLE, StorageError
 
 log = logging.getLogger(__name__)
@@ -54,11 +58,21 @@ class Methods:
         if handler is None or method == "subscribe":
             raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
         try:
-            return await handler(**params)
+            # Check the parameters against the signature first: a TypeError raised *inside*
+            # a method is a bug to report as such, not "bad parameters".
+            inspect.signature(handler).bind(**params)
         except TypeError as exc:
             raise RpcError(INVALID_PARAMS, f"bad parameters for {method}: {exc}") from None
-        except NotFound as exc:
-            raise RpcError(NOT_FOUND, str(exc)) from None
+        _check_types(method, params)
+        try:
+            return await handler(**params)
+        except LookupError as exc:
+            if type(exc) not in (NotFound, LookupError):  # a KeyError/IndexError is a bug
+                raise
+            # NotFound, or the plain LookupError of an unknown subscriber
+            raise RpcError(NOT_FOUND, str(exc.args[0] if exc.args else exc)) from None
+        except SubscriberError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
         except StorageError as exc:
             raise RpcError(STORAGE_FAILED, f"storage failure: {exc}") from None
 
@@ -68,14 +82,14 @@ class Methods:
         return {"table": table, "aors": aors}
 
     async def rpc_show(self, aor: str, table: str = DEFAULT_TABLE) -> dict[str, Any]:
-        profile = self.core.fetch_contacts(aor, table=table)
+        profile = self.core.fetch_contacts(_valid_aor(aor), table=table)
         if not profile.count:
             raise NotFound(f"{profile.aor} has no contacts in table {table}")
         return profile.to_dict(self.core.location.clock())
 
     async def rpc_unregister(self, aor: str, ruid: str | None = None,
                              table: str = DEFAULT_TABLE) -> dict[str, Any]:
-        removed = await self.core.unregister(aor, ruid, table=table)
+        removed = await self.core.unregister(_valid_aor(aor), ruid, table=table)
         now = self.core.location.clock()
         return {"removed": [c.to_dict(now) for c in removed]}
 
@@ -88,6 +102,10 @@ class Methods:
 
     async def rpc_policy_set(self, name: str, value: bool | None, aor: str | None = None,
                              table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        if value is not None and not isinstance(value, bool):
+            raise RpcError(INVALID_PARAMS, "policy value must be true, false or null")
+        if aor is not None:
+            aor = _valid_aor(aor)
         if name == "single_contact":
             if value is None and not aor:
                 raise RpcError(INVALID_PARAMS, "the global single-contact policy needs on or off")
@@ -95,13 +113,46 @@ class Methods:
         elif name == "caller_check":
             if aor or value is None:
                 raise RpcError(INVALID_PARAMS, "caller_check is global and needs on or off")
-            await self.core.set_caller_check(bool(value))
+            await self.core.set_caller_check(value)
         else:
             raise RpcError(INVALID_PARAMS, f"unknown policy {name!r}")
         return await self.rpc_policy_get(table)
 
     async def rpc_stats(self) -> dict[str, Any]:
         return self.core.snapshot_stats()
+
+    # -- subscribers (``sipconsole user``) ------------------------------------------------
+    async def rpc_user_list(self) -> dict[str, Any]:
+        return {"users": self.core.subscribers.list()}
+
+    async def rpc_user_add(self, user: str, password: str) -> dict[str, Any]:
+        return {"user": await self.core.subscribers.add(user, password)}
+
+    async def rpc_user_passwd(self, user: str, password: str) -> dict[str, Any]:
+        return {"user": await self.core.subscribers.add(user, password, replace=True)}
+
+    async def rpc_user_remove(self, user: str) -> dict[str, Any]:
+        return {"user": await self.core.subscribers.remove(user)}
+
+
+# Parameters that must be strings (or null where the method allows it).
+_STRING_PARAMS = {"aor", "ruid", "table", "name", "user", "password"}
+
+
+def _check_types(method: str, params: dict[str, Any]) -> None:
+    for key, value in params.items():
+        if key in _STRING_PARAMS and value is not None and not isinstance(value, str):
+            raise RpcError(INVALID_PARAMS, f"bad parameters for {method}: {key} must be a string")
+    if params.get("table") is not None and not params["table"]:
+        raise RpcError(INVALID_PARAMS, f"bad parameters for {method}: table must not be empty")
+
+
+def _valid_aor(aor: str) -> str:
+    """A malformed AOR is a bad request (usage), not "not found"."""
+    try:
+        return normalise_aor(aor)
+    except NotFound as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
 
 
 def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
@@ -148,7 +199,7 @@ class ControlServer:
             while line := await reader.readline():
                 reply, subscribe = await self._one(line)
                 if reply is not None:
-                    writer.write(json.dumps(reply).encode() + b"\n")
+                    writer.write(json.dumps(reply, default=str).encode() + b"\n")
                     await writer.drain()
                 if subscribe and pump is None:
                     pump = asyncio.create_task(self._pump(writer))
@@ -240,6 +291,8 @@ class ControlClient:
         try:
             while line := await self._reader.readline():
                 message = json.loads(line)
+                if not isinstance(message, dict):
+                    continue
                 if message.get("method") == "event":
                     if self._events.full():
                         self._events.get_nowait()
@@ -256,9 +309,15 @@ class ControlClient:
                     fut.set_exception(ConnectionError("the registrar closed the control connection"))
             self._waiting.clear()
 
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and self._task is not None and not self._task.done()
+
     async def call(self, method: str, **params: Any) -> Any:
         if self._writer is None:
             raise ConnectionError("not connected")
+        if not self.connected:
+            raise ConnectionError("the registrar closed the control connection")
         id_ = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[id_] = fut

@@ -8,10 +8,15 @@ import json
 import sys
 from typing import Any
 
+from .api import NotFound, normalise_aor
 from .config import default_control_path
-from .control import NOT_FOUND, ControlClient, RpcError
+from .control import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, ControlClient, RpcError
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_NO_REGISTRAR = 0, 1, 2, 3
+# The registrar refused the request itself: our usage was wrong.
+_USAGE_CODES = frozenset((PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS))
+# How long to wait for a registrar that accepted the connection but does not answer.
+TIMEOUT = 15.0
 
 _EPILOG = """commands:
   dump [--table T]                          every AOR and its contacts
@@ -26,7 +31,11 @@ _EPILOG = """commands:
   stats                                     counters, like Kamailio's statistics
 
 AOR is alice@example.com or sip:alice@example.com.
-exit status: 0 ok, 1 not found, 2 bad usage, 3 no registrar on the control socket."""
+--json prints the result as JSON: dump gives {"table": T, "aors": [{"aor": A, "contacts":
+[{every $ulc attribute, "expires": seconds left}]}]}, show gives {"aor": A, "count": N,
+"contacts": [...]}, unregister gives {"removed": [...]}.
+exit status: 0 ok, 1 not found (or the registrar failed the request), 2 bad usage,
+3 no registrar answers on the control socket."""
 
 
 def add_ctl_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +76,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if cmd == "stats":
         return "stats", {}
     if args.name == "show":
+        if args.value is not None or args.aor:
+            raise ValueError("policy show takes no value and no --aor")
         return "policy.get", {"table": args.table}
     if args.value is None:
         raise ValueError(f"policy {args.name} needs on or off")
@@ -81,21 +92,39 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return "policy.set", params
 
 
+def _check_aor(params: dict[str, Any]) -> None:
+    """A malformed AOR is bad usage, caught before the registrar is asked."""
+    if "aor" in params:
+        try:
+            normalise_aor(params["aor"])
+        except NotFound:
+            raise ValueError(f"not a valid AOR: {params['aor']!r} (expected user@domain or sip:user@domain)") from None
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print("sipconsole ctl: " + " ".join(str(message).split()), file=sys.stderr)
+
+
 def run_ctl(args: argparse.Namespace) -> int:
     try:
         method, params = _request(args)
+        _check_aor(params)
     except ValueError as exc:
-        print(f"sipconsole ctl: error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_USAGE
     path = args.control or str(default_control_path())
     try:
         result = asyncio.run(_call(path, method, params))
     except ConnectionError as exc:
-        print(f"sipconsole ctl: {exc}", file=sys.stderr)
+        _say(str(exc))
+        return EXIT_NO_REGISTRAR
+    except TimeoutError:
+        _say(f"no answer from the registrar on {path} within {TIMEOUT:g} s")
         return EXIT_NO_REGISTRAR
     except RpcError as exc:
-        print(f"sipconsole ctl: {exc.message}", file=sys.stderr)
-        return EXIT_NOT_FOUND if exc.code == NOT_FOUND else EXIT_USAGE
+        _say(exc.message)
+        return EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_NOT_FOUND
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -104,11 +133,12 @@ def run_ctl(args: argparse.Namespace) -> int:
 
 
 async def _call(path: str, method: str, params: dict[str, Any]) -> Any:
-    client = await ControlClient(path).connect()
-    try:
-        return await client.call(method, **params)
-    finally:
-        await client.close()
+    async with asyncio.timeout(TIMEOUT):
+        client = await ControlClient(path).connect()
+        try:
+            return await client.call(method, **params)
+        finally:
+            await client.close()
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -152,8 +182,12 @@ def render(method: str, result: Any) -> str:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, float):
         return f"{value:.3f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in sorted(value.items()))
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return "" if value is None else str(value)

@@ -40,7 +40,7 @@ def answer(core: RegistrarCore, request: Request, source: Source, table: str) ->
     if core.caller_check and not core.from_registered_device(request, source, table):
         return reply(request, 403, "Please register first", [], tag)
     now = core.location.clock()
-    targets = core.lookup(uri, table)
+    targets = core.lookup(uri, table=table)
     if targets:
         return reply(request, 302, "Moved Temporarily",
                      [("Contact", format_binding(c, now)) for c in targets], tag)

@@ -186,6 +186,8 @@ class Registrar:
             if not 0.0 <= q <= 1.0:
                 raise RegisterRejected(400, "Bad Request", "q value out of range")
         instance = contact.param("+sip.instance") or ""
+        if len(instance) >= 2 and instance[0] == instance[-1] == '"':
+            instance = instance[1:-1]  # as Kamailio's $ulc(instance): <urn:uuid:...>
         regid_text = contact.param("reg-id")
         regid = 0
         if instance and regid_text is not None and "outbound" in _supported(request):

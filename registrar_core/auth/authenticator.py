@@ -36,10 +36,11 @@ class AuthOutcome:
 
 class Authenticator:
     def __init__(self, subscribers: Subscribers, nonces: NonceFactory, key: bytes, *,
-                 fail_budget: int = 5, fail_window: float = 60.0, ban_time: float = 300.0,
+                 algorithms: tuple[str, ...] = ALGORITHMS, fail_budget: int = 5, fail_window: float = 60.0, ban_time: float = 300.0,
                  clock=time.time) -> None:
         self.subscribers = subscribers
         self.nonces = nonces
+        self.algorithms = algorithms
         self._dummy_key = hashlib.sha256(b"dummy-ha1" + key).digest()
         self.fail_budget = fail_budget
         self.fail_window = fail_window
@@ -50,9 +51,9 @@ class Authenticator:
 
     def challenge(self, realm: str, *, stale: bool = False, failure: str | None = None,
                   user: str = "") -> Refusal:
-        """401 with one WWW-Authenticate per algorithm, the preferred (SHA-256) first."""
+        """401 with one WWW-Authenticate per algorithm, the preferred first (RFC 8760 §2.4)."""
         nonce = self.nonces.make(realm)
-        headers = [("WWW-Authenticate", challenge(realm, nonce, alg, stale=stale)) for alg in ALGORITHMS]
+        headers = [("WWW-Authenticate", challenge(realm, nonce, alg, stale=stale)) for alg in self.algorithms]
         return Refusal(401, "Unauthorized", headers, failure, user)
 
     def check(self, request: Request, realm: str) -> AuthOutcome:
@@ -66,7 +67,7 @@ class Authenticator:
                     break
         except DigestError as exc:
             return AuthOutcome(refusal=Refusal(400, "Bad Request", [("P-Registrar-Error", str(exc))]))
-        if creds is None:
+        if creds is None or creds.algorithm not in self.algorithms:
             return AuthOutcome(refusal=self.challenge(realm))
         if creds.uri != (request.uri.raw or str(request.uri)):
             return AuthOutcome(refusal=Refusal(400, "Bad Request",

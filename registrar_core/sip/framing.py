@@ -17,15 +17,19 @@ class StreamFramer:
     """Feed bytes as they arrive; take whole messages out.
 
     A message without Content-Length, with a bad one, or a header block larger
-    than the limits raises SipError(drop=True): the connection must be closed.
+    than the limits raises SipError(drop=True): the connection must be closed,
+    and messages framed earlier in the same ``feed`` call are not returned.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buffer = bytearray()
         self._limits = limits
+        self._scanned = 0  # bytes of the current header block already searched for CRLFCRLF
+        self._total: int | None = None  # length of the current message, once its head is read
 
     @property
     def buffered(self) -> int:
+        """Bytes held back, waiting for the rest of a message."""
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -33,31 +37,43 @@ class StreamFramer:
         self._buffer += data
         out: list[bytes] = []
         while self._buffer:
-            if self._buffer.startswith(KEEPALIVE):
-                del self._buffer[:4]
-                out.append(KEEPALIVE)
-                continue
-            if self._buffer.startswith(b"\r\n"):
-                if len(self._buffer) < 4 and KEEPALIVE.startswith(bytes(self._buffer)):
-                    break  # maybe the start of a ping
-                del self._buffer[:2]
-                continue
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > self._limits.max_header_block:
-                    raise SipError(513, "Header block too large", drop=True)
+            if self._total is None:
+                if self._buffer.startswith(KEEPALIVE):
+                    del self._buffer[:4]
+                    out.append(KEEPALIVE)
+                    continue
+                if self._buffer.startswith(b"\r\n"):
+                    if len(self._buffer) < 4 and KEEPALIVE.startswith(self._buffer):
+                        break  # maybe the start of a ping
+                    del self._buffer[:2]  # a CRLF "pong" or stray line end between messages
+                    continue
+                self._total = self._read_head()
+                if self._total is None:
+                    break
+            if len(self._buffer) < self._total:
                 break
-            head = bytes(self._buffer[:end])
-            if len(head) > self._limits.max_header_block:
-                raise SipError(513, "Header block too large", drop=True)
-            length = content_length([m.decode("latin-1") for m in _LENGTH_LINE.findall(head)])
-            if length is None:
-                raise SipError(400, "Content-Length required on a stream", drop=True)
-            total = end + 4 + length
-            if total > self._limits.max_message_size:
-                raise SipError(513, "Message Too Large", drop=True)
-            if len(self._buffer) < total:
-                break
-            out.append(bytes(self._buffer[:total]))
-            del self._buffer[:total]
+            out.append(bytes(self._buffer[: self._total]))
+            del self._buffer[: self._total]
+            self._total = None
+            self._scanned = 0
         return out
+
+    def _read_head(self) -> int | None:
+        """The whole length of the message starting the buffer, or None until its head is in."""
+        limits = self._limits
+        end = self._buffer.find(KEEPALIVE, self._scanned)
+        if end < 0:
+            if len(self._buffer) > limits.max_header_block:
+                raise SipError(513, "Header block too large", drop=True)
+            self._scanned = max(0, len(self._buffer) - 3)
+            return None
+        if end > limits.max_header_block:
+            raise SipError(513, "Header block too large", drop=True)
+        head = bytes(self._buffer[:end])
+        length = content_length([m.decode("latin-1") for m in _LENGTH_LINE.findall(head)])
+        if length is None:
+            raise SipError(400, "Content-Length required on a stream", drop=True)
+        total = end + 4 + length
+        if total > limits.max_message_size:
+            raise SipError(513, "Message Too Large", drop=True)
+        return total

@@ -51,6 +51,7 @@ _VIA = re.compile(
     r"(\[[^\]]*\]|[^\s:;\[\]]+)(?:\s*:\s*([^\s;]*))?\s*(?:;(.*))?\Z",
     re.S,
 )
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*+"', re.S)  # quoted-string with quoted-pairs
 _CSEQ = re.compile(rf"([0-9]+)\s+({_TOKEN_CHARS})\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
 MAX_CSEQ = 2**32 - 1
@@ -113,20 +114,6 @@ class NameAddr:
         return f"{display}<{self.uri.raw or self.uri}>{format_params(self.params)}"
 
 
-def _quoted_end(text: str, start: int) -> int:
-    """Index just past the closing quote of a quoted-string opening at ``start``."""
-    i = start + 1
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i + 1
-        i += 1
-    raise SipError(400, "Unbalanced quotes")
-
-
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one From/To/Contact/Route-style value."""
     text = text.strip()
@@ -135,7 +122,10 @@ def parse_name_addr(text: str) -> NameAddr:
     lt = -1
     display: str | None = None
     if text.startswith('"'):
-        end = _quoted_end(text, 0)
+        quoted = _QUOTED.match(text)
+        if not quoted:
+            raise SipError(400, "Unbalanced quotes")
+        end = quoted.end()
         display = text[:end]
         lt = text.find("<", end)
         if lt < 0 or text[end:lt].strip():

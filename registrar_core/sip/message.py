@@ -294,7 +294,7 @@ def _header_fields(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
             if not fields:
                 raise SipError(400, "Continuation line before any header")
             name, value = fields[-1]
-            fields[-1] = (name, f"{value} {line.strip(' ')}".strip(" \t"))
+            fields[-1] = (name, (value + " " + line.strip(" \t")).strip(" \t"))
             continue
         m = _HEADER_NAME.match(line)
         if not m:
@@ -312,7 +312,7 @@ def content_length(values: list[str]) -> int | None:
         return None
     numbers = set()
     for value in values:
-        value = value.strip()
+        value = value.strip(" \t\r")
         if not is_digits(value) or len(value.lstrip("0")) > 10:
             raise SipError(400, "Invalid Content-Length", drop=True)
         numbers.add(int(value))

@@ -82,11 +82,6 @@ def param(params: Params, name: str) -> str | None:
     return None
 
 
-def has_param(params: Params, name: str) -> bool:
-    lname = name.lower()
-    return any(n.lower() == lname for n, _ in params)
-
-
 def unescape(text: str) -> bytes:
     """Percent-decode to bytes (a %00 stays a NUL byte, nothing is cut)."""
     raw = text.encode("utf-8", "surrogateescape")

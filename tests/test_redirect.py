@@ -1,0 +1,191 @@
+"""Requests other than REGISTER: the registrar as a redirect server, over real sockets.
+
+OPTIONS to the server -> 200 with Allow; caller check -> "403 Please register first";
+a registered AOR -> 302 with its contacts q-ordered; known AOR without contacts -> 480;
+unknown -> 404; ACK -> nothing; unknown methods -> 501 with Allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from registrar_core.sip import split_values
+
+from .conftest import server_address
+from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes, request_bytes
+
+
+async def phones(srv, n: int) -> list[UdpPhone]:
+    return [await UdpPhone(server_address(srv)).open() for _ in range(n)]
+
+
+def allow(response) -> set[str]:
+    return {m.strip() for m in split_values(response.headers.get("Allow") or "")}
+
+
+def targets(response) -> list[str]:
+    return [str(c.uri) for c in response.contacts]
+
+
+async def test_options_to_the_server_is_200_with_allow(server):
+    (phone,) = await phones(server, 1)
+    host, port = server_address(server)
+    r = await phone.send(request_bytes("OPTIONS", f"sip:{host}:{port}", next_aor(), local=phone.local))
+    assert (r.status, r.reason) == (200, "OK")
+    assert {"REGISTER", "OPTIONS", "INVITE"} <= allow(r)
+    assert r.to.tag, "a final response carries a To tag"
+
+
+async def test_options_to_the_server_is_200_even_with_caller_check_on(make_server):
+    srv = await make_server(caller_check=True)
+    (phone,) = await phones(srv, 1)
+    host, port = server_address(srv)
+    r = await phone.send(request_bytes("OPTIONS", f"sip:{host}:{port}", next_aor(), local=phone.local))
+    assert r.status == 200 and "INVITE" in allow(r)
+
+
+async def test_ack_is_never_answered(server):
+    (phone,) = await phones(server, 1)
+    aor = next_aor()
+    await phone.register(aor)
+    phone.send_raw(request_bytes("ACK", f"sip:{aor}", next_aor(), local=phone.local))
+    with pytest.raises(asyncio.TimeoutError):
+        await phone.receive(timeout=0.3)
+    # The socket still answers: the ACK was dropped, not the phone.
+    r = await phone.send(request_bytes("INVITE", f"sip:{aor}", next_aor(), local=phone.local))
+    assert r.status == 302
+
+
+async def test_unknown_method_is_501_with_allow(server):
+    (phone,) = await phones(server, 1)
+    r = await phone.send(request_bytes("FROBNICATE", f"sip:{next_aor()}", next_aor(), local=phone.local))
+    assert r.status == 501
+    assert {"REGISTER", "OPTIONS", "INVITE"} <= allow(r)
+    assert "FROBNICATE" not in allow(r)
+
+
+async def test_in_dialog_request_is_481_with_allow(server):
+    (phone,) = await phones(server, 1)
+    r = await phone.send(request_bytes("BYE", f"sip:{next_aor()}", next_aor(), local=phone.local))
+    assert r.status == 481 and "INVITE" in allow(r)
+
+
+async def test_registered_aor_is_302_with_contacts_in_q_order(server):
+    device, caller = await phones(server, 2)
+    aor = next_aor("callee")
+    host, port = device.local
+    await device.register(aor, contacts=[f"<sip:b@{host}:{port}>;q=0.3", f"<sip:a@{host}:{port}>;q=0.9",
+                                         f"<sip:c@{host}:{port}>;q=0.6"])
+    r = await caller.send(request_bytes("INVITE", f"sip:{aor}", next_aor(), local=caller.local))
+    assert (r.status, r.reason) == (302, "Moved Temporarily")
+    assert targets(r) == [f"sip:a@{host}:{port}", f"sip:c@{host}:{port}", f"sip:b@{host}:{port}"]
+    assert [c.param("q") for c in r.contacts] == ["0.9", "0.6", "0.3"]
+    # MESSAGE is redirected the same way.
+    r = await caller.send(request_bytes("MESSAGE", f"sip:{aor}", next_aor(), local=caller.local))
+    assert r.status == 302 and len(r.contacts) == 3
+
+
+async def test_known_aor_without_contacts_is_480_unknown_is_404(server):
+    device, caller = await phones(server, 2)
+    aor = next_aor("gone")
+    await device.register(aor)
+    await server.core.unregister(aor)
+    r = await caller.send(request_bytes("INVITE", f"sip:{aor}", next_aor(), local=caller.local))
+    assert (r.status, r.reason) == (480, "Temporarily Unavailable")
+    # A device that unregisters itself (Expires: 0) leaves a known AOR too.
+    aor2 = next_aor("bye")
+    await device.register(aor2)
+    await device.register(aor2, expires=0, cseq=2)
+    r = await caller.send(request_bytes("INVITE", f"sip:{aor2}", next_aor(), local=caller.local))
+    assert r.status == 480
+    r = await caller.send(request_bytes("INVITE", f"sip:{next_aor('nobody')}", next_aor(), local=caller.local))
+    assert (r.status, r.reason) == (404, "Not Found")
+
+
+async def test_subscriber_without_contacts_is_480(server):
+    (caller,) = await phones(server, 1)
+    aor = next_aor("provisioned")
+    await server.core.subscribers.add(aor, "secret-password")
+    r = await caller.send(request_bytes("INVITE", f"sip:{aor}", next_aor(), local=caller.local))
+    assert r.status == 480
+
+
+async def test_caller_check_403_for_unregistered_302_for_registered_device(make_server):
+    srv = await make_server(caller_check=True)
+    callee, caller, stranger = await phones(srv, 3)
+    callee_aor, caller_aor = next_aor("callee"), next_aor("caller")
+    await callee.register(callee_aor)
+    await caller.register(caller_aor)
+
+    async def invite(phone, from_aor):
+        return await phone.send(request_bytes("INVITE", f"sip:{callee_aor}", from_aor, local=phone.local))
+
+    r = await invite(stranger, next_aor("unregistered"))
+    assert (r.status, r.reason) == (403, "Please register first")
+    assert not r.headers.get("Contact")
+    # The registered caller's AOR, sent from a device that is not its registered contact.
+    r = await invite(stranger, caller_aor)
+    assert (r.status, r.reason) == (403, "Please register first")
+    r = await invite(caller, caller_aor)
+    assert r.status == 302 and targets(r) == [callee.contact.strip("<>")]
+    # The check comes before the lookup: an unregistered caller learns nothing about the callee.
+    r = await stranger.send(request_bytes("INVITE", f"sip:{next_aor('nobody')}", next_aor(), local=stranger.local))
+    assert r.status == 403
+
+
+async def test_caller_check_runtime_toggle(server):
+    callee, stranger = await phones(server, 2)
+    aor = next_aor("callee")
+    await callee.register(aor)
+
+    async def invite():
+        return await stranger.send(request_bytes("INVITE", f"sip:{aor}", next_aor(), local=stranger.local))
+
+    assert server.core.caller_check is False
+    assert (await invite()).status == 302
+    await server.core.set_caller_check(True)
+    assert server.core.caller_check is True
+    r = await invite()
+    assert (r.status, r.reason) == (403, "Please register first")
+    await server.core.set_caller_check(False)
+    assert (await invite()).status == 302
+
+
+async def test_caller_check_over_tcp_uses_the_registering_connection(make_server):
+    srv = await make_server(caller_check=True)
+    callee = (await phones(srv, 1))[0]
+    aor = next_aor("callee")
+    await callee.register(aor)
+    tcp = await TcpPhone(server_address(srv, "tcp")).open()
+    try:
+        me = next_aor("tcpcaller")
+        host, port = tcp.local
+        r = await tcp.send(register_bytes(me, [f"<sip:me@{host}:{port};transport=tcp>"], local=tcp.local,
+                                          transport="TCP"))
+        assert r.status == 200
+        invite = request_bytes("INVITE", f"sip:{aor}", me, local=tcp.local).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        r = await tcp.send(invite)
+        assert r.status == 302 and targets(r) == [callee.contact.strip("<>")]
+    finally:
+        tcp.close()
+    # A new connection is another device (another source port).
+    tcp2 = await TcpPhone(server_address(srv, "tcp")).open()
+    try:
+        invite = request_bytes("INVITE", f"sip:{aor}", me, local=tcp2.local).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        r = await tcp2.send(invite)
+        assert (r.status, r.reason) == (403, "Please register first")
+    finally:
+        tcp2.close()
+
+
+async def test_retransmitted_invite_gets_the_same_answer_once_processed(server):
+    device, caller = await phones(server, 2)
+    aor = next_aor("rtx")
+    await device.register(aor)
+    data = request_bytes("INVITE", f"sip:{aor}", next_aor(), local=caller.local)
+    first = await caller.send(data)
+    again = await caller.send(data)
+    assert first.status == again.status == 302
+    assert first.to.tag == again.to.tag and targets(first) == targets(again)
