@@ -33,6 +33,7 @@ from .config import Config
 from .events import EventBus, Subscription
 from .location import DEFAULT_TABLE, Contact, LocationService, LocationStore
 from .location.service import REMOVED_ADMIN
+from .qualify import QualifyService
 from .redirect import answer
 from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
@@ -123,6 +124,8 @@ class RegistrarCore:
         self.response_sinks: list[Callable[[Response, Source], None]] = []
         # How to send a request: (local socket name, TCP conid, (host, port), bytes) -> sent?
         self.sender: Callable[[str, int | None, tuple[str, int], bytes], bool] | None = None
+        # OPTIONS keepalives and reachability; Server starts it once the sockets listen.
+        self.qualify = QualifyService.from_config(self, config)
 
     async def start(self) -> None:
         await self.location.start()
@@ -139,6 +142,7 @@ class RegistrarCore:
         self._sweeper = asyncio.create_task(self._sweep_bans())
 
     async def stop(self) -> None:
+        await self.qualify.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.location.stop()
@@ -193,11 +197,19 @@ class RegistrarCore:
         key = normalise_aor(aor)
         return Profile(key, tuple(self.location.contacts(table, key)), table)
 
-    def lookup(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE) -> list[Contact]:
-        """The destination set for ``uri``, highest q first (newest first among equals)."""
+    def lookup(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE,
+               prefer_reachable: bool | None = None) -> list[Contact]:
+        """The destination set for ``uri``, highest q first (newest first among equals).
+
+        With qualify on (or ``prefer_reachable``), reachable contacts come first, then
+        unknown, then unreachable; q order holds within each group.
+        """
         key = uri.aor if isinstance(uri, SipURI) else normalise_aor(uri)
         contacts = self.location.contacts(table, key)
-        return sorted(contacts, key=lambda c: (-(1.0 if c.q is None else c.q), -c.modified))
+        ordered = sorted(contacts, key=lambda c: (-(1.0 if c.q is None else c.q), -c.modified))
+        if self.qualify.enabled if prefer_reachable is None else prefer_reachable:
+            ordered = self.qualify.order(ordered)
+        return ordered
 
     def registered(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE) -> bool:
         return bool(self.lookup(uri, table=table))
@@ -277,6 +289,7 @@ class RegistrarCore:
             "caller_check": self.caller_check,
             "storage_error": self.location.storage_error,
             "tables": self.location.tables(),
+            **self.qualify.stats(),
         }
 
     # -- SIP entry point for the transports ----------------------------------------------

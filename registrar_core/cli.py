@@ -41,6 +41,14 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,
                    help='answer "403 Please register first" to unregistered callers (default off)')
     g.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+    k = p.add_argument_group("reachability")
+    k.add_argument("--qualify-interval", type=float, metavar="S",
+                   help="send OPTIONS to every contact every S seconds, 0 = off (default 0)")
+    k.add_argument("--qualify-timeout", type=float, metavar="S", help="seconds to wait for the answer (default 3)")
+    k.add_argument("--qualify-remove-after", type=int, metavar="N",
+                   help="remove a contact after N unanswered probes in a row, 0 = never (default 0)")
+    k.add_argument("--dns-server", action="append", metavar="IP[:PORT]",
+                   help="nameserver for RFC 3263 lookups of host-name contacts, repeatable (default: resolv.conf)")
     s = p.add_argument_group("security")
     s.add_argument("--auth", choices=["on", "off"], help="digest authentication of REGISTER (default on; off only in a lab)")
     s.add_argument("--auth-algorithms", metavar="LIST",
@@ -57,7 +65,8 @@ def _config_from(args: argparse.Namespace) -> Config:
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     for name in ("listen", "db", "domain", "min_expires", "max_expires", "default_expires",
                  "max_contacts", "single_contact", "caller_check", "control", "auth", "auth_algorithms", "ip_budget",
-                 "ban_time", "auth_fail_budget", "drop_scanners", "max_tcp_per_ip"):
+                 "ban_time", "auth_fail_budget", "drop_scanners", "max_tcp_per_ip",
+                 "qualify_interval", "qualify_timeout", "qualify_remove_after", "dns_server"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .resolver import parse_nameserver
 from .sip.limits import Limits
 
 
@@ -78,10 +79,15 @@ class Config:
     tcp_idle_timeout: float = 600.0
     max_message_size: int = 65_535
     max_headers: int = 128
+    qualify_interval: float = 0.0  # seconds between OPTIONS to each contact; 0 = off (Asterisk qualify_frequency)
+    qualify_timeout: float = 3.0  # seconds to wait for the answer (Asterisk qualify_timeout)
+    qualify_remove_after: int = 0  # remove a contact after N unanswered probes in a row; 0 = never
+    dns_server: tuple[str, ...] = ()  # nameservers (IP or IP:PORT) for RFC 3263 lookups; none = resolv.conf
 
     def __post_init__(self) -> None:
         for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
-                     "auth_fail_budget", "ip_budget", "ban_time", "max_tcp_per_ip"):
+                     "auth_fail_budget", "ip_budget", "ban_time", "max_tcp_per_ip",
+                     "qualify_interval", "qualify_remove_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_opt(name)} must not be negative")
         if self.max_expires and self.min_expires > self.max_expires:
@@ -92,6 +98,13 @@ class Config:
             raise ConfigError("min-expires-mode must be 'reject' or 'clamp'")
         if self.max_contacts_status not in (403, 503):
             raise ConfigError("max-contacts-status must be 403 or 503")
+        if self.qualify_timeout <= 0:
+            raise ConfigError("qualify-timeout must be positive")
+        for server in self.dns_server:
+            try:
+                parse_nameserver(server)
+            except ValueError:
+                raise ConfigError(f"dns-server: {server!r} is not IP or IP:PORT") from None
         if self.expires_range > 100:
             raise ConfigError("expires-range is a percentage (0-100)")
         if not self.listen:
@@ -128,6 +141,7 @@ _CONVERTERS: dict[str, Any] = {
     "control": str,
     "auth_key": str,
     "min_expires_mode": str,
+    "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
 }
 
 

@@ -78,14 +78,24 @@ class Methods:
 
     async def rpc_dump(self, table: str = DEFAULT_TABLE) -> dict[str, Any]:
         now = self.core.location.clock()
-        aors = [{"aor": p.aor, "contacts": [c.to_dict(now) for c in p]} for p in self.core.dump(table)]
+        annotate = self.core.qualify.annotate
+        aors = [{"aor": p.aor, "contacts": [annotate(c.to_dict(now)) for c in p]} for p in self.core.dump(table)]
         return {"table": table, "aors": aors}
 
     async def rpc_show(self, aor: str, table: str = DEFAULT_TABLE) -> dict[str, Any]:
         profile = self.core.fetch_contacts(_valid_aor(aor), table=table)
         if not profile.count:
             raise NotFound(f"{profile.aor} has no contacts in table {table}")
-        return profile.to_dict(self.core.location.clock())
+        data = profile.to_dict(self.core.location.clock())
+        for contact in data["contacts"]:
+            self.core.qualify.annotate(contact)
+        return data
+
+    async def rpc_qualify(self, aor: str | None = None, ruid: str | None = None, wait: bool = True,
+                          table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        """Send OPTIONS now to one contact (ruid), an AOR's contacts, or all; their states."""
+        key = _valid_aor(aor) if aor else None
+        return {"contacts": await self.core.qualify.qualify_now(ruid, aor=key, table=table, wait=bool(wait))}
 
     async def rpc_unregister(self, aor: str, ruid: str | None = None,
                              table: str = DEFAULT_TABLE) -> dict[str, Any]:

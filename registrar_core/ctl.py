@@ -29,6 +29,8 @@ _EPILOG = """commands:
   policy caller-check on|off                403 "Please register first" to unregistered callers
   policy show                               the policies in force
   stats                                     counters, like Kamailio's statistics
+  qualify [AOR] [--ruid RUID] [--table T]   send OPTIONS now (every contact, an AOR's, or one);
+                                            with AOR or --ruid waits and prints state and RTT
 
 AOR is alice@example.com or sip:alice@example.com.
 --json prints the result as JSON: dump gives {"table": T, "aors": [{"aor": A, "contacts":
@@ -60,6 +62,10 @@ def add_ctl_parser(sub: argparse._SubParsersAction) -> None:
     policy.add_argument("--aor", help="single-contact for this AOR only")
     policy.add_argument("--table", default="location")
     cmds.add_parser("stats", help="counters (registered_users, accepted_regs, ...)")
+    qual = cmds.add_parser("qualify", help="send OPTIONS now and print reachability (state, RTT)")
+    qual.add_argument("aor", metavar="AOR", nargs="?")
+    qual.add_argument("--ruid", help="only this contact")
+    qual.add_argument("--table", default="location")
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -75,6 +81,13 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "unregister", params
     if cmd == "stats":
         return "stats", {}
+    if cmd == "qualify":
+        params = {"table": args.table, "wait": bool(args.aor or args.ruid)}
+        if args.aor:
+            params["aor"] = args.aor
+        if args.ruid:
+            params["ruid"] = args.ruid
+        return "qualify", params
     if args.name == "show":
         if args.value is not None or args.aor:
             raise ValueError("policy show takes no value and no --aor")
@@ -150,10 +163,15 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
     return [[aor, c["addr"], str(c["expires"]), "" if c["q"] is None else f"{c['q']:g}",
-             c["received"], c["user_agent"], c["ruid"]] for c in contacts]
+             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], c["user_agent"], c["ruid"]]
+            for c in contacts]
 
 
-_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "RECEIVED", "USER-AGENT", "RUID"]
+def _rtt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "STATE", "RTT(ms)", "RECEIVED", "USER-AGENT", "RUID"]
 
 
 def render(method: str, result: Any) -> str:
@@ -166,6 +184,9 @@ def render(method: str, result: Any) -> str:
         for c in result["contacts"]:
             blocks.append("\n".join(f"  {k:>10}: {_text(v)}" for k, v in sorted(c.items())))
         return "\n\n".join(blocks)
+    if method == "qualify":
+        rows = [[ruid, s["state"], _rtt(s["rtt_ms"]), s["reason"]] for ruid, s in sorted(result["contacts"].items())]
+        return table(["RUID", "STATE", "RTT(ms)", "REASON"], rows)
     if method == "unregister":
         removed = result["removed"]
         return "\n".join(f"removed {c['aor']} {c['addr']} (ruid {c['ruid']})" for c in removed)

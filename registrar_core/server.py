@@ -30,6 +30,7 @@ class Server:
                 address = await self.transports.listen(spec)
                 self.core.listening.append(address)
                 log.info("listening on %s", address)
+            await self.core.qualify.start()
             if self._control_enabled:
                 self.control = ControlServer(self.core, self.config.control)
                 await self.control.start()

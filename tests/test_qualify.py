@@ -1,0 +1,482 @@
+"""Qualify (OPTIONS keepalive) against real devices: sipp, UDP/TCP sockets, a local DNS server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from registrar_core import events as ev
+from registrar_core.api import NotFound
+from registrar_core.location import Contact
+from registrar_core.qualify import CONTACT_REACHABILITY, REACHABLE, UNKNOWN, UNREACHABLE, QualifyService
+from registrar_core.resolver import Resolver
+from registrar_core.sip import Request, build_response, parse_message
+
+from .conftest import server_address
+from .dnsserver import DnsServer
+from .processes import SCENARIOS
+from .sipclient import TcpPhone, UdpPhone, free_port, next_aor, register_bytes
+
+
+# -- helpers -------------------------------------------------------------------------
+class Device(asyncio.DatagramProtocol):
+    """A UDP device on its own socket: answers OPTIONS with ``status`` (None: never answers)."""
+
+    def __init__(self, status: int | None = 200, *, skip_first: int = 0, delay: float = 0.0) -> None:
+        self.status = status
+        self.skip_first = skip_first
+        self.delay = delay
+        self.options: list[tuple[Request, tuple, float]] = []
+        self.responses: asyncio.Queue = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls, *args, **kw) -> Device:
+        loop = asyncio.get_running_loop()
+        _, device = await loop.create_datagram_endpoint(lambda: cls(*args, **kw), local_addr=("127.0.0.1", 0))
+        return device
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        message = parse_message(data)
+        if not isinstance(message, Request):
+            self.responses.put_nowait(message)
+            return
+        self.options.append((message, addr, time.monotonic()))
+        if self.status is None or len(self.options) <= self.skip_first:
+            return
+        reply = bytes(build_response(message, self.status, "OK" if self.status == 200 else "Nope", to_tag="dev"))
+        if self.delay:
+            asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, reply, addr)
+        else:
+            self.transport.sendto(reply, addr)
+
+    async def register(self, registrar: tuple[str, int], aor: str, contact: str | None = None,
+                       extra: list[str] | None = None) -> None:
+        host, port = self.address
+        contact = contact or f"<sip:dev@{host}:{port}>"
+        self.transport.sendto(register_bytes(aor, [contact], local=self.address, extra=extra), registrar)
+        response = await asyncio.wait_for(self.responses.get(), 3)
+        assert response.status == 200, response
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def next_event(sub, predicate, timeout: float = 5.0):
+    """The next event for which ``predicate`` holds (others are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no such event in time")
+        event = await asyncio.wait_for(sub.get(), left)
+        if predicate(event):
+            return event
+
+
+def reachability(aor: str, state: str | None = None):
+    return lambda e: e.kind == CONTACT_REACHABILITY and e.data["aor"] == aor and (
+        state is None or e.data["state"] == state)
+
+
+@contextmanager
+def sipp(*args: str, cwd):
+    """sipp in the background (killed at the end), bound to 127.0.0.1."""
+    proc = subprocess.Popen(["sipp", *args, "-i", "127.0.0.1", "-nostdin"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TERM": "dumb"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def udp_port_taken(port: int, timeout: float = 5.0) -> None:
+    """Wait until something (sipp) has bound UDP 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"nothing listens on udp port {port}")
+
+
+@pytest.fixture
+async def qualify_factory():
+    started: list[QualifyService] = []
+
+    async def start(srv, **kw) -> QualifyService:
+        kw.setdefault("interval", 0.5)
+        kw.setdefault("timeout", 0.5)
+        kw.setdefault("jitter", 0)
+        q = QualifyService(srv.core, **kw)
+        await q.start()
+        started.append(q)
+        return q
+
+    yield start
+    for q in started:
+        await q.stop()
+
+
+# -- sipp devices ----------------------------------------------------------------------
+async def test_sipp_device_answering_options_becomes_reachable_with_rtt(make_server, qualify_factory, tmp_path):
+    srv = await make_server()
+    q = await qualify_factory(srv, remove_after=None)
+    sub = srv.core.subscribe()
+    host, port = server_address(srv)
+    device_port = free_port()
+    with sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "uas_options_register.xml"),
+              "-oocsf", str(SCENARIOS / "uas_options.xml"), "-s", "sippdev", "-p", str(device_port),
+              "-m", "1", "-d", "20000", cwd=tmp_path):
+        event = await next_event(sub, reachability("sippdev@example.com"))
+        assert event.data["state"] == REACHABLE, event.data
+        assert event.data["previous"] == UNKNOWN and event.data["table"] == "location"
+        assert 0 < event.data["rtt_ms"] < 500
+        assert event.data["target"] == f"udp:127.0.0.1:{device_port}", "probed where the device registered from"
+        assert event.data["reason"].startswith("200")
+        [contact] = srv.core.lookup("sippdev@example.com")
+        assert event.data["ruid"] == contact.ruid
+        # It keeps being probed every interval and stays reachable (no new state event).
+        await asyncio.sleep(1.2)
+        status = q.snapshot()[contact.ruid]
+        assert status["state"] == REACHABLE and status["failures"] == 0
+        assert 0 < status["rtt_ms"] < 500 and status["last_checked"] >= time.time() - 1
+        assert q.counters["sent"] >= 3 and q.counters["answered"] >= 3
+    sub.close()
+
+
+async def test_sipp_device_that_never_answers_is_unreachable_then_removed(make_server, qualify_factory, tmp_path):
+    srv = await make_server()
+    q = await qualify_factory(srv, remove_after=2)
+    sub = srv.core.subscribe()
+    host, port = server_address(srv)
+    started = time.monotonic()
+    with sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "uas_options_register.xml"),
+              "-oocsf", str(SCENARIOS / "uas_options_silent.xml"), "-s", "deaddev", "-p", str(free_port()),
+              "-m", "1", "-d", "20000", cwd=tmp_path):
+        added = await next_event(sub, lambda e: e.kind == ev.CONTACT_ADDED and e.data["aor"] == "deaddev@example.com")
+        ruid = added.data["ruid"]
+        down = await next_event(sub, reachability("deaddev@example.com"))
+        assert down.data["state"] == UNREACHABLE and down.data["rtt_ms"] is None
+        assert "no answer" in down.data["reason"] and down.data["failures"] == 1
+        removed = await next_event(sub, lambda e: e.kind == ev.CONTACT_REMOVED and e.data["ruid"] == ruid)
+        assert removed.data["reason"] == "unreachable"
+        assert time.monotonic() - started < 5
+        assert srv.core.lookup("deaddev@example.com") == []
+        assert ruid not in q.snapshot() and q.counters["removed"] == 1
+    sub.close()
+
+
+async def test_hostname_contact_resolved_through_naptr_srv_a(make_server, qualify_factory, tmp_path):
+    uas_port = free_port()
+    zone = f"""
+pbx 60 NAPTR 10 10 "s" "SIP+D2T" "" _sip._tcp.pbx.test.
+pbx 60 NAPTR 20 10 "s" "SIP+D2U" "" _sip._udp.pbx.test.
+_sip._tcp.pbx 60 SRV 0 0 {free_port()} wrong.pbx.test.
+_sip._udp.pbx 60 SRV 10 0 {free_port()} wrong.pbx.test.
+_sip._udp.pbx 60 SRV 5 0 {uas_port} uas.pbx.test.
+uas.pbx 60 A 127.0.0.1
+wrong.pbx 60 A 127.0.0.3
+"""
+    async with DnsServer(zone) as dns:
+        srv = await make_server()
+        q = await qualify_factory(srv, interval=5, timeout=1.0,
+                                  resolver=Resolver(nameservers=[dns.address], timeout=1.0))
+        sub = srv.core.subscribe()
+        with sipp("-sf", str(SCENARIOS / "uas_options.xml"), "-p", str(uas_port), "-m", "100", cwd=tmp_path):
+            await udp_port_taken(uas_port)
+            phone = await UdpPhone(server_address(srv)).open()
+            aor = next_aor("dns")
+            assert (await phone.register(aor, contacts=["<sip:bob@pbx.test>"])).status == 200
+            event = await next_event(sub, reachability(aor))
+            assert event.data["state"] == REACHABLE, event.data
+            # NAPTR: TCP is preferred but a UDP socket cannot use it; SRV priority 5 wins.
+            assert event.data["target"] == f"udp:127.0.0.1:{uas_port}"
+            assert dns.count("pbx.test", "NAPTR") == 1 and dns.count("_sip._udp.pbx.test", "SRV") == 1
+            assert dns.count("_sip._tcp.pbx.test") == 0
+            # The second probe is answered from the DNS cache.
+            await q.qualify_now(event.data["ruid"])
+            assert dns.count("pbx.test", "NAPTR") == 1 and q.status(event.data["ruid"])["state"] == REACHABLE
+            phone.close()
+        sub.close()
+
+
+# -- Path, NAT, failures ------------------------------------------------------------------
+async def test_path_contact_probed_through_first_hop_with_route_set(make_server, qualify_factory):
+    edge = await Device.open(200)
+    zone = f"""
+_sip._udp.edge 60 SRV 0 0 {edge.address[1]} host.edge.test.
+host.edge 60 A 127.0.0.1
+"""
+    async with DnsServer(zone) as dns:
+        srv = await make_server()
+        await qualify_factory(srv, resolver=Resolver(nameservers=[dns.address]))
+        sub = srv.core.subscribe()
+        phone = await Device.open(None)  # the REGISTER's sender; the probe must not go there
+        aor = next_aor("path")
+        await phone.register(server_address(srv), aor, "<sip:carol@10.9.9.9:5060>",
+                             extra=["Path: <sip:edge.test;transport=udp;lr>, <sip:core.example.net;lr>",
+                                    "Supported: path"])
+        event = await next_event(sub, reachability(aor))
+        assert event.data["state"] == REACHABLE and event.data["target"] == f"udp:127.0.0.1:{edge.address[1]}"
+        request, _, _ = edge.options[0]
+        assert request.method == "OPTIONS" and str(request.uri) == "sip:carol@10.9.9.9:5060"
+        assert request.headers.get_all("Route") == ["<sip:edge.test;transport=udp;lr>", "<sip:core.example.net;lr>"]
+        assert request.vias[0].branch.startswith("z9hG4bK") and request.vias[0].rport == ""
+        assert phone.options == []
+        sub.close()
+        phone.close()
+    edge.close()
+
+
+async def test_closed_port_and_dns_failure_are_unreachable(make_server, qualify_factory):
+    async with DnsServer("") as dns:
+        srv = await make_server()
+        q = await qualify_factory(srv, resolver=Resolver(nameservers=[dns.address], timeout=0.5))
+        sub = srv.core.subscribe()
+        gone = await Device.open(None)
+        aor = next_aor("gone")
+        await gone.register(server_address(srv), aor)
+        gone.close()  # the port is closed now
+        nowhere = next_aor("nxdomain")
+        await (await Device.open(None)).register(server_address(srv), nowhere, "<sip:dave@nowhere.test>")
+        bad = await next_event(sub, reachability(nowhere))  # the DNS failure comes first
+        down = await next_event(sub, reachability(aor))
+        assert down.data["state"] == UNREACHABLE and "no answer within 0.5 s" in down.data["reason"]
+        assert bad.data["state"] == UNREACHABLE and bad.data["reason"].startswith("dns nxdomain")
+        # Still registered (no remove_after), still probed, failures counting.
+        await asyncio.sleep(1.1)
+        [contact] = srv.core.lookup(aor)
+        assert q.status(contact.ruid)["failures"] >= 2
+        assert dns.count("nowhere.test", "NAPTR") == 1, "the NXDOMAIN is cached"
+        sub.close()
+
+
+async def test_udp_retransmission_answered_late(make_server, qualify_factory):
+    srv = await make_server()
+    q = await qualify_factory(srv, interval=10, timeout=2.0)
+    sub = srv.core.subscribe()
+    device = await Device.open(200, skip_first=1)  # a lost first OPTIONS
+    aor = next_aor("lossy")
+    await device.register(server_address(srv), aor)
+    event = await next_event(sub, reachability(aor))
+    assert event.data["state"] == REACHABLE and event.data["rtt_ms"] >= 450
+    assert len(device.options) == 2 and device.options[0][0].call_id == device.options[1][0].call_id
+    assert 0.4 < device.options[1][2] - device.options[0][2] < 0.8, "retransmitted after T1"
+    assert q.counters["retransmitted"] == 1
+    sub.close()
+    device.close()
+
+
+async def test_from_config_defaults_to_off(make_server):
+    srv = await make_server()
+    q = QualifyService.from_config(srv.core, srv.config)
+    assert not q.enabled and q.timeout == 3.0 and q.remove_after is None
+    await q.start()
+    device = await Device.open(200)
+    await device.register(server_address(srv), next_aor("off"))
+    await asyncio.sleep(0.2)
+    assert device.options == [] and q.snapshot() == {}, "interval 0: nothing is sent unasked"
+    await q.stop()
+    device.close()
+
+
+async def test_error_responses(make_server, qualify_factory):
+    srv = await make_server()
+    q = await qualify_factory(srv, interval=0)
+    busy, timeout = await Device.open(486), await Device.open(408)
+    await busy.register(server_address(srv), (a1 := next_aor("busy")))
+    await timeout.register(server_address(srv), (a2 := next_aor("proxy408")))
+    result = await q.qualify_now()
+    [c1], [c2] = srv.core.lookup(a1), srv.core.lookup(a2)
+    assert result[c1.ruid]["state"] == REACHABLE, "any answer means the device is there (Asterisk)"
+    assert result[c2.ruid]["state"] == UNREACHABLE and result[c2.ruid]["reason"].startswith("408")
+    strict = await qualify_factory(srv, interval=0, require_2xx=True)
+    assert (await strict.qualify_now(c1.ruid))[c1.ruid]["state"] == UNREACHABLE
+    busy.close()
+    timeout.close()
+
+
+# -- TCP ----------------------------------------------------------------------------------
+async def read_sip(reader: asyncio.StreamReader) -> Request:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    message = parse_message(head)
+    assert isinstance(message, Request)
+    return message
+
+
+async def test_tcp_contact_probed_on_its_own_connection(make_server, qualify_factory):
+    srv = await make_server()
+    q = await qualify_factory(srv, interval=0)
+    phone = await TcpPhone(server_address(srv, "tcp")).open()
+    aor = next_aor("tcp")
+    local = phone.local
+    assert (await phone.send(register_bytes(aor, [f"<sip:t@{local[0]}:{local[1]};transport=tcp>"],
+                                            local=local, transport="TCP"))).status == 200
+    [contact] = srv.core.lookup(aor)
+    probing = asyncio.ensure_future(q.qualify_now(contact.ruid))
+    request = await read_sip(phone.reader)
+    assert request.method == "OPTIONS" and request.vias[0].transport == "TCP"
+    phone.writer.write(bytes(build_response(request, 200, "OK", to_tag="t")))
+    result = await probing
+    assert result[contact.ruid]["state"] == REACHABLE
+    phone.close()
+    await asyncio.sleep(0.1)  # the registrar notices the connection is gone
+    result = await asyncio.wait_for(q.qualify_now(contact.ruid), 1)
+    assert result[contact.ruid]["state"] == UNREACHABLE
+    assert result[contact.ruid]["reason"] == "its TCP connection is closed"
+
+
+# -- on demand, ordering, snapshot --------------------------------------------------------
+async def test_qualify_now_ordering_and_snapshot(make_server, qualify_factory):
+    srv = await make_server()
+    q = await qualify_factory(srv, interval=0)  # off: nothing is sent until asked
+    good, dead = await Device.open(200, delay=0.02), await Device.open(None)
+    aor = next_aor("fork")
+    await good.register(server_address(srv), aor, f"<sip:good@{good.address[0]}:{good.address[1]}>;q=0.5")
+    await dead.register(server_address(srv), aor, f"<sip:dead@{dead.address[0]}:{dead.address[1]}>;q=0.9")
+    await asyncio.sleep(0.3)
+    assert good.options == [] and dead.options == [] and q.snapshot() == {}
+    by_q = srv.core.lookup(aor)
+    assert [c.addr.split("@")[0] for c in by_q] == ["sip:dead", "sip:good"]
+    assert [q.status(c.ruid)["state"] for c in by_q] == [UNKNOWN, UNKNOWN]
+
+    result = await q.qualify_now()
+    assert len(good.options) == 1 and len(dead.options) == 1
+    dead_c, good_c = by_q
+    assert result[good_c.ruid]["state"] == REACHABLE and result[good_c.ruid]["rtt_ms"] >= 15
+    assert result[dead_c.ruid]["state"] == UNREACHABLE
+    assert [c.ruid for c in q.order(by_q)] == [good_c.ruid, dead_c.ruid], "reachable before a higher q"
+    assert q.order(by_q, max_latency_ms=1) == [dead_c], "OpenSIPS max-ping-latency drops slow ones"
+    snap = q.snapshot()
+    assert set(snap) == {good_c.ruid, dead_c.ruid}
+    assert set(snap[good_c.ruid]) >= {"state", "rtt_ms", "last_checked", "failures"}
+    annotated = q.annotate(good_c.to_dict())
+    assert annotated["state"] == REACHABLE and annotated["rtt_ms"] == snap[good_c.ruid]["rtt_ms"]
+    stats = q.stats()
+    assert stats["qualify_reachable"] == 1 and stats["qualify_unreachable"] == 1 and stats["qualify_inflight"] == 0
+
+    with pytest.raises(NotFound):
+        await q.qualify_now("uloc-nope")
+    with pytest.raises(NotFound):
+        await q.qualify_now(aor="nobody@example.com")
+    assert set(await q.qualify_now(aor=aor)) == {good_c.ruid, dead_c.ruid}
+    assert len(good.options) == 2
+    # The console's key: fire and forget.
+    assert (await q.qualify_now(good_c.ruid, wait=False))[good_c.ruid]["state"] == REACHABLE
+    await asyncio.sleep(0.2)
+    assert len(good.options) == 3
+    # Unregistered: forgotten.
+    await srv.core.unregister(aor)
+    await q.qualify_now()
+    assert q.snapshot() == {}
+    good.close()
+    dead.close()
+
+
+# -- scale ----------------------------------------------------------------------------------
+class Responder(asyncio.DatagramProtocol):
+    """Answers every OPTIONS with 200; notes when each arrived and the peak outstanding count."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        request = parse_message(data)
+        self.arrivals.append(time.monotonic())
+        self.transport.sendto(bytes(build_response(request, 200, "OK", to_tag="r")), addr)
+
+
+async def test_many_contacts_spread_over_the_interval_with_bounded_inflight(make_server):
+    srv = await make_server()
+    loop = asyncio.get_running_loop()
+    transport, responder = await loop.create_datagram_endpoint(Responder, local_addr=("127.0.0.1", 0))
+    rhost, rport = transport.get_extra_info("sockname")[:2]
+    socket_name = next(a for a in srv.core.listening if a.startswith("udp:"))
+    total = 2000
+    now = time.time()
+    contacts = [(Contact(ruid=f"uloc-scale-{i}", aor=f"scale{i}@example.com",
+                         addr=f"sip:scale{i}@{rhost}:{rport}", expires=now + 3600, callid=f"c{i}", cseq=1,
+                         received=f"udp:{rhost}:{rport}", socket=socket_name), True) for i in range(total)]
+    await srv.core.location.apply("location", contacts, [], memory_only=True)
+
+    q = QualifyService(srv.core, interval=1.0, timeout=1.0, jitter=0, max_inflight=100)
+    peak = 0
+    tasks_before = len(asyncio.all_tasks())
+    start = time.monotonic()
+    await q.start()
+    try:
+        while q.stats()["qualify_reachable"] < total and time.monotonic() - start < 8:
+            peak = max(peak, q.inflight)
+            assert len(asyncio.all_tasks()) <= tasks_before + 4, "no task per probe"
+            await asyncio.sleep(0.005)
+        elapsed = time.monotonic() - start
+        assert q.stats()["qualify_reachable"] == total
+        assert peak <= 100
+        first_round = sorted(responder.arrivals[:total])
+        # Spread over the interval, not one burst: no quarter of the round gets half of it.
+        span = first_round[-1] - first_round[0]
+        assert span > 0.6, span
+        quarters = [sum(1 for t in first_round if first_round[0] + k * span / 4 <= t < first_round[0] + (k + 1) * span / 4)
+                    for k in range(4)]
+        assert max(quarters) < total * 0.45, quarters
+        assert elapsed < 4.0
+    finally:
+        await q.stop()
+        transport.close()
+
+
+async def test_silent_contacts_never_exceed_max_inflight(make_server):
+    srv = await make_server()
+    socket_name = next(a for a in srv.core.listening if a.startswith("udp:"))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    sink.bind(("127.0.0.1", 0))
+    port = sink.getsockname()[1]
+    now = time.time()
+    contacts = [(Contact(ruid=f"uloc-silent-{i}", aor=f"silent{i}@example.com", addr=f"sip:s{i}@127.0.0.1:{port}",
+                         expires=now + 3600, callid=f"s{i}", cseq=1, received=f"udp:127.0.0.1:{port}",
+                         socket=socket_name), True) for i in range(300)]
+    await srv.core.location.apply("location", contacts, [], memory_only=True)
+    q = QualifyService(srv.core, interval=0, timeout=0.2, max_inflight=50, retransmit=False)
+    await q.start()
+    try:
+        peak = 0
+        start = time.monotonic()
+        probing = asyncio.ensure_future(q.qualify_now())
+        while not probing.done():
+            peak = max(peak, q.inflight)
+            await asyncio.sleep(0.002)
+        elapsed = time.monotonic() - start
+        assert peak == 50
+        assert q.stats()["qualify_unreachable"] == 300 and q.counters["sent"] == 300
+        assert 1.1 < elapsed < 2.5, "300 probes, 50 at a time, 0.2 s each"
+    finally:
+        await q.stop()
+        sink.close()
