@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import functools
+import itertools
 import random
 import secrets
 from dataclasses import dataclass
@@ -27,11 +29,22 @@ POLICY_SINGLE_CONTACT = "single_contact"
 GLOBAL = ""  # the AOR key of table-wide policy values
 
 
+_RUID_PREFIX = f"uloc-{secrets.token_hex(4)}-"
+_ruid_counter = itertools.count(1)
+
+
 def new_ruid() -> str:
-    return "uloc-" + secrets.token_hex(8)
+    """A unique contact id, Kamailio style: a per-boot random prefix and a counter."""
+    return f"{_RUID_PREFIX}{next(_ruid_counter):x}"
 
 
-@dataclass(frozen=True, slots=True)
+@functools.lru_cache(maxsize=2)
+def http_date(second: int) -> str:
+    """The Date header value for a whole second (one formatting per second, not per reply)."""
+    return email.utils.formatdate(second, usegmt=True)
+
+
+@dataclass(slots=True)
 class _Wanted:
     """One Contact of a REGISTER, validated."""
 
@@ -194,8 +207,10 @@ class Registrar:
             if not regid_text.isdigit():
                 raise RegisterRejected(400, "Bad Request", "Invalid reg-id")
             regid = int(regid_text)
-        kept = tuple((n, v) for n, v in contact.params if n.lower() not in ("expires", "q"))
-        return _Wanted(contact, uri.raw or str(uri), expires, q, format_params(kept), instance, regid)
+        params = ""
+        if contact.params:
+            params = format_params(tuple((n, v) for n, v in contact.params if n.lower() not in ("expires", "q")))
+        return _Wanted(contact, uri.raw or str(uri), expires, q, params, instance, regid)
 
     def _expires_factor(self, flags: int) -> float:
         spread = self.config.expires_range
@@ -222,7 +237,7 @@ class Registrar:
         if "outbound" in supported and any(c.regid for c in bindings):
             headers.append(("Require", "outbound"))
         headers.append(("Supported", ", ".join(SUPPORTED)))
-        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        headers.append(("Date", http_date(int(now))))
         return reply(request, 200, "OK", headers, self.to_tag)
 
 

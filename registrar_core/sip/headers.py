@@ -89,7 +89,7 @@ def split_values(value: str) -> list[str]:
     return parts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value: never mutated; not frozen, for speed
 class NameAddr:
     """``"Display" <uri>;params`` or a bare addr-spec ``uri;params``.
 
@@ -165,7 +165,7 @@ def parse_name_addr(text: str) -> NameAddr:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Via:
     """One Via hop: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
 

@@ -31,7 +31,6 @@ from .uri import URI, SipURI, parse_uri
 
 SIP_VERSION = "SIP/2.0"
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
-_HEADER_NAME = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*")
 _SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "expires", "content-type")
 # Lower-case name (or compact letter) -> conventional spelling of the full name.
 _NAMES = {
@@ -76,9 +75,18 @@ def canonical_name(name: str) -> str:
     return _NAMES.get(name.lower(), name)
 
 
+_KEYS: dict[str, str] = {}
+
+
 def _key(name: str) -> str:
-    """The lookup key of a header name: its full name, lower-cased."""
-    return canonical_name(name).lower()
+    """The lookup key of a header name: its full name, lower-cased (memoised: the
+    names asked for are the few the code spells out)."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_KEYS) < 1024:
+            _KEYS[name] = key
+    return key
 
 
 class Headers:
@@ -232,8 +240,8 @@ class Request(_Message):
         fields = self.headers.get_all("Via")
         if not fields:
             return
-        top, *rest = split_values(fields[0])
-        via = parse_via(top)
+        vias = self.vias  # parsed once, at parse time
+        via = vias[0]
         params = list(via.params)
         fill_rport = any(n.lower() == "rport" and not v for n, v in params)
         if not fill_rport and _same_address(via.host, host):
@@ -242,8 +250,10 @@ class Request(_Message):
             params = [(n, str(port) if n.lower() == "rport" else v) for n, v in params]
         params = [(n, v) for n, v in params if n.lower() != "received"] + [("received", host)]
         stamped = Via(via.transport, via.host, via.port, tuple(params))
+        first = fields[0]
+        rest = split_values(first)[1:] if "," in first else []
         self.headers.replace_first("Via", ", ".join([str(stamped), *rest]))
-        self.__dict__.pop("vias", None)
+        self.__dict__["vias"] = [stamped, *vias[1:]]
 
 
 def _same_address(sent_by: str, source: str) -> bool:
@@ -296,11 +306,14 @@ def _header_fields(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
             name, value = fields[-1]
             fields[-1] = (name, (value + " " + line.strip(" \t")).strip(" \t"))
             continue
-        m = _HEADER_NAME.match(line)
-        if not m:
-            raise SipError(400, "Malformed header line")
-        name = m[1]
-        fields.append((_NAMES.get(name.lower(), name), line[m.end() :].rstrip(" \t")))
+        colon = line.find(":")
+        name = line[:colon].rstrip(" \t")
+        known = _NAMES.get(name.lower()) if colon > 0 else None
+        if known is None:
+            if colon <= 0 or not is_token(name):
+                raise SipError(400, "Malformed header line")
+            known = name
+        fields.append((known, line[colon + 1 :].strip(" \t")))
     if len(fields) > limits.max_headers:
         raise SipError(400, "Too many headers")
     return fields
