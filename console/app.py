@@ -1,0 +1,175 @@
+"""The sipconsole application, and the two ways to start it: embedded or attached.
+
+Embedded (``sipconsole``): the registrar runs in this process, on the same event
+loop as the console. Attached (``sipconsole attach``): the console talks to a
+running ``sipconsole serve`` over its control socket. Either way the console only
+ever uses the client interface: ``await client.call(method, **params)`` and
+``async for batch in client.events()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import App
+from textual.screen import Screen
+
+from registrar_core.config import Config
+from registrar_core.control import ControlClient, LocalClient
+from registrar_core.server import Server, install_fast_loop
+
+from .actions import bindings
+from .commands import ActionCommands
+from .format import count
+from .screens.confirm import ConfirmScreen
+from .screens.help import HelpScreen
+from .screens.main import MainScreen
+
+EXIT_NO_REGISTRAR = 3  # as registrar_core.cli
+
+Runner = Callable[[App[Any]], Awaitable[object]]
+
+
+class SipConsole(App[None]):
+    """The operator console over a core client (embedded LocalClient or attached ControlClient)."""
+
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere keep it
+    TITLE = "sipconsole"
+    BINDINGS = bindings("app")
+    COMMANDS = App.COMMANDS | {ActionCommands}
+
+    def __init__(self, client: Any, *, embedded: bool, read_only: bool = False,
+                 clock: Callable[[], float] = time.time, mode: str | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.embedded = embedded
+        self.read_only = read_only
+        self.clock = clock
+        self.mode = mode or ("embedded" if embedded else "attached")
+
+    def get_default_screen(self) -> Screen[Any]:
+        return MainScreen(self.client, clock=self.clock, read_only=self.read_only, mode=self.mode)
+
+    @property
+    def main(self) -> MainScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, MainScreen)
+        return screen
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.read_only))
+
+    async def action_quit(self) -> None:
+        if isinstance(self.screen, ConfirmScreen):
+            return
+        if self.embedded:
+            self.confirm_quit()
+        else:
+            self.exit()
+
+    @work(exclusive=True, group="quit")
+    async def confirm_quit(self) -> None:
+        registry = self.main.registry
+        stats = self.main.status.stats or {}
+        where = " and ".join(stats.get("listening", [])) or "its addresses"
+        body = (f"The registrar stops answering on {where}.\n"
+                f"Its {count(len(registry.rows))} AORs ({count(registry.contacts)} contacts) stay in the "
+                "database and are served again at the next start.")
+        if await self.push_screen_wait(ConfirmScreen("Quit and stop the registrar?", body, "Stop and quit")):
+            self.exit()
+
+
+async def run_app(app: App[Any]) -> object:
+    """Run ``app`` on the terminal; SIGTERM quits it cleanly."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, app.exit)
+    try:
+        return await app.run_async()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def log_file(config: Config) -> Path:
+    """Where the registrar logs while the console owns the terminal: next to its database."""
+    path = Path(config.db).expanduser().parent / "sipconsole.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """Send every log record to ``path`` (and none to the terminal) until the block ends."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        handler.close()
+        root.handlers = saved
+        root.setLevel(level)
+
+
+async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) -> int:
+    """Start the registrar, run the console beside it, stop the registrar when it quits."""
+    try:
+        log = log_file(config)
+    except OSError as exc:
+        print(f"sipconsole: error: {exc}", file=sys.stderr)
+        return 1
+    with logging_to(log):
+        server = Server(config)
+        try:
+            await server.start()
+        except Exception as exc:  # port in use, unwritable db...: one line, no traceback
+            print(f"sipconsole: error: {exc}", file=sys.stderr)
+            return 1
+        client = LocalClient(server.core)
+        app = SipConsole(client, embedded=True, read_only=read_only)
+        try:
+            await run(app)
+        finally:
+            stats = await client.call("stats")
+            await server.stop()
+    print(f"sipconsole: registrar stopped; {stats['location_contacts']:,} contacts kept in {config.db}"
+          f" (log: {log})")
+    return app.return_code or 0
+
+
+async def attached(control_path: str, read_only: bool, *, run: Runner = run_app) -> int:
+    """Run the console against ``sipconsole serve``; the server keeps running after it."""
+    try:
+        client = await ControlClient(control_path).connect()
+    except ConnectionError as exc:
+        print(f"sipconsole: error: {exc}; start one with `sipconsole serve`", file=sys.stderr)
+        return EXIT_NO_REGISTRAR
+    app = SipConsole(client, embedded=False, read_only=read_only, mode=f"attached {control_path}")
+    try:
+        await run(app)
+    finally:
+        await client.close()
+    print(f"sipconsole: detached; the registrar on {control_path} keeps running")
+    return app.return_code or 0
+
+
+def run_embedded(config: Config, read_only: bool) -> int:
+    install_fast_loop()
+    return asyncio.run(embedded(config, read_only))
+
+
+def run_attached(control_path: str, read_only: bool) -> int:
+    install_fast_loop()
+    return asyncio.run(attached(control_path, read_only))

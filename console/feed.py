@@ -1,0 +1,49 @@
+"""Events between two screen updates, coalesced so that a pause never grows memory without bound."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class EventBuffer:
+    """Keeps the latest event per contact and per policy, and the newest requests.
+
+    Applying the latest event of each contact gives the same table as applying them
+    all, so while the view is paused the buffer holds at most one event per contact.
+    """
+
+    def __init__(self, traffic_limit: int) -> None:
+        self.contacts: dict[str, Event] = {}
+        self.reachability: dict[str, Event] = {}  # apart: it must not replace a contact.added
+        self.state: dict[tuple[str, ...], Event] = {}
+        self.traffic: deque[Event] = deque(maxlen=traffic_limit)
+        self.received = 0
+
+    def add(self, batch: list[Event]) -> None:
+        self.received += len(batch)
+        for event in batch:
+            kind = event["kind"]
+            if kind == "request.handled":
+                self.traffic.append(event)
+            elif kind == "contact.reachability":
+                self.reachability[event["ruid"]] = event
+            elif kind.startswith("contact."):
+                self.contacts[event["ruid"]] = event
+            elif kind == "policy.changed":
+                self.state[(kind, event["table"], event["aor"], event["name"])] = event
+            else:
+                self.state[(kind,)] = event
+
+    def __len__(self) -> int:
+        return len(self.contacts) + len(self.reachability) + len(self.state) + len(self.traffic)
+
+    def take(self) -> tuple[list[Event], list[Event]]:
+        """(contact and state events, request events), emptying the buffer."""
+        changes = [*self.state.values(), *self.contacts.values(), *self.reachability.values()]
+        traffic = list(self.traffic)
+        self.contacts, self.state, self.reachability = {}, {}, {}
+        self.traffic.clear()
+        return changes, traffic

@@ -1,0 +1,282 @@
+"""The console's mirror of the location table: one ``dump``, then the event stream.
+
+It keeps only what the AOR table shows (per contact: expiry, last change, user
+agent), so 100,000 contacts cost a few tens of megabytes; the contacts pane asks
+the core for the full records of the one AOR it shows. Sorting and filtering are
+incremental: an event moves one key in a sorted list instead of re-sorting it.
+"""
+
+from __future__ import annotations
+
+import sys
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+TABLE = "location"
+ADDED = ("contact.added", "contact.refreshed")
+REMOVED = ("contact.removed", "contact.expired")
+
+Event = dict[str, Any]
+
+
+def own(text: str) -> str:
+    """A copy of ``text``: keeping it must not keep the whole reply it came from in memory."""
+    return text[:1] + text[1:]
+
+
+@dataclass(slots=True)
+class Binding:
+    """What the AOR table needs of one contact."""
+
+    expires_at: float
+    modified: float
+    user_agent: str
+
+
+class AorRow:
+    """One AOR: its bindings by ruid, and the summary the table shows."""
+
+    __slots__ = ("aor", "bindings", "soonest", "newest", "agent")
+
+    def __init__(self, aor: str) -> None:
+        self.aor = aor
+        self.bindings: dict[str, Binding] = {}
+        self.soonest = 0.0
+        self.newest = 0.0
+        self.agent = ""
+
+    @property
+    def count(self) -> int:
+        return len(self.bindings)
+
+    def summarise(self) -> None:
+        bindings = self.bindings.values()
+        self.soonest = min(b.expires_at for b in bindings)
+        latest = max(bindings, key=lambda b: b.modified)
+        self.newest, self.agent = latest.modified, latest.user_agent
+
+
+SortKey = Callable[[AorRow], tuple[Any, ...]]
+
+#: Sortable columns of the AOR table; every key ends with the AOR, so keys are unique.
+SORTS: dict[str, SortKey] = {
+    "aor": lambda r: (r.aor,),
+    "contacts": lambda r: (-r.count, r.aor),
+    "agent": lambda r: (r.agent.lower(), r.aor),
+    "expires": lambda r: (r.soonest, r.aor),
+    "updated": lambda r: (-r.newest, r.aor),
+}
+
+
+class SortedAors:
+    """AORs in sort-key order, with O(log n) lookup of an AOR's position."""
+
+    def __init__(self, keys: list[tuple[Any, ...]]) -> None:
+        self.keys = keys
+        self.key_of = {k[-1]: k for k in keys}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> str:
+        return self.keys[index][-1]
+
+    def index(self, aor: str) -> int | None:
+        key = self.key_of.get(aor)
+        return None if key is None else bisect_left(self.keys, key)
+
+    def put(self, aor: str, key: tuple[Any, ...]) -> None:
+        old = self.key_of.get(aor)
+        if old == key:
+            return
+        if old is not None:
+            del self.keys[bisect_left(self.keys, old)]
+        insort(self.keys, key)
+        self.key_of[aor] = key
+
+    def discard(self, aor: str) -> None:
+        old = self.key_of.pop(aor, None)
+        if old is not None:
+            del self.keys[bisect_left(self.keys, old)]
+
+
+class Registry:
+    """AOR rows, policy state and the sorted, filtered view the AOR table draws."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, AorRow] = {}
+        self.contacts = 0
+        self.single_contact = False
+        self.overrides: dict[str, bool] = {}
+        self.caller_check = False
+        self.storage_error: str | None = None
+        self.sort = "aor"
+        self.reverse = False
+        self.filter = ""
+        self._all = SortedAors([])
+        self._view = self._all
+
+    # -- loading and events ------------------------------------------------------------
+    def load(self, dump: dict[str, Any], policy: dict[str, Any]) -> None:
+        """Start from a ``dump`` and a ``policy.get`` reply."""
+        self.rows.clear()
+        self.contacts = 0
+        for entry in dump["aors"]:
+            for contact in entry["contacts"]:
+                self._put(contact)
+        for row in self.rows.values():
+            row.summarise()
+        self.set_policy(policy)
+        self._rebuild()
+
+    def set_policy(self, policy: dict[str, Any]) -> None:
+        """Take a ``policy.get`` (or ``policy.set``) reply."""
+        self.single_contact = policy["single_contact"]
+        self.overrides = dict(policy["single_contact_overrides"])
+        self.caller_check = policy["caller_check"]
+
+    def apply(self, events: Iterable[Event]) -> set[str]:
+        """Apply contact, policy and storage events; returns the AORs whose rows changed."""
+        dirty: set[str] = set()
+        for event in events:
+            kind = event["kind"]
+            if event.get("table", TABLE) != TABLE:
+                continue
+            if kind in ADDED:
+                if self._put(event["contact"]):
+                    dirty.add(event["aor"])
+            elif kind in REMOVED:
+                if self._drop(event["aor"], event["ruid"]):
+                    dirty.add(event["aor"])
+            elif kind == "policy.changed":
+                self._policy_event(event)
+                if event["aor"]:
+                    dirty.add(event["aor"])
+            elif kind == "storage.state":
+                self.storage_error = event["error"]
+        for aor in dirty:
+            row = self.rows.get(aor)
+            if row is not None and row.bindings:
+                row.summarise()
+        self._reindex(dirty)
+        return dirty
+
+    def forget(self, contacts: Iterable[dict[str, Any]]) -> set[str]:
+        """Drop contacts the console itself just unregistered (their events follow later)."""
+        dirty = {c["aor"] for c in contacts if self._drop(c["aor"], c["ruid"])}
+        for aor in dirty:
+            if aor in self.rows:
+                self.rows[aor].summarise()
+        self._reindex(dirty)
+        return dirty
+
+    def _put(self, contact: dict[str, Any]) -> bool:
+        """Keep what the table needs of ``contact``, as values of our own (see :func:`own`)."""
+        aor, ruid = contact["aor"], contact["ruid"]
+        row = self.rows.get(aor)
+        if row is None:
+            key = own(aor)
+            row = self.rows[key] = AorRow(key)
+        old = row.bindings.get(ruid)
+        if old is not None and old.modified > contact["modified"]:
+            return False  # an event older than what the dump already showed
+        if old is None:
+            self.contacts += 1
+            ruid = own(ruid)
+        row.bindings[ruid] = Binding(contact["expires_at"] + 0.0, contact["modified"] + 0.0,
+                                     sys.intern(contact["user_agent"]))
+        return True
+
+    def _drop(self, aor: str, ruid: str) -> bool:
+        row = self.rows.get(aor)
+        if row is None or row.bindings.pop(ruid, None) is None:
+            return False
+        self.contacts -= 1
+        if not row.bindings:
+            del self.rows[aor]
+        return True
+
+    def _policy_event(self, event: Event) -> None:
+        on = event["value"] == "on"
+        if event["name"] == "caller_check":
+            self.caller_check = on
+        elif event["name"] == "single_contact":
+            if not event["aor"]:
+                self.single_contact = on
+            elif event["value"] is None:
+                self.overrides.pop(event["aor"], None)
+            else:
+                self.overrides[event["aor"]] = on
+
+    # -- policy queries ------------------------------------------------------------------
+    def single_contact_for(self, aor: str) -> bool:
+        """The single-contact policy in force for ``aor``."""
+        return self.overrides.get(aor, self.single_contact)
+
+    # -- the view: sort and filter ---------------------------------------------------------
+    def set_sort(self, sort: str, reverse: bool) -> None:
+        if (sort, reverse) == (self.sort, self.reverse):
+            return
+        changed = sort != self.sort
+        self.sort, self.reverse = sort, reverse
+        if changed:
+            self._rebuild()
+
+    def set_filter(self, text: str) -> None:
+        """Show only AORs containing ``text`` (case-insensitive); empty shows all."""
+        text = text.strip().lower()
+        if text == self.filter:
+            return
+        narrower = bool(self.filter) and self.filter in text
+        source = self._view if narrower else self._all
+        self.filter = text
+        self._view = self._filtered(source)
+
+    def matches(self, aor: str) -> bool:
+        return not self.filter or self.filter in aor.lower()
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def aor_at(self, index: int) -> str:
+        return self._view[len(self._view) - 1 - index if self.reverse else index]
+
+    def row_at(self, index: int) -> AorRow:
+        return self.rows[self.aor_at(index)]
+
+    def position(self, aor: str) -> int | None:
+        """Where ``aor`` is in the view (None: not shown)."""
+        index = self._view.index(aor)
+        if index is None:
+            return None
+        return len(self._view) - 1 - index if self.reverse else index
+
+    def _filtered(self, source: SortedAors) -> SortedAors:
+        if not self.filter:
+            return source
+        return SortedAors([k for k in source.keys if self.filter in k[-1].lower()])
+
+    def _rebuild(self) -> None:
+        key = SORTS[self.sort]
+        self._all = SortedAors(sorted(key(r) for r in self.rows.values()))
+        self._view = self._filtered(self._all)
+
+    def _reindex(self, dirty: set[str]) -> None:
+        if len(dirty) > max(64, len(self.rows) // 4):
+            self._rebuild()
+            return
+        key = SORTS[self.sort]
+        filtered = self._view is not self._all
+        for aor in dirty:
+            row = self.rows.get(aor)
+            if row is None:
+                self._all.discard(aor)
+                if filtered:
+                    self._view.discard(aor)
+                continue
+            k = key(row)
+            self._all.put(aor, k)
+            if filtered and self.matches(aor):
+                self._view.put(aor, k)

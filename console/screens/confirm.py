@@ -1,0 +1,64 @@
+"""A y/n confirmation that names exactly what an action will do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+from ..actions import bindings
+from ..format import countdown
+
+
+def contact_list(contacts: Sequence[dict[str, Any]], now: float, limit: int = 8) -> Table:
+    """The contacts an unregister would remove, one aligned row each, named down to the ruid."""
+    table = Table(box=None, padding=(0, 1), expand=True, header_style="bold")
+    table.add_column("Contact", ratio=3, no_wrap=True, overflow="ellipsis")
+    table.add_column("User agent", ratio=2, no_wrap=True, overflow="ellipsis")
+    table.add_column("Received", no_wrap=True)
+    table.add_column("Expires", justify="right", no_wrap=True)
+    table.add_column("ruid", no_wrap=True, style="dim")
+    for c in contacts[:limit]:
+        table.add_row(Text(c["addr"], style="bold"), c["user_agent"], c["received"],
+                      countdown(c["expires_at"], now)[0], c["ruid"])
+    if len(contacts) > limit:
+        table.add_row(Text(f"… and {len(contacts) - limit} more", style="italic"), "", "", "", "")
+    return table
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Dismissed with True on ``y`` (or the red button), False on ``n``/Esc; Cancel has the focus."""
+
+    BINDINGS = bindings("confirm")
+
+    def __init__(self, title: str, body: RenderableType, confirm: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.confirm = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.title_text, id="question")
+            yield Static(self.body, id="details")
+            with Horizontal(id="buttons"):
+                yield Button(f"{self.confirm} (y)", variant="error", id="yes", compact=True)
+                yield Button("Cancel (n)", id="no", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

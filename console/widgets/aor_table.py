@@ -1,0 +1,67 @@
+"""The AOR table: one row per address-of-record, drawn from the console's Registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..format import countdown, duration
+from ..model import Registry
+from .virtual_table import Cell, Column, VirtualTable
+
+
+class AorTable(VirtualTable):
+    """Keyed by AOR: the cursor stays on its AOR while rows come and go around it."""
+
+    columns = (
+        Column("aor", "AOR", 26, flex=3),
+        Column("contacts", "Cts", 3, right=True),
+        Column("agent", "User agent (newest)", 20, flex=2),
+        Column("expires", "Expires", 7, right=True),
+        Column("updated", "Updated", 7, right=True),
+        Column("policy", "Policy", 6),
+    )
+
+    def __init__(self, registry: Registry, clock: Callable[[], float], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.registry = registry
+        self.clock = clock
+
+    def row_count(self) -> int:
+        return len(self.registry)
+
+    def cursor_key(self) -> str | None:
+        return self.registry.aor_at(self.cursor) if len(self.registry) else None
+
+    @property
+    def cursor_aor(self) -> str | None:
+        return self.cursor_key()
+
+    def header_label(self, column: Column) -> str:
+        if column.key != self.registry.sort:
+            return column.label
+        return column.label + (" ▼" if self.registry.reverse else " ▲")
+
+    def row_cells(self, index: int) -> Sequence[Cell]:
+        row = self.registry.row_at(index)
+        now = self.clock()
+        return (
+            row.aor,
+            str(row.count),
+            row.agent,
+            countdown(row.soonest, now),
+            (duration(now - row.newest), "dim"),
+            self._policy(row.aor),
+        )
+
+    def _policy(self, aor: str) -> Cell:
+        """``single``/``multi`` in bold for an AOR override, dim ``single`` when inherited."""
+        override = self.registry.overrides.get(aor)
+        if override is not None:
+            return ("single" if override else "multi", "accent")
+        return ("single", "dim") if self.registry.single_contact else ""
+
+    def follow(self, aor: str | None, fallback: int | None = None) -> None:
+        """Redraw after the registry changed, keeping the cursor on ``aor`` if it is still shown
+        (else on row ``fallback``, or on the same row number when that is None)."""
+        index = None if aor is None else self.registry.position(aor)
+        self.rows_changed(fallback if index is None else index, keep_screen_row=True)

@@ -1,0 +1,130 @@
+"""The contacts pane: every binding of the highlighted AOR, in lookup (q) order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..format import countdown
+from ..model import ADDED, REMOVED
+from .virtual_table import Cell, Column, VirtualTable
+
+Contact = dict[str, Any]
+REACHABILITY = "contact.reachability"
+STATE_STYLE = {"reachable": "ok", "unreachable": "error", "unknown": "dim"}  # VirtualTable tones
+
+
+def rtt_text(rtt_ms: float | None) -> str:
+    return "" if rtt_ms is None else f"{rtt_ms:.1f}"
+
+
+def lookup_order(contact: Contact) -> tuple[float, float]:
+    """Highest q first, newest first among equals: the order a call would try them."""
+    q = 1.0 if contact["q"] is None else contact["q"]
+    return (-q, -contact["modified"])
+
+
+def instance_label(contact: Contact) -> str:
+    instance = contact["instance"].strip('"<>')
+    return f"{contact['regid']} {instance}" if contact["regid"] else instance
+
+
+class ContactsTable(VirtualTable):
+    """The full records of one AOR's contacts, kept live from the event stream."""
+
+    columns = (
+        Column("addr", "Contact", 30, flex=3),
+        Column("state", "State", 11),
+        Column("rtt", "RTT ms", 7, right=True),
+        Column("expires", "Expires", 7, right=True),
+        Column("q", "q", 3, right=True),
+        Column("agent", "User agent", 20, flex=2),
+        Column("received", "Received", 22),
+        Column("path", "Path", 16, flex=1),
+        Column("callid", "Call-ID", 14, flex=1),
+        Column("cseq", "CSeq", 4, right=True),
+        Column("instance", "reg-id instance", 16),
+        Column("socket", "Socket", 18),
+        Column("ruid", "ruid", 21),
+    )
+
+    def __init__(self, clock: Callable[[], float], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.clock = clock
+        self.aor: str | None = None
+        self.contacts: list[Contact] = []
+
+    def row_count(self) -> int:
+        return len(self.contacts)
+
+    def cursor_key(self) -> str | None:
+        return self.contacts[self.cursor]["ruid"] if self.contacts else None
+
+    @property
+    def cursor_contact(self) -> Contact | None:
+        return self.contacts[self.cursor] if self.contacts else None
+
+    def contact(self, ruid: str) -> Contact | None:
+        return next((c for c in self.contacts if c["ruid"] == ruid), None)
+
+    def row_cells(self, index: int) -> Sequence[Cell]:
+        c = self.contacts[index]
+        state = c.get("state", "unknown")
+        return (
+            (c["addr"], "error") if state == "unreachable" else c["addr"],
+            (state, STATE_STYLE.get(state, "dim")),
+            rtt_text(c.get("rtt_ms")),
+            countdown(c["expires_at"], self.clock()),
+            "" if c["q"] is None else f"{c['q']:g}",
+            c["user_agent"],
+            c["received"],
+            ", ".join(c["path"]),
+            (c["callid"], "dim"),
+            str(c["cseq"]),
+            instance_label(c),
+            (c["socket"], "dim"),
+            (c["ruid"], "dim"),
+        )
+
+    # -- updating -----------------------------------------------------------------------
+    def show(self, aor: str | None, contacts: Iterable[Contact]) -> None:
+        """Show ``aor`` (a ``show`` reply's contacts); the cursor stays on its contact if it can."""
+        same = aor == self.aor
+        keep = self.cursor_key() if same else None
+        self.aor = aor
+        self._set(list(contacts), keep, 0 if not same else None)
+
+    def apply(self, events: Iterable[dict[str, Any]]) -> None:
+        """Apply the contact events of the AOR shown."""
+        by_ruid = {c["ruid"]: c for c in self.contacts}
+        changed = False
+        for event in events:
+            if event.get("aor") != self.aor or event.get("table", "location") != "location":
+                continue
+            if event["kind"] in ADDED:
+                old = by_ruid.get(event["ruid"])
+                if old is None or old["modified"] <= event["contact"]["modified"]:
+                    kept = {"state": old.get("state", "unknown"), "rtt_ms": old.get("rtt_ms")} if old else {}
+                    by_ruid[event["ruid"]] = {**event["contact"], **kept}
+                    changed = True
+            elif event["kind"] == REACHABILITY:
+                old = by_ruid.get(event["ruid"])
+                if old is not None:
+                    by_ruid[event["ruid"]] = {**old, "state": event["state"], "rtt_ms": event["rtt_ms"]}
+                    changed = True
+            elif event["kind"] in REMOVED:
+                changed |= by_ruid.pop(event["ruid"], None) is not None
+        if changed:
+            self._set(list(by_ruid.values()), self.cursor_key(), None)
+
+    def forget(self, ruids: set[str]) -> None:
+        kept = [c for c in self.contacts if c["ruid"] not in ruids]
+        if len(kept) != len(self.contacts):
+            self._set(kept, self.cursor_key(), None)
+
+    def _set(self, contacts: list[Contact], keep: str | None, cursor: int | None) -> None:
+        contacts.sort(key=lookup_order)
+        self.contacts = contacts
+        if keep is not None:
+            cursor = next((i for i, c in enumerate(contacts) if c["ruid"] == keep), cursor)
+        self.rows_changed(cursor)

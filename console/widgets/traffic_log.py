@@ -1,0 +1,123 @@
+"""The traffic pane: a bounded log of handled requests that follows new ones or stays put."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ..format import clock_time, status_tone
+from .virtual_table import Cell, Column, VirtualTable
+
+
+class Request(NamedTuple):
+    time: float
+    source: str
+    method: str
+    aor: str
+    status: int
+    reason: str
+    user_agent: str
+
+
+class TrafficLog(VirtualTable):
+    """The newest ``limit`` requests; ``follow`` keeps the newest in view, ``hide_options`` drops keepalives."""
+
+    show_cursor = False
+    columns = (
+        Column("time", "Time", 8),
+        Column("source", "Source", 22),
+        Column("method", "Method", 9),
+        Column("aor", "AOR", 24, flex=3),
+        Column("response", "Response", 22, flex=1),
+        Column("agent", "User agent", 18, flex=2),
+    )
+
+    def __init__(self, limit: int = 5000, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.everything: deque[Request] = deque(maxlen=limit)
+        self.without_options: deque[Request] = deque(maxlen=limit)
+        self.follow = True
+        self.hide_options = False
+
+    @property
+    def entries(self) -> deque[Request]:
+        return self.without_options if self.hide_options else self.everything
+
+    def row_count(self) -> int:
+        return len(self.entries)
+
+    def row_cells(self, index: int) -> Sequence[Cell]:
+        r = self.entries[index]
+        return (
+            (clock_time(r.time), "dim"),
+            r.source,
+            (r.method, "strong"),
+            r.aor,
+            (f"{r.status} {r.reason}", status_tone(r.status)),
+            (r.user_agent, "dim"),
+        )
+
+    def append(self, events: list[dict[str, Any]]) -> None:
+        """Add ``request.handled`` events, oldest first."""
+        before, added = len(self.entries), 0
+        for e in events:
+            request = Request(e["time"], e["source"], e["method"], e["aor"], e["status"], e["reason"],
+                              e["user_agent"])
+            self.everything.append(request)
+            if request.method != "OPTIONS":
+                self.without_options.append(request)
+                added += 1
+            elif not self.hide_options:
+                added += 1
+        self._redraw(dropped=before + added - len(self.entries))
+
+    def _redraw(self, dropped: int = 0) -> None:
+        if self.follow:
+            self.rows_changed(self.row_count() - 1)
+            self.scroll_end(animate=False, force=True, x_axis=False)
+        else:
+            # Stay on the same requests while the oldest fall off the front.
+            self.scroll_to(y=max(0, self.scroll_y - dropped), animate=False, force=True)
+            self.rows_changed()
+        self.border_title = self._title()
+
+    def _title(self) -> str:
+        follow = "following" if self.follow else "scrolled back (End follows)"
+        options = "OPTIONS hidden" if self.hide_options else "OPTIONS shown"
+        return f"Traffic · {len(self.entries):,} of the last {self.everything.maxlen:,} · {follow} · {options}"
+
+    def set_follow(self, follow: bool) -> None:
+        self.follow = follow
+        self._redraw()
+
+    def set_hide_options(self, hide: bool) -> None:
+        self.hide_options = hide
+        self._redraw()
+
+    # Moving in a log scrolls it; moving up stops following, End follows again.
+    def action_cursor(self, delta: int) -> None:
+        self._scroll_by(delta)
+
+    def action_page(self, direction: int) -> None:
+        self._scroll_by(direction * self._page_size())
+
+    def action_edge(self, end: int) -> None:
+        if end:
+            self.set_follow(True)
+        else:
+            self._stop_following()
+            self.scroll_home(animate=False, force=True)
+
+    def on_mouse_scroll_up(self) -> None:
+        self._stop_following()
+
+    def _scroll_by(self, delta: int) -> None:
+        if delta < 0:
+            self._stop_following()
+        self.scroll_to(y=max(0, self.scroll_y + delta), animate=False, force=True)
+
+    def _stop_following(self) -> None:
+        if self.follow:
+            self.follow = False
+            self.border_title = self._title()

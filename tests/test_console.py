@@ -1,0 +1,418 @@
+"""The console driven by Pilot against real registrars: phones register through real sockets,
+keys remove bindings and flip policy, and the core confirms."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from console.app import SipConsole, attached, embedded
+from console.screens.confirm import ConfirmScreen
+from console.screens.detail import ContactDetailScreen
+from console.screens.help import HelpScreen
+from console.screens.main import MainScreen
+from registrar_core.config import build_config
+from registrar_core.control import ControlClient, LocalClient
+
+from .conftest import server_address
+from .sipclient import UdpPhone, free_port, next_aor
+
+SIZE = (140, 40)
+
+
+async def until(pilot, condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Let the app run until ``condition()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {condition}")
+        await pilot.pause(0.05)
+
+
+def console_for(srv, **kw) -> SipConsole:
+    return SipConsole(LocalClient(srv.core), embedded=True, **kw)
+
+
+async def phones(srv, count: int) -> list[UdpPhone]:
+    return [await UdpPhone(server_address(srv)).open() for _ in range(count)]
+
+
+async def ready(pilot) -> MainScreen:
+    main = pilot.app.main
+    await until(pilot, lambda: main.loaded)
+    return main
+
+
+async def highlight(pilot, main: MainScreen, aor: str) -> None:
+    """Put the AOR cursor on ``aor`` and wait for its contacts."""
+    await until(pilot, lambda: main.registry.position(aor) is not None)
+    main.aors.move_cursor(main.registry.position(aor))
+    await until(pilot, lambda: main.contacts.aor == aor)
+
+
+async def test_registered_phones_appear_live(server):
+    alice, bob = next_aor("alice"), next_aor("bob")
+    desk, mobile, other = await phones(server, 3)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        assert (await desk.register(alice)).status == 200
+        assert (await mobile.register(alice)).status == 200
+        assert (await other.register(bob)).status == 200
+        await until(pilot, lambda: {alice, bob} <= set(main.registry.rows))
+        assert main.registry.rows[alice].count == 2
+        assert [main.registry.aor_at(i) for i in range(len(main.registry))] == sorted([alice, bob])
+        await highlight(pilot, main, alice)
+        assert {c["received"] for c in main.contacts.contacts} == {
+            f"udp:127.0.0.1:{desk.local[1]}", f"udp:127.0.0.1:{mobile.local[1]}"}
+        await until(pilot, lambda: len(main.traffic.entries) >= 3)
+        assert {r.aor for r in main.traffic.entries} == {alice, bob}
+        assert all(r.method == "REGISTER" and r.status == 200 for r in main.traffic.entries)
+        await until(pilot, lambda: main.status.stats and main.status.stats["location_contacts"] == 3)
+    for p in (desk, mobile, other):
+        p.close()
+
+
+async def test_a_contact_expiring_leaves_the_table(make_server):
+    srv = await make_server(min_expires=1)
+    aor = next_aor("brief")
+    (phone,) = await phones(srv, 1)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await phone.register(aor, expires=1)
+        await until(pilot, lambda: aor in main.registry.rows)
+        await until(pilot, lambda: aor not in main.registry.rows, timeout=5)
+    phone.close()
+
+
+async def test_unregister_the_highlighted_contact(server):
+    aor = next_aor("alice")
+    desk, mobile = await phones(server, 2)
+    await desk.register(aor)
+    await mobile.register(aor, contacts=[f"<sip:m@127.0.0.1:{mobile.local[1]}>;q=0.5"])
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("tab", "down")  # contacts pane, second contact: the q=0.5 mobile
+        doomed = main.contacts.cursor_contact
+        assert doomed is not None and doomed["q"] == 0.5
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("n")  # cancel: nothing goes
+        await pilot.pause(0.2)
+        assert server.core.fetch_contacts(aor).count == 2
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: server.core.fetch_contacts(aor).count == 1)
+        assert server.core.fetch_contacts(aor)[0].ruid != doomed["ruid"]
+        await until(pilot, lambda: main.registry.rows[aor].count == 1 and len(main.contacts.contacts) == 1)
+    desk.close()
+    mobile.close()
+
+
+async def test_unregister_a_whole_aor(server):
+    aor, bystander = next_aor("carol"), next_aor("dave")
+    a, b, c = await phones(server, 3)
+    await a.register(aor)
+    await b.register(aor)
+    await c.register(bystander)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        question = pilot.app.screen
+        assert aor in question.title_text and "2 contacts" in question.title_text
+        await pilot.press("y")
+        await until(pilot, lambda: server.core.fetch_contacts(aor).count == 0)
+        assert server.core.fetch_contacts(bystander).count == 1
+        await until(pilot, lambda: aor not in main.registry.rows)
+        assert main.aors.cursor_aor == bystander
+    for p in (a, b, c):
+        p.close()
+
+
+async def test_single_contact_toggle_governs_the_next_register(server):
+    aor, other = next_aor("erin"), next_aor("frank")
+    first, second, third, fourth = await phones(server, 4)
+    await first.register(aor)
+    await second.register(aor)
+    await fourth.register(other)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("s")
+        await until(pilot, lambda: server.core.single_contact(aor))
+        assert not server.core.single_contact()  # only this AOR
+        await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("single", "accent"))
+        assert "single-contact on (AOR override)" in str(main.contacts.border_title)
+        # The next REGISTER of the AOR replaces its bindings.
+        assert (await third.register(aor)).status == 200
+        profile = server.core.fetch_contacts(aor)
+        assert profile.count == 1 and profile[0].received.endswith(f":{third.local[1]}")
+        await until(pilot, lambda: main.registry.rows[aor].count == 1)
+        # The global switch: every AOR without an override.
+        await pilot.press("S")
+        await until(pilot, lambda: server.core.single_contact())
+        assert server.core.single_contact(other)
+        await until(pilot, lambda: "single-contact [b $text-warning]on" in main.status.policy)
+        # s flips what is in force for the AOR: off, as an override against the global on...
+        await pilot.press("s")
+        await until(pilot, lambda: server.core.single_contact_overrides() == {aor: False})
+        await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("multi", "accent"))
+        # ...and back on, which equals the global policy: the override goes.
+        await pilot.press("s")
+        await until(pilot, lambda: server.core.single_contact_overrides() == {})
+        await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("single", "dim"))
+    for p in (first, second, third, fourth):
+        p.close()
+
+
+async def test_filter_narrows_and_escape_clears(server):
+    names = [next_aor("alice"), next_aor("alicia"), next_aor("bob")]
+    devices = await phones(server, 3)
+    for phone, aor in zip(devices, names):
+        await phone.register(aor)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: len(main.registry) == 3)
+        await pilot.press("slash", *"ALI")
+        assert len(main.registry) == 2
+        assert {main.registry.aor_at(i) for i in range(2)} == set(names[:2])
+        await pilot.press("enter")  # keeps the filter, back to the table
+        assert main.aors.has_focus and len(main.registry) == 2
+        # New registrations respect the filter.
+        extra = (await phones(server, 1))[0]
+        await extra.register(next_aor("zed"))
+        await extra.register(alice_too := next_aor("malice"))
+        await until(pilot, lambda: len(main.registry) == 3)
+        assert main.registry.position(alice_too) is not None
+        await pilot.press("escape")
+        assert len(main.registry) == 5 and main.aors.has_focus and not main.query_one("#filter").value
+        extra.close()
+    for p in devices:
+        p.close()
+
+
+async def test_sort_keys_and_header_clicks(server):
+    busy, quiet = next_aor("aaa"), next_aor("zzz")
+    devices = await phones(server, 3)
+    await devices[0].register(quiet)
+    await devices[1].register(quiet)
+    await devices[2].register(busy, expires=120)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: len(main.registry) == 2)
+        assert main.registry.aor_at(0) == busy
+        await pilot.press("greater_than_sign")  # by contacts, most first
+        assert main.registry.sort == "contacts" and main.registry.aor_at(0) == quiet
+        await pilot.press("r")
+        assert main.registry.aor_at(0) == busy
+        await pilot.press("less_than_sign")
+        assert main.registry.sort == "aor"
+        # Mouse: a header click sorts by that column, a row click highlights it.
+        await pilot.click("#aors", offset=(main.aors._widths[0] + 2, 1))  # the "Cts" header
+        assert main.registry.sort == "contacts" and not main.registry.reverse
+        await pilot.click("#aors", offset=(3, 3))  # second row
+        assert main.aors.cursor == 1
+    for p in devices:
+        p.close()
+
+
+async def test_read_only_blocks_every_destructive_key(server):
+    aor = next_aor("grace")
+    (phone,) = await phones(server, 1)
+    await phone.register(aor)
+    async with console_for(server, read_only=True).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        for key in ("d", "delete", "D", "s", "S"):
+            await pilot.press(key)
+            await pilot.pause(0.1)
+            assert isinstance(pilot.app.screen, MainScreen), key
+        for action in ("unregister_contact", "unregister_aor", "toggle_single_contact",
+                       "toggle_single_contact_global"):
+            assert main.check_action(action, ()) is None  # greyed out in the footer
+        assert server.core.fetch_contacts(aor).count == 1
+        assert not server.core.single_contact(aor)
+        # The palette cannot run them either.
+        await pilot.app.main.run_action("unregister_aor")
+        await pilot.pause(0.1)
+        assert isinstance(pilot.app.screen, MainScreen)
+        assert "READ-ONLY" in main.status.render().plain
+    phone.close()
+
+
+async def test_pause_holds_updates_until_resumed(server):
+    aor = next_aor("heidi")
+    (phone,) = await phones(server, 1)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await pilot.press("p")
+        await phone.register(aor)
+        await until(pilot, lambda: len(main.buffer) > 0)
+        await pilot.pause(0.4)
+        assert aor not in main.registry.rows and main.status.flags.paused
+        await pilot.press("p")
+        await until(pilot, lambda: aor in main.registry.rows)
+        assert not main.status.flags.paused
+    phone.close()
+
+
+async def test_traffic_hides_options_and_stops_following(server):
+    from .sipclient import request_bytes
+
+    aor = next_aor("ivan")
+    (phone,) = await phones(server, 1)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await phone.register(aor)
+        await phone.send(request_bytes("OPTIONS", "sip:example.com", aor, local=phone.local))
+        await until(pilot, lambda: len(main.traffic.entries) == 2)
+        await pilot.press("o")
+        assert [r.method for r in main.traffic.entries] == ["REGISTER"]
+        await pilot.press("o", "a")
+        assert len(main.traffic.entries) == 2 and not main.traffic.follow
+        assert "scrolled back" in str(main.traffic.border_title)
+    phone.close()
+
+
+async def test_enter_toggles_the_contact_detail(server):
+    aor = next_aor("judy")
+    (phone,) = await phones(server, 1)
+    await phone.register(aor, extra=["Supported: path", "Path: <sip:edge.example.net;lr>"])
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        ruid = main.contacts.cursor_contact["ruid"]
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ContactDetailScreen))
+        assert pilot.app.screen.contact["path"] == ["<sip:edge.example.net;lr>"]
+        shown = pilot.app.export_screenshot()
+        assert ruid in shown and "sip:edge.example.net;lr" in shown
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+    phone.close()
+
+
+async def test_help_and_command_palette(server):
+    aor = next_aor("ken")
+    (phone,) = await phones(server, 1)
+    await phone.register(aor)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        for key in ("question_mark", "f1"):
+            await pilot.press(key)
+            await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+        # The palette runs actions from the same table: toggle single-contact by name.
+        await pilot.press("colon", *"single-contact on/off for the highlighted")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: server.core.single_contact(aor))
+    phone.close()
+
+
+async def test_quit_asks_before_stopping_the_embedded_registrar(server):
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        assert "stop the registrar" in pilot.app.screen.title_text
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: not pilot.app.is_running)
+
+
+async def test_embedded_runs_the_registrar_and_stops_it(short_dir, capsys):
+    port = free_port()
+    config = build_config({"listen": [f"udp:127.0.0.1:{port}"], "db": str(short_dir / "loc.db"),
+                           "control": str(short_dir / "c.sock"), "auth": False, "ip_budget": 0})
+    aor = next_aor("lena")
+
+    async def drive(app: SipConsole) -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            main = await ready(pilot)
+            phone = await UdpPhone(("127.0.0.1", port)).open()
+            assert (await phone.register(aor)).status == 200
+            phone.close()
+            await until(pilot, lambda: aor in main.registry.rows)
+            await pilot.press("q", "y")
+
+    import logging
+
+    handlers = logging.getLogger().handlers[:]
+    assert await embedded(config, read_only=False, run=drive) == 0
+    out = capsys.readouterr().out
+    assert "registrar stopped" in out and "1 contacts" in out
+    # The registrar logged to a file beside its database, not to the terminal, and let go of logging.
+    assert "listening on" in (short_dir / "sipconsole.log").read_text()
+    assert logging.getLogger().handlers == handlers
+    # The registrar really stopped: its port is free again.
+    from .sipclient import register_bytes
+
+    probe = await UdpPhone(("127.0.0.1", port)).open()
+    with pytest.raises(asyncio.TimeoutError):
+        await probe.send(register_bytes(aor, [probe.contact], local=probe.local), timeout=0.3)
+    probe.close()
+
+
+async def test_attach_to_a_running_serve_process(serve_process):
+    serve_process.start()
+    aor, kept = next_aor("mallory"), next_aor("niaj")
+    a, b = [await UdpPhone(("127.0.0.1", serve_process.port)).open() for _ in range(2)]
+    await a.register(aor)
+    await b.register(kept)
+    client = await ControlClient(serve_process.control).connect()
+    app = SipConsole(client, embedded=False, mode="attached")
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: aor not in main.registry.rows)
+        # Live events arrive over the socket too.
+        await a.register(fresh := next_aor("olivia"))
+        await until(pilot, lambda: fresh in main.registry.rows)
+        await pilot.press("q")  # no question: the server keeps running
+        await until(pilot, lambda: not pilot.app.is_running)
+    await client.close()
+    code, dump = serve_process.ctl("dump")
+    assert code == 0 and {e["aor"] for e in dump["aors"]} == {kept, fresh}
+    assert serve_process.proc.poll() is None
+    a.close()
+    b.close()
+
+
+async def test_attached_without_a_registrar_exits_3(short_dir, capsys):
+    assert await attached(str(short_dir / "nobody.sock"), read_only=False) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no registrar answers" in err
+
+
+def test_embedded_start_failure_is_one_line(short_dir):
+    """A port already taken: exit 1 with one line on stderr, never a traceback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "registrar_core.cli", "--listen", f"udp:127.0.0.1:{port}",
+             "--db", str(short_dir / "loc.db"), "--control", str(short_dir / "c.sock"), "--auth", "off"],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+            env={**os.environ, "TERM": "dumb"})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("sipconsole: error:"), done.stderr
