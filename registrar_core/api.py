@@ -20,6 +20,7 @@ The console and the control socket (``sipconsole ctl``) use exactly this API.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -106,7 +107,7 @@ class RegistrarCore:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
                  memory_only: bool = False) -> None:
         self.config = config
-        self.events = EventBus()
+        self.events = EventBus(clock)
         self.stats = Stats(started=clock())
         store = None if memory_only else LocationStore(config.db)
         self.location = LocationService(store, self.events, clock=clock)
@@ -175,17 +176,19 @@ class RegistrarCore:
             return False
         return self.sender(source.local, source.conid, reply_address(request, source), bytes(response))
 
-    async def unregister(self, aor: str, ruid: str | None = None, *,
+    async def unregister(self, aor: str, ruid: str | None = None, *, ruids: list[str] | None = None,
                          table: str = DEFAULT_TABLE) -> list[Contact]:
-        """Remove every contact of ``aor``, or the one with ``ruid``; returns what went."""
+        """Remove every contact of ``aor``, or the one with ``ruid`` (or those in ``ruids``),
+        in one transaction; returns what went."""
         key = normalise_aor(aor)
+        wanted = set(ruids or ()) | ({ruid} if ruid is not None else set())
         await self.location.locks.acquire((table, key))
         try:
             contacts = self.location.contacts(table, key)
-            if ruid is not None:
-                contacts = [c for c in contacts if c.ruid == ruid]
+            if wanted:
+                contacts = [c for c in contacts if c.ruid in wanted]
             if not contacts:
-                what = f"contact {ruid} of {key}" if ruid else key
+                what = f"contact {', '.join(sorted(wanted))} of {key}" if wanted else key
                 raise NotFound(f"{what} is not registered in table {table}")
             await self.location.apply(table, [], [(c, REMOVED_ADMIN) for c in contacts])
             return contacts
@@ -252,10 +255,14 @@ class RegistrarCore:
         await self.location.set_policy(DEFAULT_TABLE, GLOBAL, POLICY_CALLER_CHECK, "on" if on else "off")
 
     # -- operations ------------------------------------------------------------------
-    def dump(self, table: str = DEFAULT_TABLE) -> list[Profile]:
+    def dump(self, table: str = DEFAULT_TABLE, offset: int = 0, limit: int | None = None) -> list[Profile]:
+        """Every AOR with contacts (or the page ``offset:offset+limit`` of the AORs)."""
         now = self.location.clock()
         profiles = []
-        for aor in self.location.aors(table):
+        aors = self.location.aors(table)
+        if offset or limit is not None:
+            aors = itertools.islice(aors, offset, None if limit is None else offset + limit)
+        for aor in aors:
             contacts = self.location.contacts(table, aor, now)
             if contacts:
                 profiles.append(Profile(aor, tuple(contacts), table))

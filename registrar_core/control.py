@@ -27,6 +27,7 @@ from typing import Any
 
 from .api import NotFound, RegistrarCore, normalise_aor
 from .auth import SubscriberError
+from .events import EVENTS_LOST
 from .location import DEFAULT_TABLE, StorageError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ INVALID_PARAMS = -32602
 NOT_FOUND = -32004
 STORAGE_FAILED = -32005
 MAX_LINE = 1 << 20
+_CLOSED: dict[str, Any] = {"kind": "connection.closed"}  # marks the end of a client's event stream
 
 
 class RpcError(Exception):
@@ -76,11 +78,22 @@ class Methods:
         except StorageError as exc:
             raise RpcError(STORAGE_FAILED, f"storage failure: {exc}") from None
 
-    async def rpc_dump(self, table: str = DEFAULT_TABLE) -> dict[str, Any]:
+    async def rpc_dump(self, table: str = DEFAULT_TABLE, offset: int = 0,
+                       limit: int | None = None) -> dict[str, Any]:
+        """Every AOR with its contacts; with ``limit``, one page of them and the next offset,
+        so a large table is read in slices without stalling the registrar."""
+        if not isinstance(offset, int) or offset < 0 or (limit is not None and (not isinstance(limit, int) or limit < 1)):
+            raise RpcError(INVALID_PARAMS, "offset must be >= 0 and limit >= 1")
         now = self.core.location.clock()
         annotate = self.core.qualify.annotate
-        aors = [{"aor": p.aor, "contacts": [annotate(c.to_dict(now)) for c in p]} for p in self.core.dump(table)]
-        return {"table": table, "aors": aors}
+        profiles = self.core.dump(table, offset, limit)
+        aors = [{"aor": p.aor, "contacts": [annotate(c.to_dict(now)) for c in p]} for p in profiles]
+        result: dict[str, Any] = {"table": table, "aors": aors}
+        if limit is not None:
+            total = self.core.location.aor_count(table)
+            result["total"] = total
+            result["next"] = offset + limit if offset + limit < total else None
+        return result
 
     async def rpc_show(self, aor: str, table: str = DEFAULT_TABLE) -> dict[str, Any]:
         profile = self.core.fetch_contacts(_valid_aor(aor), table=table)
@@ -97,9 +110,11 @@ class Methods:
         key = _valid_aor(aor) if aor else None
         return {"contacts": await self.core.qualify.qualify_now(ruid, aor=key, table=table, wait=bool(wait))}
 
-    async def rpc_unregister(self, aor: str, ruid: str | None = None,
+    async def rpc_unregister(self, aor: str, ruid: str | None = None, ruids: list[str] | None = None,
                              table: str = DEFAULT_TABLE) -> dict[str, Any]:
-        removed = await self.core.unregister(_valid_aor(aor), ruid, table=table)
+        if ruids is not None and (not isinstance(ruids, list) or not all(isinstance(r, str) for r in ruids)):
+            raise RpcError(INVALID_PARAMS, "ruids must be a list of strings")
+        removed = await self.core.unregister(_valid_aor(aor), ruid, ruids=ruids, table=table)
         now = self.core.location.clock()
         return {"removed": [c.to_dict(now) for c in removed]}
 
@@ -304,9 +319,7 @@ class ControlClient:
                 if not isinstance(message, dict):
                     continue
                 if message.get("method") == "event":
-                    if self._events.full():
-                        self._events.get_nowait()
-                    self._events.put_nowait(message["params"])
+                    self._queue_event(message["params"])
                     continue
                 fut = self._waiting.pop(message.get("id"), None)
                 if fut is not None and not fut.done():
@@ -318,6 +331,16 @@ class ControlClient:
                 if not fut.done():
                     fut.set_exception(ConnectionError("the registrar closed the control connection"))
             self._waiting.clear()
+            self._queue_event(_CLOSED)
+
+    def _queue_event(self, event: dict[str, Any]) -> None:
+        """Queue one event; a reader that fell behind gets one events.lost instead of the backlog."""
+        if self._events.full():
+            while not self._events.empty():
+                self._events.get_nowait()
+            self._events.put_nowait({"kind": EVENTS_LOST})
+        if not self._events.full():
+            self._events.put_nowait(event)
 
     @property
     def connected(self) -> bool:
@@ -340,12 +363,17 @@ class ControlClient:
         return reply["result"]
 
     async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """Subscribe, then yield the events in batches as they arrive."""
+        """Subscribe, then yield the events in batches as they arrive; raises
+        ConnectionError when the registrar goes away."""
         await self.call("subscribe")
         while True:
             batch = [await self._events.get()]
             while not self._events.empty():
                 batch.append(self._events.get_nowait())
+            if _CLOSED in batch:
+                if batch[0] is not _CLOSED:
+                    yield batch[: batch.index(_CLOSED)]
+                raise ConnectionError("the registrar closed the control connection")
             yield batch
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,8 @@ CONTACT_EXPIRED = "contact.expired"
 REQUEST_HANDLED = "request.handled"
 POLICY_CHANGED = "policy.changed"
 STORAGE_STATE = "storage.state"
-SECURITY = "security"  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
+SECURITY = "security"
+EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale, reload  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,8 @@ class Event:
 
 
 class Subscription:
-    """A bounded queue of events; when a slow reader lets it fill, the oldest are dropped."""
+    """A bounded queue of events. A reader that lets it fill loses what is queued and
+    gets one EVENTS_LOST event instead, telling it to reload its view."""
 
     def __init__(self, bus: EventBus, maxsize: int) -> None:
         self._bus = bus
@@ -38,8 +41,11 @@ class Subscription:
 
     def put(self, event: Event) -> None:
         if self.queue.full():
-            self.queue.get_nowait()
-            self.dropped += 1
+            self.dropped += self.queue.qsize() + 1
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(Event(EVENTS_LOST, {"dropped": self.dropped}, event.time))
+            return
         self.queue.put_nowait(event)
 
     async def get(self) -> Event:
@@ -57,7 +63,8 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._subscribers: list[Subscription] = []
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
@@ -76,6 +83,6 @@ class EventBus:
     def publish(self, kind: str, **data: Any) -> None:
         if not self._subscribers:
             return
-        event = Event(kind, data)
+        event = Event(kind, data, self.clock())
         for sub in self._subscribers:
             sub.put(event)

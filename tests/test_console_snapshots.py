@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import registrar_core.events
 import registrar_core.registrar
 from console.app import SipConsole
 from console.screens.confirm import ConfirmScreen
@@ -90,12 +89,10 @@ class Clock:
 
 @pytest.fixture
 def fixed_world(monkeypatch) -> Iterator[tuple[RegistrarCore, Clock]]:
-    """A memory-only core on a fixed clock, with counted ruids, clock-stamped events, UTC."""
+    """A memory-only core on a fixed clock (its events carry that clock too), counted ruids, UTC."""
     clock = Clock(NOW - 600)
     ruids = itertools.count(0xA11CE)
     monkeypatch.setattr(registrar_core.registrar, "new_ruid", lambda: f"uloc-{next(ruids):016x}")
-    event = registrar_core.events.Event
-    monkeypatch.setattr(registrar_core.events, "Event", lambda kind, data: event(kind, data, clock()))
     old_tz = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
     time.tzset()
