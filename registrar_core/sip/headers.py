@@ -53,7 +53,6 @@ _VIA = re.compile(
 )
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*+"', re.S)  # quoted-string with quoted-pairs
 _CSEQ = re.compile(rf"([0-9]+)\s+({_TOKEN_CHARS})\Z")
-_DIGITS = re.compile(r"[0-9]+\Z")
 MAX_CSEQ = 2**32 - 1
 
 
@@ -227,7 +226,7 @@ def parse_cseq(text: str) -> tuple[int, str]:
 def parse_delta(text: str, name: str) -> int:
     """An Expires/Min-Expires style delta-seconds; huge values saturate at 2**32-1."""
     text = text.strip()
-    if not _DIGITS.match(text):
+    if not is_digits(text):
         raise SipError(400, f"Malformed {name}")
     value = _number(text)
     return MAX_CSEQ if value is None else value
@@ -238,5 +237,5 @@ def is_token(text: str) -> bool:
 
 
 def is_digits(text: str) -> bool:
-    """True for a non-empty string of ASCII digits (``str.isdigit`` also takes "²")."""
-    return bool(_DIGITS.match(text))
+    """True for a non-empty string of ASCII digits (``str.isdigit`` alone also takes "²")."""
+    return text.isascii() and text.isdigit()

@@ -103,10 +103,11 @@ class Headers:
         self._index: dict[str, list[str]] | None = None
 
     @classmethod
-    def _canonical(cls, fields: list[tuple[str, str]]) -> Headers:
+    def _canonical(cls, fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
         """Wrap fields whose names are already canonical (the parser's fast path)."""
         headers = cls()
         headers._fields = fields
+        headers._index = index
         return headers
 
     def _lookup(self) -> dict[str, list[str]]:
@@ -296,8 +297,9 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     return data.rstrip(b"\r\n"), b""
 
 
-def _header_fields(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
-    """Header lines to (canonical name, value) pairs, folded lines joined (RFC 3261 §7.3.1)."""
+def _header_fields(lines: list[str], limits: Limits) -> Headers:
+    """Header lines to Headers (canonical names, folded lines joined, RFC 3261 §7.3.1),
+    with the lookup index built in the same pass."""
     fields: list[tuple[str, str]] = []
     for line in lines:
         if line[:1] in (" ", "\t"):
@@ -316,7 +318,15 @@ def _header_fields(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
         fields.append((known, line[colon + 1 :].strip(" \t")))
     if len(fields) > limits.max_headers:
         raise SipError(400, "Too many headers")
-    return fields
+    index: dict[str, list[str]] = {}
+    for n, v in fields:
+        key = n.lower()
+        values = index.get(key)
+        if values is None:
+            index[key] = [v]
+        else:
+            values.append(v)
+    return Headers._canonical(fields, index)
 
 
 def content_length(values: list[str]) -> int | None:
@@ -362,7 +372,7 @@ def _parse(data: bytes, limits: Limits) -> Message:
         raise SipError(400, "Too many headers")
     if max(map(len, lines)) > limits.max_line_length:
         raise SipError(400, "Line too long")
-    headers = Headers._canonical(_header_fields(lines[1:], limits))
+    headers = _header_fields(lines[1:], limits)
     length = content_length(headers.get_all("Content-Length"))
     if length is not None:
         if length > len(body):
