@@ -20,7 +20,7 @@ from .location import (
 )
 from .location.service import REMOVED_REPLACED, REMOVED_UNREGISTERED
 from .sip import NameAddr, Request, Response, SipError, SipURI, build_response
-from .sip.headers import parse_delta
+from .sip.headers import is_digits, parse_delta
 from .sip.uri import format_params
 from .source import Source
 
@@ -204,8 +204,8 @@ class Registrar:
         regid_text = contact.param("reg-id")
         regid = 0
         if instance and regid_text is not None and "outbound" in _supported(request):
-            if not regid_text.isdigit():
-                raise RegisterRejected(400, "Bad Request", "Invalid reg-id")
+            if not is_digits(regid_text) or not 1 <= int(regid_text) <= 2**31 - 1:
+                raise RegisterRejected(400, "Bad Request", "Invalid reg-id (RFC 5626: 1 to 2^31-1)")
             regid = int(regid_text)
         params = ""
         if contact.params:

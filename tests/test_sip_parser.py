@@ -405,6 +405,11 @@ def test_missing_via_is_400() -> None:
     assert sip_error(make(drop=("Via",))).reason == "Missing Via"
 
 
+def test_empty_via_field_is_400() -> None:
+    data = make().replace(b"Via: ", b"Via: \r\nVia: ", 1)
+    assert sip_error(data).reason == "Empty Via"
+
+
 @pytest.mark.parametrize(
     ("value", "cseq"),
     [("0 REGISTER", (0, "REGISTER")), ("4294967295 REGISTER", (2**32 - 1, "REGISTER")),

@@ -432,6 +432,8 @@ def _validate_common(message: _Message, headers: Headers) -> None:
             raise SipError(400, f"Duplicate {canonical_name(name)}")
     if not message.vias:
         raise SipError(400, "Missing Via")
+    if not all(index["via"]):
+        raise SipError(400, "Empty Via")
     _ = message.from_, message.to, message.call_id, message.cseq
 
 
