@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import resource
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +21,27 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes, Source], Awaitable[Reply | None]]
 _conids = itertools.count(1)
 
+# Kamailio's tcp_msg_read_timeout: how long one message may take to arrive whole (and a
+# new connection to deliver its first one). Without it a byte-per-second sender keeps a
+# connection, its buffer and a file descriptor forever: every byte resets the idle timer.
+DEFAULT_TCP_READ_TIMEOUT = 20.0
+# Messages framed on one connection and not yet handled before we stop reading from it
+# (the kernel's window then slows the sender down): memory per connection stays bounded.
+MAX_QUEUED_PER_CONNECTION = 64
+# Datagrams being handled at once; more are dropped (UDP is lossy, senders retransmit):
+# a flood during a storage stall cannot pile up requests without bound.
+MAX_UDP_IN_FLIGHT = 5_000
+FD_RESERVE = 128  # descriptors kept for the database, the control socket, UDP, logs
+
+
+def default_max_tcp_connections() -> int:
+    """Stay below the process's descriptor limit: accept() failing with EMFILE stalls
+    every listener, so excess connections are closed instead."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft > 65_536 + FD_RESERVE:
+        return 65_536
+    return max(16, soft - FD_RESERVE) if soft > 2 * FD_RESERVE else max(8, soft // 2)
+
 
 def _local_name(proto: str, sockname: tuple) -> str:
     host, port = sockname[0], sockname[1]
@@ -31,6 +54,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.handler = handler
         self.transport: asyncio.DatagramTransport | None = None
         self.local = ""
+        self.dropped = 0
+        self._drop_logged = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -38,6 +63,14 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.local = _local_name("udp", transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if len(self._tasks) >= MAX_UDP_IN_FLIGHT:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged >= 10.0:
+                self._drop_logged = now
+                log.warning("%d datagrams in progress: dropping new ones (%d so far)",
+                            len(self._tasks), self.dropped)
+            return
         source = Source("udp", addr[0], addr[1], self.local)
         task = asyncio.ensure_future(self._serve(data, source))
         self._tasks.add(task)
@@ -61,42 +94,74 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection: framed by Content-Length, replies on the same connection."""
+    """One TCP connection: framed by Content-Length, replies on the same connection.
 
-    def __init__(self, handler: Handler, limits: Limits, idle_timeout: float,
-                 connections: dict[int, TcpConnection], per_ip: Counter[str], max_per_ip: int) -> None:
-        self.handler = handler
-        self.per_ip = per_ip
-        self.max_per_ip = max_per_ip
-        self.framer = StreamFramer(limits)
-        self.idle_timeout = idle_timeout
-        self.connections = connections
+    Defences: a per-IP and a global connection cap (at the global cap the oldest
+    connection that never delivered a message makes room), an idle timeout, a read
+    timeout per message (slowloris), and a bounded queue of framed messages with
+    reading paused while it is full (a pipelining flood waits in the kernel).
+    """
+
+    def __init__(self, owner: Transports) -> None:
+        self.owner = owner
+        self.handler = owner.handler
+        self.framer = StreamFramer(owner.limits)
+        self.idle_timeout = owner.tcp_idle_timeout
+        self.read_timeout = owner.tcp_read_timeout
+        self.connections = owner.connections
         self.conid = next(_conids)
         self.transport: asyncio.Transport | None = None
         self.source: Source | None = None
+        self.proven = False  # has delivered at least one whole message
         self._idle: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        owner = self.owner
         peer = transport.get_extra_info("peername")
         local = _local_name("tcp", transport.get_extra_info("sockname"))
         self.source = Source("tcp", peer[0], peer[1], local, self.conid)
-        if self.max_per_ip and self.per_ip[peer[0]] >= self.max_per_ip:
-            log.warning("refusing TCP connection from %s: %d connections already", peer[0], self.max_per_ip)
+        if owner.max_tcp_per_ip and owner.per_ip[peer[0]] >= owner.max_tcp_per_ip:
+            owner.note_refused(peer[0], f"{owner.max_tcp_per_ip} connections from it already")
             self.source = None
             transport.close()
             return
-        self.per_ip[peer[0]] += 1
+        if len(self.connections) >= owner.max_tcp_connections and not owner.evict_unproven():
+            owner.note_refused(peer[0], f"{len(self.connections)} connections open (the limit)")
+            self.source = None
+            transport.close()
+            return
+        owner.per_ip[peer[0]] += 1
         self.connections[self.conid] = self
+        owner.unproven[self.conid] = self
         self._worker = asyncio.ensure_future(self._serve())
         self._touch()
+        self._arm_deadline()  # the first message must come within the read timeout too
 
     def _touch(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
         self._idle = asyncio.get_running_loop().call_later(self.idle_timeout, self.close)
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(self.read_timeout, self._too_slow)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        what = "a message" if self.proven else "its first message"
+        log.info("closing TCP connection from %s: %s not complete after %gs (%d bytes held)",
+                 self.source and self.source.address, what, self.read_timeout, self.framer.buffered)
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         self._touch()
@@ -106,17 +171,34 @@ class TcpConnection(asyncio.Protocol):
             log.info("closing TCP connection from %s: %s", self.source and self.source.address, exc.reason)
             self.close()
             return
+        if not self.proven and any(m != KEEPALIVE for m in messages):
+            self.proven = True
+            self.owner.unproven.pop(self.conid, None)
+        if self.proven:
+            # Progress made: the message now in the buffer (if any) gets a whole read timeout.
+            # (Until a connection has sent a real message, its first deadline stands.)
+            if messages or not self.framer.buffered:
+                self._disarm_deadline()
+            if self.framer.buffered:
+                self._arm_deadline()
         for message in messages:
             if message == KEEPALIVE:
                 self.transport.write(b"\r\n")  # type: ignore[union-attr]
             else:
                 self._queue.put_nowait(message)
+        if self._queue.qsize() >= MAX_QUEUED_PER_CONNECTION and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     async def _serve(self) -> None:
         """Handle this connection's messages in arrival order."""
         assert self.source is not None
         while True:
             data = await self._queue.get()
+            if self._reading_paused and self._queue.qsize() <= MAX_QUEUED_PER_CONNECTION // 2:
+                self._reading_paused = False
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
             try:
                 reply = await self.handler(data, self.source)
             except Exception:
@@ -130,12 +212,15 @@ class TcpConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        owner = self.owner
+        owner.unproven.pop(self.conid, None)
         if self.connections.pop(self.conid, None) is not None and self.source is not None:
-            self.per_ip[self.source.ip] -= 1
-            if not self.per_ip[self.source.ip]:
-                del self.per_ip[self.source.ip]
+            owner.per_ip[self.source.ip] -= 1
+            if not owner.per_ip[self.source.ip]:
+                del owner.per_ip[self.source.ip]
         if self._idle is not None:
             self._idle.cancel()
+        self._disarm_deadline()
         if self._worker is not None:
             self._worker.cancel()
 
@@ -144,12 +229,22 @@ class Transports:
     """Every listening socket of the registrar."""
 
     def __init__(self, handler: Handler, limits: Limits, tcp_idle_timeout: float,
-                 max_tcp_per_ip: int = 0) -> None:
+                 max_tcp_per_ip: int = 0, *, tcp_read_timeout: float | None = None,
+                 max_tcp_connections: int | None = None) -> None:
         self.handler = handler
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
+        # Unless given: Kamailio's 20 s, or the idle timeout when that is shorter.
+        self.tcp_read_timeout = (min(DEFAULT_TCP_READ_TIMEOUT, tcp_idle_timeout)
+                                 if tcp_read_timeout is None else tcp_read_timeout)
         self.max_tcp_per_ip = max_tcp_per_ip
+        self.max_tcp_connections = (default_max_tcp_connections()
+                                    if max_tcp_connections is None else max_tcp_connections)
         self.connections: dict[int, TcpConnection] = {}
+        # Connections that have not delivered a whole message yet, oldest first.
+        self.unproven: dict[int, TcpConnection] = {}
+        self.refused = 0  # connections closed at once: per-IP or global cap reached
+        self._refusal_logged = 0.0
         self.per_ip: Counter[str] = Counter()
         self.addresses: list[str] = []
         self._udp: list[asyncio.DatagramTransport] = []
@@ -169,15 +264,39 @@ class Transports:
                 self._udp_by_name[address] = protocol
             else:
                 server = await loop.create_server(
-                    lambda: TcpConnection(self.handler, self.limits, self.tcp_idle_timeout,
-                                          self.connections, self.per_ip, self.max_tcp_per_ip),
-                    spec.host, spec.port, family=family, reuse_address=True)
+                    lambda: TcpConnection(self), spec.host, spec.port, family=family,
+                    reuse_address=True, backlog=1024)
                 self._tcp.append(server)
                 address = _local_name("tcp", server.sockets[0].getsockname())
         except OSError as exc:
             raise OSError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
         self.addresses.append(address)
         return address
+
+    def evict_unproven(self) -> bool:
+        """At the global cap: close the oldest connection that never sent a whole message."""
+        for conid, conn in self.unproven.items():
+            if conn.transport is not None and not conn.transport.is_closing():
+                del self.unproven[conid]
+                log.info("closing TCP connection from %s to make room: no message yet",
+                         conn.source and conn.source.address)
+                conn.close()
+                # connection_lost comes later: forget it now so the count has room.
+                self.connections.pop(conid, None)
+                if conn.source is not None:
+                    self.per_ip[conn.source.ip] -= 1
+                    if not self.per_ip[conn.source.ip]:
+                        del self.per_ip[conn.source.ip]
+                return True
+        return False
+
+    def note_refused(self, ip: str, why: str) -> None:
+        """A connection closed at once; logged at most every 10 s (an attack sends thousands)."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 10.0:
+            self._refusal_logged = now
+            log.warning("refusing TCP connection from %s: %s (%d refused so far)", ip, why, self.refused)
 
     def send(self, local: str, conid: int | None, addr: tuple[str, int], data: bytes) -> bool:
         """Send a request from the socket named ``local`` (or on TCP connection ``conid``)."""

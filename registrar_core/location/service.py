@@ -68,6 +68,7 @@ class LocationService:
         *,
         clock: Callable[[], float] = time.time,
         expiry_interval: float = 1.0,
+        probe_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.events = events
@@ -81,6 +82,10 @@ class LocationService:
         self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._expiry_interval = expiry_interval
+        # While storage is failing, a test write this often, so the fault is seen to
+        # clear (log, event, console) even when no REGISTER comes to try.
+        self.probe_interval = probe_interval
+        self._error_logged = 0.0  # monotonic time of the last "still failing" log line
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -97,7 +102,7 @@ class LocationService:
         ]
 
     async def stop(self) -> None:
-        while self._pending:
+        while self._pending and self._tasks and not self._tasks[0].done():
             self._wake.set()
             await asyncio.sleep(0.01)
         for task in self._tasks:
@@ -113,6 +118,9 @@ class LocationService:
 
     def aors(self, table: str = DEFAULT_TABLE) -> Iterator[str]:
         return iter(list(self._tables.get(table, {})))
+
+    def aor_count(self, table: str = DEFAULT_TABLE) -> int:
+        return len(self._tables.get(table, {}))
 
     def contacts(self, table: str, aor: str, now: float | None = None) -> list[Contact]:
         """Live bindings of ``aor`` (expired ones not yet purged are left out)."""
@@ -199,26 +207,63 @@ class LocationService:
             await self._commit(batch)
 
     async def _commit(self, batch: Batch) -> None:
+        """Queue ``batch`` for the next group commit and wait for its outcome.
+
+        Once queued, a batch is committed whatever happens to the caller, so a caller
+        cancelled meanwhile (its TCP connection closed, a timeout) still waits for the
+        outcome: it then applies its change to memory like any other (memory never
+        lacks what the database has, and the AOR stays locked until then), and the
+        cancellation is delivered again at its next await.
+        """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, fut))
         self._wake.set()
-        await fut
+        task = asyncio.current_task()
+        cancelled = False
+        while not fut.done():
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                if task is None:
+                    raise
+                cancelled = True
+                task.uncancel()
+            except Exception:
+                break  # the commit failed: fut.result() raises it below
+        if cancelled:
+            task.cancel()  # type: ignore[union-attr]
+        fut.result()
 
     async def _writer(self) -> None:
         assert self.store is not None or not self._pending
         while True:
-            await self._wake.wait()
+            if self.storage_error and self.store is not None and not self._pending:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.probe_interval)
+                except asyncio.TimeoutError:
+                    await self._probe()
+                    continue
+            else:
+                await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, []
             if not pending or self.store is None:
                 continue
             try:
-                await self.store.write(_merge(b for b, _ in pending))
+                try:
+                    await self.store.write(_merge(b for b, _ in pending))
+                except StorageError as exc:
+                    if not exc.bad_data or len(pending) == 1:
+                        raise
+                    # One request brought something unstorable: commit the others without it.
+                    await self._write_each(pending)
+                    continue
             except StorageError as exc:
-                self._storage_state(str(exc))
+                if not exc.bad_data:
+                    self._storage_state(str(exc))
                 for _, fut in pending:
                     if not fut.done():
-                        fut.set_exception(StorageError(str(exc)))
+                        fut.set_exception(StorageError(str(exc), bad_data=exc.bad_data))
                 continue
             except asyncio.CancelledError:
                 for _, fut in pending:
@@ -230,11 +275,54 @@ class LocationService:
                 if not fut.done():
                     fut.set_result(None)
 
+    async def _write_each(self, pending: list[tuple[Batch, asyncio.Future[None]]]) -> None:
+        """Commit the batches one by one, in order; only the unstorable ones fail."""
+        assert self.store is not None
+        for index, (batch, fut) in enumerate(pending):
+            try:
+                await self.store.write(batch)
+            except StorageError as exc:
+                if exc.bad_data:
+                    log.warning("a change could not be stored and was refused: %s", exc)
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    continue
+                self._storage_state(str(exc))
+                for _, rest in pending[index:]:
+                    if not rest.done():
+                        rest.set_exception(StorageError(str(exc)))
+                return
+            except asyncio.CancelledError:
+                for _, rest in pending[index:]:
+                    if not rest.done():
+                        rest.set_exception(StorageError("registrar is shutting down"))
+                raise
+            self._storage_state(None)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _probe(self) -> None:
+        assert self.store is not None
+        try:
+            await self.store.probe()
+        except StorageError as exc:
+            self._storage_state(str(exc))
+        else:
+            self._storage_state(None)
+
     def _storage_state(self, error: str | None) -> None:
         if error == self.storage_error:
             return
-        if error:
+        now = time.monotonic()
+        if error and self.storage_error is None:
             log.error("storage failure: %s (REGISTERs get 500 until it clears)", error)
+            self._error_logged = now
+        elif error:
+            # The reason changed while still failing (a reopen attempt, a new error):
+            # the console gets every change, the log at most one line a minute.
+            if now - self._error_logged >= 60.0:
+                log.error("storage still failing: %s", error)
+                self._error_logged = now
         else:
             log.warning("storage recovered")
         self.storage_error = error

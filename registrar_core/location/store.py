@@ -7,7 +7,10 @@ with one fsync, and the caller answers 200 only after COMMIT has returned.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +69,47 @@ _COLUMNS = (
 )
 
 
+log = logging.getLogger(__name__)
+
+# SQLite primary result codes after which this connection is closed and opened again
+# (on the next write, at most once per REOPEN_INTERVAL): an I/O error or a read-only
+# file may be cured by the operator (remount, chattr -i, fsck), which needs our file
+# descriptors released and, for a connection SQLite opened read-only, a fresh open.
+_RECONNECT_CODES = frozenset((
+    sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_PROTOCOL,
+))
+REOPEN_INTERVAL = 0.5  # seconds between attempts to open the database again after a fault
+
+
 class StorageError(Exception):
-    """The database refused a write (read-only, full, locked, corrupt...)."""
+    """The database refused a write (read-only, full, locked, corrupt...).
+
+    ``bad_data`` is True when the storage is fine but this batch cannot be stored
+    (an integer SQLite cannot hold, text that is not UTF-8...): only the request
+    that brought it should fail, not the others committed with it.
+    """
+
+    def __init__(self, message: str, *, bad_data: bool = False) -> None:
+        super().__init__(message)
+        self.bad_data = bad_data
+
+
+class _FileMoved(Exception):
+    """The database file at our path is gone or is another file than the one we opened."""
+
+
+def _bad_data(exc: BaseException) -> bool:
+    """Did the write fail because of what was written rather than where?"""
+    return isinstance(exc, (sqlite3.InterfaceError, OverflowError, UnicodeError, TypeError))
+
+
+def _needs_reconnect(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and (code & 0xFF) in _RECONNECT_CODES
+    # aiosqlite's "no active connection", a dead worker thread...: start afresh.
+    return not _bad_data(exc)
 
 
 @dataclass
@@ -90,15 +132,45 @@ def _row(table: str, c: Contact) -> tuple[object, ...]:
 
 
 class LocationStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, reopen_interval: float = REOPEN_INTERVAL) -> None:
         self.path = str(path)
+        self.reopen_interval = reopen_interval
+        self.reconnects = 0  # successful re-opens after a fault
         self._db: aiosqlite.Connection | None = None
+        self._opened = False  # open() succeeded and close() was not called: keep it open
+        self._fault = ""  # why the connection was dropped (while _db is None and _opened)
+        self._reopen_error = ""  # why the last attempt to open it again failed
+        self._next_reopen = 0.0
+        self._inode: int | None = None  # of the file first opened: acknowledged writes are there
 
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await self._connect(self.path, uri=False)
+        self._inode = None if self.path == ":memory:" else Path(self.path).stat().st_ino
+        self._opened = True
+
+    def _check_identity(self) -> None:
+        """Raise _FileMoved unless our path still names the file we first opened.
+
+        SQLite goes on writing to a database file that was deleted or renamed away (its
+        descriptor still works): those writes would be lost at the next start. Checked
+        after every COMMIT, before anything is acknowledged. The inode alone is compared:
+        the same filesystem mounted again (after an fsck) may come with another st_dev.
+        """
+        if self._inode is None:
+            return
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            inode = Path(self.path).stat().st_ino
+        except FileNotFoundError:
+            raise _FileMoved(f"database file {self.path} was removed") from None
+        if inode != self._inode:
+            raise _FileMoved(f"database file {self.path} was replaced by another file "
+                             "(restart the registrar to use it)")
+
+    async def _connect(self, target: str, *, uri: bool) -> None:
+        try:
+            db = await aiosqlite.connect(target, isolation_level=None, uri=uri)
         except Exception as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
         self._db = db
@@ -112,11 +184,53 @@ class LocationStore:
                 raise StorageError(f"database {self.path} failed its integrity check: {result}")
             await self._migrate()
         except StorageError:
-            await self.close()
+            await self._drop()
             raise
         except Exception as exc:
-            await self.close()
+            await self._drop()
             raise StorageError(f"cannot use database {self.path}: {exc}") from exc
+
+    async def _reopen(self) -> None:
+        """After a fault dropped the connection: open the same file again (never create one).
+
+        A file that is gone must not be replaced by an empty one: the bindings in
+        memory were acknowledged against the old file, so writes keep failing
+        until an operator puts it back (or restarts the registrar).
+        """
+        now = time.monotonic()
+        if now < self._next_reopen or self.path == ":memory:":
+            raise StorageError(self._fault_message())
+        self._next_reopen = now + self.reopen_interval
+        target = "file:" + urllib.parse.quote(str(Path(self.path).absolute())) + "?mode=rw"
+        try:
+            await self._connect(target, uri=True)
+            try:
+                # SQLite quietly opens a file it may not write read-only: prove it can.
+                await self._touch(self._require())
+            except Exception as exc:
+                await self._drop()
+                raise StorageError(str(exc) or type(exc).__name__) from exc
+        except StorageError as exc:
+            log.debug("database %s still unusable: %s", self.path, exc)
+            self._reopen_error = str(exc)
+            raise StorageError(self._fault_message()) from exc
+        self.reconnects += 1
+        log.info("database %s opened again after: %s", self.path, self._fault)
+        self._fault = self._reopen_error = ""
+
+    def _fault_message(self) -> str:
+        if self._reopen_error:
+            return f"{self._fault} (cannot open it again: {self._reopen_error})"
+        return self._fault
+
+    async def _drop(self) -> None:
+        """Close the connection without forgetting that it should be open."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            try:
+                await db.close()
+            except Exception:
+                pass
 
     async def _migrate(self) -> None:
         db = self._require()
@@ -131,8 +245,28 @@ class LocationStore:
 
     def _require(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise StorageError("database is not open")
+            raise StorageError(self._fault_message() or "database is not open")
         return self._db
+
+    async def _writable(self) -> aiosqlite.Connection:
+        """The connection for a write, opened again first if a fault had dropped it."""
+        if self._db is None and self._opened and self._fault:
+            await self._reopen()
+        return self._require()
+
+    async def _failed(self, db: aiosqlite.Connection, exc: BaseException) -> StorageError:
+        """Turn a failed write into a StorageError; drop the connection if it cannot go on."""
+        try:
+            stuck = db.in_transaction
+        except Exception:
+            stuck = True
+        message = str(exc) or type(exc).__name__
+        if _needs_reconnect(exc) or stuck:
+            self._fault, self._reopen_error = message, ""
+            self._next_reopen = time.monotonic() + self.reopen_interval
+            log.warning("closing database %s after: %s (will open it again)", self.path, message)
+            await self._drop()
+        return StorageError(message, bad_data=_bad_data(exc))
 
     async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
         """Drop expired rows, then return every stored binding."""
@@ -165,7 +299,7 @@ class LocationStore:
 
     async def write(self, batch: Batch) -> None:
         """Apply one batch in one transaction; all or nothing."""
-        db = self._require()
+        db = await self._writable()
         try:
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -189,8 +323,30 @@ class LocationStore:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise
+            self._check_identity()
+        except StorageError:
+            raise
         except Exception as exc:
-            raise StorageError(str(exc)) from exc
+            raise await self._failed(db, exc) from exc
+
+    async def probe(self) -> None:
+        """One real write that changes nothing (a page goes to the WAL): is storage usable?"""
+        db = await self._writable()
+        try:
+            await self._touch(db)
+        except Exception as exc:
+            raise await self._failed(db, exc) from exc
+
+    async def _touch(self, db: aiosqlite.Connection) -> None:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+        self._check_identity()
 
     @staticmethod
     async def _write_policies(
@@ -207,9 +363,6 @@ class LocationStore:
                 )
 
     async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            try:
-                await db.close()
-            except Exception:
-                pass
+        self._opened = False
+        self._fault = self._reopen_error = ""
+        await self._drop()
