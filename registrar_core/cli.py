@@ -59,6 +59,11 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--drop-scanners", action=argparse.BooleanOptionalAction, default=None,
                    help="silently drop known scanner User-Agents (default on)")
     s.add_argument("--max-tcp-per-ip", type=int, metavar="N", help="TCP connections per source IP (default 64)")
+    s.add_argument("--max-tcp-connections", type=int, metavar="N",
+                   help="TCP connections in all (default: the descriptor limit less a reserve)")
+    s.add_argument("--tcp-idle-timeout", type=float, metavar="S", help="close idle TCP connections after S seconds (default 600)")
+    s.add_argument("--tcp-read-timeout", type=float, metavar="S",
+                   help="a TCP message must arrive whole within S seconds (default 20)")
 
 
 def _config_from(args: argparse.Namespace) -> Config:

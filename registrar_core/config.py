@@ -77,6 +77,8 @@ class Config:
     drop_scanners: bool = True  # silently drop known scanner User-Agents (sipvicious...)
     max_tcp_per_ip: int = 64
     tcp_idle_timeout: float = 600.0
+    tcp_read_timeout: float = 20.0  # a TCP message must arrive whole within this (slowloris)
+    max_tcp_connections: int = 0  # 0 = the descriptor limit less a reserve
     max_message_size: int = 65_535
     max_headers: int = 128
     qualify_interval: float = 0.0  # seconds between OPTIONS to each contact; 0 = off (Asterisk qualify_frequency)
@@ -112,8 +114,10 @@ class Config:
         unknown = [a for a in self.auth_algorithms if a not in ("SHA-256", "SHA-512-256", "MD5")]
         if unknown or not self.auth_algorithms:
             raise ConfigError("auth-algorithms: choose from SHA-256, SHA-512-256, MD5")
-        if self.tcp_idle_timeout <= 0:
-            raise ConfigError("tcp-idle-timeout must be positive")
+        if self.tcp_idle_timeout <= 0 or self.tcp_read_timeout <= 0:
+            raise ConfigError("tcp-idle-timeout and tcp-read-timeout must be positive")
+        if self.max_tcp_connections < 0:
+            raise ConfigError("max-tcp-connections must not be negative")
 
     @property
     def auth_key_path(self) -> Path:

@@ -17,8 +17,10 @@ class Server:
     def __init__(self, config: Config, *, control: bool = True, memory_only: bool = False) -> None:
         self.config = config
         self.core = RegistrarCore(config, memory_only=memory_only)
-        self.transports = Transports(self.core.handle, config.limits, config.tcp_idle_timeout,
-                                     config.max_tcp_per_ip)
+        self.transports = Transports(
+            self.core.handle, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
+            tcp_read_timeout=min(config.tcp_read_timeout, config.tcp_idle_timeout),
+            max_tcp_connections=config.max_tcp_connections or None)
         self.core.sender = self.transports.send
         self._control_enabled = control
         self.control: ControlServer | None = None

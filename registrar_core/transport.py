@@ -7,6 +7,7 @@ import itertools
 import logging
 import resource
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -225,6 +226,26 @@ class TcpConnection(asyncio.Protocol):
             self._worker.cancel()
 
 
+UDP_RECEIVE_BUFFER = 4 << 20  # room for bursts of hundreds of REGISTERs while a commit is on
+
+
+def _grow_receive_buffer(sock: socket.socket | None) -> None:
+    """A bigger UDP receive buffer: the default (~208 KiB) overflows under a burst, and
+    every drop costs the phone a 500 ms retransmission. Beyond net.core.rmem_max this
+    needs CAP_NET_ADMIN (SO_RCVBUFFORCE); without it the kernel's cap applies."""
+    if sock is None:
+        return
+    force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
+    for option in (force, socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
+
+
 class Transports:
     """Every listening socket of the registrar."""
 
@@ -262,6 +283,7 @@ class Transports:
                 self._udp.append(transport)
                 address = protocol.local
                 self._udp_by_name[address] = protocol
+                _grow_receive_buffer(transport.get_extra_info("socket"))
             else:
                 server = await loop.create_server(
                     lambda: TcpConnection(self), spec.host, spec.port, family=family,

@@ -188,9 +188,9 @@ async def test_byte_per_second_senders_are_closed_by_the_read_timeout(make_serve
 async def test_silent_connection_must_deliver_its_first_message_in_time(make_server):
     """A connection that says nothing is closed after the read timeout, not the (long) idle
     timeout: thousands of silent sockets cannot sit for ten minutes each. A keepalive does
-    not count as a message. (The read timeout has no option of its own yet: set it here.)"""
-    srv = await make_server(tcp_idle_timeout=60.0)
-    srv.transports.tcp_read_timeout = 0.5
+    not count as a message."""
+    srv = await make_server(tcp_idle_timeout=60.0, tcp_read_timeout=0.5)
+    assert srv.transports.tcp_read_timeout == 0.5
     address = server_address(srv, "tcp")
     silent = await asyncio.open_connection(*address)
     pinging = await asyncio.open_connection(*address)
