@@ -11,7 +11,7 @@ from textual.binding import Binding
 if TYPE_CHECKING:
     from textual.app import App
 
-Scope = Literal["app", "main", "table", "detail", "confirm", "help"]
+Scope = Literal["app", "main", "table", "detail", "confirm", "help", "subscribers", "form"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +66,27 @@ ACTIONS: tuple[Action, ...] = (
     Action("D", "unregister_aor", "Unreg AOR", "Unregister every contact of the AOR (asks)",
            "Contacts", footer=True, destructive=True),
     Action("Q", "qualify_contact", "Qualify", "Send OPTIONS to the highlighted contact now (state, RTT)",
-           "Contacts", footer=True),
+           "Contacts"),
     # Policy.
     Action("s", "toggle_single_contact", "Single AOR",
            "Single-contact on/off for the highlighted AOR",
            "Policy", footer=True, destructive=True),
     Action("S", "toggle_single_contact_global", "Single all", "Single-contact on/off for AORs without override",
            "Policy", footer=True, destructive=True),
+    Action("c", "toggle_caller_check", "Caller check",
+           "Caller check on/off: 403 to requests from devices not registered", "Policy", destructive=True),
+    # Subscribers (digest authentication).
+    Action("u", "subscribers", "Subscribers", "Subscribers screen: add, remove, reset passwords",
+           "Subscribers", footer=True),
     # Live view.
     Action("p", "pause", "Pause", "Pause/resume live updates (events are kept)",
            "Live", footer=True),
     Action("a", "autoscroll", "Follow", "Traffic: follow new requests or stay put", "Live"),
     Action("o", "toggle_options", "OPTIONS", "Traffic: show or hide OPTIONS keepalives", "Live"),
+    Action("e", "toggle_security", "Security",
+           "Traffic: security events only (bans, failed auth, scanners) or all", "Live"),
+    Action("R", "reconnect", "Reconnect", "Reconnect after the registrar went away (attach)", "Live",
+           footer=True),
     # The application.
     Action("question_mark,f1", "help", "Help", "This help", "App", "app", footer=True),
     Action("colon", "command_palette", "Commands", "Command palette: every action by name (ctrl+p)",
@@ -87,13 +96,27 @@ ACTIONS: tuple[Action, ...] = (
     Action("escape,enter", "close", "Back", "Back to the main screen", "Detail", "detail", footer=True),
     Action("d,delete", "unregister", "Unregister", "Unregister this contact (asks)", "Detail", "detail",
            footer=True, destructive=True),
+    # The subscribers screen and its add / password form.
+    Action("a,insert", "add", "Add", "Add a subscriber (user@domain, the password twice)",
+           "Subscribers", "subscribers", footer=True, destructive=True),
+    Action("d,delete", "remove", "Remove", "Remove the highlighted subscriber (asks)", "Subscribers",
+           "subscribers", footer=True, destructive=True),
+    Action("p", "passwd", "Password", "New password for the highlighted subscriber",
+           "Subscribers", "subscribers", footer=True, destructive=True),
+    Action("slash", "filter", "Filter", "Filter subscribers by substring; Esc clears", "Subscribers",
+           "subscribers", footer=True, key_display="/"),
+    Action("escape,u", "close", "Back", "Back to the main screen (Esc clears a filter first)",
+           "Subscribers", "subscribers", footer=True),
+    Action("escape", "cancel", "Cancel", "Close the form without changing anything", "Form", "form"),
     Action("y", "answer(True)", "Yes", "Confirm", "Confirm", "confirm", footer=True),
     Action("n,escape", "answer(False)", "No", "Cancel", "Confirm", "confirm", footer=True),
     Action("escape,q,question_mark,f1", "close", "Close", "Close the help", "Help", "help", footer=True),
 )
 
-#: Actions the command palette offers: those of the main screen and the app, but the palette itself.
-PALETTE = tuple(a for a in ACTIONS if a.scope in ("main", "app") and a.name != "command_palette")
+#: Actions the command palette offers: those of the main screen, the subscribers screen (opened on the
+#: way) and the app, but the palette itself.
+PALETTE = tuple(a for a in ACTIONS
+                if a.scope in ("main", "app", "subscribers") and a.name not in ("command_palette", "close"))
 DESTRUCTIVE = frozenset(a.name for a in ACTIONS if a.destructive)
 
 

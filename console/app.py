@@ -27,12 +27,14 @@ from registrar_core.config import Config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.server import Server, install_fast_loop
 
-from .actions import bindings
+from .actions import Action, bindings
 from .commands import ActionCommands
 from .format import count
 from .screens.confirm import ConfirmScreen
+from .screens.detail import ContactDetailScreen
 from .screens.help import HelpScreen
 from .screens.main import MainScreen
+from .screens.subscribers import SubscribersScreen
 
 EXIT_NO_REGISTRAR = 3  # as registrar_core.cli
 
@@ -64,6 +66,23 @@ class SipConsole(App[None]):
         screen = self.screen_stack[0]
         assert isinstance(screen, MainScreen)
         return screen
+
+    async def run_scoped(self, action: Action) -> None:
+        """Run an action of the table from the palette on the screen it belongs to: back to the
+        main screen for its actions, on to the subscribers screen for theirs."""
+        if action.scope == "app":
+            await self.run_action(action.action)
+            return
+        for _ in range(100):  # the palette closes first
+            if isinstance(self.screen, (MainScreen, SubscribersScreen, ContactDetailScreen)):
+                break
+            await asyncio.sleep(0.01)
+        home = SubscribersScreen if action.scope == "subscribers" else MainScreen
+        while not isinstance(self.screen, (home, MainScreen)) and len(self.screen_stack) > 1:
+            await self.pop_screen()
+        if not isinstance(self.screen, home):
+            await self.push_screen(self.main.subscribers_screen())
+        await self.screen.run_action(action.action)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -21,17 +21,24 @@ class ActionCommands(Provider):
         return entries
 
     def _run(self, action: Action) -> partial[object]:
+        run_scoped = getattr(self.app, "run_scoped", None)
+        if run_scoped is not None:  # the right screen first (main, subscribers), then the action
+            return partial(run_scoped, action)
         target = self.app if action.scope == "app" else self.screen
         return partial(target.run_action, action.action)
 
+    @staticmethod
+    def _name(action: Action) -> str:
+        return action.label if action.label == action.group else f"{action.group}: {action.label}"
+
     async def discover(self) -> Hits:
         for help_text, action in self._entries():
-            yield DiscoveryHit(f"{action.group}: {action.label}", self._run(action), help=help_text)
+            yield DiscoveryHit(self._name(action), self._run(action), help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for help_text, action in self._entries():
-            name = f"{action.group}: {action.label}"
+            name = self._name(action)
             score = max(matcher.match(name), matcher.match(action.help))
             if score > 0:
                 yield Hit(score, matcher.highlight(name), self._run(action), help=help_text)

@@ -6,6 +6,7 @@ from collections import deque
 from typing import Any
 
 Event = dict[str, Any]
+TRAFFIC = ("request.handled", "security")  # shown in the traffic pane, in arrival order
 
 
 class EventBuffer:
@@ -19,15 +20,20 @@ class EventBuffer:
         self.contacts: dict[str, Event] = {}
         self.reachability: dict[str, Event] = {}  # apart: it must not replace a contact.added
         self.state: dict[tuple[str, ...], Event] = {}
-        self.traffic: deque[Event] = deque(maxlen=traffic_limit)
+        self.traffic: deque[Event] = deque(maxlen=traffic_limit)  # requests and security events
         self.received = 0
+        self.lost = False  # the core dropped events: what the console holds is stale, reload
 
     def add(self, batch: list[Event]) -> None:
         self.received += len(batch)
         for event in batch:
             kind = event["kind"]
-            if kind == "request.handled":
+            if kind in TRAFFIC:
                 self.traffic.append(event)
+            elif kind == "events.lost":
+                # What came before is incomplete: only a reload (and what follows) is right.
+                self.contacts, self.state, self.reachability = {}, {}, {}
+                self.lost = True
             elif kind == "contact.reachability":
                 self.reachability[event["ruid"]] = event
             elif kind.startswith("contact."):
@@ -41,9 +47,13 @@ class EventBuffer:
         return len(self.contacts) + len(self.reachability) + len(self.state) + len(self.traffic)
 
     def take(self) -> tuple[list[Event], list[Event]]:
-        """(contact and state events, request events), emptying the buffer."""
+        """(contact and state events, request and security events), emptying the buffer."""
         changes = [*self.state.values(), *self.contacts.values(), *self.reachability.values()]
-        traffic = list(self.traffic)
         self.contacts, self.state, self.reachability = {}, {}, {}
+        return changes, self.take_traffic()
+
+    def take_traffic(self) -> list[Event]:
+        """Only the request and security events (during a load the changes wait for the table)."""
+        traffic = list(self.traffic)
         self.traffic.clear()
-        return changes, traffic
+        return traffic

@@ -6,6 +6,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
 
 
 def release() -> None:
@@ -15,9 +18,39 @@ def release() -> None:
     rows just loaded are never scanned again by a full collection, each of which would
     otherwise cost a pause of the registrar and the console proportional to the table.
     """
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    gc.collect(1)  # the young objects only: the old ones are the registrar's, frozen or long-lived
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
     gc.freeze()
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig: not on every reload)."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+_pausers = 0
+_was_enabled = True
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No automatic garbage collection in the block (a paged load: refcounting frees its replies).
+
+    Blocks may overlap (a reload replacing a load that is being cancelled): the collector
+    comes back when the last one ends, if it was on before the first.
+    """
+    global _pausers, _was_enabled
+    if _pausers == 0:
+        _was_enabled = gc.isenabled()
+        gc.disable()
+    _pausers += 1
+    try:
+        yield
+    finally:
+        _pausers -= 1
+        if _pausers == 0 and _was_enabled:
+            gc.enable()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,12 +124,29 @@ class Registry:
         """Start from a ``dump`` and a ``policy.get`` reply."""
         self.rows.clear()
         self.contacts = 0
-        for entry in dump["aors"]:
+        self.add_entries(dump["aors"])
+        self.finish_load(policy)
+
+    def add_entries(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Take one page of a ``dump`` (an AOR read twice keeps its newest bindings)."""
+        for entry in entries:
             for contact in entry["contacts"]:
                 self._put(contact)
+
+    def finish_load(self, policy: dict[str, Any], *, index: bool = True) -> None:
+        """The pages are in: summarise the rows and take the policy; ``index=False`` leaves the
+        sorting to :meth:`adopt` (one sort of a large table instead of two)."""
         for row in self.rows.values():
             row.summarise()
         self.set_policy(policy)
+        if index:
+            self._rebuild()
+
+    def adopt(self, other: Registry) -> None:
+        """Take the rows and policy of a freshly loaded ``other``; keep this view's sort and filter."""
+        self.rows, self.contacts = other.rows, other.contacts
+        self.single_contact, self.overrides, self.caller_check = (
+            other.single_contact, other.overrides, other.caller_check)
         self._rebuild()
 
     def set_policy(self, policy: dict[str, Any]) -> None:
@@ -280,3 +298,46 @@ class Registry:
             self._all.put(aor, k)
             if filtered and self.matches(aor):
                 self._view.put(aor, k)
+
+
+#: AORs per ``dump`` call of the initial load (about 30 ms of the registrar's time each), and
+#: how far back each page starts again.
+PAGE = 1000
+OVERLAP = 32
+ANCHORS = 256
+
+
+async def read_table(call: Callable[..., Awaitable[Any]], *, table: str = TABLE, page: int = PAGE,
+                     overlap: int = OVERLAP) -> AsyncIterator[tuple[list[dict[str, Any]], int, int]]:
+    """Read the location table in pages: yields (AOR entries, position reached, total).
+
+    The core pages by position in its table, which shifts when AORs before the position
+    go away between two calls: a plain ``offset += limit`` would skip the AORs that slid
+    back across the page boundary. So each page starts ``overlap`` positions back and is
+    checked against the AORs already read (the order of surviving AORs never changes, and
+    new ones are appended): everything after the latest of them in the reply is new. When
+    none of them is in the reply, the table shifted further than the overlap: read again
+    from further back (at worst from the start). AORs read twice are harmless, so the
+    pages together hold every AOR the table held from the first call to the last, and
+    the events received meanwhile (subscribe first!) bring the rest up to date.
+    """
+    offset, margin, total = 0, overlap, 0
+    anchors: deque[str] = deque(maxlen=ANCHORS)  # the last AORs read, in table order
+    while True:
+        start = max(0, offset - margin) if anchors else offset
+        reply = await call("dump", table=table, offset=start, limit=page + offset - start)
+        entries: list[dict[str, Any]] = reply["aors"]
+        total = reply.get("total", len(entries))
+        if anchors and start > 0:
+            where = {e["aor"]: i for i, e in enumerate(entries)}
+            found = next((where[a] for a in reversed(anchors) if a in where), None)
+            if found is None:
+                margin *= 4  # shifted past the overlap: go further back and read again
+                continue
+        margin = overlap
+        anchors.extend(e["aor"] for e in entries)
+        nxt = reply.get("next")
+        yield entries, total if nxt is None else nxt, total
+        if nxt is None:
+            return
+        offset = nxt

@@ -1,17 +1,21 @@
 """Render the README screenshots from a real registrar: ``python -m console.screenshots``.
 
-Starts a core on free ports with a scratch database, registers a handful of
-realistic phones through real UDP sockets (varied user agents, q values, several
-contacts per AOR, a Path, an outbound instance), sends some keepalives and calls,
-and saves SVGs of the main screen, a contact's detail, the confirmation modal and
-the help screen into ``screenshots/``.
+Starts a core on free ports with a scratch database and digest authentication on,
+adds the office's subscribers, registers a handful of realistic phones through real
+UDP sockets, each from its own loopback address (varied user agents, q values, several
+contacts per AOR, a Path, an outbound instance), answering the digest challenges; then
+some keepalives and calls, a phone with a wrong password, a scanner and a flood that
+gets its address banned. Saves SVGs of the main screen, a contact's detail, the
+confirmation modal, the help, the subscribers screen and its add form into ``screenshots/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
+import re
 import secrets
 import socket
 import tempfile
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
+from registrar_core.auth import digest
 from registrar_core.config import build_config
 from registrar_core.control import LocalClient
 from registrar_core.server import Server
@@ -28,6 +33,15 @@ from .app import SipConsole
 
 SIZE = (150, 44)
 DOMAIN = "example.com"
+IP_BUDGET = 60  # requests per address per 2 s
+FLOOD = 80
+
+
+CHALLENGE = re.compile(rb"^WWW-Authenticate: Digest (.*?)\r$", re.M | re.I)
+
+
+def password_of(user: str) -> str:
+    return f"{user}-s3cret"
 
 
 def free_port() -> int:
@@ -55,14 +69,18 @@ class Phone:
     expires: int = 3600
     path: str | None = None
     instance: str | None = None
+    ip: str = "127.0.0.1"
+    password: str | None = None  # None: the subscriber's own
     call_id: str = field(default_factory=lambda: secrets.token_hex(10))
     cseq: int = 0
     transport: asyncio.DatagramTransport | None = None
     inbox: Inbox = field(default_factory=Inbox)
+    challenge: dict[str, str] | None = None
+    nc: int = 0
 
     async def open(self) -> Phone:
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(lambda: self.inbox, local_addr=("127.0.0.1", 0))
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self.inbox, local_addr=(self.ip, 0))
         return self
 
     @property
@@ -74,7 +92,7 @@ class Phone:
         self.cseq += 1
         lines = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+            f"Via: SIP/2.0/UDP {self.ip}:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
             "Max-Forwards: 70",
             f"From: <sip:{self.user}@{DOMAIN}>;tag={secrets.token_hex(4)}",
             f"To: <{to}>",
@@ -93,6 +111,19 @@ class Phone:
         self.transport.sendto(self._request(method, uri, to, extra or []), self.registrar)
         return await asyncio.wait_for(self.inbox.replies.get(), 3)
 
+    def authorization(self, uri: str) -> str:
+        """Digest credentials for the last challenge (nonce reused, nc counting up)."""
+        assert self.challenge is not None
+        ch, algorithm = self.challenge, self.challenge["algorithm"]
+        self.nc += 1
+        cnonce = secrets.token_hex(4)
+        password = self.password or password_of(self.user)
+        h1 = digest.ha1(algorithm, self.user, ch["realm"], password)
+        resp = digest.response(algorithm, h1, ch["nonce"], f"{self.nc:08x}", cnonce, "auth", "REGISTER", uri)
+        return (f'Authorization: Digest username="{self.user}", realm="{ch["realm"]}", nonce="{ch["nonce"]}", '
+                f'uri="{uri}", response="{resp}", algorithm={algorithm}, qop=auth, nc={self.nc:08x}, '
+                f'cnonce="{cnonce}"')
+
     async def register(self, expires: int | None = None) -> bytes:
         params = ""
         if self.instance:
@@ -105,8 +136,17 @@ class Phone:
                  "Supported: path, outbound" if (self.path or self.instance) else "Supported: replaces"]
         if self.path:
             extra.append(f"Path: {self.path}")
-        aor = f"sip:{self.user}@{DOMAIN}"
-        return await self.send("REGISTER", f"sip:{DOMAIN}", aor, extra)
+        aor, uri = f"sip:{self.user}@{DOMAIN}", f"sip:{DOMAIN}"
+        if self.challenge is not None:  # as phones do: the last nonce again, the next nc
+            reply = await self.send("REGISTER", uri, aor, [*extra, self.authorization(uri)])
+        else:
+            reply = await self.send("REGISTER", uri, aor, extra)
+        found = CHALLENGE.search(reply) if reply.startswith(b"SIP/2.0 401") else None
+        if found is None:
+            return reply
+        self.challenge = {k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', found.group(1).decode())}
+        self.nc = 0
+        return await self.send("REGISTER", uri, aor, [*extra, self.authorization(uri)])
 
     def close(self) -> None:
         if self.transport is not None:
@@ -118,7 +158,15 @@ DESK_PHONES = ("Yealink SIP-T54W 96.86.0.100", "Poly Edge E350 8.0.1.7520", "Gra
 
 
 def fleet(registrar: tuple[str, int]) -> list[Phone]:
-    """A small office: desk phones, softphones, mobile apps behind an edge proxy, a PBX trunk."""
+    """A small office: desk phones, softphones, mobile apps behind an edge proxy, a PBX trunk;
+    each device on its own loopback address."""
+    phones = _fleet(registrar)
+    for n, phone in enumerate(phones, 10):
+        phone.ip = f"127.0.0.{n}"
+    return phones
+
+
+def _fleet(registrar: tuple[str, int]) -> list[Phone]:
     edge = "<sip:edge1.example.net;lr>"
     named = [
         Phone("alice", "Yealink SIP-T46U 108.86.0.20", registrar, q=1.0),
@@ -159,6 +207,38 @@ async def populate(phones: list[Phone], seconds: float) -> None:
         if rng.random() < 0.2:
             await bob.send("OPTIONS", f"sip:{DOMAIN}", f"sip:{DOMAIN}")
     await reception.register(expires=0)  # signs off
+    await misconfigured(phones[0].registrar)
+
+
+async def misconfigured(registrar: tuple[str, int]) -> None:
+    """What the security counters count: a wrong password, a hijack attempt, a scanner, a flood."""
+    typo = await Phone("dave", "snom D785/10.1.159.12", registrar, ip="127.0.0.77", password="dave-secret").open()
+    await typo.register()  # 401, then 401 again: the wrong password
+    hijack = await Phone("frank", "Obihai OBi202 3.2.2 (Build: 5921EX)", registrar, ip="127.0.0.78").open()
+    hijack.challenge = None
+    extra = [f"Contact: <sip:frank@127.0.0.78:{hijack.port}>", "Expires: 600"]
+    reply = await hijack.send("REGISTER", f"sip:{DOMAIN}", f"sip:carol@{DOMAIN}", extra)  # 401
+    found = CHALLENGE.search(reply)
+    if found is not None:  # answers as frank for carol's AOR: 403
+        hijack.challenge = {k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', found.group(1).decode())}
+        await hijack.send("REGISTER", f"sip:{DOMAIN}", f"sip:carol@{DOMAIN}",
+                          [*extra, hijack.authorization(f"sip:{DOMAIN}")])
+    loop = asyncio.get_running_loop()
+    scanner, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.66", 0))
+    port = scanner.get_extra_info("sockname")[1]
+    for n in range(3):  # sipvicious-style OPTIONS sweep: dropped without a word
+        scanner.sendto((f"OPTIONS sip:{100 + n}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.66:{port};"
+                        f"branch=z9hG4bK{secrets.token_hex(4)}\r\nFrom: <sip:100@{DOMAIN}>;tag=1\r\n"
+                        f"To: <sip:{100 + n}@{DOMAIN}>\r\nCall-ID: {secrets.token_hex(6)}\r\nCSeq: 1 OPTIONS\r\n"
+                        "User-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n").encode(), registrar)
+    flood, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.99", 0))
+    for _ in range(FLOOD):  # garbage past the per-address budget: banned
+        flood.sendto(b"\x16\x03\x01 not sip at all\r\n\r\n", registrar)
+    await asyncio.sleep(0.3)
+    for t in (typo, hijack):
+        t.close()
+    scanner.close()
+    flood.close()
 
 
 async def settle(app: SipConsole, pilot: Pilot[None]) -> None:
@@ -177,11 +257,13 @@ async def render(out: Path) -> list[Path]:
         config = build_config({
             "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
             "db": f"{scratch}/location.db", "control": f"{scratch}/control.sock",
-            "min_expires": 30, "auth": False,
+            "min_expires": 30, "auth": True, "ip_budget": IP_BUDGET,
         })
         server = Server(config)
         await server.start()
         phones = fleet(("127.0.0.1", port))
+        for user in sorted({p.user for p in phones} | {"henry", "ivan"}):  # two not registered yet
+            await server.core.subscribers.add(f"{user}@{DOMAIN}", password_of(user))
         app = SipConsole(LocalClient(server.core), embedded=True)
         saved: list[Path] = []
 
@@ -199,6 +281,8 @@ async def render(out: Path) -> list[Path]:
                 main.aors.move_cursor(main.registry.position(f"alice@{DOMAIN}") or 0)
                 await pilot.press("s")  # an AOR override, shown in the Policy column
                 await settle(app, pilot)
+                app.clear_notifications()  # the toasts would hide the traffic
+                await pilot.pause(0.1)
                 save("main")
                 await pilot.press("tab", "down", "enter")
                 await settle(app, pilot)
@@ -209,6 +293,12 @@ async def render(out: Path) -> list[Path]:
                 await pilot.press("n", "question_mark")
                 await settle(app, pilot)
                 save("help")
+                await pilot.press("escape", "u")
+                await settle(app, pilot)
+                save("subscribers")
+                await pilot.press("a", *"judy@example.com", "enter", *"correct horse", "enter", *"correct horse")
+                await settle(app, pilot)
+                save("subscriber-add")
         finally:
             for phone in phones:
                 phone.close()
@@ -220,6 +310,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="screenshots", help="directory for the SVGs (default screenshots/)")
     out = Path(parser.parse_args().out)
+    logging.basicConfig(level=logging.ERROR)  # the SIPSEC lines of the staged attacks are expected
     out.mkdir(parents=True, exist_ok=True)
     for path in asyncio.run(render(out)):
         print(path)

@@ -16,11 +16,14 @@ from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
 from console.screens.main import MainScreen
+from console.screens.subscribers import SubscriberForm, SubscribersScreen
+from registrar_core.auth import digest
 from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 
 from .conftest import server_address
-from .sipclient import UdpPhone, free_port, next_aor
+from .sipclient import UdpPhone, free_port, next_aor, request_bytes
+from .test_auth import authorization, challenges
 
 SIZE = (140, 40)
 
@@ -35,8 +38,38 @@ async def until(pilot, condition: Callable[[], object], timeout: float = 5.0) ->
         await pilot.pause(0.05)
 
 
+class RecordingClient(LocalClient):
+    """The embedded client, noting every call the console makes."""
+
+    def __init__(self, core) -> None:
+        super().__init__(core)
+        self.calls: list[tuple[str, dict]] = []
+
+    async def call(self, method: str, **params):
+        self.calls.append((method, params))
+        return await super().call(method, **params)
+
+
 def console_for(srv, **kw) -> SipConsole:
-    return SipConsole(LocalClient(srv.core), embedded=True, **kw)
+    return SipConsole(RecordingClient(srv.core), embedded=True, **kw)
+
+
+def notifications(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def register_with_password(srv, user: str, password: str) -> int:
+    """REGISTER user@example.com, answer the challenge with ``password``: the final status."""
+    aor = f"{user}@example.com"
+    phone = await UdpPhone(server_address(srv)).open()
+    try:
+        first = await phone.register(aor, call_id=f"{user}-pw@t")
+        if first.status != 401:
+            return first.status
+        auth = authorization(challenges(first)[0], user, password, "sip:example.com")
+        return (await phone.register(aor, call_id=f"{user}-pw@t", cseq=2, extra=[auth])).status
+    finally:
+        phone.close()
 
 
 async def phones(srv, count: int) -> list[UdpPhone]:
@@ -134,6 +167,9 @@ async def test_unregister_a_whole_aor(server):
         assert server.core.fetch_contacts(bystander).count == 1
         await until(pilot, lambda: aor not in main.registry.rows)
         assert main.aors.cursor_aor == bystander
+        # One call names exactly the contacts of the question (one commit).
+        unregisters = [p for m, p in pilot.app.client.calls if m == "unregister"]
+        assert len(unregisters) == 1 and unregisters[0]["aor"] == aor and len(unregisters[0]["ruids"]) == 2
     for p in (a, b, c):
         p.close()
 
@@ -311,10 +347,12 @@ async def test_help_and_command_palette(server):
         for key in ("question_mark", "f1"):
             await pilot.press(key)
             await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
+            shown = pilot.app.export_screenshot().replace("&#160;", " ")
+            assert "Add a subscriber" in shown and "Caller check on/off" in shown  # from the one table
             await pilot.press("escape")
             await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
         # The palette runs actions from the same table: toggle single-contact by name.
-        await pilot.press("colon", *"single-contact on/off for the highlighted")
+        await pilot.press("colon", *"off for the highlighted")
         await pilot.pause(0.3)
         await pilot.press("enter")
         await until(pilot, lambda: server.core.single_contact(aor))
@@ -416,3 +454,222 @@ def test_embedded_start_failure_is_one_line(short_dir):
             env={**os.environ, "TERM": "dumb"})
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("sipconsole: error:"), done.stderr
+
+
+# -- subscribers, security, policy, reloads --------------------------------------------------
+
+async def test_no_subscribers_notice_then_add_one_through_the_screen(make_server):
+    srv = await make_server(auth=True)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: main.notice.display)
+        text = str(main.notice.render())
+        assert "no subscribers" in text and "Press u" in text and "sipconsole user add alice@example.com" in text
+        assert "auth on" in main.status.render().plain and "no subscribers" in main.status.render().plain
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(pilot.app.screen, SubscribersScreen) and pilot.app.screen.loaded)
+        screen = pilot.app.screen
+        assert screen.table.users == []
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(pilot.app.screen, SubscriberForm))
+        form = pilot.app.screen
+        assert form.field("password").password and form.field("again").password  # masked
+        # Two different passwords: refused on the spot, nothing changes, the form stays.
+        await pilot.press(*"alice@example.com", "enter", *"first-pw", "enter", *"other-pw", "enter")
+        await until(pilot, lambda: any("differ" in m for m in notifications(pilot.app)))
+        assert pilot.app.screen is form and not srv.core.subscribers.exists("alice", "example.com")
+        assert form.field("password").has_focus and not form.field("password").value
+        await pilot.press(*"s3cret-pw", "enter", *"s3cret-pw", "enter")
+        await until(pilot, lambda: srv.core.subscribers.exists("alice", "example.com"))
+        await until(pilot, lambda: pilot.app.screen is screen and screen.table.users == ["alice@example.com"])
+        await until(pilot, lambda: not main.notice.display)  # gone at once: the header was refreshed
+        assert "1 subscriber" in main.status.render().plain
+        # Adding the same user again: the core's refusal is one line, and the form stays open.
+        await pilot.press("a", *"alice@example.com", "enter", *"x", "enter", *"x", "enter")
+        await until(pilot, lambda: any("exists already" in m for m in notifications(pilot.app)))
+        assert isinstance(pilot.app.screen, SubscriberForm)
+        await pilot.press("escape")
+        await until(pilot, lambda: pilot.app.screen is screen)
+    assert await register_with_password(srv, "alice", "s3cret-pw") == 200
+    assert srv.core.fetch_contacts("alice@example.com").count == 1
+
+
+async def test_reset_a_password_and_remove_a_subscriber(make_server):
+    srv = await make_server(auth=True)
+    await srv.core.subscribers.add("bob@example.com", "old-pw")
+    await srv.core.subscribers.add("carol@example.com", "carol-pw")
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: main.status.stats is not None)
+        assert not main.notice.display
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(pilot.app.screen, SubscribersScreen) and pilot.app.screen.loaded)
+        screen = pilot.app.screen
+        assert screen.table.users == ["bob@example.com", "carol@example.com"]
+        await pilot.press("p")  # bob, highlighted
+        await until(pilot, lambda: isinstance(pilot.app.screen, SubscriberForm))
+        assert pilot.app.screen.field("user").value == "bob@example.com" and pilot.app.screen.field("user").disabled
+        await pilot.press(*"new-pw", "enter", *"new-pw", "enter")
+        expected = digest.ha1("SHA-256", "bob", "example.com", "new-pw")
+        await until(pilot, lambda: srv.core.subscribers.ha1("bob", "example.com", "SHA-256") == expected)
+        await until(pilot, lambda: pilot.app.screen is screen)
+        # Remove carol: the question names her; n keeps her, y removes her.
+        await pilot.press("down", "d")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        assert "carol@example.com" in pilot.app.screen.title_text
+        await pilot.press("n")
+        await until(pilot, lambda: pilot.app.screen is screen)
+        assert srv.core.subscribers.exists("carol", "example.com")
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: not srv.core.subscribers.exists("carol", "example.com"))
+        await until(pilot, lambda: screen.table.users == ["bob@example.com"])
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+    assert await register_with_password(srv, "bob", "old-pw") == 401
+    assert await register_with_password(srv, "bob", "new-pw") == 200
+    assert await register_with_password(srv, "carol", "carol-pw") == 401
+
+
+async def test_read_only_blocks_the_subscriber_actions(make_server):
+    srv = await make_server(auth=True)
+    async with console_for(srv, read_only=True).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: main.notice.display)
+        text = str(main.notice.render())
+        assert "read-only" in text and "sipconsole user add alice@example.com" in text and "Press" not in text
+        # Added from the command line meanwhile: the notice goes, the list shows it.
+        await srv.core.subscribers.add("dan@example.com", "dan-pw")
+        await until(pilot, lambda: not main.notice.display)
+        await pilot.press("u")  # looking is fine
+        await until(pilot, lambda: isinstance(pilot.app.screen, SubscribersScreen) and pilot.app.screen.loaded)
+        screen = pilot.app.screen
+        assert screen.table.users == ["dan@example.com"]
+        for key in ("a", "insert", "d", "delete", "p"):
+            await pilot.press(key)
+            await pilot.pause(0.05)
+            assert pilot.app.screen is screen, key
+        for action in ("add", "remove", "passwd"):
+            assert screen.check_action(action, ()) is None  # greyed out in the footer
+            await screen.run_action(action)  # nor through the palette
+        await pilot.pause(0.1)
+        assert pilot.app.screen is screen
+        await pilot.press("slash", "z")  # the filter: nobody matches; Esc clears it, Esc again leaves
+        assert screen.table.users == []
+        await pilot.press("escape")
+        assert screen.table.users == ["dan@example.com"] and pilot.app.screen is screen
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+    assert srv.core.subscribers.list() == ["dan@example.com"]
+    assert await register_with_password(srv, "dan", "dan-pw") == 200
+
+
+async def test_palette_runs_subscriber_actions_from_the_main_screen(make_server):
+    srv = await make_server(auth=True)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("colon", *"add a sub")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, SubscriberForm))
+        assert isinstance(pilot.app.screen_stack[-2], SubscribersScreen)
+
+
+async def test_a_flood_ban_shows_in_the_traffic_and_the_header(make_server):
+    srv = await make_server(ip_budget=20)
+    host, _ = server_address(srv)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        flooder = await UdpPhone(server_address(srv)).open()
+        for _ in range(40):
+            flooder.send_raw(request_bytes("OPTIONS", f"sip:{host}", "flood@example.com", local=flooder.local))
+        await until(pilot, lambda: any(r.security == "ban" for r in main.traffic.entries))
+        index = next(i for i, r in enumerate(main.traffic.entries) if r.security == "ban")
+        ban = main.traffic.entries[index]
+        assert ban.source.startswith("127.0.0.1:") and ban.method == "BAN"
+        assert main.traffic.row_tone(index) == "alert"  # highlighted, the whole row
+        await until(pilot, lambda: (main.status.stats or {}).get("banned_ips") == ["127.0.0.1"])
+        header = main.status.render().plain
+        assert "banned IPs  1  127.0.0.1" in header
+        assert any("Banned: 127.0.0.1" in m for m in notifications(pilot.app))
+        await pilot.press("e")  # security events only
+        assert [r.method for r in main.traffic.entries] == ["BAN"]
+        await pilot.press("e")
+        assert len(main.traffic.entries) > 20
+        flooder.close()
+
+
+async def test_caller_check_key_flips_the_policy_and_shows_it(server):
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        assert not server.core.caller_check
+        await pilot.press("c")
+        await until(pilot, lambda: server.core.caller_check)
+        await until(pilot, lambda: "caller-check [b $text-warning]on" in main.status.policy)
+        assert "caller-check on" in main.status.render().plain
+        await pilot.press("c")
+        await until(pilot, lambda: not server.core.caller_check and "caller-check [b]off" in main.status.policy)
+
+
+async def test_storage_fault_is_highlighted_in_the_header(server):
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        server.core.events.publish("storage.state", ok=False, error="disk I/O error")
+        await until(pilot, lambda: "STORAGE FAULT" in main.status.render().plain)
+        assert "disk I/O error" in main.status.render().plain
+
+
+async def test_lost_events_reload_the_table(make_server, monkeypatch):
+    srv = await make_server()
+    core = srv.core
+    monkeypatch.setattr(core, "subscribe", lambda maxsize=10_000: core.events.subscribe(3))  # overflows soon
+    aor, kept = next_aor("lost"), next_aor("kept")
+    devices = await phones(srv, 7)
+    for phone in devices[:6]:
+        await phone.register(aor)
+    await devices[6].register(kept)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: main.registry.rows.get(aor) and main.registry.rows[aor].count == 6)
+        assert main.loads == 1
+        await core.unregister(aor)  # six removals at once: four of them overflow the queue
+        await until(pilot, lambda: main.loads == 2)
+        assert aor not in main.registry.rows and kept in main.registry.rows
+        assert any("reloading" in m for m in notifications(pilot.app))
+        dumps = [p for m, p in pilot.app.client.calls if m == "dump"]
+        assert dumps and all(p["limit"] >= 1 for p in dumps)  # always in pages
+    for p in devices:
+        p.close()
+
+
+async def test_attached_registrar_gone_then_reconnect(serve_process):
+    serve_process.start()
+    before, after = next_aor("before"), next_aor("after")
+    phone = await UdpPhone(("127.0.0.1", serve_process.port)).open()
+    await phone.register(before)
+    client = await ControlClient(serve_process.control).connect()
+    app = SipConsole(client, embedded=False, mode="attached")
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: before in main.registry.rows)
+        assert main.check_action("reconnect", ()) is False  # hidden while connected
+        serve_process.stop()
+        await until(pilot, lambda: main.status.flags.gone)
+        assert "REGISTRAR GONE" in main.status.render().plain
+        # The console stays usable: filter, help.
+        await pilot.press("slash", "b")
+        assert main.registry.filter == "b"
+        await pilot.press("escape", "question_mark")
+        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
+        await pilot.press("escape")
+        assert main.check_action("reconnect", ()) is True
+        serve_process.start()
+        await phone.register(after)
+        await pilot.press("R")
+        await until(pilot, lambda: not main.status.flags.gone and main.loads == 2)
+        assert {before, after} <= set(main.registry.rows)
+        await phone.register(fresh := next_aor("fresh"))  # live again
+        await until(pilot, lambda: fresh in main.registry.rows)
+    await client.close()
+    phone.close()

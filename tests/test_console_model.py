@@ -105,3 +105,116 @@ def test_formats():
     assert countdown(1000, 0)[1] == ""
     assert sparkline([0, 1, 2, 4], 4) == " ▂▄█"
     assert len(sparkline(list(range(120)), 40)) == 40
+
+
+# -- the paged initial load --------------------------------------------------------------------
+
+async def _paged_world(seed: int):
+    """A memory-only core with 300 AORs (1-3 contacts each), registered through REGISTER bytes."""
+    from registrar_core.api import RegistrarCore
+    from registrar_core.config import build_config
+    from registrar_core.control import LocalClient
+    from registrar_core.source import Source
+
+    from .sipclient import register_bytes
+
+    core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": "/nonexistent/location.db"}),
+                         memory_only=True)
+    rng = random.Random(seed)
+    serial = iter(range(1, 1_000_000))
+
+    async def register(user: str, device: int, expires: int = 3600) -> None:
+        n = next(serial)
+        port = 10_000 + device
+        data = register_bytes(f"{user}@example.com", [f"<sip:{user}@192.0.2.1:{port}>"], local=("192.0.2.1", port),
+                              call_id=f"{user}-{device}", cseq=n, expires=expires)
+        await core.handle(data, Source("udp", "192.0.2.1", port, "udp:198.51.100.7:5060"))
+
+    for i in range(300):
+        for device in range(rng.randrange(1, 4)):
+            await register(f"u{i:03d}", device)
+    return core, LocalClient(core), rng, register
+
+
+def rows_of(registry: Registry) -> dict[str, dict[str, tuple]]:
+    return {aor: {ruid: (b.expires_at, b.modified, b.user_agent) for ruid, b in row.bindings.items()}
+            for aor, row in registry.rows.items()}
+
+
+@pytest.mark.parametrize("overlap", [64, 1])  # 1: every deletion before the page shifts past it
+async def test_paged_load_equals_a_full_load_while_the_table_changes(overlap):
+    """Between two pages AORs go (shifting the positions), come and refresh; the pages plus
+    the events received meanwhile give exactly the table a full dump gives afterwards."""
+    from console.model import read_table
+
+    core, client, rng, register = await _paged_world(overlap)
+    sub = core.subscribe()  # the console subscribes before its first page
+    fresh = iter(range(1000, 2000))
+
+    async def changing_call(method: str, **params):
+        if method == "dump" and params.get("offset"):
+            aors = list(core.location.aors())
+            for aor in rng.sample(aors, 6):  # whole AORs go: everything after them slides back
+                await core.unregister(aor)
+            for _ in range(3):
+                await register(f"n{next(fresh)}", 0)
+            for aor in rng.sample(list(core.location.aors()), 4):
+                await register(aor.split("@")[0], 0, expires=1800)
+        return await client.call(method, **params)
+
+    registry = Registry()
+    pages = 0
+    async for entries, reached, total in read_table(changing_call, page=40, overlap=overlap):
+        registry.add_entries(entries)
+        pages += 1
+    registry.finish_load(await client.call("policy.get"))
+    assert pages >= 7
+    registry.apply([e.to_dict() for e in sub.drain()])
+
+    full = Registry()
+    full.load(await client.call("dump"), await client.call("policy.get"))
+    assert rows_of(registry) == rows_of(full)
+    assert registry.contacts == full.contacts
+    assert view(registry) == view(full)
+    sub.close()
+
+
+async def test_plain_offset_paging_would_skip_aors():
+    """Why read_table overlaps and checks: offset += limit misses AORs that slid back."""
+    core, client, rng, _ = await _paged_world(7)
+    offset, seen = 0, set()
+    while offset is not None:
+        if offset:
+            for aor in rng.sample(list(core.location.aors()), 6):
+                await core.unregister(aor)
+        reply = await client.call("dump", offset=offset, limit=40)
+        seen |= {e["aor"] for e in reply["aors"]}
+        offset = reply["next"]
+    assert set(core.location.aors()) - seen, "some AORs were never read"
+
+
+def test_events_lost_drops_what_came_before_and_asks_for_a_reload():
+    buffer = EventBuffer(traffic_limit=10)
+    a1 = contact("a@x", "r1", 1, 10)
+    buffer.add([event("contact.added", a1), {"kind": "request.handled", "n": 1}])
+    buffer.add([{"kind": "events.lost", "dropped": 5}, event("contact.added", contact("b@x", "r2", 2, 20)),
+                {"kind": "security", "event": "ban", "ip": "192.0.2.9", "port": 5060, "user": ""}])
+    assert buffer.lost
+    changes, traffic = buffer.take()
+    assert [e["ruid"] for e in changes] == ["r2"]
+    assert [e["kind"] for e in traffic] == ["request.handled", "security"]
+
+
+def test_collector_pauses_nest():
+    import gc
+
+    from console.memory import collector_paused
+
+    assert gc.isenabled()
+    first = collector_paused()
+    first.__enter__()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the first block still runs
+    first.__exit__(None, None, None)
+    assert gc.isenabled()

@@ -12,13 +12,15 @@ from textual.widgets import Static
 
 from ..actions import ACTIONS, bindings, key_names
 
-COLUMNS = (("Move", "AORs", "Contacts"), ("Policy", "Live", "App", "Detail"))
+COLUMNS = (("Move", "AORs", "Contacts", "Detail"), ("Policy", "Subscribers", "Live", "App"))
 
 LEGEND = (
+    ("Header", "listen addresses · auth and subscribers · policy · security counters · load and REG/s"),
     ("AOR table", "Cts contacts · Expires the soonest of its contacts · Updated since its newest REGISTER"),
     ("", "Policy [b]single[/]/[b]multi[/]: an AOR override; dim [dim]single[/]: inherited from the global policy"),
     ("Contacts", "lookup order (highest q, then newest) · Expires yellow under a minute, red when due"),
     ("Traffic", "every request answered, newest last · 2xx green · 3xx-4xx yellow · 5xx red"),
+    ("", "security events too: [reverse]BAN[/] rows highlighted, failed authentication and scanners yellow"),
     ("Mouse", "click a row to highlight it, a header to sort; double-click opens the contact detail"),
 )
 

@@ -1,29 +1,32 @@
 """The main screen: status bar, AOR table, contacts of the highlighted AOR, and traffic.
 
 Data flow: one worker reads the core's event stream into an :class:`EventBuffer`;
-every quarter second :meth:`MainScreen.flush` applies what arrived in one batch
-(so 1,000 REGISTERs/s cost four redraws a second, not a thousand); once a second
-the countdowns are redrawn and ``stats`` is polled.
+the table is loaded in pages meanwhile (and loaded again when the core reports lost
+events, or after a reconnect); every quarter second :meth:`MainScreen.flush` applies
+what arrived in one batch (so 1,000 REGISTERs/s cost four redraws a second, not a
+thousand); once a second the countdowns are redrawn and ``stats`` is polled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Footer, Input, Static
 
 from registrar_core.control import NOT_FOUND, RpcError
 
 from .. import memory
-from ..actions import DESTRUCTIVE, bindings
+from ..actions import ACTIONS, DESTRUCTIVE, bindings, key_names
 from ..feed import EventBuffer
-from ..model import Registry
+from ..model import Registry, read_table
 from ..widgets.aor_table import AorTable
 from ..widgets.contacts_table import Contact, ContactsTable
 from ..widgets.status_bar import StatusBar
@@ -31,10 +34,13 @@ from ..widgets.traffic_log import TrafficLog
 from ..widgets.virtual_table import VirtualTable
 from .confirm import ConfirmScreen, contact_list
 from .detail import ContactDetailScreen
+from .subscribers import SubscribersScreen, problem
 
 FLUSH_SECONDS = 0.25
+PAGE_PAUSE = 0.002  # between two pages of the initial load: a few loop turns for the registrar
 STATS_TIMEOUT = 3.0
 TRAFFIC_LIMIT = 5000
+BAN_TOAST_SECONDS = 5.0  # at most one toast about bans this often (the traffic pane lists them all)
 LISTED_CONTACTS = 8  # contacts named one by one in the "unregister AOR" question
 SORT_COLUMNS = ("aor", "contacts", "agent", "expires", "updated")
 SORT_LABELS = {"aor": "AOR", "contacts": "contacts", "agent": "user agent", "expires": "expiry",
@@ -54,11 +60,16 @@ class MainScreen(Screen[None]):
         self.mode = mode
         self.registry = Registry()
         self.buffer = EventBuffer(TRAFFIC_LIMIT)
-        self.loaded = False
+        self.loaded = False  # the first load is complete
+        self.reading = False  # a load (first or again) is running: contact events wait for it
+        self.loads = 0  # completed loads (the first, and each reload)
         self.paused = False
+        self._stats_now = asyncio.Event()
+        self._ban_toast_at = -BAN_TOAST_SECONDS
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
+        yield Static(id="notice")
         yield Input(placeholder="/ filters the AORs by substring · Enter keeps the filter · Esc clears it",
                     id="filter", compact=True)
         yield AorTable(self.registry, self.clock, id="aors")
@@ -82,15 +93,24 @@ class MainScreen(Screen[None]):
     def traffic(self) -> TrafficLog:
         return self.query_one(TrafficLog)
 
+    @property
+    def notice(self) -> Static:
+        return self.query_one("#notice", Static)
+
     # -- start: subscribe, then load ---------------------------------------------------------
     def on_mount(self) -> None:
         self.status.set_flags(mode=self.mode, read_only=self.read_only)
+        self.notice.display = False
         self.query_one("#filter").can_focus = False  # only through "/": Tab cycles the panes
         self.contacts.border_title = "Contacts"
         self.aors.border_title = "AORs · loading the location table…"
+        self.traffic.border_title = self.traffic._title()
         self.aors.focus()
-        self.read_events()  # subscribes before the dump, so no change falls in between
+        self.read_events()  # subscribes before the first page, so no change falls in between
         self.load()
+        self.set_interval(FLUSH_SECONDS, self.flush)
+        self.set_interval(1, self.tick)
+        self.poll_stats()
 
     @work(group="events", exit_on_error=False)
     async def read_events(self) -> None:
@@ -98,49 +118,125 @@ class MainScreen(Screen[None]):
             async for batch in self.client.events():
                 self.buffer.add(batch)
         except (ConnectionError, RpcError) as exc:
-            self.status.set_flags(trouble=f"NO LIVE UPDATES: {exc}")
+            self._gone(str(exc))
 
-    @work(group="load", exit_on_error=False)
-    async def load(self) -> None:
+    def _gone(self, why: str) -> None:
+        """The registrar closed the connection: say so and stay usable (R reconnects)."""
+        self.status.set_flags(gone=why, trouble=None, loading=None)
+        again = f" · {self._key('reconnect')} reconnects" if not self.app_embedded else ""
+        self.notify(f"The registrar went away: {escape(why)}. The tables show what it held then{again}.",
+                    severity="error", title="REGISTRAR GONE", timeout=10)
+        self.refresh_bindings()
+
+    def _key(self, action: str) -> str:
+        """The key(s) of a main-screen action as the footer shows them (they may be remapped)."""
+        return key_names(self.app, next(a for a in ACTIONS if a.scope == "main" and a.name == action))
+
+    @property
+    def app_embedded(self) -> bool:
+        return bool(getattr(self.app, "embedded", False))
+
+    @work(exclusive=True, group="load", exit_on_error=False)
+    async def load(self, why: str = "") -> None:
+        """Read the whole table in pages into a fresh registry, then show it in one go.
+
+        Between two pages the registrar serves requests; their events wait in the buffer
+        and are applied once the table is complete (a newer binding always wins).
+        """
+        self.reading = True
+        verb = f"reloading ({why})" if why else "loading"
+        fresh = Registry()
         try:
-            policy = await self.client.call("policy.get")
-            dump = await self.client.call("dump")
+            # The pages allocate a lot: left on, the garbage collector would run full passes over
+            # the whole process (the registrar's table too) every few pages, each a stall of the
+            # registrar longer than a page. memory.release() collects once at the end.
+            with memory.collector_paused():
+                policy = await self.client.call("policy.get")
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                async for entries, reached, total in read_table(self.client.call):
+                    fresh.add_entries(entries)
+                    self.status.set_flags(loading=f"{verb} {reached:,} of {total:,} AORs")
+                    # The registrar gets at least as much of the loop as the page took: under
+                    # load it keeps answering, and an idle registrar costs the load little.
+                    await asyncio.sleep(max(PAGE_PAUSE, loop.time() - started))
+                    started = loop.time()
+                fresh.finish_load(policy, index=False)
+                await asyncio.sleep(PAGE_PAUSE)
+                keep = self.aors.cursor_aor
+                self.registry.adopt(fresh)  # sorted once, in the view's order
+                del fresh
+                await asyncio.sleep(PAGE_PAUSE)
+                memory.release()  # one young collection, then the rows are frozen out of the GC's way
         except (ConnectionError, RpcError) as exc:
-            self.status.set_flags(trouble=f"cannot read the location table: {exc}")
+            self.reading = False
+            self.status.set_flags(loading=None, trouble=f"cannot read the location table: {problem(exc)}")
             return
-        self.registry.load(dump, policy)
-        del dump  # a big reply for a big table: hand its memory back now
-        memory.release()
+        self.reading = False
         self.loaded = True
-        self._registry_changed(None)
-        self.set_interval(FLUSH_SECONDS, self.flush)
-        self.set_interval(1, self.tick)
-        self.poll_stats()
+        self.loads += 1
+        self.status.set_flags(loading=None)
+        self._registry_changed(keep)
+        self.flush()  # what arrived meanwhile (unless paused)
+        self.load_contacts(self.aors.cursor_aor)
 
     @work(group="stats", exit_on_error=False)
     async def poll_stats(self) -> None:
         while True:
             try:
                 stats = await asyncio.wait_for(self.client.call("stats"), STATS_TIMEOUT)
-            except (ConnectionError, OSError, asyncio.TimeoutError):
-                self.status.set_flags(trouble="REGISTRAR NOT ANSWERING")
+            except (ConnectionError, OSError, asyncio.TimeoutError, RpcError):
+                if not self.status.flags.gone:
+                    self.status.set_flags(trouble="REGISTRAR NOT ANSWERING")
             else:
                 if self.status.flags.trouble:
                     self.status.set_flags(trouble=None)
                 self.registry.storage_error = stats["storage_error"]
                 self.status.show_stats(stats)
                 self._show_policy()
-            await asyncio.sleep(1)
+                self._show_auth(stats)
+            self._stats_now.clear()
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stats_now.wait(), 1)
+
+    def wake_stats(self) -> None:
+        """Poll ``stats`` now (after a change the header shows, e.g. the subscriber count)."""
+        self._stats_now.set()
+
+    def _show_auth(self, stats: dict[str, Any]) -> None:
+        """With authentication on and nobody to authenticate, say how to add a subscriber, until one is."""
+        needed = bool(stats.get("auth")) and not stats.get("subscribers")
+        if needed:
+            cli = "[b]sipconsole user add alice@example.com[/]"
+            if self.read_only:
+                how = f"Add one with {cli} (this console is read-only)."
+            else:
+                how = f"Press [b]{self._key('subscribers')}[/] to add one (subscribers screen), or run {cli}."
+            self.notice.update(f"⚠ Authentication is on and there are [b]no subscribers[/]: every REGISTER "
+                               f"is refused. {how}")
+        if self.notice.display != needed:
+            self.notice.display = needed
 
     # -- live updates ---------------------------------------------------------------------
     def flush(self) -> None:
-        """Apply everything that arrived since the last flush, in one redraw."""
+        """Apply everything that arrived since the last flush, in one redraw.
+
+        While a load runs only the traffic moves: the contact events wait for the table.
+        """
         if self.paused:
             self.status.set_flags(queued=len(self.buffer))
             return
+        if self.buffer.lost:
+            self.buffer.lost = False
+            self.notify("The registrar dropped events for this console (it fell behind): "
+                        "reloading the location table", severity="warning", title="Events lost")
+            self.load("events lost")  # replaces a load already running: it may be stale too
         if not len(self.buffer):
             return
-        changes, traffic = self.buffer.take()
+        if self.reading:
+            changes, traffic = [], self.buffer.take_traffic()
+        else:
+            changes, traffic = self.buffer.take()
         with self.app.batch_update():
             if changes:
                 keep = self.aors.cursor_aor
@@ -149,6 +245,21 @@ class MainScreen(Screen[None]):
                 self._registry_changed(keep)
             if traffic:
                 self.traffic.append(traffic)
+                self._security_news(traffic)
+
+    def _security_news(self, traffic: list[dict[str, Any]]) -> None:
+        """Bans are worth a toast (at most one every few seconds) and a fresh header at once."""
+        security = [e for e in traffic if e["kind"] == "security"]
+        if not security:
+            return
+        bans = [e for e in security if e["event"] in ("ban", "user-banned")]
+        now = time.monotonic()
+        if bans and now - self._ban_toast_at >= BAN_TOAST_SECONDS:  # a flood of bans: not a flood of toasts
+            self._ban_toast_at = now
+            names = ", ".join(e["user"] if e["event"] == "user-banned" else e["ip"] for e in bans[:3])
+            more = f" and {len(bans) - 3} more" if len(bans) > 3 else ""
+            self.notify(f"Banned: {escape(names)}{more}", severity="warning", title="Security")
+        self.wake_stats()
 
     def tick(self) -> None:
         """Once a second: countdowns and ages move."""
@@ -195,6 +306,8 @@ class MainScreen(Screen[None]):
         if aor is not None:
             try:
                 contacts = (await self.client.call("show", aor=aor))["contacts"]
+            except ConnectionError:
+                return  # the registrar went away: the pane keeps what it showed
             except RpcError as exc:
                 if exc.code != NOT_FOUND:
                     raise
@@ -212,6 +325,8 @@ class MainScreen(Screen[None]):
             return None if self.aors.cursor_aor is None else True
         if action == "clear_filter":
             return bool(self.registry.filter) or self.query_one("#filter").has_focus
+        if action == "reconnect":  # offered only when an attached registrar went away
+            return bool(self.status.flags.gone) and hasattr(self.client, "connect") and not self.app_embedded
         return True
 
     def action_filter(self) -> None:
@@ -274,6 +389,30 @@ class MainScreen(Screen[None]):
     def action_toggle_options(self) -> None:
         self.traffic.set_hide_options(not self.traffic.hide_options)
 
+    def action_toggle_security(self) -> None:
+        self.traffic.set_security_only(not self.traffic.security_only)
+
+    def subscribers_screen(self) -> SubscribersScreen:
+        return SubscribersScreen(self.client, self.registry, self.clock, read_only=self.read_only,
+                                 stats=lambda: self.status.stats, changed=self.wake_stats)
+
+    def action_subscribers(self) -> None:
+        self.app.push_screen(self.subscribers_screen())
+
+    @work(exclusive=True, group="reconnect", exit_on_error=False)
+    async def action_reconnect(self) -> None:
+        try:
+            await self.client.connect()
+        except (ConnectionError, OSError) as exc:
+            self.notify(escape(str(exc)), severity="error", title="Still gone")
+            return
+        self.status.set_flags(gone=None, trouble=None)
+        self.refresh_bindings()
+        self.notify("Reconnected: reloading the location table", title="Registrar")
+        self.read_events()  # subscribed again before the first page
+        self.load("reconnected")
+        self.wake_stats()
+
     @on(VirtualTable.Selected, "#aors")
     def aor_selected(self) -> None:
         self.contacts.focus()
@@ -302,7 +441,7 @@ class MainScreen(Screen[None]):
             return
         try:
             await self.client.call("qualify", aor=contact["aor"], ruid=contact["ruid"], wait=False)
-        except RpcError as exc:
+        except (RpcError, ConnectionError) as exc:
             self._failed(exc, f"{contact['addr']} is gone")
             return
         self.notify(f"OPTIONS sent to {escape(contact['addr'])}", title="Qualify")
@@ -319,7 +458,7 @@ class MainScreen(Screen[None]):
             return
         try:
             removed = (await self.client.call("unregister", aor=aor, ruid=contact["ruid"]))["removed"]
-        except RpcError as exc:
+        except (RpcError, ConnectionError) as exc:
             self._failed(exc, f"{contact['addr']} was already gone")
             return
         self._removed(removed)
@@ -332,7 +471,7 @@ class MainScreen(Screen[None]):
             return
         try:
             contacts = (await self.client.call("show", aor=aor))["contacts"]
-        except RpcError as exc:
+        except (RpcError, ConnectionError) as exc:
             self._failed(exc, f"{aor} has no contacts left")
             return
         n = len(contacts)
@@ -340,20 +479,18 @@ class MainScreen(Screen[None]):
                                  contact_list(contacts, self.clock(), LISTED_CONTACTS), f"Unregister {n}")
         if not await self.app.push_screen_wait(question):
             return
-        # Exactly the contacts named in the question go, even if another registered meanwhile.
-        results = await asyncio.gather(
-            *(self.client.call("unregister", aor=aor, ruid=c["ruid"]) for c in contacts), return_exceptions=True)
-        removed = [c for r in results if isinstance(r, dict) for c in r["removed"]]
-        failures = [r for r in results if isinstance(r, RpcError) and r.code != NOT_FOUND]
+        # Exactly the contacts named in the question go, in one commit, even if another
+        # registered meanwhile.
+        try:
+            removed = (await self.client.call("unregister", aor=aor, ruids=[c["ruid"] for c in contacts]))["removed"]
+        except (RpcError, ConnectionError) as exc:
+            self._failed(exc, f"the contacts of {aor} were already gone")
+            return
         self._removed(removed)
         row = self.registry.rows.get(aor)
         kept = f"; {row.count} registered since the question stay" if row is not None else ""
-        if failures:
-            self.notify(f"{len(failures)} contact(s) of {escape(aor)} could not be removed: {failures[0].message}",
-                        severity="error", title="Unregister failed")
-        else:
-            self.notify(f"Unregistered {len(removed)} contact{'s' * (len(removed) != 1)} of {escape(aor)}{kept}",
-                        title="AOR removed")
+        self.notify(f"Unregistered {len(removed)} contact{'s' * (len(removed) != 1)} of {escape(aor)}{kept}",
+                    title="AOR removed")
 
     def _removed(self, contacts: list[Contact]) -> None:
         keep = self.aors.cursor_aor
@@ -382,21 +519,31 @@ class MainScreen(Screen[None]):
             extra = f"; {others} AOR override{'s' * (others != 1)} still apply" if others else ""
             self.notify(f"single-contact {'on' if on else 'off'} for every AOR{extra}", title="Policy changed")
 
-    async def _set_policy(self, value: bool | None, aor: str | None) -> bool:
-        params: dict[str, Any] = {"name": "single_contact", "value": value}
+    @work(exclusive=True, group="change", exit_on_error=False)
+    async def action_toggle_caller_check(self) -> None:
+        on = not self.registry.caller_check
+        if await self._set_policy(on, None, "caller_check"):
+            effect = ("requests from devices that are not registered get 403" if on
+                      else "requests are answered whoever sends them")
+            self.notify(f"caller check {'on' if on else 'off'}: {effect}", title="Policy changed")
+
+    async def _set_policy(self, value: bool | None, aor: str | None, name: str = "single_contact") -> bool:
+        params: dict[str, Any] = {"name": name, "value": value}
         if aor is not None:
             params["aor"] = aor
         try:
             policy = await self.client.call("policy.set", **params)
-        except RpcError as exc:
+        except (RpcError, ConnectionError) as exc:
             self._failed(exc, "")
             return False
         self.registry.set_policy(policy)
         self._registry_changed(self.aors.cursor_aor)
         return True
 
-    def _failed(self, exc: RpcError, gone: str) -> None:
-        if exc.code == NOT_FOUND and gone:
+    def _failed(self, exc: RpcError | ConnectionError, gone: str) -> None:
+        if isinstance(exc, RpcError) and exc.code == NOT_FOUND and gone:
             self.notify(escape(gone), severity="warning")
-        else:
+        elif isinstance(exc, RpcError):
             self.notify(escape(exc.message), severity="error", title="The registrar refused")
+        else:
+            self.notify(escape(problem(exc)), severity="error", title="REGISTRAR GONE")

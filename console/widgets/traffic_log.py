@@ -18,6 +18,29 @@ class Request(NamedTuple):
     status: int
     reason: str
     user_agent: str
+    security: str = ""  # a security event (ban, auth-failed...) rather than a request
+
+
+#: Security events: (label in the Method column, what happened, tone; "alert" rows are highlighted whole).
+SECURITY = {
+    "ban": ("BAN", "banned: request flood", "alert"),
+    "unban": ("UNBAN", "ban lifted", "ok"),
+    "auth-failed": ("AUTH FAIL", "wrong credentials", "warn"),
+    "user-banned": ("USER BAN", "banned: auth failures", "alert"),
+    "wrong-aor": ("WRONG AOR", "403: not its own AOR", "warn"),
+    "scanner": ("SCANNER", "dropped: scanner UA", "warn"),
+}
+
+
+def security_request(e: dict[str, Any]) -> Request:
+    """A ``security`` event as a traffic row (for a scanner, ``user`` is its User-Agent)."""
+    kind = e["event"]
+    label, what, _ = SECURITY.get(kind, (kind.upper(), kind, "warn"))
+    ip = e["ip"]
+    source = f"[{ip}]:{e['port']}" if ":" in ip else f"{ip}:{e['port']}"
+    scanner = kind == "scanner"
+    return Request(e["time"], source, label, "" if scanner else e["user"], 0, what,
+                   e["user"] if scanner else "", kind)
 
 
 class TrafficLog(VirtualTable):
@@ -37,11 +60,15 @@ class TrafficLog(VirtualTable):
         super().__init__(id=id)
         self.everything: deque[Request] = deque(maxlen=limit)
         self.without_options: deque[Request] = deque(maxlen=limit)
+        self.security: deque[Request] = deque(maxlen=limit)
         self.follow = True
         self.hide_options = False
+        self.security_only = False
 
     @property
     def entries(self) -> deque[Request]:
+        if self.security_only:
+            return self.security
         return self.without_options if self.hide_options else self.everything
 
     def row_count(self) -> int:
@@ -49,6 +76,18 @@ class TrafficLog(VirtualTable):
 
     def row_cells(self, index: int) -> Sequence[Cell]:
         r = self.entries[index]
+        if r.security:
+            tone = SECURITY.get(r.security, ("", "", "warn"))[2]
+            if tone == "alert":  # the whole row is highlighted (row_tone)
+                return (clock_time(r.time), r.source, (r.method, "strong"), r.aor, r.reason, r.user_agent)
+            return (
+                (clock_time(r.time), "dim"),
+                r.source,
+                (r.method, tone),
+                r.aor,
+                (r.reason, tone),
+                (r.user_agent, "dim"),
+            )
         return (
             (clock_time(r.time), "dim"),
             r.source,
@@ -58,17 +97,24 @@ class TrafficLog(VirtualTable):
             (r.user_agent, "dim"),
         )
 
+    def row_tone(self, index: int) -> str:
+        r = self.entries[index]
+        return "alert" if r.security and SECURITY.get(r.security, ("", "", ""))[2] == "alert" else ""
+
     def append(self, events: list[dict[str, Any]]) -> None:
-        """Add ``request.handled`` events, oldest first."""
+        """Add ``request.handled`` and ``security`` events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            request = Request(e["time"], e["source"], e["method"], e["aor"], e["status"], e["reason"],
-                              e["user_agent"])
+            if e["kind"] == "security":
+                request = security_request(e)
+                self.security.append(request)
+            else:
+                request = Request(e["time"], e["source"], e["method"], e["aor"], e["status"], e["reason"],
+                                  e["user_agent"])
             self.everything.append(request)
             if request.method != "OPTIONS":
                 self.without_options.append(request)
-                added += 1
-            elif not self.hide_options:
+            if request.security or not (self.security_only or (self.hide_options and request.method == "OPTIONS")):
                 added += 1
         self._redraw(dropped=before + added - len(self.entries))
 
@@ -84,6 +130,9 @@ class TrafficLog(VirtualTable):
 
     def _title(self) -> str:
         follow = "following" if self.follow else "scrolled back (End follows)"
+        if self.security_only:
+            return (f"Traffic · security events only (e shows all) · {len(self.entries):,} of the last "
+                    f"{self.security.maxlen:,} · {follow}")
         options = "OPTIONS hidden" if self.hide_options else "OPTIONS shown"
         return f"Traffic · {len(self.entries):,} of the last {self.everything.maxlen:,} · {follow} · {options}"
 
@@ -93,6 +142,10 @@ class TrafficLog(VirtualTable):
 
     def set_hide_options(self, hide: bool) -> None:
         self.hide_options = hide
+        self._redraw()
+
+    def set_security_only(self, only: bool) -> None:
+        self.security_only = only
         self._redraw()
 
     # Moving in a log scrolls it; moving up stops following, End follows again.

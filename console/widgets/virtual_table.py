@@ -25,7 +25,7 @@ from ..actions import bindings
 
 #: A cell: plain text, or (text, tone) where tone is one of :data:`TONES` or "" (none).
 Cell = str | tuple[str, str]
-TONES = ("ok", "warn", "error", "dim", "accent", "strong")
+TONES = ("ok", "warn", "error", "dim", "accent", "strong", "alert")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,7 @@ class VirtualTable(ScrollView, can_focus=True):
         & > .virtual-table--dim { color: $text-muted; }
         & > .virtual-table--accent { color: $text-accent; }
         & > .virtual-table--strong { text-style: bold; }
+        & > .virtual-table--alert { color: $text-error; text-style: bold reverse; }
     }
     """
     BINDINGS = bindings("table")
@@ -130,6 +131,10 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def row_cells(self, index: int) -> Sequence[Cell]:
         raise NotImplementedError
+
+    def row_tone(self, index: int) -> str:
+        """A tone for the whole row, gaps included (override to highlight rows)."""
+        return ""
 
     def header_label(self, column: Column) -> str:
         """The header text of ``column`` (override to add sort markers)."""
@@ -239,6 +244,9 @@ class VirtualTable(ScrollView, can_focus=True):
             if index >= self.row_count():
                 return Strip.blank(width, base)
             cursor = self._style("cursor") if self.show_cursor and index == self.cursor else None
+            tone = self.row_tone(index)
+            if tone:
+                base = base + self._style(tone)
             strip = self._strip(self.row_cells(index), base, cursor)
         return strip.crop_extend(scroll_x, scroll_x + width, base + cursor if cursor else base)
 
