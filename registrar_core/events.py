@@ -16,8 +16,8 @@ CONTACT_EXPIRED = "contact.expired"
 REQUEST_HANDLED = "request.handled"
 POLICY_CHANGED = "policy.changed"
 STORAGE_STATE = "storage.state"
-SECURITY = "security"
-EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale, reload  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
+SECURITY = "security"  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
+EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale, reload
 
 
 @dataclass(frozen=True, slots=True)
