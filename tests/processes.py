@@ -134,3 +134,14 @@ def run_sipp(
 def _count(text: str, label: str) -> int:
     m = re.search(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", text)
     return int(m.group(1)) if m else -1
+
+
+def acknowledged_aors(message_log: str) -> set[str]:
+    """AORs of every 200 OK that sipp received, from its -trace_msg file."""
+    acked = set()
+    for block in message_log.split("-" * 47):
+        if "message received" in block and "\nSIP/2.0 200 OK" in block:
+            m = re.search(r"^To:\s*<sip:([^>;]+)>", block, re.M)
+            if m:
+                acked.add(m.group(1).lower())
+    return acked

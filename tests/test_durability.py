@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import subprocess
 import sys
 import signal
 import threading
 
-from .processes import SCENARIOS, write_injection
-
-
-def acked_aors(message_log: str) -> set[str]:
-    """AORs of every 200 OK that sipp received, from its -trace_msg log."""
-    acked = set()
-    for block in message_log.split("-" * 47):
-        if "message received" in block and "\nSIP/2.0 200 OK" in block:
-            m = re.search(r"^To:\s*<sip:([^>;]+)>", block, re.M)
-            if m:
-                acked.add(m.group(1).lower())
-    return acked
+from .processes import SCENARIOS, acknowledged_aors, write_injection
 
 
 def test_restart_keeps_bindings(serve_process, tmp_path):
@@ -58,7 +46,7 @@ def test_sigkill_under_sipp_load_loses_no_acknowledged_binding(serve_process, tm
         killer.cancel()
         if sipp.poll() is None:
             sipp.kill()
-    acked = acked_aors(log.read_text(errors="replace"))
+    acked = acknowledged_aors(log.read_text(errors="replace"))
     assert 100 < len(acked) < total, f"the kill must land mid-load ({len(acked)} acked)"
     serve_process.start()
     code, dump = serve_process.ctl("dump")

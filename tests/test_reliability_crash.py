@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .processes import write_injection
+from .processes import acknowledged_aors, write_injection
 
 SEED = int(os.environ.get("RELIABILITY_SEED", random.SystemRandom().randrange(1 << 30)))
 CONTACT_HOST = "192.0.2.1:5060"
@@ -82,17 +81,6 @@ def _sipp(port: int, scenario: Path, inf: Path, calls: int, rate: int, cwd: Path
         env={**os.environ, "TERM": "dumb"})
 
 
-def acknowledged(message_log: str) -> set[str]:
-    """AORs of every 200 OK sipp received, from its -trace_msg file."""
-    acked = set()
-    for block in message_log.split("-" * 47):
-        if "message received" in block and "\nSIP/2.0 200 OK" in block:
-            m = re.search(r"^To:\s*<sip:([^>;]+)>", block, re.M)
-            if m:
-                acked.add(m.group(1).lower())
-    return acked
-
-
 def crash_round(proc, directory: Path, rng: random.Random, *, preload: int, load: int, rate: int) -> Round:
     """One preload, load, SIGKILL, restart; returns what was acknowledged and what is stored."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -124,7 +112,7 @@ def crash_round(proc, directory: Path, rng: random.Random, *, preload: int, load
             sipp.kill()
             sipp.wait()
     assert proc.proc.returncode == -9, "the registrar was killed mid-load"
-    acked = acknowledged(trace.read_text(errors="replace"))
+    acked = acknowledged_aors(trace.read_text(errors="replace"))
 
     proc.start()
     code, dump = proc.ctl("dump")
@@ -194,7 +182,7 @@ def test_sigkill_while_commits_are_stalled_acknowledges_nothing_unsaved(serve_pr
         holder.wait(10)
     log = trace.read_text(errors="replace")
     assert log.count("message sent") >= 300, "the REGISTERs went out before the kill"
-    acked = {a.split("@")[0] for a in acknowledged(log)}
+    acked = {a.split("@")[0] for a in acknowledged_aors(log)}
     proc.start()
     code, dump = proc.ctl("dump")
     stored = {a["aor"].split("@")[0] for a in dump["aors"]}

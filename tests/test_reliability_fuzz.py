@@ -25,7 +25,6 @@ import random
 import re
 from pathlib import Path
 
-import pytest
 
 from registrar_core.transactions import IN_PROGRESS
 

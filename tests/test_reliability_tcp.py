@@ -13,7 +13,6 @@ import os
 import resource
 import secrets
 import socket
-import time
 from pathlib import Path
 
 import pytest
