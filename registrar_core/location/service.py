@@ -93,7 +93,9 @@ class LocationService:
         if self.store is not None:
             await self.store.open()
             for table, contact in await self.store.load(self.clock()):
-                self._put(table, contact)
+                self._tables.setdefault(table, {}).setdefault(contact.aor, {})[contact.ruid] = contact
+                self._heap.append((contact.expires, table, contact.aor, contact.ruid))
+            heapq.heapify(self._heap)  # once, not a push per binding
             for tbl, aor, name, value in await self.store.load_policies():
                 self._policies[(tbl, aor, name)] = value
         self._tasks = [

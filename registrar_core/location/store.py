@@ -126,7 +126,7 @@ class Batch:
 def _row(table: str, c: Contact) -> tuple[object, ...]:
     return (
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
-        json.dumps(c.path), c.received, c.socket, c.user_agent, c.methods, c.flags,
+        json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
         c.cflags, c.instance, c.regid, c.modified,
     )
 
@@ -279,7 +279,7 @@ class LocationStore:
         for r in rows:
             contact = Contact(
                 ruid=r[0], aor=r[2], addr=r[3], params=r[4], expires=r[5], q=r[6],
-                callid=r[7], cseq=r[8], path=tuple(json.loads(r[9])), received=r[10],
+                callid=r[7], cseq=r[8], path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10],
                 socket=r[11], user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15],
                 instance=r[16], regid=r[17], modified=r[18],
             )
