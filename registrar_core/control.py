@@ -27,7 +27,7 @@ from typing import Any
 
 from .api import NotFound, RegistrarCore, normalise_aor
 from .auth import SubscriberError
-from .events import EVENTS_LOST
+from .events import EVENTS_LOST, SUBSCRIBER_CHANGED
 from .location import DEFAULT_TABLE, StorageError
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,18 @@ class Methods:
         return {"users": self.core.subscribers.list()}
 
     async def rpc_user_add(self, user: str, password: str) -> dict[str, Any]:
-        return {"user": await self.core.subscribers.add(user, password)}
+        return self._user_changed("added", await self.core.subscribers.add(user, password))
 
     async def rpc_user_passwd(self, user: str, password: str) -> dict[str, Any]:
-        return {"user": await self.core.subscribers.add(user, password, replace=True)}
+        return self._user_changed("password", await self.core.subscribers.add(user, password, replace=True))
 
     async def rpc_user_remove(self, user: str) -> dict[str, Any]:
-        return {"user": await self.core.subscribers.remove(user)}
+        return self._user_changed("removed", await self.core.subscribers.remove(user))
+
+    def _user_changed(self, action: str, user: str) -> dict[str, Any]:
+        """Tell every console that the subscriber list changed (and how)."""
+        self.core.events.publish(SUBSCRIBER_CHANGED, user=user, action=action)
+        return {"user": user}
 
 
 # Parameters that must be strings (or null where the method allows it).

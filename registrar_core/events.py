@@ -17,6 +17,7 @@ REQUEST_HANDLED = "request.handled"
 POLICY_CHANGED = "policy.changed"
 STORAGE_STATE = "storage.state"
 SECURITY = "security"  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
+SUBSCRIBER_CHANGED = "subscriber.changed"  # user, action: added, password, removed
 EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale, reload
 
 

@@ -357,6 +357,7 @@ async def test_control_client_fails_fast_once_the_registrar_is_gone(server):
 
 async def test_subscriber_methods_used_by_sipconsole_user(server):
     client = await ControlClient(server.config.control).connect()
+    sub = server.core.subscribe()
     try:
         assert await client.call("user.add", user="judy@example.com", password="pw1") == {"user": "judy@example.com"}
         assert server.core.subscribers.exists("judy", "example.com")
@@ -373,5 +374,9 @@ async def test_subscriber_methods_used_by_sipconsole_user(server):
                 await client.call(method, user="judy@example.com", **params)
             assert missing.value.code == -32004 and "judy@example.com" in missing.value.message
         assert (await client.call("user.list"))["users"] == []
+        changes = [(e.data["action"], e.data["user"]) for e in sub.drain() if e.kind == "subscriber.changed"]
+        assert changes == [("added", "judy@example.com"), ("password", "judy@example.com"),
+                           ("removed", "judy@example.com")]
     finally:
+        sub.close()
         await client.close()
