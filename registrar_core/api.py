@@ -47,7 +47,6 @@ from .transactions import IN_PROGRESS, Reply, TransactionTable, transaction_key
 log = logging.getLogger(__name__)
 
 POLICY_CALLER_CHECK = "caller_check"
-MAX_SEEN = 1_000_000
 
 
 def reply_address(request: Request, source: Source) -> tuple[str, int]:
@@ -118,7 +117,6 @@ class RegistrarCore:
         self.subscribers = Subscribers(self.location)
         self.guard = IpGuard(config.ip_budget, config.ban_time)
         self.authenticator: Authenticator | None = None
-        self._seen: dict[tuple[str, str], None] = {}  # AORs that registered since start (bounded)
         self._scanner_ips: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # Who wants the responses to requests we send (qualify OPTIONS); set by the service.
@@ -161,14 +159,7 @@ class RegistrarCore:
         the transports send it, and with flag 0x02 (no reply) the caller decides when,
         e.g. with :meth:`send_reply`."""
         source = source or Source("udp", "127.0.0.1", 0, "api")
-        response = await self.registrar.save(table, request, flags, source)
-        if response.status == 200:
-            key = (table, request.to.uri.aor)
-            if self.location.known(*key):
-                self._seen[key] = None
-                if len(self._seen) > MAX_SEEN:
-                    del self._seen[next(iter(self._seen))]
-        return response
+        return await self.registrar.save(table, request, flags, source)
 
     def send_reply(self, request: Request, source: Source, response: Response) -> bool:
         """Kamailio reg_send_reply(): send a reply kept back by save() flag 0x02 (no reply)."""
@@ -227,8 +218,7 @@ class RegistrarCore:
     def known_aor(self, aor: str, table: str = DEFAULT_TABLE) -> bool:
         """An AOR with contacts, a subscriber, or one that registered since start."""
         user, _, host = aor.rpartition("@")
-        return (self.location.known(table, aor) or (table, aor) in self._seen
-                or (bool(user) and self.subscribers.exists(user, host)))
+        return self.location.known(table, aor) or (bool(user) and self.subscribers.exists(user, host))
 
     # -- policies ------------------------------------------------------------------
     def single_contact(self, aor: str | None = None, *, table: str = DEFAULT_TABLE) -> bool:
@@ -379,12 +369,11 @@ class RegistrarCore:
             else:
                 response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
             self.stats.count_register(response.status == 200, self.location.clock())
-            aor = request.to.uri.aor
         else:
             response = answer(self, request, source, DEFAULT_TABLE)
-            aor = request.uri.aor
         self.stats.responses[str(response.status)] += 1
         if self.events.active:
+            aor = (request.to.uri if method == "REGISTER" else request.uri).aor
             self.events.publish(ev.REQUEST_HANDLED, method=method, aor=aor, source=source.address,
                                 status=response.status, reason=response.reason,
                                 user_agent=request.headers.get("User-Agent") or "")

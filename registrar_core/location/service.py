@@ -26,6 +26,7 @@ REMOVED_UNREGISTERED = "unregistered"
 REMOVED_REPLACED = "replaced"
 REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
+MAX_EMPTIED = 1_000_000
 
 
 class KeyedLock:
@@ -79,6 +80,7 @@ class LocationService:
         self._tables: dict[str, dict[str, dict[str, Contact]]] = {DEFAULT_TABLE: {}}
         self._policies: dict[tuple[str, str, str], str] = {}
         self._heap: list[tuple[float, str, str, str]] = []
+        self._emptied: dict[tuple[str, str], None] = {}
         self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._expiry_interval = expiry_interval
@@ -133,7 +135,8 @@ class LocationService:
         return [c for c in bindings.values() if c.expires > now]
 
     def known(self, table: str, aor: str) -> bool:
-        return aor in self._tables.get(table, {})
+        """Has ``aor`` contacts now, or had it since start (bounded memory of emptied AORs)?"""
+        return aor in self._tables.get(table, {}) or (table, aor) in self._emptied
 
     def counts(self) -> tuple[int, int]:
         """(AORs, contacts) across all tables."""
@@ -202,6 +205,10 @@ class LocationService:
         bindings.pop(contact.ruid, None)
         if not bindings:
             del aors[contact.aor]
+            # Remember it: a request for an AOR whose devices all went is 480, not 404.
+            self._emptied[(table, contact.aor)] = None
+            if len(self._emptied) > MAX_EMPTIED:
+                del self._emptied[next(iter(self._emptied))]
 
     async def commit(self, batch: Batch) -> None:
         """Make ``batch`` durable with the next group commit (no-op without a store)."""
