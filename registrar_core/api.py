@@ -20,6 +20,7 @@ The console and the control socket (``sipconsole ctl``) use exactly this API.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -159,7 +160,9 @@ class RegistrarCore:
         the transports send it, and with flag 0x02 (no reply) the caller decides when,
         e.g. with :meth:`send_reply`."""
         source = source or Source("udp", "127.0.0.1", 0, "api")
-        return await self.registrar.save(table, request, flags, source)
+        reply_ = asyncio.get_running_loop().create_future()
+        self.registrar.save(table, request, flags, source, functools.partial(_resolve, reply_))
+        return await reply_
 
     def send_reply(self, request: Request, source: Source, response: Response) -> bool:
         """Kamailio reg_send_reply(): send a reply kept back by save() flag 0x02 (no reply)."""
@@ -290,43 +293,64 @@ class RegistrarCore:
         }
 
     # -- SIP entry point for the transports ----------------------------------------------
-    async def handle(self, data: bytes, source: Source) -> Reply | None:
-        """One framed message in; the reply and where to send it (None: send nothing)."""
+    def receive(self, data: bytes, source: Source, respond: Callable[[Reply | None], None]) -> None:
+        """One framed message in; ``respond`` (which must not raise) is called once with the
+        reply and where to send it (None: send nothing), at once or when the change the
+        message made is durable."""
+        try:
+            self._receive(data, source, respond)
+        except Exception:
+            log.exception("unexpected error handling a message from %s", source.address)
+            respond(None)
+
+    def _receive(self, data: bytes, source: Source, respond: Callable[[Reply | None], None]) -> None:
         verdict = self.guard.admit(source.ip)
         if verdict is not ADMIT:
             if verdict is BAN:
                 self._security("ban", source)
-            return None
+            respond(None)
+            return
         try:
             message = parse_message(data, self.config.limits)
         except SipError as exc:
             self.stats.parse_errors += 1
             salvaged = salvage_reply(data, exc, self.to_tag)
-            return None if salvaged is None else (salvaged, (source.ip, source.port))
+            respond(None if salvaged is None else (salvaged, (source.ip, source.port)))
+            return
         if isinstance(message, Response):
             for sink in self.response_sinks:
                 sink(message, source)
-            return None
-        if message.method == "ACK":
-            return None
-        if self.config.drop_scanners and is_scanner(message.headers.get("User-Agent")):
-            self._note_scanner(source, message.headers.get("User-Agent") or "")
-            return None
+            respond(None)
+            return
+        if message.method == "ACK" or (
+                self.config.drop_scanners and self._is_scanner(message, source)):
+            respond(None)
+            return
         message.stamp_source(source.ip, source.port)
         key = transaction_key(message)
         previous = self.transactions.lookup(key)
         if previous is not None:
             self.stats.retransmissions += 1
-            return None if previous is IN_PROGRESS else previous
+            respond(None if previous is IN_PROGRESS else previous)
+            return
         self.transactions.begin(key)
+
+        def answered(response: Response) -> None:
+            out = (bytes(response), reply_address(message, source))
+            self.transactions.complete(key, out)
+            respond(out)
+
         try:
-            response = await self._dispatch(message, source)
+            self._dispatch(message, source, answered)
         except BaseException:
             self.transactions.forget(key)
             raise
-        out = (bytes(response), reply_address(message, source))
-        self.transactions.complete(key, out)
-        return out
+
+    async def handle(self, data: bytes, source: Source) -> Reply | None:
+        """:meth:`receive` for coroutines: the reply (None: nothing to send)."""
+        reply_ = asyncio.get_running_loop().create_future()
+        self.receive(data, source, functools.partial(_resolve, reply_))
+        return await reply_
 
     def _authenticate(self, request: Request, source: Source) -> Refusal | None:
         """Digest-authenticate a REGISTER (when auth is on); None means go ahead."""
@@ -351,33 +375,51 @@ class RegistrarCore:
         sipsec(event, source.ip, source.port, user)
         self.events.publish(ev.SECURITY, event=event, ip=source.ip, port=source.port, user=user)
 
-    def _note_scanner(self, source: Source, user_agent: str) -> None:
-        """Drop silently; say so once per address (scanners send thousands)."""
+    def _is_scanner(self, request: Request, source: Source) -> bool:
+        """A scanner's User-Agent: drop silently, and say so once per address (they send thousands)."""
+        user_agent = request.headers.get("User-Agent")
+        if not is_scanner(user_agent):
+            return False
         self.stats.security["scanner"] += 1
         if source.ip not in self._scanner_ips and len(self._scanner_ips) < 10_000:
             self._scanner_ips.add(source.ip)
-            sipsec("scanner", source.ip, source.port, user_agent)
-            self.events.publish(ev.SECURITY, event="scanner", ip=source.ip, port=source.port, user=user_agent)
+            sipsec("scanner", source.ip, source.port, user_agent or "")
+            self.events.publish(ev.SECURITY, event="scanner", ip=source.ip, port=source.port, user=user_agent or "")
+        return True
 
-    async def _dispatch(self, request: Request, source: Source) -> Response:
+    def _dispatch(self, request: Request, source: Source, done: Callable[[Response], None]) -> None:
         method = request.method
         self.stats.requests[method] += 1
+        if method != "REGISTER":
+            self._answered(request, source, answer(self, request, source, DEFAULT_TABLE), done)
+            return
+        refusal = self._authenticate(request, source)
+        if refusal is not None:
+            response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
+            self._answered(request, source, response, done)
+            return
+        self.registrar.save(DEFAULT_TABLE, request, 0, source,
+                            lambda response: self._answered(request, source, response, done))
+
+    def _answered(self, request: Request, source: Source, response: Response,
+                  done: Callable[[Response], None]) -> None:
+        """Count and publish a request's outcome, then hand its response on."""
+        method = request.method
         if method == "REGISTER":
-            refusal = self._authenticate(request, source)
-            if refusal is None:
-                response = await self.save(request, source=source)
-            else:
-                response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
             self.stats.count_register(response.status == 200, self.location.clock())
-        else:
-            response = answer(self, request, source, DEFAULT_TABLE)
         self.stats.responses[str(response.status)] += 1
         if self.events.active:
             aor = (request.to.uri if method == "REGISTER" else request.uri).aor
             self.events.publish(ev.REQUEST_HANDLED, method=method, aor=aor, source=source.address,
                                 status=response.status, reason=response.reason,
                                 user_agent=request.headers.get("User-Agent") or "")
-        return response
+        done(response)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    """A callback's value into a future (unless its awaiter has gone)."""
+    if not future.done():
+        future.set_result(value)
 
 
 __all__ = ["NotFound", "Profile", "RegistrarCore", "normalise_aor"]

@@ -7,6 +7,7 @@ import functools
 import itertools
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Config
@@ -94,19 +95,22 @@ class Registrar:
             value = self.location.policy(table, GLOBAL, POLICY_SINGLE_CONTACT)
         return self.config.single_contact if value is None else value == "on"
 
-    async def save(self, table: str, request: Request, flags: int, source: Source) -> Response:
-        """Kamailio's save(table, flags): process one REGISTER and build its reply."""
+    def save(self, table: str, request: Request, flags: int, source: Source,
+             done: Callable[[Response], None]) -> None:
+        """Kamailio's save(table, flags): process one REGISTER; ``done`` gets the reply,
+        at once or (when bindings change) once the change is durable."""
         try:
             aor = self._check_request(request)
-            await self.location.locks.acquire((table, aor))
-            try:
-                return await self._save_locked(table, aor, request, flags, source)
-            finally:
-                self.location.locks.release((table, aor))
-        except RegisterRejected as exc:
+        except (RegisterRejected, SipError) as exc:
+            done(self._refusal(request, exc))
+            return
+        key = (table, aor)
+        self.location.locks.run(key, lambda: self._save_locked(key, request, flags, source, done))
+
+    def _refusal(self, request: Request, exc: RegisterRejected | SipError) -> Response:
+        if isinstance(exc, RegisterRejected):
             return reply(request, exc.status, exc.reason, exc.headers, self.to_tag)
-        except SipError as exc:
-            return reply(request, exc.status, exc.reason, [("P-Registrar-Error", exc.reason)], self.to_tag)
+        return reply(request, exc.status, exc.reason, [("P-Registrar-Error", exc.reason)], self.to_tag)
 
     def _check_request(self, request: Request) -> str:
         required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
@@ -124,8 +128,38 @@ class Registrar:
                                    [("Unsupported", "path")])
         return uri.aor
 
-    async def _save_locked(self, table: str, aor: str, request: Request, flags: int, source: Source) -> Response:
+    def _save_locked(self, key: tuple[str, str], request: Request, flags: int, source: Source,
+                     done: Callable[[Response], None]) -> None:
+        """With the AOR's lock held: work out the changes, commit them, release, reply."""
+        table, aor = key
+        locks = self.location.locks
         now = self.location.clock()
+        try:
+            puts, removes = self._changes(table, aor, request, flags, source, now)
+        except (RegisterRejected, SipError) as exc:
+            locks.release(key)
+            done(self._refusal(request, exc))
+            return
+        except BaseException:
+            locks.release(key)
+            raise
+
+        def committed(error: StorageError | None) -> None:
+            try:
+                if error is None:
+                    response = self._ok(request, self.location.contacts(table, aor, now), now)
+                else:
+                    response = self._refusal(request, RegisterRejected(
+                        500, "Server Internal Error", "Location table could not be saved", [("Retry-After", "5")]))
+            finally:
+                locks.release(key)
+            done(response)
+
+        self.location.submit(table, puts, removes, committed, memory_only=bool(flags & SAVE_MEMORY_ONLY))
+
+    def _changes(self, table: str, aor: str, request: Request, flags: int, source: Source,
+                 now: float) -> tuple[list[tuple[Contact, bool]], list[tuple[Contact, str]]]:
+        """RFC 3261 §10.3 steps 6-8: the bindings to write and the ones to remove."""
         existing = self.location.contacts(table, aor, now)
         callid = request.call_id
         cseq = request.cseq[0]
@@ -163,13 +197,7 @@ class Registrar:
             if flags & SAVE_SINGLE_CONTACT or self.single_contact(table, aor):
                 puts, removes = _single(existing, puts, removes)
             self._check_max_contacts(existing, puts, removes)
-        if puts or removes:
-            try:
-                await self.location.apply(table, puts, removes, memory_only=bool(flags & SAVE_MEMORY_ONLY))
-            except StorageError:
-                raise RegisterRejected(500, "Server Internal Error", "Location table could not be saved",
-                                       [("Retry-After", "5")]) from None
-        return self._ok(request, self.location.contacts(table, aor, now), now)
+        return puts, removes
 
     def _wanted(self, contact: NameAddr, request: Request) -> _Wanted:
         uri = contact.uri

@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from .config import Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
@@ -19,14 +19,15 @@ from .transactions import Reply
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, Source], Awaitable[Reply | None]]
+# The core's entry point: a framed message, its source, and where its reply goes (once).
+Receiver = Callable[[bytes, Source, Callable[[Reply | None], None]], None]
 _conids = itertools.count(1)
 
 # Kamailio's tcp_msg_read_timeout: how long one message may take to arrive whole (and a
 # new connection to deliver its first one). Without it a byte-per-second sender keeps a
 # connection, its buffer and a file descriptor forever: every byte resets the idle timer.
 DEFAULT_TCP_READ_TIMEOUT = 20.0
-# Messages framed on one connection and not yet handled before we stop reading from it
+# Messages framed on one connection and not yet answered before we stop reading from it
 # (the kernel's window then slows the sender down): memory per connection stays bounded.
 MAX_QUEUED_PER_CONNECTION = 64
 # Datagrams being handled at once; more are dropped (UDP is lossy, senders retransmit):
@@ -51,38 +52,32 @@ def _local_name(proto: str, sockname: tuple) -> str:
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
+    def __init__(self, receive: Receiver) -> None:
+        self.receive = receive
         self.transport: asyncio.DatagramTransport | None = None
         self.local = ""
         self.dropped = 0
+        self.in_flight = 0  # datagrams handed to the core and not answered yet
         self._drop_logged = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.local = _local_name("udp", transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if len(self._tasks) >= MAX_UDP_IN_FLIGHT:
+        if self.in_flight >= MAX_UDP_IN_FLIGHT:
             self.dropped += 1
             now = time.monotonic()
             if now - self._drop_logged >= 10.0:
                 self._drop_logged = now
                 log.warning("%d datagrams in progress: dropping new ones (%d so far)",
-                            len(self._tasks), self.dropped)
+                            self.in_flight, self.dropped)
             return
-        source = Source("udp", addr[0], addr[1], self.local)
-        task = asyncio.ensure_future(self._serve(data, source))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.in_flight += 1
+        self.receive(data, Source("udp", addr[0], addr[1], self.local), self._respond)
 
-    async def _serve(self, data: bytes, source: Source) -> None:
-        try:
-            reply = await self.handler(data, source)
-        except Exception:
-            log.exception("unexpected error handling a datagram from %s", source.address)
-            return
+    def _respond(self, reply: Reply | None) -> None:
+        self.in_flight -= 1
         if reply is not None and self.transport is not None:
             payload, addr = reply
             try:
@@ -99,13 +94,15 @@ class TcpConnection(asyncio.Protocol):
 
     Defences: a per-IP and a global connection cap (at the global cap the oldest
     connection that never delivered a message makes room), an idle timeout, a read
-    timeout per message (slowloris), and a bounded queue of framed messages with
-    reading paused while it is full (a pipelining flood waits in the kernel).
+    timeout per message (slowloris), and a bound on messages being handled at once,
+    with reading paused while it is reached (a pipelining flood waits in the kernel).
+    Messages are handed to the core as they arrive (the core keeps one AOR's requests
+    in order); replies go out as they are ready.
     """
 
     def __init__(self, owner: Transports) -> None:
         self.owner = owner
-        self.handler = owner.handler
+        self.receive = owner.receive
         self.framer = StreamFramer(owner.limits)
         self.idle_timeout = owner.tcp_idle_timeout
         self.read_timeout = owner.tcp_read_timeout
@@ -116,8 +113,7 @@ class TcpConnection(asyncio.Protocol):
         self.proven = False  # has delivered at least one whole message
         self._idle: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self.in_flight = 0  # messages handed to the core and not answered yet
         self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,7 +135,6 @@ class TcpConnection(asyncio.Protocol):
         owner.per_ip[peer[0]] += 1
         self.connections[self.conid] = self
         owner.unproven[self.conid] = self
-        self._worker = asyncio.ensure_future(self._serve())
         self._touch()
         self._arm_deadline()  # the first message must come within the read timeout too
 
@@ -185,28 +180,23 @@ class TcpConnection(asyncio.Protocol):
         for message in messages:
             if message == KEEPALIVE:
                 self.transport.write(b"\r\n")  # type: ignore[union-attr]
-            else:
-                self._queue.put_nowait(message)
-        if self._queue.qsize() >= MAX_QUEUED_PER_CONNECTION and not self._reading_paused:
+                continue
+            self.in_flight += 1
+            self.receive(message, self.source, self._respond)  # type: ignore[arg-type]
+        if self.in_flight >= MAX_QUEUED_PER_CONNECTION and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
-    async def _serve(self) -> None:
-        """Handle this connection's messages in arrival order."""
-        assert self.source is not None
-        while True:
-            data = await self._queue.get()
-            if self._reading_paused and self._queue.qsize() <= MAX_QUEUED_PER_CONNECTION // 2:
-                self._reading_paused = False
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
-            try:
-                reply = await self.handler(data, self.source)
-            except Exception:
-                log.exception("unexpected error handling a message from %s", self.source.address)
-                continue
-            if reply is not None and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(reply[0])
+    def _respond(self, reply: Reply | None) -> None:
+        self.in_flight -= 1
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if reply is not None:
+            transport.write(reply[0])
+        if self._reading_paused and self.in_flight <= MAX_QUEUED_PER_CONNECTION // 2:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -222,8 +212,6 @@ class TcpConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         self._disarm_deadline()
-        if self._worker is not None:
-            self._worker.cancel()
 
 
 UDP_RECEIVE_BUFFER = 4 << 20  # room for bursts of hundreds of REGISTERs while a commit is on
@@ -249,10 +237,10 @@ def _grow_receive_buffer(sock: socket.socket | None) -> None:
 class Transports:
     """Every listening socket of the registrar."""
 
-    def __init__(self, handler: Handler, limits: Limits, tcp_idle_timeout: float,
+    def __init__(self, receive: Receiver, limits: Limits, tcp_idle_timeout: float,
                  max_tcp_per_ip: int = 0, *, tcp_read_timeout: float | None = None,
                  max_tcp_connections: int | None = None) -> None:
-        self.handler = handler
+        self.receive = receive
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
         # Unless given: Kamailio's 20 s, or the idle timeout when that is shorter.
@@ -279,7 +267,7 @@ class Transports:
         try:
             if spec.proto == "udp":
                 transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.handler), local_addr=(spec.host, spec.port), family=family)
+                    lambda: UdpProtocol(self.receive), local_addr=(spec.host, spec.port), family=family)
                 self._udp.append(transport)
                 address = protocol.local
                 self._udp_by_name[address] = protocol

@@ -1,8 +1,10 @@
 """The location service: named tables of bindings in memory, made durable by group commit.
 
-Every change goes through :meth:`LocationService.apply`: it is committed to SQLite
-first (unless memory-only), then applied in memory and published as events, so a
-binding visible to anyone has been made durable.
+Every change goes through :meth:`LocationService.submit` (or its awaitable twin
+:meth:`~LocationService.apply`): it is committed to SQLite first (unless memory-only),
+then applied in memory and published as events, so a binding visible to anyone has
+been made durable. The hot path is callbacks, not a task per request: the writer
+commits a group, then applies each change and calls its ``done``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
+from typing import NamedTuple
 
 from .. import events as ev
 from ..events import EventBus
@@ -28,37 +31,63 @@ REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 MAX_EMPTIED = 1_000_000
 
+Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
+
+
+class _Pending(NamedTuple):
+    """A change waiting for the next group commit."""
+
+    table: str
+    puts: list[tuple[Contact, bool]]
+    removes: list[tuple[Contact, str]]
+    batch: Batch | None  # anything else to commit with it (policies, subscribers)
+    done: Done
+
 
 class KeyedLock:
-    """Serialises work per key (one AOR) without allocating a lock per request."""
+    """Serialises work per key (one AOR) without a lock object per key.
+
+    :meth:`run` calls its function at once when the key is free, or when the holders
+    before it released the key; whoever holds the key must :meth:`release` it, however
+    the work ends. :meth:`acquire` is the same for coroutines.
+    """
 
     def __init__(self) -> None:
-        self._waiters: dict[Hashable, deque[asyncio.Future[None]]] = {}
+        self._waiters: dict[Hashable, deque[Callable[[], None]]] = {}
 
-    async def acquire(self, key: Hashable) -> None:
+    def run(self, key: Hashable, holder: Callable[[], None]) -> None:
         queue = self._waiters.get(key)
         if queue is None:
             self._waiters[key] = deque()
-            return
+            holder()
+        else:
+            queue.append(holder)
+
+    async def acquire(self, key: Hashable) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(fut)
+
+        def granted() -> None:
+            if fut.done():  # the waiter was cancelled meanwhile: pass the key on
+                self.release(key)
+            else:
+                fut.set_result(None)
+
+        self.run(key, granted)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release(key)  # we were handed the lock while being cancelled
-            else:
-                queue.remove(fut)
+                self.release(key)  # we were handed the key while being cancelled
             raise
 
     def release(self, key: Hashable) -> None:
         queue = self._waiters[key]
-        while queue:
-            fut = queue.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        del self._waiters[key]
+        if queue:
+            # The next holder runs from the loop, not from here: a chain of holders that
+            # finish at once must not recurse.
+            asyncio.get_running_loop().call_soon(queue.popleft())
+        else:
+            del self._waiters[key]
 
 
 class LocationService:
@@ -81,7 +110,7 @@ class LocationService:
         self._policies: dict[tuple[str, str, str], str] = {}
         self._heap: list[tuple[float, str, str, str]] = []
         self._emptied: dict[tuple[str, str], None] = {}
-        self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._expiry_interval = expiry_interval
         # While storage is failing, a test write this often, so the fault is seen to
@@ -162,6 +191,29 @@ class LocationService:
         self.events.publish(ev.POLICY_CHANGED, table=table, aor=aor, name=name, value=value)
 
     # -- writing ---------------------------------------------------------------------
+    def submit(
+        self,
+        table: str,
+        puts: list[tuple[Contact, bool]],
+        removes: list[tuple[Contact, str]],
+        done: Done,
+        *,
+        memory_only: bool = False,
+    ) -> None:
+        """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason).
+
+        With a store, the change goes into the next group commit; once that is durable
+        the change is applied in memory, published, and ``done(None)`` is called. When the
+        commit fails, nothing changes and ``done(error)`` gets the StorageError. Without a
+        store (or ``memory_only``) all of this happens before submit() returns.
+        """
+        if self.store is None or memory_only or not (puts or removes):
+            self._apply(table, puts, removes)
+            done(None)
+            return
+        self._pending.append(_Pending(table, puts, removes, None, done))
+        self._wake.set()
+
     async def apply(
         self,
         table: str,
@@ -170,16 +222,10 @@ class LocationService:
         *,
         memory_only: bool = False,
     ) -> None:
-        """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason).
+        """:meth:`submit` for coroutines; raises StorageError when the commit fails."""
+        await self._settle(lambda done: self.submit(table, puts, removes, done, memory_only=memory_only))
 
-        Raises StorageError when the commit fails; nothing is changed then.
-        """
-        if not puts and not removes:
-            return
-        if self.store is not None and not memory_only:
-            await self._commit(
-                Batch(puts=[(table, c) for c, _ in puts], deletes=[c.ruid for c, _ in removes])
-            )
+    def _apply(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]]) -> None:
         publish = self.events.publish if self.events.active else None
         for contact, reason in removes:
             self._drop(table, contact)
@@ -216,17 +262,27 @@ class LocationService:
             await self._commit(batch)
 
     async def _commit(self, batch: Batch) -> None:
-        """Queue ``batch`` for the next group commit and wait for its outcome.
+        def queue(done: Done) -> None:
+            self._pending.append(_Pending("", [], [], batch, done))
+            self._wake.set()
 
-        Once queued, a batch is committed whatever happens to the caller, so a caller
-        cancelled meanwhile (its TCP connection closed, a timeout) still waits for the
-        outcome: it then applies its change to memory like any other (memory never
-        lacks what the database has, and the AOR stays locked until then), and the
+        await self._settle(queue)
+
+    async def _settle(self, start: Callable[[Done], None]) -> None:
+        """Start a change with a ``done`` callback and wait for its outcome.
+
+        Once queued, a change is committed and applied whatever happens to the caller, so
+        a caller cancelled meanwhile (its TCP connection closed, a timeout) still waits for
+        the outcome (an AOR it holds stays locked until memory has the change), and the
         cancellation is delivered again at its next await.
         """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((batch, fut))
-        self._wake.set()
+
+        def done(error: StorageError | None) -> None:
+            if not fut.done():
+                fut.set_result(None) if error is None else fut.set_exception(error)
+
+        start(done)
         task = asyncio.current_task()
         cancelled = False
         while not fut.done():
@@ -260,7 +316,7 @@ class LocationService:
                 continue
             try:
                 try:
-                    await self.store.write(_merge(b for b, _ in pending))
+                    await self.store.write(_merge(pending))
                 except StorageError as exc:
                     if not exc.bad_data or len(pending) == 1:
                         raise
@@ -270,45 +326,47 @@ class LocationService:
             except StorageError as exc:
                 if not exc.bad_data:
                     self._storage_state(str(exc))
-                for _, fut in pending:
-                    if not fut.done():
-                        fut.set_exception(StorageError(str(exc), bad_data=exc.bad_data))
+                for change in pending:
+                    self._finish(change, StorageError(str(exc), bad_data=exc.bad_data))
                 continue
             except asyncio.CancelledError:
-                for _, fut in pending:
-                    if not fut.done():
-                        fut.set_exception(StorageError("registrar is shutting down"))
+                for change in pending:
+                    self._finish(change, StorageError("registrar is shutting down"))
                 raise
             self._storage_state(None)
-            for _, fut in pending:
-                if not fut.done():
-                    fut.set_result(None)
+            for change in pending:
+                self._finish(change, None)
 
-    async def _write_each(self, pending: list[tuple[Batch, asyncio.Future[None]]]) -> None:
-        """Commit the batches one by one, in order; only the unstorable ones fail."""
+    def _finish(self, change: _Pending, error: StorageError | None) -> None:
+        """A committed change goes into memory; then its caller hears the outcome."""
+        try:
+            if error is None:
+                self._apply(change.table, change.puts, change.removes)
+            change.done(error)
+        except Exception:
+            log.exception("error finishing a committed change")
+
+    async def _write_each(self, pending: list[_Pending]) -> None:
+        """Commit the changes one by one, in order; only the unstorable ones fail."""
         assert self.store is not None
-        for index, (batch, fut) in enumerate(pending):
+        for index, change in enumerate(pending):
             try:
-                await self.store.write(batch)
+                await self.store.write(_merge([change]))
             except StorageError as exc:
                 if exc.bad_data:
                     log.warning("a change could not be stored and was refused: %s", exc)
-                    if not fut.done():
-                        fut.set_exception(exc)
+                    self._finish(change, exc)
                     continue
                 self._storage_state(str(exc))
-                for _, rest in pending[index:]:
-                    if not rest.done():
-                        rest.set_exception(StorageError(str(exc)))
+                for rest in pending[index:]:
+                    self._finish(rest, StorageError(str(exc)))
                 return
             except asyncio.CancelledError:
-                for _, rest in pending[index:]:
-                    if not rest.done():
-                        rest.set_exception(StorageError("registrar is shutting down"))
+                for rest in pending[index:]:
+                    self._finish(rest, StorageError("registrar is shutting down"))
                 raise
             self._storage_state(None)
-            if not fut.done():
-                fut.set_result(None)
+            self._finish(change, None)
 
     async def _probe(self) -> None:
         assert self.store is not None
@@ -363,17 +421,23 @@ class LocationService:
         return count
 
 
-def _merge(batches: Iterator[Batch] | list[Batch]) -> Batch:
-    """Collapse batches in order: the last change to each ruid wins."""
+def _merge(changes: list[_Pending]) -> Batch:
+    """Collapse changes in order into one batch: the last change to each ruid wins."""
     final: dict[str, tuple[str, Contact] | None] = {}
     merged = Batch()
-    for batch in batches:
-        for ruid in batch.deletes:
-            final[ruid] = None
-        for table, contact in batch.puts:
+    for change in changes:
+        table = change.table
+        for contact, _ in change.removes:
+            final[contact.ruid] = None
+        for contact, _ in change.puts:
             final[contact.ruid] = (table, contact)
-        merged.policies += batch.policies
-        merged.subscribers += batch.subscribers
+        if change.batch is not None:
+            for ruid in change.batch.deletes:
+                final[ruid] = None
+            for table_contact in change.batch.puts:
+                final[table_contact[1].ruid] = table_contact
+            merged.policies += change.batch.policies
+            merged.subscribers += change.batch.subscribers
     for ruid, value in final.items():
         if value is None:
             merged.deletes.append(ruid)
