@@ -23,12 +23,18 @@ EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale,
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One event. A value with a ``to_dict()`` (a Contact) stays an object until delivered:
+    publishing costs nothing a subscriber does not read."""
+
     kind: str
     data: dict[str, Any]
     time: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "time": self.time, **self.data}
+        out: dict[str, Any] = {"kind": self.kind, "time": self.time}
+        for key, value in self.data.items():
+            out[key] = value.to_dict() if hasattr(value, "to_dict") else value
+        return out
 
 
 class Subscription:

@@ -105,6 +105,7 @@ async def test_fetch_contacts_returns_every_ulc_attribute_with_its_value(server)
     assert data["count"] == 1 and data["aor"] == aor
     row = data["contacts"][0]
     assert set(ULC_ATTRIBUTES) <= set(row)
+    assert {f.name for f in dataclasses.fields(c)} <= set(row), "every Contact field is in its JSON form"
     assert 1790 <= row["expires"] <= 1800
     assert row["path"] == list(c.path) and row["ruid"] == c.ruid and row["aorhash"] == c.aorhash
 
@@ -355,7 +356,9 @@ async def test_event_stream_delivers_contact_added_and_removed(server):
     removed = [e for e in events if e.kind == "contact.removed"]
     assert [(e.data["aor"], e.data["ruid"]) for e in added] == [(aor, ruid)]
     assert [(e.data["aor"], e.data["ruid"], e.data["reason"]) for e in removed] == [(aor, ruid, "admin")]
-    assert added[0].data["contact"]["addr"] == phone.contact.strip("<>")
+    # In process the event holds the Contact itself; its JSON form (ctl, console) the $ulc dict.
+    assert added[0].data["contact"].addr == phone.contact.strip("<>")
+    assert added[0].to_dict()["contact"]["addr"] == phone.contact.strip("<>")
     assert any(e.kind == "policy.changed" and e.data["name"] == "caller_check" for e in events)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 # Kamailio's save() flags.
 SAVE_MEMORY_ONLY = 0x01
@@ -63,13 +63,15 @@ class Contact:
 
     def to_dict(self, now: float | None = None) -> dict[str, object]:
         """Every $ulc attribute; ``expires`` as seconds left, ``expires_at`` absolute."""
-        data = asdict(self)
-        data["path"] = list(self.path)
-        data["expires_at"] = self.expires
-        data["expires"] = self.expires_in(now)
-        data["domain"] = self.domain
-        data["aorhash"] = self.aorhash
-        return data
+        return {
+            "ruid": self.ruid, "aor": self.aor, "addr": self.addr, "expires": self.expires_in(now),
+            "callid": self.callid, "cseq": self.cseq, "q": self.q, "params": self.params,
+            "path": list(self.path), "received": self.received, "socket": self.socket,
+            "user_agent": self.user_agent, "methods": self.methods, "flags": self.flags,
+            "cflags": self.cflags, "instance": self.instance, "regid": self.regid, "conid": self.conid,
+            "modified": self.modified, "expires_at": self.expires, "domain": self.domain,
+            "aorhash": self.aorhash,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Contact:

@@ -232,12 +232,12 @@ class LocationService:
             if publish:
                 kind = ev.CONTACT_EXPIRED if reason == REMOVED_EXPIRED else ev.CONTACT_REMOVED
                 publish(kind, table=table, aor=contact.aor,
-                        ruid=contact.ruid, reason=reason, contact=contact.to_dict())
+                        ruid=contact.ruid, reason=reason, contact=contact)
         for contact, is_new in puts:
             self._put(table, contact)
             if publish:
                 publish(ev.CONTACT_ADDED if is_new else ev.CONTACT_REFRESHED, table=table,
-                        aor=contact.aor, ruid=contact.ruid, contact=contact.to_dict())
+                        aor=contact.aor, ruid=contact.ruid, contact=contact)
 
     def _put(self, table: str, contact: Contact) -> None:
         self._tables.setdefault(table, {}).setdefault(contact.aor, {})[contact.ruid] = contact
