@@ -327,6 +327,12 @@ class RegistrarCore:
             respond(None)
             return
         message.stamp_source(source.ip, source.port)
+        if source.proto != "udp":
+            # A reliable transport never retransmits (RFC 3261 §17.2.2: Timer J is 0 s), so
+            # there is no transaction state to keep: 32 s of responses is UDP's cost alone.
+            self._dispatch(message, source, lambda response: respond(
+                (bytes(response), reply_address(message, source))))
+            return
         key = transaction_key(message)
         previous = self.transactions.lookup(key)
         if previous is not None:

@@ -52,6 +52,19 @@ async def test_tcp_register_and_keepalive(server):
     phone.close()
 
 
+async def test_tcp_keeps_no_transaction_state_udp_does(server):
+    """Over TCP nothing is retransmitted (Timer J is 0 s): its responses are not kept for 32 s."""
+    tcp = await TcpPhone(server_address(server, "tcp")).open()
+    udp = await UdpPhone(server_address(server)).open()
+    before = len(server.core.transactions)
+    r = await tcp.send(register_bytes(next_aor(), ["<sip:t@10.0.0.1>"], local=tcp.local, transport="TCP"))
+    assert r.status == 200 and len(server.core.transactions) == before
+    assert (await udp.send(register_bytes(next_aor(), [udp.contact], local=udp.local))).status == 200
+    assert len(server.core.transactions) == before + 1
+    tcp.close()
+    udp.close()
+
+
 async def test_tcp_two_messages_in_one_write_answered_in_order(server):
     phone = await TcpPhone(server_address(server, "tcp")).open()
     a, b = next_aor(), next_aor()
