@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from registrar_core.sip import StreamFramer, parse_message  # noqa: E402
+from registrar_core.sip import StreamFramer, build_response, parse_message  # noqa: E402
 
 REGISTER = (
     b"REGISTER sip:example.com SIP/2.0\r\n"
@@ -41,6 +41,17 @@ def _parse_full(data: bytes) -> None:
     _ = request.contacts, request.expires
 
 
+def _answer(data: bytes) -> None:
+    """All the sans-IO work of one REGISTER: parse, stamp the source, read, answer 200 OK."""
+    request = parse_message(data)
+    request.stamp_source("192.0.2.10", 5060)
+    headers = request.headers
+    _ = headers.get("User-Agent"), headers.values("Supported"), headers.values("Path")
+    contact = f"{request.contacts[0]};expires={request.expires}"
+    reply = build_response(request, 200, "OK", [("Contact", contact), ("Server", "bench")], to_tag="b1")
+    bytes(reply)
+
+
 def _frame_and_parse(data: bytes) -> None:
     """A TCP read holding one REGISTER: frame it, then parse it."""
     for message in StreamFramer().feed(data):
@@ -50,6 +61,7 @@ def _frame_and_parse(data: bytes) -> None:
 CASES = {
     "parse_message": parse_message,
     "parse + contacts/expires": _parse_full,
+    "parse + stamp + 200 OK": _answer,
     "frame + parse (TCP)": _frame_and_parse,
 }
 

@@ -114,6 +114,9 @@ def test_header_names_are_case_insensitive_and_lws_before_colon_is_allowed() -> 
 def test_malformed_header_line_is_400() -> None:
     assert sip_error(make("No colon here")).status == 400
     assert sip_error(make("Bad Name: x")).status == 400
+    # A line that is only a known header name (full or compact) has no colon either.
+    for name in ("Via", "i", "User-Agent"):
+        assert sip_error(make(name)).status == 400, name
 
 
 @pytest.mark.parametrize(

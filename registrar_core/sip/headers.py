@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import SipError
-from .uri import URI, Params, format_params, param, parse_host, parse_params, parse_uri
+from .uri import HOSTNAME_PATTERN, URI, Params, format_params, param, parse_host, parse_params, parse_uri
 
 # Compact forms (RFC 3261 §7.3.3 and later RFCs) to full names.
 COMPACT_FORMS = {
@@ -51,7 +51,15 @@ _VIA = re.compile(
     r"(\[[^\]]*\]|[^\s:;\[\]]+)(?:\s*:\s*([^\s;]*))?\s*(?:;(.*))?\Z",
     re.S,
 )
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*+"', re.S)  # quoted-string with quoted-pairs
+# The common Via, ``SIP/2.0/UDP hostname[:port][;params]`` without LWS: the same
+# parts _VIA and parse_host would find, in one match.
+_COMMON_VIA = re.compile(
+    rf"SIP/2\.0/([A-Za-z]+) ({HOSTNAME_PATTERN})(?::([0-9]{{1,5}}))?(?:;(.*))?\Z", re.S
+)
+_QUOTED_STRING = r'"(?:[^"\\]|\\.)*+"'  # with quoted-pairs
+_QUOTED = re.compile(_QUOTED_STRING, re.S)
+# The common name-addr, ``["display"] <uri>[;params]``, LWS only after the display name.
+_NAME_ADDR = re.compile(rf"(?:({_QUOTED_STRING})\s*)?<([^>\s]*)>(?:;(.*))?\Z", re.S)
 _CSEQ = re.compile(rf"([0-9]+)\s+({_TOKEN_CHARS})\Z")
 MAX_CSEQ = 2**32 - 1
 
@@ -116,6 +124,10 @@ class NameAddr:
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one From/To/Contact/Route-style value."""
     text = text.strip()
+    common = _NAME_ADDR.match(text)
+    if common is not None:
+        display, uri_text, params = common.groups()
+        return NameAddr(parse_uri(uri_text), display, () if params is None else parse_params(params))
     if not text:
         raise SipError(400, "Empty address")
     lt = -1
@@ -131,7 +143,7 @@ def parse_name_addr(text: str) -> NameAddr:
             raise SipError(400, "Quoted display name without <URI>")
     else:
         lt = text.find("<")
-        if lt >= 0:
+        if lt > 0:
             display_text = text[:lt].strip()
             if display_text:
                 # An unquoted display name is a sequence of tokens (RFC 3261 §25.1).
@@ -156,12 +168,7 @@ def parse_name_addr(text: str) -> NameAddr:
         bracketed = False
     if rest and not rest.startswith(";"):
         raise SipError(400, "Junk after address")
-    return NameAddr(
-        uri=parse_uri(uri_text),
-        display=display,
-        params=parse_params(rest[1:]) if rest else (),
-        bracketed=bracketed,
-    )
+    return NameAddr(parse_uri(uri_text), display, parse_params(rest[1:]) if rest else (), bracketed)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -195,7 +202,14 @@ class Via:
 
 def parse_via(text: str) -> Via:
     """Parse one Via value; LWS around ``/ : ; =`` is allowed (RFC 3261 §25.1, RFC 4475 wsinv)."""
-    m = _VIA.match(text.strip())
+    text = text.strip()
+    common = _COMMON_VIA.match(text)
+    if common is not None:
+        transport, host, port_text, params = common.groups()
+        port = None if port_text is None else int(port_text)
+        if port is None or port <= 65535:  # else the general path says why not
+            return Via(transport.upper(), host, port, () if params is None else parse_params(params))
+    m = _VIA.match(text)
     if not m or m[1].upper() != "SIP" or m[2] != "2.0":
         raise SipError(400, "Malformed Via")
     _, _, transport, host_text, port_text, params = m.groups()

@@ -43,6 +43,14 @@ _NAMES = {
         "Service-Route", "Flow-Timer", "Accept", "Warning", "P-Registrar-Error",
     )
 } | COMPACT_FORMS
+# The usual spellings of the names above (conventional, lower- and upper-case, compact)
+# -> (canonical name, lookup key): no str.lower() for them; others go through _NAMES.
+_SPELLINGS: dict[str, tuple[str, str]] = {
+    spelling: (_NAMES[spelling.lower()], _NAMES[spelling.lower()].lower())
+    for name in _NAMES
+    for spelling in (name, name.upper(), _NAMES[name])
+}
+_KEYS = {spelling: key for spelling, (_, key) in _SPELLINGS.items()}
 
 
 T = TypeVar("T")
@@ -72,21 +80,13 @@ class cached_property(Generic[T]):  # noqa: N801 - drop-in for functools.cached_
 
 def canonical_name(name: str) -> str:
     """Full, conventionally spelled header name (compact forms expanded)."""
-    return _NAMES.get(name.lower(), name)
-
-
-_KEYS: dict[str, str] = {}
+    known = _SPELLINGS.get(name)
+    return known[0] if known is not None else _NAMES.get(name.lower(), name)
 
 
 def _key(name: str) -> str:
-    """The lookup key of a header name: its full name, lower-cased (memoised: the
-    names asked for are the few the code spells out)."""
-    key = _KEYS.get(name)
-    if key is None:
-        key = canonical_name(name).lower()
-        if len(_KEYS) < 1024:
-            _KEYS[name] = key
-    return key
+    """The lookup key of a header name: its full name, lower-cased."""
+    return _KEYS.get(name) or canonical_name(name).lower()
 
 
 class Headers:
@@ -105,7 +105,7 @@ class Headers:
     @classmethod
     def _canonical(cls, fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
         """Wrap fields whose names are already canonical (the parser's fast path)."""
-        headers = cls()
+        headers = cls.__new__(cls)
         headers._fields = fields
         headers._index = index
         return headers
@@ -131,19 +131,31 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({self._fields!r})"
 
+    def _find(self, name: str) -> list[str] | None:
+        """The field values of ``name``, or None; the index itself, not a copy."""
+        index = self._index if self._index is not None else self._lookup()
+        return index.get(_KEYS.get(name) or _key(name))  # _key() for unusual spellings only
+
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (any spelling or compact form), or None."""
-        values = self._lookup().get(_key(name))
+        index = self._index if self._index is not None else self._lookup()  # _find, inlined
+        values = index.get(_KEYS.get(name) or _key(name))
         return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
         """Every field value of ``name``, as written (not comma-split)."""
-        return list(self._lookup().get(_key(name), ()))
+        values = self._find(name)
+        return list(values) if values else []
 
     def values(self, name: str) -> list[str]:
         """The list elements of ``name`` across all its fields, comma-split."""
+        values = self._find(name)
+        if not values:
+            return []
+        if len(values) == 1:
+            return split_values(values[0])
         out: list[str] = []
-        for value in self._lookup().get(_key(name), ()):
+        for value in values:
             out.extend(split_values(value))
         return out
 
@@ -167,7 +179,8 @@ class Headers:
         for i, (n, _) in enumerate(self._fields):
             if n.lower() == key:
                 self._fields[i] = (n, value)
-                self._index = None
+                if self._index is not None:
+                    self._index[key][0] = value  # the first field of ``key`` is its first value
                 return
 
     def copy(self) -> Headers:
@@ -180,7 +193,7 @@ class _Message:
     body: bytes
 
     def _serialise(self, start_line: str) -> bytes:
-        head = "".join([start_line, "\r\n", *(f"{n}: {v}\r\n" for n, v in self.headers), "\r\n"])
+        head = "\r\n".join([start_line, *[f"{n}: {v}" for n, v in self.headers], "", ""])
         return head.encode("utf-8", "surrogateescape") + self.body
 
     # Parsed views of the headers every SIP message carries; computed once.
@@ -238,22 +251,27 @@ class Request(_Message):
         ``received`` is added when the sent-by is not that address (RFC 3261 §18.2.1);
         an empty ``rport`` gets the source port, and then ``received`` always (RFC 3581 §4).
         """
-        fields = self.headers.get_all("Via")
-        if not fields:
+        first = self.headers.get("Via")
+        if first is None:
             return
         vias = self.vias  # parsed once, at parse time
         via = vias[0]
-        params = list(via.params)
-        fill_rport = any(n.lower() == "rport" and not v for n, v in params)
+        fill_rport = ("rport", None) in via.params or any(  # the usual spelling, else any
+            not v and n.lower() == "rport" for n, v in via.params
+        )
         if not fill_rport and _same_address(via.host, host):
             return
-        if fill_rport:
-            params = [(n, str(port) if n.lower() == "rport" else v) for n, v in params]
-        params = [(n, v) for n, v in params if n.lower() != "received"] + [("received", host)]
+        params: list[tuple[str, str | None]] = []
+        for n, v in via.params:
+            name = n.lower()
+            if name != "received":
+                params.append((n, str(port) if fill_rport and name == "rport" else v))
+        params.append(("received", host))
         stamped = Via(via.transport, via.host, via.port, tuple(params))
-        first = fields[0]
-        rest = split_values(first)[1:] if "," in first else []
-        self.headers.replace_first("Via", ", ".join([str(stamped), *rest]))
+        text = str(stamped)
+        if "," in first:  # other Vias share the field: keep them as written
+            text = ", ".join([text, *split_values(first)[1:]])
+        self.headers.replace_first("Via", text)
         self.__dict__["vias"] = [stamped, *vias[1:]]
 
 
@@ -301,32 +319,48 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
     """Header lines to Headers (canonical names, folded lines joined, RFC 3261 §7.3.1),
     with the lookup index built in the same pass."""
     fields: list[tuple[str, str]] = []
-    for line in lines:
-        if line[:1] in (" ", "\t"):
-            if not fields:
-                raise SipError(400, "Continuation line before any header")
-            name, value = fields[-1]
-            fields[-1] = (name, (value + " " + line.strip(" \t")).strip(" \t"))
-            continue
-        colon = line.find(":")
-        name = line[:colon].rstrip(" \t")
-        known = _NAMES.get(name.lower()) if colon > 0 else None
-        if known is None:
-            if colon <= 0 or not is_token(name):
-                raise SipError(400, "Malformed header line")
-            known = name
-        fields.append((known, line[colon + 1 :].strip(" \t")))
-    if len(fields) > limits.max_headers:
-        raise SipError(400, "Too many headers")
     index: dict[str, list[str]] = {}
-    for n, v in fields:
-        key = n.lower()
+    for line in lines:
+        name, colon, value = line.partition(":")
+        known = _SPELLINGS.get(name) if colon else None
+        if known is None:
+            if line[:1] in (" ", "\t"):
+                _unfold(line, fields, index)
+                continue
+            known = _field_name(line)
+        name, key = known
+        value = value.strip(" \t")
+        fields.append((name, value))
         values = index.get(key)
         if values is None:
-            index[key] = [v]
+            index[key] = [value]
         else:
-            values.append(v)
+            values.append(value)
+    if len(fields) > limits.max_headers:
+        raise SipError(400, "Too many headers")
     return Headers._canonical(fields, index)
+
+
+def _field_name(line: str) -> tuple[str, str]:
+    """(canonical name, lookup key) of a header line not spelled as usual."""
+    colon = line.find(":")
+    name = line[:colon].rstrip(" \t")
+    known = _NAMES.get(name.lower()) if colon > 0 else None
+    if known is None:
+        if colon <= 0 or not is_token(name):
+            raise SipError(400, "Malformed header line")
+        known = name
+    return known, known.lower()
+
+
+def _unfold(line: str, fields: list[tuple[str, str]], index: dict[str, list[str]]) -> None:
+    """Join a continuation line to the field before it, in ``fields`` and ``index``."""
+    if not fields:
+        raise SipError(400, "Continuation line before any header")
+    name, value = fields[-1]
+    value = (value + " " + line.strip(" \t")).strip(" \t")
+    fields[-1] = (name, value)
+    index[name.lower()][-1] = value
 
 
 def content_length(values: list[str]) -> int | None:
@@ -370,7 +404,8 @@ def _parse(data: bytes, limits: Limits) -> Message:
     lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
     if len(lines) > limits.max_headers * 2:
         raise SipError(400, "Too many headers")
-    if max(map(len, lines)) > limits.max_line_length:
+    # A line is never longer than the whole head, so short heads skip the scan.
+    if len(head) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
         raise SipError(400, "Line too long")
     headers = _header_fields(lines[1:], limits)
     length = content_length(headers.get_all("Content-Length"))
@@ -398,7 +433,7 @@ def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
     uri = parse_uri(uri_text)
     if isinstance(uri, SipURI) and uri.headers is not None:
         raise SipError(400, "Headers are not allowed in a Request-URI")  # RFC 3261 §19.1.1
-    request = Request(headers, body, method=method, uri=uri)
+    request = Request(headers, body, method, uri)
     _validate_common(request, headers)
     if request.cseq[1] != method:
         raise SipError(400, "CSeq method does not match the request")
@@ -427,9 +462,10 @@ def _parse_response(start: str, headers: Headers, body: bytes) -> Response:
 
 def _validate_common(message: _Message, headers: Headers) -> None:
     index = headers._lookup()
-    for name in _SINGLE:
-        if len(index.get(name, ())) > 1:
-            raise SipError(400, f"Duplicate {canonical_name(name)}")
+    if len(index) < len(headers):  # some name is repeated
+        for name in _SINGLE:
+            if len(index.get(name, ())) > 1:
+                raise SipError(400, f"Duplicate {canonical_name(name)}")
     if not message.vias:
         raise SipError(400, "Missing Via")
     if not all(index["via"]):
@@ -451,14 +487,17 @@ def build_response(
     ``to_tag`` is added to To unless the request's To already has a tag (or the
     status is 100, which never carries one); Content-Length is always set.
     """
-    fields: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_all("Via")]
-    fields.append(("From", request.headers.get("From") or ""))
-    to = request.headers.get("To") or ""
+    asked = request.headers
+    to = asked.get("To") or ""
     if to_tag and status > 100 and request.to.tag is None:
         to = f"{to};tag={to_tag}"
-    fields.append(("To", to))
-    fields.append(("Call-ID", request.call_id))
-    fields.append(("CSeq", request.headers.get("CSeq") or ""))
-    fields.extend((canonical_name(n), v) for n, v in headers or ())
-    fields.append(("Content-Length", str(len(body))))
-    return Response(Headers._canonical(fields), body, status=status, reason=reason)
+    fields: list[tuple[str, str]] = [
+        *[("Via", v) for v in asked.get_all("Via")],
+        ("From", asked.get("From") or ""),
+        ("To", to),
+        ("Call-ID", request.call_id),
+        ("CSeq", asked.get("CSeq") or ""),
+        *[(canonical_name(n), v) for n, v in headers or ()],
+        ("Content-Length", str(len(body))),
+    ]
+    return Response(Headers._canonical(fields), body, status, reason)

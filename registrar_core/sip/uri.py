@@ -14,7 +14,16 @@ from .errors import SipError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-._]*[A-Za-z0-9])?\.?\Z")
+HOSTNAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9\-._]*[A-Za-z0-9])?\.?"
+_HOSTNAME = re.compile(HOSTNAME_PATTERN + r"\Z")
+# The common shape ``sip[s]:[user@]hostname[:port][;params]`` in one match. Its
+# character classes leave out what the general path treats specially (escapes, a
+# password, a user part with ";" or "?", URI headers, IPv6), so a match parses the
+# same both ways; anything else takes the general path.
+_COMMON_SIP = re.compile(
+    rf'(sips?):(?:([^\x00-\x20\x7f<>"@:;?%]+)@)?({HOSTNAME_PATTERN})(?::([0-9]{{1,5}}))?'
+    r'(?:;([^\x00-\x20\x7f<>"@?%]*))?\Z'
+)
 _ESCAPE_BYTES = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters that may stand unescaped in the user part (RFC 3261 §25.1: unreserved / user-unreserved).
@@ -70,7 +79,7 @@ def parse_params(text: str) -> Params:
 
 
 def format_params(params: Params) -> str:
-    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    return "".join([f";{n}" if v is None else f";{n}={v}" for n, v in params])
 
 
 def param(params: Params, name: str) -> str | None:
@@ -200,6 +209,13 @@ URI = SipURI | AbsoluteURI
 
 def parse_uri(text: str) -> URI:
     """Parse a URI; raises SipError(400) on anything malformed."""
+    common = _COMMON_SIP.match(text)
+    if common is not None:
+        scheme, user, host, port_text, params = common.groups()
+        port = None if port_text is None else int(port_text)
+        if port is None or port <= 65535:  # else the general path says why not
+            parsed = () if params is None else parse_params(params)
+            return SipURI(scheme, host, user, None, port, parsed, None, text)
     if not text or _FORBIDDEN.search(text):
         raise _bad("empty or contains whitespace, controls, quotes or angle brackets")
     scheme, colon, rest = text.partition(":")
