@@ -4,7 +4,7 @@ a retransmitted request gets the same response again and is not processed twice.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import deque
 
 from .sip import Request
 
@@ -26,10 +26,15 @@ def transaction_key(request: Request) -> tuple[str, ...]:
 
 
 class TransactionTable:
-    """Responses of recent transactions, forgotten after Timer J."""
+    """Responses of recent transactions, forgotten Timer J after the request came.
+
+    A plain dict and a queue of deadlines in arrival order: no per-request reordering.
+    Timer J counts from arrival rather than from the response (milliseconds apart).
+    """
 
     def __init__(self, lifetime: float = TIMER_J, clock=time.monotonic) -> None:
-        self._entries: OrderedDict[tuple[str, ...], tuple[float, Reply]] = OrderedDict()
+        self._entries: dict[tuple[str, ...], Reply] = {}
+        self._deadlines: deque[tuple[float, tuple[str, ...]]] = deque()
         self._lifetime = lifetime
         self._clock = clock
 
@@ -38,25 +43,18 @@ class TransactionTable:
 
     def lookup(self, key: tuple[str, ...]) -> Reply | None:
         """None for a new transaction; IN_PROGRESS or the final response for a known one."""
-        entry = self._entries.get(key)
-        return None if entry is None else entry[1]
+        return self._entries.get(key)
 
     def begin(self, key: tuple[str, ...]) -> None:
-        self._purge()
-        self._entries[key] = (self._clock(), IN_PROGRESS)
+        now = self._clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            self._entries.pop(deadlines.popleft()[1], None)
+        self._entries[key] = IN_PROGRESS
+        deadlines.append((now + self._lifetime, key))
 
     def complete(self, key: tuple[str, ...], response: Reply) -> None:
-        self._entries[key] = (self._clock(), response)
-        self._entries.move_to_end(key)
+        self._entries[key] = response
 
     def forget(self, key: tuple[str, ...]) -> None:
         self._entries.pop(key, None)
-
-    def _purge(self) -> None:
-        limit = self._clock() - self._lifetime
-        entries = self._entries
-        while entries:
-            key, (stamp, _) = next(iter(entries.items()))
-            if stamp > limit:
-                break
-            del entries[key]
