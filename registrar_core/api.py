@@ -107,6 +107,7 @@ class RegistrarCore:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
                  memory_only: bool = False) -> None:
         self.config = config
+        self._limits = config.limits  # a property that builds a Limits: once, not per message
         self.events = EventBus(clock)
         self.stats = Stats(started=clock())
         store = None if memory_only else LocationStore(config.db)
@@ -311,7 +312,7 @@ class RegistrarCore:
             respond(None)
             return
         try:
-            message = parse_message(data, self.config.limits)
+            message = parse_message(data, self._limits)
         except SipError as exc:
             self.stats.parse_errors += 1
             salvaged = salvage_reply(data, exc, self.to_tag)
