@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 
 import pytest
 
 from registrar_core import events as ev
+from registrar_core.events import EventBus
+from registrar_core.location import Contact, LocationService
 
 from .conftest import server_address
 from .sipclient import UdpPhone, next_aor, register_bytes
@@ -264,3 +267,27 @@ async def test_storage_failure_gives_500_and_changes_nothing(server, phone):
     assert (await phone.register(aor, contacts=["<sip:b@10.0.0.1>"])).status == 200
     assert server.core.snapshot_stats()["storage_error"] is None
     assert server.core.fetch_contacts(aor).count == 2
+
+
+async def test_refreshes_keep_one_expiry_entry_per_binding_and_expire_on_time():
+    """A refresh that moves a binding's expiry later adds no expiry entry (a busy registrar's
+    heap would grow by one per REGISTER); the binding still expires at its latest time, and a
+    refresh that brings the time earlier is honoured."""
+    now = [1000.0]
+    location = LocationService(None, EventBus(), clock=lambda: now[0])
+    first = Contact(ruid="r1", aor="a@x", addr="sip:a@10.0.0.1", expires=1060.0, callid="c", cseq=1)
+    await location.apply("location", [(first, True)], [])
+    for cseq in range(2, 50):  # refreshed again and again, each time 60 s from now
+        now[0] += 1
+        later = dataclasses.replace(first, cseq=cseq, expires=now[0] + 60)
+        await location.apply("location", [(later, False)], [])
+    assert len(location._heap) == 1
+    now[0] = 1061.0  # the first expiry time: moved on, not expired
+    assert await location.expire_now() == 0 and location.contacts("location", "a@x")
+    now[0] = later.expires
+    assert await location.expire_now() == 1 and not location.contacts("location", "a@x")
+    # An earlier time than the binding had: it expires at that time.
+    await location.apply("location", [(dataclasses.replace(first, expires=now[0] + 600), True)], [])
+    await location.apply("location", [(dataclasses.replace(first, cseq=2, expires=now[0] + 30), False)], [])
+    now[0] += 30
+    assert await location.expire_now() == 1

@@ -240,8 +240,13 @@ class LocationService:
                         aor=contact.aor, ruid=contact.ruid, contact=contact)
 
     def _put(self, table: str, contact: Contact) -> None:
-        self._tables.setdefault(table, {}).setdefault(contact.aor, {})[contact.ruid] = contact
-        heapq.heappush(self._heap, (contact.expires, table, contact.aor, contact.ruid))
+        bindings = self._tables.setdefault(table, {}).setdefault(contact.aor, {})
+        old = bindings.get(contact.ruid)
+        bindings[contact.ruid] = contact
+        # One expiry entry per binding, not one per refresh: when a refresh moves the time
+        # later, the entry stays and expire_now() moves it on when it comes due.
+        if old is None or contact.expires < old.expires:
+            heapq.heappush(self._heap, (contact.expires, table, contact.aor, contact.ruid))
 
     def _drop(self, table: str, contact: Contact) -> None:
         aors = self._tables.get(table, {})
@@ -403,14 +408,20 @@ class LocationService:
     async def expire_now(self) -> int:
         """Remove every binding whose time is up; returns how many went."""
         now = self.clock()
-        due: dict[str, list[tuple[Contact, str]]] = {}
-        while self._heap and self._heap[0][0] <= now:
-            expires, table, aor, ruid = heapq.heappop(self._heap)
+        due: dict[str, dict[str, Contact]] = {}
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, table, aor, ruid = heapq.heappop(heap)
             contact = self._tables.get(table, {}).get(aor, {}).get(ruid)
-            if contact is not None and contact.expires == expires:
-                due.setdefault(table, []).append((contact, REMOVED_EXPIRED))
+            if contact is None:
+                continue
+            if contact.expires <= now:
+                due.setdefault(table, {})[ruid] = contact
+            else:  # refreshed since: due again at its new time
+                heapq.heappush(heap, (contact.expires, table, aor, ruid))
         count = 0
-        for table, removes in due.items():
+        for table, contacts in due.items():
+            removes = [(c, REMOVED_EXPIRED) for c in contacts.values()]
             try:
                 await self.apply(table, [], removes)
             except StorageError:
