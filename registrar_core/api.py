@@ -43,7 +43,7 @@ from .sip import Request, Response, SipError, SipURI, parse_message, parse_uri
 from .source import Source
 from .stateless import salvage_reply
 from .stats import Stats
-from .transactions import IN_PROGRESS, Reply, TransactionTable, transaction_key
+from .transactions import Reply, TransactionTable, transaction_key
 
 log = logging.getLogger(__name__)
 
@@ -338,14 +338,14 @@ class RegistrarCore:
         previous = self.transactions.lookup(key)
         if previous is not None:
             self.stats.retransmissions += 1
-            respond(None if previous is IN_PROGRESS else previous)
+            respond((previous, reply_address(message, source)) if previous else None)
             return
         self.transactions.begin(key)
 
         def answered(response: Response) -> None:
-            out = (bytes(response), reply_address(message, source))
-            self.transactions.complete(key, out)
-            respond(out)
+            payload = bytes(response)
+            self.transactions.complete(key, payload)
+            respond((payload, reply_address(message, source)))
 
         try:
             self._dispatch(message, source, answered)

@@ -10,51 +10,58 @@ from .sip import Request
 
 MAGIC_COOKIE = "z9hG4bK"
 TIMER_J = 32.0  # 64*T1: how long a completed transaction absorbs retransmissions
-Reply = tuple[bytes, tuple[str, int]]  # the response and where it goes
-IN_PROGRESS: Reply = (b"", ("", 0))
+Reply = tuple[bytes, tuple[str, int]]  # a response and where it goes
+IN_PROGRESS = b""  # the table's value while a transaction has no response yet
 
 
-def transaction_key(request: Request) -> tuple[str, ...]:
-    """RFC 3261 §17.2.3 matching; RFC 2543 fallback when the branch lacks the cookie."""
+def transaction_key(request: Request) -> str:
+    """RFC 3261 §17.2.3 matching; RFC 2543 fallback when the branch lacks the cookie.
+
+    One string (its parts hold no spaces), so that the table holds no per-request
+    containers for the garbage collector to walk."""
     via = request.vias[0]
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
     sent_by = f"{via.host}:{via.port or ''}"
     if branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
-        return (branch, sent_by, method)
-    return (request.call_id, str(request.cseq[0]), method, request.from_.tag or "", sent_by, branch)
+        return f"{branch} {sent_by} {method}"
+    return f"{request.call_id} {request.cseq[0]} {method} {request.from_.tag or ''} {sent_by} {branch}"
 
 
 class TransactionTable:
     """Responses of recent transactions, forgotten Timer J after the request came.
 
-    A plain dict and a queue of deadlines in arrival order: no per-request reordering.
-    Timer J counts from arrival rather than from the response (milliseconds apart).
+    Keys are strings and values response bytes (a retransmission carries the same Via,
+    so where the response goes is worked out from it again); deadlines queue in arrival
+    order. Timer J counts from arrival rather than from the response (milliseconds apart).
     """
 
     def __init__(self, lifetime: float = TIMER_J, clock=time.monotonic) -> None:
-        self._entries: dict[tuple[str, ...], Reply] = {}
-        self._deadlines: deque[tuple[float, tuple[str, ...]]] = deque()
+        self._entries: dict[str, bytes] = {}
+        self._deadlines: deque[float] = deque()
+        self._keys: deque[str] = deque()
         self._lifetime = lifetime
         self._clock = clock
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, key: tuple[str, ...]) -> Reply | None:
+    def lookup(self, key: str) -> bytes | None:
         """None for a new transaction; IN_PROGRESS or the final response for a known one."""
         return self._entries.get(key)
 
-    def begin(self, key: tuple[str, ...]) -> None:
+    def begin(self, key: str) -> None:
         now = self._clock()
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            self._entries.pop(deadlines.popleft()[1], None)
+        deadlines, keys = self._deadlines, self._keys
+        while deadlines and deadlines[0] <= now:
+            deadlines.popleft()
+            self._entries.pop(keys.popleft(), None)
         self._entries[key] = IN_PROGRESS
-        deadlines.append((now + self._lifetime, key))
+        deadlines.append(now + self._lifetime)
+        keys.append(key)
 
-    def complete(self, key: tuple[str, ...], response: Reply) -> None:
+    def complete(self, key: str, response: bytes) -> None:
         self._entries[key] = response
 
-    def forget(self, key: tuple[str, ...]) -> None:
+    def forget(self, key: str) -> None:
         self._entries.pop(key, None)
