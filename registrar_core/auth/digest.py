@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 # Preference order: the first is offered first in the challenges (RFC 8760 §2.4).
@@ -67,43 +68,35 @@ def parse_authorization(value: str) -> Credentials | None:
     )
 
 
+# One parameter: ``name = "quoted, with \\" pairs"`` or ``name = token``, after separators.
+_PARAM = re.compile(r'[ \t,]*+([^=]*+)=[ \t]*+(?:"((?:[^"\\]|\\.)*+)"|(?!")([^,]*+))', re.S)
+_SEPARATORS = re.compile(r"[ \t,]*")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+
+
 def _parse_params(text: str) -> dict[str, str]:
     """``a="x, y", b=z`` -> {"a": "x, y", "b": "z"}; quoted-pairs unescaped."""
     params: dict[str, str] = {}
     i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in " \t,":
-            i += 1
-        if i >= n:
-            break
-        eq = text.find("=", i)
-        if eq < 0:
-            raise DigestError("malformed Digest parameters")
-        name = text[i:eq].strip().lower()
-        i = eq + 1
-        while i < n and text[i] in " \t":
-            i += 1
-        if i < n and text[i] == '"':
-            i += 1
-            out = []
-            while i < n and text[i] != '"':
-                if text[i] == "\\" and i + 1 < n:
-                    i += 1
-                out.append(text[i])
-                i += 1
+    while True:
+        param = _PARAM.match(text, i)
+        if param is None:
+            i = _SEPARATORS.match(text, i).end()  # type: ignore[union-attr]
             if i >= n:
-                raise DigestError("unterminated quoted string")
-            value = "".join(out)
-            i += 1
+                return params
+            if "=" not in text[i:]:
+                raise DigestError("malformed Digest parameters")
+            raise DigestError("unterminated quoted string")
+        name, quoted, token = param.groups()
+        name = name.strip().lower()
+        if quoted is None:
+            value = token.strip()
         else:
-            end = text.find(",", i)
-            end = n if end < 0 else end
-            value = text[i:end].strip()
-            i = end
+            value = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
         if name in params:
             raise DigestError(f"duplicate Digest parameter {name}")
         params[name] = value
-    return params
+        i = param.end()
 
 
 def challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False, opaque: str | None = None) -> str:
