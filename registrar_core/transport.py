@@ -114,6 +114,7 @@ class TcpConnection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.in_flight = 0  # messages handed to the core and not answered yet
+        self._unsent: list[bytes] = []  # replies waiting for this loop iteration's write
         self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -193,10 +194,18 @@ class TcpConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if reply is not None:
-            transport.write(reply[0])
+            # Replies finished together (a group commit) go out in one write, not one each.
+            if not self._unsent:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._unsent.append(reply[0])
         if self._reading_paused and self.in_flight <= MAX_QUEUED_PER_CONNECTION // 2:
             self._reading_paused = False
             transport.resume_reading()
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(unsent))
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
