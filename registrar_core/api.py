@@ -328,24 +328,24 @@ class RegistrarCore:
             respond(None)
             return
         message.stamp_source(source.ip, source.port)
+        address = reply_address(message, source)  # taken now: the request need not outlive dispatch
         if source.proto != "udp":
             # A reliable transport never retransmits (RFC 3261 §17.2.2: Timer J is 0 s), so
             # there is no transaction state to keep: 32 s of responses is UDP's cost alone.
-            self._dispatch(message, source, lambda response: respond(
-                (bytes(response), reply_address(message, source))))
+            self._dispatch(message, source, lambda response: respond((bytes(response), address)))
             return
         key = transaction_key(message)
         previous = self.transactions.lookup(key)
         if previous is not None:
             self.stats.retransmissions += 1
-            respond((previous, reply_address(message, source)) if previous else None)
+            respond((previous, address) if previous else None)
             return
         self.transactions.begin(key)
 
         def answered(response: Response) -> None:
             payload = bytes(response)
             self.transactions.complete(key, payload)
-            respond((payload, reply_address(message, source)))
+            respond((payload, address))
 
         try:
             self._dispatch(message, source, answered)
@@ -397,30 +397,44 @@ class RegistrarCore:
     def _dispatch(self, request: Request, source: Source, done: Callable[[Response], None]) -> None:
         method = request.method
         self.stats.requests[method] += 1
+        # What the request.handled event tells, taken now (a REGISTER's request is let go
+        # while its commit is on); nothing when nobody listens.
+        note = _Note.of(request, source) if self.events.active else None
         if method != "REGISTER":
-            self._answered(request, source, answer(self, request, source, DEFAULT_TABLE), done)
+            self._answered(method, note, answer(self, request, source, DEFAULT_TABLE), done)
             return
         refusal = self._authenticate(request, source)
         if refusal is not None:
             response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
-            self._answered(request, source, response, done)
+            self._answered(method, note, response, done)
             return
         self.registrar.save(DEFAULT_TABLE, request, 0, source,
-                            lambda response: self._answered(request, source, response, done))
+                            lambda response: self._answered(method, note, response, done))
 
-    def _answered(self, request: Request, source: Source, response: Response,
+    def _answered(self, method: str, note: _Note | None, response: Response,
                   done: Callable[[Response], None]) -> None:
         """Count and publish a request's outcome, then hand its response on."""
-        method = request.method
         if method == "REGISTER":
             self.stats.count_register(response.status == 200, self.location.clock())
         self.stats.responses[str(response.status)] += 1
-        if self.events.active:
-            aor = (request.to.uri if method == "REGISTER" else request.uri).aor
-            self.events.publish(ev.REQUEST_HANDLED, method=method, aor=aor, source=source.address,
-                                status=response.status, reason=response.reason,
-                                user_agent=request.headers.get("User-Agent") or "")
+        if note is not None:
+            self.events.publish(ev.REQUEST_HANDLED, method=method, aor=note.aor, source=note.source,
+                                status=response.status, reason=response.reason, user_agent=note.user_agent)
         done(response)
+
+
+@dataclass(frozen=True, slots=True)
+class _Note:
+    """The request side of a request.handled event."""
+
+    aor: str
+    source: str
+    user_agent: str
+
+    @classmethod
+    def of(cls, request: Request, source: Source) -> _Note:
+        uri = request.to.uri if request.method == "REGISTER" else request.uri
+        return cls(uri.aor, source.address, request.headers.get("User-Agent") or "")
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

@@ -20,12 +20,13 @@ from .location import (
     StorageError,
 )
 from .location.service import REMOVED_REPLACED, REMOVED_UNREGISTERED
-from .sip import NameAddr, Request, Response, SipError, SipURI, build_response
+from .sip import NameAddr, Request, Response, SipError, SipURI, build_response, response_from, response_head
 from .sip.headers import is_digits, parse_delta
 from .sip.uri import format_params
 from .source import Source
 
 SUPPORTED = ("path", "outbound")
+_SUPPORTED_VALUE = ", ".join(SUPPORTED)
 POLICY_SINGLE_CONTACT = "single_contact"
 GLOBAL = ""  # the AOR key of table-wide policy values
 
@@ -74,6 +75,33 @@ class RegisterRejected(Exception):
 
 def reply(request: Request, status: int, reason: str, headers: list[tuple[str, str]], to_tag: str) -> Response:
     return build_response(request, status, reason, [*headers, ("Server", "sipconsole")], to_tag=to_tag)
+
+
+@dataclass(slots=True)
+class _Replies:
+    """What the replies to one REGISTER need, taken from it before its commit: while the
+    commit is on, hundreds of requests wait, and each holds these strings, not its message."""
+
+    head: list[tuple[str, str]]  # Via, From, To with our tag, Call-ID, CSeq
+    paths: list[str]  # echoed when the UA supports path (RFC 3327)
+    outbound: bool  # the UA supports outbound (RFC 5626)
+
+    @classmethod
+    def to(cls, request: Request, to_tag: str) -> _Replies:
+        supported = _supported(request)
+        paths = request.headers.values("Path") if "path" in supported else []
+        return cls(response_head(request, to_tag), paths, "outbound" in supported)
+
+    def ok(self, bindings: list[Contact], now: float) -> Response:
+        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings]
+        headers += [("Path", p) for p in self.paths]
+        if self.outbound and any(c.regid for c in bindings):
+            headers.append(("Require", "outbound"))
+        headers += [("Supported", _SUPPORTED_VALUE), ("Date", http_date(int(now))), ("Server", "sipconsole")]
+        return response_from(self.head, 200, "OK", headers)
+
+    def failed(self, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:
+        return response_from(self.head, status, reason, [*headers, ("Server", "sipconsole")])
 
 
 def format_binding(contact: Contact, now: float) -> str:
@@ -136,6 +164,7 @@ class Registrar:
         now = self.location.clock()
         try:
             puts, removes = self._changes(table, aor, request, flags, source, now)
+            replies = _Replies.to(request, self.to_tag)
         except (RegisterRejected, SipError) as exc:
             locks.release(key)
             done(self._refusal(request, exc))
@@ -147,10 +176,10 @@ class Registrar:
         def committed(error: StorageError | None) -> None:
             try:
                 if error is None:
-                    response = self._ok(request, self.location.contacts(table, aor, now), now)
+                    response = replies.ok(self.location.contacts(table, aor, now), now)
                 else:
-                    response = self._refusal(request, RegisterRejected(
-                        500, "Server Internal Error", "Location table could not be saved", [("Retry-After", "5")]))
+                    response = replies.failed(500, "Server Internal Error", [
+                        ("P-Registrar-Error", "Location table could not be saved"), ("Retry-After", "5")])
             finally:
                 locks.release(key)
             done(response)
@@ -256,17 +285,6 @@ class Registrar:
             status = self.config.max_contacts_status
             reason = "Service Unavailable" if status == 503 else "Forbidden"
             raise RegisterRejected(status, reason, f"Too many registered contacts (max {limit})")
-
-    def _ok(self, request: Request, bindings: list[Contact], now: float) -> Response:
-        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings]
-        supported = _supported(request)
-        if "path" in supported:
-            headers += [("Path", p) for p in request.headers.values("Path")]
-        if "outbound" in supported and any(c.regid for c in bindings):
-            headers.append(("Require", "outbound"))
-        headers.append(("Supported", ", ".join(SUPPORTED)))
-        headers.append(("Date", http_date(int(now))))
-        return reply(request, 200, "OK", headers, self.to_tag)
 
 
 def _supported(request: Request) -> set[str]:

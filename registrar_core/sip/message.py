@@ -473,6 +473,38 @@ def _validate_common(message: _Message, headers: Headers) -> None:
     _ = message.from_, message.to, message.call_id, message.cseq
 
 
+def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str, str]]:
+    """The fields every response to ``request`` copies from it (RFC 3261 §8.2.6): Via, From,
+    To (with ``to_tag`` added unless it has a tag already), Call-ID and CSeq.
+
+    Kept apart from the request, they let a response be built once the request is gone
+    (a REGISTER waiting for its group commit holds these few strings, not the message).
+    """
+    asked = request.headers
+    to = asked.get("To") or ""
+    if to_tag and request.to.tag is None:
+        to = f"{to};tag={to_tag}"
+    return [
+        *[("Via", v) for v in asked.get_all("Via")],
+        ("From", asked.get("From") or ""),
+        ("To", to),
+        ("Call-ID", request.call_id),
+        ("CSeq", asked.get("CSeq") or ""),
+    ]
+
+
+def response_from(
+    head: list[tuple[str, str]],
+    status: int,
+    reason: str,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> Response:
+    """A response made of a :func:`response_head`, ``headers`` and Content-Length."""
+    fields = [*head, *[(canonical_name(n), v) for n, v in headers or ()], ("Content-Length", str(len(body)))]
+    return Response(Headers._canonical(fields), body, status, reason)
+
+
 def build_response(
     request: Request,
     status: int,
@@ -487,17 +519,4 @@ def build_response(
     ``to_tag`` is added to To unless the request's To already has a tag (or the
     status is 100, which never carries one); Content-Length is always set.
     """
-    asked = request.headers
-    to = asked.get("To") or ""
-    if to_tag and status > 100 and request.to.tag is None:
-        to = f"{to};tag={to_tag}"
-    fields: list[tuple[str, str]] = [
-        *[("Via", v) for v in asked.get_all("Via")],
-        ("From", asked.get("From") or ""),
-        ("To", to),
-        ("Call-ID", request.call_id),
-        ("CSeq", asked.get("CSeq") or ""),
-        *[(canonical_name(n), v) for n, v in headers or ()],
-        ("Content-Length", str(len(body))),
-    ]
-    return Response(Headers._canonical(fields), body, status, reason)
+    return response_from(response_head(request, to_tag if status > 100 else None), status, reason, headers, body)
