@@ -91,12 +91,12 @@ def _chunks(count: int) -> list[tuple[int, int]]:
     return out
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # rows <= MAX_CHUNK
 def _upsert_sql(rows: int) -> str:
     return f"INSERT INTO contacts ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # rows <= MAX_CHUNK
 def _delete_sql(rows: int) -> str:
     return "DELETE FROM contacts WHERE ruid IN (" + ",".join("?" * rows) + ")"
 
@@ -155,6 +155,11 @@ class Batch:
     subscribers: list[tuple[str, str, tuple[str, str, str] | None]] = field(default_factory=list)
 
 
+def _values(puts: list[tuple[str, Contact]]) -> list[object]:
+    """The parameters of an upsert of ``puts``, row after row."""
+    return [value for table, contact in puts for value in _row(table, contact)]
+
+
 def _row(table: str, c: Contact) -> tuple[object, ...]:
     return (
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
@@ -202,7 +207,8 @@ class LocationStore:
 
     async def _connect(self, target: str, *, uri: bool) -> None:
         try:
-            db = await aiosqlite.connect(target, isolation_level=None, uri=uri)
+            db = await aiosqlite.connect(target, isolation_level=None, uri=uri,
+                                         cached_statements=MAX_CHUNK + 64)  # an upsert per batch size
         except Exception as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
         self._db = db
@@ -336,34 +342,43 @@ class LocationStore:
         """Apply one batch in one transaction; all or nothing."""
         db = await self._writable()
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                deletes = batch.deletes
-                for start, size in _chunks(len(deletes)):
-                    await db.execute(_delete_sql(size), deletes[start:start + size])
-                puts = batch.puts
-                for start, size in _chunks(len(puts)):
-                    await db.execute(_upsert_sql(size), [
-                        value for t, c in puts[start:start + size] for value in _row(t, c)])
-                if batch.policies:
-                    await self._write_policies(db, batch.policies)
-                for username, domain, ha1s in batch.subscribers:
-                    if ha1s is None:
-                        await db.execute("DELETE FROM subscribers WHERE username=? AND domain=?",
-                                         (username, domain))
-                    else:
-                        await db.execute("INSERT OR REPLACE INTO subscribers VALUES (?,?,?,?,?)",
-                                         (username, domain, *ha1s))
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
+            puts = batch.puts
+            if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
+                # The usual group commit: one statement, its own transaction. One round trip
+                # to the database thread, not one each for BEGIN, the rows and COMMIT: each
+                # waits for a busy event loop to take its result (about a loop iteration).
+                await db.execute(_upsert_sql(len(puts)), _values(puts))
+            else:
+                await self._write_transaction(db, batch)
             self._check_identity()
         except StorageError:
             raise
         except Exception as exc:
             raise await self._failed(db, exc) from exc
+
+    async def _write_transaction(self, db: aiosqlite.Connection, batch: Batch) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            deletes = batch.deletes
+            for start, size in _chunks(len(deletes)):
+                await db.execute(_delete_sql(size), deletes[start:start + size])
+            puts = batch.puts
+            for start, size in _chunks(len(puts)):
+                await db.execute(_upsert_sql(size), _values(puts[start:start + size]))
+            if batch.policies:
+                await self._write_policies(db, batch.policies)
+            for username, domain, ha1s in batch.subscribers:
+                if ha1s is None:
+                    await db.execute("DELETE FROM subscribers WHERE username=? AND domain=?",
+                                     (username, domain))
+                else:
+                    await db.execute("INSERT OR REPLACE INTO subscribers VALUES (?,?,?,?,?)",
+                                     (username, domain, *ha1s))
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
 
     async def probe(self) -> None:
         """One real write that changes nothing (a page goes to the WAL): is storage usable?"""
