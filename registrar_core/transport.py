@@ -9,7 +9,7 @@ import resource
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from .config import Listen
@@ -32,6 +32,9 @@ DEFAULT_TCP_READ_TIMEOUT = 20.0
 # down): memory per connection stays bounded. 256 lets one connection carry about 50,000
 # REGISTER/s at a 5 ms commit; 64 capped it near 13,000.
 MAX_IN_FLIGHT_PER_CONNECTION = 256
+# Messages of one connection handed to the core per event-loop turn: a client pipelining
+# thousands in one read cannot hold the loop (other clients, group commits wait meanwhile).
+MESSAGES_PER_TURN = 32
 # Datagrams being handled at once; more are dropped (UDP is lossy, senders retransmit):
 # a flood during a storage stall cannot pile up requests without bound.
 MAX_UDP_IN_FLIGHT = 5_000
@@ -98,8 +101,8 @@ class TcpConnection(asyncio.Protocol):
     connection that never delivered a message makes room), an idle timeout, a read
     timeout per message (slowloris), and a bound on messages being handled at once,
     with reading paused while it is reached (a pipelining flood waits in the kernel).
-    Messages are handed to the core as they arrive (the core keeps one AOR's requests
-    in order); replies go out as they are ready.
+    Messages are handed to the core as they arrive, a share per event-loop turn (the core
+    keeps one AOR's requests in order); replies go out as they are ready.
     """
 
     def __init__(self, owner: Transports) -> None:
@@ -116,6 +119,8 @@ class TcpConnection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.in_flight = 0  # messages handed to the core and not answered yet
+        self._backlog: deque[bytes] = deque()  # framed, not yet handed to the core
+        self._drain_scheduled = False
         self._unsent: list[bytes] = []  # replies waiting for this loop iteration's write
         self._reading_paused = False
         self._writing_paused = False  # our replies are not being read: take no new requests
@@ -181,14 +186,33 @@ class TcpConnection(asyncio.Protocol):
                 self._disarm_deadline()
             if self.framer.buffered:
                 self._arm_deadline()
-        for message in messages:
+        self._backlog.extend(messages)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Hand framed messages to the core: a turn's share, while the in-flight bound allows."""
+        self._drain_scheduled = False
+        transport, backlog = self.transport, self._backlog
+        if transport is None or transport.is_closing():
+            backlog.clear()
+            return
+        for _ in range(MESSAGES_PER_TURN):
+            if not backlog or self.in_flight >= MAX_IN_FLIGHT_PER_CONNECTION:
+                break
+            message = backlog.popleft()
             if message == KEEPALIVE:
-                self.transport.write(b"\r\n")  # type: ignore[union-attr]
+                transport.write(b"\r\n")
                 continue
             self.in_flight += 1
             self.receive(message, self.source, self._respond)  # type: ignore[arg-type]
-        if self.in_flight >= MAX_IN_FLIGHT_PER_CONNECTION:
-            self._pace_reading()
+        if backlog and self.in_flight < MAX_IN_FLIGHT_PER_CONNECTION:
+            self._schedule_drain()
+        self._pace_reading()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
 
     def _respond(self, reply: Reply | None) -> None:
         self.in_flight -= 1
@@ -201,16 +225,20 @@ class TcpConnection(asyncio.Protocol):
                 asyncio.get_running_loop().call_soon(self._flush)
             self._unsent.append(reply[0])
         if self._reading_paused and self.in_flight <= MAX_IN_FLIGHT_PER_CONNECTION // 2:
-            self._pace_reading()
+            if self._backlog:
+                self._schedule_drain()
+            else:
+                self._pace_reading()
 
     def _pace_reading(self) -> None:
-        """Read while fewer than the maximum requests are in flight and replies are taken."""
+        """Read while the backlog is handed over, fewer than the maximum requests are in
+        flight, and our replies are taken."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         busy = self.in_flight >= MAX_IN_FLIGHT_PER_CONNECTION or (
             self._reading_paused and self.in_flight > MAX_IN_FLIGHT_PER_CONNECTION // 2)
-        pause = busy or self._writing_paused
+        pause = busy or self._writing_paused or bool(self._backlog)
         if pause and not self._reading_paused:
             transport.pause_reading()
         elif not pause and self._reading_paused:
