@@ -324,7 +324,7 @@ class RegistrarCore:
             respond(None)
             return
         if message.method == "ACK" or (
-                self.config.drop_scanners and self._is_scanner(message, source)):
+                self.config.drop_scanners and self._dropped_as_scanner(message, source)):
             respond(None)
             return
         message.stamp_source(source.ip, source.port)
@@ -382,7 +382,7 @@ class RegistrarCore:
         sipsec(event, source.ip, source.port, user)
         self.events.publish(ev.SECURITY, event=event, ip=source.ip, port=source.port, user=user)
 
-    def _is_scanner(self, request: Request, source: Source) -> bool:
+    def _dropped_as_scanner(self, request: Request, source: Source) -> bool:
         """A scanner's User-Agent: drop silently, and say so once per address (they send thousands)."""
         user_agent = request.headers.get("User-Agent")
         if not is_scanner(user_agent):
