@@ -229,7 +229,7 @@ class ControlServer:
             while line := await reader.readline():
                 reply, subscribe = await self._one(line)
                 if reply is not None:
-                    writer.write(json.dumps(reply, default=str).encode() + b"\n")
+                    writer.write(_line(reply))
                     await writer.drain()
                 if subscribe and pump is None:
                     pump = asyncio.create_task(self._pump(writer))
@@ -271,14 +271,22 @@ class ControlServer:
         try:
             while True:
                 events = [await sub.get(), *sub.drain()]
-                for event in events:
-                    note = {"jsonrpc": "2.0", "method": "event", "params": event.to_dict()}
-                    writer.write(json.dumps(note, default=str).encode() + b"\n")
+                # One write for what queued meanwhile, not one (and a send) per event.
+                writer.write(b"".join([_line({"jsonrpc": "2.0", "method": "event", "params": e.to_dict()})
+                                       for e in events]))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             sub.close()
+
+
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))  # made once, not per message
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    """One JSON-RPC message on the wire: compact JSON and a newline."""
+    return (_ENCODER.encode(message) + "\n").encode()
 
 
 async def _answers(path: Path) -> bool:
