@@ -73,8 +73,11 @@ class RegisterRejected(Exception):
         self.headers = [("P-Registrar-Error", explanation), *(headers or ())]
 
 
+SERVER = ("Server", "sipconsole")
+
+
 def reply(request: Request, status: int, reason: str, headers: list[tuple[str, str]], to_tag: str) -> Response:
-    return build_response(request, status, reason, [*headers, ("Server", "sipconsole")], to_tag=to_tag)
+    return build_response(request, status, reason, [*headers, SERVER], to_tag=to_tag)
 
 
 @dataclass(slots=True)
@@ -97,11 +100,11 @@ class _Replies:
         headers += [("Path", p) for p in self.paths]
         if self.outbound and any(c.regid for c in bindings):
             headers.append(("Require", "outbound"))
-        headers += [("Supported", _SUPPORTED_VALUE), ("Date", http_date(int(now))), ("Server", "sipconsole")]
+        headers += [("Supported", _SUPPORTED_VALUE), ("Date", http_date(int(now))), SERVER]
         return response_from(self.head, 200, "OK", headers)
 
     def failed(self, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:
-        return response_from(self.head, status, reason, [*headers, ("Server", "sipconsole")])
+        return response_from(self.head, status, reason, [*headers, SERVER])
 
 
 def format_binding(contact: Contact, now: float) -> str:

@@ -40,7 +40,7 @@ class _Pending(NamedTuple):
     table: str
     puts: list[tuple[Contact, bool]]
     removes: list[tuple[Contact, str]]
-    batch: Batch | None  # anything else to commit with it (policies, subscribers)
+    batch: Batch | None  # policy and subscriber changes committed with it
     done: Done
 
 
@@ -182,8 +182,7 @@ class LocationService:
 
     async def set_policy(self, table: str, aor: str, name: str, value: str | None) -> None:
         """Persist one policy value (None deletes it), then apply it."""
-        if self.store is not None:
-            await self._commit(Batch(policies=[(table, aor, name, value)]))
+        await self.commit(Batch(policies=[(table, aor, name, value)]))
         if value is None:
             self._policies.pop((table, aor, name), None)
         else:
@@ -262,11 +261,13 @@ class LocationService:
                 del self._emptied[next(iter(self._emptied))]
 
     async def commit(self, batch: Batch) -> None:
-        """Make ``batch`` durable with the next group commit (no-op without a store)."""
-        if self.store is not None:
-            await self._commit(batch)
+        """Make policy and subscriber changes durable with the next group commit (no-op
+        without a store). Contact changes go through :meth:`submit`, which also applies them."""
+        if batch.puts or batch.deletes:
+            raise ValueError("contact changes go through submit() or apply()")
+        if self.store is None:
+            return
 
-    async def _commit(self, batch: Batch) -> None:
         def queue(done: Done) -> None:
             self._pending.append(_Pending("", [], [], batch, done))
             self._wake.set()
@@ -445,11 +446,7 @@ def _merge(changes: list[_Pending]) -> Batch:
             final[contact.ruid] = None
         for contact, _ in change.puts:
             final[contact.ruid] = (table, contact)
-        if change.batch is not None:
-            for ruid in change.batch.deletes:
-                final[ruid] = None
-            for table_contact in change.batch.puts:
-                final[table_contact[1].ruid] = table_contact
+        if change.batch is not None:  # policies and subscribers only (see commit())
             merged.policies += change.batch.policies
             merged.subscribers += change.batch.subscribers
     for ruid, value in final.items():
