@@ -405,7 +405,7 @@ class QualifyService:
             return
         self._states[entry.state] -= 1
         probe = entry.probe
-        if probe is _RESOLVING or (isinstance(probe, _Probe) and self._probes.pop(probe.call_id, None)):
+        if probe is _RESOLVING or (isinstance(probe, _Probe) and self._probes.pop(probe.call_id, None) is not None):
             self._inflight -= 1
             self._wake.set()
         entry.probe = None

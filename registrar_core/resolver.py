@@ -233,10 +233,13 @@ class Resolver:
         text = str(uri) if isinstance(uri, SipURI) else uri
         if not isinstance(uri, SipURI):
             try:
-                uri = parse_uri(uri.strip().strip("<>"))
+                parsed = parse_uri(uri.strip().strip("<>"))
             except SipError as exc:
                 return Resolution(text, state=ERROR, reason=exc.reason)
-        if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
+            if not isinstance(parsed, SipURI):
+                return Resolution(text, state=ERROR, reason="not a sip or sips URI")
+            uri = parsed
+        if uri.scheme not in ("sip", "sips"):
             return Resolution(text, state=ERROR, reason="not a sip or sips URI")
         allowed = tuple(t for t in TRANSPORTS if t in set(transports or TRANSPORTS))
         secure = uri.scheme == "sips"
@@ -282,7 +285,7 @@ class Resolver:
         )
         failure = (NO_RECORDS, f"no usable SRV for {host}")
         if usable:
-            targets: list[Target] = []
+            targets = []
             for _order, _pref, t, replacement in usable:
                 found, why = await self._srv(replacement, t, cache_only)
                 targets += found
@@ -385,7 +388,7 @@ class Resolver:
         if task is None:
             task = asyncio.ensure_future(self._fetch(key))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
     async def _fetch(self, key: tuple[str, str]) -> _Answer:
@@ -431,7 +434,7 @@ def _min_ttl(answer: dns.resolver.Answer) -> int:
     chaining = getattr(answer, "chaining_result", None)
     if chaining is not None:
         return chaining.minimum_ttl
-    return answer.rrset.ttl  # pragma: no cover - older dnspython
+    return answer.rrset.ttl if answer.rrset is not None else 0  # pragma: no cover - older dnspython
 
 
 def _soa_ttl(responses: Iterable) -> float | None:

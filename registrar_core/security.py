@@ -68,4 +68,4 @@ class IpGuard:
 
 
 def is_scanner(user_agent: str | None) -> bool:
-    return bool(user_agent) and bool(SCANNER_AGENTS.search(user_agent))
+    return bool(user_agent and SCANNER_AGENTS.search(user_agent))

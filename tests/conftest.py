@@ -16,6 +16,17 @@ from .processes import ServeProcess
 from .sipclient import free_port
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a compiled hot path older than its source (setup.py builds it in place):
+    an edit to a compiled module takes effect only after the next ``pip install -e .``."""
+    root = Path(__file__).resolve().parent.parent / "registrar_core"
+    for compiled in root.rglob("*.so"):
+        source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            pytest.exit(f"{source.relative_to(root.parent)} is newer than its compiled module: "
+                        "rebuild with `python3 -m pip install -e .` (or delete the .so files)", returncode=4)
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A short temporary directory (Unix socket paths are limited to ~107 bytes)."""

@@ -4,6 +4,7 @@ keys remove bindings and flip policy, and the core confirms."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -623,7 +624,8 @@ async def test_storage_fault_is_highlighted_in_the_header(server):
 async def test_lost_events_reload_the_table(make_server, monkeypatch):
     srv = await make_server()
     core = srv.core
-    monkeypatch.setattr(core, "subscribe", lambda maxsize=10_000: core.events.subscribe(3))  # overflows soon
+    small = functools.partial(core.events.subscribe, 3)  # overflows soon
+    monkeypatch.setattr(core.events, "subscribe", lambda maxsize=10_000: small())
     aor, kept = next_aor("lost"), next_aor("kept")
     devices = await phones(srv, 7)
     for phone in devices[:6]:

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import registrar_core.registrar
 from console.app import SipConsole
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
@@ -112,12 +111,12 @@ def fixed_world(monkeypatch) -> Iterator[tuple[RegistrarCore, Clock]]:
     """A memory-only core on a fixed clock (its events carry that clock too), counted ruids, UTC."""
     clock = Clock(NOW - 600)
     ruids = itertools.count(0xA11CE)
-    monkeypatch.setattr(registrar_core.registrar, "new_ruid", lambda: f"uloc-{next(ruids):016x}")
     old_tz = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
     time.tzset()
     core = RegistrarCore(build_config({"auth": False, "ip_budget": IP_BUDGET, "db": "/nonexistent/location.db"}),
                          clock=clock, memory_only=True)
+    core.registrar.new_ruid = lambda: f"uloc-{next(ruids):016x}"
     core.listening += [SOCKET, "tcp:198.51.100.7:5060"]
     yield core, clock
     if old_tz is None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 # Kamailio's save() flags.
 SAVE_MEMORY_ONLY = 0x01
@@ -58,7 +60,7 @@ class Contact:
         """Identity used to match a REGISTER's contact with this binding (RFC 5626 §6)."""
         return (self.instance, self.regid) if self.instance else self.addr
 
-    def updated(self, **changes: object) -> Contact:
+    def updated(self, **changes: Any) -> Contact:
         return replace(self, **changes)
 
     def to_dict(self, now: float | None = None) -> dict[str, object]:
@@ -77,7 +79,7 @@ class Contact:
     def from_dict(cls, data: dict[str, object]) -> Contact:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["expires"] = data.get("expires_at", data["expires"])
-        fields["path"] = tuple(data.get("path") or ())
+        fields["path"] = tuple(cast("Iterable[str]", data.get("path") or ()))
         return cls(**fields)  # type: ignore[arg-type]
 
 

@@ -273,7 +273,8 @@ class LocationStore:
     async def _migrate(self) -> None:
         db = self._require()
         async with db.execute("PRAGMA user_version") as cur:
-            version = (await cur.fetchone())[0]
+            row = await cur.fetchone()
+        version = row[0] if row else 0
         if version > SCHEMA_VERSION:
             raise StorageError(
                 f"database {self.path} has schema {version}, newer than this release ({SCHEMA_VERSION})"

@@ -131,7 +131,7 @@ def parse_name_addr(text: str) -> NameAddr:
     if not text:
         raise SipError(400, "Empty address")
     lt = -1
-    display: str | None = None
+    display = None
     if text.startswith('"'):
         quoted = _QUOTED.match(text)
         if not quoted:

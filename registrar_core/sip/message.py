@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from .errors import SipError
 from .headers import (
     COMPACT_FORMS,
@@ -65,8 +67,8 @@ class cached_property(Generic[T]):  # noqa: N801 - drop-in for functools.cached_
 
     def __init__(self, func: Callable[[Any], T]) -> None:
         self.func = func
-        self.name = func.__name__
-        self.__doc__ = func.__doc__
+        self.name = getattr(func, "__name__", "")  # compiled (mypyc) methods have none:
+        self.__doc__ = getattr(func, "__doc__", None)  # __set_name__ gives it
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -105,7 +107,7 @@ class Headers:
     @classmethod
     def _canonical(cls, fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
         """Wrap fields whose names are already canonical (the parser's fast path)."""
-        headers = cls.__new__(cls)
+        headers = cls()  # not cls.__new__(cls): mypyc cannot compile that
         headers._fields = fields
         headers._index = index
         return headers
@@ -187,6 +189,7 @@ class Headers:
         return Headers._canonical(list(self._fields))
 
 
+@mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
 @dataclass(eq=True)
 class _Message:
     headers: Headers
@@ -236,6 +239,7 @@ class _Message:
         return [parse_name_addr(v) for v in values]
 
 
+@mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
 @dataclass(eq=True)
 class Request(_Message):
     method: str = "OPTIONS"
@@ -285,6 +289,7 @@ def _same_address(sent_by: str, source: str) -> bool:
         return False  # a host name: RFC 3261 §18.2.1 always adds received
 
 
+@mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
 @dataclass(eq=True)
 class Response(_Message):
     status: int = 200

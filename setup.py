@@ -1,0 +1,45 @@
+"""Build hook: compile the REGISTER hot path with mypyc; pure Python when that cannot be done.
+
+The modules below carry every REGISTER (parse, registrar logic, location service, reply):
+compiled, a REGISTER costs about half the CPU (bench/README.md). Everything else, and the
+whole package when SIPCONSOLE_PURE_PYTHON=1 is set or no C compiler works, stays Python
+and behaves the same. ``registrar_core.BUILD`` says which one is running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+
+HOT_PATH = [
+    "registrar_core/sip/errors.py",
+    "registrar_core/sip/limits.py",
+    "registrar_core/sip/uri.py",
+    "registrar_core/sip/headers.py",
+    "registrar_core/sip/message.py",
+    "registrar_core/sip/framing.py",
+    "registrar_core/transactions.py",
+    "registrar_core/location/contact.py",
+    "registrar_core/location/service.py",
+    "registrar_core/registrar.py",
+    "registrar_core/api.py",
+]
+
+
+def ext_modules() -> list:
+    if os.environ.get("SIPCONSOLE_PURE_PYTHON") == "1":
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("sipconsole: mypyc is not available, installing pure Python", file=sys.stderr)
+        return []
+    extensions = mypycify(HOT_PATH, opt_level="3", debug_level="0")
+    for extension in extensions:
+        extension.optional = True  # no working compiler: the pure-Python modules serve
+    return extensions
+
+
+setup(ext_modules=ext_modules())
