@@ -13,6 +13,8 @@ import sys
 
 from setuptools import setup
 
+# What every request passes through. Not here: the transports (asyncio protocol subclasses),
+# the event bus (busy only while a console is attached), the control socket, the console.
 HOT_PATH = [
     "registrar_core/sip/errors.py",
     "registrar_core/sip/limits.py",
@@ -21,6 +23,14 @@ HOT_PATH = [
     "registrar_core/sip/message.py",
     "registrar_core/sip/framing.py",
     "registrar_core/transactions.py",
+    "registrar_core/source.py",
+    "registrar_core/stats.py",
+    "registrar_core/security.py",
+    "registrar_core/stateless.py",
+    "registrar_core/redirect.py",
+    "registrar_core/auth/digest.py",
+    "registrar_core/auth/nonce.py",
+    "registrar_core/auth/authenticator.py",
     "registrar_core/location/contact.py",
     "registrar_core/location/service.py",
     "registrar_core/registrar.py",

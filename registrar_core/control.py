@@ -334,7 +334,7 @@ class ControlClient:
                 if message.get("method") == "event":
                     self._queue_event(message["params"])
                     continue
-                fut = self._waiting.pop(message.get("id"), None)
+                fut = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]  # a reply without an id matches nothing
                 if fut is not None and not fut.done():
                     fut.set_result(message)
         except (ConnectionError, ValueError, asyncio.CancelledError):
