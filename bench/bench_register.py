@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return profile(args, (sipp_core, server_core))
     work = Path(tempfile.mkdtemp(prefix="sipconsole-bench-"))
-    notes = [core_note]
+    notes = [core_note, f"sipconsole hot path: {machine['sipconsole_build']}"]
     if args.nice:
         notes.append(f"server and sipp run at nice {args.nice}")
     notes.append(f"other processes used {c.background_cpu(1.0):.0f}% of a core just before the start")

@@ -60,6 +60,7 @@ def machine() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 info["mem_total_mib"] = int(line.split()[1]) // 1024
+    info["sipconsole_build"] = sipconsole_build()
     try:
         import uvloop  # noqa: F401
 
@@ -76,6 +77,22 @@ def machine() -> dict[str, Any]:
         else:
             info[tool] = None
     return info
+
+
+def sipconsole_build() -> str:
+    """How this checkout's hot path runs ("mypyc" when `pip install -e .` compiled it in place,
+    "python" otherwise), "+stale" when a compiled module is older than its source."""
+    done = subprocess.run([sys.executable, "-c", "import registrar_core; print(registrar_core.build())"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    build = done.stdout.strip() or "unknown"
+    for compiled in (ROOT / "registrar_core").rglob("*.so"):
+        source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            print(f"warning: {source.relative_to(ROOT)} is newer than its compiled module: "
+                  "the figures are for the old code (`pip install -e .` rebuilds)", file=sys.stderr)
+            return build + "+stale"
+    return build
 
 
 def source_revision() -> str | None:
