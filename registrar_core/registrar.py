@@ -58,6 +58,16 @@ class _Wanted:
     instance: str
     regid: int
 
+    def __init__(self, contact: NameAddr, addr: str, expires: int, q: float | None, params: str,
+                 instance: str, regid: int) -> None:  # written out: compiled (setup.py)
+        self.contact = contact
+        self.addr = addr
+        self.expires = expires
+        self.q = q
+        self.params = params
+        self.instance = instance
+        self.regid = regid
+
     @property
     def key(self) -> tuple[str, int] | str:
         return (self.instance, self.regid) if self.instance else self.addr
@@ -88,6 +98,11 @@ class _Replies:
     head: list[tuple[str, str]]  # Via, From, To with our tag, Call-ID, CSeq
     paths: list[str]  # echoed when the UA supports path (RFC 3327)
     outbound: bool  # the UA supports outbound (RFC 5626)
+
+    def __init__(self, head: list[tuple[str, str]], paths: list[str], outbound: bool) -> None:
+        self.head = head  # written out: compiled (setup.py)
+        self.paths = paths
+        self.outbound = outbound
 
     @classmethod
     def to(cls, request: Request, to_tag: str) -> _Replies:

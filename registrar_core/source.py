@@ -15,6 +15,13 @@ class Source:
     local: str  # our socket, Kamailio style: "udp:127.0.0.1:5060"
     conid: int | None = None  # the TCP connection, for replies and flow matching
 
+    def __init__(self, proto: str, ip: str, port: int, local: str, conid: int | None = None) -> None:
+        self.proto = proto  # written out: compiled (setup.py)
+        self.ip = ip
+        self.port = port
+        self.local = local
+        self.conid = conid
+
     @property
     def address(self) -> str:
         host = f"[{self.ip}]" if ":" in self.ip else self.ip

@@ -17,7 +17,7 @@ from .nonce import NonceFactory, NonceState
 from .subscribers import Subscribers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per challenge: not frozen, whose __init__ goes through object.__setattr__
 class Refusal:
     """The reply to send instead of processing the request."""
 
@@ -27,11 +27,23 @@ class Refusal:
     failure: str | None = None  # a security event worth logging: "auth-failed", "user-banned", ...
     user: str = ""  # the username the client claimed, for that log line
 
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None,
+                 failure: str | None = None, user: str = "") -> None:  # written out: compiled (setup.py)
+        self.status = status
+        self.reason = reason
+        self.headers = [] if headers is None else headers
+        self.failure = failure
+        self.user = user
+
 
 @dataclass
 class AuthOutcome:
     username: str | None = None
     refusal: Refusal | None = None
+
+    def __init__(self, username: str | None = None, refusal: Refusal | None = None) -> None:
+        self.username = username  # written out: compiled (setup.py)
+        self.refusal = refusal
 
 
 class Authenticator:

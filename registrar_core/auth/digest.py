@@ -35,7 +35,7 @@ def matches(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.lower().encode())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per authenticated request: not frozen (cheaper to make); never mutated
 class Credentials:
     username: str
     realm: str
@@ -47,6 +47,20 @@ class Credentials:
     nc: str | None
     cnonce: str | None
     opaque: str | None
+
+    def __init__(self, username: str, realm: str, nonce: str, uri: str, response: str, algorithm: str,
+                 qop: str | None, nc: str | None, cnonce: str | None,
+                 opaque: str | None) -> None:  # written out: compiled (setup.py)
+        self.username = username
+        self.realm = realm
+        self.nonce = nonce
+        self.uri = uri
+        self.response = response
+        self.algorithm = algorithm
+        self.qop = qop
+        self.nc = nc
+        self.cnonce = cnonce
+        self.opaque = opaque
 
 
 def parse_authorization(value: str) -> Credentials | None:

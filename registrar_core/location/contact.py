@@ -43,6 +43,33 @@ class Contact:
     conid: int | None = None
     modified: float = field(default_factory=time.time)
 
+    def __init__(self, ruid: str, aor: str, addr: str, expires: float, callid: str, cseq: int,
+                 q: float | None = None, params: str = "", path: tuple[str, ...] = (), received: str = "",
+                 socket: str = "", user_agent: str = "", methods: str = "", flags: int = 0, cflags: int = 0,
+                 instance: str = "", regid: int = 0, conid: int | None = None,
+                 modified: float | None = None) -> None:
+        # Written out: compiled (setup.py). Frozen, so through object.__setattr__ as @dataclass's.
+        put = object.__setattr__
+        put(self, "ruid", ruid)
+        put(self, "aor", aor)
+        put(self, "addr", addr)
+        put(self, "expires", expires)
+        put(self, "callid", callid)
+        put(self, "cseq", cseq)
+        put(self, "q", q)
+        put(self, "params", params)
+        put(self, "path", path)
+        put(self, "received", received)
+        put(self, "socket", socket)
+        put(self, "user_agent", user_agent)
+        put(self, "methods", methods)
+        put(self, "flags", flags)
+        put(self, "cflags", cflags)
+        put(self, "instance", instance)
+        put(self, "regid", regid)
+        put(self, "conid", conid)
+        put(self, "modified", time.time() if modified is None else modified)
+
     @property
     def domain(self) -> str:
         return self.aor.rpartition("@")[2]

@@ -15,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
-from typing import NamedTuple
 
 from .. import events as ev
 from ..events import EventBus
@@ -34,14 +33,18 @@ MAX_EMPTIED = 1_000_000
 Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
 
 
-class _Pending(NamedTuple):
+class _Pending:
     """A change waiting for the next group commit."""
 
-    table: str
-    puts: list[tuple[Contact, bool]]
-    removes: list[tuple[Contact, str]]
-    batch: Batch | None  # policy and subscriber changes committed with it
-    done: Done
+    __slots__ = ("table", "puts", "removes", "batch", "done")
+
+    def __init__(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]],
+                 batch: Batch | None, done: Done) -> None:
+        self.table = table
+        self.puts = puts
+        self.removes = removes
+        self.batch = batch  # policy and subscriber changes committed with it
+        self.done = done
 
 
 class KeyedLock:

@@ -109,6 +109,13 @@ class NameAddr:
     params: Params = ()
     bracketed: bool = True
 
+    def __init__(self, uri: URI, display: str | None = None, params: Params = (),
+                 bracketed: bool = True) -> None:  # written out: compiled (setup.py)
+        self.uri = uri
+        self.display = display
+        self.params = params
+        self.bracketed = bracketed
+
     def param(self, name: str) -> str | None:
         return param(self.params, name)
 
@@ -179,6 +186,12 @@ class Via:
     host: str
     port: int | None
     params: Params
+
+    def __init__(self, transport: str, host: str, port: int | None, params: Params) -> None:
+        self.transport = transport  # written out: compiled (setup.py)
+        self.host = host
+        self.port = port
+        self.params = params
 
     def param(self, name: str) -> str | None:
         return param(self.params, name)

@@ -246,6 +246,14 @@ class Request(_Message):
     uri: URI = field(default_factory=lambda: parse_uri("sip:invalid"))
     version: str = SIP_VERSION
 
+    def __init__(self, headers: Headers, body: bytes, method: str = "OPTIONS", uri: URI | None = None,
+                 version: str = SIP_VERSION) -> None:  # written out: compiled (setup.py)
+        self.headers = headers
+        self.body = body
+        self.method = method
+        self.uri = parse_uri("sip:invalid") if uri is None else uri
+        self.version = version
+
     def __bytes__(self) -> bytes:
         return self._serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}")
 
@@ -295,6 +303,14 @@ class Response(_Message):
     status: int = 200
     reason: str = "OK"
     version: str = SIP_VERSION
+
+    def __init__(self, headers: Headers, body: bytes, status: int = 200, reason: str = "OK",
+                 version: str = SIP_VERSION) -> None:  # written out: compiled (setup.py)
+        self.headers = headers
+        self.body = body
+        self.status = status
+        self.reason = reason
+        self.version = version
 
     def __bytes__(self) -> bytes:
         return self._serialise(f"{self.version} {self.status} {self.reason}")

@@ -148,6 +148,18 @@ class SipURI:
     headers: str | None = None
     raw: str = field(default="", compare=False)
 
+    def __init__(self, scheme: str, host: str, user: str | None = None, password: str | None = None,
+                 port: int | None = None, params: Params = (), headers: str | None = None,
+                 raw: str = "") -> None:  # written out: compiled (setup.py)
+        self.scheme = scheme
+        self.host = host
+        self.user = user
+        self.password = password
+        self.port = port
+        self.params = params
+        self.headers = headers
+        self.raw = raw
+
     def __str__(self) -> str:
         if self.scheme == "tel":
             return f"tel:{self.host}{format_params(self.params)}"
