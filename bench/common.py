@@ -86,9 +86,10 @@ def sipconsole_build() -> str:
                           capture_output=True, text=True, cwd=ROOT, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     build = done.stdout.strip() or "unknown"
+    shared = max((p.stat().st_mtime for p in ROOT.glob("*__mypyc*.so")), default=0.0)  # the code itself
     for compiled in (ROOT / "registrar_core").rglob("*.so"):
         source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+        if source.exists() and source.stat().st_mtime > max(shared, compiled.stat().st_mtime):
             print(f"warning: {source.relative_to(ROOT)} is newer than its compiled module: "
                   "the figures are for the old code (`pip install -e .` rebuilds)", file=sys.stderr)
             return build + "+stale"
