@@ -39,7 +39,7 @@ class Server:
         gc.set_threshold(*GC_THRESHOLDS)
         gc.freeze()  # what start loaded (the table, the subscribers) lives as long as we do
         log.info("REGISTER hot path: %s", "compiled (mypyc)" if build() == "mypyc" else
-                 "pure Python (no compiled build: about half the throughput, see setup.py)")
+                 "pure Python (no compiled build: less than half the throughput, see setup.py)")
         try:
             for spec in self.config.listen:
                 address = await self.transports.listen(spec)
