@@ -283,6 +283,8 @@ class RegistrarCore:
             "auth": self.authenticator is not None,
             "subscribers": len(self.subscribers),
             "retransmissions": s.retransmissions,
+            "transactions": len(self.transactions),
+            "transactions_evicted": self.transactions.evicted,
             "requests": dict(s.requests),
             "responses": dict(s.responses),
             "register_rate": s.rate_series(now),

@@ -12,6 +12,12 @@ MAGIC_COOKIE = "z9hG4bK"
 TIMER_J = 32.0  # 64*T1: how long a completed transaction absorbs retransmissions
 Reply = tuple[bytes, tuple[str, int]]  # a response and where it goes
 IN_PROGRESS = b""  # the table's value while a transaction has no response yet
+# Transactions remembered at most. At 30,000 REGISTER/s Timer J alone would keep about a
+# million (600 MB, 650 bytes each) during a registration storm; past this bound the oldest go
+# early. A retransmission of one of those is processed again, which changes nothing: the
+# same Call-ID and CSeq never update a binding (RFC 3261 §10.3 step 7), the reply lists the
+# current bindings, and a retransmitted challenge gets a fresh nonce.
+MAX_TRANSACTIONS = 200_000
 
 
 def transaction_key(request: Request) -> str:
@@ -34,14 +40,18 @@ class TransactionTable:
     Keys are strings and values response bytes (a retransmission carries the same Via,
     so where the response goes is worked out from it again); deadlines queue in arrival
     order. Timer J counts from arrival rather than from the response (milliseconds apart).
+    Beyond ``max_entries`` the oldest are forgotten early (``evicted`` counts them).
     """
 
-    def __init__(self, lifetime: float = TIMER_J, clock=time.monotonic) -> None:
+    def __init__(self, lifetime: float = TIMER_J, clock=time.monotonic,
+                 max_entries: int = MAX_TRANSACTIONS) -> None:
         self._entries: dict[str, bytes] = {}
         self._deadlines: deque[float] = deque()
         self._keys: deque[str] = deque()
         self._lifetime = lifetime
         self._clock = clock
+        self._max_entries = max_entries
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,12 +66,17 @@ class TransactionTable:
         while deadlines and deadlines[0] <= now:
             deadlines.popleft()
             self._entries.pop(keys.popleft(), None)
+        if len(keys) >= self._max_entries:
+            deadlines.popleft()
+            if self._entries.pop(keys.popleft(), None):  # completed: one whose retransmission may come
+                self.evicted += 1
         self._entries[key] = IN_PROGRESS
         deadlines.append(now + self._lifetime)
         keys.append(key)
 
     def complete(self, key: str, response: bytes) -> None:
-        self._entries[key] = response
+        if key in self._entries:  # not when evicted meanwhile: it has left the deadline queue
+            self._entries[key] = response
 
     def forget(self, key: str) -> None:
         self._entries.pop(key, None)
