@@ -161,9 +161,7 @@ class RegistrarCore:
         the transports send it, and with flag 0x02 (no reply) the caller decides when,
         e.g. with :meth:`send_reply`."""
         source = source or Source("udp", "127.0.0.1", 0, "api")
-        reply_ = asyncio.get_running_loop().create_future()
-        self.registrar.save(table, request, flags, source, functools.partial(_resolve, reply_))
-        return await reply_
+        return await _awaited(lambda done: self.registrar.save(table, request, flags, source, done))
 
     def send_reply(self, request: Request, source: Source, response: Response) -> bool:
         """Kamailio reg_send_reply(): send a reply kept back by save() flag 0x02 (no reply)."""
@@ -357,9 +355,7 @@ class RegistrarCore:
 
     async def handle(self, data: bytes, source: Source) -> Reply | None:
         """:meth:`receive` for coroutines: the reply (None: nothing to send)."""
-        reply_ = asyncio.get_running_loop().create_future()
-        self.receive(data, source, functools.partial(_resolve, reply_))
-        return await reply_
+        return await _awaited(lambda done: self.receive(data, source, done))
 
     def _authenticate(self, request: Request, source: Source) -> Refusal | None:
         """Digest-authenticate a REGISTER (when auth is on); None means go ahead."""
@@ -425,7 +421,7 @@ class RegistrarCore:
         done(response)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request while someone listens: not frozen (cheaper to make)
 class _Note:
     """The request side of a request.handled event."""
 
@@ -433,10 +429,22 @@ class _Note:
     source: str
     user_agent: str
 
+    def __init__(self, aor: str, source: str, user_agent: str) -> None:
+        self.aor = aor  # written out: compiled (setup.py)
+        self.source = source
+        self.user_agent = user_agent
+
     @classmethod
     def of(cls, request: Request, source: Source) -> _Note:
         uri = request.to.uri if request.method == "REGISTER" else request.uri
         return cls(uri.aor, source.address, request.headers.get("User-Agent") or "")
+
+
+async def _awaited(start: Callable[[Callable[[Any], None]], None]) -> Any:
+    """Await what a callback-style call hands its callback (``start`` passes it on)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    start(functools.partial(_resolve, future))
+    return await future
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

@@ -29,6 +29,9 @@ REMOVED_REPLACED = "replaced"
 REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 MAX_EMPTIED = 1_000_000
+# Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
+_NO_AORS: dict[str, dict[str, Contact]] = {}
+_NO_BINDINGS: dict[str, Contact] = {}
 
 Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
 
@@ -153,14 +156,14 @@ class LocationService:
         return list(self._tables)
 
     def aors(self, table: str = DEFAULT_TABLE) -> Iterator[str]:
-        return iter(list(self._tables.get(table, {})))
+        return iter(list(self._tables.get(table, _NO_AORS)))
 
     def aor_count(self, table: str = DEFAULT_TABLE) -> int:
-        return len(self._tables.get(table, {}))
+        return len(self._tables.get(table, _NO_AORS))
 
     def contacts(self, table: str, aor: str, now: float | None = None) -> list[Contact]:
         """Live bindings of ``aor`` (expired ones not yet purged are left out)."""
-        bindings = self._tables.get(table, {}).get(aor)
+        bindings = self._tables.get(table, _NO_AORS).get(aor)
         if not bindings:
             return []
         now = self.clock() if now is None else now
@@ -168,7 +171,7 @@ class LocationService:
 
     def known(self, table: str, aor: str) -> bool:
         """Has ``aor`` contacts now, or had it since start (bounded memory of emptied AORs)?"""
-        return aor in self._tables.get(table, {}) or (table, aor) in self._emptied
+        return aor in self._tables.get(table, _NO_AORS) or (table, aor) in self._emptied
 
     def counts(self) -> tuple[int, int]:
         """(AORs, contacts) across all tables."""
@@ -242,7 +245,12 @@ class LocationService:
                         aor=contact.aor, ruid=contact.ruid, contact=contact)
 
     def _put(self, table: str, contact: Contact) -> None:
-        bindings = self._tables.setdefault(table, {}).setdefault(contact.aor, {})
+        aors = self._tables.get(table)
+        if aors is None:
+            aors = self._tables[table] = {}
+        bindings = aors.get(contact.aor)
+        if bindings is None:
+            bindings = aors[contact.aor] = {}
         old = bindings.get(contact.ruid)
         bindings[contact.ruid] = contact
         # One expiry entry per binding, not one per refresh: when a refresh moves the time
@@ -251,7 +259,7 @@ class LocationService:
             heapq.heappush(self._heap, (contact.expires, table, contact.aor, contact.ruid))
 
     def _drop(self, table: str, contact: Contact) -> None:
-        aors = self._tables.get(table, {})
+        aors = self._tables.get(table, _NO_AORS)
         bindings = aors.get(contact.aor)
         if bindings is None:
             return
@@ -419,7 +427,7 @@ class LocationService:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, table, aor, ruid = heapq.heappop(heap)
-            contact = self._tables.get(table, {}).get(aor, {}).get(ruid)
+            contact = self._tables.get(table, _NO_AORS).get(aor, _NO_BINDINGS).get(ruid)
             if contact is None:
                 continue
             if contact.expires <= now:

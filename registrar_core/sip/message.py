@@ -136,12 +136,11 @@ class Headers:
     def _find(self, name: str) -> list[str] | None:
         """The field values of ``name``, or None; the index itself, not a copy."""
         index = self._index if self._index is not None else self._lookup()
-        return index.get(_KEYS.get(name) or _key(name))  # _key() for unusual spellings only
+        return index.get(_key(name))
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (any spelling or compact form), or None."""
-        index = self._index if self._index is not None else self._lookup()  # _find, inlined
-        values = index.get(_KEYS.get(name) or _key(name))
+        values = self._find(name)
         return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
