@@ -52,7 +52,8 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("security")
     s.add_argument("--auth", choices=["on", "off"], help="digest authentication of REGISTER (default on; off only in a lab)")
     s.add_argument("--auth-algorithms", metavar="LIST",
-                   help="digest algorithms challenged, in order (default SHA-256,MD5; also SHA-512-256)")
+                   help="digest algorithms challenged, in order (default MD5, which every phone speaks; "
+                        "also SHA-256, SHA-512-256)")
     s.add_argument("--ip-budget", type=int, metavar="N", help="requests per source IP per 2 s before a ban, 0 = no limit (default 400)")
     s.add_argument("--ban-time", type=int, metavar="S", help="seconds an IP or user stays banned (default 300)")
     s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user per minute before a ban (default 5)")

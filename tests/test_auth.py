@@ -78,14 +78,21 @@ async def register(phone, aor="alice@example.com", *, auth: str | None = None, c
     return await phone.register(aor, contacts=contacts, call_id=call_id, cseq=cseq, extra=extra, expires=expires)
 
 
-async def test_challenge_offers_sha256_then_md5_with_qop(auth_server, phone):
+async def test_default_challenge_is_md5_alone_with_qop(auth_server, phone):
     r = await register(phone)
     assert r.status == 401
     chs = challenges(r)
-    assert [c["algorithm"] for c in chs] == ["SHA-256", "MD5"]
+    assert [c["algorithm"] for c in chs] == ["MD5"], "baresip 1.0, sipsak, sipp 3.6 give up on SHA-256"
     assert all(c["qop"] == "auth" and c["realm"] == "example.com" for c in chs)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", chs[0]["nonce"]), "nonce is base64url only"
     assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_configured_algorithms_challenged_in_their_order(make_server):
+    srv = await make_server(auth=True, auth_algorithms="SHA-256,MD5")
+    phone = await UdpPhone(server_address(srv)).open()
+    assert [c["algorithm"] for c in challenges(await register(phone))] == ["SHA-256", "MD5"]
+    phone.close()
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5", "SHA-512-256"])
@@ -103,10 +110,54 @@ async def test_register_with_each_algorithm(make_server, algorithm):
 
 async def test_algorithm_not_offered_is_refused(auth_server, phone):
     ch = challenges(await register(phone))[0]
-    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", algorithm="SHA-512-256"),
+    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", algorithm="SHA-256"),
                        cseq=2)
     assert r.status == 401
     assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_challenges_counted_apart_from_rejections(auth_server, phone):
+    ch = challenges(await register(phone))[0]
+    assert (await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)).status == 200
+    ch = challenges(await register(phone, call_id="w@t"))[0]
+    wrong = await register(phone, auth=authorization(ch, "alice", "wrong", "sip:example.com"), call_id="w@t", cseq=2)
+    assert wrong.status == 401
+    stats = auth_server.core.snapshot_stats()
+    assert (stats["accepted_regs"], stats["challenged"], stats["rejected_regs"]) == (1, 2, 1), \
+        "two challenges, one wrong password"
+
+
+async def test_foreign_domain_is_404_before_authentication(make_server):
+    srv = await make_server(auth=True, domain=["example.com"])
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    phone = await UdpPhone(server_address(srv)).open()
+    r = await register(phone, "alice@elsewhere.org")
+    assert (r.status, r.reason) == (404, "Not Found"), "RFC 3261 §10.3 step 1 comes before step 3"
+    assert not r.headers.get("WWW-Authenticate")
+    assert (await register(phone)).status == 401, "a served domain is still challenged"
+    phone.close()
+
+
+async def test_unknown_require_is_420_before_authentication(auth_server, phone):
+    r = await phone.register("alice@example.com", extra=["Require: foo"])
+    assert r.status == 420 and r.headers.get("Unsupported") == "foo", "step 2 comes before step 3"
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_lower_cseq_on_the_same_call_id_fails_with_auth_on(auth_server, phone):
+    ch = challenges(await register(phone, call_id="o@t", cseq=1))[0]
+    ok = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=1),
+                        call_id="o@t", cseq=5, expires=600)
+    assert ok.status == 200
+    late = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=2),
+                          call_id="o@t", cseq=4, expires=0)
+    assert late.status == 500 and "Out of order" in late.headers.get("P-Registrar-Error")
+    [binding] = auth_server.core.fetch_contacts("alice@example.com")
+    assert binding.cseq == 5, "the out-of-order REGISTER changed nothing"
+    same = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=3),
+                          call_id="o@t", cseq=5, expires=0)
+    assert same.status == 200 and auth_server.core.fetch_contacts("alice@example.com").count == 1, \
+        "an equal CSeq is the documented no-op 200"
 
 
 async def test_unknown_auth_scheme_gets_digest_challenge(auth_server, phone):
@@ -276,7 +327,7 @@ async def test_log_line_takes_ip_from_socket_not_headers(auth_server, phone, cap
 
 
 def test_sipp_registers_with_digest(serve_process, tmp_path):
-    serve_process.start("--auth", "on", "--auth-algorithms", "MD5")  # sipp 3.6 speaks MD5 only
+    serve_process.start("--auth", "on")  # sipp 3.6 speaks MD5 only: the default challenge
     for i in range(5):
         done = serve_process.user("add", f"dev{i}@example.com", password=f"pw{i}")
         assert done.returncode == 0, done.stderr
