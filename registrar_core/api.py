@@ -118,7 +118,7 @@ class RegistrarCore:
         self.transactions = TransactionTable()
         self.listening: list[str] = []
         self.subscribers = Subscribers(self.location)
-        self.guard = IpGuard(config.ip_budget, config.ban_time)
+        self.guard = IpGuard(config.ip_budget, config.ban_time, config.trusted)
         self.authenticator: Authenticator | None = None
         self._scanner_ips: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -380,13 +380,15 @@ class RegistrarCore:
         if not isinstance(to, SipURI):
             return None  # the registrar answers 400 for a non-SIP To
         realm = to.host.lower()
-        outcome = self.authenticator.check(request, realm)
+        outcome = self.authenticator.check(request, realm, source.ip)
         refusal = outcome.refusal
         if refusal is None and not authorised_for(request, outcome.username or "", realm):
             refusal = Refusal(403, "Forbidden", [("P-Registrar-Error", "Not authorised for this AOR")],
                               failure="wrong-aor", user=outcome.username or "")
         if refusal is not None and refusal.failure:
             self._security(refusal.failure, source, refusal.user)
+            if refusal.failure == "user-banned" and self.guard.ban(source.ip):
+                self._security("ban", source, refusal.user)  # the address, not the user
         return refusal
 
     def _security(self, event: str, source: Source, user: str = "") -> None:

@@ -10,6 +10,7 @@ import secrets
 import pytest
 
 from registrar_core.auth import digest
+from registrar_core.config import Config
 from registrar_core.sip import Response
 
 from .conftest import server_address
@@ -260,47 +261,80 @@ async def test_unknown_user_and_wrong_password_answer_identically(auth_server, p
     assert fingerprints[0][0] == ("status", "401 Unauthorized")
 
 
-async def test_failed_auth_budget_bans_the_user(make_server, caplog):
-    srv = await make_server(auth=True, auth_fail_budget=3)
+async def phone_at(srv, ip: str) -> UdpPhone:
+    """A phone whose socket is bound to ``ip`` (another loopback address is another source)."""
+    phone = UdpPhone(server_address(srv))
+    phone.transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: phone.protocol, local_addr=(ip, 0))
+    return phone
+
+
+async def guess(phone, password: str, call_id: str, user: str = "alice") -> Response:
+    ch = challenges(await register(phone, f"{user}@example.com", call_id=call_id))[0]
+    return await register(phone, f"{user}@example.com", auth=authorization(ch, user, password, "sip:example.com"),
+                          call_id=call_id, cseq=2)
+
+
+async def test_failed_auth_budget_bans_the_address_not_the_user(make_server, caplog):
+    srv = await make_server(auth=True, auth_fail_budget=3, trusted="127.0.0.1")
     await srv.core.subscribers.add("alice@example.com", PASSWORD)
-    phone = await UdpPhone(server_address(srv)).open()
+    attacker, owner = await phone_at(srv, "127.0.0.2"), await phone_at(srv, "127.0.0.1")
     caplog.set_level(logging.WARNING, logger="sipconsole.security")
-    for cseq in range(1, 4):
-        ch = challenges(await register(phone, call_id=f"b{cseq}@t"))[0]
-        await register(phone, auth=authorization(ch, "alice", "guess", "sip:example.com"), call_id=f"b{cseq}@t",
-                       cseq=cseq + 10)
-    ch = challenges(await register(phone, call_id="last@t"))[0]
-    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), call_id="last@t", cseq=2)
-    assert (r.status, r.reason) == (403, "Try later"), "banned even with the right password"
-    assert any(re.fullmatch(r'SIPSEC user-banned src=127\.0\.0\.1:\d+ user="alice"', m.getMessage())
-               for m in caplog.records)
-    phone.close()
+    assert [(await guess(attacker, "guess", f"g{i}@t")).status for i in range(2)] == [401, 401]
+    over = await guess(attacker, "guess", "g3@t")
+    assert (over.status, over.reason, over.headers.get("Retry-After")) == (403, "Try later", "300")
+    messages = [m.getMessage() for m in caplog.records]
+    assert any(re.fullmatch(r'SIPSEC user-banned src=127\.0\.0\.2:\d+ user="alice"', m) for m in messages)
+    assert any(re.fullmatch(r'SIPSEC ban src=127\.0\.0\.2:\d+ user="alice"', m) for m in messages)
+    assert srv.core.snapshot_stats()["banned_ips"] == ["127.0.0.2"]
+    assert (await guess(owner, PASSWORD, "own@t")).status == 200, "the real user is not locked out"
+    attacker.send_raw(register_bytes("alice@example.com", [attacker.contact], local=attacker.local))
+    with pytest.raises(asyncio.TimeoutError):
+        await attacker.receive(timeout=0.4)  # the banned address gets nothing at all
+    attacker.close()
+    owner.close()
 
 
-async def test_flood_from_one_address_banned_while_another_registers(make_server, caplog):
-    srv = await make_server(auth=False, ip_budget=20)
+async def test_trusted_peer_over_auth_budget_is_refused_for_that_user_only(make_server):
+    assert Config().trusted == ("127.0.0.0/8", "::1"), "loopback is trusted by default"
+    srv = await make_server(auth=True, auth_fail_budget=3, trusted="127.0.0.0/8,::1")
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    await srv.core.subscribers.add("bob@example.com", "bobs secret")
+    proxy = await phone_at(srv, "127.0.0.1")
+    for i in range(3):
+        await guess(proxy, "guess", f"t{i}@t")
+    locked = await guess(proxy, PASSWORD, "right@t")
+    assert (locked.status, locked.reason) == (403, "Try later")
+    assert 0 < int(locked.headers.get("Retry-After")) <= 300
+    assert (await guess(proxy, "bobs secret", "bob@t", user="bob")).status == 200, "other users pass the proxy"
+    assert srv.core.snapshot_stats()["banned_ips"] == [], "a trusted peer is never banned"
+    proxy.close()
+
+
+async def test_flood_from_untrusted_address_banned_trusted_never(make_server, caplog):
+    srv = await make_server(auth=False, ip_budget=20, trusted="127.0.0.1")
     caplog.set_level(logging.WARNING, logger="sipconsole.security")
-    host, port = server_address(srv)
-    flooder = await UdpPhone((host, port)).open()
-    for i in range(60):
-        flooder.send_raw(request_bytes("OPTIONS", f"sip:{host}", "flood@example.com", local=flooder.local))
-    answered = 0
-    while True:
-        try:
-            await flooder.receive(timeout=0.3)
-            answered += 1
-        except asyncio.TimeoutError:
-            break
-    assert answered <= 20, "everything past the budget is dropped"
-    assert "127.0.0.1" in srv.core.snapshot_stats()["banned_ips"]
-    assert any(m.getMessage().startswith("SIPSEC ban src=127.0.0.1:") for m in caplog.records)
-    loop = asyncio.get_running_loop()
-    other = UdpPhone((host, port))
-    other.transport, _ = await loop.create_datagram_endpoint(lambda: other.protocol, local_addr=("127.0.0.2", 0))
-    r = await other.register("legit@example.com")
-    assert r.status == 200, "another source still registers"
+    host, _ = server_address(srv)
+
+    async def flood(phone) -> int:
+        for _ in range(60):
+            phone.send_raw(request_bytes("OPTIONS", f"sip:{host}", "flood@example.com", local=phone.local))
+        answered = 0
+        while True:
+            try:
+                await phone.receive(timeout=0.5)
+                answered += 1
+            except asyncio.TimeoutError:
+                return answered
+
+    flooder, trusted = await phone_at(srv, "127.0.0.2"), await phone_at(srv, "127.0.0.1")
+    assert await flood(flooder) <= 20, "everything past the budget is dropped"
+    assert srv.core.snapshot_stats()["banned_ips"] == ["127.0.0.2"]
+    assert any(m.getMessage().startswith("SIPSEC ban src=127.0.0.2:") for m in caplog.records)
+    assert await flood(trusted) == 60, "a trusted peer is exempt from the budget"
+    assert (await trusted.register("legit@example.com")).status == 200
     flooder.close()
-    other.close()
+    trusted.close()
 
 
 async def test_scanner_user_agent_dropped(auth_server, phone, caplog):
