@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 
 import pytest
 
@@ -15,7 +14,7 @@ from registrar_core.sip import Response
 
 from .conftest import server_address
 from .processes import run_sipp, write_injection
-from .sipclient import UdpPhone, register_bytes, request_bytes
+from .sipclient import UdpPhone, authorization, challenges, register_bytes, request_bytes
 
 PASSWORD = "correct horse"
 
@@ -36,26 +35,6 @@ def test_rfc7616_vectors(algorithm, expected):
     got = digest.response(algorithm, h1, "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "00000001",
                           "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", "auth", "GET", "/dir/index.html")
     assert got == expected
-
-
-def challenges(r: Response) -> list[dict[str, str]]:
-    out = []
-    for value in r.headers.get_all("WWW-Authenticate"):
-        assert value.startswith("Digest ")
-        out.append({k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', value[7:])})
-    return out
-
-
-def authorization(ch: dict[str, str], user: str, password: str, uri: str, *, nc: int = 1,
-                  algorithm: str | None = None, realm: str | None = None, nonce: str | None = None) -> str:
-    algorithm = algorithm or ch["algorithm"]
-    realm = realm or ch["realm"]
-    nonce = nonce or ch["nonce"]
-    cnonce = secrets.token_hex(4)
-    h1 = digest.ha1(algorithm, user, realm, password)
-    resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", "REGISTER", uri)
-    return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}"')
 
 
 @pytest.fixture
@@ -261,14 +240,6 @@ async def test_unknown_user_and_wrong_password_answer_identically(auth_server, p
     assert fingerprints[0][0] == ("status", "401 Unauthorized")
 
 
-async def phone_at(srv, ip: str) -> UdpPhone:
-    """A phone whose socket is bound to ``ip`` (another loopback address is another source)."""
-    phone = UdpPhone(server_address(srv))
-    phone.transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: phone.protocol, local_addr=(ip, 0))
-    return phone
-
-
 async def guess(phone, password: str, call_id: str, user: str = "alice") -> Response:
     ch = challenges(await register(phone, f"{user}@example.com", call_id=call_id))[0]
     return await register(phone, f"{user}@example.com", auth=authorization(ch, user, password, "sip:example.com"),
@@ -278,7 +249,8 @@ async def guess(phone, password: str, call_id: str, user: str = "alice") -> Resp
 async def test_failed_auth_budget_bans_the_address_not_the_user(make_server, caplog):
     srv = await make_server(auth=True, auth_fail_budget=3, trusted="127.0.0.1")
     await srv.core.subscribers.add("alice@example.com", PASSWORD)
-    attacker, owner = await phone_at(srv, "127.0.0.2"), await phone_at(srv, "127.0.0.1")
+    attacker = await UdpPhone(server_address(srv)).open("127.0.0.2")
+    owner = await UdpPhone(server_address(srv)).open("127.0.0.1")
     caplog.set_level(logging.WARNING, logger="sipconsole.security")
     assert [(await guess(attacker, "guess", f"g{i}@t")).status for i in range(2)] == [401, 401]
     over = await guess(attacker, "guess", "g3@t")
@@ -300,7 +272,7 @@ async def test_trusted_peer_over_auth_budget_is_refused_for_that_user_only(make_
     srv = await make_server(auth=True, auth_fail_budget=3, trusted="127.0.0.0/8,::1")
     await srv.core.subscribers.add("alice@example.com", PASSWORD)
     await srv.core.subscribers.add("bob@example.com", "bobs secret")
-    proxy = await phone_at(srv, "127.0.0.1")
+    proxy = await UdpPhone(server_address(srv)).open("127.0.0.1")
     for i in range(3):
         await guess(proxy, "guess", f"t{i}@t")
     locked = await guess(proxy, PASSWORD, "right@t")
@@ -327,7 +299,8 @@ async def test_flood_from_untrusted_address_banned_trusted_never(make_server, ca
             except asyncio.TimeoutError:
                 return answered
 
-    flooder, trusted = await phone_at(srv, "127.0.0.2"), await phone_at(srv, "127.0.0.1")
+    flooder = await UdpPhone(server_address(srv)).open("127.0.0.2")
+    trusted = await UdpPhone(server_address(srv)).open("127.0.0.1")
     assert await flood(flooder) <= 20, "everything past the budget is dropped"
     assert srv.core.snapshot_stats()["banned_ips"] == ["127.0.0.2"]
     assert any(m.getMessage().startswith("SIPSEC ban src=127.0.0.2:") for m in caplog.records)
