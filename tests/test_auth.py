@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
+import time
 
 import pytest
 
@@ -344,3 +346,32 @@ def test_sipp_registers_with_digest(serve_process, tmp_path):
     assert (result.successful, result.failed) == (5, 0), result.output[-3000:]
     code, dump = serve_process.ctl("dump")
     assert sorted(a["aor"] for a in dump["aors"]) == [f"dev{i}@example.com" for i in range(5)]
+
+
+def test_sipp_at_5000_per_second_from_loopback_is_never_banned(serve_process, tmp_path):
+    serve_process.start("--ip-budget", "400")  # the shipped defaults otherwise (loopback trusted)
+    total = 10_000
+    inf = write_injection(tmp_path / "aors.csv", [(f"load{i}", "example.com") for i in range(total)])
+    result = run_sipp("register.xml", serve_process.port, "-inf", str(inf), "-l", "1000",
+                      calls=total, rate=5000, timeout=120)
+    assert (result.successful, result.failed) == (total, 0), result.output[-3000:]
+    code, stats = serve_process.ctl("stats")
+    assert stats["banned_ips"] == [] and stats["accepted_regs"] == total
+
+
+def test_sipp_flood_from_an_untrusted_address_is_banned_while_loopback_registers(serve_process, tmp_path):
+    serve_process.start("--ip-budget", "400", "--trusted", "127.0.0.1")
+    flood = write_injection(tmp_path / "flood.csv", [(f"flood{i}", "example.com") for i in range(5000)])
+    legit = write_injection(tmp_path / "legit.csv", [(f"legit{i}", "example.com") for i in range(500)])
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        flooding = pool.submit(run_sipp, "register.xml", serve_process.port, "-inf", str(flood),
+                               "-i", "127.0.0.2", calls=5000, rate=5000, timeout=8)
+        time.sleep(0.5)  # the flood is on
+        registering = pool.submit(run_sipp, "register.xml", serve_process.port, "-inf", str(legit),
+                                  calls=500, rate=100, timeout=60)
+        flooded, registered = flooding.result(), registering.result()
+    assert (registered.successful, registered.failed) == (500, 0), registered.output[-3000:]
+    assert flooded.successful <= 400, "past the budget the flood gets no answer"
+    code, stats = serve_process.ctl("stats")
+    assert stats["banned_ips"] == ["127.0.0.2"]
+    assert re.search(r'SIPSEC ban src=127\.0\.0\.2:\d+ user=""', serve_process.log.read_text())
