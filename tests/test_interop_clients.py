@@ -1,6 +1,6 @@
-"""Real phones against the default settings: Debian 12's baresip 1.0 (baresip-core) registers
-with digest over UDP and over TCP. It gives up on any challenge that offers SHA-256, which is
-why MD5 alone is the default challenge."""
+"""Real clients against the default settings: Debian 12's baresip 1.0 (baresip-core) registers
+with digest over UDP and over TCP, sipsak 0.9.8 over UDP. Both give up on any challenge that
+offers SHA-256, which is why MD5 alone is the default challenge."""
 
 from __future__ import annotations
 
@@ -53,3 +53,17 @@ async def test_baresip_registers_with_the_default_digest(make_server, short_dir,
     assert "baresip" in contacts[0].user_agent
     stats = srv.core.snapshot_stats()
     assert stats["challenged"] >= 1 and stats["rejected_regs"] == 0, "challenged once, never refused"
+
+
+async def test_sipsak_registers_with_the_default_digest(make_server):
+    srv = await make_server(auth=True)
+    await srv.core.subscribers.add("100@127.0.0.1", "sipsak-secret")
+    host, port = server_address(srv)
+    # -u: in usrloc mode sipsak 0.9.8 otherwise authenticates as "100@".
+    proc = await asyncio.create_subprocess_exec(
+        "sipsak", "-U", "-i", "-s", f"sip:100@{host}:{port}", "-u", "100", "-a", "sipsak-secret", "-x", "600",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output = (await asyncio.wait_for(proc.communicate(), 60))[0].decode(errors="replace")
+    assert proc.returncode == 0, output
+    [contact] = srv.core.fetch_contacts("100@127.0.0.1")
+    assert contact.user_agent.startswith("sipsak")
