@@ -71,7 +71,7 @@ class Config:
     caller_check: bool = False
     auth: bool = True  # digest authentication of REGISTER; off only for a lab
     # Challenged in this order, others refused. MD5 alone by default: baresip 1.0, sipsak and
-    # sipp 3.6 give up on a challenge that offers SHA-256 (README, Security).
+    # sipp 3.6 fail on SHA-256 challenges (README, Security).
     auth_algorithms: tuple[str, ...] = ("MD5",)
     auth_key: str = ""  # HMAC key file for nonces; default: auth.key beside the database
     auth_fail_budget: int = 5  # failed authentications per user per minute before a ban

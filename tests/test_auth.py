@@ -64,7 +64,7 @@ async def test_default_challenge_is_md5_alone_with_qop(auth_server, phone):
     r = await register(phone)
     assert r.status == 401
     chs = challenges(r)
-    assert [c["algorithm"] for c in chs] == ["MD5"], "baresip 1.0, sipsak, sipp 3.6 give up on SHA-256"
+    assert [c["algorithm"] for c in chs] == ["MD5"], "baresip 1.0, sipsak, sipp 3.6 fail on SHA-256"
     assert all(c["qop"] == "auth" and c["realm"] == "example.com" for c in chs)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", chs[0]["nonce"]), "nonce is base64url only"
     assert auth_server.core.fetch_contacts("alice@example.com").count == 0

@@ -1,6 +1,7 @@
 """Real clients against the default settings: Debian 12's baresip 1.0 (baresip-core) registers
-with digest over UDP and over TCP, sipsak 0.9.8 over UDP. Both give up on any challenge that
-offers SHA-256, which is why MD5 alone is the default challenge."""
+with digest over UDP and over TCP, sipsak 0.9.8 over UDP. baresip 1.0 gives up on any
+challenge that offers SHA-256 (even beside MD5, even after it), sipsak on one that offers it
+first: which is why MD5 alone is the default challenge."""
 
 from __future__ import annotations
 
