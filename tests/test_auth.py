@@ -6,12 +6,15 @@ import asyncio
 import concurrent.futures
 import logging
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from registrar_core.auth import digest
-from registrar_core.config import Config
+from registrar_core.config import Config, build_config, load_toml
+from registrar_core.security import IpGuard
 from registrar_core.sip import Response
 
 from .conftest import server_address
@@ -375,3 +378,21 @@ def test_sipp_flood_from_an_untrusted_address_is_banned_while_loopback_registers
     code, stats = serve_process.ctl("stats")
     assert stats["banned_ips"] == ["127.0.0.2"]
     assert re.search(r'SIPSEC ban src=127\.0\.0\.2:\d+ user=""', serve_process.log.read_text())
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.example.com", "127.0.0.1,nonsense"])
+def test_bad_trusted_value_is_one_line_naming_it(value):
+    done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "serve", "--trusted", value],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("sipconsole: error: trusted:") and "is not an address or CIDR" in line, line
+
+
+def test_trusted_from_the_configuration_file(tmp_path):
+    path = tmp_path / "sipconsole.toml"
+    path.write_text('trusted = ["192.0.2.10", "fd00::/8"]\n')
+    config = build_config(load_toml(str(path)))
+    assert config.trusted == ("192.0.2.10", "fd00::/8")
+    guard = IpGuard(1, 60, config.trusted)
+    assert guard.trusted("192.0.2.10") and guard.trusted("fd00::1") and not guard.trusted("192.0.2.11")
