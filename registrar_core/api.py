@@ -37,7 +37,8 @@ from .location import DEFAULT_TABLE, Contact, LocationService, LocationStore
 from .location.service import REMOVED_ADMIN
 from .qualify import QualifyService
 from .redirect import answer
-from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar, reply
+from .keepalive import is_crlf_keepalive, stun_binding_response
+from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
 from .sip import Request, Response, SipError, SipURI, parse_message, parse_uri
 from .source import Source
@@ -117,7 +118,7 @@ class RegistrarCore:
         self.transactions = TransactionTable()
         self.listening: list[str] = []
         self.subscribers = Subscribers(self.location)
-        self.guard = IpGuard(config.ip_budget, config.ban_time)
+        self.guard = IpGuard(config.ip_budget, config.ban_time, config.trusted)
         self.authenticator: Authenticator | None = None
         self._scanner_ips: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -274,6 +275,8 @@ class RegistrarCore:
             "location_contacts": contacts,
             "accepted_regs": s.accepted_regs,
             "rejected_regs": s.rejected_regs,
+            "challenged": s.challenged,
+            "keepalives": s.keepalives,
             "expired_contacts": self.location.expired_total,
             "parse_errors": s.parse_errors,
             "security": dict(s.security),
@@ -310,6 +313,8 @@ class RegistrarCore:
             if verdict is BAN:
                 self._security("ban", source)
             respond(None)
+            return
+        if data and data[0] < 0x20 and self._keepalive(data, source, respond):  # no SIP starts so
             return
         try:
             message = parse_message(data, self._limits)
@@ -353,6 +358,16 @@ class RegistrarCore:
             self.transactions.forget(key)
             raise
 
+    def _keepalive(self, data: bytes, source: Source, respond: Callable[[Reply | None], None]) -> bool:
+        """RFC 5626 keepalives: a bare CRLF is dropped, a STUN Binding request (UDP) answered,
+        both counted; False for anything else (a message after CRLFs is parsed as usual)."""
+        stun = stun_binding_response(data, source.ip, source.port) if source.proto == "udp" else None
+        if stun is None and not is_crlf_keepalive(data):
+            return False
+        self.stats.keepalives += 1
+        respond(None if stun is None else (stun, (source.ip, source.port)))
+        return True
+
     async def handle(self, data: bytes, source: Source) -> Reply | None:
         """:meth:`receive` for coroutines: the reply (None: nothing to send)."""
         return await _awaited(lambda done: self.receive(data, source, done))
@@ -365,13 +380,15 @@ class RegistrarCore:
         if not isinstance(to, SipURI):
             return None  # the registrar answers 400 for a non-SIP To
         realm = to.host.lower()
-        outcome = self.authenticator.check(request, realm)
+        outcome = self.authenticator.check(request, realm, source.ip)
         refusal = outcome.refusal
         if refusal is None and not authorised_for(request, outcome.username or "", realm):
             refusal = Refusal(403, "Forbidden", [("P-Registrar-Error", "Not authorised for this AOR")],
                               failure="wrong-aor", user=outcome.username or "")
         if refusal is not None and refusal.failure:
             self._security(refusal.failure, source, refusal.user)
+            if refusal.failure == "user-banned" and self.guard.ban(source.ip):
+                self._security("ban", source, refusal.user)  # the address, not the user
         return refusal
 
     def _security(self, event: str, source: Source, user: str = "") -> None:
@@ -401,19 +418,29 @@ class RegistrarCore:
         if method != "REGISTER":
             self._answered(method, note, answer(self, request, source, DEFAULT_TABLE), done)
             return
+        registrar = self.registrar
+        saved = functools.partial(self._answered, method, note, done=done)
+        if self.authenticator is None:
+            registrar.save(DEFAULT_TABLE, request, 0, source, saved)
+            return
+        try:  # RFC 3261 §10.3: the domain (step 1) and Require (step 2) come before authentication
+            aor = registrar.check(request)
+        except (RegisterRejected, SipError) as exc:
+            saved(registrar.refusal(request, exc))
+            return
         refusal = self._authenticate(request, source)
         if refusal is not None:
             response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
-            self._answered(method, note, response, done)
+            self._answered(method, note, response, done, refusal.status == 401 and refusal.failure is None)
             return
-        self.registrar.save(DEFAULT_TABLE, request, 0, source,
-                            lambda response: self._answered(method, note, response, done))
+        registrar.save_checked(DEFAULT_TABLE, aor, request, 0, source, saved)
 
     def _answered(self, method: str, note: _Note | None, response: Response,
-                  done: Callable[[Response], None]) -> None:
-        """Count and publish a request's outcome, then hand its response on."""
+                  done: Callable[[Response], None], challenged: bool = False) -> None:
+        """Count and publish a request's outcome, then hand its response on; ``challenged``:
+        a 401 asking for (fresh) credentials, counted apart from real rejections."""
         if method == "REGISTER":
-            self.stats.count_register(response.status == 200, self.location.clock())
+            self.stats.count_register(response.status == 200, challenged, self.location.clock())
         self.stats.responses[str(response.status)] += 1
         if note is not None:
             self.events.publish(ev.REQUEST_HANDLED, method=method, aor=note.aor, source=note.source,

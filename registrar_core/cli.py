@@ -52,10 +52,13 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("security")
     s.add_argument("--auth", choices=["on", "off"], help="digest authentication of REGISTER (default on; off only in a lab)")
     s.add_argument("--auth-algorithms", metavar="LIST",
-                   help="digest algorithms challenged, in order (default SHA-256,MD5; also SHA-512-256)")
+                   help="digest algorithms challenged, in order (default MD5, which every phone speaks; "
+                        "also SHA-256, SHA-512-256)")
     s.add_argument("--ip-budget", type=int, metavar="N", help="requests per source IP per 2 s before a ban, 0 = no limit (default 400)")
     s.add_argument("--ban-time", type=int, metavar="S", help="seconds an IP or user stays banned (default 300)")
     s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user per minute before a ban (default 5)")
+    s.add_argument("--trusted", metavar="CIDR[,CIDR...]", help='peers exempt from --ip-budget and bans, not from '
+                   'authentication, e.g. an edge proxy (default 127.0.0.0/8,::1; "" trusts none)')
     s.add_argument("--drop-scanners", action=argparse.BooleanOptionalAction, default=None,
                    help="silently drop known scanner User-Agents (default on)")
     s.add_argument("--max-tcp-per-ip", type=int, metavar="N", help="TCP connections per source IP (default 64)")
@@ -71,7 +74,7 @@ def _config_from(args: argparse.Namespace) -> Config:
     for name in ("listen", "db", "domain", "min_expires", "max_expires", "default_expires",
                  "max_contacts", "single_contact", "caller_check", "control", "auth", "auth_algorithms", "ip_budget",
                  "ban_time", "auth_fail_budget", "drop_scanners", "max_tcp_per_ip",
-                 "qualify_interval", "qualify_timeout", "qualify_remove_after", "dns_server"):
+                 "qualify_interval", "qualify_timeout", "qualify_remove_after", "dns_server", "trusted"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -69,11 +70,16 @@ class Config:
     single_contact: bool = False
     caller_check: bool = False
     auth: bool = True  # digest authentication of REGISTER; off only for a lab
-    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenged in this order; others refused
+    # Challenged in this order, others refused. MD5 alone by default: baresip 1.0, sipsak and
+    # sipp 3.6 fail on SHA-256 challenges (README, Security).
+    auth_algorithms: tuple[str, ...] = ("MD5",)
     auth_key: str = ""  # HMAC key file for nonces; default: auth.key beside the database
     auth_fail_budget: int = 5  # failed authentications per user per minute before a ban
     ip_budget: int = 400  # requests per source IP per 2 s before a ban (pike); 0 = no limit
     ban_time: int = 300  # seconds an IP or user stays banned
+    # Exempt from ip-budget and bans (not from authentication): an edge proxy or SBC, through
+    # which every phone arrives from one address, and loopback, where load tests run.
+    trusted: tuple[str, ...] = ("127.0.0.0/8", "::1")
     drop_scanners: bool = True  # silently drop known scanner User-Agents (sipvicious...)
     max_tcp_per_ip: int = 64
     tcp_idle_timeout: float = 600.0
@@ -116,6 +122,11 @@ class Config:
             raise ConfigError("auth-algorithms: choose from SHA-256, SHA-512-256, MD5")
         if self.tcp_idle_timeout <= 0 or self.tcp_read_timeout <= 0:
             raise ConfigError("tcp-idle-timeout and tcp-read-timeout must be positive")
+        for cidr in self.trusted:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted: {cidr!r} is not an address or CIDR (e.g. 10.0.0.0/8, ::1)") from None
         if self.max_tcp_connections < 0:
             raise ConfigError("max-tcp-connections must not be negative")
 
@@ -146,6 +157,7 @@ _CONVERTERS: dict[str, Any] = {
     "auth_key": str,
     "min_expires_mode": str,
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
+    "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),
 }
 
 

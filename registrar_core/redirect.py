@@ -1,4 +1,7 @@
-"""Requests other than REGISTER, answered as a registrar plus redirect server."""
+"""Requests other than REGISTER, answered as a registrar plus redirect server.
+
+Nothing here tells a subscriber without contacts from a user that does not exist: both
+get "404 Not Found", so scanners cannot enumerate extensions with OPTIONS or INVITE."""
 
 from __future__ import annotations
 
@@ -44,6 +47,6 @@ def answer(core: RegistrarCore, request: Request, source: Source, table: str) ->
     if targets:
         return reply(request, 302, "Moved Temporarily",
                      [("Contact", format_binding(c, now)) for c in targets], tag)
-    if core.known_aor(uri.aor, table):
-        return reply(request, 480, "Temporarily Unavailable", [], tag)
+    # A subscriber without contacts and a user that does not exist get the same answer:
+    # anything else lets svwar -m OPTIONS / INVITE list every extension (no enumeration).
     return reply(request, 404, "Not Found", [], tag)

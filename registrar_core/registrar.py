@@ -147,19 +147,28 @@ class Registrar:
         """Kamailio's save(table, flags): process one REGISTER; ``done`` gets the reply,
         at once or (when bindings change) once the change is durable."""
         try:
-            aor = self._check_request(request)
+            aor = self.check(request)
         except (RegisterRejected, SipError) as exc:
-            done(self._refusal(request, exc))
+            done(self.refusal(request, exc))
             return
+        self.save_checked(table, aor, request, flags, source, done)
+
+    def save_checked(self, table: str, aor: str, request: Request, flags: int, source: Source,
+                     done: Callable[[Response], None]) -> None:
+        """:meth:`save` for a REGISTER that :meth:`check` passed (and that ``aor`` came from):
+        the core authenticates between the two, as RFC 3261 §10.3 orders it."""
         key = (table, aor)
         self.location.locks.run(key, lambda: self._save_locked(key, request, flags, source, done))
 
-    def _refusal(self, request: Request, exc: RegisterRejected | SipError) -> Response:
+    def refusal(self, request: Request, exc: RegisterRejected | SipError) -> Response:
         if isinstance(exc, RegisterRejected):
             return reply(request, exc.status, exc.reason, exc.headers, self.to_tag)
         return reply(request, exc.status, exc.reason, [("P-Registrar-Error", exc.reason)], self.to_tag)
 
-    def _check_request(self, request: Request) -> str:
+    def check(self, request: Request) -> str:
+        """The checks that come before authentication (RFC 3261 §10.3 steps 1-2: a domain we
+        do not serve gets 404, an unknown Require 420), plus the To and Path checks that need
+        no credentials either; returns the AOR or raises."""
         required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
         unsupported = [o for o in required if o.lower() not in SUPPORTED]
         if unsupported:
@@ -186,7 +195,7 @@ class Registrar:
             replies = _Replies.to(request, self.to_tag)
         except (RegisterRejected, SipError) as exc:
             locks.release(key)
-            done(self._refusal(request, exc))
+            done(self.refusal(request, exc))
             return
         except BaseException:
             locks.release(key)
@@ -228,7 +237,7 @@ class Registrar:
             for w in wanted:
                 old = by_key.get(w.key)
                 if old is not None and not _newer(old, callid, cseq):
-                    continue  # retransmitted or out of order: no update (Kamailio replies 200)
+                    continue  # the same CSeq again (a retransmission, or replayed after a restart): no update
                 if w.expires == 0:
                     if old is not None:
                         removes.append((old, REMOVED_UNREGISTERED))
@@ -311,8 +320,17 @@ def _supported(request: Request) -> set[str]:
 
 
 def _newer(binding: Contact, callid: str, cseq: int) -> bool:
-    """RFC 3261 §10.3 step 6/7: same Call-ID must bring a higher CSeq to change a binding."""
-    return binding.callid != callid or cseq > binding.cseq
+    """RFC 3261 §10.3 steps 6-7: on the same Call-ID only a higher CSeq changes a binding.
+    An equal CSeq is the request already applied (retransmitted, or resent after a crash):
+    False, a no-op 200. A lower one arrived out of order: "the update MUST be aborted and the
+    request fails", with the 500 that step 7 gives any failure (no Retry-After: the same
+    request would fail again); nothing of the REGISTER is applied."""
+    if binding.callid != callid or cseq > binding.cseq:
+        return True
+    if cseq < binding.cseq:
+        raise RegisterRejected(500, "Server Internal Error",
+                               f"Out of order: CSeq {cseq} is lower than the binding's {binding.cseq} for this Call-ID")
+    return False
 
 
 def _single(existing: list[Contact], puts: list[tuple[Contact, bool]],

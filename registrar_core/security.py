@@ -1,14 +1,17 @@
 """Source-address defences: a per-IP request budget with temporary bans (pike / fail2ban
-style), scanner User-Agents, and the SIPSEC log lines fail2ban can parse.
+style), trusted peers exempt from both, scanner User-Agents, and the SIPSEC log lines
+fail2ban can parse.
 
 The source is always the socket's address, never anything a header claims.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
+from collections.abc import Iterable
 
 log = logging.getLogger("sipconsole.security")
 
@@ -24,16 +27,23 @@ def sipsec(event: str, ip: str, port: int, user: str = "") -> None:
 
 
 class IpGuard:
-    def __init__(self, budget: int, ban_time: float, *, clock=time.monotonic) -> None:
+    """Per-IP budget and bans. Trusted peers (an edge proxy or SBC, through which every phone
+    arrives from one address; loopback, where load tests run) are never banned: one ban there
+    would take the whole service down."""
+
+    def __init__(self, budget: int, ban_time: float, trusted: Iterable[str] = (), *,
+                 clock=time.monotonic) -> None:
         self.budget = budget  # requests per WINDOW per source IP; 0 = no limit
         self.ban_time = ban_time
         self.clock = clock
+        self._trusted_networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted]
+        self._trusted: dict[str, bool] = {}  # ip -> in a trusted network (asked once per address)
         self._windows: dict[str, list[float]] = {}  # ip -> [window start, count]
         self.bans: dict[str, float] = {}  # ip -> until (monotonic)
 
     def admit(self, ip: str) -> str:
         """Count one request from ``ip``: ADMIT, DROP (banned), or BAN (just went over budget)."""
-        if not self.budget:
+        if not self.budget and not self.bans:
             return ADMIT
         now = self.clock()
         until = self.bans.get(ip)
@@ -41,6 +51,8 @@ class IpGuard:
             if until > now:
                 return DROP
             del self.bans[ip]
+        if not self.budget:
+            return ADMIT
         window = self._windows.get(ip)
         if window is None or now - window[0] >= WINDOW:
             if len(self._windows) > 100_000:
@@ -49,10 +61,29 @@ class IpGuard:
             return ADMIT
         window[1] += 1
         if window[1] > self.budget:
-            self.bans[ip] = now + self.ban_time
-            del self._windows[ip]
-            return BAN
+            del self._windows[ip]  # a trusted peer starts a new window: asked once per budget
+            return BAN if self.ban(ip) else ADMIT
         return ADMIT
+
+    def trusted(self, ip: str) -> bool:
+        known = self._trusted.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            known = any(address in network for network in self._trusted_networks)
+            if len(self._trusted) > 100_000:
+                self._trusted.clear()
+            self._trusted[ip] = known
+        return known
+
+    def ban(self, ip: str) -> bool:
+        """Ban ``ip`` for ban_time unless it is trusted; True when it is banned now."""
+        if self.trusted(ip):
+            return False
+        self.bans[ip] = self.clock() + self.ban_time
+        return True
 
     def banned(self, ip: str) -> bool:
         until = self.bans.get(ip)

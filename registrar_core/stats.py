@@ -1,4 +1,6 @@
-"""Counters in Kamailio's vocabulary (accepted_regs, rejected_regs, ...)."""
+"""Counters in Kamailio's vocabulary (accepted_regs, rejected_regs, ...), plus ``challenged``:
+a 401 asking for credentials is the first half of every healthy digest registration, not a
+rejection, so it is counted apart (rejected_regs counts what really failed)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ class Stats:
     started: float = field(default_factory=time.time)
     accepted_regs: int = 0
     rejected_regs: int = 0
+    challenged: int = 0  # REGISTERs answered with a digest challenge (no or stale credentials)
+    keepalives: int = 0  # UDP CRLF and STUN keepalives (RFC 5626), never parse errors
     requests: Counter[str] = field(default_factory=Counter)
     responses: Counter[str] = field(default_factory=Counter)
     security: Counter[str] = field(default_factory=Counter)
@@ -20,9 +24,11 @@ class Stats:
     # REGISTERs per second over the last ten minutes, newest last: (second, count).
     register_rate: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=600))
 
-    def count_register(self, accepted: bool, now: float) -> None:
+    def count_register(self, accepted: bool, challenged: bool, now: float) -> None:
         if accepted:
             self.accepted_regs += 1
+        elif challenged:
+            self.challenged += 1
         else:
             self.rejected_regs += 1
         second = int(now)

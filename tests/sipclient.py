@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import secrets
 import socket
 from dataclasses import dataclass, field
 
+from registrar_core.auth import digest
 from registrar_core.sip import Response, parse_message
 
 _counter = itertools.count(1)
@@ -83,10 +85,11 @@ class UdpPhone:
     transport: asyncio.DatagramTransport | None = None
     protocol: Collector = field(default_factory=Collector)
 
-    async def open(self) -> UdpPhone:
+    async def open(self, host: str = "127.0.0.1") -> UdpPhone:
+        """Bind the phone's socket on ``host`` (another loopback address is another source)."""
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: self.protocol, local_addr=("127.0.0.1", 0))
+            lambda: self.protocol, local_addr=(host, 0))
         return self
 
     @property
@@ -182,3 +185,25 @@ def free_port() -> int:
 
 def next_aor(prefix: str = "user") -> str:
     return f"{prefix}{next(_counter)}@example.com"
+
+
+def challenges(r: Response) -> list[dict[str, str]]:
+    """The parameters of each WWW-Authenticate challenge, in order."""
+    out = []
+    for value in r.headers.get_all("WWW-Authenticate"):
+        assert value.startswith("Digest ")
+        out.append({k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', value[7:])})
+    return out
+
+
+def authorization(ch: dict[str, str], user: str, password: str, uri: str, *, nc: int = 1,
+                  algorithm: str | None = None, realm: str | None = None, nonce: str | None = None) -> str:
+    """An Authorization header line answering challenge ``ch`` (qop=auth) for a REGISTER to ``uri``."""
+    algorithm = algorithm or ch["algorithm"]
+    realm = realm or ch["realm"]
+    nonce = nonce or ch["nonce"]
+    cnonce = secrets.token_hex(4)
+    h1 = digest.ha1(algorithm, user, realm, password)
+    resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", "REGISTER", uri)
+    return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}"')

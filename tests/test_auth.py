@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
-import secrets
+import subprocess
+import sys
+import time
 
 import pytest
 
 from registrar_core.auth import digest
+from registrar_core.config import Config, build_config, load_toml
+from registrar_core.security import IpGuard
 from registrar_core.sip import Response
 
 from .conftest import server_address
 from .processes import run_sipp, write_injection
-from .sipclient import UdpPhone, register_bytes, request_bytes
+from .sipclient import UdpPhone, authorization, challenges, register_bytes, request_bytes
 
 PASSWORD = "correct horse"
 
@@ -35,26 +40,6 @@ def test_rfc7616_vectors(algorithm, expected):
     got = digest.response(algorithm, h1, "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "00000001",
                           "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", "auth", "GET", "/dir/index.html")
     assert got == expected
-
-
-def challenges(r: Response) -> list[dict[str, str]]:
-    out = []
-    for value in r.headers.get_all("WWW-Authenticate"):
-        assert value.startswith("Digest ")
-        out.append({k.lower(): v for k, v in re.findall(r'(\w+)="?([^",]*)"?', value[7:])})
-    return out
-
-
-def authorization(ch: dict[str, str], user: str, password: str, uri: str, *, nc: int = 1,
-                  algorithm: str | None = None, realm: str | None = None, nonce: str | None = None) -> str:
-    algorithm = algorithm or ch["algorithm"]
-    realm = realm or ch["realm"]
-    nonce = nonce or ch["nonce"]
-    cnonce = secrets.token_hex(4)
-    h1 = digest.ha1(algorithm, user, realm, password)
-    resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", "REGISTER", uri)
-    return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}"')
 
 
 @pytest.fixture
@@ -78,14 +63,21 @@ async def register(phone, aor="alice@example.com", *, auth: str | None = None, c
     return await phone.register(aor, contacts=contacts, call_id=call_id, cseq=cseq, extra=extra, expires=expires)
 
 
-async def test_challenge_offers_sha256_then_md5_with_qop(auth_server, phone):
+async def test_default_challenge_is_md5_alone_with_qop(auth_server, phone):
     r = await register(phone)
     assert r.status == 401
     chs = challenges(r)
-    assert [c["algorithm"] for c in chs] == ["SHA-256", "MD5"]
+    assert [c["algorithm"] for c in chs] == ["MD5"], "baresip 1.0, sipsak, sipp 3.6 fail on SHA-256"
     assert all(c["qop"] == "auth" and c["realm"] == "example.com" for c in chs)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", chs[0]["nonce"]), "nonce is base64url only"
     assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_configured_algorithms_challenged_in_their_order(make_server):
+    srv = await make_server(auth=True, auth_algorithms="SHA-256,MD5")
+    phone = await UdpPhone(server_address(srv)).open()
+    assert [c["algorithm"] for c in challenges(await register(phone))] == ["SHA-256", "MD5"]
+    phone.close()
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5", "SHA-512-256"])
@@ -103,10 +95,54 @@ async def test_register_with_each_algorithm(make_server, algorithm):
 
 async def test_algorithm_not_offered_is_refused(auth_server, phone):
     ch = challenges(await register(phone))[0]
-    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", algorithm="SHA-512-256"),
+    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", algorithm="SHA-256"),
                        cseq=2)
     assert r.status == 401
     assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_challenges_counted_apart_from_rejections(auth_server, phone):
+    ch = challenges(await register(phone))[0]
+    assert (await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)).status == 200
+    ch = challenges(await register(phone, call_id="w@t"))[0]
+    wrong = await register(phone, auth=authorization(ch, "alice", "wrong", "sip:example.com"), call_id="w@t", cseq=2)
+    assert wrong.status == 401
+    stats = auth_server.core.snapshot_stats()
+    assert (stats["accepted_regs"], stats["challenged"], stats["rejected_regs"]) == (1, 2, 1), \
+        "two challenges, one wrong password"
+
+
+async def test_foreign_domain_is_404_before_authentication(make_server):
+    srv = await make_server(auth=True, domain=["example.com"])
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    phone = await UdpPhone(server_address(srv)).open()
+    r = await register(phone, "alice@elsewhere.org")
+    assert (r.status, r.reason) == (404, "Not Found"), "RFC 3261 §10.3 step 1 comes before step 3"
+    assert not r.headers.get("WWW-Authenticate")
+    assert (await register(phone)).status == 401, "a served domain is still challenged"
+    phone.close()
+
+
+async def test_unknown_require_is_420_before_authentication(auth_server, phone):
+    r = await phone.register("alice@example.com", extra=["Require: foo"])
+    assert r.status == 420 and r.headers.get("Unsupported") == "foo", "step 2 comes before step 3"
+    assert auth_server.core.fetch_contacts("alice@example.com").count == 0
+
+
+async def test_lower_cseq_on_the_same_call_id_fails_with_auth_on(auth_server, phone):
+    ch = challenges(await register(phone, call_id="o@t", cseq=1))[0]
+    ok = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=1),
+                        call_id="o@t", cseq=5, expires=600)
+    assert ok.status == 200
+    late = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=2),
+                          call_id="o@t", cseq=4, expires=0)
+    assert late.status == 500 and "Out of order" in late.headers.get("P-Registrar-Error")
+    [binding] = auth_server.core.fetch_contacts("alice@example.com")
+    assert binding.cseq == 5, "the out-of-order REGISTER changed nothing"
+    same = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", nc=3),
+                          call_id="o@t", cseq=5, expires=0)
+    assert same.status == 200 and auth_server.core.fetch_contacts("alice@example.com").count == 1, \
+        "an equal CSeq is the documented no-op 200"
 
 
 async def test_unknown_auth_scheme_gets_digest_challenge(auth_server, phone):
@@ -209,47 +245,74 @@ async def test_unknown_user_and_wrong_password_answer_identically(auth_server, p
     assert fingerprints[0][0] == ("status", "401 Unauthorized")
 
 
-async def test_failed_auth_budget_bans_the_user(make_server, caplog):
-    srv = await make_server(auth=True, auth_fail_budget=3)
+async def guess(phone, password: str, call_id: str, user: str = "alice") -> Response:
+    ch = challenges(await register(phone, f"{user}@example.com", call_id=call_id))[0]
+    return await register(phone, f"{user}@example.com", auth=authorization(ch, user, password, "sip:example.com"),
+                          call_id=call_id, cseq=2)
+
+
+async def test_failed_auth_budget_bans_the_address_not_the_user(make_server, caplog):
+    srv = await make_server(auth=True, auth_fail_budget=3, trusted="127.0.0.1")
     await srv.core.subscribers.add("alice@example.com", PASSWORD)
-    phone = await UdpPhone(server_address(srv)).open()
+    attacker = await UdpPhone(server_address(srv)).open("127.0.0.2")
+    owner = await UdpPhone(server_address(srv)).open("127.0.0.1")
     caplog.set_level(logging.WARNING, logger="sipconsole.security")
-    for cseq in range(1, 4):
-        ch = challenges(await register(phone, call_id=f"b{cseq}@t"))[0]
-        await register(phone, auth=authorization(ch, "alice", "guess", "sip:example.com"), call_id=f"b{cseq}@t",
-                       cseq=cseq + 10)
-    ch = challenges(await register(phone, call_id="last@t"))[0]
-    r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), call_id="last@t", cseq=2)
-    assert (r.status, r.reason) == (403, "Try later"), "banned even with the right password"
-    assert any(re.fullmatch(r'SIPSEC user-banned src=127\.0\.0\.1:\d+ user="alice"', m.getMessage())
-               for m in caplog.records)
-    phone.close()
+    assert [(await guess(attacker, "guess", f"g{i}@t")).status for i in range(2)] == [401, 401]
+    over = await guess(attacker, "guess", "g3@t")
+    assert (over.status, over.reason, over.headers.get("Retry-After")) == (403, "Try later", "300")
+    messages = [m.getMessage() for m in caplog.records]
+    assert any(re.fullmatch(r'SIPSEC user-banned src=127\.0\.0\.2:\d+ user="alice"', m) for m in messages)
+    assert any(re.fullmatch(r'SIPSEC ban src=127\.0\.0\.2:\d+ user="alice"', m) for m in messages)
+    assert srv.core.snapshot_stats()["banned_ips"] == ["127.0.0.2"]
+    assert (await guess(owner, PASSWORD, "own@t")).status == 200, "the real user is not locked out"
+    attacker.send_raw(register_bytes("alice@example.com", [attacker.contact], local=attacker.local))
+    with pytest.raises(asyncio.TimeoutError):
+        await attacker.receive(timeout=0.4)  # the banned address gets nothing at all
+    attacker.close()
+    owner.close()
 
 
-async def test_flood_from_one_address_banned_while_another_registers(make_server, caplog):
-    srv = await make_server(auth=False, ip_budget=20)
+async def test_trusted_peer_over_auth_budget_is_refused_for_that_user_only(make_server):
+    assert Config().trusted == ("127.0.0.0/8", "::1"), "loopback is trusted by default"
+    srv = await make_server(auth=True, auth_fail_budget=3, trusted="127.0.0.0/8,::1")
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    await srv.core.subscribers.add("bob@example.com", "bobs secret")
+    proxy = await UdpPhone(server_address(srv)).open("127.0.0.1")
+    for i in range(3):
+        await guess(proxy, "guess", f"t{i}@t")
+    locked = await guess(proxy, PASSWORD, "right@t")
+    assert (locked.status, locked.reason) == (403, "Try later")
+    assert 0 < int(locked.headers.get("Retry-After")) <= 300
+    assert (await guess(proxy, "bobs secret", "bob@t", user="bob")).status == 200, "other users pass the proxy"
+    assert srv.core.snapshot_stats()["banned_ips"] == [], "a trusted peer is never banned"
+    proxy.close()
+
+
+async def test_flood_from_untrusted_address_banned_trusted_never(make_server, caplog):
+    srv = await make_server(auth=False, ip_budget=20, trusted="127.0.0.1")
     caplog.set_level(logging.WARNING, logger="sipconsole.security")
-    host, port = server_address(srv)
-    flooder = await UdpPhone((host, port)).open()
-    for i in range(60):
-        flooder.send_raw(request_bytes("OPTIONS", f"sip:{host}", "flood@example.com", local=flooder.local))
-    answered = 0
-    while True:
-        try:
-            await flooder.receive(timeout=0.3)
-            answered += 1
-        except asyncio.TimeoutError:
-            break
-    assert answered <= 20, "everything past the budget is dropped"
-    assert "127.0.0.1" in srv.core.snapshot_stats()["banned_ips"]
-    assert any(m.getMessage().startswith("SIPSEC ban src=127.0.0.1:") for m in caplog.records)
-    loop = asyncio.get_running_loop()
-    other = UdpPhone((host, port))
-    other.transport, _ = await loop.create_datagram_endpoint(lambda: other.protocol, local_addr=("127.0.0.2", 0))
-    r = await other.register("legit@example.com")
-    assert r.status == 200, "another source still registers"
+    host, _ = server_address(srv)
+
+    async def flood(phone) -> int:
+        for _ in range(60):
+            phone.send_raw(request_bytes("OPTIONS", f"sip:{host}", "flood@example.com", local=phone.local))
+        answered = 0
+        while True:
+            try:
+                await phone.receive(timeout=0.5)
+                answered += 1
+            except asyncio.TimeoutError:
+                return answered
+
+    flooder = await UdpPhone(server_address(srv)).open("127.0.0.2")
+    trusted = await UdpPhone(server_address(srv)).open("127.0.0.1")
+    assert await flood(flooder) <= 20, "everything past the budget is dropped"
+    assert srv.core.snapshot_stats()["banned_ips"] == ["127.0.0.2"]
+    assert any(m.getMessage().startswith("SIPSEC ban src=127.0.0.2:") for m in caplog.records)
+    assert await flood(trusted) == 60, "a trusted peer is exempt from the budget"
+    assert (await trusted.register("legit@example.com")).status == 200
     flooder.close()
-    other.close()
+    trusted.close()
 
 
 async def test_scanner_user_agent_dropped(auth_server, phone, caplog):
@@ -276,7 +339,7 @@ async def test_log_line_takes_ip_from_socket_not_headers(auth_server, phone, cap
 
 
 def test_sipp_registers_with_digest(serve_process, tmp_path):
-    serve_process.start("--auth", "on", "--auth-algorithms", "MD5")  # sipp 3.6 speaks MD5 only
+    serve_process.start("--auth", "on")  # sipp 3.6 speaks MD5 only: the default challenge
     for i in range(5):
         done = serve_process.user("add", f"dev{i}@example.com", password=f"pw{i}")
         assert done.returncode == 0, done.stderr
@@ -286,3 +349,50 @@ def test_sipp_registers_with_digest(serve_process, tmp_path):
     assert (result.successful, result.failed) == (5, 0), result.output[-3000:]
     code, dump = serve_process.ctl("dump")
     assert sorted(a["aor"] for a in dump["aors"]) == [f"dev{i}@example.com" for i in range(5)]
+
+
+def test_sipp_at_5000_per_second_from_loopback_is_never_banned(serve_process, tmp_path):
+    serve_process.start("--ip-budget", "400")  # the shipped defaults otherwise (loopback trusted)
+    total = 10_000
+    inf = write_injection(tmp_path / "aors.csv", [(f"load{i}", "example.com") for i in range(total)])
+    result = run_sipp("register.xml", serve_process.port, "-inf", str(inf), "-l", "1000",
+                      calls=total, rate=5000, timeout=120)
+    assert (result.successful, result.failed) == (total, 0), result.output[-3000:]
+    code, stats = serve_process.ctl("stats")
+    assert stats["banned_ips"] == [] and stats["accepted_regs"] == total
+
+
+def test_sipp_flood_from_an_untrusted_address_is_banned_while_loopback_registers(serve_process, tmp_path):
+    serve_process.start("--ip-budget", "400", "--trusted", "127.0.0.1")
+    flood = write_injection(tmp_path / "flood.csv", [(f"flood{i}", "example.com") for i in range(5000)])
+    legit = write_injection(tmp_path / "legit.csv", [(f"legit{i}", "example.com") for i in range(500)])
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        flooding = pool.submit(run_sipp, "register.xml", serve_process.port, "-inf", str(flood),
+                               "-i", "127.0.0.2", calls=5000, rate=5000, timeout=8)
+        time.sleep(0.5)  # the flood is on
+        registering = pool.submit(run_sipp, "register.xml", serve_process.port, "-inf", str(legit),
+                                  calls=500, rate=100, timeout=60)
+        flooded, registered = flooding.result(), registering.result()
+    assert (registered.successful, registered.failed) == (500, 0), registered.output[-3000:]
+    assert 0 < flooded.successful <= 400, "answered until the budget, then nothing"
+    code, stats = serve_process.ctl("stats")
+    assert stats["banned_ips"] == ["127.0.0.2"]
+    assert re.search(r'SIPSEC ban src=127\.0\.0\.2:\d+ user=""', serve_process.log.read_text())
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.example.com", "127.0.0.1,nonsense"])
+def test_bad_trusted_value_is_one_line_naming_it(value):
+    done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "serve", "--trusted", value],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("sipconsole: error: trusted:") and "is not an address or CIDR" in line, line
+
+
+def test_trusted_from_the_configuration_file(tmp_path):
+    path = tmp_path / "sipconsole.toml"
+    path.write_text('trusted = ["192.0.2.10", "fd00::/8"]\n')
+    config = build_config(load_toml(str(path)))
+    assert config.trusted == ("192.0.2.10", "fd00::/8")
+    guard = IpGuard(1, 60, config.trusted)
+    assert guard.trusted("192.0.2.10") and guard.trusted("fd00::1") and not guard.trusted("192.0.2.11")

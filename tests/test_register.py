@@ -131,9 +131,12 @@ async def test_cseq_ordering(server, phone):
     aor = next_aor()
     await phone.register(aor, call_id="o@t", cseq=5, expires=600)
     old = await phone.register(aor, call_id="o@t", cseq=4, expires=1200)
-    assert old.status == 200
-    assert server.core.fetch_contacts(aor)[0].cseq == 5
-    assert list(bindings(old).values())[0]["expires"] in ("600", "599"), "older CSeq updated nothing"
+    assert old.status == 500, "RFC 3261 §10.3 step 7: out of order, the request fails"
+    assert "Out of order" in old.headers.get("P-Registrar-Error")
+    [binding] = server.core.fetch_contacts(aor)
+    assert (binding.cseq, binding.expires - binding.modified) == (5, 600), "older CSeq updated nothing"
+    wildcard = await phone.register(aor, contacts=["*"], call_id="o@t", cseq=3, expires=0)
+    assert wildcard.status == 500 and server.core.fetch_contacts(aor).count == 1, "step 6 too"
     equal = await phone.register(aor, call_id="o@t", cseq=5, expires=0)
     assert server.core.fetch_contacts(aor).count == 1, "equal CSeq on the same Call-ID updates nothing"
     assert equal.status == 200
@@ -144,6 +147,7 @@ async def test_cseq_ordering(server, phone):
 async def test_require_unknown_extension_is_420(server, phone):
     r = await phone.register(next_aor(), extra=["Require: foo, path"])
     assert r.status == 420 and r.headers.get("Unsupported") == "foo"
+    assert server.core.snapshot_stats()["rejected_regs"] == 1
 
 
 async def test_non_sip_to_is_400(server, phone):
@@ -250,7 +254,7 @@ async def test_events_and_counters(server, phone):
     assert kinds.count(ev.CONTACT_ADDED) == 1 and kinds.count(ev.CONTACT_REFRESHED) == 1
     assert kinds.count(ev.REQUEST_HANDLED) == 3
     stats = server.core.snapshot_stats()
-    assert stats["accepted_regs"] == 2 and stats["rejected_regs"] == 1
+    assert stats["accepted_regs"] == 2 and stats["rejected_regs"] == 1 and stats["challenged"] == 0
     assert stats["registered_users"] == 1 and stats["location_contacts"] == 1
 
 

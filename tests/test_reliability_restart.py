@@ -60,9 +60,10 @@ async def test_retransmitted_register_after_crash_gets_same_200_and_no_update(se
     same_bindings(first, again, time.monotonic() - sent_at)
     assert rows(proc.db, aor) == stored, "the retransmission updated the binding a second time"
 
-    # A late REGISTER of the same Call-ID with an older CSeq: 200, no change either.
+    # A late REGISTER of the same Call-ID with an older CSeq fails (RFC 3261 §10.3 step 7: 500)
+    # and changes nothing either.
     older = register_bytes(aor, [phone.contact], local=phone.local, call_id="phone@t", cseq=4, expires=60)
-    assert (await phone.send(older)).status == 200
+    assert (await phone.send(older)).status == 500
     assert rows(proc.db, aor) == stored
 
     # A removal, committed, then retransmitted after another crash: 200, still removed,

@@ -1,12 +1,14 @@
 """Digest authentication of requests, with the defences of security-and-reliability.md §3-§4:
 the same 401 before any subscriber lookup, a dummy HA1 for unknown users, stateless nonces
-with nonce-count replay protection, stale=true for genuine old nonces, and a per-user
-failed-auth budget."""
+with nonce-count replay protection, stale=true for genuine old nonces, and a failed-auth
+budget per user *and source address*: a stranger's wrong guesses never lock the real user
+out from the phone's own address."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -58,8 +60,9 @@ class Authenticator:
         self.fail_window = fail_window
         self.ban_time = ban_time
         self.clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._banned: dict[tuple[str, str], float] = {}
+        # (source ip, username, realm) -> times of recent failures; -> until when refused.
+        self._failures: dict[tuple[str, str, str], deque[float]] = {}
+        self._locked: dict[tuple[str, str, str], float] = {}
 
     def challenge(self, realm: str, *, stale: bool = False, failure: str | None = None,
                   user: str = "") -> Refusal:
@@ -68,8 +71,8 @@ class Authenticator:
         headers = [("WWW-Authenticate", challenge(realm, nonce, alg, stale=stale)) for alg in self.algorithms]
         return Refusal(401, "Unauthorized", headers, failure, user)
 
-    def check(self, request: Request, realm: str) -> AuthOutcome:
-        """Authenticate ``request`` against ``realm`` (the AOR's domain)."""
+    def check(self, request: Request, realm: str, source_ip: str) -> AuthOutcome:
+        """Authenticate ``request``, which came from ``source_ip``, against ``realm`` (the AOR's domain)."""
         creds = None
         try:
             for value in request.headers.get_all("Authorization"):
@@ -85,25 +88,26 @@ class Authenticator:
             return AuthOutcome(refusal=Refusal(400, "Bad Request",
                                                [("P-Registrar-Error", "Digest uri differs from the Request-URI")]))
         state = self.nonces.check(creds.nonce, realm)
+        key = (source_ip, creds.username, realm)
         if state is NonceState.FORGED:
-            return AuthOutcome(refusal=self._failed(creds.username, realm))
+            return AuthOutcome(refusal=self._failed(key))
         if state is NonceState.STALE:
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
         nc = _nc(creds.nc)
         if creds.qop != "auth" or nc is None or not creds.cnonce:
-            return AuthOutcome(refusal=self._failed(creds.username, realm))
+            return AuthOutcome(refusal=self._failed(key))
         if not self.nonces.nc_fresh(creds.nonce, nc):
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
-        key = (creds.username, realm)
-        if self._banned.get(key, 0) > self.clock():
-            return AuthOutcome(refusal=Refusal(403, "Try later", failure="user-banned", user=creds.username))
+        left = self._locked.get(key, 0.0) - self.clock()
+        if left > 0:
+            return AuthOutcome(refusal=self._try_later(left, creds.username))
         ha1 = self.subscribers.ha1(creds.username, realm, creds.algorithm)
         if ha1 is None:
             ha1 = self._dummy_ha1(creds.username, realm, creds.algorithm)
         expected = response(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
                             request.method, creds.uri)
         if not matches(expected, creds.response) or not self.subscribers.exists(creds.username, realm):
-            return AuthOutcome(refusal=self._failed(creds.username, realm))
+            return AuthOutcome(refusal=self._failed(key))
         self.nonces.accept_nc(creds.nonce, nc)
         self._failures.pop(key, None)
         return AuthOutcome(username=creds.username)
@@ -113,18 +117,27 @@ class Authenticator:
         digest = hmac.new(self._dummy_key, f"{username}:{realm}:{algorithm}".encode(), "sha256").hexdigest()
         return digest[:32] if algorithm == "MD5" else digest
 
-    def _failed(self, username: str, realm: str) -> Refusal:
+    def _failed(self, key: tuple[str, str, str]) -> Refusal:
+        """One failed authentication of ``key`` (source ip, username, realm). Past the budget
+        that user is refused from that address only ("user-banned": the core bans the address
+        too, unless it is a trusted peer); from every other address it keeps registering."""
         now = self.clock()
-        key = (username, realm)
+        if len(self._failures) + len(self._locked) > 100_000:  # many addresses or names: keep what is recent
+            self._failures = {k: f for k, f in self._failures.items() if f and f[-1] >= now - self.fail_window}
+            self._locked = {k: until for k, until in self._locked.items() if until > now}
         failures = self._failures.setdefault(key, deque())
         failures.append(now)
         while failures and failures[0] < now - self.fail_window:
             failures.popleft()
         if len(failures) >= self.fail_budget:
-            self._banned[key] = now + self.ban_time
-            failures.clear()
-            return self.challenge(realm, failure="user-banned", user=username)
-        return self.challenge(realm, failure="auth-failed", user=username)
+            self._locked[key] = now + self.ban_time
+            del self._failures[key]
+            return self._try_later(self.ban_time, key[1])
+        return self.challenge(key[2], failure="auth-failed", user=key[1])
+
+    def _try_later(self, seconds: float, username: str) -> Refusal:
+        """Kamailio's "403 Try later", with the Retry-After that tells a phone when."""
+        return Refusal(403, "Try later", [("Retry-After", str(max(1, math.ceil(seconds))))], "user-banned", username)
 
 
 def authorised_for(request: Request, username: str, realm: str) -> bool:

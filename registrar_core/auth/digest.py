@@ -7,8 +7,10 @@ import hmac
 import re
 from dataclasses import dataclass
 
-# Preference order: the first is offered first in the challenges (RFC 8760 §2.4).
-ALGORITHMS = ("SHA-256", "MD5")
+# The default challenge: MD5 only. Clients still in the field fail on SHA-256 (baresip 1.0
+# even when MD5 is offered first; sipsak and sipp 3.6 when SHA-256 comes first); SHA-256 and
+# SHA-512-256 are a configuration away (config auth_algorithms, first offered first: RFC 8760 §2.4).
+ALGORITHMS = ("MD5",)
 _HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
 
 
