@@ -17,6 +17,10 @@ traffic run between chunks. By default it is still one line (one JSON-RPC respon
 with ``"stream": true`` among the params it comes as ``{"id": N, "partial": {"aors": [...]}}``
 lines and then the response ``{"id": N, "result": {"table": T, "count": AORS}}``, which
 lets a client print as it reads (``ControlClient.call_streamed``, ``sipconsole ctl dump``).
+``user.list`` is written the same way. Other replies that grow with the table are one line,
+built whole, with these bounds (ControlClient reads lines up to READ_LIMIT, 64 MiB): ``qualify``
+without AOR or ruid, about 100 bytes per contact (some 600k contacts); ``policy.get``,
+about 40 bytes per per-AOR single-contact override; ``stats``, about 20 bytes per banned IP.
 """
 
 from __future__ import annotations
@@ -204,8 +208,9 @@ class Methods:
         return self.core.snapshot_stats()
 
     # -- subscribers (``sipconsole user``) ------------------------------------------------
-    async def rpc_user_list(self) -> dict[str, Any]:
-        return {"users": self.core.subscribers.list()}
+    async def rpc_user_list(self) -> Streamed:
+        """Every subscriber (user@domain, sorted), written in chunks like dump's AORs."""
+        return Streamed({}, "users", _slices(self.core.subscribers.list(), CHUNK * 16))
 
     async def rpc_user_add(self, user: str, password: str) -> dict[str, Any]:
         return self._user_changed("added", await self.core.subscribers.add(user, password))
@@ -220,6 +225,11 @@ class Methods:
         """Tell every console that the subscriber list changed (and how)."""
         self.core.events.publish(SUBSCRIBER_CHANGED, user=user, action=action)
         return {"user": user}
+
+
+async def _slices(items: list[Any], size: int) -> AsyncIterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 # Parameters that must be strings (or null where the method allows it).
