@@ -32,7 +32,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ class Streamed:
 
     head: dict[str, Any]
     key: str
-    chunks: AsyncIterator[list[Any]]
+    chunks: AsyncGenerator[list[Any], None]
     messages: bool = False
 
     async def collect(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class Methods:
             result["next"] = offset + limit if offset + limit < total else None
         return result
 
-    async def _sorted_aors(self, table: str) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _sorted_aors(self, table: str) -> AsyncGenerator[list[dict[str, Any]], None]:
         """The table's AORs in order, CHUNK at a time. The AORs are those of the start (sorted
         in a thread: 250k take a quarter of a second); each chunk shows their contacts as
         they are when it is made, and an AOR emptied meanwhile is left out."""
@@ -227,7 +227,7 @@ class Methods:
         return {"user": user}
 
 
-async def _slices(items: list[Any], size: int) -> AsyncIterator[list[Any]]:
+async def _slices(items: list[Any], size: int) -> AsyncGenerator[list[Any], None]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
