@@ -88,10 +88,10 @@ class ServeProcess:
         return subprocess.run(cmd, input=(password or "") + "\n", capture_output=True, text=True, timeout=30)
 
     def peak_rss_kib(self) -> int:
-        """VmHWM of the registrar process: the most memory it has held since it started."""
+        """VmHWM of the registrar process: the most memory it has held since it started
+        (or since :meth:`reset_peak_rss`)."""
         assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+        return peak_rss_kib(self.proc.pid)
 
     def reset_peak_rss(self) -> None:
         """Start VmHWM again from the current RSS (Linux >= 4.0: writing 5 to clear_refs)."""
@@ -110,6 +110,12 @@ class ServeProcess:
         elif done.returncode != 0:
             out = done.stderr
         return done.returncode, out
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of a running process, in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
 
 
 @dataclass

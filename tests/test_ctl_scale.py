@@ -8,6 +8,7 @@ from VmHWM, reset just before the dump starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 from registrar_core.control import ControlClient
 
-from .processes import ServeProcess, run_sipp, write_bindings, write_injection
+from .processes import ServeProcess, peak_rss_kib, run_sipp, write_bindings, write_injection
 
 BINDINGS = 250_000
 #: What the registrar may grow by while it dumps the table: a few chunks in flight and
@@ -24,6 +25,9 @@ BINDINGS = 250_000
 #: (measured: about 2 MiB in all). A reply built whole would be ~150 MB of JSON text
 #: alone (the parsed dicts several times that).
 RSS_GROWTH_BOUND_KIB = 32 * 1024
+#: What `ctl` itself may hold: it prints each chunk as it comes (measured: about 33 MiB, most
+#: of it the interpreter and its imports); keeping 250k AORs would take several hundred MiB.
+CTL_RSS_BOUND_KIB = 100 * 1024
 SIPP_CALLS, SIPP_RATE = 3000, 150  # 20 s of REGISTERs: longer than the dump takes here
 
 
@@ -59,7 +63,10 @@ def test_json_dump_of_250k_bindings_while_sipp_registers(serve_process: ServePro
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out_task = asyncio.create_task(dump.communicate())
             answered_meanwhile = 0  # another control client is answered while the dump runs
+            ctl_peak = 0
             while not out_task.done():
+                with contextlib.suppress(OSError, AttributeError):  # gone (or a zombie) at the end
+                    ctl_peak = max(ctl_peak, peak_rss_kib(dump.pid))
                 await asyncio.wait_for(client.call("stats"), 30)
                 answered_meanwhile += not out_task.done()
                 await asyncio.sleep(0.2)
@@ -68,6 +75,8 @@ def test_json_dump_of_250k_bindings_while_sipp_registers(serve_process: ServePro
             assert dump.returncode == 0, err.decode()
             assert answered_meanwhile >= 1, "no other control request answered while the dump ran"
             assert accepted_during > 0, "no REGISTER accepted while the dump ran"
+            print(f"ctl's peak RSS sampled during the dump: {ctl_peak / 1024:.0f} MiB")
+            assert 0 < ctl_peak <= CTL_RSS_BOUND_KIB, f"ctl held {ctl_peak / 1024:.0f} MiB"
             return out, base, serve.peak_rss_kib()
         finally:
             await client.close()
