@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -520,6 +521,29 @@ def test_a_reply_line_too_long_for_the_client_is_dropped_not_no_registrar(serve_
             await client.close()
 
     asyncio.run(whole_dump())
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_logged(make_server, short_dir, monkeypatch, caplog):
+    await asyncio.to_thread(write_bindings, short_dir / "location.db", 20_000)  # ~12 MB: more than buffers hold
+    srv = await make_server()
+    monkeypatch.setattr("registrar_core.control.WRITE_TIMEOUT", 0.5)
+    caplog.set_level(logging.INFO, logger="registrar_core.control")
+    reader, writer = await asyncio.open_unix_connection(srv.config.control, limit=1 << 18)  # reads pause at 512 kB
+    try:
+        writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "dump", "params": {"stream": true}}\n')
+        await reader.readline()  # the reply has started; then nothing more is read
+        deadline = time.monotonic() + 30
+        while "read nothing of its reply for 0.5 s" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.1)
+        # Its reply was abandoned, and the registrar answers others meanwhile.
+        client = await ControlClient(srv.config.control).connect()
+        try:
+            assert (await asyncio.wait_for(client.call("stats"), 10))["registered_users"] == 20_000
+        finally:
+            await client.close()
+    finally:
+        writer.close()
 
 
 # -- the plain forms ------------------------------------------------------------------------------
