@@ -151,9 +151,8 @@ def run_ctl(args: argparse.Namespace) -> int:
         printer = DumpPrinter(style, args.table, sys.stdout)
     try:
         result = asyncio.run(_call(path, method, params, printer))
-    except OutputClosed:  # `ctl dump | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return exit_codes.FAILED
+    except OutputClosed:
+        return _output_closed()
     except ReplyDropped as exc:
         _say(str(exc))
         return exit_codes.DROPPED
@@ -164,18 +163,27 @@ def run_ctl(args: argparse.Namespace) -> int:
         if printer is not None and printer.started:
             _say(f"the registrar on {path} stopped answering for {TIMEOUT:g} s in the middle of its reply")
             return exit_codes.DROPPED
-        _say(f"no answer from the registrar on {path} within {TIMEOUT:g} s")
+        _say(f"no answer from the registrar on {path} within {TIMEOUT:g} s{_where_hint(args)}")
         return exit_codes.NO_REGISTRAR
     except RpcError as exc:
         _say(exc.message)
         return exit_codes.USAGE if exc.code in _USAGE_CODES else exit_codes.FAILED
-    if printer is not None:
-        printer.finish()
-    elif args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(render(method, result))
+    try:
+        if printer is not None:
+            printer.finish()
+        elif args.json:
+            print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+        else:
+            print(render(method, result), flush=True)
+    except BrokenPipeError:
+        return _output_closed()
     return exit_codes.OK
+
+
+def _output_closed() -> int:
+    """`ctl dump | head`: the reader has what it wanted; no second error when Python exits."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return exit_codes.FAILED
 
 
 def _where_hint(args: argparse.Namespace) -> str:

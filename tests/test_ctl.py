@@ -523,6 +523,16 @@ def test_a_reply_line_too_long_for_the_client_is_dropped_not_no_registrar(serve_
     asyncio.run(whole_dump())
 
 
+def test_dump_into_a_closed_pipe_ends_quietly(serve_process):
+    write_bindings(serve_process.db, 3000)  # ~1 MB of rows: more than the pipe holds
+    serve = serve_process.start()
+    reader = ctl_popen(serve.control, "dump")  # as in `sipconsole ctl dump | head -1`
+    assert reader.stdout is not None and reader.stdout.readline().startswith(b"AOR ")
+    reader.stdout.close()
+    assert reader.wait(30) == exit_codes.FAILED
+    assert reader.stderr is not None and reader.stderr.read() == b"", "no traceback, no message"
+
+
 async def test_a_client_that_stops_reading_is_dropped_and_logged(make_server, short_dir, monkeypatch, caplog):
     await asyncio.to_thread(write_bindings, short_dir / "location.db", 20_000)  # ~12 MB: more than buffers hold
     srv = await make_server()
