@@ -10,6 +10,17 @@ Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table
 ``user.remove {user}``, and
 ``subscribe``, after which the server sends ``{"method": "event", "params": {...}}``
 notifications on that connection.
+
+A reply that grows with the table (``dump`` without ``limit``) is never built whole: the
+server encodes and writes it in chunks of AORs, waiting for the reader and letting SIP
+traffic run between chunks. By default it is still one line (one JSON-RPC response);
+with ``"stream": true`` among the params it comes as ``{"id": N, "partial": {"aors": [...]}}``
+lines and then the response ``{"id": N, "result": {"table": T, "count": AORS}}``, which
+lets a client print as it reads (``ControlClient.call_streamed``, ``sipconsole ctl dump``).
+``user.list`` is written the same way. Other replies that grow with the table are one line,
+built whole, with these bounds (ControlClient reads lines up to READ_LIMIT, 64 MiB): ``qualify``
+without AOR or ruid, about 100 bytes per contact (some 600k contacts); ``policy.get``,
+about 40 bytes per per-AOR single-contact override; ``stats``, about 20 bytes per banned IP.
 """
 
 from __future__ import annotations
@@ -21,14 +32,15 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .api import NotFound, RegistrarCore, normalise_aor
 from .auth import SubscriberError
 from .events import EVENTS_LOST, SUBSCRIBER_CHANGED
-from .location import DEFAULT_TABLE, StorageError
+from .location import DEFAULT_TABLE, Contact, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +50,12 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 NOT_FOUND = -32004
 STORAGE_FAILED = -32005
-MAX_LINE = 1 << 20
+MAX_LINE = 1 << 20  # the longest request line
+READ_LIMIT = MAX_LINE * 64  # the longest reply line ControlClient reads (a one-line dump of ~100k AORs)
+#: AORs per chunk of a streamed reply (a few ms of the registrar's time to encode each).
+CHUNK = 256
+#: A reader that takes nothing of a reply for this long is dropped (and the drop logged).
+WRITE_TIMEOUT = 60.0
 _CLOSED: dict[str, Any] = {"kind": "connection.closed"}  # marks the end of a client's event stream
 
 
@@ -47,6 +64,31 @@ class RpcError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A reply that grows with the table: ``head`` plus the list ``key``, whose items come
+    from ``chunks`` a slice at a time, so that no side ever holds the whole reply.
+
+    ``messages`` (the request's ``"stream": true``) sends each chunk as its own ``partial``
+    line and ends with ``head`` and a ``count``; otherwise it is written as one response line.
+    """
+
+    head: dict[str, Any]
+    key: str
+    chunks: AsyncGenerator[list[Any], None]
+    messages: bool = False
+
+    async def collect(self) -> dict[str, Any]:
+        """The whole reply as one value (the embedded console's LocalClient, small tables)."""
+        items = [item async for chunk in self.chunks for item in chunk]
+        return {**self.head, self.key: items}
+
+
+def contact_order(contact: Contact) -> tuple[str, str]:
+    """A stable order of an AOR's contacts in a dump: by address, then ruid."""
+    return contact.addr, contact.ruid
 
 
 class Methods:
@@ -79,11 +121,13 @@ class Methods:
             raise RpcError(STORAGE_FAILED, f"storage failure: {exc}") from None
 
     async def rpc_dump(self, table: str = DEFAULT_TABLE, offset: int = 0,
-                       limit: int | None = None) -> dict[str, Any]:
-        """Every AOR with its contacts; with ``limit``, one page of them and the next offset,
-        so a large table is read in slices without stalling the registrar."""
+                       limit: int | None = None) -> dict[str, Any] | Streamed:
+        """Every AOR with its contacts, sorted by AOR, streamed in chunks; with ``limit``, one
+        page of them in table order and the next offset (the console's paged load)."""
         if not isinstance(offset, int) or offset < 0 or (limit is not None and (not isinstance(limit, int) or limit < 1)):
             raise RpcError(INVALID_PARAMS, "offset must be >= 0 and limit >= 1")
+        if limit is None and not offset:
+            return Streamed({"table": table}, "aors", self._sorted_aors(table))
         now = self.core.location.clock()
         annotate = self.core.qualify.annotate
         profiles = self.core.dump(table, offset, limit)
@@ -94,6 +138,23 @@ class Methods:
             result["total"] = total
             result["next"] = offset + limit if offset + limit < total else None
         return result
+
+    async def _sorted_aors(self, table: str) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The table's AORs in order, CHUNK at a time. The AORs are those of the start (sorted
+        in a thread: 250k take a quarter of a second); each chunk shows their contacts as
+        they are when it is made, and an AOR emptied meanwhile is left out."""
+        location = self.core.location
+        annotate = self.core.qualify.annotate
+        aors = await asyncio.to_thread(sorted, location.aors(table))
+        for start in range(0, len(aors), CHUNK):
+            now = location.clock()
+            entries = []
+            for aor in aors[start:start + CHUNK]:
+                contacts = location.contacts(table, aor, now)
+                if contacts:
+                    contacts.sort(key=contact_order)
+                    entries.append({"aor": aor, "contacts": [annotate(c.to_dict(now)) for c in contacts]})
+            yield entries
 
     async def rpc_show(self, aor: str, table: str = DEFAULT_TABLE) -> dict[str, Any]:
         profile = self.core.fetch_contacts(_valid_aor(aor), table=table)
@@ -147,8 +208,9 @@ class Methods:
         return self.core.snapshot_stats()
 
     # -- subscribers (``sipconsole user``) ------------------------------------------------
-    async def rpc_user_list(self) -> dict[str, Any]:
-        return {"users": self.core.subscribers.list()}
+    async def rpc_user_list(self) -> Streamed:
+        """Every subscriber (user@domain, sorted), written in chunks like dump's AORs."""
+        return Streamed({}, "users", _slices(self.core.subscribers.list(), CHUNK * 16))
 
     async def rpc_user_add(self, user: str, password: str) -> dict[str, Any]:
         return self._user_changed("added", await self.core.subscribers.add(user, password))
@@ -163,6 +225,11 @@ class Methods:
         """Tell every console that the subscriber list changed (and how)."""
         self.core.events.publish(SUBSCRIBER_CHANGED, user=user, action=action)
         return {"user": user}
+
+
+async def _slices(items: list[Any], size: int) -> AsyncGenerator[list[Any], None]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 # Parameters that must be strings (or null where the method allows it).
@@ -196,6 +263,7 @@ class ControlServer:
         self.path = Path(path)
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -214,6 +282,7 @@ class ControlServer:
         if self._server is None:
             return
         self._server.close()
+        self._stopping = True
         for writer in list(self._writers):
             writer.close()
         with contextlib.suppress(Exception):
@@ -225,17 +294,32 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         pump: asyncio.Task[None] | None = None
+        why = "the client closed it"
         try:
             while line := await reader.readline():
                 reply, subscribe = await self._one(line)
                 if reply is not None:
-                    writer.write(_line(reply))
-                    await writer.drain()
+                    why = "the client went away while its reply was written"
+                    # Events may be written between the chunks of a subscribed connection's reply:
+                    # there a one-line reply is written whole (``stream`` keeps it in chunks).
+                    await _write_reply(writer, reply, whole=pump is not None)
+                    why = "the client closed it"
                 if subscribe and pump is None:
                     pump = asyncio.create_task(self._pump(writer))
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass
+        except ConnectionError as exc:
+            why = f"{why} ({type(exc).__name__})"
+        except (asyncio.LimitOverrunError, ValueError):
+            why = f"a request line over {MAX_LINE} bytes"
+        except TimeoutError:
+            why = f"the client read nothing of its reply for {WRITE_TIMEOUT:g} s"
+        except Exception:  # a bug while streaming a reply: the reply cannot be finished
+            log.exception("control reply failed")
+            why = "its reply failed (see the error above)"
         finally:
+            if self._stopping:
+                why = "the registrar stops"
+            log.log(logging.DEBUG if why == "the client closed it" else logging.INFO,
+                    "control connection closed: %s", why)
             if pump is not None:
                 pump.cancel()
             self._writers.discard(writer)
@@ -257,8 +341,13 @@ class ControlServer:
             return _error(id_, INVALID_PARAMS, "params must be an object"), False
         if request["method"] == "subscribe":
             return {"jsonrpc": "2.0", "id": id_, "result": {"subscribed": True}}, True
+        messages = params.pop("stream", False)  # how to frame a Streamed reply: any method takes it
+        if not isinstance(messages, bool):
+            return _error(id_, INVALID_PARAMS, "stream must be true or false"), False
         try:
             result = await self.methods.call(request["method"], params)
+            if isinstance(result, Streamed):
+                result = replace(result, messages=messages)
         except RpcError as exc:
             return (_error(id_, exc.code, exc.message) if "id" in request else None), False
         except Exception as exc:  # a bug must not take the control socket down
@@ -289,6 +378,46 @@ def _line(message: dict[str, Any]) -> bytes:
     return (_ENCODER.encode(message) + "\n").encode()
 
 
+async def _write_reply(writer: asyncio.StreamWriter, reply: dict[str, Any], *, whole: bool = False) -> None:
+    """Write one reply; a Streamed result a chunk at a time, each drained before the next
+    is made (bounded memory whatever the table size, and the loop runs between chunks)."""
+    result = reply.get("result")
+    if isinstance(result, Streamed) and whole and not result.messages:
+        reply, result = {**reply, "result": await result.collect()}, None
+    if not isinstance(result, Streamed):
+        writer.write(_line(reply))
+        await _drain(writer)
+        return
+    id_ = reply["id"]
+    count = 0
+    if not result.messages:
+        # The response with an empty list, split where the list opens: the items go between.
+        text = _ENCODER.encode({**reply, "result": {**result.head, result.key: []}})
+        writer.write(text[:-3].encode())  # ...,"aors":[   (the list is the last member)
+    async with contextlib.aclosing(result.chunks) as chunks:
+        async for items in chunks:
+            if not items:
+                continue
+            if result.messages:
+                writer.write(_line({"jsonrpc": "2.0", "id": id_, "partial": {result.key: items}}))
+            else:
+                text = _ENCODER.encode(items)[1:-1]
+                writer.write(("," + text if count else text).encode())
+            count += len(items)
+            await _drain(writer)
+            await asyncio.sleep(0)  # drain() returns at once when the reader keeps up
+    if result.messages:
+        writer.write(_line({"jsonrpc": "2.0", "id": id_, "result": {**result.head, "count": count}}))
+    else:
+        writer.write(b"]}}\n")
+    await _drain(writer)
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """``drain()``, bounded: a client that stopped reading must not hold its reply forever."""
+    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+
 async def _answers(path: Path) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1)
@@ -296,6 +425,11 @@ async def _answers(path: Path) -> bool:
         return False
     writer.close()
     return True
+
+
+class ReplyDropped(ConnectionError):
+    """The connection ended before a reply was complete: the registrar is there, but went away
+    (or sent what cannot be read) in the middle of answering; not "no registrar answers"."""
 
 
 class ControlClient:
@@ -307,12 +441,16 @@ class ControlClient:
         self._writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        # Streamed calls: their partial lines and final reply, a few at a time (the reader
+        # waits while the caller is busy with the previous ones: the registrar waits in turn).
+        self._streams: dict[int, asyncio.Queue[dict[str, Any] | None]] = {}
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100_000)
         self._task: asyncio.Task[None] | None = None
+        self._lost = ""  # why the connection ended, once it has
 
     async def connect(self) -> ControlClient:
         try:
-            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=MAX_LINE * 64)
+            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=READ_LIMIT)
         except OSError as exc:
             raise ConnectionError(f"no registrar answers on {self.path} ({exc.strerror or exc})") from None
         self._task = asyncio.create_task(self._read())
@@ -326,24 +464,43 @@ class ControlClient:
 
     async def _read(self) -> None:
         assert self._reader is not None
+        why = "the registrar closed the control connection before its reply was complete"
         try:
-            while line := await self._reader.readline():
+            while (line := await self._reader.readline()).endswith(b"\n"):  # else cut off by the end
                 message = json.loads(line)
                 if not isinstance(message, dict):
                     continue
                 if message.get("method") == "event":
                     self._queue_event(message["params"])
                     continue
-                fut = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]  # a reply without an id matches nothing
+                stream = self._streams.get(message.get("id"))  # type: ignore[arg-type]  # a reply without an id matches nothing
+                if stream is not None:
+                    await stream.put(message)
+                    continue
+                fut = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]
                 if fut is not None and not fut.done():
                     fut.set_result(message)
-        except (ConnectionError, ValueError, asyncio.CancelledError):
-            pass
+        except ConnectionError as exc:
+            why = f"the control connection broke before the registrar's reply was complete ({exc})"
+        except json.JSONDecodeError as exc:
+            why = f"a reply from the registrar that is not JSON ({exc})"
+        except ValueError:  # readline's "chunk exceed the limit"
+            why = (f"a reply line over {READ_LIMIT:,} bytes: the client stopped reading it "
+                   "(ask for it in chunks: stream, or limit)")
+        except asyncio.CancelledError:
+            why = "the control connection was closed"
         finally:
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(ConnectionError("the registrar closed the control connection"))
+                    fut.set_exception(ReplyDropped(why))
             self._waiting.clear()
+            for stream in self._streams.values():
+                while not stream.empty():  # an incomplete reply is no reply
+                    stream.get_nowait()
+                stream.put_nowait(None)
+            self._lost = why
+            if self._writer is not None:
+                self._writer.close()  # nothing more is read: the registrar may stop writing
             self._queue_event(_CLOSED)
 
     def _queue_event(self, event: dict[str, Any]) -> None:
@@ -367,13 +524,37 @@ class ControlClient:
         id_ = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[id_] = fut
+        await self._send(id_, method, params)
+        return _result(await fut)
+
+    async def call_streamed(self, method: str, each: Callable[[dict[str, Any]], None], **params: Any) -> Any:
+        """``call`` with ``"stream": true``: ``each`` is given every partial reply (one chunk,
+        such as ``{"aors": [...]}``) as it arrives, in order; returns the final result. Raises
+        ReplyDropped when the connection ends before the final result came."""
+        if self._writer is None:
+            raise ConnectionError("not connected")
+        if not self.connected:
+            raise ConnectionError("the registrar closed the control connection")
+        id_ = next(self._ids)
+        stream: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=4)
+        self._streams[id_] = stream
+        try:
+            await self._send(id_, method, {**params, "stream": True})
+            while (message := await stream.get()) is not None:
+                if "partial" not in message:
+                    return _result(message)
+                each(message["partial"])
+            raise ReplyDropped(self._lost)
+        finally:
+            del self._streams[id_]
+            while not stream.empty():  # unblock the reader if we leave early
+                stream.get_nowait()
+
+    async def _send(self, id_: int, method: str, params: dict[str, Any]) -> None:
+        assert self._writer is not None
         request = {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}
         self._writer.write(json.dumps(request).encode() + b"\n")
         await self._writer.drain()
-        reply = await fut
-        if "error" in reply:
-            raise RpcError(reply["error"]["code"], reply["error"]["message"])
-        return reply["result"]
 
     async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Subscribe, then yield the events in batches as they arrive; raises
@@ -388,6 +569,12 @@ class ControlClient:
                     yield batch[: batch.index(_CLOSED)]
                 raise ConnectionError("the registrar closed the control connection")
             yield batch
+
+
+def _result(reply: dict[str, Any]) -> Any:
+    if "error" in reply:
+        raise RpcError(reply["error"]["code"], reply["error"]["message"])
+    return reply["result"]
 
 
 class LocalClient:
@@ -406,6 +593,8 @@ class LocalClient:
     async def call(self, method: str, **params: Any) -> Any:
         # A JSON round trip keeps the embedded console honest: it sees what ctl sees.
         result = await self.methods.call(method, params)
+        if isinstance(result, Streamed):
+            result = await result.collect()
         return json.loads(json.dumps(result, default=str))
 
     async def events(self) -> AsyncIterator[list[dict[str, Any]]]:

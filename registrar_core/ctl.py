@@ -5,21 +5,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from typing import Any
+import textwrap
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any, TextIO
 
+from . import exit_codes
 from .api import NotFound, normalise_aor
 from .config import default_control_path
-from .control import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, ControlClient, RpcError
+from .control import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    ControlClient,
+    ReplyDropped,
+    RpcError,
+)
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_NO_REGISTRAR = 0, 1, 2, 3
 # The registrar refused the request itself: our usage was wrong.
 _USAGE_CODES = frozenset((PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS))
-# How long to wait for a registrar that accepted the connection but does not answer.
+# How long to wait for a registrar that accepted the connection but does not answer (for a
+# streamed dump: between two chunks, however long the whole takes).
 TIMEOUT = 15.0
 
 _EPILOG = """commands:
-  dump [--table T]                          every AOR and its contacts
+  dump [--table T] [--ndjson]               every AOR and its contacts, sorted by AOR
+                                            (then contact address), printed as they arrive
   show AOR [--table T]                      one AOR's contacts with every attribute
   unregister AOR [--ruid RUID] [--table T]  remove an AOR, or one contact of it
   policy single-contact on|off|inherit [--aor AOR]
@@ -34,10 +48,13 @@ _EPILOG = """commands:
 
 AOR is alice@example.com or sip:alice@example.com.
 --json prints the result as JSON: dump gives {"table": T, "aors": [{"aor": A, "contacts":
-[{every $ulc attribute, "expires": seconds left}]}]}, show gives {"aor": A, "count": N,
-"contacts": [...]}, unregister gives {"removed": [...]}.
-exit status: 0 ok, 1 not found (or the registrar failed the request), 2 bad usage,
-3 no registrar answers on the control socket."""
+[{every $ulc attribute, "expires": seconds left}]}]} (one document, one AOR per line, at
+any table size), show gives {"aor": A, "count": N, "contacts": [...]} (times as epoch
+seconds; the plain form prints them as ISO 8601 UTC), unregister gives {"removed": [...]}.
+dump --ndjson prints one {"aor": A, "contacts": [...]} per line instead (for pipelines).
+The control socket is $XDG_RUNTIME_DIR/sipconsole/control.sock, or /tmp/sipconsole-UID/
+without XDG_RUNTIME_DIR (sudo, cron): give the registrar's with --control PATH.
+""" + textwrap.fill(exit_codes.HELP, 90)
 
 
 def add_ctl_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +66,7 @@ def add_ctl_parser(sub: argparse._SubParsersAction) -> None:
     cmds = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
     dump = cmds.add_parser("dump", help="every AOR and its contacts")
     dump.add_argument("--table", default="location")
+    dump.add_argument("--ndjson", action="store_true", help="one JSON object per AOR per line")
     show = cmds.add_parser("show", help="one AOR's contacts with every attribute")
     show.add_argument("aor", metavar="AOR")
     show.add_argument("--table", default="location")
@@ -125,40 +143,140 @@ def run_ctl(args: argparse.Namespace) -> int:
         _check_aor(params)
     except ValueError as exc:
         _say(f"error: {exc}")
-        return EXIT_USAGE
+        return exit_codes.USAGE
     path = args.control or str(default_control_path())
+    printer = None
+    if method == "dump":
+        style = "ndjson" if args.ndjson else "json" if args.json else "table"
+        printer = DumpPrinter(style, args.table, sys.stdout)
     try:
-        result = asyncio.run(_call(path, method, params))
-    except ConnectionError as exc:
+        result = asyncio.run(_call(path, method, params, printer))
+    except OutputClosed:
+        return _output_closed()
+    except ReplyDropped as exc:
         _say(str(exc))
-        return EXIT_NO_REGISTRAR
+        return exit_codes.DROPPED
+    except ConnectionError as exc:
+        _say(f"{exc}{_where_hint(args)}")
+        return exit_codes.NO_REGISTRAR
     except TimeoutError:
-        _say(f"no answer from the registrar on {path} within {TIMEOUT:g} s")
-        return EXIT_NO_REGISTRAR
+        if printer is not None and printer.started:
+            _say(f"the registrar on {path} stopped answering for {TIMEOUT:g} s in the middle of its reply")
+            return exit_codes.DROPPED
+        _say(f"no answer from the registrar on {path} within {TIMEOUT:g} s{_where_hint(args)}")
+        return exit_codes.NO_REGISTRAR
     except RpcError as exc:
         _say(exc.message)
-        return EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_NOT_FOUND
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(render(method, result))
-    return EXIT_OK
+        return exit_codes.USAGE if exc.code in _USAGE_CODES else exit_codes.FAILED
+    try:
+        if printer is not None:
+            printer.finish()
+        elif args.json:
+            print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+        else:
+            print(render(method, result), flush=True)
+    except BrokenPipeError:
+        return _output_closed()
+    return exit_codes.OK
 
 
-async def _call(path: str, method: str, params: dict[str, Any]) -> Any:
-    async with asyncio.timeout(TIMEOUT):
+def _output_closed() -> int:
+    """`ctl dump | head`: the reader has what it wanted; no second error when Python exits."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return exit_codes.FAILED
+
+
+def _where_hint(args: argparse.Namespace) -> str:
+    """Why the default socket may be the wrong one: sudo and cron drop XDG_RUNTIME_DIR."""
+    if args.control or os.environ.get("XDG_RUNTIME_DIR"):
+        return ""
+    return ("; XDG_RUNTIME_DIR is unset, so the default under /tmp was tried: give the registrar's "
+            "socket with --control PATH (often /run/user/UID/sipconsole/control.sock), "
+            "or run as the registrar's user")
+
+
+async def _call(path: str, method: str, params: dict[str, Any], printer: DumpPrinter | None) -> Any:
+    async with asyncio.timeout(TIMEOUT) as deadline:
         client = await ControlClient(path).connect()
         try:
-            return await client.call(method, **params)
+            if printer is None:
+                return await client.call(method, **params)
+            loop = asyncio.get_running_loop()
+
+            def each(partial: dict[str, Any]) -> None:
+                deadline.reschedule(loop.time() + TIMEOUT)  # progress: the registrar answers
+                try:
+                    printer.chunk(partial["aors"])
+                except BrokenPipeError:  # a ConnectionError, but not the registrar's
+                    raise OutputClosed from None
+
+            return await client.call_streamed(method, each, **params)
         finally:
             await client.close()
 
 
+class OutputClosed(Exception):
+    """Our standard output was closed while a dump was printed."""
+
+
+class DumpPrinter:
+    """Prints a dump chunk by chunk as it arrives, never holding the table: as a table (the
+    column widths set by the first chunk), as one JSON document with one AOR per line, or
+    as ndjson (one AOR per line and nothing else)."""
+
+    def __init__(self, style: str, table_name: str, out: TextIO) -> None:
+        self.style = style
+        self.table_name = table_name
+        self.out = out
+        self.aors = 0
+        self.contacts = 0
+        self.widths: list[int] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.aors > 0
+
+    def chunk(self, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        if self.style == "table":
+            rows = [row for e in entries for row in _contact_rows(e["aor"], e["contacts"])]
+            lines = []
+            if self.widths is None:
+                self.widths = _widths(_CONTACT_HEADERS, rows)
+                lines.append(_row(_CONTACT_HEADERS, self.widths))
+            lines += [_row(r, self.widths) for r in rows]
+            text = "\n".join(lines) + "\n"
+        elif self.style == "ndjson":
+            text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+        else:
+            text = ",\n    ".join(json.dumps(e, sort_keys=True) for e in entries)
+            text = (",\n    " if self.started else '{\n  "aors": [\n    ') + text
+        self.aors += len(entries)
+        self.contacts += sum(len(e["contacts"]) for e in entries)
+        self.out.write(text)
+
+    def finish(self) -> None:
+        """The end of the dump: the JSON document's close, or the table's summary line."""
+        if self.style == "table":
+            self.out.write(f"table {self.table_name}: {self.aors} AORs, {self.contacts} contacts\n")
+        elif self.style == "json":
+            opening = "\n  ]" if self.started else '{\n  "aors": []'
+            self.out.write(f'{opening},\n  "table": {json.dumps(self.table_name)}\n}}\n')
+        self.out.flush()
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
+    widths = _widths(headers, rows)
+    return "\n".join([_row(headers, widths)] + [_row(r, widths) for r in rows])
+
+
+def _widths(headers: list[str], rows: list[list[str]]) -> list[int]:
+    return [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
 
 def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
@@ -175,14 +293,12 @@ _CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "STATE", "RTT(ms)", "RECEI
 
 
 def render(method: str, result: Any) -> str:
-    if method == "dump":
-        rows = [row for a in result["aors"] for row in _contact_rows(a["aor"], a["contacts"])]
-        summary = f"table {result['table']}: {len(result['aors'])} AORs, {len(rows)} contacts"
-        return f"{table(_CONTACT_HEADERS, rows)}\n{summary}" if rows else summary
+    """The plain-text form of every reply but dump's (DumpPrinter prints that as it comes)."""
     if method == "show":
         blocks = [f"AOR: {result['aor']}  ({result['count']} contacts)"]
         for c in result["contacts"]:
-            blocks.append("\n".join(f"  {k:>10}: {_text(v)}" for k, v in sorted(c.items())))
+            blocks.append("\n".join(f"  {k:>10}: {_iso(v) if k in _TIMES else _text(v)}"
+                                    for k, v in sorted(c.items())))
         return "\n\n".join(blocks)
     if method == "qualify":
         rows = [[ruid, s["state"], _rtt(s["rtt_ms"]), s["reason"]] for ruid, s in sorted(result["contacts"].items())]
@@ -196,10 +312,31 @@ def render(method: str, result: Any) -> str:
         for aor, on in sorted(result["single_contact_overrides"].items()):
             lines.append(f"single-contact: {'on' if on else 'off'} for {aor}")
         return "\n".join(lines)
-    rows = [[k, _text(v)] for k, v in result.items() if k not in ("register_rate", "requests", "responses")]
-    rows += [[f"requests.{k}", str(v)] for k, v in sorted(result["requests"].items())]
-    rows += [[f"responses.{k}", str(v)] for k, v in sorted(result["responses"].items())]
+    # register_rate (REGISTERs per second, the last 120 s) is the console's sparkline: JSON only.
+    rows = [[k, text] for key, v in result.items() if key != "register_rate" for k, text in _flat(key, v)]
     return table(["STATISTIC", "VALUE"], rows)
+
+
+def _flat(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    """Rows for one statistic: a dict becomes ``key.sub`` rows (sorted), an empty one ``none``."""
+    if isinstance(value, dict) and value:
+        for sub, v in sorted(value.items()):
+            yield from _flat(f"{key}.{sub}", v)
+    elif value is None or isinstance(value, (dict, list, tuple)) and not value:
+        yield key, "none"
+    else:
+        yield key, _text(value)
+
+
+# A contact's absolute times (epoch seconds in JSON).
+_TIMES = frozenset(("expires_at", "modified", "last_checked"))
+
+
+def _iso(value: Any) -> str:
+    """Epoch seconds as ISO 8601 UTC, e.g. 2026-12-06T08:30:00Z."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return _text(value)
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _text(value: Any) -> str:

@@ -1,7 +1,9 @@
-"""Real processes for tests: `sipconsole serve` and sipp."""
+"""Real processes for tests: `sipconsole serve` and sipp; a large location table written
+straight into a database file before the registrar starts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,6 +14,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from registrar_core.location import Contact, LocationStore
+from registrar_core.location.store import Batch
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -82,6 +87,17 @@ class ServeProcess:
             cmd.append("--password-stdin")
         return subprocess.run(cmd, input=(password or "") + "\n", capture_output=True, text=True, timeout=30)
 
+    def peak_rss_kib(self) -> int:
+        """VmHWM of the registrar process: the most memory it has held since it started
+        (or since :meth:`reset_peak_rss`)."""
+        assert self.proc is not None
+        return peak_rss_kib(self.proc.pid)
+
+    def reset_peak_rss(self) -> None:
+        """Start VmHWM again from the current RSS (Linux >= 4.0: writing 5 to clear_refs)."""
+        assert self.proc is not None
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
     def ctl(self, *args: str, json_output: bool = True) -> tuple[int, object]:
         """Run `sipconsole ctl` against this server; returns (exit code, parsed JSON or text)."""
         cmd = [sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(self.control)]
@@ -94,6 +110,12 @@ class ServeProcess:
         elif done.returncode != 0:
             out = done.stderr
         return done.returncode, out
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of a running process, in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
 
 
 @dataclass
@@ -145,3 +167,28 @@ def acknowledged_aors(message_log: str) -> set[str]:
             if m:
                 acked.add(m.group(1).lower())
     return acked
+
+
+def write_bindings(db: Path, count: int, *, domain: str = "bulk.test", expires_in: float = 3600,
+                   table: str = "location", batch: int = 20_000) -> list[str]:
+    """Write ``count`` bindings (AORs u0000000@domain..., one contact each) into the database
+    file, through the registrar's own store (its schema, its rows), before ``serve`` starts:
+    seconds for 250k bindings where registering them would take minutes. Returns the AORs."""
+    aors = [f"u{i:07d}@{domain}" for i in range(count)]
+
+    async def write() -> None:
+        store = LocationStore(db)
+        await store.open()
+        try:
+            now = time.time()
+            for start in range(0, count, batch):
+                await store.write(Batch(puts=[
+                    (table, Contact(f"bulk-{i:07d}", aor, f"sip:{aor.partition('@')[0]}@192.0.2.1:5060",
+                                    now + expires_in, f"bulk-call-{i}", 1, received="udp:192.0.2.1:5060",
+                                    socket="udp:127.0.0.1:5060", user_agent="bulk-loaded", modified=now))
+                    for i, aor in enumerate(aors[start:start + batch], start)]))
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    return aors

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from registrar_core import ctl
+from registrar_core import ctl, exit_codes
 from registrar_core.cli import build_parser
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import run_sipp, write_injection
+from .processes import run_sipp, write_bindings, write_injection
 from .sipclient import UdpPhone, register_bytes
 
 ULC_ATTRIBUTES = {"aor", "domain", "aorhash", "addr", "path", "received", "expires", "callid", "q",
@@ -55,9 +60,25 @@ async def query(serve, aor: str) -> list[str]:
     return [str(c.uri) for c in r.contacts]
 
 
-def ctl_raw(*args: str) -> subprocess.CompletedProcess[str]:
+def ctl_raw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "registrar_core.cli", "ctl", *args],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+def ctl_popen(control: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`sipconsole ctl` left running, its output in a pipe that nobody reads yet."""
+    return subprocess.Popen([sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(control), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def one_line(text: str) -> str:
@@ -162,8 +183,8 @@ def test_help_documents_every_command():
         assert word in text, word
     for cmd in COMMANDS:
         assert f"\n  {cmd} " in text, f"{cmd} has no line of its own in --help"
-    for code in ("0 ok", "1 not found", "2 bad usage", "3 no registrar"):
-        assert code in text, code
+    assert "--ndjson" in text
+    assert " ".join(exit_codes.HELP.split()) in " ".join(text.split()), "the exit codes are not stated"
     top = subprocess.run([sys.executable, "-m", "registrar_core.cli", "--help"],
                          capture_output=True, text=True, timeout=30)
     assert "ctl" in top.stdout
@@ -377,6 +398,218 @@ async def test_subscriber_methods_used_by_sipconsole_user(server):
         changes = [(e.data["action"], e.data["user"]) for e in sub.drain() if e.kind == "subscriber.changed"]
         assert changes == [("added", "judy@example.com"), ("password", "judy@example.com"),
                            ("removed", "judy@example.com")]
+        for user in ("zed@example.com", "amy@example.org", "amy@example.com"):
+            await client.call("user.add", user=user, password="pw")
+        chunks: list[list[str]] = []
+        assert await client.call_streamed("user.list", lambda p: chunks.append(p["users"])) == {"count": 3}
+        assert chunks == [["amy@example.com", "zed@example.com", "amy@example.org"]]  # by domain, then user
+        assert (await client.call("user.list"))["users"] == chunks[0]
     finally:
         sub.close()
         await client.close()
+
+
+# -- dump: sorted, streamed, and what happens when a connection breaks in the middle ---------------
+
+async def test_dump_is_sorted_by_aor_then_contact_in_every_form(serve_process, tmp_path):
+    serve = serve_process.start()
+    # Registered out of order, and an AOR's devices with the later address first.
+    sipp_register(serve, tmp_path, [("zoe", "example.com", "desk", "1.0"), ("mia", "example.com", "zulu", "0.5"),
+                                    ("adam", "example.com", "desk", "1.0"), ("mia", "example.com", "alpha", "1.0"),
+                                    ("mia", "example.org", "desk", "1.0")])
+    want = ["adam@example.com", "mia@example.com", "mia@example.org", "zoe@example.com"]
+    code, dump = serve.ctl("dump")
+    assert code == 0 and [a["aor"] for a in dump["aors"]] == want
+    mia = dump["aors"][1]["contacts"]
+    assert [c["addr"].split("@")[0] for c in mia] == ["sip:alpha", "sip:zulu"]
+    code, text = serve.ctl("dump", json_output=False)
+    assert code == 0
+    lines = text.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:-1]] == [want[0], want[1], want[1], want[2], want[3]]
+    assert [line.split()[1].split("@")[0] for line in lines[2:4]] == ["sip:alpha", "sip:zulu"]
+    assert lines[-1] == "table location: 4 AORs, 5 contacts"
+    code, text = serve.ctl("dump", "--ndjson", json_output=False)
+    assert code == 0
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert [e["aor"] for e in entries] == want
+    assert [c["ruid"] for c in entries[1]["contacts"]] == [c["ruid"] for c in mia]
+    code, text = serve.ctl("dump", "--ndjson", "--table", "elsewhere", json_output=False)
+    assert code == 0 and text == ""
+
+
+def test_dump_streams_in_chunks_and_stays_one_response_for_old_clients(serve_process):
+    aors = write_bindings(serve_process.db, 700)  # three chunks of the server's 256
+    serve = serve_process.start()
+
+    async def exchange() -> None:
+        reader, writer = await asyncio.open_unix_connection(str(serve.control), limit=1 << 24)
+        try:
+            writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "dump", "params": {"stream": true}}\n')
+            partials = []
+            while "result" not in (message := json.loads(await asyncio.wait_for(reader.readline(), 10))):
+                assert message["id"] == 1
+                partials.append(message["partial"]["aors"])
+            assert message == {"jsonrpc": "2.0", "id": 1, "result": {"table": "location", "count": 700}}
+            assert [len(p) for p in partials] == [256, 256, 188]
+            assert [e["aor"] for p in partials for e in p] == sorted(aors)
+            # Without stream: one response line, the same AORs (written in chunks all the same).
+            writer.write(b'{"jsonrpc": "2.0", "id": 2, "method": "dump"}\n')
+            whole = json.loads(await asyncio.wait_for(reader.readline(), 10))
+            assert whole["id"] == 2 and set(whole["result"]) == {"table", "aors"}
+            assert [e["aor"] for e in whole["result"]["aors"]] == sorted(aors)
+            writer.write(b'{"jsonrpc": "2.0", "id": 3, "method": "dump", "params": {"stream": "yes"}}\n')
+            assert json.loads(await asyncio.wait_for(reader.readline(), 10))["error"]["code"] == -32602
+            # The console's pages (offset, limit) are as they were: table order, total and next.
+            writer.write(b'{"jsonrpc": "2.0", "id": 4, "method": "dump", "params": {"offset": 650, "limit": 100}}\n')
+            page = json.loads(await asyncio.wait_for(reader.readline(), 10))["result"]
+            assert (page["total"], page["next"], len(page["aors"])) == (700, None, 50)
+            # A connection that subscribed to events gets a dump's one line whole, never cut by an event.
+            writer.write(b'{"jsonrpc": "2.0", "id": 5, "method": "subscribe"}\n'
+                         b'{"jsonrpc": "2.0", "id": 6, "method": "dump"}\n')
+            got: dict = {}
+            while 6 not in got:
+                message = json.loads(await asyncio.wait_for(reader.readline(), 10))
+                got[message.get("id")] = message
+            assert len(got[6]["result"]["aors"]) == 700
+        finally:
+            writer.close()
+
+    asyncio.run(exchange())
+
+
+def test_a_reply_cut_short_is_exit_4_and_the_registrar_logs_why(serve_process):
+    write_bindings(serve_process.db, 30_000)  # about 18 MB of JSON: more than the pipes hold
+    serve = serve_process.start(timeout=60)
+
+    # The client goes away mid-reply: the registrar says why it closed the connection.
+    reader = ctl_popen(serve.control, "--json", "dump")
+    assert reader.stdout is not None and reader.stdout.read(4096)
+    reader.kill()
+    reader.wait()
+    wait_for(lambda: "control connection closed: the client went away while its reply was written"
+             in serve.log.read_text(), what="the registrar's log line")
+
+    # The registrar goes away mid-reply: not "no registrar answers" (3) but 4, with its own message.
+    reader = ctl_popen(serve.control, "--json", "dump")
+    assert reader.stdout is not None and reader.stdout.read(4096)
+    serve.kill()
+    reader.stdout.read()  # let ctl print what it had
+    _, err = reader.communicate(timeout=30)
+    assert reader.returncode == exit_codes.DROPPED == 4
+    assert "reply was complete" in one_line(err.decode())
+    assert "no registrar" not in err.decode()
+
+
+def test_a_reply_line_too_long_for_the_client_is_dropped_not_no_registrar(serve_process, monkeypatch):
+    write_bindings(serve_process.db, 1000)  # about 600 kB as one line, 150 kB per chunk
+    serve = serve_process.start()
+    monkeypatch.setattr("registrar_core.control.READ_LIMIT", 256 * 1024)
+
+    async def whole_dump() -> None:
+        client = await ControlClient(serve.control).connect()
+        try:
+            with pytest.raises(ctl.ReplyDropped, match="reply line over"):
+                await asyncio.wait_for(client.call("dump"), 10)
+            assert not client.connected
+            await client.close()
+            # Asked for in chunks, the same table comes through the same small limit.
+            client = await ControlClient(serve.control).connect()
+            chunks: list[int] = []
+            result = await client.call_streamed("dump", lambda p: chunks.append(len(p["aors"])))
+            assert result == {"table": "location", "count": 1000} and sum(chunks) == 1000
+        finally:
+            await client.close()
+
+    asyncio.run(whole_dump())
+
+
+def test_dump_into_a_closed_pipe_ends_quietly(serve_process):
+    write_bindings(serve_process.db, 3000)  # ~1 MB of rows: more than the pipe holds
+    serve = serve_process.start()
+    reader = ctl_popen(serve.control, "dump")  # as in `sipconsole ctl dump | head -1`
+    assert reader.stdout is not None and reader.stdout.readline().startswith(b"AOR ")
+    reader.stdout.close()
+    assert reader.wait(30) == exit_codes.FAILED
+    assert reader.stderr is not None and reader.stderr.read() == b"", "no traceback, no message"
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_logged(make_server, short_dir, monkeypatch, caplog):
+    await asyncio.to_thread(write_bindings, short_dir / "location.db", 20_000)  # ~12 MB: more than buffers hold
+    srv = await make_server()
+    monkeypatch.setattr("registrar_core.control.WRITE_TIMEOUT", 0.5)
+    caplog.set_level(logging.INFO, logger="registrar_core.control")
+    reader, writer = await asyncio.open_unix_connection(srv.config.control, limit=1 << 18)  # reads pause at 512 kB
+    try:
+        writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "dump", "params": {"stream": true}}\n')
+        await reader.readline()  # the reply has started; then nothing more is read
+        deadline = time.monotonic() + 30
+        while "read nothing of its reply for 0.5 s" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.1)
+        # Its reply was abandoned, and the registrar answers others meanwhile.
+        client = await ControlClient(srv.config.control).connect()
+        try:
+            assert (await asyncio.wait_for(client.call("stats"), 10))["registered_users"] == 20_000
+        finally:
+            await client.close()
+    finally:
+        writer.close()
+
+
+# -- the plain forms ------------------------------------------------------------------------------
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
+
+
+async def test_show_prints_iso_times_and_json_keeps_the_numbers(serve_process, tmp_path):
+    serve = serve_process.start()
+    sipp_register(serve, tmp_path, [("olga", "example.com", "desk", "1.0")])
+    code, shown = serve.ctl("show", "olga@example.com")
+    assert code == 0
+    contact = shown["contacts"][0]
+    assert isinstance(contact["expires_at"], float) and isinstance(contact["modified"], float)
+    code, text = serve.ctl("show", "olga@example.com", json_output=False)
+    assert code == 0
+    pairs = (line.split(": ", 1) for line in text.splitlines()[2:] if ": " in line)
+    fields = {key.strip(): value for key, value in pairs}
+    for key in ("expires_at", "modified"):
+        assert ISO_UTC.match(fields[key]), fields[key]
+        assert fields[key] == datetime.fromtimestamp(contact[key], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_stats_renders_nested_values_as_dotted_rows(serve_process, tmp_path):
+    serve = serve_process.start()
+    sipp_register(serve, tmp_path, [("pia", "example.com", "desk", "1.0")])
+    code, stats = serve.ctl("stats")
+    assert code == 0 and stats["requests"]["REGISTER"] >= 1
+    code, text = serve.ctl("stats", json_output=False)
+    assert code == 0
+    rows = dict(line.split(None, 1) for line in text.splitlines()[1:])
+    assert rows["requests.REGISTER"] == str(stats["requests"]["REGISTER"])
+    assert rows["responses.200"] == str(stats["responses"]["200"])
+    assert rows["security"] == "none" and rows["storage_error"] == "none"
+    blank = [line for line in text.splitlines() if len(line.split()) < 2]
+    assert not blank, f"rows without a value: {blank}"
+
+
+def test_no_registrar_without_xdg_runtime_dir_names_the_path_and_the_fix(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    default = f"/tmp/sipconsole-{os.getuid()}/control.sock"
+    if ControlAnswers(default):
+        pytest.skip(f"a registrar answers on {default} on this machine")
+    done = ctl_raw("stats", env=env)
+    assert done.returncode == exit_codes.NO_REGISTRAR
+    line = one_line(done.stderr)
+    assert default in line and "XDG_RUNTIME_DIR is unset" in line and "--control PATH" in line
+    # With the variable set, or --control given, there is nothing to hint at.
+    done = ctl_raw("--control", str(tmp_path / "absent.sock"), "stats", env=env)
+    assert done.returncode == 3 and "XDG_RUNTIME_DIR" not in done.stderr
+
+
+def ControlAnswers(path: str) -> bool:  # noqa: N802
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
