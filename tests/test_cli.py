@@ -140,6 +140,10 @@ def test_every_setting_is_in_serve_help_and_every_help_states_the_exit_statuses(
     text = run_cli("serve", "--help").stdout
     missing = [f.name for f in fields(Config) if "--" + f.name.replace("_", "-") not in text]
     assert missing == [], f"settings without an option in `serve --help`: {missing}"
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    configuration = readme[readme.index("## Configuration"):readme.index("## Logs")]
+    missing = [f.name for f in fields(Config) if f"`{f.name.replace('_', '-')}`" not in configuration]
+    assert missing == [], f"settings the README's Configuration does not name: {missing}"
     for args in ([], ["serve"], ["attach"], ["user"], ["user", "add"], ["ctl"], ["ctl", "dump"]):
         done = run_cli(*args, "--help")
         assert done.returncode == 0 and "exit status" in done.stdout, args
