@@ -56,10 +56,15 @@ def lock_path(db: str) -> Path:
 
 
 class DatabaseLock:
-    """Held from :meth:`take` until :meth:`release` (or the end of the process)."""
+    """Held from :meth:`take` until :meth:`release` (or the end of the process). The store
+    releases it while a storage fault has closed the database, so that the filesystem can be
+    unmounted and repaired, and takes it again when it reopens the file."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
+    def __init__(self, db: str, role: str, control: str) -> None:
+        self.db = db
+        self.role = role
+        self.control = control
+        self._fd: int | None = None
 
     @classmethod
     def take(cls, db: str, *, role: str = REGISTRAR, control: str = "") -> DatabaseLock | None:
@@ -68,27 +73,35 @@ class DatabaseLock:
         store then reports what it can do there), with a warning."""
         if db == ":memory:":
             return None
-        path = lock_path(db)
+        lock = cls(db, role, control)
+        try:
+            lock.acquire()
+        except OSError as exc:
+            log.warning("cannot lock %s (%s): nothing stops a second registrar on this database",
+                        lock_path(db), exc.strerror or exc)
+            return None
+        return lock
+
+    def acquire(self) -> None:
+        """Take the lock (again); DatabaseHeld when another process has it."""
+        if self._fd is not None:
+            return
+        path = lock_path(self.db)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # flock works on a read-only descriptor
-            except OSError as exc:
-                log.warning("cannot lock %s (%s): nothing stops a second registrar on this database",
-                            path, exc.strerror or exc)
-                return None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # flock works on a read-only descriptor
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise DatabaseHeld(db, holder) from None
+            raise DatabaseHeld(self.db, holder) from None
         with contextlib.suppress(OSError):  # a read-only descriptor: locked, unnamed
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "role": role, "control": control}).encode(), 0)
-        return cls(fd)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "role": self.role, "control": self.control}).encode(), 0)
+        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:

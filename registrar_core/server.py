@@ -40,6 +40,8 @@ class Server:
     async def start(self) -> None:
         if not self._memory_only:  # before the database opens and any port is bound
             self._lock = DatabaseLock.take(self.config.db, control=self.config.control if self._control_enabled else "")
+            if self.core.location.store is not None:
+                self.core.location.store.lock = self._lock  # let go while a fault closes the file
         try:
             await self.core.start()
         except BaseException:
