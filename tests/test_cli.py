@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from console.app import embedded
 from registrar_core import __version__
-from registrar_core.config import Config
+from registrar_core.config import Config, build_config
 
 from .processes import ServeProcess, run_cli
 from .sipclient import free_port
@@ -196,6 +197,17 @@ def test_serve_warns_when_authentication_is_off(serve_process):
     serve_process.start("--auth", "on")
     assert "registrar ready" in serve_process.log.read_text()[seen:]
     assert "authentication is OFF" not in serve_process.log.read_text()[seen:]
+
+
+async def test_the_embedded_console_logs_the_warning_to_its_log_file(short_dir):
+    config = build_config({"db": str(short_dir / "l.db"), "control": str(short_dir / "c.sock"),
+                           "listen": [f"udp:127.0.0.1:{free_port()}"], "auth": False})
+
+    async def quit_at_once(app) -> None:
+        return None
+
+    assert await embedded(config, read_only=False, run=quit_at_once) == 0
+    assert "WARNING registrar_core.server: authentication is OFF" in (short_dir / "sipconsole.log").read_text()
 
 
 def test_user_exit_statuses(short_dir):
