@@ -43,17 +43,12 @@ class Options:
         every option, each command says which are its own)."""
         return _Level(self, parser, depth, command)
 
-    def applies(self, command: str, *dests: str) -> None:
-        """Declare options of the main parser as ``command``'s too."""
-        for dest in dests:
-            self._specs[dest].commands.add(command)
-
     def merge(self, args: argparse.Namespace, command: str) -> argparse.Namespace:
         """One value per option, whatever level it was typed at; OptionError when that is not possible."""
-        given: dict[str, tuple[int, Any]] = {}
+        given: dict[str, Any] = {}
         out = argparse.Namespace()
         for key, value in sorted(vars(args).items(), key=lambda kv: kv[0].rpartition("@")[2]):
-            dest, at, depth = key.rpartition("@")
+            dest, at, _ = key.rpartition("@")
             if not at:
                 setattr(out, key, value)
                 continue
@@ -62,14 +57,14 @@ class Options:
                 where = "the console" if command == "" else f"`sipconsole {command}`"
                 raise OptionError(f"{spec.flag} does not apply to {where}")
             if dest not in given:
-                given[dest] = (int(depth), value)
-            elif spec.repeatable:
-                given[dest] = (int(depth), given[dest][1] + value)
-            elif given[dest][1] != value:
+                given[dest] = value
+            elif spec.repeatable:  # --listen A serve --listen B: both, in the order typed
+                given[dest] = given[dest] + value
+            elif given[dest] != value:
                 raise OptionError(f"{spec.flag} is given twice with different values "
-                                  f"({_shown(given[dest][1])} and {_shown(value)}): give it once")
+                                  f"({_shown(given[dest])} and {_shown(value)}): give it once")
         for dest, spec in self._specs.items():
-            setattr(out, dest, given[dest][1] if dest in given else spec.default)
+            setattr(out, dest, given.get(dest, spec.default))
         return out
 
 

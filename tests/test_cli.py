@@ -94,7 +94,7 @@ def test_user_commands_reach_the_registrar_holding_the_database_named(two_regist
 
 
 def test_serve_options_before_after_or_around_the_command(short_dir):
-    for before in (0, 4, 12):  # all after `serve`, split (--listen before), all before
+    for before in (0, 2, 12):  # all after `serve`; one --listen before and one after; all before
         proc = ServeProcess(short_dir, free_port(), f"-{before}")
         proc.before = before
         proc.start()
