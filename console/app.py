@@ -171,7 +171,7 @@ async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) ->
 async def attached(control_path: str, read_only: bool, *, run: Runner = run_app) -> int:
     """Run the console against ``sipconsole serve``; the server keeps running after it."""
     try:
-        client = await ControlClient(control_path).connect()
+        client = await ControlClient(control_path, actor="console").connect()
     except ConnectionError as exc:
         print(f"sipconsole: error: {exc}; start one with `sipconsole serve`", file=sys.stderr)
         return EXIT_NO_REGISTRAR

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import events as ev
+from .audit import Actor, audited
 from .auth import Authenticator, NonceFactory, Refusal, Subscribers, authorised_for, load_key
 from .config import Config
 from .events import EventBus, Subscription
@@ -171,23 +172,26 @@ class RegistrarCore:
         return self.sender(source.local, source.conid, reply_address(request, source), bytes(response))
 
     async def unregister(self, aor: str, ruid: str | None = None, *, ruids: list[str] | None = None,
-                         table: str = DEFAULT_TABLE) -> list[Contact]:
+                         table: str = DEFAULT_TABLE, actor: Actor | None = None) -> list[Contact]:
         """Remove every contact of ``aor``, or the one with ``ruid`` (or those in ``ruids``),
-        in one transaction; returns what went."""
+        in one transaction; returns what went. Audited (``actor``: who asked; None = api)."""
         key = normalise_aor(aor)
         wanted = set(ruids or ()) | ({ruid} if ruid is not None else set())
-        await self.location.locks.acquire((table, key))
-        try:
-            contacts = self.location.contacts(table, key)
-            if wanted:
-                contacts = [c for c in contacts if c.ruid in wanted]
-            if not contacts:
-                what = f"contact {', '.join(sorted(wanted))} of {key}" if wanted else key
-                raise NotFound(f"{what} is not registered in table {table}")
-            await self.location.apply(table, [], [(c, REMOVED_ADMIN) for c in contacts])
-            return contacts
-        finally:
-            self.location.locks.release((table, key))
+        with audited(self.events, actor, "unregister", key, ruid=",".join(sorted(wanted)) or None,
+                     table=_unless_default(table)) as outcome:
+            await self.location.locks.acquire((table, key))
+            try:
+                contacts = self.location.contacts(table, key)
+                if wanted:
+                    contacts = [c for c in contacts if c.ruid in wanted]
+                if not contacts:
+                    what = f"contact {', '.join(sorted(wanted))} of {key}" if wanted else key
+                    raise NotFound(f"{what} is not registered in table {table}")
+                await self.location.apply(table, [], [(c, REMOVED_ADMIN) for c in contacts])
+                outcome["removed"] = len(contacts)
+                return contacts
+            finally:
+                self.location.locks.release((table, key))
 
     def fetch_contacts(self, aor: str, *, table: str = DEFAULT_TABLE) -> Profile:
         """Kamailio reg_fetch_contacts(): a snapshot profile of the AOR's contacts."""
@@ -229,11 +233,13 @@ class RegistrarCore:
         return self.registrar.single_contact(table, normalise_aor(aor) if aor else GLOBAL)
 
     async def set_single_contact(self, on: bool | None, aor: str | None = None, *,
-                                 table: str = DEFAULT_TABLE) -> None:
-        """Switch single-contact globally, or for one AOR (None drops the AOR's override)."""
+                                 table: str = DEFAULT_TABLE, actor: Actor | None = None) -> None:
+        """Switch single-contact globally, or for one AOR (None drops the AOR's override). Audited."""
         key = normalise_aor(aor) if aor else GLOBAL
         value = None if on is None else ("on" if on else "off")
-        await self.location.set_policy(table, key, POLICY_SINGLE_CONTACT, value)
+        with audited(self.events, actor, "policy.single-contact", key or "global", value=value or "inherit",
+                     table=_unless_default(table)):
+            await self.location.set_policy(table, key, POLICY_SINGLE_CONTACT, value)
 
     def single_contact_overrides(self, table: str = DEFAULT_TABLE) -> dict[str, bool]:
         return {aor: v == "on" for (t, aor), v in self.location.policies(POLICY_SINGLE_CONTACT).items()
@@ -244,8 +250,30 @@ class RegistrarCore:
         value = self.location.policy(DEFAULT_TABLE, GLOBAL, POLICY_CALLER_CHECK)
         return self.config.caller_check if value is None else value == "on"
 
-    async def set_caller_check(self, on: bool) -> None:
-        await self.location.set_policy(DEFAULT_TABLE, GLOBAL, POLICY_CALLER_CHECK, "on" if on else "off")
+    async def set_caller_check(self, on: bool, *, actor: Actor | None = None) -> None:
+        """Switch the caller check ("403 Please register first") on or off. Audited."""
+        value = "on" if on else "off"
+        with audited(self.events, actor, "policy.caller-check", "global", value=value):
+            await self.location.set_policy(DEFAULT_TABLE, GLOBAL, POLICY_CALLER_CHECK, value)
+
+    # -- subscribers and reachability (operator actions: audited) -------------------------
+    async def add_subscriber(self, user: str, password: str, *, replace: bool = False,
+                             actor: Actor | None = None) -> str:
+        """Add USER@DOMAIN (or, with ``replace``, set its password); returns it as stored."""
+        with audited(self.events, actor, "subscriber.passwd" if replace else "subscriber.add", user):
+            return await self.subscribers.add(user, password, replace=replace)
+
+    async def remove_subscriber(self, user: str, *, actor: Actor | None = None) -> str:
+        with audited(self.events, actor, "subscriber.remove", user):
+            return await self.subscribers.remove(user)
+
+    async def qualify_now(self, ruid: str | None = None, *, aor: str | None = None, wait: bool = True,
+                          table: str = DEFAULT_TABLE, actor: Actor | None = None) -> dict[str, dict[str, Any]]:
+        """Send OPTIONS now to one contact (ruid), an AOR's contacts, or all (QualifyService.qualify_now)."""
+        with audited(self.events, actor, "qualify", ruid or aor or "all", table=_unless_default(table)) as outcome:
+            states = await self.qualify.qualify_now(ruid, aor=aor, table=table, wait=wait)
+            outcome["contacts"] = len(states)
+            return states
 
     # -- operations ------------------------------------------------------------------
     def dump(self, table: str = DEFAULT_TABLE, offset: int = 0, limit: int | None = None) -> list[Profile]:
@@ -465,6 +493,11 @@ class _Note:
     def of(cls, request: Request, source: Source) -> _Note:
         uri = request.to.uri if request.method == "REGISTER" else request.uri
         return cls(uri.aor, source.address, request.headers.get("User-Agent") or "")
+
+
+def _unless_default(table: str) -> str | None:
+    """A table worth naming in an audit line (the default one goes without saying)."""
+    return None if table == DEFAULT_TABLE else table
 
 
 async def _awaited(start: Callable[[Callable[[Any], None]], None]) -> Any:

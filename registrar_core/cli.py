@@ -8,39 +8,60 @@ import contextlib
 import logging
 import signal
 import sys
+from dataclasses import fields
 from typing import Any, NoReturn
 
+from . import __version__, build, exit_codes
 from .config import Config, ConfigError, build_config, default_control_path, load_toml
-
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_NO_REGISTRAR = 3
+from .options import OptionError, Options, add_config, add_control, add_db
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line, without the usage dump."""
+    """argparse that reports a bad argument in one line, without the usage dump, and states
+    the exit statuses at the end of every command's --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", exit_codes.HELP)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """Parsed, with each shared option's value whatever level it was typed at (options.py)."""
+        parsed = super().parse_args(args, namespace)
+        options: Options | None = getattr(parsed, "options", None)
+        if options is None:
+            return parsed
+        try:
+            return options.merge(parsed, parsed.command or "")
+        except OptionError as exc:
+            self.error(str(exc))
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _registrar_options(p: argparse.ArgumentParser) -> None:
+def _registrar_options(p: Any) -> None:
     g = p.add_argument_group("registrar")
-    g.add_argument("--config", metavar="FILE", help="TOML file with the same keys as these options")
+    add_config(g)
     g.add_argument("--listen", action="append", metavar="PROTO:HOST:PORT",
                    help="listen address, repeatable (default udp:127.0.0.1:5060 and tcp:127.0.0.1:5060)")
-    g.add_argument("--db", metavar="PATH", help="SQLite location database (default ~/.local/share/sipconsole/location.db)")
+    add_db(g)
     g.add_argument("--domain", action="append", metavar="D",
                    help="domain served, repeatable (none: accept any; others get 404)")
     g.add_argument("--min-expires", type=int, metavar="S", help="shortest registration (default 60; shorter gets 423)")
+    g.add_argument("--min-expires-mode", choices=["reject", "clamp"],
+                   help="a shorter registration gets 423 (reject, default) or is raised to the minimum (clamp)")
     g.add_argument("--max-expires", type=int, metavar="S", help="longest registration, longer is shortened (default 7200)")
     g.add_argument("--default-expires", type=int, metavar="S", help="when the REGISTER names none (default 3600)")
+    g.add_argument("--expires-range", type=int, metavar="PERCENT",
+                   help="randomise granted expires downwards by up to PERCENT (default 0; Kamailio's default_expires_range)")
     g.add_argument("--max-contacts", type=int, metavar="N", help="contacts per AOR, 0 = no limit (default 0)")
+    g.add_argument("--max-contacts-status", type=int, choices=[403, 503],
+                   help="the answer to a REGISTER over max-contacts (default 503, as Kamailio; Asterisk: 403)")
     g.add_argument("--single-contact", action=argparse.BooleanOptionalAction, default=None,
                    help="newest REGISTER keeps the only binding of its AOR (default off)")
     g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,
                    help='answer "403 Please register first" to unregistered callers (default off)')
-    g.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+    add_control(g)
     k = p.add_argument_group("reachability")
     k.add_argument("--qualify-interval", type=float, metavar="S",
                    help="send OPTIONS to every contact every S seconds, 0 = off (default 0)")
@@ -54,9 +75,10 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--auth-algorithms", metavar="LIST",
                    help="digest algorithms challenged, in order (default MD5, which every phone speaks; "
                         "also SHA-256, SHA-512-256)")
+    s.add_argument("--auth-key", metavar="FILE", help="HMAC key for nonces, made at first start (default auth.key beside the database)")
     s.add_argument("--ip-budget", type=int, metavar="N", help="requests per source IP per 2 s before a ban, 0 = no limit (default 400)")
     s.add_argument("--ban-time", type=int, metavar="S", help="seconds an IP or user stays banned (default 300)")
-    s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user per minute before a ban (default 5)")
+    s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user and source address per minute before that address is banned (default 5)")
     s.add_argument("--trusted", metavar="CIDR[,CIDR...]", help='peers exempt from --ip-budget and bans, not from '
                    'authentication, e.g. an edge proxy (default 127.0.0.0/8,::1; "" trusts none)')
     s.add_argument("--drop-scanners", action=argparse.BooleanOptionalAction, default=None,
@@ -67,47 +89,56 @@ def _registrar_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tcp-idle-timeout", type=float, metavar="S", help="close idle TCP connections after S seconds (default 600)")
     s.add_argument("--tcp-read-timeout", type=float, metavar="S",
                    help="a TCP message must arrive whole within S seconds (default 20)")
+    s.add_argument("--max-message-size", type=int, metavar="BYTES", help="longest SIP message accepted (default 65535)")
+    s.add_argument("--max-headers", type=int, metavar="N", help="most header fields in one message (default 128)")
 
 
 def _config_from(args: argparse.Namespace) -> Config:
+    """The config file's values, each overridden by the option of the same name when given."""
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for name in ("listen", "db", "domain", "min_expires", "max_expires", "default_expires",
-                 "max_contacts", "single_contact", "caller_check", "control", "auth", "auth_algorithms", "ip_budget",
-                 "ban_time", "auth_fail_budget", "drop_scanners", "max_tcp_per_ip",
-                 "qualify_interval", "qualify_timeout", "qualify_remove_after", "dns_server", "trusted"):
-        value = getattr(args, name)
+    for f in fields(Config):
+        value = getattr(args, f.name, None)
         if value is not None:
-            values[name] = value
+            values[f.name] = value
     return build_config(values)
 
 
 def build_parser() -> Parser:
+    options = Options()
     parser = Parser(prog="sipconsole", description=(
         "SIP registrar with a live terminal console. With no command: run the registrar and "
-        "its console in one process."))
-    _registrar_options(parser)
-    parser.add_argument("--read-only", action="store_true", help="console: disable every destructive action")
+        "its console in one process. Every option may be typed before or after the command."))
+    parser.add_argument("--version", action="version", version=f"sipconsole {__version__} (REGISTER hot path: "
+                        f"{'compiled' if build() == 'mypyc' else 'pure Python'})")
+    parser.set_defaults(options=options)
+    top = options.level(parser, 0, "")
+    _registrar_options(top)
+    top.add_argument("--read-only", action="store_true", help="console: disable every destructive action")
+    options.level(parser, 0, None).add_argument("--json", action="store_true", help="ctl: print JSON instead of tables")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    serve = sub.add_parser("serve", help="run the registrar headless (logs to stderr)")
-    _registrar_options(serve)
+    serve = sub.add_parser("serve", help="run the registrar headless (logs to stderr)",
+                           description="Run the registrar headless; it logs to stderr.")
+    _registrar_options(options.level(serve, 1, "serve"))
 
-    attach = sub.add_parser("attach", help="open the console on a running `sipconsole serve`")
-    attach.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+    attach = options.level(sub.add_parser("attach", help="open the console on a running `sipconsole serve`"), 1, "attach")
+    add_control(attach)
+    add_config(attach)
     attach.add_argument("--read-only", action="store_true", help="disable every destructive action")
 
     from .ctl import add_ctl_parser
     from .users import add_user_parser
 
-    add_ctl_parser(sub)
-    add_user_parser(sub)
+    add_ctl_parser(sub, options)
+    add_user_parser(sub, options)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
+        if args.command in ("ctl", "attach") and args.config and not args.control:
+            args.control = build_config(load_toml(args.config)).control
         if args.command == "ctl":
             from .ctl import run_ctl
 
@@ -128,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_embedded(config, read_only=args.read_only)
     except ConfigError as exc:
         print(f"sipconsole: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
 
 
 def serve(config: Config) -> int:
@@ -144,10 +175,10 @@ def serve(config: Config) -> int:
             await server.start()
         except OSError as exc:
             print(f"sipconsole: error: {exc}", file=sys.stderr)
-            return 1
+            return exit_codes.FAILED
         except Exception as exc:  # storage refused to open, etc.
             print(f"sipconsole: error: {exc}", file=sys.stderr)
-            return 1
+            return exit_codes.FAILED
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,7 +187,7 @@ def serve(config: Config) -> int:
         await stop.wait()
         logging.getLogger("sipconsole").info("shutting down")
         await server.stop()
-        return 0
+        return exit_codes.OK
 
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run())

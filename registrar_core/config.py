@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
-import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,30 @@ class Listen:
         return f"{self.proto}:{host}:{self.port}"
 
 
-_LISTEN = re.compile(r"(?P<proto>udp|tcp):(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)\Z")
-
-
 def parse_listen(text: str) -> Listen:
-    """``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``."""
-    m = _LISTEN.match(text.strip().lower())
-    if not m or not 0 <= int(m["port"]) <= 65535:
-        raise ConfigError(f"bad listen address {text!r}: expected PROTO:HOST:PORT, e.g. udp:127.0.0.1:5060")
-    return Listen(m["proto"], m["v6"] or m["host"], int(m["port"]))
+    """``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``; an error says which part is wrong."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"bad listen address {text!r}: {why}")
+
+    proto, _, rest = text.strip().lower().partition(":")
+    if proto not in ("udp", "tcp"):
+        raise bad(f"unknown transport {proto!r} (udp or tcp)" if rest else
+                  "expected PROTO:HOST:PORT, e.g. udp:127.0.0.1:5060")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise bad(f"expected {proto}:HOST:PORT, e.g. {proto}:127.0.0.1:5060")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            raise bad(f"{host} is not an IPv6 address") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise bad(f"an IPv6 address goes in brackets, e.g. {proto}:[::1]:5060")
+    if not port.isdigit():
+        raise bad(f"the port {port!r} is not a number")
+    if int(port) > 65535:
+        raise bad(f"the port {int(port)} is out of range (0-65535; 0 picks a free one)")
+    return Listen(proto, host, int(port))
 
 
 def _runtime_dir() -> Path:
@@ -161,6 +177,14 @@ _CONVERTERS: dict[str, Any] = {
 }
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The nearest known setting as a hint, or where the list of them is."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        return f": did you mean {_opt(close[0])!r}?"
+    return " (every option of `sipconsole serve --help` is a setting)"
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -180,7 +204,7 @@ def build_config(values: dict[str, Any]) -> Config:
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in known:
-            raise ConfigError(f"unknown setting {key!r}")
+            raise ConfigError(f"unknown setting {key!r}{_did_you_mean(name, known)}")
         if value is None:
             continue
         convert = _CONVERTERS.get(name)

@@ -7,9 +7,9 @@ control server, ``sipconsole ctl`` and the console (embedded through
 Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table}``,
 ``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``,
 ``user.list``, ``user.add {user, password}``, ``user.passwd {user, password}``,
-``user.remove {user}``, and
-``subscribe``, after which the server sends ``{"method": "event", "params": {...}}``
-notifications on that connection.
+``user.remove {user}``, and ``subscribe {actor}`` (actor "console" or "ctl", the default:
+the name the audit trail gives the connection), after which the server sends
+``{"method": "event", "params": {...}}`` notifications on that connection.
 
 A reply that grows with the table (``dump`` without ``limit``) is never built whole: the
 server encodes and writes it in chunks of AORs, waiting for the reader and letting SIP
@@ -27,17 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import inspect
 import itertools
 import json
 import logging
 import os
+import socket
+import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .api import NotFound, RegistrarCore, normalise_aor
+from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
 from .events import EVENTS_LOST, SUBSCRIBER_CHANGED
 from .location import DEFAULT_TABLE, Contact, StorageError
@@ -92,10 +97,16 @@ def contact_order(contact: Contact) -> tuple[str, str]:
 
 
 class Methods:
-    """Every control method, as JSON-compatible values in and out."""
+    """Every control method, as JSON-compatible values in and out. Changes are audited in the
+    name of ``actor``, or of the control connection's peer (:data:`_PEER`) when there is one."""
 
-    def __init__(self, core: RegistrarCore) -> None:
+    def __init__(self, core: RegistrarCore, actor: Actor | None = None) -> None:
         self.core = core
+        self.actor = actor
+
+    @property
+    def _who(self) -> Actor | None:
+        return _PEER.get() or self.actor
 
     async def call(self, method: str, params: dict[str, Any]) -> Any:
         handler = getattr(self, "rpc_" + method.replace(".", "_"), None)
@@ -169,13 +180,13 @@ class Methods:
                           table: str = DEFAULT_TABLE) -> dict[str, Any]:
         """Send OPTIONS now to one contact (ruid), an AOR's contacts, or all; their states."""
         key = _valid_aor(aor) if aor else None
-        return {"contacts": await self.core.qualify.qualify_now(ruid, aor=key, table=table, wait=bool(wait))}
+        return {"contacts": await self.core.qualify_now(ruid, aor=key, table=table, wait=bool(wait), actor=self._who)}
 
     async def rpc_unregister(self, aor: str, ruid: str | None = None, ruids: list[str] | None = None,
                              table: str = DEFAULT_TABLE) -> dict[str, Any]:
         if ruids is not None and (not isinstance(ruids, list) or not all(isinstance(r, str) for r in ruids)):
             raise RpcError(INVALID_PARAMS, "ruids must be a list of strings")
-        removed = await self.core.unregister(_valid_aor(aor), ruid, ruids=ruids, table=table)
+        removed = await self.core.unregister(_valid_aor(aor), ruid, ruids=ruids, table=table, actor=self._who)
         now = self.core.location.clock()
         return {"removed": [c.to_dict(now) for c in removed]}
 
@@ -195,11 +206,11 @@ class Methods:
         if name == "single_contact":
             if value is None and not aor:
                 raise RpcError(INVALID_PARAMS, "the global single-contact policy needs on or off")
-            await self.core.set_single_contact(value, aor, table=table)
+            await self.core.set_single_contact(value, aor, table=table, actor=self._who)
         elif name == "caller_check":
             if aor or value is None:
                 raise RpcError(INVALID_PARAMS, "caller_check is global and needs on or off")
-            await self.core.set_caller_check(value)
+            await self.core.set_caller_check(value, actor=self._who)
         else:
             raise RpcError(INVALID_PARAMS, f"unknown policy {name!r}")
         return await self.rpc_policy_get(table)
@@ -213,13 +224,14 @@ class Methods:
         return Streamed({}, "users", _slices(self.core.subscribers.list(), CHUNK * 16))
 
     async def rpc_user_add(self, user: str, password: str) -> dict[str, Any]:
-        return self._user_changed("added", await self.core.subscribers.add(user, password))
+        return self._user_changed("added", await self.core.add_subscriber(user, password, actor=self._who))
 
     async def rpc_user_passwd(self, user: str, password: str) -> dict[str, Any]:
-        return self._user_changed("password", await self.core.subscribers.add(user, password, replace=True))
+        return self._user_changed("password", await self.core.add_subscriber(user, password, replace=True,
+                                                                             actor=self._who))
 
     async def rpc_user_remove(self, user: str) -> dict[str, Any]:
-        return self._user_changed("removed", await self.core.subscribers.remove(user))
+        return self._user_changed("removed", await self.core.remove_subscriber(user, actor=self._who))
 
     def _user_changed(self, action: str, user: str) -> dict[str, Any]:
         """Tell every console that the subscriber list changed (and how)."""
@@ -292,6 +304,7 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _PEER.set(_peer(writer))  # this connection's task, and the methods it awaits, act as its peer
         self._writers.add(writer)
         pump: asyncio.Task[None] | None = None
         why = "the client closed it"
@@ -340,6 +353,7 @@ class ControlServer:
         if not isinstance(params, dict):
             return _error(id_, INVALID_PARAMS, "params must be an object"), False
         if request["method"] == "subscribe":
+            _identify(params.get("actor"))
             return {"jsonrpc": "2.0", "id": id_, "result": {"subscribed": True}}, True
         messages = params.pop("stream", False)  # how to frame a Streamed reply: any method takes it
         if not isinstance(messages, bool):
@@ -418,6 +432,28 @@ async def _drain(writer: asyncio.StreamWriter) -> None:
     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
 
+# The peer of the control connection whose task is running (None outside one).
+_PEER: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("control_peer", default=None)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer(writer: asyncio.StreamWriter) -> Actor:
+    """The connecting process, as the kernel knows it (SO_PEERCRED); a ctl until it says otherwise."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except (OSError, AttributeError):
+        pid, uid = -1, -1
+    return Actor(CTL, uid, pid)
+
+
+def _identify(kind: Any) -> None:
+    """A client that subscribes says what it is (the console); the uid and pid stay the kernel's."""
+    peer = _PEER.get()
+    if peer is not None and kind in (CONSOLE, CTL):
+        _PEER.set(dataclasses.replace(peer, kind=kind))
+
+
 async def _answers(path: Path) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1)
@@ -435,8 +471,9 @@ class ReplyDropped(ConnectionError):
 class ControlClient:
     """An async JSON-RPC client of a running registrar's control socket."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, actor: str = CTL) -> None:
         self.path = str(path)
+        self.actor = actor  # what the audit trail calls this client: "ctl", or "console"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count(1)
@@ -559,7 +596,7 @@ class ControlClient:
     async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Subscribe, then yield the events in batches as they arrive; raises
         ConnectionError when the registrar goes away."""
-        await self.call("subscribe")
+        await self.call("subscribe", actor=self.actor)
         while True:
             batch = [await self._events.get()]
             while not self._events.empty():
@@ -580,8 +617,8 @@ def _result(reply: dict[str, Any]) -> Any:
 class LocalClient:
     """The same interface as ControlClient, for a console embedded with its core."""
 
-    def __init__(self, core: RegistrarCore) -> None:
-        self.methods = Methods(core)
+    def __init__(self, core: RegistrarCore, actor: str = CONSOLE) -> None:
+        self.methods = Methods(core, Actor.this_process(actor))
         self.core = core
 
     async def connect(self) -> LocalClient:

@@ -24,6 +24,7 @@ from .control import (
     ReplyDropped,
     RpcError,
 )
+from .options import Options, add_config, add_control
 
 # The registrar refused the request itself: our usage was wrong.
 _USAGE_CODES = frozenset((PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS))
@@ -57,33 +58,45 @@ without XDG_RUNTIME_DIR (sudo, cron): give the registrar's with --control PATH.
 """ + textwrap.fill(exit_codes.HELP, 90)
 
 
-def add_ctl_parser(sub: argparse._SubParsersAction) -> None:
+def add_ctl_parser(sub: argparse._SubParsersAction, options: Options) -> None:
     ctl = sub.add_parser("ctl", help="query and change a running registrar (dump, show, unregister, policy, stats)",
                          description="One-shot commands against a running registrar, through its control socket.",
                          epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ctl.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
-    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _shared_options(options.level(ctl, 1, "ctl"))
     cmds = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
-    dump = cmds.add_parser("dump", help="every AOR and its contacts")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        """A ctl command; --control and --json work after it too (`ctl dump --json`)."""
+        parser = cmds.add_parser(name, help=text, description=text)
+        _shared_options(options.level(parser, 2, "ctl"))
+        return parser
+
+    dump = command("dump", "every AOR and its contacts")
     dump.add_argument("--table", default="location")
     dump.add_argument("--ndjson", action="store_true", help="one JSON object per AOR per line")
-    show = cmds.add_parser("show", help="one AOR's contacts with every attribute")
+    show = command("show", "one AOR's contacts with every attribute")
     show.add_argument("aor", metavar="AOR")
     show.add_argument("--table", default="location")
-    unreg = cmds.add_parser("unregister", help="remove an AOR, or one contact with --ruid")
+    unreg = command("unregister", "remove an AOR, or one contact with --ruid")
     unreg.add_argument("aor", metavar="AOR")
     unreg.add_argument("--ruid", help="remove only this contact")
     unreg.add_argument("--table", default="location")
-    policy = cmds.add_parser("policy", help="show or switch single-contact and caller-check")
+    policy = command("policy", "show or switch single-contact and caller-check")
     policy.add_argument("name", choices=["single-contact", "caller-check", "show"])
     policy.add_argument("value", nargs="?", choices=["on", "off", "inherit"])
     policy.add_argument("--aor", help="single-contact for this AOR only")
     policy.add_argument("--table", default="location")
-    cmds.add_parser("stats", help="counters (registered_users, accepted_regs, ...)")
-    qual = cmds.add_parser("qualify", help="send OPTIONS now and print reachability (state, RTT)")
+    command("stats", "counters (registered_users, accepted_regs, ...)")
+    qual = command("qualify", "send OPTIONS now and print reachability (state, RTT)")
     qual.add_argument("aor", metavar="AOR", nargs="?")
     qual.add_argument("--ruid", help="only this contact")
     qual.add_argument("--table", default="location")
+
+
+def _shared_options(level: Any) -> None:
+    add_control(level)
+    add_config(level)
+    level.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

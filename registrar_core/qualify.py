@@ -346,8 +346,7 @@ class QualifyService:
             if not found:
                 from .api import NotFound
 
-                what = f"contact {ruid}" if ruid else f"any contact of {aor}"
-                raise NotFound(f"no registered {what}")
+                raise NotFound(f"contact {ruid} is not registered" if ruid else f"{aor} has no registered contact")
             entries = [self._track(t, c.aor, c.ruid, None) for t, c in found]
         loop = asyncio.get_running_loop()
         now = loop.time()

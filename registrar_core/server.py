@@ -10,6 +10,7 @@ from . import build
 from .api import RegistrarCore
 from .config import Config
 from .control import ControlServer
+from .dblock import DatabaseLock
 from .transport import Transports
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ class Server:
     def __init__(self, config: Config, *, control: bool = True, memory_only: bool = False) -> None:
         self.config = config
         self.core = RegistrarCore(config, memory_only=memory_only)
+        self._memory_only = memory_only
+        self._lock: DatabaseLock | None = None
         self.transports = Transports(
             self.core.receive, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
             tcp_read_timeout=min(config.tcp_read_timeout, config.tcp_idle_timeout),
@@ -35,7 +38,15 @@ class Server:
         self.control: ControlServer | None = None
 
     async def start(self) -> None:
-        await self.core.start()
+        if not self._memory_only:  # before the database opens and any port is bound
+            self._lock = DatabaseLock.take(self.config.db, control=self.config.control if self._control_enabled else "")
+            if self.core.location.store is not None:
+                self.core.location.store.lock = self._lock  # let go while a fault closes the file
+        try:
+            await self.core.start()
+        except BaseException:
+            self._release()
+            raise
         gc.set_threshold(*GC_THRESHOLDS)
         gc.freeze()  # what start loaded (the table, the subscribers) lives as long as we do
         log.info("REGISTER hot path: %s", "compiled (mypyc)" if build() == "mypyc" else
@@ -45,6 +56,9 @@ class Server:
                 address = await self.transports.listen(spec)
                 self.core.listening.append(address)
                 log.info("listening on %s", address)
+            if not self.config.auth:
+                log.warning("authentication is OFF: anyone who reaches %s can register as any AOR "
+                            "(a lab setting; drop --auth off to require subscribers)", ", ".join(self.core.listening))
             await self.core.qualify.start()
             if self._control_enabled:
                 self.control = ControlServer(self.core, self.config.control)
@@ -60,6 +74,12 @@ class Server:
             self.control: ControlServer | None = None
         await self.transports.close()
         await self.core.stop()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def install_fast_loop() -> bool:

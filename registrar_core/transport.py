@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import resource
@@ -278,6 +279,26 @@ class TcpConnection(asyncio.Protocol):
 UDP_RECEIVE_BUFFER = 4 << 20  # room for bursts of hundreds of REGISTERs while a commit is on
 
 
+_BIND_HINTS = {
+    errno.EADDRINUSE: " (another program, perhaps another registrar, has it: stop it or pick another port with --listen)",
+    errno.EACCES: " (ports below 1024 need root or CAP_NET_BIND_SERVICE: pick a port above 1023 with --listen)",
+    errno.EADDRNOTAVAIL: " (no interface of this machine has that address: see `ip addr`, or listen on 0.0.0.0)",
+}
+
+
+def _bound_udp_socket(host: str, port: int, family: socket.AddressFamily) -> socket.socket:
+    """A UDP socket bound here rather than by the event loop: uvloop's bind error drops the
+    errno ("could not bind"), and the operator needs to read "address already in use"."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 def _grow_receive_buffer(sock: socket.socket | None) -> None:
     """A bigger UDP receive buffer: the default (~208 KiB) overflows under a burst, and
     every drop costs the phone a 500 ms retransmission. Beyond net.core.rmem_max this
@@ -328,7 +349,7 @@ class Transports:
         try:
             if spec.proto == "udp":
                 transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.receive), local_addr=(spec.host, spec.port), family=family)
+                    lambda: UdpProtocol(self.receive), sock=_bound_udp_socket(spec.host, spec.port, family))
                 self._udp.append(transport)
                 address = protocol.local
                 self._udp_by_name[address] = protocol
@@ -340,7 +361,8 @@ class Transports:
                 self._tcp.append(server)
                 address = _local_name("tcp", server.sockets[0].getsockname())
         except OSError as exc:
-            raise OSError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
+            hint = _BIND_HINTS.get(exc.errno or 0, "")
+            raise OSError(f"cannot listen on {spec}: {(exc.strerror or str(exc)).lower()}{hint}") from None
         self.addresses.append(address)
         return address
 

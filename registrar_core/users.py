@@ -1,39 +1,54 @@
 """``sipconsole user add|rm|list|passwd``: manage subscribers.
 
-When a registrar answers on the control socket the change goes through it (so it
-takes effect at once); otherwise the database is edited directly.
+When a registrar answers on the control socket, or holds the database named with
+``--db``, the change goes through it (so it takes effect at once); otherwise the database
+is edited directly, under its lock (:mod:`.dblock`), so that no registrar starts on it
+meanwhile. A database held by a registrar that does not answer is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
 from typing import Any
 
+from . import exit_codes
 from .auth import SubscriberError, Subscribers, split_user
-from .config import ConfigError, build_config, default_control_path, default_db_path, load_toml
-from .control import NOT_FOUND, ControlClient, RpcError
+from .config import ConfigError, build_config, load_toml
+from .control import ControlClient, RpcError
+from .dblock import REGISTRAR, USER_COMMAND, DatabaseHeld, DatabaseLock
 from .location.store import Batch, LocationStore, StorageError
+from .options import Options, add_config, add_control, add_db
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
-
-def add_user_parser(sub: argparse._SubParsersAction) -> None:
+def add_user_parser(sub: argparse._SubParsersAction, options: Options) -> None:
     user = sub.add_parser("user", help="manage subscribers (add, rm, list, passwd)",
-                          description="Subscribers who may register (digest authentication).")
-    user.add_argument("--db", metavar="PATH", help=f"database when no registrar is running (default {default_db_path()})")
-    user.add_argument("--config", metavar="FILE", help="TOML config to take db and control from")
-    user.add_argument("--control", metavar="PATH", help=f"control socket (default {default_control_path()})")
+                          description="Subscribers who may register (digest authentication). The change goes "
+                          "through the registrar that holds the database, or into the file when none does.")
+    _shared_options(options.level(user, 1, "user"))
     cmds = user.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        """A user command; --db, --control and --config work after it too (`user add X --db F`)."""
+        parser = cmds.add_parser(name, help=text, description=text)
+        _shared_options(options.level(parser, 2, "user"))
+        return parser
+
     for name, text in (("add", "add a subscriber"), ("passwd", "change a subscriber's password")):
-        p = cmds.add_parser(name, help=text)
+        p = command(name, text)
         p.add_argument("user", metavar="USER@DOMAIN")
         p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    rm = cmds.add_parser("rm", help="remove a subscriber")
-    rm.add_argument("user", metavar="USER@DOMAIN")
-    cmds.add_parser("list", help="list subscribers")
+    command("rm", "remove a subscriber").add_argument("user", metavar="USER@DOMAIN")
+    command("list", "list subscribers")
+
+
+def _shared_options(level: Any) -> None:
+    add_db(level)
+    add_control(level)
+    add_config(level)
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -60,27 +75,55 @@ def run_user(args: argparse.Namespace) -> int:
         if args.user_command != "list":
             split_user(args.user)
         password = _password(args) if args.user_command in ("add", "passwd") else ""
-        result = asyncio.run(_run(args.user_command, getattr(args, "user", ""), password, config.control, config.db))
     except (SubscriberError, ConfigError) as exc:
         print(f"sipconsole user: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except LookupError as exc:
-        print(f"sipconsole user: {exc.args[0]}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except (RpcError, StorageError, OSError) as exc:
-        print(f"sipconsole user: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return EXIT_NOT_FOUND if getattr(exc, "code", None) == NOT_FOUND else EXIT_FAILED
+        return exit_codes.USAGE
     except KeyboardInterrupt:
-        return EXIT_FAILED
-    print(result)
-    return EXIT_OK
-
-
-async def _run(command: str, user: str, password: str, control: str, db: str) -> str:
+        return exit_codes.FAILED
+    # A database named without a control socket goes to the registrar holding it (its lock
+    # says which), not to whatever registrar answers on the default socket.
+    control_first = "control" in values or "db" not in values
     try:
-        client = await ControlClient(control).connect()
-    except ConnectionError:
+        result = asyncio.run(_run(args.user_command, getattr(args, "user", ""), password,
+                                  config.control if control_first else None, config.db))
+    except (LookupError, SubscriberError, RpcError, StorageError, DatabaseHeld, OSError) as exc:
+        print(f"sipconsole user: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return exit_codes.FAILED
+    except KeyboardInterrupt:
+        return exit_codes.FAILED
+    print(result)
+    return exit_codes.OK
+
+
+async def _run(command: str, user: str, password: str, control: str | None, db: str) -> str:
+    """Through the registrar on ``control``, else through the one holding ``db``, else in ``db``."""
+    if control is not None:
+        with contextlib.suppress(ConnectionError):
+            return await _through(await ControlClient(control).connect(), command, user, password)
+    try:
+        lock = DatabaseLock.take(db, role=USER_COMMAND)
+    except DatabaseHeld as held:
+        if held.holder.role != REGISTRAR:
+            raise
+        owner = held.holder.control
+        try:
+            client = await ControlClient(owner).connect() if owner else None
+        except ConnectionError:
+            client = None
+        if client is None:
+            raise ConnectionError(
+                f"{db} is held by a registrar (PID {held.holder.pid or 'unknown'}) that does not answer on a "
+                f"control socket{f' ({owner})' if owner else ''}: retry when it answers, or stop it first") from None
+        return await _through(client, command, user, password)
+    try:
         return await _offline(command, user, password, db)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _through(client: ControlClient, command: str, user: str, password: str) -> str:
+    """The change made by a running registrar: it takes effect at once."""
     try:
         if command == "list":
             return "\n".join((await client.call("user.list"))["users"])

@@ -24,22 +24,23 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 class ServeProcess:
     """`sipconsole serve` on 127.0.0.1:<port> (UDP and TCP) with its own db and control socket."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, name: str = "") -> None:
         self.directory = directory
         self.port = port
-        self.db = directory / "location.db"
-        self.control = directory / "control.sock"
-        self.log = directory / "serve.log"
+        self.db = directory / f"location{name}.db"
+        self.control = directory / f"control{name}.sock"
+        self.log = directory / f"serve{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.before = 0  # how many words of the options (ours, then the test's) go before `serve`
 
     def command(self, *extra: str) -> list[str]:
-        return [
-            sys.executable, "-m", "registrar_core.cli", "serve",
+        options = [
             "--listen", f"udp:127.0.0.1:{self.port}", "--listen", f"tcp:127.0.0.1:{self.port}",
             "--db", str(self.db), "--control", str(self.control),
             # Lab settings unless a test asks otherwise (a later option wins).
             "--auth", "off", "--ip-budget", "0", *extra,
         ]
+        return [sys.executable, "-m", "registrar_core.cli", *options[:self.before], "serve", *options[self.before:]]
 
     def start(self, *extra: str, timeout: float = 10.0) -> ServeProcess:
         log = open(self.log, "ab")
@@ -116,6 +117,12 @@ def peak_rss_kib(pid: int) -> int:
     """VmHWM of a running process, in KiB."""
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def run_cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``sipconsole ARGS`` as a user types it (from the repository root, as ServeProcess)."""
+    return subprocess.run([sys.executable, "-m", "registrar_core.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, env=env)
 
 
 @dataclass

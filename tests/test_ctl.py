@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import stat
 import subprocess

@@ -379,9 +379,9 @@ async def test_qualify_now_ordering_and_snapshot(make_server, qualify_factory):
     stats = q.stats()
     assert stats["qualify_reachable"] == 1 and stats["qualify_unreachable"] == 1 and stats["qualify_inflight"] == 0
 
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="^contact uloc-nope is not registered$"):
         await q.qualify_now("uloc-nope")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="^nobody@example.com has no registered contact$"):
         await q.qualify_now(aor="nobody@example.com")
     assert set(await q.qualify_now(aor=aor)) == {good_c.ruid, dead_c.ruid}
     assert len(good.options) == 2

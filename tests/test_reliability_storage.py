@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 
 from registrar_core.control import ControlClient
+from registrar_core.dblock import DatabaseHeld
 
 from .conftest import server_address
 from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes
@@ -317,6 +318,8 @@ async def test_filesystem_goes_read_only_and_is_repaired(ext4_loop, make_server,
     await wait_state(sub, True, 3)
     assert srv.core.location.store.reconnects >= 1
     assert (await register(phone, later, "<sip:later@10.0.0.1>")).status == 200
+    with pytest.raises(DatabaseHeld):  # the lock, let go for the unmount, is held again
+        await make_server(db=str(db))
     phone.close()
     await srv.stop()
     assert stored_addrs(db) == {(kept, "sip:kept@10.0.0.1"), (later, "sip:later@10.0.0.1")}

@@ -15,10 +15,14 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosqlite
 
 from .contact import Contact
+
+if TYPE_CHECKING:
+    from ..dblock import DatabaseLock
 
 SCHEMA_VERSION = 2  # 1: contacts, policies; 2: subscribers
 _SCHEMA = """
@@ -179,6 +183,8 @@ class LocationStore:
         self._reopen_error = ""  # why the last attempt to open it again failed
         self._next_reopen = 0.0
         self._inode: int | None = None  # of the file first opened: acknowledged writes are there
+        # The owner's lock on the file (dblock.py), let go while a fault keeps the file closed.
+        self.lock: DatabaseLock | None = None
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -243,10 +249,14 @@ class LocationStore:
         try:
             await self._connect(target, uri=True)
             try:
+                if self.lock is not None:  # after the open: a missing file is not locked in its stead
+                    self.lock.acquire()
                 # SQLite quietly opens a file it may not write read-only: prove it can.
                 await self._touch(self._require())
             except Exception as exc:
                 await self._drop()
+                if self.lock is not None:
+                    self.lock.release()
                 raise StorageError(str(exc) or type(exc).__name__) from exc
         except StorageError as exc:
             log.debug("database %s still unusable: %s", self.path, exc)
@@ -308,6 +318,8 @@ class LocationStore:
             self._next_reopen = time.monotonic() + self.reopen_interval
             log.warning("closing database %s after: %s (will open it again)", self.path, message)
             await self._drop()
+            if self.lock is not None:  # no descriptor left on the filesystem: it can be unmounted
+                self.lock.release()
         return StorageError(message, bad_data=_bad_data(exc))
 
     async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
