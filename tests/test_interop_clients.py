@@ -1,16 +1,18 @@
-"""Real clients against the default settings: Debian 12's baresip 1.0 (baresip-core) registers
-with digest over UDP and over TCP, sipsak 0.9.8 over UDP. baresip 1.0 gives up on any
+"""Real clients against the default settings: Debian 12's baresip 1.0 (baresip-core) and linphonec
+5.1 (linphone-cli) register with digest over UDP and over TCP, sipsak 0.9.8 over UDP. baresip 1.0 gives up on any
 challenge that offers SHA-256 (even beside MD5, even after it), sipsak on one that offers it
 first: which is why MD5 alone is the default challenge."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from .conftest import server_address
+from .sipclient import free_port
 
 MODULES = Path("/usr/lib/baresip/modules")
 
@@ -68,3 +70,38 @@ async def test_sipsak_registers_with_the_default_digest(make_server):
     assert proc.returncode == 0, output
     [contact] = srv.core.fetch_contacts("100@127.0.0.1")
     assert contact.user_agent.startswith("sipsak")
+
+
+async def run_linphonec(directory: Path, registrar: tuple[str, int], transport: str, password: str):
+    """linphonec 5.1 (Debian linphone-cli) headless: one account, a config file of its own."""
+    (directory / ".local/share/linphone").mkdir(parents=True)  # its call-history database
+    host, port = registrar
+    local = free_port()
+    (directory / "linphonerc").write_text(
+        f"[sip]\nsip_port={local if transport == 'udp' else -1}\nsip_tcp_port={local if transport == 'tcp' else -1}\n"
+        f"default_proxy=0\n"
+        f"[proxy_0]\nreg_proxy=<sip:{host}:{port};transport={transport}>\nreg_identity=sip:100@{host}\n"
+        f"reg_expires=600\nreg_sendregister=1\n"
+        f"[auth_info_0]\nusername=100\npasswd={password}\nrealm={host}\ndomain={host}\n")
+    return await asyncio.create_subprocess_exec(
+        "timeout", "60", "linphonec", "-c", str(directory / "linphonerc"), "-d", "0",
+        env={"HOME": str(directory), "PATH": "/usr/bin:/bin"},  # timeout: it quits whatever happens here
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_linphonec_registers_with_the_default_digest(make_server, short_dir, transport):
+    srv = await make_server(auth=True)
+    await srv.core.subscribers.add("100@127.0.0.1", "linphone-secret")
+    proc = await run_linphonec(short_dir, server_address(srv), transport, "linphone-secret")
+    try:
+        registered = await until(lambda: srv.core.fetch_contacts("100@127.0.0.1").count == 1)
+        contacts = list(srv.core.fetch_contacts("100@127.0.0.1"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.stdin.write(b"quit\n")
+        output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode(errors="replace")
+    assert registered, f"linphonec did not register:\n{output}"
+    assert contacts[0].received.startswith(f"{transport}:127.0.0.1:")
+    assert contacts[0].user_agent.startswith("Linphone")
+    assert srv.core.snapshot_stats()["rejected_regs"] == 0
