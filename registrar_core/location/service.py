@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 
 from .. import events as ev
 from ..events import EventBus
@@ -36,17 +37,23 @@ _NO_BINDINGS: dict[str, Contact] = {}
 Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
 
 
+@dataclass(slots=True, init=False, eq=False)
 class _Pending:
-    """A change waiting for the next group commit."""
+    """A change waiting for the next group commit. One per request: ``__init__`` written
+    out to be compiled (setup.py), the fields declared once, here."""
 
-    __slots__ = ("table", "puts", "removes", "batch", "done")
+    table: str
+    puts: list[tuple[Contact, bool]]
+    removes: list[tuple[Contact, str]]
+    batch: Batch | None  # policy and subscriber changes committed with it
+    done: Done
 
     def __init__(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]],
                  batch: Batch | None, done: Done) -> None:
         self.table = table
         self.puts = puts
         self.removes = removes
-        self.batch = batch  # policy and subscriber changes committed with it
+        self.batch = batch
         self.done = done
 
 
