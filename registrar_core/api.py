@@ -34,7 +34,7 @@ from .audit import Actor, audited
 from .auth import Authenticator, NonceFactory, Refusal, Subscribers, authorised_for, load_key
 from .config import Config
 from .events import EventBus, Subscription
-from .location import DEFAULT_TABLE, Contact, LocationService, LocationStore
+from .location import DEFAULT_TABLE, Contact, LocationService, store_for
 from .location.service import REMOVED_ADMIN
 from .qualify import QualifyService
 from .redirect import answer
@@ -112,7 +112,7 @@ class RegistrarCore:
         self._limits = config.limits  # a property that builds a Limits: once, not per message
         self.events = EventBus(clock)
         self.stats = Stats(started=clock())
-        store = None if memory_only else LocationStore(config.db)
+        store = None if memory_only else store_for(config.db)
         self.location = LocationService(store, self.events, clock=clock)
         self.to_tag = secrets.token_hex(6)
         self.registrar = Registrar(config, self.location, self.to_tag)

@@ -20,7 +20,7 @@ from .auth import SubscriberError, Subscribers, split_user
 from .config import ConfigError, build_config, load_toml
 from .control import ControlClient, RpcError
 from .dblock import REGISTRAR, USER_COMMAND, DatabaseHeld, DatabaseLock
-from .location.store import Batch, LocationStore, StorageError
+from .location import Batch, StorageError, Store, store_for
 from .options import Options, add_config, add_control, add_db
 
 
@@ -139,9 +139,9 @@ _DONE = {"add": "added", "passwd": "password changed for", "rm": "removed"}
 
 
 class _DirectWriter:
-    """What Subscribers needs of a LocationService, writing straight to the store."""
+    """The Keeper of Subscribers without a registrar: each change is its own write."""
 
-    def __init__(self, store: LocationStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     async def commit(self, batch: Batch) -> None:
@@ -149,10 +149,10 @@ class _DirectWriter:
 
 
 async def _offline(command: str, user: str, password: str, db: str) -> str:
-    store = LocationStore(db)
+    store = store_for(db)
     await store.open()
     try:
-        subscribers = Subscribers(_DirectWriter(store))  # type: ignore[arg-type]
+        subscribers = Subscribers(_DirectWriter(store))
         await subscribers.load()
         if command == "list":
             return "\n".join(subscribers.list())

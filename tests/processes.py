@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registrar_core.location import Contact, LocationStore
-from registrar_core.location.store import Batch
+from registrar_core.location import Batch, Contact, store_for
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -184,7 +183,7 @@ def write_bindings(db: Path, count: int, *, domain: str = "bulk.test", expires_i
     aors = [f"u{i:07d}@{domain}" for i in range(count)]
 
     async def write() -> None:
-        store = LocationStore(db)
+        store = store_for(str(db))
         await store.open()
         try:
             now = time.time()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
-from ..location.service import LocationService
-from ..location.store import Batch
+from ..location.store import Batch, Store
 from .digest import ha1
 
 _USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
@@ -34,10 +34,20 @@ def ha1_set(username: str, domain: str, password: str) -> tuple[str, str, str]:
             ha1("SHA-512-256", username, domain, password))
 
 
+class Keeper(Protocol):
+    """Where subscriber changes are made durable: the registrar's LocationService (with its
+    next group commit), or the store itself for the offline ``sipconsole user`` commands."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    async def commit(self, batch: Batch) -> None: ...
+
+
 class Subscribers:
     """The subscriber table, in memory for the hot path and persisted with the location table."""
 
-    def __init__(self, location: LocationService) -> None:
+    def __init__(self, location: Keeper) -> None:
         self.location = location
         self._ha1: dict[tuple[str, str], tuple[str, str, str]] = {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 # Kamailio's save() flags.
@@ -15,12 +15,14 @@ SAVE_SINGLE_CONTACT = 0x04
 SAVE_NO_EXPIRES_RANDOM = 0x08
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Contact:
     """A registered contact. ``expires`` is absolute (epoch seconds), as in $ulc.
 
     ``params`` holds the Contact header parameters other than expires and q,
-    exactly as the device sent them (unknown ones included).
+    exactly as the device sent them (unknown ones included). ``__init__`` is written
+    out to be compiled (setup.py), as h11 writes its events', and holds the defaults:
+    the fields are declared once, here, without them.
     """
 
     ruid: str
@@ -29,26 +31,26 @@ class Contact:
     expires: float
     callid: str
     cseq: int
-    q: float | None = None
-    params: str = ""
-    path: tuple[str, ...] = ()
-    received: str = ""
-    socket: str = ""
-    user_agent: str = ""
-    methods: str = ""
-    flags: int = 0
-    cflags: int = 0
-    instance: str = ""
-    regid: int = 0
-    conid: int | None = None
-    modified: float = field(default_factory=time.time)
+    q: float | None
+    params: str
+    path: tuple[str, ...]
+    received: str
+    socket: str
+    user_agent: str
+    methods: str
+    flags: int
+    cflags: int
+    instance: str
+    regid: int
+    conid: int | None
+    modified: float  # time.time() when not given
 
     def __init__(self, ruid: str, aor: str, addr: str, expires: float, callid: str, cseq: int,
                  q: float | None = None, params: str = "", path: tuple[str, ...] = (), received: str = "",
                  socket: str = "", user_agent: str = "", methods: str = "", flags: int = 0, cflags: int = 0,
                  instance: str = "", regid: int = 0, conid: int | None = None,
                  modified: float | None = None) -> None:
-        # Written out: compiled (setup.py). Frozen, so through object.__setattr__ as @dataclass's.
+        # Frozen, so through object.__setattr__ as @dataclass's own __init__ does.
         put = object.__setattr__
         put(self, "ruid", ruid)
         put(self, "aor", aor)

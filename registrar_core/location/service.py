@@ -1,7 +1,7 @@
 """The location service: named tables of bindings in memory, made durable by group commit.
 
 Every change goes through :meth:`LocationService.submit` (or its awaitable twin
-:meth:`~LocationService.apply`): it is committed to SQLite first (unless memory-only),
+:meth:`~LocationService.apply`): it is committed to the store first (unless memory-only),
 then applied in memory and published as events, so a binding visible to anyone has
 been made durable. The hot path is callbacks, not a task per request: the writer
 commits a group, then applies each change and calls its ``done``.
@@ -15,11 +15,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 
 from .. import events as ev
 from ..events import EventBus
 from .contact import Contact
-from .store import Batch, LocationStore, StorageError
+from .store import Batch, StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,23 @@ _NO_BINDINGS: dict[str, Contact] = {}
 Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
 
 
+@dataclass(slots=True, init=False, eq=False)
 class _Pending:
-    """A change waiting for the next group commit."""
+    """A change waiting for the next group commit. One per request: ``__init__`` written
+    out to be compiled (setup.py), the fields declared once, here."""
 
-    __slots__ = ("table", "puts", "removes", "batch", "done")
+    table: str
+    puts: list[tuple[Contact, bool]]
+    removes: list[tuple[Contact, str]]
+    batch: Batch | None  # policy and subscriber changes committed with it
+    done: Done
 
     def __init__(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]],
                  batch: Batch | None, done: Done) -> None:
         self.table = table
         self.puts = puts
         self.removes = removes
-        self.batch = batch  # policy and subscriber changes committed with it
+        self.batch = batch
         self.done = done
 
 
@@ -99,7 +106,7 @@ class KeyedLock:
 class LocationService:
     def __init__(
         self,
-        store: LocationStore | None,
+        store: Store | None,
         events: EventBus,
         *,
         clock: Callable[[], float] = time.time,
@@ -135,6 +142,7 @@ class LocationService:
             heapq.heapify(self._heap)  # once, not a push per binding
             for tbl, aor, name, value in await self.store.load_policies():
                 self._policies[(tbl, aor, name)] = value
+            log.info("location table in %s: %d bindings loaded", self.store.describe(), len(self._heap))
         self._tasks = [
             asyncio.create_task(self._writer(), name="location-writer"),
             asyncio.create_task(self._expirer(), name="location-expiry"),

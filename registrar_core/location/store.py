@@ -1,121 +1,19 @@
-"""Durable storage of the location table in SQLite (WAL, synchronous=FULL) via aiosqlite.
+"""What the location service needs of durable storage: the :class:`Store` protocol.
 
-Writes come in batches (group commit): one transaction makes many REGISTERs durable
-with one fsync, and the caller answers 200 only after COMMIT has returned.
+The service keeps the whole table in memory and asks a store only to make changes
+durable (one :class:`Batch` per group commit) and to give everything back at start. So
+a store is small: open, load, write a batch, probe, close. The SQLite file
+(:mod:`.sqlite_store`) is one; a database shared by several registrars is another
+implementation of the same promises, which ``tests/test_store_contract.py`` states once
+for every store.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
-import sqlite3
-import time
-import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-import aiosqlite
+from typing import Protocol
 
 from .contact import Contact
-
-if TYPE_CHECKING:
-    from ..dblock import DatabaseLock
-
-SCHEMA_VERSION = 2  # 1: contacts, policies; 2: subscribers
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS contacts (
-    ruid TEXT PRIMARY KEY,
-    tbl TEXT NOT NULL,
-    aor TEXT NOT NULL,
-    addr TEXT NOT NULL,
-    params TEXT NOT NULL,
-    expires REAL NOT NULL,
-    q REAL,
-    callid TEXT NOT NULL,
-    cseq INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    received TEXT NOT NULL,
-    socket TEXT NOT NULL,
-    user_agent TEXT NOT NULL,
-    methods TEXT NOT NULL,
-    flags INTEGER NOT NULL,
-    cflags INTEGER NOT NULL,
-    instance TEXT NOT NULL,
-    regid INTEGER NOT NULL,
-    modified REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
-CREATE TABLE IF NOT EXISTS policies (
-    tbl TEXT NOT NULL,
-    aor TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (tbl, aor, name)
-);
-CREATE TABLE IF NOT EXISTS subscribers (
-    username TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    ha1_md5 TEXT NOT NULL,
-    ha1_sha256 TEXT NOT NULL,
-    ha1_sha512_256 TEXT NOT NULL,
-    PRIMARY KEY (username, domain)
-);
-"""
-_COLUMNS = (
-    "ruid, tbl, aor, addr, params, expires, q, callid, cseq, path, received, socket, "
-    "user_agent, methods, flags, cflags, instance, regid, modified"
-)
-# An update in place, not INSERT OR REPLACE (a delete and an insert: both indexes touched
-# twice). A binding never changes table or AOR, so the (tbl, aor) index is left alone:
-# SQLite CPU per refreshed binding 12.5 -> 8.7 us in random order.
-_UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
-_ROW_MARKS = "(" + ",".join("?" * len(_COLUMNS.split(", "))) + ")"
-# Rows go in a few multi-row statements, not one statement per row: sqlite3 takes the GIL
-# back after every step, and on a busy registrar each time costs a thread switch (and up to
-# the 5 ms switch interval of waiting). Chunk sizes are powers of two, so that a handful of
-# statements cover every batch size and stay prepared in the statement cache. (SQLite before
-# 3.32 takes at most 999 parameters in a statement: 19 columns x 32 rows.)
-MAX_CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
-
-
-def _chunks(count: int) -> list[tuple[int, int]]:
-    """(start, size) of the power-of-two chunks, largest first, that make up ``count``."""
-    out = []
-    start = 0
-    size = MAX_CHUNK
-    while start < count:
-        while size > count - start:
-            size //= 2
-        out.append((start, size))
-        start += size
-    return out
-
-
-@functools.cache  # rows <= MAX_CHUNK
-def _upsert_sql(rows: int) -> str:
-    return f"INSERT INTO contacts ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
-
-
-@functools.cache  # rows <= MAX_CHUNK
-def _delete_sql(rows: int) -> str:
-    return "DELETE FROM contacts WHERE ruid IN (" + ",".join("?" * rows) + ")"
-
-
-log = logging.getLogger(__name__)
-
-# SQLite primary result codes after which this connection is closed and opened again
-# (on the next write, at most once per REOPEN_INTERVAL): an I/O error or a read-only
-# file may be cured by the operator (remount, chattr -i, fsck), which needs our file
-# descriptors released and, for a connection SQLite opened read-only, a fresh open.
-_RECONNECT_CODES = frozenset((
-    sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
-    sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_PROTOCOL,
-))
-REOPEN_INTERVAL = 0.5  # seconds between attempts to open the database again after a fault
 
 
 class StorageError(Exception):
@@ -131,23 +29,6 @@ class StorageError(Exception):
         self.bad_data = bad_data
 
 
-class _FileMoved(Exception):
-    """The database file at our path is gone or is another file than the one we opened."""
-
-
-def _bad_data(exc: BaseException) -> bool:
-    """Did the write fail because of what was written rather than where?"""
-    return isinstance(exc, (sqlite3.InterfaceError, OverflowError, UnicodeError, TypeError))
-
-
-def _needs_reconnect(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and (code & 0xFF) in _RECONNECT_CODES
-    # aiosqlite's "no active connection", a dead worker thread...: start afresh.
-    return not _bad_data(exc)
-
-
 @dataclass
 class Batch:
     """Changes committed together: contacts to write, contacts to delete, policy values."""
@@ -159,274 +40,48 @@ class Batch:
     subscribers: list[tuple[str, str, tuple[str, str, str] | None]] = field(default_factory=list)
 
 
-def _values(puts: list[tuple[str, Contact]]) -> list[object]:
-    """The parameters of an upsert of ``puts``, row after row."""
-    return [value for table, contact in puts for value in _row(table, contact)]
+class Store(Protocol):
+    """Durable storage of the location table, its policies and the subscribers.
 
-
-def _row(table: str, c: Contact) -> tuple[object, ...]:
-    return (
-        c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
-        json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified,
-    )
-
-
-class LocationStore:
-    def __init__(self, path: str | Path, *, reopen_interval: float = REOPEN_INTERVAL) -> None:
-        self.path = str(path)
-        self.reopen_interval = reopen_interval
-        self.reconnects = 0  # successful re-opens after a fault
-        self._db: aiosqlite.Connection | None = None
-        self._opened = False  # open() succeeded and close() was not called: keep it open
-        self._fault = ""  # why the connection was dropped (while _db is None and _opened)
-        self._reopen_error = ""  # why the last attempt to open it again failed
-        self._next_reopen = 0.0
-        self._inode: int | None = None  # of the file first opened: acknowledged writes are there
-        # The owner's lock on the file (dblock.py), let go while a fault keeps the file closed.
-        self.lock: DatabaseLock | None = None
+    Every method that fails raises :class:`StorageError`, nothing else. A store recovers
+    from a storage fault by itself: after one, :meth:`write` and :meth:`probe` try to open
+    the database again (rate-limited), so that the registrar never needs a restart.
+    """
 
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        await self._connect(self.path, uri=False)
-        self._inode = None if self.path == ":memory:" else Path(self.path).stat().st_ino
-        self._opened = True
+        """Connect, and create or migrate the schema (versioned) on first use."""
 
-    def _check_identity(self) -> None:
-        """Raise _FileMoved unless our path still names the file we first opened.
+    async def load(self, now: float) -> list[tuple[str, Contact]]:
+        """Every stored (table, binding) not expired at ``now``, oldest ``modified`` first.
 
-        SQLite goes on writing to a database file that was deleted or renamed away (its
-        descriptor still works): those writes would be lost at the next start. Checked
-        after every COMMIT, before anything is acknowledged. The inode alone is compared:
-        the same filesystem mounted again (after an fsck) may come with another st_dev.
+        Expired rows are deleted. A binding's ``conid`` (its TCP connection) is not kept.
         """
-        if self._inode is None:
-            return
-        try:
-            inode = Path(self.path).stat().st_ino
-        except FileNotFoundError:
-            raise _FileMoved(f"database file {self.path} was removed") from None
-        if inode != self._inode:
-            raise _FileMoved(f"database file {self.path} was replaced by another file "
-                             "(restart the registrar to use it)")
-
-    async def _connect(self, target: str, *, uri: bool) -> None:
-        try:
-            db = await aiosqlite.connect(target, isolation_level=None, uri=uri,
-                                         cached_statements=MAX_CHUNK + 64)  # an upsert per batch size
-        except Exception as exc:
-            raise StorageError(f"cannot open database {self.path}: {exc}") from exc
-        self._db = db
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=2000")
-            async with db.execute("PRAGMA quick_check") as cur:
-                result = (await cur.fetchone() or ("?",))[0]
-            if result != "ok":
-                raise StorageError(f"database {self.path} failed its integrity check: {result}")
-            await self._migrate()
-        except StorageError:
-            await self._drop()
-            raise
-        except Exception as exc:
-            await self._drop()
-            raise StorageError(f"cannot use database {self.path}: {exc}") from exc
-
-    async def _reopen(self) -> None:
-        """After a fault dropped the connection: open the same file again (never create one).
-
-        A file that is gone must not be replaced by an empty one: the bindings in
-        memory were acknowledged against the old file, so writes keep failing
-        until an operator puts it back (or restarts the registrar).
-        """
-        now = time.monotonic()
-        if now < self._next_reopen or self.path == ":memory:":
-            raise StorageError(self._fault_message())
-        self._next_reopen = now + self.reopen_interval
-        target = "file:" + urllib.parse.quote(str(Path(self.path).absolute())) + "?mode=rw"
-        try:
-            await self._connect(target, uri=True)
-            try:
-                if self.lock is not None:  # after the open: a missing file is not locked in its stead
-                    self.lock.acquire()
-                # SQLite quietly opens a file it may not write read-only: prove it can.
-                await self._touch(self._require())
-            except Exception as exc:
-                await self._drop()
-                if self.lock is not None:
-                    self.lock.release()
-                raise StorageError(str(exc) or type(exc).__name__) from exc
-        except StorageError as exc:
-            log.debug("database %s still unusable: %s", self.path, exc)
-            self._reopen_error = str(exc)
-            raise StorageError(self._fault_message()) from exc
-        self.reconnects += 1
-        log.info("database %s opened again after: %s", self.path, self._fault)
-        self._fault = self._reopen_error = ""
-
-    def _fault_message(self) -> str:
-        if self._reopen_error:
-            return f"{self._fault} (cannot open it again: {self._reopen_error})"
-        return self._fault
-
-    async def _drop(self) -> None:
-        """Close the connection without forgetting that it should be open."""
-        if self._db is not None:
-            db, self._db = self._db, None
-            try:
-                await db.close()
-            except Exception:
-                pass
-
-    async def _migrate(self) -> None:
-        db = self._require()
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = row[0] if row else 0
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"database {self.path} has schema {version}, newer than this release ({SCHEMA_VERSION})"
-            )
-        if version < SCHEMA_VERSION:
-            await db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
-        # Earlier databases indexed expires: only the start-up purge used it, while every
-        # refresh paid for it (a fifth of SQLite's CPU per row). Expiry runs from memory.
-        await db.execute("DROP INDEX IF EXISTS contacts_expires")
-
-    def _require(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StorageError(self._fault_message() or "database is not open")
-        return self._db
-
-    async def _writable(self) -> aiosqlite.Connection:
-        """The connection for a write, opened again first if a fault had dropped it."""
-        if self._db is None and self._opened and self._fault:
-            await self._reopen()
-        return self._require()
-
-    async def _failed(self, db: aiosqlite.Connection, exc: BaseException) -> StorageError:
-        """Turn a failed write into a StorageError; drop the connection if it cannot go on."""
-        try:
-            stuck = db.in_transaction
-        except Exception:
-            stuck = True
-        message = str(exc) or type(exc).__name__
-        if _needs_reconnect(exc) or stuck:
-            self._fault, self._reopen_error = message, ""
-            self._next_reopen = time.monotonic() + self.reopen_interval
-            log.warning("closing database %s after: %s (will open it again)", self.path, message)
-            await self._drop()
-            if self.lock is not None:  # no descriptor left on the filesystem: it can be unmounted
-                self.lock.release()
-        return StorageError(message, bad_data=_bad_data(exc))
-
-    async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
-        """Drop expired rows, then return every stored binding."""
-        db = self._require()
-        now = time.time() if now is None else now
-        await db.execute("DELETE FROM contacts WHERE expires <= ?", (now,))
-        async with db.execute(f"SELECT {_COLUMNS} FROM contacts ORDER BY modified") as cur:
-            rows = await cur.fetchall()
-        out = []
-        for r in rows:
-            contact = Contact(
-                ruid=r[0], aor=r[2], addr=r[3], params=r[4], expires=r[5], q=r[6],
-                callid=r[7], cseq=r[8], path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10],
-                socket=r[11], user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15],
-                instance=r[16], regid=r[17], modified=r[18],
-            )
-            out.append((r[1], contact))
-        return out
 
     async def load_policies(self) -> list[tuple[str, str, str, str]]:
-        db = self._require()
-        async with db.execute("SELECT tbl, aor, name, value FROM policies") as cur:
-            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+        """Every stored (table, aor, name, value) policy override."""
 
     async def load_subscribers(self) -> list[tuple[str, str, tuple[str, str, str]]]:
-        db = self._require()
-        async with db.execute("SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 "
-                              "FROM subscribers ORDER BY domain, username") as cur:
-            return [(r[0], r[1], (r[2], r[3], r[4])) for r in await cur.fetchall()]
+        """Every (username, domain, HA1s), sorted by domain then username.
+
+        Separate from :meth:`load`: ``sipconsole user`` needs the subscribers only.
+        """
 
     async def write(self, batch: Batch) -> None:
-        """Apply one batch in one transaction; all or nothing."""
-        db = await self._writable()
-        try:
-            puts = batch.puts
-            if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
-                # The usual group commit: one statement, its own transaction. One round trip
-                # to the database thread, not one each for BEGIN, the rows and COMMIT: each
-                # waits for a busy event loop to take its result (about a loop iteration).
-                await db.execute(_upsert_sql(len(puts)), _values(puts))
-            else:
-                await self._write_transaction(db, batch)
-            self._check_identity()
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise await self._failed(db, exc) from exc
+        """Apply ``batch`` in one transaction, all or nothing; durable once it returns.
 
-    async def _write_transaction(self, db: aiosqlite.Connection, batch: Batch) -> None:
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            deletes = batch.deletes
-            for start, size in _chunks(len(deletes)):
-                await db.execute(_delete_sql(size), deletes[start:start + size])
-            puts = batch.puts
-            for start, size in _chunks(len(puts)):
-                await db.execute(_upsert_sql(size), _values(puts[start:start + size]))
-            if batch.policies:
-                await self._write_policies(db, batch.policies)
-            for username, domain, ha1s in batch.subscribers:
-                if ha1s is None:
-                    await db.execute("DELETE FROM subscribers WHERE username=? AND domain=?",
-                                     (username, domain))
-                else:
-                    await db.execute("INSERT OR REPLACE INTO subscribers VALUES (?,?,?,?,?)",
-                                     (username, domain, *ha1s))
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
+        Deletes come before puts; a put replaces the binding with the same ruid. A value
+        the database cannot hold fails with ``bad_data=True`` and leaves the store usable.
+        """
 
     async def probe(self) -> None:
-        """One real write that changes nothing (a page goes to the WAL): is storage usable?"""
-        db = await self._writable()
-        try:
-            await self._touch(db)
-        except Exception as exc:
-            raise await self._failed(db, exc) from exc
+        """One real write that changes nothing: raises while storage is unusable.
 
-    async def _touch(self, db: aiosqlite.Connection) -> None:
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
-        self._check_identity()
-
-    @staticmethod
-    async def _write_policies(
-        db: aiosqlite.Connection, policies: Iterable[tuple[str, str, str, str | None]]
-    ) -> None:
-        for tbl, aor, name, value in policies:
-            if value is None:
-                await db.execute(
-                    "DELETE FROM policies WHERE tbl=? AND aor=? AND name=?", (tbl, aor, name)
-                )
-            else:
-                await db.execute(
-                    "INSERT OR REPLACE INTO policies VALUES (?,?,?,?)", (tbl, aor, name, value)
-                )
+        The service calls it about once a second while storage is failing, so that
+        recovery is seen even when no REGISTER comes to try.
+        """
 
     async def close(self) -> None:
-        self._opened = False
-        self._fault = self._reopen_error = ""
-        await self._drop()
+        """Let go of the database; a later call other than :meth:`open` raises."""
+
+    def describe(self) -> str:
+        """Where the table is kept, for the log (a path, a DSN without password)."""

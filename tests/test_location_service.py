@@ -1,0 +1,199 @@
+"""registrar_core/location/service.py directly: the per-AOR KeyedLock, the merge of a group
+commit's changes, and group commit through a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from registrar_core.events import EventBus
+from registrar_core.location import Batch, Contact, LocationService, SqliteStore, StorageError
+from registrar_core.location.service import KeyedLock, _merge, _Pending
+
+NOW = time.time()
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def contact(n: int, **changes: object) -> Contact:
+    values: dict[str, object] = dict(ruid=f"ruid-{n}", aor=f"u{n}@example.com", addr=f"sip:u{n}@192.0.2.1",
+                                     expires=NOW + 3600, callid=f"call-{n}", cseq=1, modified=NOW)
+    values.update(changes)
+    return Contact(**values)  # type: ignore[arg-type]
+
+
+def ignore(error: StorageError | None) -> None:
+    pass
+
+
+# -- KeyedLock --------------------------------------------------------------------------
+
+
+async def test_keyed_lock_runs_a_free_key_at_once_and_hands_a_held_one_on_in_order_from_the_loop():
+    lock = KeyedLock()
+    ran: list[str] = []
+    lock.run("a", lambda: ran.append("a1"))
+    lock.run("a", lambda: ran.append("a2"))
+    lock.run("a", lambda: ran.append("a3"))
+    lock.run("b", lambda: ran.append("b1"))  # another key is not held up by "a"
+    assert ran == ["a1", "b1"]
+    lock.release("a")
+    assert ran == ["a1", "b1"], "the next holder runs from the loop, not inside release()"
+    await eventually(lambda: len(ran) == 3, "the second holder of a")
+    assert ran == ["a1", "b1", "a2"]
+    lock.release("a")
+    await eventually(lambda: len(ran) == 4, "the third holder of a")
+    lock.release("a")
+    lock.release("b")
+    lock.run("a", lambda: ran.append("a4"))  # free again: at once
+    assert ran == ["a1", "b1", "a2", "a3", "a4"]
+    lock.release("a")
+
+
+async def test_keyed_lock_a_long_chain_of_holders_that_release_at_once_does_not_recurse():
+    lock = KeyedLock()
+    done: list[int] = []
+    count = sys.getrecursionlimit() * 2
+
+    def holder(n: int) -> Callable[[], None]:
+        def run() -> None:
+            done.append(n)
+            lock.release("k")
+        return run
+
+    lock.run("k", lambda: None)
+    for n in range(count):
+        lock.run("k", holder(n))
+    lock.release("k")
+    await eventually(lambda: len(done) == count, "every holder")
+    assert done == list(range(count))
+
+
+async def test_keyed_lock_acquire_lets_one_coroutine_at_a_time_hold_a_key_in_arrival_order():
+    lock = KeyedLock()
+    inside = 0
+    most = 0
+    order: list[int] = []
+
+    async def worker(n: int) -> None:
+        nonlocal inside, most
+        await lock.acquire("aor")
+        try:
+            inside += 1
+            most = max(most, inside)
+            order.append(n)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            inside -= 1
+        finally:
+            lock.release("aor")
+
+    await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(20))), 30)
+    assert most == 1 and order == list(range(20))
+
+
+@pytest.mark.parametrize("when", ["while-waiting", "once-handed-the-key"])
+async def test_keyed_lock_a_cancelled_waiter_passes_the_key_on(when):
+    lock = KeyedLock()
+    await lock.acquire("aor")
+    cancelled = asyncio.create_task(lock.acquire("aor"))
+    after = asyncio.create_task(lock.acquire("aor"))
+    await asyncio.sleep(0)  # both are queued
+    if when == "while-waiting":
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        lock.release("aor")
+    else:
+        lock.release("aor")
+        await asyncio.sleep(0)  # `cancelled` is handed the key, and is cancelled before it resumes
+        cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.wait_for(after, 10)  # the key was not lost with the cancelled waiter
+    lock.release("aor")
+    await asyncio.wait_for(lock.acquire("aor"), 10)
+    lock.release("aor")
+
+
+# -- the merge of a group commit ---------------------------------------------------------
+
+
+def test_merge_keeps_the_last_change_to_each_binding_in_the_order_first_seen():
+    added, refreshed = contact(1), contact(1, cseq=2)
+    removed, readded = contact(2), contact(2, cseq=5)
+    short_lived = contact(3)
+    merged = _merge([
+        _Pending("location", [(added, True), (removed, True)], [], None, ignore),
+        _Pending("location", [(short_lived, True)], [(removed, "unregistered")], None, ignore),
+        _Pending("location", [(refreshed, False)], [(short_lived, "unregistered")], None, ignore),
+        _Pending("location", [(readded, True)], [], None, ignore),
+    ])
+    assert merged.puts == [("location", refreshed), ("location", readded)]
+    assert merged.deletes == [short_lived.ruid]
+    assert merged.policies == [] and merged.subscribers == []
+
+
+def test_merge_keeps_each_change_with_its_table_and_every_policy_and_subscriber_change_in_order():
+    one, two = contact(1), contact(2)
+    policy = [("location", "*", "single_contact", "1"), ("location", "*", "single_contact", None)]
+    merged = _merge([
+        _Pending("location", [(one, True)], [], None, ignore),
+        _Pending("", [], [], Batch(policies=policy[:1], subscribers=[("a", "x", ("1", "2", "3"))]), ignore),
+        _Pending("other", [(two, True)], [], None, ignore),
+        _Pending("", [], [], Batch(policies=policy[1:], subscribers=[("a", "x", None)]), ignore),
+    ])
+    assert merged.puts == [("location", one), ("other", two)] and merged.deletes == []
+    assert merged.policies == policy
+    assert merged.subscribers == [("a", "x", ("1", "2", "3")), ("a", "x", None)]
+
+
+# -- group commit through a real store ---------------------------------------------------
+
+
+class RecordingStore(SqliteStore):
+    """The real SQLite store, remembering the batches it was asked to write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[Batch] = []
+
+    async def write(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        await super().write(batch)
+
+
+async def test_changes_submitted_together_go_in_one_write_and_reach_memory_only_after_it(tmp_path):
+    store = RecordingStore(tmp_path / "location.db")
+    service = LocationService(store, EventBus())
+    await service.start()
+    try:
+        outcomes: list[StorageError | None] = []
+        doomed = contact(0)
+        service.submit("location", [(doomed, True)], [], outcomes.append)
+        service.submit("location", [], [(doomed, "unregistered")], outcomes.append)
+        for n in range(1, 50):
+            service.submit("location", [(contact(n), True)], [], outcomes.append)
+        assert not service.known("location", contact(1).aor), "in memory before it was durable"
+        await eventually(lambda: len(outcomes) == 51, "the group commit")
+        assert outcomes == [None] * 51
+        assert len(store.batches) == 1
+        assert store.batches[0].deletes == [doomed.ruid] and len(store.batches[0].puts) == 49
+        assert service.counts() == (49, 49) and not service.contacts("location", doomed.aor)
+    finally:
+        await service.stop()
+    reopened = SqliteStore(tmp_path / "location.db")
+    await reopened.open()
+    try:
+        assert sorted(c.ruid for _, c in await reopened.load(NOW)) == sorted(f"ruid-{n}" for n in range(1, 50))
+    finally:
+        await reopened.close()

@@ -1,0 +1,180 @@
+"""The promises of every location Store (registrar_core/location/store.py), written once.
+
+Each test runs against every implementation in STORES: a factory that, given a fresh
+temporary directory, returns a function making new store objects on one new database
+(each call a new connection to the same data, as a restart makes). A second store (the
+PostgreSQL one) is tested by adding its factory here. Storage faults and their recovery
+need a way to break each kind of storage: the SQLite ones are in test_reliability_storage.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from registrar_core.location import Batch, Contact, SqliteStore, StorageError, Store
+
+
+def _sqlite(directory: Path) -> Callable[[], Store]:
+    return lambda: SqliteStore(directory / "location.db")
+
+
+STORES: dict[str, Callable[[Path], Callable[[], Store]]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    return STORES[request.param](tmp_path)
+
+
+@asynccontextmanager
+async def opened(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    store = new_store()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+NOW = time.time()
+
+
+def contact(n: int, **changes: object) -> Contact:
+    values: dict[str, object] = dict(
+        ruid=f"ruid-{n}", aor=f"u{n}@example.com", addr=f"sip:u{n}@192.0.2.1:5060", expires=NOW + 3600,
+        callid=f"call-{n}", cseq=n, received="udp:192.0.2.1:5060", socket="udp:127.0.0.1:5060",
+        modified=NOW + n / 1000)
+    values.update(changes)
+    return Contact(**values)  # type: ignore[arg-type]
+
+
+async def everything(store: Store) -> tuple[list[tuple[str, Contact]], list[tuple[str, str, str, str]],
+                                            list[tuple[str, str, tuple[str, str, str]]]]:
+    return await store.load(NOW), sorted(await store.load_policies()), await store.load_subscribers()
+
+
+async def test_a_new_database_is_created_empty_and_says_where_it_is(new_store):
+    async with opened(new_store) as store:
+        assert await everything(store) == ([], [], [])
+        assert store.describe().strip()
+
+
+async def test_every_field_of_a_binding_survives_a_new_connection_except_its_tcp_connection(new_store):
+    full = contact(1, q=0.5, params=";transport=tcp;+sip.instance=\"<urn:uuid:1>\"", user_agent="Téléphone/1 ☎",
+                   path=("<sip:edge1.example.com;lr>", "<sip:edge2.example.com;lr>"), methods="INVITE,BYE",
+                   flags=3, cflags=4, instance="<urn:uuid:1>", regid=2, conid=17)
+    bare = contact(2, received="", socket="")
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", full), ("other", bare)]))
+    async with opened(new_store) as store:
+        assert await store.load(NOW) == [("location", full.updated(conid=None)), ("other", bare)]
+
+
+async def test_load_deletes_expired_bindings_and_returns_the_rest_oldest_modified_first(new_store):
+    newest, oldest = contact(1, modified=NOW + 5), contact(2, modified=NOW - 5)
+    gone = contact(3, expires=NOW - 1)
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", newest), ("location", gone), ("location", oldest)]))
+        assert await store.load(NOW) == [("location", oldest), ("location", newest)]
+    async with opened(new_store) as store:  # deleted, not only left out
+        assert await store.load(NOW - 3600) == [("location", oldest), ("location", newest)]
+
+
+async def test_a_put_replaces_the_binding_with_its_ruid_and_deletes_go_first(new_store):
+    first, other = contact(1), contact(2)
+    refreshed = first.updated(cseq=99, expires=NOW + 60, addr="sip:u1@192.0.2.9:5070")
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", first), ("location", other)]))
+        await store.write(Batch(puts=[("location", refreshed)]))
+        assert await store.load(NOW) == [("location", refreshed), ("location", other)]
+        again = refreshed.updated(cseq=100)
+        await store.write(Batch(puts=[("location", again)], deletes=[first.ruid, other.ruid, "no-such-ruid"]))
+        assert await store.load(NOW) == [("location", again)]
+
+
+async def test_policies_are_set_replaced_and_deleted(new_store):
+    async with opened(new_store) as store:
+        await store.write(Batch(policies=[("location", "a@x", "single_contact", "1"),
+                                          ("location", "*", "caller_check", "1"),
+                                          ("other", "a@x", "single_contact", "0")]))
+        await store.write(Batch(policies=[("location", "a@x", "single_contact", "0"),
+                                          ("location", "*", "caller_check", None),
+                                          ("location", "never-set@x", "single_contact", None)]))
+    async with opened(new_store) as store:
+        assert sorted(await store.load_policies()) == [("location", "a@x", "single_contact", "0"),
+                                                       ("other", "a@x", "single_contact", "0")]
+
+
+async def test_subscribers_are_added_replaced_removed_and_listed_by_domain_then_user(new_store):
+    async with opened(new_store) as store:
+        await store.write(Batch(subscribers=[("zoe", "a.example", ("m1", "s1", "t1")),
+                                             ("bob", "b.example", ("m2", "s2", "t2")),
+                                             ("amy", "b.example", ("m3", "s3", "t3")),
+                                             ("gone", "a.example", ("m4", "s4", "t4"))]))
+        await store.write(Batch(subscribers=[("bob", "b.example", ("m5", "s5", "t5")),
+                                             ("gone", "a.example", None)]))
+    async with opened(new_store) as store:
+        assert await store.load_subscribers() == [("zoe", "a.example", ("m1", "s1", "t1")),
+                                                  ("amy", "b.example", ("m3", "s3", "t3")),
+                                                  ("bob", "b.example", ("m5", "s5", "t5"))]
+
+
+async def test_a_large_batch_of_every_kind_is_stored_whole(new_store):
+    """More rows than any one statement takes (SQLite: 256), in odd numbers."""
+    kept = [contact(n) for n in range(777)]
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", c) for c in kept]))
+        replaced = [c.updated(cseq=c.cseq + 1) for c in kept[300:]]
+        await store.write(Batch(
+            puts=[("location", c) for c in replaced], deletes=[c.ruid for c in kept[:300]],
+            policies=[("location", c.aor, "single_contact", "1") for c in kept[:10]],
+            subscribers=[(f"u{n}", "example.com", ("m", "s", "t")) for n in range(300)]))
+    async with opened(new_store) as store:
+        loaded, policies, subscribers = await everything(store)
+        assert loaded == [("location", c) for c in replaced]
+        assert len(policies) == 10 and len(subscribers) == 300
+
+
+@pytest.mark.parametrize("with_others", [False, True], ids=["alone", "with-deletes-and-policies"])
+async def test_an_unstorable_value_fails_its_batch_whole_as_bad_data_and_the_store_goes_on(new_store, with_others):
+    """An integer no database column holds (CSeq is 32-bit on the wire, not here)."""
+    kept, fine = contact(1), contact(2)
+    unstorable = contact(3, cseq=2 ** 70)
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", kept)]))
+        batch = Batch(puts=[("location", fine), ("location", unstorable)])
+        if with_others:
+            batch.deletes.append(kept.ruid)
+            batch.policies.append(("location", kept.aor, "single_contact", "1"))
+        with pytest.raises(StorageError) as refused:
+            await store.write(batch)
+        assert refused.value.bad_data
+        assert await everything(store) == ([("location", kept)], [], [])
+        await store.probe()
+        await store.write(Batch(puts=[("location", fine)]))
+        assert await store.load(NOW) == [("location", kept), ("location", fine)]
+
+
+async def test_a_probe_writes_nothing_visible(new_store):
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", contact(1))], policies=[("location", "*", "p", "v")]))
+        before = await everything(store)
+        await store.probe()
+        await store.probe()
+        assert await everything(store) == before
+
+
+async def test_a_closed_store_answers_storage_error(new_store):
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", contact(1))]))
+    for call in (lambda: store.write(Batch(puts=[("location", contact(2))])), store.probe,
+                 lambda: store.load(NOW), store.load_policies, store.load_subscribers):
+        with pytest.raises(StorageError):
+            await call()
+    async with opened(new_store) as store:
+        assert await store.load(NOW) == [("location", contact(1))]
