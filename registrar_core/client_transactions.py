@@ -136,6 +136,7 @@ class ClientTransactions:
         if response.status < 200:
             tx.state = PROCEEDING
             return True
+        tx.data = b""  # never sent again: 100k completed probes need not keep their requests
         if tx.reliable:
             self._terminate(tx)
         else:

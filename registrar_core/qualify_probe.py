@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from .resolver import Resolution, Resolver
 from .sip import Headers, Request, Response, SipError, SipURI, parse_name_addr, parse_uri
 
 # How a probe ended: (the owner's context, RTT in ms or None when it failed, reason, target).
-Report = Callable[[Any, "float | None", str, str], None]
+Report = Callable[[Any, float | None, str, str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +171,12 @@ class Prober:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _resolve_and_send(self, plan: Plan, hop: str, context: Any) -> None:
-        resolution = await self.resolver.resolve(hop, transports=(plan.transport,))
+        try:
+            resolution = await self.resolver.resolve(hop, transports=(plan.transport,))
+        except Exception as exc:  # the probe must still end, or it stays in flight for ever
+            log.exception("qualify: resolving %s failed", hop)
+            self.report(context, None, f"dns error: {exc}", "")
+            return
         self._send(plan, resolved_address(plan, resolution), context)
 
     def _send(self, plan: Plan, addr: tuple[str, int] | str, context: Any) -> ClientTransaction | None:
