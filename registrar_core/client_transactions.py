@@ -6,9 +6,11 @@ response (:meth:`ClientTransactions.receive`) and a timer firing (:meth:`ClientT
 the only output is the send callable and the owner's ``on_done`` callback, called once per
 transaction with the final response, or None for Timer F. Nothing here knows sockets: the
 sender is the core's hook ``(local socket, conid, (host, port), bytes) -> sent?``. One timer
-heap holds the timers of every transaction (stale items are skipped when popped) and one
-event-loop timer handle is armed for the earliest, so 100k outstanding OPTIONS cost no task
-each. With ``arm_timers=False`` the caller drives :meth:`poll` itself (tests use a fake clock).
+heap holds the timers of every transaction and one event-loop timer handle is armed for the
+earliest, so 100k outstanding OPTIONS cost no task each. A transaction has one timer pending
+at a time (E, F or K, told apart by its state and the time); a rescheduled one leaves a stale
+heap item, skipped when popped. With ``arm_timers=False`` the caller drives :meth:`poll`
+itself (tests use a fake clock).
 
 State table (Figure 6; "reliable" is TCP):
 
@@ -51,8 +53,6 @@ PROCEEDING = "proceeding"
 COMPLETED = "completed"
 TERMINATED = "terminated"
 
-_E, _F, _K = 0, 1, 2  # timer kinds in the heap
-
 Sender = Callable[[str, int | None, tuple[str, int], bytes], bool]
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ClientTransaction:
     """One outstanding request. ``context`` is the owner's (qualify keeps its contact there)."""
 
     __slots__ = ("branch", "method", "data", "local", "conid", "addr", "reliable", "state",
-                 "started", "deadline", "interval", "retransmissions", "on_done", "context")
+                 "started", "deadline", "interval", "timer_at", "retransmissions", "on_done", "context")
 
     def __init__(self, branch: str, method: str, data: bytes, local: str, conid: int | None,
                  addr: tuple[str, int], reliable: bool, started: float, deadline: float,
@@ -75,8 +75,9 @@ class ClientTransaction:
         self.reliable = reliable
         self.state = TRYING
         self.started = started
-        self.deadline = deadline
-        self.interval = T1
+        self.deadline = deadline  # Timer F
+        self.interval = 0.0  # Timer E's current value; 0: no retransmissions (TCP, or not asked)
+        self.timer_at = deadline  # the one timer pending: E, F or K by the state and the time
         self.retransmissions = 0
         self.on_done = on_done
         self.context = context
@@ -92,7 +93,7 @@ class ClientTransactions:
         self.clock = clock
         self.arm_timers = arm_timers
         self._transactions: dict[str, ClientTransaction] = {}
-        self._timers: list[tuple[float, int, int, ClientTransaction]] = []
+        self._timers: list[tuple[float, int, ClientTransaction]] = []  # stale when != tx.timer_at
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
@@ -118,9 +119,9 @@ class ClientTransactions:
         tx = ClientTransaction(branch, method, data, local, conid, addr, reliable, now, now + timeout,
                                on_done, context)
         self._transactions[branch] = tx
-        self._push(tx.deadline, _F, tx)
-        if retransmit and not reliable and now + T1 < tx.deadline:
-            self._push(now + T1, _E, tx)
+        if retransmit and not reliable:
+            tx.interval = T1
+        self._schedule(tx, min(now + T1, tx.deadline) if tx.interval else tx.deadline)
         return tx
 
     def receive(self, response: Response, _source: object = None) -> bool:
@@ -141,7 +142,7 @@ class ClientTransactions:
             self._terminate(tx)
         else:
             tx.state = COMPLETED
-            self._push(self.clock() + T4, _K, tx)
+            self._schedule(tx, self.clock() + T4)
         _report(tx, response)
         return True
 
@@ -155,20 +156,19 @@ class ClientTransactions:
         timers = self._timers
         now = self.clock()
         while timers and timers[0][0] <= now:
-            _, _, kind, tx = heapq.heappop(timers)
-            if kind == _F:
-                if tx.state in (TRYING, PROCEEDING):
-                    self._terminate(tx)
-                    _report(tx, None)
-            elif kind == _K:
-                if tx.state == COMPLETED:
-                    self._terminate(tx)
-            elif tx.state in (TRYING, PROCEEDING):
+            when, _, tx = heapq.heappop(timers)
+            if when != tx.timer_at or tx.state == TERMINATED:
+                continue  # rescheduled since, or over
+            if tx.state == COMPLETED:  # Timer K
+                self._terminate(tx)
+            elif when >= tx.deadline:  # Timer F
+                self._terminate(tx)
+                _report(tx, None)
+            else:  # Timer E
                 if self.send(tx.local, tx.conid, tx.addr, tx.data):
                     tx.retransmissions += 1
                 tx.interval = T2 if tx.state == PROCEEDING else min(tx.interval * 2, T2)
-                if now + tx.interval < tx.deadline:
-                    self._push(now + tx.interval, _E, tx)
+                self._schedule(tx, min(now + tx.interval, tx.deadline))
         return timers[0][0] if timers else None
 
     # -- internals --------------------------------------------------------------------
@@ -177,8 +177,10 @@ class ClientTransactions:
         if self._transactions.get(tx.branch) is tx:
             del self._transactions[tx.branch]
 
-    def _push(self, when: float, kind: int, tx: ClientTransaction) -> None:
-        heapq.heappush(self._timers, (when, next(self._seq), kind, tx))
+    def _schedule(self, tx: ClientTransaction, when: float) -> None:
+        """Set the transaction's one pending timer (what was pending before goes stale)."""
+        tx.timer_at = when
+        heapq.heappush(self._timers, (when, next(self._seq), tx))
         if self.arm_timers and (self._handle is None or when < self._armed_at):
             self._arm(when)
 
