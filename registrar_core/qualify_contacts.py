@@ -15,6 +15,7 @@ from .location import Contact, LocationService, StorageError
 
 log = logging.getLogger(__name__)
 
+
 def wanted(tables: set[str] | None, table: str) -> bool:
     return tables is None or table in tables
 
