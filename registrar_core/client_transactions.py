@@ -4,7 +4,8 @@ UDP, match its responses, and tell the owner how it ended.
 Strategy (h11 style): every transaction is a small state machine driven by two inputs, a
 response (:meth:`ClientTransactions.receive`) and a timer firing (:meth:`ClientTransactions.poll`);
 the only output is the send callable and the owner's ``on_done`` callback, called once per
-transaction with the final response, or None for Timer F. Nothing here knows sockets: the
+transaction with the final response, or None with ``error`` saying why (Timer F, or the
+transport refusing a retransmission, §17.1.4). Nothing here knows sockets: the
 sender is the core's hook ``(local socket, conid, (host, port), bytes) -> sent?``. One timer
 heap holds the timers of every transaction and one event-loop timer handle is armed for the
 earliest, so 100k outstanding OPTIONS cost no task each. A transaction has one timer pending
@@ -22,13 +23,13 @@ Trying         1xx                   Proceeding
 Trying/Proc.   2xx-6xx               report; Completed (UDP, Timer K = T4) / Terminated
 Proceeding     Timer E (UDP)         retransmit, E = T2; Proceeding
 Proceeding     1xx                   Proceeding
-Trying/Proc.   Timer F               report None (timeout); Terminated
+Trying/Proc.   Timer F               report None (error "timeout"); Terminated
+Trying/Proc.   Timer E, send fails   report None (error "transport error"); Terminated
 Completed      any response          absorbed (a retransmitted final response)
 Completed      Timer K               Terminated (forgotten)
 =============  ====================  ================================================
 
 A request the transport refuses at once is never a transaction: :meth:`start` returns None.
-A retransmission the transport refuses is left to Timer F.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ T2 = 4.0  # longest retransmit interval for non-INVITE requests
 T4 = 5.0  # how long the network may hold a message: Timer K on UDP
 TIMER_F = 64 * T1
 
+TIMEOUT = "timeout"  # ClientTransaction.error when reported without a response
+TRANSPORT_ERROR = "transport error"
+
 TRYING = "trying"
 PROCEEDING = "proceeding"
 COMPLETED = "completed"
@@ -61,7 +65,8 @@ class ClientTransaction:
     """One outstanding request. ``context`` is the owner's (qualify keeps its contact there)."""
 
     __slots__ = ("branch", "method", "data", "local", "conid", "addr", "reliable", "state",
-                 "started", "deadline", "interval", "timer_at", "retransmissions", "on_done", "context")
+                 "started", "deadline", "interval", "timer_at", "retransmissions", "error", "on_done",
+                 "context")
 
     def __init__(self, branch: str, method: str, data: bytes, local: str, conid: int | None,
                  addr: tuple[str, int], reliable: bool, started: float, deadline: float,
@@ -79,6 +84,7 @@ class ClientTransaction:
         self.interval = 0.0  # Timer E's current value; 0: no retransmissions (TCP, or not asked)
         self.timer_at = deadline  # the one timer pending: E, F or K by the state and the time
         self.retransmissions = 0
+        self.error = ""  # TIMEOUT or TRANSPORT_ERROR when it ended without a final response
         self.on_done = on_done
         self.context = context
 
@@ -162,16 +168,21 @@ class ClientTransactions:
             if tx.state == COMPLETED:  # Timer K
                 self._terminate(tx)
             elif when >= tx.deadline:  # Timer F
-                self._terminate(tx)
-                _report(tx, None)
+                self._fail(tx, TIMEOUT)
+            elif not self.send(tx.local, tx.conid, tx.addr, tx.data):  # Timer E, §17.1.4
+                self._fail(tx, TRANSPORT_ERROR)
             else:  # Timer E
-                if self.send(tx.local, tx.conid, tx.addr, tx.data):
-                    tx.retransmissions += 1
+                tx.retransmissions += 1
                 tx.interval = T2 if tx.state == PROCEEDING else min(tx.interval * 2, T2)
                 self._schedule(tx, min(now + tx.interval, tx.deadline))
         return timers[0][0] if timers else None
 
     # -- internals --------------------------------------------------------------------
+    def _fail(self, tx: ClientTransaction, error: str) -> None:
+        tx.error = error
+        self._terminate(tx)
+        _report(tx, None)
+
     def _terminate(self, tx: ClientTransaction) -> None:
         tx.state = TERMINATED
         if self._transactions.get(tx.branch) is tx:
@@ -205,5 +216,5 @@ def _report(tx: ClientTransaction, response: Response | None) -> None:
         log.exception("client transaction %s: its owner failed on the outcome", tx.branch)
 
 
-__all__ = ["COMPLETED", "PROCEEDING", "T1", "T2", "T4", "TERMINATED", "TIMER_F", "TRYING",
-           "ClientTransaction", "ClientTransactions"]
+__all__ = ["COMPLETED", "PROCEEDING", "T1", "T2", "T4", "TERMINATED", "TIMEOUT", "TIMER_F",
+           "TRANSPORT_ERROR", "TRYING", "ClientTransaction", "ClientTransactions"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .client_transactions import ClientTransaction, ClientTransactions
+from .client_transactions import TRANSPORT_ERROR, ClientTransaction, ClientTransactions
 from .location import Contact
 from .resolver import Resolution, Resolver
 from .sip import Headers, Request, Response, SipError, SipURI, parse_name_addr, parse_uri
@@ -204,9 +204,13 @@ class Prober:
         return tx
 
     def _outcome(self, tx: ClientTransaction, response: Response | None) -> None:
-        """The transaction's end: a final response, or None when Timer F fired."""
+        """The transaction's end: a final response, or None (Timer F, or a refused retransmission)."""
         context, target = tx.context
         self.counters["retransmitted"] += tx.retransmissions
+        if response is None and tx.error == TRANSPORT_ERROR:
+            self.counters["failed"] += 1
+            self.report(context, None, f"cannot send from {tx.local}", target)
+            return
         if response is None:
             self.counters["timeouts"] += 1
             self.report(context, None, f"no answer within {self.timeout:g} s", target)

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from registrar_core.client_transactions import (
-    COMPLETED, PROCEEDING, T1, T2, T4, TERMINATED, TIMER_F, TRYING, ClientTransactions,
+    COMPLETED, PROCEEDING, T1, T2, T4, TERMINATED, TIMEOUT, TIMER_F, TRANSPORT_ERROR, TRYING,
+    ClientTransactions,
 )
 from registrar_core.sip import Request, Response, build_response, parse_message
 
@@ -159,7 +160,7 @@ async def test_silent_peer_timer_e_doubles_to_t2_then_timer_f_times_out(layer_on
     assert fired_at == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5, 32.0]
     assert T1 == 0.5 and T2 == 4.0 and TIMER_F == 32.0
     assert len(peer.requests) == 11 and {d for d, _ in peer.requests} == {data}, "the same request each time"
-    assert outcomes.seen == [(tx, None)], "Timer F reported once, as a timeout"
+    assert outcomes.seen == [(tx, None)] and tx.error == TIMEOUT, "Timer F reported once, as a timeout"
     assert tx.state == TERMINATED and tx.retransmissions == 10 and len(layer) == 0
     peer.close()
 
@@ -229,6 +230,19 @@ async def test_a_refused_send_is_no_transaction(layer_on):
     assert layer.start(data, branch=branch, method="OPTIONS", local=udp_socket(srv), conid=10**9,
                        addr=peer.address, transport="tcp", on_done=outcomes) is None, "no such connection"
     assert len(layer) == 0 and layer.poll() is None and outcomes.seen == [] and peer.requests == []
+    peer.close()
+
+
+async def test_a_refused_retransmission_ends_the_transaction_as_a_transport_error(layer_on):
+    srv, layer, clock = await layer_on()
+    peer, outcomes = await Peer.open(None), Outcomes()
+    tx, _ = start(layer, srv, peer, outcomes)
+    await until(lambda: len(peer.requests) == 1)
+    await srv.transports.close()  # the socket it was sent from is gone (RFC 3261 §17.1.4)
+    clock.now = tx.started + T1
+    layer.poll()
+    assert outcomes.seen == [(tx, None)] and tx.error == TRANSPORT_ERROR
+    assert tx.state == TERMINATED and tx.retransmissions == 0 and len(layer) == 0
     peer.close()
 
 
