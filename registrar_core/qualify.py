@@ -159,7 +159,7 @@ class QualifyService:
 
     def order(self, contacts: Iterable[Contact], *, by_latency: bool = False,
               max_latency_ms: float | None = None) -> list[Contact]:
-        """Reachable contacts first, then unknown, then unreachable; see :func:`registrar_core.reachability.order`."""
+        """Reachable first, then unknown, then unreachable: :func:`registrar_core.reachability.order`."""
         return order(contacts, self._entries, by_latency=by_latency, max_latency_ms=max_latency_ms)
 
     # -- on demand --------------------------------------------------------------------
