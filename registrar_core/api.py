@@ -32,6 +32,7 @@ from typing import Any
 from . import events as ev
 from .audit import Actor, audited
 from .auth import Authenticator, NonceFactory, Refusal, Subscribers, authorised_for, load_key
+from .client_transactions import ClientTransactions
 from .config import Config
 from .events import EventBus, Subscription
 from .location import DEFAULT_TABLE, Contact, LocationService, store_for
@@ -123,10 +124,12 @@ class RegistrarCore:
         self.authenticator: Authenticator | None = None
         self._scanner_ips: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        # Who wants the responses to requests we send (qualify OPTIONS); set by the service.
-        self.response_sinks: list[Callable[[Response, Source], None]] = []
         # How to send a request: (local socket name, TCP conid, (host, port), bytes) -> sent?
         self.sender: Callable[[str, int | None, tuple[str, int], bytes], bool] | None = None
+        # Requests we send (qualify's OPTIONS) are client transactions (RFC 3261 §17.1.2).
+        self.client_transactions = ClientTransactions(self._send_request)
+        # Who wants the responses to requests we send: the client transactions.
+        self.response_sinks: list[Callable[[Response, Source], object]] = [self.client_transactions.receive]
         # OPTIONS keepalives and reachability; Server starts it once the sockets listen.
         self.qualify = QualifyService.from_config(self, config)
 
@@ -164,6 +167,10 @@ class RegistrarCore:
         e.g. with :meth:`send_reply`."""
         source = source or Source("udp", "127.0.0.1", 0, "api")
         return await _awaited(lambda done: self.registrar.save(table, request, flags, source, done))
+
+    def _send_request(self, local: str, conid: int | None, addr: tuple[str, int], data: bytes) -> bool:
+        """The client transactions' sender: the transports' hook once they listen."""
+        return self.sender is not None and self.sender(local, conid, addr, data)
 
     def send_reply(self, request: Request, source: Source, response: Response) -> bool:
         """Kamailio reg_send_reply(): send a reply kept back by save() flag 0x02 (no reply)."""

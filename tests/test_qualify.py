@@ -14,7 +14,8 @@ import pytest
 from registrar_core import events as ev
 from registrar_core.api import NotFound
 from registrar_core.location import Contact
-from registrar_core.qualify import CONTACT_REACHABILITY, REACHABLE, UNKNOWN, UNREACHABLE, QualifyService
+from registrar_core.events import CONTACT_REACHABILITY
+from registrar_core.qualify import REACHABLE, UNKNOWN, UNREACHABLE, QualifyService
 from registrar_core.resolver import Resolver
 from registrar_core.sip import Request, build_response, parse_message
 
