@@ -23,6 +23,7 @@ from textual import work
 from textual.app import App
 from textual.screen import Screen
 
+from registrar_core import exit_codes
 from registrar_core.config import Config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.server import Server, install_fast_loop
@@ -35,8 +36,6 @@ from .screens.detail import ContactDetailScreen
 from .screens.help import HelpScreen
 from .screens.main import MainScreen
 from .screens.subscribers import SubscribersScreen
-
-EXIT_NO_REGISTRAR = 3  # as registrar_core.cli
 
 Runner = Callable[[App[Any]], Awaitable[object]]
 
@@ -148,14 +147,14 @@ async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) ->
         log = log_file(config)
     except OSError as exc:
         print(f"sipconsole: error: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     with logging_to(log):
         server = Server(config)
         try:
             await server.start()
         except Exception as exc:  # port in use, unwritable db...: one line, no traceback
             print(f"sipconsole: error: {exc}", file=sys.stderr)
-            return 1
+            return exit_codes.FAILED
         client = LocalClient(server.core)
         app = SipConsole(client, embedded=True, read_only=read_only)
         try:
@@ -165,7 +164,7 @@ async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) ->
             await server.stop()
     print(f"sipconsole: registrar stopped; {stats['location_contacts']:,} contacts kept in {config.db}"
           f" (log: {log})")
-    return app.return_code or 0
+    return app.return_code or exit_codes.OK
 
 
 async def attached(control_path: str, read_only: bool, *, run: Runner = run_app) -> int:
@@ -174,14 +173,14 @@ async def attached(control_path: str, read_only: bool, *, run: Runner = run_app)
         client = await ControlClient(control_path).connect()
     except ConnectionError as exc:
         print(f"sipconsole: error: {exc}; start one with `sipconsole serve`", file=sys.stderr)
-        return EXIT_NO_REGISTRAR
+        return exit_codes.NO_REGISTRAR
     app = SipConsole(client, embedded=False, read_only=read_only, mode=f"attached {control_path}")
     try:
         await run(app)
     finally:
         await client.close()
     print(f"sipconsole: detached; the registrar on {control_path} keeps running")
-    return app.return_code or 0
+    return app.return_code or exit_codes.OK
 
 
 def run_embedded(config: Config, read_only: bool) -> int:

@@ -162,7 +162,7 @@ async def test_unregister_a_whole_aor(server):
         await pilot.press("D")
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
         question = pilot.app.screen
-        assert aor in question.title_text and "2 contacts" in question.title_text
+        assert aor in question.title_text and "all 2 contacts" in question.title_text
         await pilot.press("y")
         await until(pilot, lambda: server.core.fetch_contacts(aor).count == 0)
         assert server.core.fetch_contacts(bystander).count == 1
@@ -198,6 +198,7 @@ async def test_single_contact_toggle_governs_the_next_register(server):
         await pilot.press("S")
         await until(pilot, lambda: server.core.single_contact())
         assert server.core.single_contact(other)
+        await until(pilot, lambda: any("1 AOR override still applies" in m for m in notifications(pilot.app)))
         await until(pilot, lambda: "single-contact [b $text-warning]on" in main.status.policy)
         # s flips what is in force for the AOR: off, as an override against the global on...
         await pilot.press("s")
@@ -420,6 +421,7 @@ async def test_attach_to_a_running_serve_process(serve_process):
         await highlight(pilot, main, aor)
         await pilot.press("D")
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        assert pilot.app.screen.title_text == f"Unregister {aor}: its only contact?"
         await pilot.press("y")
         await until(pilot, lambda: aor not in main.registry.rows)
         # Live events arrive over the socket too.

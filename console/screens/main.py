@@ -475,7 +475,8 @@ class MainScreen(Screen[None]):
             self._failed(exc, f"{aor} has no contacts left")
             return
         n = len(contacts)
-        question = ConfirmScreen(f"Unregister {escape(aor)}: all {n} contact{'s' * (n != 1)}?",
+        which = "its only contact" if n == 1 else f"all {n} contacts"
+        question = ConfirmScreen(f"Unregister {escape(aor)}: {which}?",
                                  contact_list(contacts, self.clock(), LISTED_CONTACTS), f"Unregister {n}")
         if not await self.app.push_screen_wait(question):
             return
@@ -516,7 +517,8 @@ class MainScreen(Screen[None]):
         on = not self.registry.single_contact
         if await self._set_policy(on, None):
             others = len(self.registry.overrides)
-            extra = f"; {others} AOR override{'s' * (others != 1)} still apply" if others else ""
+            extra = (f"; {others} AOR override still applies" if others == 1
+                     else f"; {others} AOR overrides still apply" if others else "")
             self.notify(f"single-contact {'on' if on else 'off'} for every AOR{extra}", title="Policy changed")
 
     @work(exclusive=True, group="change", exit_on_error=False)
