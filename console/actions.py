@@ -84,8 +84,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("a", "autoscroll", "Follow", "Traffic: follow new requests or stay put", "Live"),
     Action("o", "toggle_options", "OPTIONS", "Traffic: show or hide OPTIONS keepalives", "Live"),
     Action("e", "toggle_security", "Security",
-           "Traffic: security events only (bans, failed auth, scanners) or all", "Live"),
-    Action("R", "reconnect", "Reconnect", "Reconnect after the registrar went away (attach)", "Live",
+           "Traffic: security events and operator actions only (bans, failed auth, scanners, audit) or all", "Live"),
+    Action("R", "reconnect", "Reconnect", "Reconnect now (attach: after the registrar went away it retries by itself)", "Live",
            footer=True),
     # The application.
     Action("question_mark,f1", "help", "Help", "This help", "App", "app", footer=True),
@@ -121,7 +121,13 @@ DESTRUCTIVE = frozenset(a.name for a in ACTIONS if a.destructive)
 
 
 def bindings(scope: Scope) -> list[Binding]:
-    return [a.binding() for a in ACTIONS if a.scope == scope]
+    """The bindings of ``scope``; each destructive action's keys are bound a second time, hidden, to
+    ``app.refuse_read_only``: Textual tries it when the action itself is off, so under --read-only
+    the key says why it does nothing (the app allows that action only then)."""
+    actions = [a for a in ACTIONS if a.scope == scope]
+    return [a.binding() for a in actions] + [
+        Binding(a.keys, f"app.refuse_read_only({a.label!r})", show=False, id=f"{scope}.read_only.{a.name}")
+        for a in actions if a.destructive]
 
 
 def key_names(app: App[object], action: Action) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from textual import work
 from textual.app import App
+from textual.markup import escape
 from textual.screen import Screen
 
 from registrar_core import exit_codes
@@ -82,6 +83,15 @@ class SipConsole(App[None]):
         if not isinstance(self.screen, home):
             await self.push_screen(self.main.subscribers_screen())
         await self.screen.run_action(action.action)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "refuse_read_only":  # the fallback of a destructive key: only when that is why it is off
+            return self.read_only
+        return True
+
+    def action_refuse_read_only(self, label: str) -> None:
+        self.notify(f"read-only: “{escape(label)}” is off (this console was started with --read-only)",
+                    severity="warning", title="Read-only")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -166,10 +166,24 @@ def feeder(core: RegistrarCore, clock: Clock, then: Callable | None = None):
     return run_before
 
 
-def test_main_screen(snap_compare, fixed_world):
+@pytest.mark.parametrize("size", [(80, 24), SIZE, (200, 50)], ids=["80x24", "140x40", "200x50"])
+def test_main_screen(snap_compare, fixed_world, size):
+    """The smallest terminal supported, the usual one and a large one: nothing that matters is cut."""
     core, clock = fixed_world
     app = SipConsole(LocalClient(core), embedded=True, clock=clock)
-    assert snap_compare(app, terminal_size=SIZE, run_before=feeder(core, clock))
+    assert snap_compare(app, terminal_size=size, run_before=feeder(core, clock))
+
+
+def test_main_screen_paused_read_only_80x24(snap_compare, fixed_world):
+    """Paused (the key bar offers "p Resume") and read-only (the changing keys dimmed)."""
+    core, clock = fixed_world
+
+    async def pause(pilot) -> None:
+        await pilot.press("p")
+        await until(pilot, lambda: pilot.app.main.status.flags.paused)
+
+    app = SipConsole(LocalClient(core), embedded=True, clock=clock, read_only=True)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=feeder(core, clock, pause))
 
 
 def test_confirm_unregister_aor(snap_compare, fixed_world):
