@@ -645,6 +645,7 @@ async def test_caller_check_key_flips_the_policy_and_shows_it(server):
 async def test_storage_fault_is_highlighted_in_the_header(server):
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
+        await until(pilot, lambda: server.core.events.active)  # subscribed: the event is not lost
         server.core.events.publish("storage.state", ok=False, error="disk I/O error")
         await until(pilot, lambda: "STORAGE FAULT" in main.status.render().plain)
         assert "disk I/O error" in main.status.render().plain
@@ -779,6 +780,7 @@ async def test_operator_actions_show_in_the_traffic(server):
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
         bus = server.core.events
+        await until(pilot, lambda: bus.active)  # the console has subscribed: nothing published is lost
         bus.publish(OPERATOR_ACTION, actor="ctl", uid=1000, pid=4242, action="unregister",
                     target="alice@example.com", result="ok", details={"removed": 2})
         bus.publish(OPERATOR_ACTION, actor="console", uid=os.getuid(), pid=os.getpid(), action="policy.set",
