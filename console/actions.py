@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -120,14 +120,15 @@ PALETTE = tuple(a for a in ACTIONS
 DESTRUCTIVE = frozenset(a.name for a in ACTIONS if a.destructive)
 
 
-def bindings(scope: Scope) -> list[Binding]:
+def bindings(scope: Scope) -> list[BindingType]:
     """The bindings of ``scope``; each destructive action's keys are bound a second time, hidden, to
     ``app.refuse_read_only``: Textual tries it when the action itself is off, so under --read-only
     the key says why it does nothing (the app allows that action only then)."""
     actions = [a for a in ACTIONS if a.scope == scope]
-    return [a.binding() for a in actions] + [
-        Binding(a.keys, f"app.refuse_read_only({a.label!r})", show=False, id=f"{scope}.read_only.{a.name}")
-        for a in actions if a.destructive]
+    out: list[BindingType] = [a.binding() for a in actions]
+    out += [Binding(a.keys, f"app.refuse_read_only({a.label!r})", show=False, id=f"{scope}.read_only.{a.name}")
+            for a in actions if a.destructive]
+    return out
 
 
 def key_names(app: App[object], action: Action) -> str:

@@ -249,7 +249,8 @@ class MainScreen(Screen[None]):
         if not len(self.buffer):
             return
         if self.reading:
-            changes, traffic = [], self.buffer.take_traffic()
+            changes: list[dict[str, Any]] = []
+            traffic = self.buffer.take_traffic()
         else:
             changes, traffic = self.buffer.take()
         with self.app.batch_update():

@@ -13,6 +13,7 @@ from textual.widget import Widget
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
+COMPACT_BELOW = 120  # columns
 PINNED = ("pause", "help", "quit")  # what an operator must always find: a frozen view says how to resume
 
 
@@ -30,6 +31,20 @@ class KeyBar(Footer):
     }
     """
 
+    def on_resize(self) -> None:
+        self.compact = self.size.width < COMPACT_BELOW  # tighter spacing: more keys whole at 80 columns
+        for child in self.children:
+            child.display = True
+        self.call_after_refresh(self._drop_cut_keys)
+
+    def _drop_cut_keys(self) -> None:
+        """Hide the keys the pinned ones would cut in half ("s Si" reads as noise): all or nothing."""
+        pinned = self.query("#pinned")
+        room = self.size.width - (pinned.first().outer_size.width if pinned else 0)
+        for child in self.children:
+            if child.id != "pinned":
+                child.display = child.virtual_region_with_margin.right <= room
+
     def compose(self) -> ComposeResult:
         pinned: list[Widget] = []
         for widget in super().compose():
@@ -44,3 +59,4 @@ class KeyBar(Footer):
         if pinned:
             with HorizontalGroup(id="pinned"):
                 yield from pinned
+        self.call_after_refresh(self._drop_cut_keys)
