@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
 from console.app import SipConsole
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
 from console.screens.subscribers import SubscribersScreen
+from console.widgets.footer import KeyBar
 from registrar_core.api import RegistrarCore
 from registrar_core.auth import Authenticator, NonceFactory
 from registrar_core.config import build_config
@@ -162,8 +164,22 @@ def feeder(core: RegistrarCore, clock: Clock, then: Callable | None = None):
         pilot.app.clear_notifications()  # ...would hide the traffic for a timeout: stability first
         if then is not None:
             await then(pilot)
+        await until(pilot, lambda: all(key_bar_settled(screen) for screen in pilot.app.screen_stack))
 
     return run_before
+
+
+def key_bar_settled(screen) -> bool:
+    """The key bar has hidden the keys its pinned ones would cut (it does so after a layout)."""
+    for bar in screen.query(KeyBar):
+        pinned = bar.query("#pinned")
+        if not pinned or not pinned.first().region.width:
+            return False
+        edge = pinned.first().region.x
+        if any(key.display and key.region.width and key.region.right > edge
+               for key in bar.query(FooterKey) if key.parent is not pinned.first()):
+            return False
+    return True
 
 
 @pytest.mark.parametrize("size", [(80, 24), SIZE, (200, 50)], ids=["80x24", "140x40", "200x50"])

@@ -33,17 +33,27 @@ class KeyBar(Footer):
 
     def on_resize(self) -> None:
         self.compact = self.size.width < COMPACT_BELOW  # tighter spacing: more keys whole at 80 columns
-        for child in self.children:
-            child.display = True
         self.call_after_refresh(self._drop_cut_keys)
 
+    async def recompose(self) -> None:
+        await super().recompose()  # the keys are mounted (and styled) when it returns
+        self._drop_cut_keys()
+
     def _drop_cut_keys(self) -> None:
-        """Hide the keys the pinned ones would cut in half ("s Si" reads as noise): all or nothing."""
+        """Hide the keys the pinned ones would cut in half ("s Si" reads as noise): all or nothing.
+        Widths come from the keys' own text and margins, so no layout needs to have run."""
+        def width(key: FooterKey) -> int:
+            return key.render().cell_len + key.styles.margin.width
+
         pinned = self.query("#pinned")
-        room = self.size.width - (pinned.first().outer_size.width if pinned else 0)
-        for child in self.children:
-            if child.id != "pinned":
-                child.display = child.virtual_region_with_margin.right <= room
+        room = self.size.width
+        if pinned:
+            group = pinned.first()
+            room -= sum(width(key) for key in group.query(FooterKey)) + group.styles.gutter.width
+        edge = 0
+        for key in self.query_children(FooterKey):
+            edge += width(key)
+            key.display = edge <= room
 
     def compose(self) -> ComposeResult:
         pinned: list[Widget] = []
@@ -59,4 +69,3 @@ class KeyBar(Footer):
         if pinned:
             with HorizontalGroup(id="pinned"):
                 yield from pinned
-        self.call_after_refresh(self._drop_cut_keys)
