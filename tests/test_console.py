@@ -772,6 +772,28 @@ async def test_the_console_fits_80x24(server):
     mobile.close()
 
 
+@pytest.mark.parametrize("size", [(80, 24), (180, 48), (200, 50)])
+async def test_columns_hold_addresses_and_sort_arrows(server, size):
+    """Socket and Received show whole addresses, and every sortable header its arrow, at any size."""
+    aor = next_aor("columns")
+    (phone,) = await phones(server, 1)
+    await phone.register(aor)
+    async with console_for(server).run_test(size=size) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        contacts = main.contacts
+        for key in ("socket", "received"):
+            index = [c.key for c in contacts.columns].index(key)
+            assert contacts._widths[index] >= len(contacts.cursor_contact[key]), (size, key)
+        for sort in ("aor", "contacts", "agent", "expires", "updated"):
+            main.registry.set_sort(sort, sort == "contacts")
+            index, column = next((i, c) for i, c in enumerate(main.aors.columns) if c.key == sort)
+            label = main.aors.header_label(column)
+            assert label.endswith(" ▼" if sort == "contacts" else " ▲")
+            assert len(label) <= main.aors._widths[index], (size, label)
+    phone.close()
+
+
 async def test_header_shows_challenges_when_the_core_counts_them(server):
     async with console_for(server).run_test(size=(200, 50)) as pilot:
         main = await ready(pilot)
