@@ -62,9 +62,9 @@ def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
-def footer_label(screen, action: str) -> str:
-    """What the key bar says for ``action`` now."""
-    return next(key.description for key in screen.query(FooterKey) if key.action == action)
+def footer_label(screen, action: str) -> str | None:
+    """What the key bar says for ``action`` now (None while it is being composed again)."""
+    return next((key.description for key in screen.query(FooterKey) if key.action == action), None)
 
 
 async def register_with_password(srv, user: str, password: str) -> int:
@@ -293,6 +293,7 @@ async def test_read_only_blocks_every_destructive_key(server):
             assert isinstance(pilot.app.screen, MainScreen), key
         assert "“Single all” is off" in notifications(pilot.app)[-1]
         # The footer shows them disabled (dimmed), not gone.
+        await until(pilot, lambda: footer_label(main, "unregister_aor") and footer_label(main, "filter"))
         shown = {key.action: key for key in main.query(FooterKey)}
         assert shown["unregister_aor"].has_class("-disabled") and shown["toggle_single_contact_global"].has_class("-disabled")
         assert not shown["filter"].has_class("-disabled")
@@ -314,7 +315,7 @@ async def test_pause_holds_updates_until_resumed(server):
     (phone,) = await phones(server, 1)
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
-        assert footer_label(main, "pause") == "Pause"
+        await until(pilot, lambda: footer_label(main, "pause") == "Pause")
         await pilot.press("p")
         await until(pilot, lambda: footer_label(main, "pause") == "Resume")
         await phone.register(aor)
@@ -622,7 +623,7 @@ async def test_a_flood_ban_shows_in_the_traffic_and_the_header(make_server):
         await until(pilot, lambda: (main.status.stats or {}).get("banned_ips") == ["127.0.0.1"])
         header = main.status.render().plain
         assert "banned IPs  1  127.0.0.1" in header
-        assert any("Banned: 127.0.0.1" in m for m in notifications(pilot.app))
+        await until(pilot, lambda: any("Banned: 127.0.0.1" in m for m in notifications(pilot.app)))
         await pilot.press("e")  # security events only
         assert [r.method for r in main.traffic.entries] == ["BAN"]
         await pilot.press("e")
@@ -668,7 +669,7 @@ async def test_lost_events_reload_the_table(make_server, monkeypatch):
         await core.unregister(aor)  # six removals at once: four of them overflow the queue
         await until(pilot, lambda: main.loads == 2)
         assert aor not in main.registry.rows and kept in main.registry.rows
-        assert any("reloading" in m for m in notifications(pilot.app))
+        await until(pilot, lambda: any("reloading" in m for m in notifications(pilot.app)))
         dumps = [p for m, p in pilot.app.client.calls if m == "dump"]
         assert dumps and all(p["limit"] >= 1 for p in dumps)  # always in pages
     for p in devices:
@@ -689,7 +690,7 @@ async def test_attached_registrar_gone_then_reconnects_by_itself(serve_process):
         serve_process.stop()
         await until(pilot, lambda: main.status.flags.gone)
         assert "REGISTRAR GONE" in main.status.render().plain
-        assert any("reconnecting by itself (R: now)" in m for m in notifications(pilot.app))
+        await until(pilot, lambda: any("reconnecting by itself (R: now)" in m for m in notifications(pilot.app)))
         # The console stays usable: filter, help.
         await pilot.press("slash", "b")
         assert main.registry.filter == "b"
@@ -709,7 +710,7 @@ async def test_attached_registrar_gone_then_reconnects_by_itself(serve_process):
         await until(pilot, lambda: not main.status.flags.gone and main.loads == 2, timeout=15)
         assert {before, after} <= set(main.registry.rows)
         assert "reconnecting" not in main.status.render().plain
-        assert any("Reconnected" in m for m in notifications(pilot.app))
+        await until(pilot, lambda: any("Reconnected" in m for m in notifications(pilot.app)))
         await phone.register(fresh := next_aor("fresh"))  # live again
         await until(pilot, lambda: fresh in main.registry.rows)
     await client.close()
@@ -824,7 +825,11 @@ async def test_operator_actions_show_in_the_traffic(server):
         cells = main.traffic.row_cells(0)
         assert cells[2] == ("AUDIT", "accent") and cells[4] == ("unregister: ok", "accent")
         assert main.traffic.row_cells(1)[4] == ("policy.set: not found", "warn")  # a failure stands out
-        toasts = [n for n in pilot.app._notifications if n.title == "Operator action"]
-        assert [n.message for n in toasts] == ["ctl uid 1000 pid 4242: unregister alice@example.com: ok"]
+        def toasts() -> list[str]:  # App.notify posts a message: the toast lands a moment later
+            return [n.message for n in pilot.app._notifications if n.title == "Operator action"]
+
+        await until(pilot, toasts)
+        await pilot.pause(0.3)  # had this console's own action a toast, it would be there by now
+        assert toasts() == ["ctl uid 1000 pid 4242: unregister alice@example.com: ok"]
         await pilot.press("e")  # security events and operator actions only
         assert [r.method for r in main.traffic.entries] == ["AUDIT", "AUDIT"]
