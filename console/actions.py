@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -84,8 +84,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("a", "autoscroll", "Follow", "Traffic: follow new requests or stay put", "Live"),
     Action("o", "toggle_options", "OPTIONS", "Traffic: show or hide OPTIONS keepalives", "Live"),
     Action("e", "toggle_security", "Security",
-           "Traffic: security events only (bans, failed auth, scanners) or all", "Live"),
-    Action("R", "reconnect", "Reconnect", "Reconnect after the registrar went away (attach)", "Live",
+           "Traffic: security events and operator actions only (bans, failed auth, scanners, audit) or all", "Live"),
+    Action("R", "reconnect", "Reconnect", "Reconnect now (attach: after the registrar went away it retries by itself)", "Live",
            footer=True),
     # The application.
     Action("question_mark,f1", "help", "Help", "This help", "App", "app", footer=True),
@@ -120,8 +120,15 @@ PALETTE = tuple(a for a in ACTIONS
 DESTRUCTIVE = frozenset(a.name for a in ACTIONS if a.destructive)
 
 
-def bindings(scope: Scope) -> list[Binding]:
-    return [a.binding() for a in ACTIONS if a.scope == scope]
+def bindings(scope: Scope) -> list[BindingType]:
+    """The bindings of ``scope``; each destructive action's keys are bound a second time, hidden, to
+    ``app.refuse_read_only``: Textual tries it when the action itself is off, so under --read-only
+    the key says why it does nothing (the app allows that action only then)."""
+    actions = [a for a in ACTIONS if a.scope == scope]
+    out: list[BindingType] = [a.binding() for a in actions]
+    out += [Binding(a.keys, f"app.refuse_read_only({a.label!r})", show=False, id=f"{scope}.read_only.{a.name}")
+            for a in actions if a.destructive]
+    return out
 
 
 def key_names(app: App[object], action: Action) -> str:

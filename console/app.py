@@ -21,8 +21,10 @@ from typing import Any
 
 from textual import work
 from textual.app import App
+from textual.markup import escape
 from textual.screen import Screen
 
+from registrar_core import exit_codes
 from registrar_core.config import Config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.server import Server, install_fast_loop
@@ -35,8 +37,6 @@ from .screens.detail import ContactDetailScreen
 from .screens.help import HelpScreen
 from .screens.main import MainScreen
 from .screens.subscribers import SubscribersScreen
-
-EXIT_NO_REGISTRAR = 3  # as registrar_core.cli
 
 Runner = Callable[[App[Any]], Awaitable[object]]
 
@@ -83,6 +83,15 @@ class SipConsole(App[None]):
         if not isinstance(self.screen, home):
             await self.push_screen(self.main.subscribers_screen())
         await self.screen.run_action(action.action)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "refuse_read_only":  # the fallback of a destructive key: only when that is why it is off
+            return self.read_only
+        return True
+
+    def action_refuse_read_only(self, label: str) -> None:
+        self.notify(f"read-only: “{escape(label)}” is off (this console was started with --read-only)",
+                    severity="warning", title="Read-only")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -148,14 +157,14 @@ async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) ->
         log = log_file(config)
     except OSError as exc:
         print(f"sipconsole: error: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     with logging_to(log):
         server = Server(config)
         try:
             await server.start()
         except Exception as exc:  # port in use, unwritable db...: one line, no traceback
             print(f"sipconsole: error: {exc}", file=sys.stderr)
-            return 1
+            return exit_codes.FAILED
         client = LocalClient(server.core)
         app = SipConsole(client, embedded=True, read_only=read_only)
         try:
@@ -165,7 +174,7 @@ async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) ->
             await server.stop()
     print(f"sipconsole: registrar stopped; {stats['location_contacts']:,} contacts kept in {config.db}"
           f" (log: {log})")
-    return app.return_code or 0
+    return app.return_code or exit_codes.OK
 
 
 async def attached(control_path: str, read_only: bool, *, run: Runner = run_app) -> int:
@@ -174,14 +183,14 @@ async def attached(control_path: str, read_only: bool, *, run: Runner = run_app)
         client = await ControlClient(control_path, actor="console").connect()
     except ConnectionError as exc:
         print(f"sipconsole: error: {exc}; start one with `sipconsole serve`", file=sys.stderr)
-        return EXIT_NO_REGISTRAR
+        return exit_codes.NO_REGISTRAR
     app = SipConsole(client, embedded=False, read_only=read_only, mode=f"attached {control_path}")
     try:
         await run(app)
     finally:
         await client.close()
     print(f"sipconsole: detached; the registrar on {control_path} keeps running")
-    return app.return_code or 0
+    return app.return_code or exit_codes.OK
 
 
 def run_embedded(config: Config, read_only: bool) -> int:

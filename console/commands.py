@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -20,7 +21,7 @@ class ActionCommands(Provider):
             entries.append((f"{action.help}{disabled} · key {key_names(self.app, action)}", action))
         return entries
 
-    def _run(self, action: Action) -> partial[object]:
+    def _run(self, action: Action) -> Callable[[], object]:
         run_scoped = getattr(self.app, "run_scoped", None)
         if run_scoped is not None:  # the right screen first (main, subscribers), then the action
             return partial(run_scoped, action)

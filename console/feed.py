@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from registrar_core.events import OPERATOR_ACTION, REQUEST_HANDLED, SECURITY
+
 Event = dict[str, Any]
-TRAFFIC = ("request.handled", "security")  # shown in the traffic pane, in arrival order
+
+TRAFFIC = (REQUEST_HANDLED, SECURITY, OPERATOR_ACTION)  # shown in the traffic pane, in arrival order
 
 
 class EventBuffer:

@@ -52,6 +52,22 @@ def sparkline(values: Sequence[int], width: int) -> str:
     return "".join(BARS[min(len(BARS) - 1, v * (len(BARS) - 1) // top)] if v else " " for v in buckets)
 
 
+ADDRESS_WIDTH = 25  # "tcp:255.255.255.255:65535": every IPv4 transport address in full
+
+
+def short_address(address: str, width: int = ADDRESS_WIDTH) -> str:
+    """A transport address in ``width`` cells: an IPv6 host gives up the middle of its text
+    (``udp:[2001:db8:…:7348]:5060``) so the transport and the port stay; others are unchanged."""
+    if len(address) <= width:
+        return address
+    start, bracket, rest = address.partition("[")
+    host, close, tail = rest.partition("]")
+    room = width - len(start) - len(tail) - 3  # the brackets and the ellipsis
+    if not (bracket and close) or room < 4:
+        return address
+    return f"{start}[{host[:room - room // 2]}…{host[len(host) - room // 2:]}]{tail}"
+
+
 def status_tone(status: int) -> str:
     """Table tone of a SIP status code."""
     if status < 300:

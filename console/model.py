@@ -61,10 +61,11 @@ class AorRow:
 
 SortKey = Callable[[AorRow], tuple[Any, ...]]
 
-#: Sortable columns of the AOR table; every key ends with the AOR, so keys are unique.
+#: Sortable columns of the AOR table, each ascending in the value its column shows (▲; reversed ▼):
+#: Updated shows an age, so ascending is the newest first. Every key ends with the AOR: keys are unique.
 SORTS: dict[str, SortKey] = {
     "aor": lambda r: (r.aor,),
-    "contacts": lambda r: (-r.count, r.aor),
+    "contacts": lambda r: (r.count, r.aor),
     "agent": lambda r: (r.agent.lower(), r.aor),
     "expires": lambda r: (r.soonest, r.aor),
     "updated": lambda r: (-r.newest, r.aor),

@@ -5,8 +5,8 @@ adds the office's subscribers, registers a handful of realistic phones through r
 UDP sockets, each from its own loopback address (varied user agents, q values, several
 contacts per AOR, a Path, an outbound instance), answering the digest challenges; then
 some keepalives and calls, a phone with a wrong password, a scanner and a flood that
-gets its address banned. Saves SVGs of the main screen, a contact's detail, the
-confirmation modal, the help, the subscribers screen and its add form into ``screenshots/``.
+gets its address banned. Saves SVGs of the main screen (also at 80x24), a contact's detail,
+the confirmation modal, the help, the subscribers screen and its add form into ``screenshots/``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from registrar_core.server import Server
 from .app import SipConsole
 
 SIZE = (150, 44)
+SMALL = (80, 24)  # the smallest terminal the console is made for
 DOMAIN = "example.com"
 IP_BUDGET = 60  # requests per address per 2 s
 FLOOD = 80
@@ -284,6 +285,11 @@ async def render(out: Path) -> list[Path]:
                 app.clear_notifications()  # the toasts would hide the traffic
                 await pilot.pause(0.1)
                 save("main")
+                await pilot.resize_terminal(*SMALL)
+                await settle(app, pilot)
+                save("main-80x24")
+                await pilot.resize_terminal(*SIZE)
+                await settle(app, pilot)
                 await pilot.press("tab", "down", "enter")
                 await settle(app, pilot)
                 save("contact-detail")

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
 from console.app import SipConsole, attached, embedded
 from console.screens.confirm import ConfirmScreen
@@ -18,9 +19,11 @@ from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
 from console.screens.main import MainScreen
 from console.screens.subscribers import SubscriberForm, SubscribersScreen
+from console.widgets.footer import KeyBar
 from registrar_core.auth import digest
 from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
+from registrar_core.events import OPERATOR_ACTION
 
 from .conftest import server_address
 from .sipclient import UdpPhone, free_port, next_aor, request_bytes
@@ -57,6 +60,11 @@ def console_for(srv, **kw) -> SipConsole:
 
 def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
+
+
+def footer_label(screen, action: str) -> str | None:
+    """What the key bar says for ``action`` now (None while it is being composed again)."""
+    return next((key.description for key in screen.query(FooterKey) if key.action == action), None)
 
 
 async def register_with_password(srv, user: str, password: str) -> int:
@@ -162,7 +170,7 @@ async def test_unregister_a_whole_aor(server):
         await pilot.press("D")
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
         question = pilot.app.screen
-        assert aor in question.title_text and "2 contacts" in question.title_text
+        assert aor in question.title_text and "all 2 contacts" in question.title_text
         await pilot.press("y")
         await until(pilot, lambda: server.core.fetch_contacts(aor).count == 0)
         assert server.core.fetch_contacts(bystander).count == 1
@@ -198,6 +206,7 @@ async def test_single_contact_toggle_governs_the_next_register(server):
         await pilot.press("S")
         await until(pilot, lambda: server.core.single_contact())
         assert server.core.single_contact(other)
+        await until(pilot, lambda: any("1 AOR override still applies" in m for m in notifications(pilot.app)))
         await until(pilot, lambda: "single-contact [b $text-warning]on" in main.status.policy)
         # s flips what is in force for the AOR: off, as an override against the global on...
         await pilot.press("s")
@@ -247,14 +256,22 @@ async def test_sort_keys_and_header_clicks(server):
         main = await ready(pilot)
         await until(pilot, lambda: len(main.registry) == 2)
         assert main.registry.aor_at(0) == busy
-        await pilot.press("greater_than_sign")  # by contacts, most first
+        assert main.aors.header_label(main.aors.columns[0]) == "AOR ▲"  # ascending
+        await pilot.press("greater_than_sign")  # by contacts: the busiest first, which is descending
         assert main.registry.sort == "contacts" and main.registry.aor_at(0) == quiet
-        await pilot.press("r")
-        assert main.registry.aor_at(0) == busy
-        await pilot.press("less_than_sign")
-        assert main.registry.sort == "aor"
+        assert main.aors.header_label(main.aors.columns[1]) == "Cts ▼" and "by contacts ▼" in main.aors.border_title
+        await pilot.press("r")  # ascending: fewest first
+        assert main.registry.aor_at(0) == busy and main.aors.header_label(main.aors.columns[1]) == "Cts ▲"
+        await pilot.press("greater_than_sign")  # by user agent: ascending again
+        assert main.registry.sort == "agent" and not main.registry.reverse
+        await pilot.press("less_than_sign", "less_than_sign")
+        assert main.registry.sort == "aor" and not main.registry.reverse
+        # The arrow fits the narrowest sortable column: "Cts" is 3 cells, its column 5.
+        assert main.aors._widths[1] == 5
         # Mouse: a header click sorts by that column, a row click highlights it.
         await pilot.click("#aors", offset=(main.aors._widths[0] + 2, 1))  # the "Cts" header
+        assert main.registry.sort == "contacts" and main.registry.reverse and main.registry.aor_at(0) == quiet
+        await pilot.click("#aors", offset=(main.aors._widths[0] + 2, 1))  # again: the other way
         assert main.registry.sort == "contacts" and not main.registry.reverse
         await pilot.click("#aors", offset=(3, 3))  # second row
         assert main.aors.cursor == 1
@@ -270,9 +287,16 @@ async def test_read_only_blocks_every_destructive_key(server):
         main = await ready(pilot)
         await highlight(pilot, main, aor)
         for key in ("d", "delete", "D", "s", "S"):
+            pilot.app.clear_notifications()
             await pilot.press(key)
-            await pilot.pause(0.1)
+            await until(pilot, lambda: any("read-only" in m for m in notifications(pilot.app)))
             assert isinstance(pilot.app.screen, MainScreen), key
+        assert "“Single all” is off" in notifications(pilot.app)[-1]
+        # The footer shows them disabled (dimmed), not gone.
+        await until(pilot, lambda: footer_label(main, "unregister_aor") and footer_label(main, "filter"))
+        shown = {key.action: key for key in main.query(FooterKey)}
+        assert shown["unregister_aor"].has_class("-disabled") and shown["toggle_single_contact_global"].has_class("-disabled")
+        assert not shown["filter"].has_class("-disabled")
         for action in ("unregister_contact", "unregister_aor", "toggle_single_contact",
                        "toggle_single_contact_global"):
             assert main.check_action(action, ()) is None  # greyed out in the footer
@@ -291,14 +315,18 @@ async def test_pause_holds_updates_until_resumed(server):
     (phone,) = await phones(server, 1)
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
+        await until(pilot, lambda: footer_label(main, "pause") == "Pause")
         await pilot.press("p")
+        await until(pilot, lambda: footer_label(main, "pause") == "Resume")
         await phone.register(aor)
         await until(pilot, lambda: len(main.buffer) > 0)
         await pilot.pause(0.4)
         assert aor not in main.registry.rows and main.status.flags.paused
+        assert "PAUSED" in main.status.render().plain
         await pilot.press("p")
         await until(pilot, lambda: aor in main.registry.rows)
         assert not main.status.flags.paused
+        await until(pilot, lambda: footer_label(main, "pause") == "Pause")
     phone.close()
 
 
@@ -420,6 +448,7 @@ async def test_attach_to_a_running_serve_process(serve_process):
         await highlight(pilot, main, aor)
         await pilot.press("D")
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        assert pilot.app.screen.title_text == f"Unregister {aor}: its only contact?"
         await pilot.press("y")
         await until(pilot, lambda: aor not in main.registry.rows)
         # Live events arrive over the socket too.
@@ -548,8 +577,9 @@ async def test_read_only_blocks_the_subscriber_actions(make_server):
         screen = pilot.app.screen
         assert screen.table.users == ["dan@example.com"]
         for key in ("a", "insert", "d", "delete", "p"):
+            pilot.app.clear_notifications()
             await pilot.press(key)
-            await pilot.pause(0.05)
+            await until(pilot, lambda: any("read-only" in m for m in notifications(pilot.app)))  # says why
             assert pilot.app.screen is screen, key
         for action in ("add", "remove", "passwd"):
             assert screen.check_action(action, ()) is None  # greyed out in the footer
@@ -593,7 +623,7 @@ async def test_a_flood_ban_shows_in_the_traffic_and_the_header(make_server):
         await until(pilot, lambda: (main.status.stats or {}).get("banned_ips") == ["127.0.0.1"])
         header = main.status.render().plain
         assert "banned IPs  1  127.0.0.1" in header
-        assert any("Banned: 127.0.0.1" in m for m in notifications(pilot.app))
+        await until(pilot, lambda: any("Banned: 127.0.0.1" in m for m in notifications(pilot.app)))
         await pilot.press("e")  # security events only
         assert [r.method for r in main.traffic.entries] == ["BAN"]
         await pilot.press("e")
@@ -616,6 +646,7 @@ async def test_caller_check_key_flips_the_policy_and_shows_it(server):
 async def test_storage_fault_is_highlighted_in_the_header(server):
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
+        await until(pilot, lambda: server.core.events.active)  # subscribed: the event is not lost
         server.core.events.publish("storage.state", ok=False, error="disk I/O error")
         await until(pilot, lambda: "STORAGE FAULT" in main.status.render().plain)
         assert "disk I/O error" in main.status.render().plain
@@ -638,14 +669,14 @@ async def test_lost_events_reload_the_table(make_server, monkeypatch):
         await core.unregister(aor)  # six removals at once: four of them overflow the queue
         await until(pilot, lambda: main.loads == 2)
         assert aor not in main.registry.rows and kept in main.registry.rows
-        assert any("reloading" in m for m in notifications(pilot.app))
+        await until(pilot, lambda: any("reloading" in m for m in notifications(pilot.app)))
         dumps = [p for m, p in pilot.app.client.calls if m == "dump"]
         assert dumps and all(p["limit"] >= 1 for p in dumps)  # always in pages
     for p in devices:
         p.close()
 
 
-async def test_attached_registrar_gone_then_reconnect(serve_process):
+async def test_attached_registrar_gone_then_reconnects_by_itself(serve_process):
     serve_process.start()
     before, after = next_aor("before"), next_aor("after")
     phone = await UdpPhone(("127.0.0.1", serve_process.port)).open()
@@ -659,6 +690,7 @@ async def test_attached_registrar_gone_then_reconnect(serve_process):
         serve_process.stop()
         await until(pilot, lambda: main.status.flags.gone)
         assert "REGISTRAR GONE" in main.status.render().plain
+        await until(pilot, lambda: any("reconnecting by itself (R: now)" in m for m in notifications(pilot.app)))
         # The console stays usable: filter, help.
         await pilot.press("slash", "b")
         assert main.registry.filter == "b"
@@ -666,12 +698,138 @@ async def test_attached_registrar_gone_then_reconnect(serve_process):
         await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
         await pilot.press("escape")
         assert main.check_action("reconnect", ()) is True
+        # It retries with back-off (0.5 s, 1 s, 2 s, 4 s...) and counts down in the header;
+        # R tries at once: the next wait (8 s) starts long before the 4 s one would have ended.
+        await until(pilot, lambda: "reconnecting in 4 s" in main.status.render().plain, timeout=10)
+        await pilot.press("R")
+        await until(pilot, lambda: "reconnecting in 8 s" in main.status.render().plain, timeout=2.5)
+        assert "no registrar answers" in main.status.render().plain  # why the last try failed
         serve_process.start()
         await phone.register(after)
-        await pilot.press("R")
-        await until(pilot, lambda: not main.status.flags.gone and main.loads == 2)
+        # No key pressed: the back-off's next try finds it, subscribes again and reloads.
+        await until(pilot, lambda: not main.status.flags.gone and main.loads == 2, timeout=15)
         assert {before, after} <= set(main.registry.rows)
+        assert "reconnecting" not in main.status.render().plain
+        await until(pilot, lambda: any("Reconnected" in m for m in notifications(pilot.app)))
         await phone.register(fresh := next_aor("fresh"))  # live again
         await until(pilot, lambda: fresh in main.registry.rows)
     await client.close()
     phone.close()
+
+
+# -- fitting the terminal, the audit trail --------------------------------------------------------
+
+async def test_the_console_fits_80x24(server):
+    aor = next_aor("small-screen")
+    desk, mobile = await phones(server, 2)
+    await desk.register(aor)
+    await mobile.register(aor)
+    async with console_for(server).run_test(size=(80, 24)) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await until(pilot, lambda: (main.status.stats or {}).get("location_contacts") == 2)
+        # Every pane has rows on screen and nothing scrolls the screen itself.
+        assert main.has_class("-short") and main.virtual_size.height <= 24
+        for pane in (main.status, main.aors, main.contacts, main.traffic):
+            assert pane.region.height >= 3 and pane.region.bottom <= 23, pane
+        # The header keeps what matters: listen address, counts, REG/s, auth and storage.
+        lines = main.status.render().plain.split("\n")
+        assert len(lines) == 3 and all(len(line) <= 78 for line in lines)
+        host, port = server_address(server)
+        assert f"udp+tcp {host}:{port}" in lines[0] and "storage ok" in lines[0]
+        assert "auth OFF" in lines[1]
+        assert "AORs 1" in lines[2] and "contacts 2" in lines[2] and "REG/s" in lines[2]
+        # Pause, Help and Quit stay at the right edge of the key bar, whole.
+        def pinned() -> list[FooterKey]:
+            return list(main.query_one(KeyBar).query_one("#pinned").query(FooterKey))
+
+        def settled() -> bool:  # composed, laid out, and the keys that would be cut hidden
+            bar = main.query_one(KeyBar)
+            return (len(pinned()) == 3 and all(key.region.width for key in pinned())
+                    and any(not key.display for key in bar.query(FooterKey)))
+
+        await until(pilot, settled)
+        assert [key.description for key in pinned()] == ["Pause", "Help", "Quit"]
+        assert all(key.region.right <= 80 and key.region.width >= len(key.description) + 2 for key in pinned())
+        bar = main.query_one(KeyBar)
+        group = bar.query_one("#pinned")
+        assert group.region.right == 80
+        # The other keys are shown whole or not at all (no "s Si" half key against the pinned ones).
+        shown = [key for key in bar.query(FooterKey) if key.display and key.parent is not group]
+        assert shown and all(key.region.width and key.region.right <= group.region.x for key in shown)
+        # Every AOR column fits; the contacts' Socket and Received show whole addresses.
+        assert sum(main.aors._widths) + len(main.aors._widths) - 1 <= main.aors.scrollable_content_region.width
+        columns = [c.key for c in main.contacts.columns]
+        contact = main.contacts.cursor_contact
+        for key in ("socket", "received"):
+            assert main.contacts._widths[columns.index(key)] >= len(contact[key])
+        # The filter line appears only while it is used.
+        assert not main.query_one("#filter").display
+        await pilot.press("slash")
+        assert main.query_one("#filter").display
+        await pilot.press("escape")
+        assert not main.query_one("#filter").display
+    desk.close()
+    mobile.close()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (180, 48), (200, 50)])
+async def test_columns_hold_addresses_and_sort_arrows(server, size):
+    """Socket and Received show whole addresses, and every sortable header its arrow, at any size."""
+    aor = next_aor("columns")
+    (phone,) = await phones(server, 1)
+    await phone.register(aor)
+    async with console_for(server).run_test(size=size) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        contacts = main.contacts
+        for key in ("socket", "received"):
+            index = [c.key for c in contacts.columns].index(key)
+            assert contacts._widths[index] >= len(contacts.cursor_contact[key]), (size, key)
+        for sort in ("aor", "contacts", "agent", "expires", "updated"):
+            main.registry.set_sort(sort, sort == "contacts")
+            index, column = next((i, c) for i, c in enumerate(main.aors.columns) if c.key == sort)
+            label = main.aors.header_label(column)
+            assert label.endswith(" ▼" if sort == "contacts" else " ▲")
+            assert len(label) <= main.aors._widths[index], (size, label)
+    phone.close()
+
+
+async def test_header_shows_challenges_when_the_core_counts_them(server):
+    async with console_for(server).run_test(size=(200, 50)) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: main.status.stats is not None)
+        stats = dict(main.status.stats)
+        assert "challenged" not in main.status.render().plain  # not counted by this core: not shown
+        stats["challenged"] = 7
+        main.status.show_stats(stats)
+        line = main.status.render().plain.split("\n")[2]
+        assert "rejected 0 · challenged 7 · expired 0" in line and "2 min" in line  # wide: the sparkline too
+
+
+async def test_operator_actions_show_in_the_traffic(server):
+    """The audit trail: an operator.action published on the core's real event bus becomes an AUDIT
+    row (in the security view too); another process's action gets a toast, this console's own not."""
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        bus = server.core.events
+        await until(pilot, lambda: bus.active)  # the console has subscribed: nothing published is lost
+        bus.publish(OPERATOR_ACTION, actor="ctl", uid=1000, pid=4242, action="unregister",
+                    target="alice@example.com", result="ok", details={"removed": 2})
+        bus.publish(OPERATOR_ACTION, actor="console", uid=os.getuid(), pid=os.getpid(), action="policy.set",
+                    target="bob@example.com", result="not found")
+        await until(pilot, lambda: len(main.traffic.entries) == 2)
+        ctl, mine = main.traffic.entries
+        assert (ctl.method, ctl.source, ctl.aor, ctl.reason, ctl.user_agent) == (
+            "AUDIT", "ctl uid 1000 pid 4242", "alice@example.com", "unregister: ok", "removed=2")
+        cells = main.traffic.row_cells(0)
+        assert cells[2] == ("AUDIT", "accent") and cells[4] == ("unregister: ok", "accent")
+        assert main.traffic.row_cells(1)[4] == ("policy.set: not found", "warn")  # a failure stands out
+        def toasts() -> list[str]:  # App.notify posts a message: the toast lands a moment later
+            return [n.message for n in pilot.app._notifications if n.title == "Operator action"]
+
+        await until(pilot, toasts)
+        await pilot.pause(0.3)  # had this console's own action a toast, it would be there by now
+        assert toasts() == ["ctl uid 1000 pid 4242: unregister alice@example.com: ok"]
+        await pilot.press("e")  # security events and operator actions only
+        assert [r.method for r in main.traffic.entries] == ["AUDIT", "AUDIT"]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from console.feed import EventBuffer
-from console.format import countdown, duration, sparkline
+from console.format import ADDRESS_WIDTH, countdown, duration, short_address, sparkline
 from console.model import SORTS, Registry
 
 POLICY = {"single_contact": False, "single_contact_overrides": {}, "caller_check": False}
@@ -105,6 +105,13 @@ def test_formats():
     assert countdown(1000, 0)[1] == ""
     assert sparkline([0, 1, 2, 4], 4) == " ▂▄█"
     assert len(sparkline(list(range(120)), 40)) == 40
+    # Transport addresses: every IPv4 one whole; a long IPv6 one keeps transport, both ends and port.
+    assert short_address("tcp:255.255.255.255:65535") == "tcp:255.255.255.255:65535"
+    assert len("tcp:255.255.255.255:65535") == ADDRESS_WIDTH
+    assert short_address("udp:[::1]:5060") == "udp:[::1]:5060"
+    v6 = short_address("udp:[2001:db8:85a3:8d3:1319:8a2e:370:7348]:5060")
+    assert v6 == "udp:[2001:db…0:7348]:5060" and len(v6) == ADDRESS_WIDTH
+    assert short_address("sip:a-very-long-host-name.example.com:5060") == "sip:a-very-long-host-name.example.com:5060"
 
 
 # -- the paged initial load --------------------------------------------------------------------

@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
 from console.app import SipConsole
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
 from console.screens.subscribers import SubscribersScreen
+from console.widgets.footer import KeyBar
 from registrar_core.api import RegistrarCore
 from registrar_core.auth import Authenticator, NonceFactory
 from registrar_core.config import build_config
@@ -162,14 +164,42 @@ def feeder(core: RegistrarCore, clock: Clock, then: Callable | None = None):
         pilot.app.clear_notifications()  # ...would hide the traffic for a timeout: stability first
         if then is not None:
             await then(pilot)
+        await until(pilot, lambda: all(key_bar_settled(screen) for screen in pilot.app.screen_stack))
 
     return run_before
 
 
-def test_main_screen(snap_compare, fixed_world):
+def key_bar_settled(screen) -> bool:
+    """The key bar has hidden the keys its pinned ones would cut (it does so after a layout)."""
+    for bar in screen.query(KeyBar):
+        pinned = bar.query("#pinned")
+        if not pinned or not pinned.first().region.width:
+            return False
+        edge = pinned.first().region.x
+        if any(key.display and key.region.width and key.region.right > edge
+               for key in bar.query(FooterKey) if key.parent is not pinned.first()):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("size", [(80, 24), SIZE, (200, 50)], ids=["80x24", "140x40", "200x50"])
+def test_main_screen(snap_compare, fixed_world, size):
+    """The smallest terminal supported, the usual one and a large one: nothing that matters is cut."""
     core, clock = fixed_world
     app = SipConsole(LocalClient(core), embedded=True, clock=clock)
-    assert snap_compare(app, terminal_size=SIZE, run_before=feeder(core, clock))
+    assert snap_compare(app, terminal_size=size, run_before=feeder(core, clock))
+
+
+def test_main_screen_paused_read_only_80x24(snap_compare, fixed_world):
+    """Paused (the key bar offers "p Resume") and read-only (the changing keys dimmed)."""
+    core, clock = fixed_world
+
+    async def pause(pilot) -> None:
+        await pilot.press("p")
+        await until(pilot, lambda: pilot.app.main.status.flags.paused)
+
+    app = SipConsole(LocalClient(core), embedded=True, clock=clock, read_only=True)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=feeder(core, clock, pause))
 
 
 def test_confirm_unregister_aor(snap_compare, fixed_world):

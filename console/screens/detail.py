@@ -10,10 +10,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from ..actions import bindings
 from ..format import countdown, duration, wall_time
+from ..widgets.footer import KeyBar
 
 Contact = dict[str, Any]
 
@@ -86,7 +87,7 @@ class ContactDetailScreen(Screen[bool]):
         binding = Static(id="binding")
         binding.border_title = "As the registrar returns it in a 200 OK to REGISTER"
         yield binding
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.redraw()

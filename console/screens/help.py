@@ -16,11 +16,13 @@ COLUMNS = (("Move", "AORs", "Contacts", "Detail"), ("Policy", "Subscribers", "Li
 
 LEGEND = (
     ("Header", "listen addresses · auth and subscribers · policy · security counters · load and REG/s"),
-    ("AOR table", "Cts contacts · Expires the soonest of its contacts · Updated since its newest REGISTER"),
+    ("AOR table", "Cts contacts · User agent of the newest · Expires the soonest · Updated since the newest REGISTER"),
+    ("", "Sort ▲ ascending in what the column shows (Updated: newest first), ▼ descending"),
     ("", "Policy [b]single[/]/[b]multi[/]: an AOR override; dim [dim]single[/]: inherited from the global policy"),
     ("Contacts", "lookup order (highest q, then newest) · Expires yellow under a minute, red when due"),
     ("Traffic", "every request answered, newest last · 2xx green · 3xx-4xx yellow · 5xx red"),
     ("", "security events too: [reverse]BAN[/] rows highlighted, failed authentication and scanners yellow"),
+    ("", "AUDIT rows: what an operator changed (console, ctl, api; uid, pid), failures yellow"),
     ("Mouse", "click a row to highlight it, a header to sort; double-click opens the contact detail"),
 )
 

@@ -10,6 +10,8 @@ thousand); once a second the countdowns are redrawn and ``stats`` is polled.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -19,9 +21,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from registrar_core.control import NOT_FOUND, RpcError
+from registrar_core.events import OPERATOR_ACTION, REQUEST_HANDLED, SECURITY
 
 from .. import memory
 from ..actions import ACTIONS, DESTRUCTIVE, bindings, key_names
@@ -29,8 +32,9 @@ from ..feed import EventBuffer
 from ..model import Registry, read_table
 from ..widgets.aor_table import AorTable
 from ..widgets.contacts_table import Contact, ContactsTable
+from ..widgets.footer import KeyBar
 from ..widgets.status_bar import StatusBar
-from ..widgets.traffic_log import TrafficLog
+from ..widgets.traffic_log import TrafficLog, operator_request
 from ..widgets.virtual_table import VirtualTable
 from .confirm import ConfirmScreen, contact_list
 from .detail import ContactDetailScreen
@@ -40,9 +44,12 @@ FLUSH_SECONDS = 0.25
 PAGE_PAUSE = 0.002  # between two pages of the initial load: a few loop turns for the registrar
 STATS_TIMEOUT = 3.0
 TRAFFIC_LIMIT = 5000
+SHORT = 32  # terminal rows below which the panes shrink to fit (class -short; 80x24 must work)
+RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # attach: reconnect back-off, doubling
 BAN_TOAST_SECONDS = 5.0  # at most one toast about bans this often (the traffic pane lists them all)
 LISTED_CONTACTS = 8  # contacts named one by one in the "unregister AOR" question
-SORT_COLUMNS = ("aor", "contacts", "agent", "expires", "updated")
+SORT_COLUMNS = tuple(c.key for c in AorTable.columns if c.sortable)
+DESCENDING_FIRST = frozenset({"contacts"})  # chosen, this column shows the busiest AORs first (▼)
 SORT_LABELS = {"aor": "AOR", "contacts": "contacts", "agent": "user agent", "expires": "expiry",
                "updated": "last update"}
 
@@ -65,6 +72,7 @@ class MainScreen(Screen[None]):
         self.loads = 0  # completed loads (the first, and each reload)
         self.paused = False
         self._stats_now = asyncio.Event()
+        self._retry_now = asyncio.Event()  # R: reconnect now, not when the back-off says
         self._ban_toast_at = -BAN_TOAST_SECONDS
 
     def compose(self) -> ComposeResult:
@@ -75,7 +83,7 @@ class MainScreen(Screen[None]):
         yield AorTable(self.registry, self.clock, id="aors")
         yield ContactsTable(self.clock, id="contacts")
         yield TrafficLog(TRAFFIC_LIMIT, id="traffic")
-        yield Footer()
+        yield KeyBar()
 
     @property
     def status(self) -> StatusBar:
@@ -101,7 +109,7 @@ class MainScreen(Screen[None]):
     def on_mount(self) -> None:
         self.status.set_flags(mode=self.mode, read_only=self.read_only)
         self.notice.display = False
-        self.query_one("#filter").can_focus = False  # only through "/": Tab cycles the panes
+        self._hide_filter()
         self.contacts.border_title = "Contacts"
         self.aors.border_title = "AORs · loading the location table…"
         self.traffic.border_title = self.traffic._title()
@@ -121,12 +129,19 @@ class MainScreen(Screen[None]):
             self._gone(str(exc))
 
     def _gone(self, why: str) -> None:
-        """The registrar closed the connection: say so and stay usable (R reconnects)."""
+        """The registrar closed the connection: say so, stay usable, and (attached) reconnect by itself."""
         self.status.set_flags(gone=why, trouble=None, loading=None)
-        again = f" · {self._key('reconnect')} reconnects" if not self.app_embedded else ""
+        again = ""
+        if self._can_reconnect:
+            again = f" · reconnecting by itself ({self._key('reconnect')}: now)"
+            self.reconnect()
         self.notify(f"The registrar went away: {escape(why)}. The tables show what it held then{again}.",
                     severity="error", title="REGISTRAR GONE", timeout=10)
         self.refresh_bindings()
+
+    @property
+    def _can_reconnect(self) -> bool:
+        return hasattr(self.client, "connect") and not self.app_embedded
 
     def _key(self, action: str) -> str:
         """The key(s) of a main-screen action as the footer shows them (they may be remapped)."""
@@ -234,7 +249,8 @@ class MainScreen(Screen[None]):
         if not len(self.buffer):
             return
         if self.reading:
-            changes, traffic = [], self.buffer.take_traffic()
+            changes: list[dict[str, Any]] = []
+            traffic = self.buffer.take_traffic()
         else:
             changes, traffic = self.buffer.take()
         with self.app.batch_update():
@@ -248,8 +264,18 @@ class MainScreen(Screen[None]):
                 self._security_news(traffic)
 
     def _security_news(self, traffic: list[dict[str, Any]]) -> None:
-        """Bans are worth a toast (at most one every few seconds) and a fresh header at once."""
-        security = [e for e in traffic if e["kind"] == "security"]
+        """Bans are worth a toast (at most one every few seconds) and a fresh header at once; so is
+        what another operator changed (this console's own actions have their toast already)."""
+        rare = [e for e in traffic if e["kind"] != REQUEST_HANDLED]
+        if not rare:
+            return
+        others = [e for e in rare if e["kind"] == OPERATOR_ACTION and e.get("pid") != os.getpid()]
+        if others:
+            first = others[0]
+            more = f" (and {len(others) - 1} more: see the traffic)" if len(others) > 1 else ""
+            self.notify(escape(f"{operator_request(first).source}: {first['action']} {first['target'] or ''}: "
+                               f"{first['result']}{more}"), title="Operator action")
+        security = [e for e in rare if e["kind"] == SECURITY]
         if not security:
             return
         bans = [e for e in security if e["event"] in ("ban", "user-banned")]
@@ -326,13 +352,21 @@ class MainScreen(Screen[None]):
         if action == "clear_filter":
             return bool(self.registry.filter) or self.query_one("#filter").has_focus
         if action == "reconnect":  # offered only when an attached registrar went away
-            return bool(self.status.flags.gone) and hasattr(self.client, "connect") and not self.app_embedded
+            return bool(self.status.flags.gone) and self._can_reconnect
         return True
 
     def action_filter(self) -> None:
         field = self.query_one("#filter", Input)
-        field.can_focus = True
+        field.can_focus = field.display = True
         field.focus()
+
+    def _hide_filter(self) -> None:
+        """The filter line takes a row only while it is typed in or filtering; Tab never lands on it."""
+        field = self.query_one("#filter")
+        field.can_focus = field.display = False
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height < SHORT, "-short")
 
     def action_clear_filter(self) -> None:
         self.query_one("#filter", Input).value = ""
@@ -340,7 +374,7 @@ class MainScreen(Screen[None]):
         self._leave_filter()
 
     def _leave_filter(self) -> None:
-        self.query_one("#filter").can_focus = False
+        self._hide_filter()
         self.aors.focus()
 
     @on(Input.Changed, "#filter")
@@ -350,7 +384,7 @@ class MainScreen(Screen[None]):
     @on(Input.Submitted, "#filter")
     def filter_submitted(self, event: Input.Submitted) -> None:
         if not event.value.strip():
-            self.query_one("#filter").can_focus = False  # only through "/": Tab cycles the panes
+            self._hide_filter()
         self.aors.focus()
 
     def _set_filter(self, text: str) -> None:
@@ -361,7 +395,8 @@ class MainScreen(Screen[None]):
 
     def action_sort(self, step: int) -> None:
         index = SORT_COLUMNS.index(self.registry.sort)
-        self._sort(SORT_COLUMNS[(index + step) % len(SORT_COLUMNS)], self.registry.reverse)
+        sort = SORT_COLUMNS[(index + step) % len(SORT_COLUMNS)]
+        self._sort(sort, sort in DESCENDING_FIRST)
 
     def action_reverse_sort(self) -> None:
         self._sort(self.registry.sort, not self.registry.reverse)
@@ -370,16 +405,21 @@ class MainScreen(Screen[None]):
     def header_clicked(self, event: VirtualTable.HeaderClicked) -> None:
         key = event.column.key
         if key in SORT_COLUMNS:
-            self._sort(key, not self.registry.reverse if key == self.registry.sort else False)
+            self._sort(key, not self.registry.reverse if key == self.registry.sort else key in DESCENDING_FIRST)
 
     def _sort(self, sort: str, reverse: bool) -> None:
         keep = self.aors.cursor_aor
         self.registry.set_sort(sort, reverse)
         self._registry_changed(keep)
 
+    def footer_label(self, action: str) -> str | None:
+        """The key bar says what ``p`` does now (see KeyBar)."""
+        return "Resume" if action == "pause" and self.paused else None
+
     def action_pause(self) -> None:
         self.paused = not self.paused
         self.status.set_flags(paused=self.paused, queued=len(self.buffer))
+        self.refresh_bindings()
         if not self.paused:
             self.flush()
 
@@ -399,14 +439,32 @@ class MainScreen(Screen[None]):
     def action_subscribers(self) -> None:
         self.app.push_screen(self.subscribers_screen())
 
+    def action_reconnect(self) -> None:
+        """Try now rather than when the back-off says."""
+        self._retry_now.set()
+
     @work(exclusive=True, group="reconnect", exit_on_error=False)
-    async def action_reconnect(self) -> None:
-        try:
-            await self.client.connect()
-        except (ConnectionError, OSError) as exc:
-            self.notify(escape(str(exc)), severity="error", title="Still gone")
-            return
-        self.status.set_flags(gone=None, trouble=None)
+    async def reconnect(self) -> None:
+        """Reconnect with back-off (0.5 s doubling to 10 s), counting down in the header; then
+        subscribe again and reload the table, which may have changed meanwhile."""
+        loop = asyncio.get_running_loop()
+        delay = RETRY_FIRST
+        while True:
+            self._retry_now.clear()
+            deadline = loop.time() + delay
+            while not self._retry_now.is_set() and (left := deadline - loop.time()) > 0:
+                self.status.set_flags(retry=f"reconnecting in {math.ceil(left)} s")
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), min(1.0, left))
+            self.status.set_flags(retry="reconnecting…")
+            try:
+                await self.client.connect()
+            except (ConnectionError, OSError) as exc:
+                self.status.set_flags(gone=str(exc))
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            break
+        self.status.set_flags(gone=None, trouble=None, retry=None)
         self.refresh_bindings()
         self.notify("Reconnected: reloading the location table", title="Registrar")
         self.read_events()  # subscribed again before the first page
@@ -475,7 +533,8 @@ class MainScreen(Screen[None]):
             self._failed(exc, f"{aor} has no contacts left")
             return
         n = len(contacts)
-        question = ConfirmScreen(f"Unregister {escape(aor)}: all {n} contact{'s' * (n != 1)}?",
+        which = "its only contact" if n == 1 else f"all {n} contacts"
+        question = ConfirmScreen(f"Unregister {escape(aor)}: {which}?",
                                  contact_list(contacts, self.clock(), LISTED_CONTACTS), f"Unregister {n}")
         if not await self.app.push_screen_wait(question):
             return
@@ -516,7 +575,8 @@ class MainScreen(Screen[None]):
         on = not self.registry.single_contact
         if await self._set_policy(on, None):
             others = len(self.registry.overrides)
-            extra = f"; {others} AOR override{'s' * (others != 1)} still apply" if others else ""
+            extra = (f"; {others} AOR override still applies" if others == 1
+                     else f"; {others} AOR overrides still apply" if others else "")
             self.notify(f"single-contact {'on' if on else 'off'} for every AOR{extra}", title="Policy changed")
 
     @work(exclusive=True, group="change", exit_on_error=False)

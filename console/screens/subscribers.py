@@ -16,13 +16,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Input, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 from registrar_core.control import RpcError
 
 from ..actions import DESTRUCTIVE, bindings
 from ..format import count, countdown, duration
 from ..model import Registry
+from ..widgets.footer import KeyBar
 from ..widgets.virtual_table import Cell, Column, VirtualTable
 from .confirm import ConfirmScreen
 
@@ -189,7 +190,7 @@ class SubscribersScreen(Screen[None]):
         yield Input(placeholder="/ filters the subscribers by substring · Esc clears it", id="subs-filter",
                     compact=True)
         yield SubscriberTable(self.registry, self.clock, id="subscribers")
-        yield Footer()
+        yield KeyBar()
 
     @property
     def table(self) -> SubscriberTable:

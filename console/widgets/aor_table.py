@@ -12,12 +12,12 @@ from .virtual_table import Cell, Column, VirtualTable
 class AorTable(VirtualTable):
     """Keyed by AOR: the cursor stays on its AOR while rows come and go around it."""
 
-    columns = (
-        Column("aor", "AOR", 26, flex=3),
-        Column("contacts", "Cts", 3, right=True),
-        Column("agent", "User agent (newest)", 20, flex=2),
-        Column("expires", "Expires", 7, right=True),
-        Column("updated", "Updated", 7, right=True),
+    columns = (  # 76 cells at least: an 80-column terminal shows every column
+        Column("aor", "AOR", 24, flex=3, sortable=True),
+        Column("contacts", "Cts", 3, right=True, sortable=True),
+        Column("agent", "User agent", 18, flex=2, sortable=True),  # the newest contact's
+        Column("expires", "Expires", 7, right=True, sortable=True),
+        Column("updated", "Updated", 7, right=True, sortable=True),
         Column("policy", "Policy", 6),
     )
 
@@ -39,7 +39,7 @@ class AorTable(VirtualTable):
     def header_label(self, column: Column) -> str:
         if column.key != self.registry.sort:
             return column.label
-        return column.label + (" ▼" if self.registry.reverse else " ▲")
+        return column.label + (" ▼" if self.registry.reverse else " ▲")  # ▲ ascending, as shown
 
     def row_cells(self, index: int) -> Sequence[Cell]:
         row = self.registry.row_at(index)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..format import countdown
+from rich.cells import cell_len
+
+from ..format import ADDRESS_WIDTH, countdown, short_address
 from ..model import ADDED, REMOVED
-from .virtual_table import Cell, Column, VirtualTable
+from .virtual_table import Cell, Column, VirtualTable, text_of
 
 Contact = dict[str, Any]
 REACHABILITY = "contact.reachability"
@@ -32,21 +34,22 @@ def instance_label(contact: Contact) -> str:
 class ContactsTable(VirtualTable):
     """The full records of one AOR's contacts, kept live from the event stream."""
 
-    columns = (
-        Column("addr", "Contact", 30, flex=3),
-        Column("state", "State", 11),
-        Column("rtt", "RTT ms", 7, right=True),
+    columns = (  # sized to the contacts shown (fit: at most this wide); addresses always whole
+        Column("addr", "Contact", 48, flex=3, fit=True),
+        Column("state", "State", 11, fit=True),
+        Column("rtt", "RTT ms", 7, right=True, fit=True),
         Column("expires", "Expires", 7, right=True),
         Column("q", "q", 3, right=True),
-        Column("agent", "User agent", 20, flex=2),
-        Column("received", "Received", 22),
-        Column("path", "Path", 16, flex=1),
-        Column("callid", "Call-ID", 14, flex=1),
-        Column("cseq", "CSeq", 4, right=True),
-        Column("instance", "reg-id instance", 16),
-        Column("socket", "Socket", 18),
-        Column("ruid", "ruid", 21),
+        Column("agent", "User agent", 32, flex=2, fit=True),
+        Column("received", "Received", ADDRESS_WIDTH, fit=True),
+        Column("path", "Path", 32, flex=1, fit=True),
+        Column("callid", "Call-ID", 24, fit=True),
+        Column("cseq", "CSeq", 6, right=True, fit=True),
+        Column("instance", "reg-id instance", 24, fit=True),  # whole in the detail view
+        Column("socket", "Socket", ADDRESS_WIDTH, fit=True),
+        Column("ruid", "ruid", 24, fit=True),
     )
+    MEASURED = 200  # rows measured for the column widths (an AOR rarely has more contacts)
 
     def __init__(self, clock: Callable[[], float], *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -77,14 +80,18 @@ class ContactsTable(VirtualTable):
             countdown(c["expires_at"], self.clock()),
             "" if c["q"] is None else f"{c['q']:g}",
             c["user_agent"],
-            c["received"],
+            short_address(c["received"]),
             ", ".join(c["path"]),
             (c["callid"], "dim"),
             str(c["cseq"]),
             instance_label(c),
-            (c["socket"], "dim"),
+            (short_address(c["socket"]), "dim"),
             (c["ruid"], "dim"),
         )
+
+    def content_widths(self) -> list[int]:
+        rows = [self.row_cells(i) for i in range(min(len(self.contacts), self.MEASURED))]
+        return [max((cell_len(text_of(row[i])) for row in rows), default=0) for i in range(len(self.columns))]
 
     # -- updating -----------------------------------------------------------------------
     def show(self, aor: str | None, contacts: Iterable[Contact]) -> None:
@@ -127,4 +134,5 @@ class ContactsTable(VirtualTable):
         self.contacts = contacts
         if keep is not None:
             cursor = next((i for i, c in enumerate(contacts) if c["ruid"] == keep), cursor)
+        self._layout_columns(self.scrollable_content_region.width)
         self.rows_changed(cursor)

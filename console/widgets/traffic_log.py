@@ -1,10 +1,14 @@
-"""The traffic pane: a bounded log of handled requests that follows new ones or stays put."""
+"""The traffic pane: a bounded log of handled requests that follows new ones or stays put, with
+the security events and the operator actions (the audit trail) among them."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from registrar_core.events import OPERATOR_ACTION
+from registrar_core.events import SECURITY as SECURITY_EVENT
 
 from ..format import clock_time, status_tone
 from .virtual_table import Cell, Column, VirtualTable
@@ -29,6 +33,8 @@ SECURITY = {
     "user-banned": ("USER BAN", "banned: auth failures", "alert"),
     "wrong-aor": ("WRONG AOR", "403: not its own AOR", "warn"),
     "scanner": ("SCANNER", "dropped: scanner UA", "warn"),
+    "audit": ("AUDIT", "", "accent"),  # an operator changed something (events.OPERATOR_ACTION)
+    "audit-failed": ("AUDIT", "", "warn"),
 }
 
 
@@ -43,6 +49,21 @@ def security_request(e: dict[str, Any]) -> Request:
                    e["user"] if scanner else "", kind)
 
 
+def details_text(details: object) -> str:
+    if isinstance(details, dict):
+        return " ".join(f"{key}={value}" for key, value in details.items())
+    return "" if details is None else str(details)
+
+
+def operator_request(e: dict[str, Any]) -> Request:
+    """An ``operator.action`` event (the audit trail) as a traffic row: who (actor, uid, pid) in the
+    Source column, what it was done to in the AOR column, the action and its result as the response."""
+    who = " ".join([e["actor"], *(f"{k} {e[k]}" for k in ("uid", "pid") if e.get(k) is not None)])
+    kind = "audit" if e["result"] == "ok" else "audit-failed"
+    return Request(e["time"], who, "AUDIT", e["target"] or "", 0, f"{e['action']}: {e['result']}",
+                   details_text(e.get("details")), kind)
+
+
 class TrafficLog(VirtualTable):
     """The newest ``limit`` requests; ``follow`` keeps the newest in view, ``hide_options`` drops keepalives."""
 
@@ -51,9 +72,9 @@ class TrafficLog(VirtualTable):
         Column("time", "Time", 8),
         Column("source", "Source", 22),
         Column("method", "Method", 9),
-        Column("aor", "AOR", 24, flex=3),
-        Column("response", "Response", 22, flex=1),
-        Column("agent", "User agent", 18, flex=2),
+        Column("aor", "AOR", 18, flex=3),  # up to the response: 76 cells, all on 80 columns
+        Column("response", "Response", 15, flex=1),
+        Column("agent", "User agent", 12, flex=2),
     )
 
     def __init__(self, limit: int = 5000, *, id: str | None = None) -> None:
@@ -102,11 +123,11 @@ class TrafficLog(VirtualTable):
         return "alert" if r.security and SECURITY.get(r.security, ("", "", ""))[2] == "alert" else ""
 
     def append(self, events: list[dict[str, Any]]) -> None:
-        """Add ``request.handled`` and ``security`` events, oldest first."""
+        """Add ``request.handled``, ``security`` and ``operator.action`` events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            if e["kind"] == "security":
-                request = security_request(e)
+            if e["kind"] in (SECURITY_EVENT, OPERATOR_ACTION):
+                request = security_request(e) if e["kind"] == SECURITY_EVENT else operator_request(e)
                 self.security.append(request)
             else:
                 request = Request(e["time"], e["source"], e["method"], e["aor"], e["status"], e["reason"],
@@ -131,7 +152,7 @@ class TrafficLog(VirtualTable):
     def _title(self) -> str:
         follow = "following" if self.follow else "scrolled back (End follows)"
         if self.security_only:
-            return (f"Traffic · security events only (e shows all) · {len(self.entries):,} of the last "
+            return (f"Traffic · security events and operator actions only (e shows all) · {len(self.entries):,} of the last "
                     f"{self.security.maxlen:,} · {follow}")
         options = "OPTIONS hidden" if self.hide_options else "OPTIONS shown"
         return f"Traffic · {len(self.entries):,} of the last {self.everything.maxlen:,} · {follow} · {options}"

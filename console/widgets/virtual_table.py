@@ -28,15 +28,28 @@ Cell = str | tuple[str, str]
 TONES = ("ok", "warn", "error", "dim", "accent", "strong", "alert")
 
 
+def text_of(cell: Cell) -> str:
+    return cell if isinstance(cell, str) else cell[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
-    """One column: ``width`` is the minimum; ``flex`` columns share the spare room."""
+    """One column: ``width`` is the minimum (with ``fit``: the most it takes, less when its widest
+    value is narrower); ``flex`` columns share the spare room; a ``sortable`` column always has
+    room for its label and the sort arrow."""
 
     key: str
     label: str
     width: int
     flex: int = 0
     right: bool = False
+    sortable: bool = False
+    fit: bool = False
+
+    @property
+    def least(self) -> int:
+        """The narrowest it may be: its label, plus `` ▲`` when sortable."""
+        return cell_len(self.label) + 2 * self.sortable
 
 
 @lru_cache(maxsize=4096)
@@ -121,7 +134,7 @@ class VirtualTable(ScrollView, can_focus=True):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.cursor = 0
-        self._widths: list[int] = [c.width for c in self.columns]
+        self._widths: list[int] = [max(c.least, c.width) for c in self.columns]
         self._styles: dict[str, Style] = {}
         self._last_key: object = None
 
@@ -203,8 +216,15 @@ class VirtualTable(ScrollView, can_focus=True):
         self._layout_columns(self.scrollable_content_region.width)
         self.rows_changed()
 
+    def content_widths(self) -> Sequence[int] | None:
+        """The widest value of each column, which ``fit`` columns shrink to; None (not measured,
+        the default) leaves them at their width. Override where rows are few."""
+        return None
+
     def _layout_columns(self, width: int) -> None:
-        widths = [c.width for c in self.columns]
+        measured = self.content_widths()
+        widths = [max(c.least, min(c.width, measured[i]) if c.fit and measured is not None else c.width)
+                  for i, c in enumerate(self.columns)]
         spare = width - (sum(widths) + len(widths) - 1)
         flex = sum(c.flex for c in self.columns)
         if spare > 0 and flex:
