@@ -795,12 +795,12 @@ async def test_columns_hold_addresses_and_sort_arrows(server, size):
     phone.close()
 
 
-async def test_header_shows_challenges_when_the_core_counts_them(server):
+async def test_header_shows_challenges_apart_from_rejections(server):
     async with console_for(server).run_test(size=(200, 50)) as pilot:
         main = await ready(pilot)
         await until(pilot, lambda: main.status.stats is not None)
         stats = dict(main.status.stats)
-        assert "challenged" not in main.status.render().plain  # not counted by this core: not shown
+        assert "rejected 0 · challenged 0" in main.status.render().plain  # the core's own counter
         stats["challenged"] = 7
         main.status.show_stats(stats)
         line = main.status.render().plain.split("\n")[2]
