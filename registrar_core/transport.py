@@ -1,4 +1,5 @@
-"""asyncio UDP and TCP listeners that feed framed messages to the core and send its replies."""
+"""asyncio UDP, TCP and TLS listeners (WebSocket: websocket.py) that feed framed messages to
+the core and send its replies."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import itertools
 import logging
 import resource
 import socket
+import ssl
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from .config import Listen
+from .config import Config, Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
 from .source import Source
 from .transactions import Reply
@@ -95,8 +97,15 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
 
+# Transports whose contacts are bound to their connection (RFC 5626 flows, RFC 7118): what
+# is registered over one is reachable only through it, and goes when it closes.
+FLOW_TRANSPORTS = ("tls", "ws", "wss")
+# Called when a flow that delivered a message closes (flows.py removes its contacts).
+FlowClosed = Callable[[Source], None]
+
+
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection: framed by Content-Length, replies on the same connection.
+    """One TCP (or TLS) connection: framed by Content-Length, replies on the same connection.
 
     Defences: a per-IP and a global connection cap (at the global cap the oldest
     connection that never delivered a message makes room), an idle timeout, a read
@@ -106,8 +115,9 @@ class TcpConnection(asyncio.Protocol):
     keeps one AOR's requests in order); replies go out as they are ready.
     """
 
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, proto: str = "tcp") -> None:
         self.owner = owner
+        self.proto = proto
         self.receive = owner.receive
         self.framer = StreamFramer(owner.limits)
         self.idle_timeout = owner.tcp_idle_timeout
@@ -130,8 +140,8 @@ class TcpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         owner = self.owner
         peer = transport.get_extra_info("peername")
-        local = _local_name("tcp", transport.get_extra_info("sockname"))
-        self.source = Source("tcp", peer[0], peer[1], local, self.conid)
+        local = _local_name(self.proto, transport.get_extra_info("sockname"))
+        self.source = Source(self.proto, peer[0], peer[1], local, self.conid)
         if owner.max_tcp_per_ip and owner.per_ip[peer[0]] >= owner.max_tcp_per_ip:
             owner.note_refused(peer[0], f"{owner.max_tcp_per_ip} connections from it already")
             self.source = None
@@ -202,7 +212,7 @@ class TcpConnection(asyncio.Protocol):
                 break
             message = backlog.popleft()
             if message == KEEPALIVE:
-                transport.write(b"\r\n")
+                transport.write(b"\r\n")  # the pong of RFC 5626 §4.4.1 (CRLF ping on TCP and TLS)
                 continue
             self.in_flight += 1
             self.receive(message, self.source, self._respond)  # type: ignore[arg-type]
@@ -258,7 +268,11 @@ class TcpConnection(asyncio.Protocol):
     def _flush(self) -> None:
         unsent, self._unsent = self._unsent, []
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(unsent))
+            self.write_messages(unsent)
+
+    def write_messages(self, messages: list[bytes]) -> None:
+        """Send whole SIP messages: on a byte stream, one write for all of them."""
+        self.transport.write(b"".join(messages))  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -274,6 +288,8 @@ class TcpConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         self._disarm_deadline()
+        if self.proven and self.source is not None and self.proto in FLOW_TRANSPORTS and owner.flow_closed:
+            owner.flow_closed(self.source)
 
 
 UDP_RECEIVE_BUFFER = 4 << 20  # room for bursts of hundreds of REGISTERs while a commit is on
@@ -321,8 +337,11 @@ class Transports:
 
     def __init__(self, receive: Receiver, limits: Limits, tcp_idle_timeout: float,
                  max_tcp_per_ip: int = 0, *, tcp_read_timeout: float | None = None,
-                 max_tcp_connections: int | None = None) -> None:
+                 max_tcp_connections: int | None = None, config: Config | None = None) -> None:
         self.receive = receive
+        self.config = config or Config()  # TLS and WebSocket settings
+        self.flow_closed: FlowClosed | None = None
+        self._tls: ssl.SSLContext | None = None
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
         # Unless given: Kamailio's 20 s, or the idle timeout when that is shorter.
@@ -356,15 +375,34 @@ class Transports:
                 _grow_receive_buffer(transport.get_extra_info("socket"))
             else:
                 server = await loop.create_server(
-                    lambda: TcpConnection(self), spec.host, spec.port, family=family,
-                    reuse_address=True, backlog=1024)
+                    self._connection_factory(spec.proto), spec.host, spec.port, family=family,
+                    reuse_address=True, backlog=1024, ssl=self._context(spec.proto),
+                    ssl_handshake_timeout=self.config.tls_handshake_timeout if spec.proto in ("tls", "wss") else None)
                 self._tcp.append(server)
-                address = _local_name("tcp", server.sockets[0].getsockname())
+                address = _local_name(spec.proto, server.sockets[0].getsockname())
         except OSError as exc:
             hint = _BIND_HINTS.get(exc.errno or 0, "")
             raise OSError(f"cannot listen on {spec}: {(exc.strerror or str(exc)).lower()}{hint}") from None
         self.addresses.append(address)
         return address
+
+    def _connection_factory(self, proto: str) -> Callable[[], asyncio.Protocol]:
+        if proto in ("ws", "wss"):
+            from .websocket import WebSocketConnection  # wsproto is loaded only when used
+
+            return lambda: WebSocketConnection(self, proto)
+        return lambda: TcpConnection(self, proto)
+
+    def _context(self, proto: str) -> ssl.SSLContext | None:
+        """One server context for every tls: and wss: listener, made at the first of them."""
+        if proto not in ("tls", "wss"):
+            return None
+        if self._tls is None:
+            from .tls import server_context
+
+            config = self.config
+            self._tls = server_context(config.tls_cert, config.tls_key, config.tls_ca)
+        return self._tls
 
     def evict_unproven(self) -> bool:
         """At the global cap: close the oldest connection that never sent a whole message."""
@@ -397,7 +435,7 @@ class Transports:
             conn = self.connections.get(conid)
             if conn is None or conn.transport is None or conn.transport.is_closing():
                 return False
-            conn.transport.write(data)
+            conn.write_messages([data])
             return True
         protocol = self._udp_by_name.get(local)
         if protocol is None or protocol.transport is None:

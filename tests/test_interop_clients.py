@@ -6,34 +6,11 @@ first: which is why MD5 alone is the default challenge."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from .conftest import server_address
-
-MODULES = Path("/usr/lib/baresip/modules")
-
-
-async def until(condition, timeout: float = 20.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
-
-
-async def run_baresip(directory: Path, account: str):
-    """baresip headless with its own config directory: one account, no audio device."""
-    directory.mkdir()
-    (directory / "config").write_text(
-        f"module_path {MODULES}\nsip_listen 127.0.0.1:0\nmodule g711.so\nmodule account.so\n")
-    (directory / "accounts").write_text(account + "\n")
-    return await asyncio.create_subprocess_exec(
-        "baresip", "-f", str(directory), "-t", "60",  # -t: it quits by itself, whatever happens here
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+from .processes import run_baresip, until
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
