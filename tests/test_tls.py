@@ -168,3 +168,33 @@ def test_a_bad_certificate_is_one_line(extra, expected, short_dir):
                    "--control", str(short_dir / "c.sock"), *extra)
     assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+async def test_a_thousand_idle_tls_connections(make_server, tls_files):
+    """1,000 handshaken TLS connections that never send a message (20 addresses, under the
+    per-IP cap): a phone still registers within 100 ms, and every idle one is closed at the
+    read timeout, so none holds a descriptor for the idle timeout."""
+    srv = await tls_server(make_server, tls_files, tcp_idle_timeout=60.0, tcp_read_timeout=3.0)
+    host, port = server_address(srv, "tls")
+    context = tls_files.client_context()
+
+    async def idle(n: int):
+        return await asyncio.open_connection(host, port, ssl=context, server_hostname="localhost",
+                                             local_addr=(f"127.0.0.{10 + n % 20}", 0))
+
+    conns = []
+    for start in range(0, 1000, 100):
+        conns += await asyncio.gather(*(idle(n) for n in range(start, start + 100)))
+    assert await until(lambda: len(srv.transports.connections) == 1000, 10)
+    phone = await TcpPhone((host, port), context).open()
+    started = time.monotonic()
+    r = await phone.send(register_bytes(next_aor(), ["<sip:x@127.0.0.1:5999>"], local=phone.local, transport="TLS"))
+    took = time.monotonic() - started
+    assert r.status == 200 and took < 0.1, f"{took * 1000:.0f} ms with 1,000 idle TLS connections"
+    assert await until(lambda: len(srv.transports.connections) == 1, 15), "the idle ones closed, the phone kept"
+    closed = await asyncio.gather(*(asyncio.wait_for(reader.read(), 5) for reader, _ in conns),
+                                  return_exceptions=True)
+    assert all(c == b"" or isinstance(c, ConnectionError) for c in closed)
+    for _, writer in conns:
+        writer.close()
+    phone.close()
