@@ -81,6 +81,9 @@ def test_jssip_registers_over_wss_and_goes_with_its_page(short_dir, tls_files, p
         assert len(contacts) == 1 and contacts[0]["received"].startswith("wss:127.0.0.1:"), contacts
         assert contacts[0]["socket"] == f"wss:127.0.0.1:{wss_port}" and contacts[0]["conid"] is not None
         assert ".invalid" in contacts[0]["addr"] and contacts[0]["instance"], "JsSIP's outbound contact"
+        code, text = serve.ctl("dump", json_output=False)
+        row = next(line for line in str(text).splitlines() if line.startswith("alice@example.com"))
+        assert code == 0 and "wss:127.0.0.1:" in row and f"conn {contacts[0]['conid']}" in row, text
 
         code, _ = serve.ctl("unregister", "alice@example.com")
         assert code == 0 and wss_contacts(serve, "alice@example.com") == []
