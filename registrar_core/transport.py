@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
 from .config import Config, Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
@@ -360,6 +361,9 @@ class Transports:
         self._udp: list[asyncio.DatagramTransport] = []
         self._udp_by_name: dict[str, UdpProtocol] = {}
         self._tcp: list[asyncio.base_events.Server] = []
+        self._tls_acceptors: list[Any] = []  # tls.TlsAcceptor, loaded with the first tls:/wss: listener
+        self.handshaking: Counter[str] = Counter()  # TLS handshakes under way, per source IP
+        self.handshakes = 0
 
     async def listen(self, spec: Listen) -> str:
         """Open one listener; returns its real address (port 0 picks a free one)."""
@@ -373,11 +377,18 @@ class Transports:
                 address = protocol.local
                 self._udp_by_name[address] = protocol
                 _grow_receive_buffer(transport.get_extra_info("socket"))
+            elif spec.proto in ("tls", "wss"):
+                from .tls import TlsAcceptor, listening_socket
+
+                acceptor = TlsAcceptor(listening_socket(spec.host, spec.port, family), self._context(),
+                                       self._connection_factory(spec.proto), self)
+                acceptor.start()
+                self._tls_acceptors.append(acceptor)
+                address = _local_name(spec.proto, acceptor.getsockname())
             else:
                 server = await loop.create_server(
                     self._connection_factory(spec.proto), spec.host, spec.port, family=family,
-                    reuse_address=True, backlog=1024, ssl=self._context(spec.proto),
-                    ssl_handshake_timeout=self.config.tls_handshake_timeout if spec.proto in ("tls", "wss") else None)
+                    reuse_address=True, backlog=1024)
                 self._tcp.append(server)
                 address = _local_name(spec.proto, server.sockets[0].getsockname())
         except OSError as exc:
@@ -386,23 +397,40 @@ class Transports:
         self.addresses.append(address)
         return address
 
-    def _connection_factory(self, proto: str) -> Callable[[], asyncio.Protocol]:
+    def _connection_factory(self, proto: str) -> Callable[[], TcpConnection]:
         if proto in ("ws", "wss"):
             from .websocket import WebSocketConnection  # wsproto is loaded only when used
 
             return lambda: WebSocketConnection(self, proto)
         return lambda: TcpConnection(self, proto)
 
-    def _context(self, proto: str) -> ssl.SSLContext | None:
+    def _context(self) -> ssl.SSLContext:
         """One server context for every tls: and wss: listener, made at the first of them."""
-        if proto not in ("tls", "wss"):
-            return None
         if self._tls is None:
             from .tls import server_context
 
             config = self.config
             self._tls = server_context(config.tls_cert, config.tls_key, config.tls_ca)
         return self._tls
+
+    def admit_handshake(self, ip: str) -> bool:
+        """A TLS connection just accepted: within the caps, counting handshakes under way?"""
+        if self.max_tcp_per_ip and self.per_ip[ip] + self.handshaking[ip] >= self.max_tcp_per_ip:
+            self.note_refused(ip, f"{self.max_tcp_per_ip} connections from it already")
+            return False
+        if len(self.connections) + self.handshakes >= self.max_tcp_connections and not self.evict_unproven():
+            self.note_refused(ip, f"{len(self.connections) + self.handshakes} connections open (the limit)")
+            return False
+        self.handshaking[ip] += 1
+        self.handshakes += 1
+        return True
+
+    def handshake_done(self, ip: str) -> None:
+        """The handshake finished or failed: the connection counts as established, or not at all."""
+        self.handshakes -= 1
+        self.handshaking[ip] -= 1
+        if not self.handshaking[ip]:
+            del self.handshaking[ip]
 
     def evict_unproven(self) -> bool:
         """At the global cap: close the oldest connection that never sent a whole message."""
@@ -451,6 +479,9 @@ class Transports:
             transport.close()
         for server in self._tcp:
             server.close()
+        for acceptor in self._tls_acceptors:
+            await acceptor.close()
+        self._tls_acceptors.clear()
         for conn in list(self.connections.values()):
             conn.close()
         for server in self._tcp:

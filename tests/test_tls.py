@@ -198,3 +198,23 @@ async def test_a_thousand_idle_tls_connections(make_server, tls_files):
     for _, writer in conns:
         writer.close()
     phone.close()
+
+
+async def test_handshakes_under_way_count_against_the_caps(make_server, tls_files):
+    """Connections that never finish their handshake hold a slot each: past the per-IP cap
+    they are closed at once, not after the handshake timeout; other addresses still get in."""
+    srv = await tls_server(make_server, tls_files, max_tcp_per_ip=5, tls_handshake_timeout=30.0)
+    host, port = server_address(srv, "tls")
+    stalled = [await asyncio.open_connection(host, port, local_addr=("127.0.0.7", 0)) for _ in range(8)]
+    results = await asyncio.gather(*(asyncio.wait_for(reader.read(), 3) for reader, _ in stalled),
+                                   return_exceptions=True)
+    closed = [r == b"" for r in results]
+    assert closed.count(True) == 3, f"the 3 over the cap of 5 are closed at once: {results}"
+    assert srv.transports.handshaking["127.0.0.7"] == 5 and srv.transports.refused == 3
+    phone = await TcpPhone((host, port), tls_files.client_context()).open()
+    r = await phone.send(register_bytes(next_aor(), ["<sip:x@127.0.0.1:5999>"], local=phone.local, transport="TLS"))
+    assert r.status == 200
+    phone.close()
+    for _, writer in stalled:
+        writer.close()
+    assert await until(lambda: not srv.transports.handshaking, 5), "closed ones give their slot back"
