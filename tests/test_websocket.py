@@ -40,6 +40,8 @@ async def test_register_over_websocket_through_the_flow(make_server, tls_files, 
         aor = next_aor()
         r = await phone.send(browser_register(aor))
         assert r.status == 200, "the reply goes back on the WebSocket, not to the .invalid host"
+        assert r.headers.get("Require") == "outbound" and r.headers.get("Flow-Timer") == "120", \
+            "RFC 5626 §5.4: keepalives every 80-100 % of 120 s keep this flow (idle timeout 600 s)"
         contact = srv.core.fetch_contacts(aor)[0]
         assert contact.received == f"{proto}:127.0.0.1:{phone.local[1]}" and contact.conid is not None
         assert contact.instance and contact.regid == 1
