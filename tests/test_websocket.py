@@ -138,3 +138,27 @@ async def test_plain_tcp_is_unchanged_by_flows(make_server, tls_files):
     assert await until(lambda: not srv.transports.connections, 5)
     await asyncio.sleep(0.2)
     assert srv.core.fetch_contacts(aor).count == 1
+
+
+async def test_qualify_reaches_a_browser_through_its_websocket(make_server, tls_files):
+    """The OPTIONS goes through the flow (the Contact host is .invalid) and the answer, coming
+    back on the same WebSocket, marks the contact reachable."""
+    srv = await ws_server(make_server, tls_files)
+    phone = await WsPhone(server_address(srv, "wss"), tls_files.client_context()).open()
+    try:
+        aor = next_aor()
+        assert (await phone.send(browser_register(aor))).status == 200
+        ruid = srv.core.fetch_contacts(aor)[0].ruid
+        probe = asyncio.create_task(srv.core.qualify_now(ruid))
+        deadline = time.monotonic() + 5
+        while not phone.messages:
+            await phone._pump(deadline - time.monotonic())
+        options = phone.messages.pop(0).decode()
+        assert options.startswith("OPTIONS sip:k3j2@df7jal23ls0d.invalid")
+        head = [line for line in options.split("\r\n")
+                if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+        phone.send_raw(("\r\n".join(["SIP/2.0 200 OK", *head, "Content-Length: 0", "", ""])).encode())
+        states = await asyncio.wait_for(probe, 10)
+        assert states[ruid]["state"] == "reachable", states
+    finally:
+        await phone.close()
