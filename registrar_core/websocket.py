@@ -42,12 +42,30 @@ class WebSocketConnection(TcpConnection):
         self._parts: list[bytes] = []
         self._size = 0  # bytes of the message being received
         self._handshake: asyncio.TimerHandle | None = None
+        self._pinged = False  # a ping is out since the last traffic
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.source is not None:
             self._handshake = asyncio.get_running_loop().call_later(
                 self.owner.config.tls_handshake_timeout, self._handshake_too_slow)
+
+    def _touch(self) -> None:
+        """Idle for half the idle timeout: a ping (browsers answer it, their pong counts as
+        traffic); idle for the other half too: closed. A browser phone sends nothing between
+        re-registrations, and JsSIP's 600 s come close to the 600 s idle timeout."""
+        self._pinged = False
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._idle_half)
+
+    def _idle_half(self) -> None:
+        if self._pinged or not self.open:
+            self.close()
+            return
+        self._pinged = True
+        self._send(Ping(payload=b"sipconsole"))
+        self._idle = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._idle_half)
 
     def _handshake_too_slow(self) -> None:
         log.info("closing WebSocket connection from %s: no handshake after %gs",

@@ -162,3 +162,27 @@ async def test_qualify_reaches_a_browser_through_its_websocket(make_server, tls_
         assert states[ruid]["state"] == "reachable", states
     finally:
         await phone.close()
+
+
+async def test_an_idle_websocket_is_pinged_and_kept_while_it_answers(make_server, tls_files):
+    srv = await ws_server(make_server, tls_files, tcp_idle_timeout=1.0)
+    answering = await WsPhone(server_address(srv, "ws")).open()  # its _pump answers pings
+    silent = await WsPhone(server_address(srv, "ws")).open()  # never pumped again: no pong
+    aor = next_aor()
+    assert (await answering.send(browser_register(aor))).status == 200
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:  # 2.5 idle timeouts, answering every ping
+        try:
+            await answering._pump(0.2)
+        except asyncio.TimeoutError:
+            pass
+    assert srv.core.fetch_contacts(aor).count == 1, "pongs kept the flow"
+    data = b""
+    while True:  # the silent one got a ping, then was closed
+        chunk = await asyncio.wait_for(silent.reader.read(4096), 3)
+        if not chunk:
+            break
+        data += chunk
+    assert b"sipconsole" in data, "pinged before being closed"
+    await answering.close()
+    silent.writer.close()
