@@ -111,7 +111,9 @@ def _config_from(args: argparse.Namespace) -> Config:
         value = getattr(args, f.name, None)
         if value is not None:
             values[f.name] = value
-    return build_config(values)
+    config = build_config(values)
+    config.check_certificate()
+    return config
 
 
 def build_parser() -> Parser:

@@ -164,17 +164,22 @@ class Config:
         if secure and not (self.tls_cert and self.tls_key):
             raise ConfigError(f"{secure[0]} needs a certificate: give --tls-cert FILE and --tls-key FILE "
                               "(PEM; for a lab, README \"TLS and WebSocket\" makes one with openssl)")
-        if secure:
-            try:  # loaded now: a certificate that does not load is a usage error, found before anything starts
-                server_context(self.tls_cert, self.tls_key, self.tls_ca)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
         if not secure and (self.tls_cert or self.tls_key or self.tls_ca):
             raise ConfigError("--tls-cert/--tls-key/--tls-ca without a tls: or wss: listener: add one with --listen")
         if not self.ws_path.startswith("/"):
             raise ConfigError(f"ws-path must start with '/', e.g. /ws (got {self.ws_path!r})")
         if self.tls_handshake_timeout <= 0:
             raise ConfigError("tls-handshake-timeout must be positive")
+
+    def check_certificate(self) -> None:
+        """Load the TLS certificate, key and CA now, so that one that does not load is a usage
+        error before anything starts. Not in __post_init__: `ctl` and `attach` read the same
+        config file for the control socket, and need not be able to read the private key."""
+        if any(spec.proto in SECURE for spec in self.listen):
+            try:
+                server_context(self.tls_cert, self.tls_key, self.tls_ca)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
     @property
     def auth_key_path(self) -> Path:

@@ -218,3 +218,13 @@ async def test_handshakes_under_way_count_against_the_caps(make_server, tls_file
     for _, writer in stalled:
         writer.close()
     assert await until(lambda: not srv.transports.handshaking, 5), "closed ones give their slot back"
+
+
+def test_ctl_with_the_servers_config_need_not_read_its_key(short_dir):
+    """`ctl --config` takes the control socket from the registrar's file: a private key only the
+    registrar may read (here: none at all) must not stop it."""
+    config = short_dir / "sipconsole.toml"
+    config.write_text(f'listen = ["tls:127.0.0.1:{free_port()}"]\ntls-cert = "/nonexistent/cert.pem"\n'
+                      f'tls-key = "/nonexistent/key.pem"\ncontrol = "{short_dir / "c.sock"}"\n')
+    done = run_cli("ctl", "dump", "--config", str(config))
+    assert done.returncode == 3 and "tls-cert" not in done.stderr, done.stderr  # 3: no registrar answers
