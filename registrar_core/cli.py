@@ -43,7 +43,7 @@ def _registrar_options(p: Any) -> None:
     g = p.add_argument_group("registrar")
     add_config(g)
     g.add_argument("--listen", action="append", metavar="PROTO:HOST:PORT",
-                   help="listen address, repeatable (default udp:127.0.0.1:5060 and tcp:127.0.0.1:5060)")
+                   help="listen address (udp, tcp, tls, ws, wss), repeatable (default udp:127.0.0.1:5060 and tcp:127.0.0.1:5060)")
     add_db(g)
     g.add_argument("--domain", action="append", metavar="D",
                    help="domain served, repeatable (none: accept any; others get 404)")
@@ -70,6 +70,17 @@ def _registrar_options(p: Any) -> None:
                    help="remove a contact after N unanswered probes in a row, 0 = never (default 0)")
     k.add_argument("--dns-server", action="append", metavar="IP[:PORT]",
                    help="nameserver for RFC 3263 lookups of host-name contacts, repeatable (default: resolv.conf)")
+    t = p.add_argument_group("TLS and WebSocket (listeners tls:, ws:, wss:)")
+    t.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) of tls: and wss: listeners")
+    t.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    t.add_argument("--tls-ca", metavar="FILE", help="PEM CA bundle: clients must present a certificate it signed (default: none asked)")
+    t.add_argument("--tls-handshake-timeout", type=float, metavar="S",
+                   help="a TLS or WebSocket handshake must finish within S seconds (default 10)")
+    t.add_argument("--ws-path", metavar="PATH", help="WebSocket resource path, others get 404 (default /)")
+    t.add_argument("--ws-origins", metavar="ORIGIN[,ORIGIN...]",
+                   help="allowed Origin of WebSocket clients, e.g. https://phone.example.com (default: any)")
+    t.add_argument("--keep-flow-contacts", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep a TLS/WS contact until it expires when its connection closes (default: remove it)")
     s = p.add_argument_group("security")
     s.add_argument("--auth", choices=["on", "off"], help="digest authentication of REGISTER (default on; off only in a lab)")
     s.add_argument("--auth-algorithms", metavar="LIST",
@@ -100,7 +111,9 @@ def _config_from(args: argparse.Namespace) -> Config:
         value = getattr(args, f.name, None)
         if value is not None:
             values[f.name] = value
-    return build_config(values)
+    config = build_config(values)
+    config.check_certificate()
+    return config
 
 
 def build_parser() -> Parser:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .resolver import parse_nameserver
 from .sip.limits import Limits
+from .tls import server_context
 
 
 class ConfigError(Exception):
@@ -30,14 +31,19 @@ class Listen:
         return f"{self.proto}:{host}:{self.port}"
 
 
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+SECURE = ("tls", "wss")  # listeners that need --tls-cert and --tls-key
+
+
 def parse_listen(text: str) -> Listen:
-    """``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``; an error says which part is wrong."""
+    """``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:``, ``ws:`` or ``wss:``; an error
+    says which part is wrong."""
     def bad(why: str) -> ConfigError:
         return ConfigError(f"bad listen address {text!r}: {why}")
 
     proto, _, rest = text.strip().lower().partition(":")
-    if proto not in ("udp", "tcp"):
-        raise bad(f"unknown transport {proto!r} (udp or tcp)" if rest else
+    if proto not in TRANSPORTS:
+        raise bad(f"unknown transport {proto!r} ({', '.join(TRANSPORTS)})" if rest else
                   "expected PROTO:HOST:PORT, e.g. udp:127.0.0.1:5060")
     host, colon, port = rest.rpartition(":")
     if not colon or not host:
@@ -107,6 +113,15 @@ class Config:
     qualify_timeout: float = 3.0  # seconds to wait for the answer (Asterisk qualify_timeout)
     qualify_remove_after: int = 0  # remove a contact after N unanswered probes in a row; 0 = never
     dns_server: tuple[str, ...] = ()  # nameservers (IP or IP:PORT) for RFC 3263 lookups; none = resolv.conf
+    tls_cert: str = ""  # PEM certificate chain of tls: and wss: listeners
+    tls_key: str = ""  # PEM private key of that certificate
+    tls_ca: str = ""  # PEM CA bundle: when given, clients must present a certificate it signed
+    tls_handshake_timeout: float = 10.0  # a TLS or WebSocket handshake must finish within this
+    ws_path: str = "/"  # the WebSocket resource (RFC 6455 request path) of ws: and wss: listeners
+    ws_origins: tuple[str, ...] = ()  # allowed Origin headers of WebSocket clients; none = any
+    # Keep a TLS/WS contact until it expires when its connection closes (default: remove it,
+    # Kamailio's handle_lost_tcp: nothing can reach a flow that is gone, RFC 5626/7118).
+    keep_flow_contacts: bool = False
 
     def __post_init__(self) -> None:
         for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
@@ -145,6 +160,26 @@ class Config:
                 raise ConfigError(f"trusted: {cidr!r} is not an address or CIDR (e.g. 10.0.0.0/8, ::1)") from None
         if self.max_tcp_connections < 0:
             raise ConfigError("max-tcp-connections must not be negative")
+        secure = [str(spec) for spec in self.listen if spec.proto in SECURE]
+        if secure and not (self.tls_cert and self.tls_key):
+            raise ConfigError(f"{secure[0]} needs a certificate: give --tls-cert FILE and --tls-key FILE "
+                              "(PEM; for a lab, README \"TLS and WebSocket\" makes one with openssl)")
+        if not secure and (self.tls_cert or self.tls_key or self.tls_ca):
+            raise ConfigError("--tls-cert/--tls-key/--tls-ca without a tls: or wss: listener: add one with --listen")
+        if not self.ws_path.startswith("/"):
+            raise ConfigError(f"ws-path must start with '/', e.g. /ws (got {self.ws_path!r})")
+        if self.tls_handshake_timeout <= 0:
+            raise ConfigError("tls-handshake-timeout must be positive")
+
+    def check_certificate(self) -> None:
+        """Load the TLS certificate, key and CA now, so that one that does not load is a usage
+        error before anything starts. Not in __post_init__: `ctl` and `attach` read the same
+        config file for the control socket, and need not be able to read the private key."""
+        if any(spec.proto in SECURE for spec in self.listen):
+            try:
+                server_context(self.tls_cert, self.tls_key, self.tls_ca)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
     @property
     def auth_key_path(self) -> Path:
@@ -171,6 +206,11 @@ _CONVERTERS: dict[str, Any] = {
     "db": str,
     "control": str,
     "auth_key": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "ws_path": str,
+    "ws_origins": lambda v: tuple(o.strip() for x in _as_list(v) for o in str(x).split(",") if o.strip()),
     "min_expires_mode": str,
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
     "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),

@@ -294,15 +294,20 @@ def _row(cells: list[str], widths: list[int]) -> str:
 
 def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
     return [[aor, c["addr"], str(c["expires"]), "" if c["q"] is None else f"{c['q']:g}",
-             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], c["user_agent"], c["ruid"]]
+             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c["user_agent"], c["ruid"]]
             for c in contacts]
+
+
+def _flow(contact: dict[str, Any]) -> str:
+    """The connection a contact is reached through (TCP, TLS, WS, WSS), empty for UDP."""
+    return "" if contact.get("conid") is None else f"conn {contact['conid']}"
 
 
 def _rtt(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "STATE", "RTT(ms)", "RECEIVED", "USER-AGENT", "RUID"]
+_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "STATE", "RTT(ms)", "RECEIVED", "FLOW", "USER-AGENT", "RUID"]
 
 
 def render(method: str, result: Any) -> str:

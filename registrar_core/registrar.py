@@ -98,23 +98,27 @@ class _Replies:
     head: list[tuple[str, str]]  # Via, From, To with our tag, Call-ID, CSeq
     paths: list[str]  # echoed when the UA supports path (RFC 3327)
     outbound: bool  # the UA supports outbound (RFC 5626)
+    flow_timer: int  # Flow-Timer for an outbound registration over a connection; 0: none
 
-    def __init__(self, head: list[tuple[str, str]], paths: list[str], outbound: bool) -> None:
+    def __init__(self, head: list[tuple[str, str]], paths: list[str], outbound: bool, flow_timer: int) -> None:
         self.head = head  # written out: compiled (setup.py)
         self.paths = paths
         self.outbound = outbound
+        self.flow_timer = flow_timer
 
     @classmethod
-    def to(cls, request: Request, to_tag: str) -> _Replies:
+    def to(cls, request: Request, to_tag: str, flow_timer: int) -> _Replies:
         supported = _supported(request)
         paths = request.headers.values("Path") if "path" in supported else []
-        return cls(response_head(request, to_tag), paths, "outbound" in supported)
+        return cls(response_head(request, to_tag), paths, "outbound" in supported, flow_timer)
 
     def ok(self, bindings: list[Contact], now: float) -> Response:
         headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings]
         headers += [("Path", p) for p in self.paths]
         if self.outbound and any(c.regid for c in bindings):
             headers.append(("Require", "outbound"))
+            if self.flow_timer:  # RFC 5626 §5.4: keepalives within this keep the flow open
+                headers.append(("Flow-Timer", str(self.flow_timer)))
         headers += [("Supported", _SUPPORTED_VALUE), ("Date", http_date(int(now))), SERVER]
         return response_from(self.head, 200, "OK", headers)
 
@@ -135,6 +139,9 @@ class Registrar:
         self.location = location
         self.to_tag = to_tag
         self.new_ruid: Callable[[], str] = new_ruid  # tests give counted ones
+        # RFC 5626 §4.4.1: the UA sends a keepalive every 80-100 % of Flow-Timer; half the idle
+        # timeout leaves room, 120 s is the RFC's interval for connections.
+        self.flow_timer = int(min(120.0, config.tcp_idle_timeout / 2))
 
     def single_contact(self, table: str, aor: str) -> bool:
         value = self.location.policy(table, aor, POLICY_SINGLE_CONTACT)
@@ -192,7 +199,7 @@ class Registrar:
         now = self.location.clock()
         try:
             puts, removes = self._changes(table, aor, request, flags, source, now)
-            replies = _Replies.to(request, self.to_tag)
+            replies = _Replies.to(request, self.to_tag, self.flow_timer if source.conid is not None else 0)
         except (RegisterRejected, SipError) as exc:
             locks.release(key)
             done(self.refusal(request, exc))

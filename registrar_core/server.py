@@ -11,6 +11,7 @@ from .api import RegistrarCore
 from .config import Config
 from .control import ControlServer
 from .dblock import DatabaseLock
+from .flows import FlowReaper
 from .transport import Transports
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ class Server:
         self.transports = Transports(
             self.core.receive, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
             tcp_read_timeout=min(config.tcp_read_timeout, config.tcp_idle_timeout),
-            max_tcp_connections=config.max_tcp_connections or None)
+            max_tcp_connections=config.max_tcp_connections or None, config=config)
         self.core.sender = self.transports.send
+        self.flows = FlowReaper(self.core)
+        if not config.keep_flow_contacts:
+            self.transports.flow_closed = self.flows.closed
         self._control_enabled = control
         self.control: ControlServer | None = None
 
@@ -72,7 +76,9 @@ class Server:
         if self.control is not None:
             await self.control.stop()
             self.control: ControlServer | None = None
+        self.transports.flow_closed = None  # shutting down: contacts stay for the next start
         await self.transports.close()
+        await self.flows.stop()
         await self.core.stop()
         self._release()
 

@@ -1,4 +1,5 @@
-"""asyncio UDP and TCP listeners that feed framed messages to the core and send its replies."""
+"""asyncio UDP, TCP and TLS listeners (WebSocket: websocket.py) that feed framed messages to
+the core and send its replies."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import itertools
 import logging
 import resource
 import socket
+import ssl
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
-from .config import Listen
+from .config import Config, Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
 from .source import Source
 from .transactions import Reply
@@ -95,8 +98,15 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
 
+# Transports whose contacts are bound to their connection (RFC 5626 flows, RFC 7118): what
+# is registered over one is reachable only through it, and goes when it closes.
+FLOW_TRANSPORTS = ("tls", "ws", "wss")
+# Called when a flow that delivered a message closes (flows.py removes its contacts).
+FlowClosed = Callable[[Source], None]
+
+
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection: framed by Content-Length, replies on the same connection.
+    """One TCP (or TLS) connection: framed by Content-Length, replies on the same connection.
 
     Defences: a per-IP and a global connection cap (at the global cap the oldest
     connection that never delivered a message makes room), an idle timeout, a read
@@ -106,8 +116,9 @@ class TcpConnection(asyncio.Protocol):
     keeps one AOR's requests in order); replies go out as they are ready.
     """
 
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, proto: str = "tcp") -> None:
         self.owner = owner
+        self.proto = proto
         self.receive = owner.receive
         self.framer = StreamFramer(owner.limits)
         self.idle_timeout = owner.tcp_idle_timeout
@@ -130,8 +141,8 @@ class TcpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         owner = self.owner
         peer = transport.get_extra_info("peername")
-        local = _local_name("tcp", transport.get_extra_info("sockname"))
-        self.source = Source("tcp", peer[0], peer[1], local, self.conid)
+        local = _local_name(self.proto, transport.get_extra_info("sockname"))
+        self.source = Source(self.proto, peer[0], peer[1], local, self.conid)
         if owner.max_tcp_per_ip and owner.per_ip[peer[0]] >= owner.max_tcp_per_ip:
             owner.note_refused(peer[0], f"{owner.max_tcp_per_ip} connections from it already")
             self.source = None
@@ -202,7 +213,7 @@ class TcpConnection(asyncio.Protocol):
                 break
             message = backlog.popleft()
             if message == KEEPALIVE:
-                transport.write(b"\r\n")
+                transport.write(b"\r\n")  # the pong of RFC 5626 §4.4.1 (CRLF ping on TCP and TLS)
                 continue
             self.in_flight += 1
             self.receive(message, self.source, self._respond)  # type: ignore[arg-type]
@@ -258,7 +269,11 @@ class TcpConnection(asyncio.Protocol):
     def _flush(self) -> None:
         unsent, self._unsent = self._unsent, []
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(unsent))
+            self.write_messages(unsent)
+
+    def write_messages(self, messages: list[bytes]) -> None:
+        """Send whole SIP messages: on a byte stream, one write for all of them."""
+        self.transport.write(b"".join(messages))  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -274,6 +289,8 @@ class TcpConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         self._disarm_deadline()
+        if self.proven and self.source is not None and self.proto in FLOW_TRANSPORTS and owner.flow_closed:
+            owner.flow_closed(self.source)
 
 
 UDP_RECEIVE_BUFFER = 4 << 20  # room for bursts of hundreds of REGISTERs while a commit is on
@@ -321,8 +338,11 @@ class Transports:
 
     def __init__(self, receive: Receiver, limits: Limits, tcp_idle_timeout: float,
                  max_tcp_per_ip: int = 0, *, tcp_read_timeout: float | None = None,
-                 max_tcp_connections: int | None = None) -> None:
+                 max_tcp_connections: int | None = None, config: Config | None = None) -> None:
         self.receive = receive
+        self.config = config or Config()  # TLS and WebSocket settings
+        self.flow_closed: FlowClosed | None = None
+        self._tls: ssl.SSLContext | None = None
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
         # Unless given: Kamailio's 20 s, or the idle timeout when that is shorter.
@@ -341,6 +361,9 @@ class Transports:
         self._udp: list[asyncio.DatagramTransport] = []
         self._udp_by_name: dict[str, UdpProtocol] = {}
         self._tcp: list[asyncio.base_events.Server] = []
+        self._tls_acceptors: list[Any] = []  # tls.TlsAcceptor, loaded with the first tls:/wss: listener
+        self.handshaking: Counter[str] = Counter()  # TLS handshakes under way, per source IP
+        self.handshakes = 0
 
     async def listen(self, spec: Listen) -> str:
         """Open one listener; returns its real address (port 0 picks a free one)."""
@@ -354,17 +377,60 @@ class Transports:
                 address = protocol.local
                 self._udp_by_name[address] = protocol
                 _grow_receive_buffer(transport.get_extra_info("socket"))
+            elif spec.proto in ("tls", "wss"):
+                from .tls import TlsAcceptor, listening_socket
+
+                acceptor = TlsAcceptor(listening_socket(spec.host, spec.port, family), self._context(),
+                                       self._connection_factory(spec.proto), self)
+                acceptor.start()
+                self._tls_acceptors.append(acceptor)
+                address = _local_name(spec.proto, acceptor.getsockname())
             else:
                 server = await loop.create_server(
-                    lambda: TcpConnection(self), spec.host, spec.port, family=family,
+                    self._connection_factory(spec.proto), spec.host, spec.port, family=family,
                     reuse_address=True, backlog=1024)
                 self._tcp.append(server)
-                address = _local_name("tcp", server.sockets[0].getsockname())
+                address = _local_name(spec.proto, server.sockets[0].getsockname())
         except OSError as exc:
             hint = _BIND_HINTS.get(exc.errno or 0, "")
             raise OSError(f"cannot listen on {spec}: {(exc.strerror or str(exc)).lower()}{hint}") from None
         self.addresses.append(address)
         return address
+
+    def _connection_factory(self, proto: str) -> Callable[[], TcpConnection]:
+        if proto in ("ws", "wss"):
+            from .websocket import WebSocketConnection  # wsproto is loaded only when used
+
+            return lambda: WebSocketConnection(self, proto)
+        return lambda: TcpConnection(self, proto)
+
+    def _context(self) -> ssl.SSLContext:
+        """One server context for every tls: and wss: listener, made at the first of them."""
+        if self._tls is None:
+            from .tls import server_context
+
+            config = self.config
+            self._tls = server_context(config.tls_cert, config.tls_key, config.tls_ca)
+        return self._tls
+
+    def admit_handshake(self, ip: str) -> bool:
+        """A TLS connection just accepted: within the caps, counting handshakes under way?"""
+        if self.max_tcp_per_ip and self.per_ip[ip] + self.handshaking[ip] >= self.max_tcp_per_ip:
+            self.note_refused(ip, f"{self.max_tcp_per_ip} connections from it already")
+            return False
+        if len(self.connections) + self.handshakes >= self.max_tcp_connections and not self.evict_unproven():
+            self.note_refused(ip, f"{len(self.connections) + self.handshakes} connections open (the limit)")
+            return False
+        self.handshaking[ip] += 1
+        self.handshakes += 1
+        return True
+
+    def handshake_done(self, ip: str) -> None:
+        """The handshake finished or failed: the connection counts as established, or not at all."""
+        self.handshakes -= 1
+        self.handshaking[ip] -= 1
+        if not self.handshaking[ip]:
+            del self.handshaking[ip]
 
     def evict_unproven(self) -> bool:
         """At the global cap: close the oldest connection that never sent a whole message."""
@@ -397,7 +463,7 @@ class Transports:
             conn = self.connections.get(conid)
             if conn is None or conn.transport is None or conn.transport.is_closing():
                 return False
-            conn.transport.write(data)
+            conn.write_messages([data])
             return True
         protocol = self._udp_by_name.get(local)
         if protocol is None or protocol.transport is None:
@@ -413,6 +479,9 @@ class Transports:
             transport.close()
         for server in self._tcp:
             server.close()
+        for acceptor in self._tls_acceptors:
+            await acceptor.close()
+        self._tls_acceptors.clear()
         for conn in list(self.connections.values()):
             conn.close()
         for server in self._tcp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -79,6 +80,36 @@ def server_address(srv: Server, proto: str = "udp") -> tuple[str, int]:
         if p == proto:
             return host.strip("[]"), int(port)
     raise LookupError(proto)
+
+
+class TlsFiles:
+    """A test CA (trustme) and a certificate for localhost, 127.0.0.1 and ::1, as PEM files."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        self.ca = trustme.CA()
+        issued = self.ca.issue_cert("localhost", "127.0.0.1", "::1")
+        self.cert, self.key, self.ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+        issued.private_key_pem.write_to_path(str(self.key))
+        issued.cert_chain_pems[0].write_to_path(str(self.cert))
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.issued = issued
+
+    def settings(self) -> dict[str, str]:
+        """The registrar's --tls-cert/--tls-key."""
+        return {"tls_cert": str(self.cert), "tls_key": str(self.key)}
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a phone trusting the test CA uses."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture
+def tls_files(short_dir: Path) -> TlsFiles:
+    return TlsFiles(short_dir)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Real processes for tests: `sipconsole serve` and sipp; a large location table written
+"""Real processes for tests: `sipconsole serve`, sipp and baresip; a large location table written
 straight into a database file before the registrar starts."""
 
 from __future__ import annotations
@@ -18,6 +18,29 @@ from pathlib import Path
 from registrar_core.location import Batch, Contact, store_for
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+BARESIP_MODULES = Path("/usr/lib/baresip/modules")
+
+
+async def until(condition, timeout: float = 20.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def run_baresip(directory: Path, account: str, extra_config: str = ""):
+    """baresip headless with its own config directory: one account, no audio device
+    (``extra_config``: more config lines, e.g. ``sip_cafile`` for TLS)."""
+    directory.mkdir()
+    (directory / "config").write_text(
+        f"module_path {BARESIP_MODULES}\nsip_listen 127.0.0.1:0\nmodule g711.so\nmodule account.so\n{extra_config}")
+    (directory / "accounts").write_text(account + "\n")
+    return await asyncio.create_subprocess_exec(
+        "baresip", "-f", str(directory), "-t", "60",  # -t: it quits by itself, whatever happens here
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
 
 class ServeProcess:

@@ -1,4 +1,4 @@
-"""A small SIP user agent for tests: real UDP/TCP sockets on 127.0.0.1, real bytes."""
+"""A small SIP user agent for tests: real UDP/TCP/TLS/WebSocket sockets on 127.0.0.1, real bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import itertools
 import re
 import secrets
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from registrar_core.auth import digest
@@ -128,15 +129,18 @@ class UdpPhone:
 
 
 class TcpPhone:
-    """A device on one TCP connection; responses are framed by Content-Length."""
+    """A device on one TCP (or, given a client context, TLS) connection; responses are
+    framed by Content-Length."""
 
-    def __init__(self, server: tuple[str, int]) -> None:
+    def __init__(self, server: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
         self.server = server
+        self.tls = tls
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> TcpPhone:
-        self.reader, self.writer = await asyncio.open_connection(*self.server)
+        self.reader, self.writer = await asyncio.open_connection(
+            *self.server, ssl=self.tls, server_hostname="localhost" if self.tls else None)
         return self
 
     @property
@@ -165,6 +169,99 @@ class TcpPhone:
 
     def close(self) -> None:
         if self.writer is not None:
+            self.writer.close()
+
+
+class WsPhone:
+    """A device on one WebSocket connection (RFC 7118, over TLS given a client context):
+    the handshake and framing are wsproto's, as the server's, each SIP message one WS message."""
+
+    def __init__(self, server: tuple[str, int], tls: ssl.SSLContext | None = None, *, path: str = "/",
+                 subprotocols: tuple[str, ...] = ("sip",), origin: str | None = None) -> None:
+        from wsproto import ConnectionType, WSConnection
+
+        self.server, self.tls, self.path = server, tls, path
+        self.subprotocols, self.origin = list(subprotocols), origin
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.messages: list[bytes] = []
+        self.closed_with: int | None = None  # the close code the server sent
+        self.status: int | None = None  # the handshake's HTTP status (101: accepted)
+
+    async def open(self, timeout: float = 5.0) -> WsPhone:
+        """Connect and handshake; ``status`` says whether the server accepted."""
+        from wsproto.events import Request
+
+        self.reader, self.writer = await asyncio.open_connection(
+            *self.server, ssl=self.tls, server_hostname="localhost" if self.tls else None)
+        headers = [(b"origin", self.origin.encode())] if self.origin else []
+        self.writer.write(self.ws.send(Request(host="localhost", target=self.path,
+                                               subprotocols=self.subprotocols, extra_headers=headers)))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.status is None:
+            await self._pump(deadline - asyncio.get_running_loop().time())
+        return self
+
+    async def _pump(self, timeout: float) -> None:
+        from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping,
+                                    RejectConnection)
+
+        assert self.reader is not None and self.writer is not None
+        data = await asyncio.wait_for(self.reader.read(65536), max(timeout, 0.01))
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.ws.receive_data(data)
+        parts: list[bytes] = []
+        for event in self.ws.events():
+            if isinstance(event, AcceptConnection):
+                self.status = 101
+            elif isinstance(event, RejectConnection):
+                self.status = event.status_code
+            elif isinstance(event, Message):
+                parts.append(event.data.encode() if isinstance(event.data, str) else bytes(event.data))
+                if event.message_finished:
+                    self.messages.append(b"".join(parts))
+                    parts = []
+            elif isinstance(event, Ping):
+                self.writer.write(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.closed_with = event.code
+
+    def send_raw(self, data: bytes, *, text: bool = True) -> None:
+        from wsproto.events import BytesMessage, TextMessage
+
+        assert self.writer is not None
+        self.writer.write(self.ws.send(TextMessage(data.decode()) if text else BytesMessage(data)))
+
+    async def send(self, data: bytes, timeout: float = 3.0) -> Response:
+        self.send_raw(data)
+        return await self.receive(timeout)
+
+    async def receive(self, timeout: float = 3.0) -> Response:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.messages:
+            if self.closed_with is not None:
+                raise ConnectionError(f"closed by the server with {self.closed_with}")
+            await self._pump(deadline - asyncio.get_running_loop().time())
+        message = parse_message(self.messages.pop(0))
+        assert isinstance(message, Response)
+        return message
+
+    @property
+    def local(self) -> tuple[str, int]:
+        assert self.writer is not None
+        return self.writer.get_extra_info("sockname")[:2]
+
+    async def close(self) -> None:
+        """A clean close: a close frame (1000), then the connection."""
+        from wsproto.events import CloseConnection
+
+        if self.writer is not None:
+            try:
+                self.writer.write(self.ws.send(CloseConnection(code=1000)))
+            except Exception:
+                pass
             self.writer.close()
 
 

@@ -152,12 +152,13 @@ def test_every_setting_is_in_serve_help_and_every_help_states_the_exit_statuses(
 
 
 @pytest.mark.parametrize(("listen", "expected"), [
-    ("tls:127.0.0.1:5061", "unknown transport 'tls' (udp or tcp)"),
+    ("sctp:127.0.0.1:5061", "unknown transport 'sctp' (udp, tcp, tls, ws, wss)"),
+    ("tls:127.0.0.1:5061", "tls:127.0.0.1:5061 needs a certificate: give --tls-cert FILE and --tls-key FILE"),
     ("udp:127.0.0.1:70000", "the port 70000 is out of range (0-65535"),
     ("udp:127.0.0.1:sip", "the port 'sip' is not a number"),
     ("udp:::1:5060", "an IPv6 address goes in brackets, e.g. udp:[::1]:5060"),
     ("udp:[fe80::zz]:5060", "[fe80::zz] is not an IPv6 address"),
-    ("127.0.0.1:5060", "unknown transport '127.0.0.1' (udp or tcp)"),
+    ("127.0.0.1:5060", "unknown transport '127.0.0.1' (udp, tcp, tls, ws, wss)"),
     ("udp:127.0.0.1", "expected udp:HOST:PORT"),
 ])
 def test_listen_errors_say_what_is_wrong(listen, expected, tmp_path):

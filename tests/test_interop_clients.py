@@ -12,30 +12,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import server_address
+from .processes import run_baresip, until
 from .sipclient import free_port
-
-MODULES = Path("/usr/lib/baresip/modules")
-
-
-async def until(condition, timeout: float = 20.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
-
-
-async def run_baresip(directory: Path, account: str):
-    """baresip headless with its own config directory: one account, no audio device."""
-    directory.mkdir()
-    (directory / "config").write_text(
-        f"module_path {MODULES}\nsip_listen 127.0.0.1:0\nmodule g711.so\nmodule account.so\n")
-    (directory / "accounts").write_text(account + "\n")
-    return await asyncio.create_subprocess_exec(
-        "baresip", "-f", str(directory), "-t", "60",  # -t: it quits by itself, whatever happens here
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -89,6 +67,18 @@ async def run_linphonec(directory: Path, registrar: tuple[str, int], transport: 
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
 
+async def stop_linphonec(proc) -> str:
+    """Ask linphonec to quit (it unregisters), terminate it if it does not; what it printed."""
+    with contextlib.suppress(ProcessLookupError, BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(b"quit\n")
+    try:
+        out = await asyncio.wait_for(proc.communicate(), 15)
+    except TimeoutError:
+        proc.kill()
+        out = await proc.communicate()
+    return out[0].decode(errors="replace")
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_linphonec_registers_with_the_default_digest(make_server, short_dir, transport):
     srv = await make_server(auth=True)
@@ -98,9 +88,7 @@ async def test_linphonec_registers_with_the_default_digest(make_server, short_di
         registered = await until(lambda: srv.core.fetch_contacts("100@127.0.0.1").count == 1)
         contacts = list(srv.core.fetch_contacts("100@127.0.0.1"))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.stdin.write(b"quit\n")
-        output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode(errors="replace")
+        output = await stop_linphonec(proc)
     assert registered, f"linphonec did not register:\n{output}"
     assert contacts[0].received.startswith(f"{transport}:127.0.0.1:")
     assert contacts[0].user_agent.startswith("Linphone")
