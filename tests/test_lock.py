@@ -34,8 +34,11 @@ def test_a_second_serve_on_the_same_database_exits_1_naming_the_holder(serve_pro
     # The kernel drops the lock with its holder, even killed: no stale lock.
     first.kill()
     second.port = free_port()
-    second.start()
-    assert second.ctl("stats")[0] == 0
+    try:
+        second.start()
+        assert second.ctl("stats")[0] == 0
+    finally:
+        second.stop()  # not the fixture's: stopped here
 
 
 async def test_the_console_on_a_database_a_registrar_holds_exits_1(serve_process, short_dir, capsys):
