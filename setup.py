@@ -38,6 +38,7 @@ HOT_PATH = [
     "registrar_core/location/contact.py",
     "registrar_core/location/service.py",
     "registrar_core/registrar.py",
+    "registrar_core/pipeline.py",
     "registrar_core/api.py",
 ]
 

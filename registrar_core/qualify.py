@@ -344,7 +344,7 @@ class QualifyService:
         else:
             found = self._find(ruid, aor, table)
             if not found:
-                from .api import NotFound
+                from .aor import NotFound
 
                 raise NotFound(f"contact {ruid} is not registered" if ruid else f"{aor} has no registered contact")
             entries = [self._track(t, c.aor, c.ruid, None) for t, c in found]

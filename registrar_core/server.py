@@ -30,7 +30,7 @@ class Server:
         self._memory_only = memory_only
         self._lock: DatabaseLock | None = None
         self.transports = Transports(
-            self.core.receive, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
+            self.core.pipeline.receive, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
             tcp_read_timeout=min(config.tcp_read_timeout, config.tcp_idle_timeout),
             max_tcp_connections=config.max_tcp_connections or None)
         self.core.sender = self.transports.send

@@ -17,7 +17,8 @@ import zlib
 
 import pytest
 
-from registrar_core.api import NotFound, Profile, reply_address
+from registrar_core.api import NotFound, Profile
+from registrar_core.pipeline import reply_address
 from registrar_core.control import LocalClient
 from registrar_core.location import (
     SAVE_MEMORY_ONLY,
