@@ -23,6 +23,7 @@ from textual import work
 from textual.app import App
 from textual.screen import Screen
 
+from registrar_core import exit_codes
 from registrar_core.config import Config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.server import Server, install_fast_loop
@@ -36,7 +37,6 @@ from .screens.help import HelpScreen
 from .screens.main import MainScreen
 from .screens.subscribers import SubscribersScreen
 
-EXIT_NO_REGISTRAR = 3  # as registrar_core.cli
 
 Runner = Callable[[App[Any]], Awaitable[object]]
 
@@ -174,7 +174,7 @@ async def attached(control_path: str, read_only: bool, *, run: Runner = run_app)
         client = await ControlClient(control_path, actor="console").connect()
     except ConnectionError as exc:
         print(f"sipconsole: error: {exc}; start one with `sipconsole serve`", file=sys.stderr)
-        return EXIT_NO_REGISTRAR
+        return exit_codes.NO_REGISTRAR
     app = SipConsole(client, embedded=False, read_only=read_only, mode=f"attached {control_path}")
     try:
         await run(app)

@@ -382,7 +382,7 @@ def test_sipp_flood_from_an_untrusted_address_is_banned_while_loopback_registers
 
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.example.com", "127.0.0.1,nonsense"])
 def test_bad_trusted_value_is_one_line_naming_it(value):
-    done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "serve", "--trusted", value],
+    done = subprocess.run([sys.executable, "-m", "sipconsole", "serve", "--trusted", value],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()

@@ -449,7 +449,7 @@ def test_embedded_start_failure_is_one_line(short_dir):
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "registrar_core.cli", "--listen", f"udp:127.0.0.1:{port}",
+            [sys.executable, "-m", "sipconsole", "--listen", f"udp:127.0.0.1:{port}",
              "--db", str(short_dir / "loc.db"), "--control", str(short_dir / "c.sock"), "--auth", "off"],
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
             env={**os.environ, "TERM": "dumb"})

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from registrar_core import ctl, exit_codes
-from registrar_core.cli import build_parser
+from sipconsole.cli import build_parser
 from registrar_core.control import ControlClient, RpcError
 
 from .processes import run_sipp, write_bindings, write_injection
@@ -60,13 +60,13 @@ async def query(serve, aor: str) -> list[str]:
 
 
 def ctl_raw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "registrar_core.cli", "ctl", *args],
+    return subprocess.run([sys.executable, "-m", "sipconsole", "ctl", *args],
                           capture_output=True, text=True, timeout=30, env=env)
 
 
 def ctl_popen(control: Path, *args: str) -> subprocess.Popen[bytes]:
     """`sipconsole ctl` left running, its output in a pipe that nobody reads yet."""
-    return subprocess.Popen([sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(control), *args],
+    return subprocess.Popen([sys.executable, "-m", "sipconsole", "ctl", "--control", str(control), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -184,7 +184,7 @@ def test_help_documents_every_command():
         assert f"\n  {cmd} " in text, f"{cmd} has no line of its own in --help"
     assert "--ndjson" in text
     assert " ".join(exit_codes.HELP.split()) in " ".join(text.split()), "the exit codes are not stated"
-    top = subprocess.run([sys.executable, "-m", "registrar_core.cli", "--help"],
+    top = subprocess.run([sys.executable, "-m", "sipconsole", "--help"],
                          capture_output=True, text=True, timeout=30)
     assert "ctl" in top.stdout
 
