@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from registrar_core import events as ev
+
 Event = dict[str, Any]
-TRAFFIC = ("request.handled", "security")  # shown in the traffic pane, in arrival order
+TRAFFIC = (ev.REQUEST_HANDLED, ev.SECURITY)  # shown in the traffic pane, in arrival order
 
 
 class EventBuffer:
@@ -30,7 +32,7 @@ class EventBuffer:
             kind = event["kind"]
             if kind in TRAFFIC:
                 self.traffic.append(event)
-            elif kind == "events.lost":
+            elif kind == ev.EVENTS_LOST:
                 # What came before is incomplete: only a reload (and what follows) is right.
                 self.contacts, self.state, self.reachability = {}, {}, {}
                 self.lost = True
@@ -38,7 +40,7 @@ class EventBuffer:
                 self.reachability[event["ruid"]] = event
             elif kind.startswith("contact."):
                 self.contacts[event["ruid"]] = event
-            elif kind == "policy.changed":
+            elif kind == ev.POLICY_CHANGED:
                 self.state[(kind, event["table"], event["aor"], event["name"])] = event
             else:
                 self.state[(kind,)] = event

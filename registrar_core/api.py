@@ -33,7 +33,7 @@ from .audit import Actor, audited
 from .auth import Authenticator, NonceFactory, Subscribers, load_key
 from .awaitable import awaited
 from .config import Config
-from .events import EventBus, Subscription
+from .events import SUBSCRIBER_CHANGED, EventBus, Subscription
 from .location import DEFAULT_TABLE, Contact, LocationService, LocationStore
 from .location.service import REMOVED_ADMIN
 from .pipeline import Pipeline, reply_address
@@ -231,13 +231,22 @@ class RegistrarCore:
     # -- subscribers and reachability (operator actions: audited) -------------------------
     async def add_subscriber(self, user: str, password: str, *, replace: bool = False,
                              actor: Actor | None = None) -> str:
-        """Add USER@DOMAIN (or, with ``replace``, set its password); returns it as stored."""
+        """Add USER@DOMAIN (or, with ``replace``, set its password); returns it as stored.
+        Audited, and published as subscriber.changed (every console's list follows)."""
         with audited(self.events, actor, "subscriber.passwd" if replace else "subscriber.add", user):
-            return await self.subscribers.add(user, password, replace=replace)
+            stored = await self.subscribers.add(user, password, replace=replace)
+        self.events.publish(SUBSCRIBER_CHANGED, user=stored, action="password" if replace else "added")
+        return stored
 
     async def remove_subscriber(self, user: str, *, actor: Actor | None = None) -> str:
         with audited(self.events, actor, "subscriber.remove", user):
-            return await self.subscribers.remove(user)
+            removed = await self.subscribers.remove(user)
+        self.events.publish(SUBSCRIBER_CHANGED, user=removed, action="removed")
+        return removed
+
+    def subscriber_list(self) -> list[str]:
+        """Every subscriber as USER@DOMAIN, sorted by domain, then user."""
+        return self.subscribers.list()
 
     async def qualify_now(self, ruid: str | None = None, *, aor: str | None = None, wait: bool = True,
                           table: str = DEFAULT_TABLE, actor: Actor | None = None) -> dict[str, dict[str, Any]]:
@@ -260,6 +269,26 @@ class RegistrarCore:
             if contacts:
                 profiles.append(Profile(aor, tuple(contacts), table))
         return profiles
+
+    def aors(self, table: str = DEFAULT_TABLE) -> list[str]:
+        """The AOR keys of the table now (in no order)."""
+        return list(self.location.aors(table))
+
+    def aor_count(self, table: str = DEFAULT_TABLE) -> int:
+        return self.location.aor_count(table)
+
+    def contacts_of(self, key: str, *, table: str = DEFAULT_TABLE, now: float | None = None) -> list[Contact]:
+        """The live contacts of an AOR key as :meth:`aors` gives it (no parsing: a dump of
+        250,000 AORs asks for each)."""
+        return self.location.contacts(table, key, now)
+
+    def now(self) -> float:
+        """The core's clock (what contacts' expiry is measured against)."""
+        return self.location.clock()
+
+    def reachability(self, contact: dict[str, Any]) -> dict[str, Any]:
+        """A contact dict with its qualify state, RTT, last check and failures added."""
+        return self.qualify.annotate(contact)
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         return self.events.subscribe(maxsize)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from .config import Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
-from .source import Source
+from .source import Source, format_address
 from .transactions import Reply
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ def default_max_tcp_connections() -> int:
 
 
 def _local_name(proto: str, sockname: tuple) -> str:
-    host, port = sockname[0], sockname[1]
-    host = f"[{host}]" if ":" in host else host
-    return f"{proto}:{host}:{port}"
+    return format_address(proto, sockname[0], sockname[1])
 
 
 class UdpProtocol(asyncio.DatagramProtocol):

@@ -21,6 +21,7 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
+from registrar_core import events as ev
 from registrar_core.control import NOT_FOUND, RpcError
 
 from .. import memory
@@ -249,7 +250,7 @@ class MainScreen(Screen[None]):
 
     def _security_news(self, traffic: list[dict[str, Any]]) -> None:
         """Bans are worth a toast (at most one every few seconds) and a fresh header at once."""
-        security = [e for e in traffic if e["kind"] == "security"]
+        security = [e for e in traffic if e["kind"] == ev.SECURITY]
         if not security:
             return
         bans = [e for e in security if e["event"] in ("ban", "user-banned")]

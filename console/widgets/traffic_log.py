@@ -6,6 +6,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from registrar_core import events as ev
+
 from ..format import clock_time, status_tone
 from .virtual_table import Cell, Column, VirtualTable
 
@@ -105,7 +107,7 @@ class TrafficLog(VirtualTable):
         """Add ``request.handled`` and ``security`` events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            if e["kind"] == "security":
+            if e["kind"] == ev.SECURITY:
                 request = security_request(e)
                 self.security.append(request)
             else:
