@@ -46,7 +46,7 @@ def http_date(second: int) -> str:
     return email.utils.formatdate(second, usegmt=True)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Wanted:
     """One Contact of a REGISTER, validated."""
 
@@ -90,7 +90,7 @@ def reply(request: Request, status: int, reason: str, headers: list[tuple[str, s
     return build_response(request, status, reason, [*headers, SERVER], to_tag=to_tag)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Replies:
     """What the replies to one REGISTER need, taken from it before its commit: while the
     commit is on, hundreds of requests wait, and each holds these strings, not its message."""
