@@ -13,7 +13,7 @@ from registrar_core.config import build_config
 from registrar_core.server import Server
 
 from .processes import ServeProcess
-from .sipclient import free_port
+from .sipclient import free_port, server_address  # noqa: F401 - tests/test_qualify.py (another branch) imports it from here
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -69,16 +69,6 @@ async def make_server(short_dir: Path) -> AsyncIterator:
 async def server(make_server) -> Server:
     """A registrar on a free UDP+TCP port with its database in a temporary directory."""
     return await make_server()
-
-
-def server_address(srv: Server, proto: str = "udp") -> tuple[str, int]:
-    """(host, port) of the server's first listener for ``proto``."""
-    for address in srv.core.listening:
-        p, rest = address.split(":", 1)
-        host, port = rest.rsplit(":", 1)
-        if p == proto:
-            return host.strip("[]"), int(port)
-    raise LookupError(proto)
 
 
 @pytest.fixture

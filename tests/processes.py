@@ -199,3 +199,16 @@ def write_bindings(db: Path, count: int, *, domain: str = "bulk.test", expires_i
 
     asyncio.run(write())
     return aors
+
+
+def sipp_register(serve, tmp_path: Path, rows: list[tuple[str, str, str, str]], name: str = "devices.csv") -> None:
+    """sipp registers one device per row: (user, domain, device, q), in order."""
+    inf = write_injection(tmp_path / name, rows)
+    res = run_sipp("register_devices.xml", serve.port, "-inf", str(inf), "-l", "1", calls=len(rows))
+    assert res.successful == len(rows), res.output[-3000:]
+
+
+def sipp_ok(serve, tmp_path: Path, scenario: str, row: tuple[str, ...]) -> bool:
+    inf = write_injection(tmp_path / f"{scenario}.csv", [row])
+    res = run_sipp(scenario, serve.port, "-inf", str(inf), timeout=10)
+    return res.successful == 1 and res.failed == 0

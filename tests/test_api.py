@@ -29,8 +29,7 @@ from registrar_core.location import (
 from registrar_core.sip import parse_message
 from registrar_core.source import Source
 
-from .conftest import server_address
-from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes
+from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes, server_address
 
 # Every attribute of Kamailio's $ulc(profile=>attr) that a contact carries (count is the profile's).
 ULC_ATTRIBUTES = ("aor", "domain", "aorhash", "addr", "path", "received", "expires", "callid", "q",

@@ -17,9 +17,8 @@ from registrar_core.config import Config, build_config, load_toml
 from registrar_core.security import IpGuard
 from registrar_core.sip import Response
 
-from .conftest import server_address
 from .processes import run_sipp, write_injection
-from .sipclient import UdpPhone, authorization, challenges, register_bytes, request_bytes
+from .sipclient import UdpPhone, authorization, challenges, register_bytes, request_bytes, server_address
 
 PASSWORD = "correct horse"
 

@@ -22,9 +22,7 @@ from registrar_core.auth import digest
 from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 
-from .conftest import server_address
-from .sipclient import UdpPhone, free_port, next_aor, request_bytes
-from .test_auth import authorization, challenges
+from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor, request_bytes, server_address
 
 SIZE = (140, 40)
 

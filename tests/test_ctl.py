@@ -26,37 +26,13 @@ from registrar_core import ctl, exit_codes
 from sipconsole.cli import build_parser
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import run_sipp, write_bindings, write_injection
-from .sipclient import UdpPhone, register_bytes
+from .processes import sipp_ok, sipp_register, write_bindings
+from .sipclient import query
 
 ULC_ATTRIBUTES = {"aor", "domain", "aorhash", "addr", "path", "received", "expires", "callid", "q",
                   "cseq", "flags", "cflags", "user_agent", "socket", "modified", "methods", "ruid",
                   "regid", "instance"}
 COMMANDS = ("dump", "show", "unregister", "policy", "stats")
-
-
-def sipp_register(serve, tmp_path: Path, rows: list[tuple[str, str, str, str]], name: str = "devices.csv") -> None:
-    """sipp registers one device per row: (user, domain, device, q), in order."""
-    inf = write_injection(tmp_path / name, rows)
-    res = run_sipp("register_devices.xml", serve.port, "-inf", str(inf), "-l", "1", calls=len(rows))
-    assert res.successful == len(rows), res.output[-3000:]
-
-
-def sipp_ok(serve, tmp_path: Path, scenario: str, row: tuple[str, ...]) -> bool:
-    inf = write_injection(tmp_path / f"{scenario}.csv", [row])
-    res = run_sipp(scenario, serve.port, "-inf", str(inf), timeout=10)
-    return res.successful == 1 and res.failed == 0
-
-
-async def query(serve, aor: str) -> list[str]:
-    """A REGISTER without Contact: the bindings a phone is told about."""
-    phone = await UdpPhone(("127.0.0.1", serve.port)).open()
-    try:
-        r = await phone.send(register_bytes(aor, None, local=phone.local, expires=None))
-    finally:
-        phone.close()
-    assert r.status == 200
-    return [str(c.uri) for c in r.contacts]
 
 
 def ctl_raw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import server_address
+from .sipclient import server_address
 
 MODULES = Path("/usr/lib/baresip/modules")
 
