@@ -5,9 +5,10 @@ compiled, a REGISTER costs about half the CPU (bench/README.md). Everything else
 whole package when SIPCONSOLE_PURE_PYTHON=1 is set or no C compiler works, stays Python
 and behaves the same. ``registrar_core.build()`` says which one is running.
 
-Dataclasses in these modules that are made per request write their ``__init__`` out: mypyc
-compiles that one, while the ``__init__`` that @dataclass generates runs as interpreted Python
-(a tenth of a REGISTER's CPU while it was left to @dataclass).
+Dataclasses in these modules that are made per request write their ``__init__`` out and say
+``init=False`` (as h11 does for its events): mypyc compiles that one, while the ``__init__`` that
+@dataclass generates runs as interpreted Python (a tenth of a REGISTER's CPU while it was left
+to @dataclass). The fields are declared once, without defaults: the ``__init__`` holds them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ HOT_PATH = [
     "registrar_core/location/contact.py",
     "registrar_core/location/service.py",
     "registrar_core/registrar.py",
+    "registrar_core/pipeline.py",
     "registrar_core/api.py",
 ]
 

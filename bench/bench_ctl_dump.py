@@ -62,7 +62,7 @@ def measure(size: int, runs: int) -> dict[str, Any]:
                     base = serve.peak_rss_kib()
                     start = time.monotonic()
                     with open(os.devnull, "wb") as null:
-                        done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "ctl", "--control",
+                        done = subprocess.run([sys.executable, "-m", "sipconsole", "ctl", "--control",
                                                str(serve.control), *args], stdout=null, stderr=subprocess.PIPE,
                                               timeout=600)
                     times.append(time.monotonic() - start)
@@ -79,7 +79,7 @@ def measure(size: int, runs: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.chdir(c.ROOT)  # `python -m registrar_core.cli` must find this checkout first
+    os.chdir(c.ROOT)  # `python -m sipconsole` must find this checkout first
     data: dict[str, Any] = {"machine": c.machine(), "revision": c.source_revision(), "points": []}
     rows = []
     for size in args.sizes:

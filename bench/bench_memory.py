@@ -102,7 +102,7 @@ def wait_contacts(control: Path, want: int, proc: c.Managed, timeout: float = 30
 
 def ctl_stats_cli(control: Path) -> dict[str, Any] | str:
     """`sipconsole ctl --json stats`, as an operator would run it."""
-    done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(control), "--json",
+    done = subprocess.run([sys.executable, "-m", "sipconsole", "ctl", "--control", str(control), "--json",
                            "stats"], capture_output=True, text=True, cwd=c.ROOT, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(c.ROOT)})
     if done.returncode != 0:

@@ -65,7 +65,7 @@ class Registrar:
         self.db = workdir / "location.db"
         self.control = workdir / "control.sock"
         self.log = workdir / "serve.log"
-        cmd = [sys.executable, "-m", "registrar_core.cli", "serve",
+        cmd = [sys.executable, "-m", "sipconsole", "serve",
                "--listen", f"udp:127.0.0.1:{port}", "--listen", f"tcp:127.0.0.1:{port}",
                "--db", str(self.db), "--control", str(self.control),
                "--auth", "off", "--ip-budget", "0", "--max-tcp-per-ip", "0", *extra]

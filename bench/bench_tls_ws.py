@@ -140,7 +140,7 @@ async def load(port: int, ws: bool, connections: int, seconds: float, path: str)
 
 def start_sipconsole(work: Path, core: int | None, cert: Path, key: Path) -> tuple[Managed, int, int]:
     tls_port, wss_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "registrar_core.cli", "serve", "--listen", f"tls:127.0.0.1:{tls_port}",
+    cmd = [sys.executable, "-m", "sipconsole", "serve", "--listen", f"tls:127.0.0.1:{tls_port}",
            "--listen", f"wss:127.0.0.1:{wss_port}", "--ws-path", "/", "--tls-cert", str(cert), "--tls-key", str(key),
            "--db", str(work / "location.db"), "--control", str(work / "control.sock"),
            "--max-tcp-connections", "20000", *sipconsole_lab_options(False)]

@@ -455,7 +455,7 @@ _SERVE_HELP: str | None = None
 def serve_help() -> str:
     global _SERVE_HELP
     if _SERVE_HELP is None:
-        done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "serve", "--help"],
+        done = subprocess.run([sys.executable, "-m", "sipconsole", "serve", "--help"],
                               capture_output=True, text=True, cwd=ROOT, timeout=60)
         _SERVE_HELP = done.stdout
     return _SERVE_HELP
@@ -517,7 +517,7 @@ class Target:
                 key = self.template_db.parent / "auth.key"
                 if key.exists():
                     shutil.copy(key, workdir / "auth.key")
-            cmd = [sys.executable, *(wrap or []), "-m", "registrar_core.cli", "serve",
+            cmd = [sys.executable, *(wrap or []), "-m", "sipconsole", "serve",
                    "--listen", f"udp:127.0.0.1:{port}", "--listen", f"tcp:127.0.0.1:{port}",
                    "--db", str(db), "--control", str(workdir / "control.sock"),
                    *sipconsole_lab_options(self.auth)]
@@ -612,11 +612,11 @@ asyncio.run(main())
 
 def sipconsole_user_command() -> list[str] | None:
     """``sipconsole user add`` if this checkout has it (issue 6), else None."""
-    done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "user", "add", "--help"],
+    done = subprocess.run([sys.executable, "-m", "sipconsole", "user", "add", "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     if done.returncode != 0:
         return None
-    return [sys.executable, "-m", "registrar_core.cli", "user", "add"]
+    return [sys.executable, "-m", "sipconsole", "user", "add"]
 
 
 def sipconsole_subscriber_db(db: Path, users: list[tuple[str, str, str]], timeout: float = 900) -> str | None:
@@ -641,7 +641,7 @@ def sipconsole_subscriber_db(db: Path, users: list[tuple[str, str, str]], timeou
     deadline = time.monotonic() + timeout
     nowhere = db.parent / "no-registrar.sock"
     for user, domain, password in users:
-        args = [sys.executable, "-m", "registrar_core.cli", "user", "--db", str(db), "--control", str(nowhere),
+        args = [sys.executable, "-m", "sipconsole", "user", "--db", str(db), "--control", str(nowhere),
                 "add", f"{user}@{domain}", "--password-stdin"]
         done = subprocess.run(args, input=password + "\n", capture_output=True, text=True, cwd=ROOT,
                               env=env, timeout=60)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from registrar_core.events import OPERATOR_ACTION, REQUEST_HANDLED, SECURITY
+from registrar_core import events as ev
 
 Event = dict[str, Any]
-
-TRAFFIC = (REQUEST_HANDLED, SECURITY, OPERATOR_ACTION)  # shown in the traffic pane, in arrival order
+TRAFFIC = (ev.REQUEST_HANDLED, ev.SECURITY, ev.OPERATOR_ACTION)  # shown in the traffic pane, in arrival order
 
 
 class EventBuffer:
@@ -33,15 +32,15 @@ class EventBuffer:
             kind = event["kind"]
             if kind in TRAFFIC:
                 self.traffic.append(event)
-            elif kind == "events.lost":
+            elif kind == ev.EVENTS_LOST:
                 # What came before is incomplete: only a reload (and what follows) is right.
                 self.contacts, self.state, self.reachability = {}, {}, {}
                 self.lost = True
-            elif kind == "contact.reachability":
+            elif kind == ev.CONTACT_REACHABILITY:
                 self.reachability[event["ruid"]] = event
             elif kind.startswith("contact."):
                 self.contacts[event["ruid"]] = event
-            elif kind == "policy.changed":
+            elif kind == ev.POLICY_CHANGED:
                 self.state[(kind, event["table"], event["aor"], event["name"])] = event
             else:
                 self.state[(kind,)] = event

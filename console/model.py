@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from registrar_core import events as ev
+
 TABLE = "location"
-ADDED = ("contact.added", "contact.refreshed")
-REMOVED = ("contact.removed", "contact.expired")
+ADDED = (ev.CONTACT_ADDED, ev.CONTACT_REFRESHED)
+REMOVED = (ev.CONTACT_REMOVED, ev.CONTACT_EXPIRED)
 
 Event = dict[str, Any]
 
@@ -169,11 +171,11 @@ class Registry:
             elif kind in REMOVED:
                 if self._drop(event["aor"], event["ruid"]):
                     dirty.add(event["aor"])
-            elif kind == "policy.changed":
+            elif kind == ev.POLICY_CHANGED:
                 self._policy_event(event)
                 if event["aor"]:
                     dirty.add(event["aor"])
-            elif kind == "storage.state":
+            elif kind == ev.STORAGE_STATE:
                 self.storage_error = event["error"]
         for aor in dirty:
             row = self.rows.get(aor)

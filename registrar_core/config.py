@@ -13,6 +13,7 @@ from typing import Any
 
 from .resolver import parse_nameserver
 from .sip.limits import Limits
+from .source import format_address
 from .tls import server_context
 
 
@@ -27,8 +28,7 @@ class Listen:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.proto}:{host}:{self.port}"
+        return format_address(self.proto, self.host, self.port)
 
 
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")

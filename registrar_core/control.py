@@ -44,7 +44,7 @@ from typing import Any
 from .api import NotFound, RegistrarCore, normalise_aor
 from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
-from .events import EVENTS_LOST, SUBSCRIBER_CHANGED
+from .events import EVENTS_LOST
 from .location import DEFAULT_TABLE, Contact, StorageError
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,13 @@ class Methods:
             raise RpcError(INVALID_PARAMS, "offset must be >= 0 and limit >= 1")
         if limit is None and not offset:
             return Streamed({"table": table}, "aors", self._sorted_aors(table))
-        now = self.core.location.clock()
-        annotate = self.core.qualify.annotate
+        now = self.core.now()
+        annotate = self.core.reachability
         profiles = self.core.dump(table, offset, limit)
         aors = [{"aor": p.aor, "contacts": [annotate(c.to_dict(now)) for c in p]} for p in profiles]
         result: dict[str, Any] = {"table": table, "aors": aors}
         if limit is not None:
-            total = self.core.location.aor_count(table)
+            total = self.core.aor_count(table)
             result["total"] = total
             result["next"] = offset + limit if offset + limit < total else None
         return result
@@ -154,14 +154,14 @@ class Methods:
         """The table's AORs in order, CHUNK at a time. The AORs are those of the start (sorted
         in a thread: 250k take a quarter of a second); each chunk shows their contacts as
         they are when it is made, and an AOR emptied meanwhile is left out."""
-        location = self.core.location
-        annotate = self.core.qualify.annotate
-        aors = await asyncio.to_thread(sorted, location.aors(table))
+        core = self.core
+        annotate = core.reachability
+        aors = await asyncio.to_thread(sorted, core.aors(table))
         for start in range(0, len(aors), CHUNK):
-            now = location.clock()
+            now = core.now()
             entries = []
             for aor in aors[start:start + CHUNK]:
-                contacts = location.contacts(table, aor, now)
+                contacts = core.contacts_of(aor, table=table, now=now)
                 if contacts:
                     contacts.sort(key=contact_order)
                     entries.append({"aor": aor, "contacts": [annotate(c.to_dict(now)) for c in contacts]})
@@ -171,9 +171,9 @@ class Methods:
         profile = self.core.fetch_contacts(_valid_aor(aor), table=table)
         if not profile.count:
             raise NotFound(f"{profile.aor} has no contacts in table {table}")
-        data = profile.to_dict(self.core.location.clock())
+        data = profile.to_dict(self.core.now())
         for contact in data["contacts"]:
-            self.core.qualify.annotate(contact)
+            self.core.reachability(contact)
         return data
 
     async def rpc_qualify(self, aor: str | None = None, ruid: str | None = None, wait: bool = True,
@@ -187,7 +187,7 @@ class Methods:
         if ruids is not None and (not isinstance(ruids, list) or not all(isinstance(r, str) for r in ruids)):
             raise RpcError(INVALID_PARAMS, "ruids must be a list of strings")
         removed = await self.core.unregister(_valid_aor(aor), ruid, ruids=ruids, table=table, actor=self._who)
-        now = self.core.location.clock()
+        now = self.core.now()
         return {"removed": [c.to_dict(now) for c in removed]}
 
     async def rpc_policy_get(self, table: str = DEFAULT_TABLE) -> dict[str, Any]:
@@ -221,22 +221,16 @@ class Methods:
     # -- subscribers (``sipconsole user``) ------------------------------------------------
     async def rpc_user_list(self) -> Streamed:
         """Every subscriber (user@domain, sorted), written in chunks like dump's AORs."""
-        return Streamed({}, "users", _slices(self.core.subscribers.list(), CHUNK * 16))
+        return Streamed({}, "users", _slices(self.core.subscriber_list(), CHUNK * 16))
 
     async def rpc_user_add(self, user: str, password: str) -> dict[str, Any]:
-        return self._user_changed("added", await self.core.add_subscriber(user, password, actor=self._who))
+        return {"user": await self.core.add_subscriber(user, password, actor=self._who)}
 
     async def rpc_user_passwd(self, user: str, password: str) -> dict[str, Any]:
-        return self._user_changed("password", await self.core.add_subscriber(user, password, replace=True,
-                                                                             actor=self._who))
+        return {"user": await self.core.add_subscriber(user, password, replace=True, actor=self._who)}
 
     async def rpc_user_remove(self, user: str) -> dict[str, Any]:
-        return self._user_changed("removed", await self.core.remove_subscriber(user, actor=self._who))
-
-    def _user_changed(self, action: str, user: str) -> dict[str, Any]:
-        """Tell every console that the subscriber list changed (and how)."""
-        self.core.events.publish(SUBSCRIBER_CHANGED, user=user, action=action)
-        return {"user": user}
+        return {"user": await self.core.remove_subscriber(user, actor=self._who)}
 
 
 async def _slices(items: list[Any], size: int) -> AsyncGenerator[list[Any], None]:
@@ -268,6 +262,13 @@ def _error(id_: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}}
 
 
+async def ensure_free(path: str | Path) -> None:
+    """Refuse a control socket another registrar answers on (checked before any port is bound,
+    and again when the socket is made)."""
+    if await _answers(Path(path)):
+        raise OSError(f"another registrar already answers on {path}")
+
+
 class ControlServer:
     def __init__(self, core: RegistrarCore, path: str | Path) -> None:
         self.core = core
@@ -279,10 +280,9 @@ class ControlServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await ensure_free(self.path)
         if self.path.exists() or self.path.is_symlink():
-            if await _answers(self.path):
-                raise OSError(f"another registrar already answers on {self.path}")
-            self.path.unlink()
+            self.path.unlink()  # nobody answers on it: a dead registrar's
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_LINE)
@@ -372,8 +372,7 @@ class ControlServer:
     async def _pump(self, writer: asyncio.StreamWriter) -> None:
         sub = self.core.subscribe()
         try:
-            while True:
-                events = [await sub.get(), *sub.drain()]
+            async for events in sub.batches():
                 # One write for what queued meanwhile, not one (and a send) per event.
                 writer.write(b"".join([_line({"jsonrpc": "2.0", "method": "event", "params": e.to_dict()})
                                        for e in events]))
@@ -637,8 +636,7 @@ class LocalClient:
     async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
         sub = self.core.subscribe()
         try:
-            while True:
-                events = [await sub.get(), *sub.drain()]
+            async for events in sub.batches():
                 yield [e.to_dict() for e in events]
         finally:
             sub.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,12 @@ class Subscription:
 
     async def get(self) -> Event:
         return await self.queue.get()
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """The events as they come, in batches: one waited for, plus all that queued meanwhile
+        (a reader that writes them out does one write per batch, not one per event)."""
+        while True:
+            yield [await self.queue.get(), *self.drain()]
 
     def drain(self) -> list[Event]:
         """Every event queued now, without waiting."""

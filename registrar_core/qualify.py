@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from .aor import NotFound
 from .client_transactions import ClientTransaction
 from .location import Contact
 from .qualify_contacts import contact_by_ruid, every_contact, find_contacts, follow, remove_contact, wanted
@@ -181,7 +182,6 @@ class QualifyService:
             found = [(entry.table, contact)] if entry is not None and contact is not None else (
                 find_contacts(self.core.location, self.tables, ruid, aor, table))
             if not found:
-                from .api import NotFound  # here: api imports this module
                 raise NotFound(f"contact {ruid} is not registered" if ruid else f"{aor} has no registered contact")
             entries = [self._track(t, c.aor, c.ruid, None) for t, c in found]
         loop = asyncio.get_running_loop()

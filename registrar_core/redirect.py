@@ -5,14 +5,13 @@ get "404 Not Found", so scanners cannot enumerate extensions with OPTIONS or INV
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from .registrar import SUPPORTED, format_binding, reply
+from .location import Contact
+from .registrar import SUPPORTED, format_binding, reply, unsupported
 from .sip import Request, Response, SipURI
-
-if TYPE_CHECKING:
-    from .api import RegistrarCore
-    from .source import Source
+from .source import Source
 
 ALLOW = ("REGISTER", "OPTIONS", "INVITE", "MESSAGE", "SUBSCRIBE", "REFER", "PUBLISH", "NOTIFY", "ACK")
 # Requests that may start something and are redirected to the callee's contacts.
@@ -22,31 +21,54 @@ IN_DIALOG = frozenset(("BYE", "CANCEL", "PRACK", "UPDATE", "INFO"))
 _ALLOW_HEADER = ("Allow", ", ".join(ALLOW))
 
 
-def answer(core: RegistrarCore, request: Request, source: Source, table: str) -> Response:
-    """The reply to a non-REGISTER request (ACK is filtered out before this)."""
-    tag = core.to_tag
-    method = request.method
-    if method in IN_DIALOG:
-        return reply(request, 481, "Call/Transaction Does Not Exist", [_ALLOW_HEADER], tag)
-    if method not in REDIRECTED:
-        return reply(request, 501, "Not Implemented", [_ALLOW_HEADER], tag)
-    uri = request.uri
-    if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
-        return reply(request, 416, "Unsupported URI Scheme", [], tag)
-    required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
-    unsupported = [o for o in required if o.lower() not in SUPPORTED]
-    if unsupported:
-        return reply(request, 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))], tag)
-    if method == "OPTIONS" and uri.user is None:
-        return reply(request, 200, "OK", [_ALLOW_HEADER, ("Accept", "application/sdp"),
-                                           ("Supported", ", ".join(SUPPORTED))], tag)
-    if core.caller_check and not core.from_registered_device(request, source, table):
-        return reply(request, 403, "Please register first", [], tag)
-    now = core.location.clock()
-    targets = core.lookup(uri, table=table)
-    if targets:
-        return reply(request, 302, "Moved Temporarily",
-                     [("Contact", format_binding(c, now)) for c in targets], tag)
-    # A subscriber without contacts and a user that does not exist get the same answer:
-    # anything else lets svwar -m OPTIONS / INVITE list every extension (no enumeration).
-    return reply(request, 404, "Not Found", [], tag)
+class Directory(Protocol):
+    """What the redirect server asks of the core (RegistrarCore is one)."""
+
+    @property
+    def caller_check(self) -> bool: ...
+
+    def lookup(self, uri: SipURI, *, table: str) -> list[Contact]: ...
+
+    def from_registered_device(self, request: Request, source: Source, table: str) -> bool: ...
+
+
+class RedirectServer:
+    """The handler of every method but REGISTER (the pipeline's method table)."""
+
+    def __init__(self, directory: Directory, to_tag: str, clock: Callable[[], float], table: str) -> None:
+        self.directory = directory
+        self.to_tag = to_tag
+        self.clock = clock
+        self.table = table
+
+    def handle(self, request: Request, source: Source, answer: Callable[[Response], None]) -> None:
+        answer(self.answer(request, source))
+
+    def answer(self, request: Request, source: Source) -> Response:
+        """The reply to a non-REGISTER request (ACK is filtered out before this)."""
+        tag = self.to_tag
+        method = request.method
+        if method in IN_DIALOG:
+            return reply(request, 481, "Call/Transaction Does Not Exist", [_ALLOW_HEADER], tag)
+        if method not in REDIRECTED:
+            return reply(request, 501, "Not Implemented", [_ALLOW_HEADER], tag)
+        uri = request.uri
+        if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
+            return reply(request, 416, "Unsupported URI Scheme", [], tag)
+        extensions = unsupported(request)
+        if extensions:
+            return reply(request, 420, "Bad Extension", [("Unsupported", ", ".join(extensions))], tag)
+        if method == "OPTIONS" and uri.user is None:
+            return reply(request, 200, "OK", [_ALLOW_HEADER, ("Accept", "application/sdp"),
+                                               ("Supported", ", ".join(SUPPORTED))], tag)
+        directory, table = self.directory, self.table
+        if directory.caller_check and not directory.from_registered_device(request, source, table):
+            return reply(request, 403, "Please register first", [], tag)
+        now = self.clock()
+        targets = directory.lookup(uri, table=table)
+        if targets:
+            return reply(request, 302, "Moved Temporarily",
+                         [("Contact", format_binding(c, now)) for c in targets], tag)
+        # A subscriber without contacts and a user that does not exist get the same answer:
+        # anything else lets svwar -m OPTIONS / INVITE list every extension (no enumeration).
+        return reply(request, 404, "Not Found", [], tag)

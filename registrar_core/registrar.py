@@ -46,7 +46,7 @@ def http_date(second: int) -> str:
     return email.utils.formatdate(second, usegmt=True)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Wanted:
     """One Contact of a REGISTER, validated."""
 
@@ -90,7 +90,7 @@ def reply(request: Request, status: int, reason: str, headers: list[tuple[str, s
     return build_response(request, status, reason, [*headers, SERVER], to_tag=to_tag)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Replies:
     """What the replies to one REGISTER need, taken from it before its commit: while the
     commit is on, hundreds of requests wait, and each holds these strings, not its message."""
@@ -165,7 +165,30 @@ class Registrar:
         """:meth:`save` for a REGISTER that :meth:`check` passed (and that ``aor`` came from):
         the core authenticates between the two, as RFC 3261 §10.3 orders it."""
         key = (table, aor)
-        self.location.locks.run(key, lambda: self._save_locked(key, request, flags, source, done))
+        locks = self.location.locks
+
+        def locked() -> None:
+            # The AOR's lock is held from here until ``unlock`` runs, exactly once: when the
+            # REGISTER is answered (at once, or once its change is durable) or when it raises.
+            answered = False
+
+            def unlock(make: Callable[[], Response]) -> None:
+                nonlocal answered
+                answered = True
+                try:
+                    response = make()
+                finally:
+                    locks.release(key)
+                done(response)
+
+            try:
+                self._save_locked(table, aor, request, flags, source, unlock)
+            except BaseException:
+                if not answered:
+                    locks.release(key)
+                raise
+
+        locks.run(key, locked)
 
     def refusal(self, request: Request, exc: RegisterRejected | SipError) -> Response:
         if isinstance(exc, RegisterRejected):
@@ -176,11 +199,10 @@ class Registrar:
         """The checks that come before authentication (RFC 3261 §10.3 steps 1-2: a domain we
         do not serve gets 404, an unknown Require 420), plus the To and Path checks that need
         no credentials either; returns the AOR or raises."""
-        required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
-        unsupported = [o for o in required if o.lower() not in SUPPORTED]
-        if unsupported:
+        extensions = unsupported(request)
+        if extensions:
             raise RegisterRejected(420, "Bad Extension", "Unsupported extension required",
-                                   [("Unsupported", ", ".join(unsupported))])
+                                   [("Unsupported", ", ".join(extensions))])
         uri = request.to.uri
         if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
             raise RegisterRejected(400, "Bad Request", "To must be a sip or sips URI")
@@ -191,33 +213,25 @@ class Registrar:
                                    [("Unsupported", "path")])
         return uri.aor
 
-    def _save_locked(self, key: tuple[str, str], request: Request, flags: int, source: Source,
-                     done: Callable[[Response], None]) -> None:
-        """With the AOR's lock held: work out the changes, commit them, release, reply."""
-        table, aor = key
-        locks = self.location.locks
+    def _save_locked(self, table: str, aor: str, request: Request, flags: int, source: Source,
+                     unlock: Callable[[Callable[[], Response]], None]) -> None:
+        """With the AOR's lock held: work out the changes and commit them; ``unlock`` gets
+        what makes the reply, and releases the lock however that goes."""
         now = self.location.clock()
         try:
             puts, removes = self._changes(table, aor, request, flags, source, now)
             replies = _Replies.to(request, self.to_tag, self.flow_timer if source.conid is not None else 0)
         except (RegisterRejected, SipError) as exc:
-            locks.release(key)
-            done(self.refusal(request, exc))
+            refusal = self.refusal(request, exc)
+            unlock(lambda: refusal)
             return
-        except BaseException:
-            locks.release(key)
-            raise
 
         def committed(error: StorageError | None) -> None:
-            try:
-                if error is None:
-                    response = replies.ok(self.location.contacts(table, aor, now), now)
-                else:
-                    response = replies.failed(500, "Server Internal Error", [
-                        ("P-Registrar-Error", "Location table could not be saved"), ("Retry-After", "5")])
-            finally:
-                locks.release(key)
-            done(response)
+            if error is None:
+                unlock(lambda: replies.ok(self.location.contacts(table, aor, now), now))
+            else:
+                unlock(lambda: replies.failed(500, "Server Internal Error", [
+                    ("P-Registrar-Error", "Location table could not be saved"), ("Retry-After", "5")]))
 
         self.location.submit(table, puts, removes, committed, memory_only=bool(flags & SAVE_MEMORY_ONLY))
 
@@ -320,6 +334,12 @@ class Registrar:
             status = self.config.max_contacts_status
             reason = "Service Unavailable" if status == 503 else "Forbidden"
             raise RegisterRejected(status, reason, f"Too many registered contacts (max {limit})")
+
+
+def unsupported(request: Request) -> list[str]:
+    """The option tags of Require and Proxy-Require that we do not support (RFC 3261 §8.2.2.3: 420)."""
+    required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
+    return [o for o in required if o.lower() not in SUPPORTED]
 
 
 def _supported(request: Request) -> set[str]:

@@ -9,7 +9,7 @@ import logging
 from . import build
 from .api import RegistrarCore
 from .config import Config
-from .control import ControlServer
+from .control import ControlServer, ensure_free
 from .dblock import DatabaseLock
 from .flows import FlowReaper
 from .transport import Transports
@@ -31,9 +31,13 @@ class Server:
         self._memory_only = memory_only
         self._lock: DatabaseLock | None = None
         self.transports = Transports(
-            self.core.receive, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
+            self.core.pipeline.receive, config.limits, config.tcp_idle_timeout, config.max_tcp_per_ip,
             tcp_read_timeout=min(config.tcp_read_timeout, config.tcp_idle_timeout),
             max_tcp_connections=config.max_tcp_connections or None, config=config)
+        if any(spec.proto in ("ws", "wss") for spec in config.listen):
+            from .websocket import WebSocketConnection  # wsproto is loaded only when used
+
+            self.transports.connection_types.update(ws=WebSocketConnection, wss=WebSocketConnection)
         self.core.sender = self.transports.send
         self.flows = FlowReaper(self.core)
         if not config.keep_flow_contacts:
@@ -47,6 +51,8 @@ class Server:
             if self.core.location.store is not None:
                 self.core.location.store.lock = self._lock  # let go while a fault closes the file
         try:
+            if self._control_enabled:  # before any port is bound, as the database lock
+                await ensure_free(self.config.control)
             await self.core.start()
         except BaseException:
             self._release()

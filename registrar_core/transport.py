@@ -1,5 +1,5 @@
-"""asyncio UDP, TCP and TLS listeners (WebSocket: websocket.py) that feed framed messages to
-the core and send its replies."""
+"""asyncio UDP, TCP and TLS listeners that feed framed messages to the core and send its
+replies; the WebSocket connection (websocket.py) is registered per protocol by server.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Config, Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
-from .source import Source
+from .source import Source, format_address
 from .transactions import Reply
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ def default_max_tcp_connections() -> int:
 
 
 def _local_name(proto: str, sockname: tuple) -> str:
-    host, port = sockname[0], sockname[1]
-    host = f"[{host}]" if ":" in host else host
-    return f"{proto}:{host}:{port}"
+    return format_address(proto, sockname[0], sockname[1])
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -342,6 +340,9 @@ class Transports:
         self.receive = receive
         self.config = config or Config()  # TLS and WebSocket settings
         self.flow_closed: FlowClosed | None = None
+        # The connection class per stream protocol beyond tcp/tls: registered by whoever wires
+        # the transports (server.py registers the WebSocket one for ws: and wss:).
+        self.connection_types: dict[str, Callable[[Transports, str], TcpConnection]] = {}
         self._tls: ssl.SSLContext | None = None
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -398,11 +399,8 @@ class Transports:
         return address
 
     def _connection_factory(self, proto: str) -> Callable[[], TcpConnection]:
-        if proto in ("ws", "wss"):
-            from .websocket import WebSocketConnection  # wsproto is loaded only when used
-
-            return lambda: WebSocketConnection(self, proto)
-        return lambda: TcpConnection(self, proto)
+        kind = self.connection_types.get(proto, TcpConnection)
+        return lambda: kind(self, proto)
 
     def _context(self) -> ssl.SSLContext:
         """One server context for every tls: and wss: listener, made at the first of them."""

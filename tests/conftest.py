@@ -72,16 +72,6 @@ async def server(make_server) -> Server:
     return await make_server()
 
 
-def server_address(srv: Server, proto: str = "udp") -> tuple[str, int]:
-    """(host, port) of the server's first listener for ``proto``."""
-    for address in srv.core.listening:
-        p, rest = address.split(":", 1)
-        host, port = rest.rsplit(":", 1)
-        if p == proto:
-            return host.strip("[]"), int(port)
-    raise LookupError(proto)
-
-
 class TlsFiles:
     """A test CA (trustme) and a certificate for localhost, 127.0.0.1 and ::1, as PEM files."""
 

@@ -62,7 +62,7 @@ class ServeProcess:
             # Lab settings unless a test asks otherwise (a later option wins).
             "--auth", "off", "--ip-budget", "0", *extra,
         ]
-        return [sys.executable, "-m", "registrar_core.cli", *options[:self.before], "serve", *options[self.before:]]
+        return [sys.executable, "-m", "sipconsole", *options[:self.before], "serve", *options[self.before:]]
 
     def start(self, *extra: str, timeout: float = 10.0) -> ServeProcess:
         log = open(self.log, "ab")
@@ -104,7 +104,7 @@ class ServeProcess:
 
     def user(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run `sipconsole user ...` for this server (through its control socket when it runs)."""
-        cmd = [sys.executable, "-m", "registrar_core.cli", "user", "--db", str(self.db),
+        cmd = [sys.executable, "-m", "sipconsole", "user", "--db", str(self.db),
                "--control", str(self.control), *args]
         if password is not None:
             cmd.append("--password-stdin")
@@ -123,7 +123,7 @@ class ServeProcess:
 
     def ctl(self, *args: str, json_output: bool = True) -> tuple[int, object]:
         """Run `sipconsole ctl` against this server; returns (exit code, parsed JSON or text)."""
-        cmd = [sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(self.control)]
+        cmd = [sys.executable, "-m", "sipconsole", "ctl", "--control", str(self.control)]
         if json_output:
             cmd.append("--json")
         done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=30)
@@ -143,7 +143,7 @@ def peak_rss_kib(pid: int) -> int:
 
 def run_cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``sipconsole ARGS`` as a user types it (from the repository root, as ServeProcess)."""
-    return subprocess.run([sys.executable, "-m", "registrar_core.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "sipconsole", *args], input=stdin,
                           capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -221,3 +221,16 @@ def write_bindings(db: Path, count: int, *, domain: str = "bulk.test", expires_i
 
     asyncio.run(write())
     return aors
+
+
+def sipp_register(serve, tmp_path: Path, rows: list[tuple[str, str, str, str]], name: str = "devices.csv") -> None:
+    """sipp registers one device per row: (user, domain, device, q), in order."""
+    inf = write_injection(tmp_path / name, rows)
+    res = run_sipp("register_devices.xml", serve.port, "-inf", str(inf), "-l", "1", calls=len(rows))
+    assert res.successful == len(rows), res.output[-3000:]
+
+
+def sipp_ok(serve, tmp_path: Path, scenario: str, row: tuple[str, ...]) -> bool:
+    inf = write_injection(tmp_path / f"{scenario}.csv", [row])
+    res = run_sipp(scenario, serve.port, "-inf", str(inf), timeout=10)
+    return res.successful == 1 and res.failed == 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from registrar_core.auth import digest
 from registrar_core.sip import Response, parse_message
+from registrar_core.source import parse_address
 
 _counter = itertools.count(1)
 
@@ -304,3 +305,23 @@ def authorization(ch: dict[str, str], user: str, password: str, uri: str, *, nc:
     resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", "REGISTER", uri)
     return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
             f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}"')
+
+
+def server_address(srv, proto: str = "udp") -> tuple[str, int]:
+    """(host, port) of an in-process server's first listener for ``proto``."""
+    for address in srv.core.listening:
+        p, host, port = parse_address(address)
+        if p == proto:
+            return host, port
+    raise LookupError(proto)
+
+
+async def query(serve, aor: str) -> list[str]:
+    """A REGISTER without Contact to a `sipconsole serve`: the bindings a phone is told about."""
+    phone = await UdpPhone(("127.0.0.1", serve.port)).open()
+    try:
+        r = await phone.send(register_bytes(aor, None, local=phone.local, expires=None))
+    finally:
+        phone.close()
+    assert r.status == 200
+    return [str(c.uri) for c in r.contacts]

@@ -17,19 +17,20 @@ import zlib
 
 import pytest
 
-from registrar_core.api import NotFound, Profile, reply_address
+from registrar_core.api import NotFound, Profile
 from registrar_core.control import LocalClient
+from registrar_core.events import SUBSCRIBER_CHANGED
 from registrar_core.location import (
     SAVE_MEMORY_ONLY,
     SAVE_NO_EXPIRES_RANDOM,
     SAVE_NO_REPLY,
     SAVE_SINGLE_CONTACT,
 )
+from registrar_core.pipeline import reply_address
 from registrar_core.sip import parse_message
 from registrar_core.source import Source
 
-from .conftest import server_address
-from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes
+from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes, server_address
 
 # Every attribute of Kamailio's $ulc(profile=>attr) that a contact carries (count is the profile's).
 ULC_ATTRIBUTES = ("aor", "domain", "aorhash", "addr", "path", "received", "expires", "callid", "q",
@@ -380,3 +381,17 @@ async def test_dump_stats_and_local_client_agree(server):
     dumped = await client.call("dump")
     assert dumped["table"] == "location"
     assert sorted(x["aor"] for x in dumped["aors"]) == sorted([aor1, aor2])
+
+
+async def test_subscriber_changes_through_the_python_api_are_published(server):
+    """The core publishes subscriber.changed, not the control socket: embedders' changes show too."""
+    core = server.core
+    sub = core.subscribe()
+    try:
+        user = await core.add_subscriber("kim@example.com", "pw1")
+        await core.add_subscriber(user, "pw2", replace=True)
+        await core.remove_subscriber(user)
+        changes = [(e.data["action"], e.data["user"]) for e in sub.drain() if e.kind == SUBSCRIBER_CHANGED]
+    finally:
+        sub.close()
+    assert changes == [("added", "kim@example.com"), ("password", "kim@example.com"), ("removed", "kim@example.com")]

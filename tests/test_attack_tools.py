@@ -13,8 +13,7 @@ import pytest
 
 from registrar_core.sip import parse_message
 
-from .conftest import server_address
-from .sipclient import UdpPhone, authorization, challenges, free_port, register_bytes
+from .sipclient import UdpPhone, authorization, challenges, free_port, register_bytes, server_address
 
 # sipvicious has no User-Agent option: its request builder's default is rewritten, then the
 # tool's own main() runs with the remaining arguments. svcrack 0.3.8 also ignores -b (its

@@ -38,7 +38,7 @@ def _audit_line(log_path, pid: int, timeout: float = 10.0) -> str:
 
 def _sipconsole(*args: str, stdin: str = "") -> tuple[int, int]:
     """Run the real CLI; (its pid, its exit status)."""
-    proc = subprocess.Popen([sys.executable, "-m", "registrar_core.cli", *args], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "sipconsole", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     proc.communicate(stdin, timeout=60)
     return proc.pid, proc.returncode

@@ -17,9 +17,8 @@ from registrar_core.config import Config, build_config, load_toml
 from registrar_core.security import IpGuard
 from registrar_core.sip import Response
 
-from .conftest import server_address
 from .processes import run_sipp, write_injection
-from .sipclient import UdpPhone, authorization, challenges, register_bytes, request_bytes
+from .sipclient import UdpPhone, authorization, challenges, register_bytes, request_bytes, server_address
 
 PASSWORD = "correct horse"
 
@@ -382,7 +381,7 @@ def test_sipp_flood_from_an_untrusted_address_is_banned_while_loopback_registers
 
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.example.com", "127.0.0.1,nonsense"])
 def test_bad_trusted_value_is_one_line_naming_it(value):
-    done = subprocess.run([sys.executable, "-m", "registrar_core.cli", "serve", "--trusted", value],
+    done = subprocess.run([sys.executable, "-m", "sipconsole", "serve", "--trusted", value],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()

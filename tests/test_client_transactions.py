@@ -16,7 +16,7 @@ from registrar_core.client_transactions import (
 )
 from registrar_core.sip import Request, Response, build_response, parse_message
 
-from .conftest import server_address
+from .sipclient import server_address
 from .sipclient import TcpPhone, next_aor, register_bytes, request_bytes
 
 

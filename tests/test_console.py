@@ -25,9 +25,7 @@ from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.events import OPERATOR_ACTION
 
-from .conftest import server_address
-from .sipclient import UdpPhone, free_port, next_aor, request_bytes
-from .test_auth import authorization, challenges
+from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor, request_bytes, server_address
 
 SIZE = (140, 40)
 
@@ -478,7 +476,7 @@ def test_embedded_start_failure_is_one_line(short_dir):
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "registrar_core.cli", "--listen", f"udp:127.0.0.1:{port}",
+            [sys.executable, "-m", "sipconsole", "--listen", f"udp:127.0.0.1:{port}",
              "--db", str(short_dir / "loc.db"), "--control", str(short_dir / "c.sock"), "--auth", "off"],
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
             env={**os.environ, "TERM": "dumb"})

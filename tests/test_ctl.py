@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from registrar_core import ctl, exit_codes
-from registrar_core.cli import build_parser
+from sipconsole.cli import build_parser
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import run_sipp, write_bindings, write_injection
-from .sipclient import UdpPhone, register_bytes
+from .processes import sipp_ok, sipp_register, write_bindings
+from .sipclient import query
 
 ULC_ATTRIBUTES = {"aor", "domain", "aorhash", "addr", "path", "received", "expires", "callid", "q",
                   "cseq", "flags", "cflags", "user_agent", "socket", "modified", "methods", "ruid",
@@ -35,38 +35,14 @@ ULC_ATTRIBUTES = {"aor", "domain", "aorhash", "addr", "path", "received", "expir
 COMMANDS = ("dump", "show", "unregister", "policy", "stats")
 
 
-def sipp_register(serve, tmp_path: Path, rows: list[tuple[str, str, str, str]], name: str = "devices.csv") -> None:
-    """sipp registers one device per row: (user, domain, device, q), in order."""
-    inf = write_injection(tmp_path / name, rows)
-    res = run_sipp("register_devices.xml", serve.port, "-inf", str(inf), "-l", "1", calls=len(rows))
-    assert res.successful == len(rows), res.output[-3000:]
-
-
-def sipp_ok(serve, tmp_path: Path, scenario: str, row: tuple[str, ...]) -> bool:
-    inf = write_injection(tmp_path / f"{scenario}.csv", [row])
-    res = run_sipp(scenario, serve.port, "-inf", str(inf), timeout=10)
-    return res.successful == 1 and res.failed == 0
-
-
-async def query(serve, aor: str) -> list[str]:
-    """A REGISTER without Contact: the bindings a phone is told about."""
-    phone = await UdpPhone(("127.0.0.1", serve.port)).open()
-    try:
-        r = await phone.send(register_bytes(aor, None, local=phone.local, expires=None))
-    finally:
-        phone.close()
-    assert r.status == 200
-    return [str(c.uri) for c in r.contacts]
-
-
 def ctl_raw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "registrar_core.cli", "ctl", *args],
+    return subprocess.run([sys.executable, "-m", "sipconsole", "ctl", *args],
                           capture_output=True, text=True, timeout=30, env=env)
 
 
 def ctl_popen(control: Path, *args: str) -> subprocess.Popen[bytes]:
     """`sipconsole ctl` left running, its output in a pipe that nobody reads yet."""
-    return subprocess.Popen([sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(control), *args],
+    return subprocess.Popen([sys.executable, "-m", "sipconsole", "ctl", "--control", str(control), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -184,7 +160,7 @@ def test_help_documents_every_command():
         assert f"\n  {cmd} " in text, f"{cmd} has no line of its own in --help"
     assert "--ndjson" in text
     assert " ".join(exit_codes.HELP.split()) in " ".join(text.split()), "the exit codes are not stated"
-    top = subprocess.run([sys.executable, "-m", "registrar_core.cli", "--help"],
+    top = subprocess.run([sys.executable, "-m", "sipconsole", "--help"],
                          capture_output=True, text=True, timeout=30)
     assert "ctl" in top.stdout
 

@@ -59,7 +59,7 @@ def test_json_dump_of_250k_bindings_while_sipp_registers(serve_process: ServePro
             base = serve.peak_rss_kib()  # the RSS right now
             before = (await client.call("stats"))["accepted_regs"]
             dump = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "registrar_core.cli", "ctl", "--control", str(serve.control), "--json", "dump",
+                sys.executable, "-m", "sipconsole", "ctl", "--control", str(serve.control), "--json", "dump",
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out_task = asyncio.create_task(dump.communicate())
             answered_meanwhile = 0  # another control client is answered while the dump runs

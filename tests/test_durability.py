@@ -75,7 +75,7 @@ def test_bad_options_are_one_line_errors(serve_process):
         (["--config", "/nonexistent/x.toml"], "does not exist"),
     ]
     for extra, expected in cases:
-        cmd = [sys.executable, "-m", "registrar_core.cli", "serve", *extra]
+        cmd = [sys.executable, "-m", "sipconsole", "serve", *extra]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         assert done.returncode == 2, (extra, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, (extra, done.stderr)

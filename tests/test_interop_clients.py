@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import server_address
 from .processes import run_baresip, until
-from .sipclient import free_port
+from .sipclient import free_port, server_address
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -10,8 +10,7 @@ import struct
 
 import pytest
 
-from .conftest import server_address
-from .sipclient import free_port, register_bytes
+from .sipclient import free_port, register_bytes, server_address
 
 COOKIE = 0x2112A442
 

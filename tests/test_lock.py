@@ -41,6 +41,17 @@ def test_a_second_serve_on_the_same_database_exits_1_naming_the_holder(serve_pro
         second.stop()  # not the fixture's: stopped here
 
 
+def test_a_second_serve_on_the_same_control_socket_is_refused_before_binding(serve_process, short_dir):
+    first = serve_process.start()
+    second = ServeProcess(short_dir, first.port, "-other-db")  # its own database, the same ports
+    second.control = first.control
+    done = subprocess.run(second.command(), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert line == f"sipconsole: error: another registrar already answers on {first.control}", line
+    assert first.ctl("stats")[0] == 0, "the first one still answers on its socket"
+
+
 async def test_the_console_on_a_database_a_registrar_holds_exits_1(serve_process, short_dir, capsys):
     first = serve_process.start()
     config = build_config({"db": str(first.db), "control": str(short_dir / "embedded.sock"),

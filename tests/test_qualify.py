@@ -19,7 +19,7 @@ from registrar_core.qualify import REACHABLE, UNKNOWN, UNREACHABLE, QualifyServi
 from registrar_core.resolver import Resolver
 from registrar_core.sip import Request, build_response, parse_message
 
-from .conftest import server_address
+from .sipclient import server_address
 from .dnsserver import DnsServer
 from .processes import SCENARIOS
 from .sipclient import TcpPhone, UdpPhone, free_port, next_aor, register_bytes

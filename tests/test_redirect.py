@@ -13,8 +13,7 @@ import pytest
 
 from registrar_core.sip import split_values
 
-from .conftest import server_address
-from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes, request_bytes
+from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes, request_bytes, server_address
 
 
 async def phones(srv, n: int) -> list[UdpPhone]:

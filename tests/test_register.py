@@ -12,8 +12,7 @@ from registrar_core import events as ev
 from registrar_core.events import EventBus
 from registrar_core.location import Contact, LocationService
 
-from .conftest import server_address
-from .sipclient import UdpPhone, next_aor, register_bytes
+from .sipclient import UdpPhone, next_aor, register_bytes, server_address
 
 
 @pytest.fixture

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from registrar_core.transactions import IN_PROGRESS
 
-from .conftest import server_address
-from .sipclient import UdpPhone, next_aor, register_bytes
+from .sipclient import UdpPhone, next_aor, register_bytes, server_address
 
 TORTURE = Path(__file__).parent / "torture"
 TORTURE_FILES = sorted((TORTURE / "rfc4475").glob("*.dat")) + sorted(

@@ -44,8 +44,7 @@ import pytest
 from registrar_core.control import ControlClient
 from registrar_core.dblock import DatabaseHeld
 
-from .conftest import server_address
-from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes
+from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes, server_address
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -19,9 +19,8 @@ import pytest
 
 from registrar_core.transport import MAX_IN_FLIGHT_PER_CONNECTION
 
-from .conftest import server_address
 from .processes import ServeProcess
-from .sipclient import TcpPhone, UdpPhone, free_port, next_aor, register_bytes
+from .sipclient import TcpPhone, UdpPhone, free_port, next_aor, register_bytes, server_address
 
 MB = 1 << 20
 

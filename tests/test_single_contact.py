@@ -6,8 +6,8 @@ restart: with it on, the newest device's REGISTER leaves only its own binding.
 
 from __future__ import annotations
 
-from .sipclient import UdpPhone, register_bytes
-from .test_ctl import query, sipp_ok, sipp_register
+from .processes import sipp_ok, sipp_register
+from .sipclient import UdpPhone, query, register_bytes
 
 
 async def register(serve, aor: str, device: str) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from registrar_core.flows import REMOVED_FLOW_CLOSED
 
-from .conftest import server_address
+from .sipclient import server_address
 from .processes import run_baresip, run_cli, until
 from .sipclient import TcpPhone, free_port, next_aor, register_bytes
 

@@ -8,10 +8,8 @@ import socket
 
 import pytest
 
-from registrar_core.transactions import IN_PROGRESS, TIMER_J, TransactionTable
 
-from .conftest import server_address
-from .sipclient import Collector, TcpPhone, UdpPhone, free_port, next_aor, register_bytes
+from .sipclient import Collector, TcpPhone, UdpPhone, free_port, next_aor, register_bytes, server_address
 
 
 async def test_retransmission_gets_same_response_and_is_processed_once(server):
@@ -127,36 +125,3 @@ async def test_ipv6(make_server):
     assert reply.startswith(b"SIP/2.0 200")
     assert srv.core.fetch_contacts(aor)[0].received == f"udp:[::1]:{local[1]}"
     transport.close()
-
-
-def test_transaction_table_keeps_a_response_for_timer_j_then_forgets_it():
-    now = [0.0]
-    table = TransactionTable(clock=lambda: now[0])
-    first, second, third = "z9hG4bK1 a:1 REGISTER", "z9hG4bK2 a:1 REGISTER", "z9hG4bK3 a:1 REGISTER"
-    reply = b"SIP/2.0 200 OK\r\n\r\n"
-    table.begin(first)
-    assert table.lookup(first) == IN_PROGRESS
-    table.complete(first, reply)
-    now[0] = TIMER_J - 0.1
-    table.begin(second)
-    assert table.lookup(first) == reply, "a retransmission within Timer J gets the same response"
-    now[0] = TIMER_J
-    table.begin(third)
-    assert table.lookup(first) is None and table.lookup(second) == IN_PROGRESS and len(table) == 2
-
-
-def test_transaction_table_is_bounded_oldest_first_and_never_revives_an_evicted_key():
-    table = TransactionTable(clock=lambda: 0.0, max_entries=3)
-    reply = b"SIP/2.0 200 OK\r\n\r\n"
-    keys = [f"z9hG4bK{i} a:1 REGISTER" for i in range(5)]
-    table.begin(keys[0])  # stays in progress: its response comes after it was evicted
-    for key in keys[1:3]:
-        table.begin(key)
-        table.complete(key, reply)
-    table.begin(keys[3])  # over the bound: keys[0] (in progress) goes first
-    table.complete(keys[3], reply)
-    table.complete(keys[0], reply)  # late response of an evicted transaction: not stored again
-    assert table.lookup(keys[0]) is None and len(table) == 3 and table.evicted == 0
-    table.begin(keys[4])  # keys[1], completed, goes: a retransmission of it would be processed again
-    assert table.lookup(keys[1]) is None and table.evicted == 1
-    assert [table.lookup(k) for k in keys[2:4]] == [reply, reply] and table.lookup(keys[4]) == IN_PROGRESS

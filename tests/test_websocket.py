@@ -11,7 +11,7 @@ import pytest
 
 from registrar_core.flows import REMOVED_FLOW_CLOSED
 
-from .conftest import server_address
+from .sipclient import server_address
 from .processes import until
 from .sipclient import TcpPhone, WsPhone, free_port, next_aor, register_bytes
 

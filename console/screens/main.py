@@ -23,8 +23,8 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
+from registrar_core import events as ev
 from registrar_core.control import NOT_FOUND, RpcError
-from registrar_core.events import OPERATOR_ACTION, REQUEST_HANDLED, SECURITY
 
 from .. import memory
 from ..actions import ACTIONS, DESTRUCTIVE, bindings, key_names
@@ -266,16 +266,16 @@ class MainScreen(Screen[None]):
     def _security_news(self, traffic: list[dict[str, Any]]) -> None:
         """Bans are worth a toast (at most one every few seconds) and a fresh header at once; so is
         what another operator changed (this console's own actions have their toast already)."""
-        rare = [e for e in traffic if e["kind"] != REQUEST_HANDLED]
+        rare = [e for e in traffic if e["kind"] != ev.REQUEST_HANDLED]
         if not rare:
             return
-        others = [e for e in rare if e["kind"] == OPERATOR_ACTION and e.get("pid") != os.getpid()]
+        others = [e for e in rare if e["kind"] == ev.OPERATOR_ACTION and e.get("pid") != os.getpid()]
         if others:
             first = others[0]
             more = f" (and {len(others) - 1} more: see the traffic)" if len(others) > 1 else ""
             self.notify(escape(f"{operator_request(first).source}: {first['action']} {first['target'] or ''}: "
                                f"{first['result']}{more}"), title="Operator action")
-        security = [e for e in rare if e["kind"] == SECURITY]
+        security = [e for e in rare if e["kind"] == ev.SECURITY]
         if not security:
             return
         bans = [e for e in security if e["event"] in ("ban", "user-banned")]

@@ -7,12 +7,13 @@ from typing import Any
 
 from rich.cells import cell_len
 
+from registrar_core.events import CONTACT_REACHABILITY
+
 from ..format import ADDRESS_WIDTH, countdown, short_address
 from ..model import ADDED, REMOVED
 from .virtual_table import Cell, Column, VirtualTable, text_of
 
 Contact = dict[str, Any]
-REACHABILITY = "contact.reachability"
 STATE_STYLE = {"reachable": "ok", "unreachable": "error", "unknown": "dim"}  # VirtualTable tones
 
 
@@ -114,7 +115,7 @@ class ContactsTable(VirtualTable):
                     kept = {"state": old.get("state", "unknown"), "rtt_ms": old.get("rtt_ms")} if old else {}
                     by_ruid[event["ruid"]] = {**event["contact"], **kept}
                     changed = True
-            elif event["kind"] == REACHABILITY:
+            elif event["kind"] == CONTACT_REACHABILITY:
                 old = by_ruid.get(event["ruid"])
                 if old is not None:
                     by_ruid[event["ruid"]] = {**old, "state": event["state"], "rtt_ms": event["rtt_ms"]}

@@ -7,8 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from registrar_core.events import OPERATOR_ACTION
-from registrar_core.events import SECURITY as SECURITY_EVENT
+from registrar_core import events as ev
 
 from ..format import clock_time, status_tone
 from .virtual_table import Cell, Column, VirtualTable
@@ -126,8 +125,8 @@ class TrafficLog(VirtualTable):
         """Add ``request.handled``, ``security`` and ``operator.action`` events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            if e["kind"] in (SECURITY_EVENT, OPERATOR_ACTION):
-                request = security_request(e) if e["kind"] == SECURITY_EVENT else operator_request(e)
+            if e["kind"] in (ev.SECURITY, ev.OPERATOR_ACTION):
+                request = security_request(e) if e["kind"] == ev.SECURITY else operator_request(e)
                 self.security.append(request)
             else:
                 request = Request(e["time"], e["source"], e["method"], e["aor"], e["status"], e["reason"],

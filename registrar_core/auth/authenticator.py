@@ -11,7 +11,7 @@ import hmac
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..sip import Request, SipURI
 from .digest import ALGORITHMS, DigestError, challenge, matches, parse_authorization, response
@@ -19,15 +19,15 @@ from .nonce import NonceFactory, NonceState
 from .subscribers import Subscribers
 
 
-@dataclass(slots=True)  # one per challenge: not frozen, whose __init__ goes through object.__setattr__
+@dataclass(slots=True, init=False)  # one per challenge: not frozen, whose __init__ goes through object.__setattr__
 class Refusal:
     """The reply to send instead of processing the request."""
 
     status: int
     reason: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    failure: str | None = None  # a security event worth logging: "auth-failed", "user-banned", ...
-    user: str = ""  # the username the client claimed, for that log line
+    headers: list[tuple[str, str]]
+    failure: str | None  # a security event worth logging: "auth-failed", "user-banned", ...
+    user: str  # the username the client claimed, for that log line
 
     def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None,
                  failure: str | None = None, user: str = "") -> None:  # written out: compiled (setup.py)
@@ -38,10 +38,10 @@ class Refusal:
         self.user = user
 
 
-@dataclass
+@dataclass(init=False)
 class AuthOutcome:
-    username: str | None = None
-    refusal: Refusal | None = None
+    username: str | None
+    refusal: Refusal | None
 
     def __init__(self, username: str | None = None, refusal: Refusal | None = None) -> None:
         self.username = username  # written out: compiled (setup.py)

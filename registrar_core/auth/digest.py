@@ -37,7 +37,7 @@ def matches(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.lower().encode())
 
 
-@dataclass(slots=True)  # one per authenticated request: not frozen (cheaper to make); never mutated
+@dataclass(slots=True, init=False)  # one per authenticated request: not frozen (cheaper to make); never mutated
 class Credentials:
     username: str
     realm: str

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
 from .. import events as ev
+from ..awaitable import awaited
 from ..events import EventBus
 from .contact import Contact
 from .store import Batch, StorageError, Store
@@ -301,28 +302,9 @@ class LocationService:
         the outcome (an AOR it holds stays locked until memory has the change), and the
         cancellation is delivered again at its next await.
         """
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def done(error: StorageError | None) -> None:
-            if not fut.done():
-                fut.set_result(None) if error is None else fut.set_exception(error)
-
-        start(done)
-        task = asyncio.current_task()
-        cancelled = False
-        while not fut.done():
-            try:
-                await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                if task is None:
-                    raise
-                cancelled = True
-                task.uncancel()
-            except Exception:
-                break  # the commit failed: fut.result() raises it below
-        if cancelled:
-            task.cancel()  # type: ignore[union-attr]
-        fut.result()
+        error = await awaited(start, settle=True)
+        if error is not None:
+            raise error
 
     async def _writer(self) -> None:
         assert self.store is not None or not self._pending

@@ -96,7 +96,7 @@ def split_values(value: str) -> list[str]:
     return parts
 
 
-@dataclass(slots=True, unsafe_hash=True)  # a value: never mutated; not frozen, for speed
+@dataclass(slots=True, init=False, unsafe_hash=True)  # a value: never mutated; not frozen, for speed
 class NameAddr:
     """``"Display" <uri>;params`` or a bare addr-spec ``uri;params``.
 
@@ -105,9 +105,9 @@ class NameAddr:
     """
 
     uri: URI
-    display: str | None = None
-    params: Params = ()
-    bracketed: bool = True
+    display: str | None
+    params: Params
+    bracketed: bool
 
     def __init__(self, uri: URI, display: str | None = None, params: Params = (),
                  bracketed: bool = True) -> None:  # written out: compiled (setup.py)
@@ -178,7 +178,7 @@ def parse_name_addr(text: str) -> NameAddr:
     return NameAddr(parse_uri(uri_text), display, parse_params(rest[1:]) if rest else (), bracketed)
 
 
-@dataclass(slots=True, unsafe_hash=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Via:
     """One Via hop: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mypy_extensions import mypyc_attr
@@ -239,11 +239,11 @@ class _Message:
 
 
 @mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
-@dataclass(eq=True)
+@dataclass(init=False, eq=True)
 class Request(_Message):
-    method: str = "OPTIONS"
-    uri: URI = field(default_factory=lambda: parse_uri("sip:invalid"))
-    version: str = SIP_VERSION
+    method: str
+    uri: URI
+    version: str
 
     def __init__(self, headers: Headers, body: bytes, method: str = "OPTIONS", uri: URI | None = None,
                  version: str = SIP_VERSION) -> None:  # written out: compiled (setup.py)
@@ -297,11 +297,11 @@ def _same_address(sent_by: str, source: str) -> bool:
 
 
 @mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
-@dataclass(eq=True)
+@dataclass(init=False, eq=True)
 class Response(_Message):
-    status: int = 200
-    reason: str = "OK"
-    version: str = SIP_VERSION
+    status: int
+    reason: str
+    version: str
 
     def __init__(self, headers: Headers, body: bytes, status: int = 200, reason: str = "OK",
                  version: str = SIP_VERSION) -> None:  # written out: compiled (setup.py)

@@ -135,18 +135,18 @@ def parse_host(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # a value: never mutated; not frozen, for speed
+@dataclass(slots=True, init=False, unsafe_hash=True)  # a value: never mutated; not frozen, for speed
 class SipURI:
     """A sip:, sips: or tel: URI. ``user`` and ``headers`` keep their escapes."""
 
     scheme: str
     host: str
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    params: Params = ()
-    headers: str | None = None
-    raw: str = field(default="", compare=False)
+    user: str | None
+    password: str | None
+    port: int | None
+    params: Params
+    headers: str | None
+    raw: str = field(compare=False)
 
     def __init__(self, scheme: str, host: str, user: str | None = None, password: str | None = None,
                  port: int | None = None, params: Params = (), headers: str | None = None,

@@ -1,4 +1,8 @@
-"""The ``sipconsole`` command: console (default), ``serve``, ``attach`` and ``ctl``."""
+"""The ``sipconsole`` command: console (default), ``serve``, ``attach``, ``ctl`` and ``user``.
+
+It sits above both packages: ``registrar_core`` never imports ``console``; this module
+chooses which one runs (the console embeds or attaches to the core).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import sys
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from . import __version__, build, exit_codes
-from .config import Config, ConfigError, build_config, default_control_path, load_toml
-from .options import OptionError, Options, add_config, add_control, add_db
+from registrar_core import __version__, build, exit_codes
+from registrar_core.config import Config, ConfigError, build_config, default_control_path, load_toml
+from registrar_core.options import OptionError, Options, add_config, add_control, add_db
 
 
 class Parser(argparse.ArgumentParser):
@@ -139,8 +143,8 @@ def build_parser() -> Parser:
     add_config(attach)
     attach.add_argument("--read-only", action="store_true", help="disable every destructive action")
 
-    from .ctl import add_ctl_parser
-    from .users import add_user_parser
+    from registrar_core.ctl import add_ctl_parser
+    from registrar_core.users import add_user_parser
 
     add_ctl_parser(sub, options)
     add_user_parser(sub, options)
@@ -153,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("ctl", "attach") and args.config and not args.control:
             args.control = build_config(load_toml(args.config)).control
         if args.command == "ctl":
-            from .ctl import run_ctl
+            from registrar_core.ctl import run_ctl
 
             return run_ctl(args)
         if args.command == "user":
-            from .users import run_user
+            from registrar_core.users import run_user
 
             return run_user(args)
         if args.command == "attach":
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: Config) -> int:
-    from .server import Server, install_fast_loop
+    from registrar_core.server import Server, install_fast_loop
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

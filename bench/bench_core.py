@@ -1,0 +1,81 @@
+"""Micro-benchmark: microseconds of CPU per REGISTER through the whole core, in process.
+
+Not a test; a figure to track across refactors of the request path. A RegistrarCore
+(memory only, auth off) is fed REGISTER bytes through the transports' entry point
+(``Pipeline.receive``, the callback style they use); no sockets, no SQLite, so it measures
+guard, parse, transaction, registrar logic and reply. Each repetition registers (first) or
+refreshes (after) every AOR once; the first is reported apart, the figure is the median of
+the rest. Run ``python bench/bench_core.py``; it writes ``bench/results/core.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import registrar_core  # noqa: E402
+from registrar_core.api import RegistrarCore  # noqa: E402
+from registrar_core.config import build_config  # noqa: E402
+from registrar_core.source import Source  # noqa: E402
+
+SOURCE = Source("udp", "127.0.0.1", 5062, "udp:127.0.0.1:5060")
+
+
+def register(n: int, cseq: int) -> bytes:
+    return (f"REGISTER sip:example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{n}x{cseq};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:u{n}@example.com>;tag=t{n}\r\nTo: <sip:u{n}@example.com>\r\n"
+            f"Call-ID: c{n}@bench\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:u{n}@127.0.0.1:5062>\r\n"
+            f"Expires: 3600\r\nUser-Agent: bench/1.0\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+async def measure(aors: int, repeat: int) -> list[float]:
+    """Microseconds per REGISTER for each repetition over ``aors`` AORs."""
+    core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": ":memory:"}), memory_only=True)
+    await core.start()
+    replies: list[object] = []
+    receive = core.pipeline.receive
+    per_register = []
+    try:
+        for cseq in range(1, repeat + 1):
+            batch = [register(n, cseq) for n in range(aors)]
+            start = time.perf_counter()
+            for data in batch:
+                receive(data, SOURCE, replies.append)
+            per_register.append((time.perf_counter() - start) / aors * 1e6)
+    finally:
+        await core.stop()
+    answered = sum(1 for r in replies if isinstance(r, tuple) and r[0].startswith(b"SIP/2.0 200 "))
+    if answered != aors * repeat:
+        raise SystemExit(f"only {answered} of {aors * repeat} REGISTERs got 200")
+    return per_register
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--aors", type=int, default=20_000, help="AORs per repetition (default 20,000)")
+    parser.add_argument("--repeat", type=int, default=6, help="repetitions; the first registers, the rest refresh")
+    parser.add_argument("--quick", action="store_true", help="2,000 AORs")
+    args = parser.parse_args()
+    aors = 2_000 if args.quick else args.aors
+    times = asyncio.run(measure(aors, max(2, args.repeat)))
+    refresh = times[1:]
+    print(f"build {registrar_core.build()}: first registration {times[0]:.1f} us/REGISTER; refresh median "
+          f"{statistics.median(refresh):.1f} us (min {min(refresh):.1f}, max {max(refresh):.1f})")
+    out = ROOT / "bench" / "results" / "core.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "us_per_register": times,
+                               "refresh_median_us": statistics.median(refresh)}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

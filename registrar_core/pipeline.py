@@ -1,0 +1,268 @@
+"""The request pipeline: what happens to every message a transport hands the core.
+
+Strategy (h11 style: sans-IO steps, callbacks, no task per message). One message flows
+top to bottom through the methods of :class:`Pipeline`, in this order:
+
+1. **receive**: framed bytes, their :class:`Source` and the transport's ``respond``
+   callback, called exactly once (the reply and where it goes, or None: send nothing).
+2. **guard**: the per-IP budget and bans (security.py); RFC 5626 keepalives (a bare CRLF,
+   a STUN Binding request) are answered here and go no further.
+3. **parse**: sip/ turns the bytes into a Request (malformed: a stateless 400 from what
+   can be salvaged, stateless.py); a Response goes to the response sinks (qualify's
+   OPTIONS); ACKs and scanners are dropped.
+4. **transaction**: over UDP the server transaction table (transactions.py) answers a
+   retransmission with the response already sent; TCP never retransmits, so keeps none.
+5. **handler**: the method table picks the handler: REGISTER goes to :meth:`register`
+   (RFC 3261 §10.3: check, authenticate, save in registrar.py), the other methods to the
+   redirect server (redirect.py). A new method plugs in with :meth:`handle_method`.
+6. **reply**: :meth:`answered` counts the outcome, publishes request.handled (only while
+   someone listens), and the serialised response goes back through ``respond``, into the
+   transaction table first over UDP.
+
+A handler answers through its ``answer`` callback, at once or when the change it made is
+durable (a REGISTER's group commit), so a REGISTER waiting for its commit holds only a
+closure, never a task.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import events as ev
+from .auth import Authenticator, Refusal, authorised_for
+from .config import Config
+from .events import EventBus
+from .keepalive import is_crlf_keepalive, stun_binding_response
+from .location import DEFAULT_TABLE
+from .registrar import Registrar, RegisterRejected, reply
+from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
+from .sip import Request, Response, SipError, SipURI, parse_message
+from .source import Source
+from .stateless import salvage_reply
+from .stats import Stats
+from .transactions import Reply, TransactionTable, transaction_key
+
+log = logging.getLogger(__name__)
+
+Respond = Callable[[Reply | None], None]  # the transport's callback: the reply and where it goes
+
+
+class Answer(Protocol):
+    """How a handler answers: the response, and whether it is a 401 asking for (fresh)
+    credentials, counted apart from real rejections."""
+
+    def __call__(self, response: Response, challenged: bool = False) -> None: ...
+
+
+Handler = Callable[[Request, Source, Answer], None]
+
+
+def reply_address(request: Request, source: Source) -> tuple[str, int]:
+    """RFC 3261 §18.2.2 with RFC 3581 rport: where a UDP response goes."""
+    via = request.vias[0]
+    host = via.received or source.ip
+    rport = via.rport
+    if rport:
+        return host, int(rport)
+    return host, via.port or 5060
+
+
+class Pipeline:
+    """receive -> guard -> parse -> transaction -> handler -> reply (see the module's strategy)."""
+
+    def __init__(self, config: Config, registrar: Registrar, fallback: Handler, events: EventBus,
+                 stats: Stats, guard: IpGuard, clock: Callable[[], float]) -> None:
+        self.config = config
+        self._limits = config.limits  # a property that builds a Limits: once, not per message
+        self.registrar = registrar
+        self.events = events
+        self.stats = stats
+        self.guard = guard
+        self.clock = clock
+        self.to_tag = registrar.to_tag
+        self.transactions = TransactionTable()
+        self.authenticator: Authenticator | None = None  # set by RegistrarCore.start() when auth is on
+        # Who wants the responses to requests we send (qualify's OPTIONS); set by that service.
+        self.response_sinks: list[Callable[[Response, Source], object]] = []
+        self._fallback = fallback  # methods nobody registered: the redirect server answers 501
+        self._handlers: dict[str, Handler] = {"REGISTER": self.register}
+        self._scanner_ips: set[str] = set()
+
+    def handle_method(self, method: str, handler: Handler) -> None:
+        """Route requests of ``method`` to ``handler`` (step 5)."""
+        self._handlers[method] = handler
+
+    # 1. receive --------------------------------------------------------------------------
+    def receive(self, data: bytes, source: Source, respond: Respond) -> None:
+        """One framed message in; ``respond`` (which must not raise) is called once with the
+        reply and where to send it (None: send nothing), at once or when the change the
+        message made is durable."""
+        try:
+            self._receive(data, source, respond)
+        except Exception:
+            log.exception("unexpected error handling a message from %s", source.address)
+            respond(None)
+
+    def _receive(self, data: bytes, source: Source, respond: Respond) -> None:
+        # 2. guard
+        verdict = self.guard.admit(source.ip)
+        if verdict is not ADMIT:
+            if verdict is BAN:
+                self.security("ban", source)
+            respond(None)
+            return
+        if data and data[0] < 0x20 and self._keepalive(data, source, respond):  # no SIP starts so
+            return
+        # 3. parse
+        try:
+            message = parse_message(data, self._limits)
+        except SipError as exc:
+            self.stats.parse_errors += 1
+            salvaged = salvage_reply(data, exc, self.to_tag)
+            respond(None if salvaged is None else (salvaged, (source.ip, source.port)))
+            return
+        if isinstance(message, Response):
+            for sink in self.response_sinks:
+                sink(message, source)
+            respond(None)
+            return
+        if message.method == "ACK" or (
+                self.config.drop_scanners and self._dropped_as_scanner(message, source)):
+            respond(None)
+            return
+        message.stamp_source(source.ip, source.port)
+        address = reply_address(message, source)  # taken now: the request need not outlive its handler
+        # 4. transaction
+        if source.proto != "udp":
+            # A reliable transport never retransmits (RFC 3261 §17.2.2: Timer J is 0 s), so
+            # there is no transaction state to keep: 32 s of responses is UDP's cost alone.
+            self._dispatch(message, source, lambda response: respond((bytes(response), address)))
+            return
+        key = transaction_key(message)
+        previous = self.transactions.lookup(key)
+        if previous is not None:
+            self.stats.retransmissions += 1
+            respond((previous, address) if previous else None)
+            return
+        self.transactions.begin(key)
+
+        def completed(response: Response) -> None:
+            payload = bytes(response)
+            self.transactions.complete(key, payload)
+            respond((payload, address))
+
+        try:
+            self._dispatch(message, source, completed)
+        except BaseException:
+            self.transactions.forget(key)
+            raise
+
+    def _keepalive(self, data: bytes, source: Source, respond: Respond) -> bool:
+        """RFC 5626 keepalives: a bare CRLF is dropped, a STUN Binding request (UDP) answered,
+        both counted; False for anything else (a message after CRLFs is parsed as usual)."""
+        stun = stun_binding_response(data, source.ip, source.port) if source.proto == "udp" else None
+        if stun is None and not is_crlf_keepalive(data):
+            return False
+        self.stats.keepalives += 1
+        respond(None if stun is None else (stun, (source.ip, source.port)))
+        return True
+
+    def _dropped_as_scanner(self, request: Request, source: Source) -> bool:
+        """A scanner's User-Agent: drop silently, and say so once per address (they send thousands)."""
+        user_agent = request.headers.get("User-Agent")
+        if not is_scanner(user_agent):
+            return False
+        self.stats.security["scanner"] += 1
+        if source.ip not in self._scanner_ips and len(self._scanner_ips) < 10_000:
+            self._scanner_ips.add(source.ip)
+            sipsec("scanner", source.ip, source.port, user_agent or "")
+            self.events.publish(ev.SECURITY, event="scanner", ip=source.ip, port=source.port, user=user_agent or "")
+        return True
+
+    # 5. handler --------------------------------------------------------------------------
+    def _dispatch(self, request: Request, source: Source, done: Callable[[Response], None]) -> None:
+        method = request.method
+        self.stats.requests[method] += 1
+        # What the request.handled event tells, taken now (a REGISTER's request is let go
+        # while its commit is on); nothing when nobody listens.
+        note = _Note.of(request, source) if self.events.active else None
+        handler = self._handlers.get(method, self._fallback)
+        handler(request, source, functools.partial(self.answered, method, note, done))
+
+    def register(self, request: Request, source: Source, answer: Answer) -> None:
+        """REGISTER, RFC 3261 §10.3 in order: the domain (step 1) and Require (step 2) are
+        checked before authentication, then the bindings are saved (registrar.py)."""
+        registrar = self.registrar
+        if self.authenticator is None:
+            registrar.save(DEFAULT_TABLE, request, 0, source, answer)
+            return
+        try:
+            aor = registrar.check(request)
+        except (RegisterRejected, SipError) as exc:
+            answer(registrar.refusal(request, exc))
+            return
+        refusal = self._authenticate(self.authenticator, request, source)
+        if refusal is not None:
+            response = reply(request, refusal.status, refusal.reason, refusal.headers, self.to_tag)
+            answer(response, refusal.status == 401 and refusal.failure is None)
+            return
+        registrar.save_checked(DEFAULT_TABLE, aor, request, 0, source, answer)
+
+    def _authenticate(self, authenticator: Authenticator, request: Request, source: Source) -> Refusal | None:
+        """Digest-authenticate a REGISTER; None means go ahead."""
+        to = request.to.uri
+        if not isinstance(to, SipURI):
+            return None  # the registrar answers 400 for a non-SIP To
+        realm = to.host.lower()
+        outcome = authenticator.check(request, realm, source.ip)
+        refusal = outcome.refusal
+        if refusal is None and not authorised_for(request, outcome.username or "", realm):
+            refusal = Refusal(403, "Forbidden", [("P-Registrar-Error", "Not authorised for this AOR")],
+                              failure="wrong-aor", user=outcome.username or "")
+        if refusal is not None and refusal.failure:
+            self.security(refusal.failure, source, refusal.user)
+            if refusal.failure == "user-banned" and self.guard.ban(source.ip):
+                self.security("ban", source, refusal.user)  # the address, not the user
+        return refusal
+
+    def security(self, event: str, source: Source, user: str = "") -> None:
+        """A ban, a failed authentication, a scanner: a SIPSEC log line and an event."""
+        self.stats.security[event] += 1
+        sipsec(event, source.ip, source.port, user)
+        self.events.publish(ev.SECURITY, event=event, ip=source.ip, port=source.port, user=user)
+
+    # 6. reply ----------------------------------------------------------------------------
+    def answered(self, method: str, note: _Note | None, done: Callable[[Response], None],
+                 response: Response, challenged: bool = False) -> None:
+        """Count and publish a request's outcome, then hand its response on; ``challenged``:
+        a 401 asking for (fresh) credentials, counted apart from real rejections."""
+        if method == "REGISTER":
+            self.stats.count_register(response.status == 200, challenged, self.clock())
+        self.stats.responses[str(response.status)] += 1
+        if note is not None:
+            self.events.publish(ev.REQUEST_HANDLED, method=method, aor=note.aor, source=note.source,
+                                status=response.status, reason=response.reason, user_agent=note.user_agent)
+        done(response)
+
+
+@dataclass(slots=True, init=False)  # one per request while someone listens: not frozen (cheaper to make)
+class _Note:
+    """The request side of a request.handled event."""
+
+    aor: str
+    source: str
+    user_agent: str
+
+    def __init__(self, aor: str, source: str, user_agent: str) -> None:
+        self.aor = aor  # written out: compiled (setup.py)
+        self.source = source
+        self.user_agent = user_agent
+
+    @classmethod
+    def of(cls, request: Request, source: Source) -> _Note:
+        uri = request.to.uri if request.method == "REGISTER" else request.uri
+        return cls(uri.aor, source.address, request.headers.get("User-Agent") or "")

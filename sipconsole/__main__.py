@@ -1,0 +1,7 @@
+"""``python -m sipconsole``: the ``sipconsole`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
