@@ -62,6 +62,8 @@ def _registrar_options(p: Any) -> None:
     g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,
                    help='answer "403 Please register first" to unregistered callers (default off)')
     add_control(g)
+    g.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (a port alone: 127.0.0.1; default off)")
     k = p.add_argument_group("reachability")
     k.add_argument("--qualify-interval", type=float, metavar="S",
                    help="send OPTIONS to every contact every S seconds, 0 = off (default 0)")

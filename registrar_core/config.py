@@ -6,7 +6,7 @@ import difflib
 import ipaddress
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,21 +39,36 @@ def parse_listen(text: str) -> Listen:
     if proto not in ("udp", "tcp"):
         raise bad(f"unknown transport {proto!r} (udp or tcp)" if rest else
                   "expected PROTO:HOST:PORT, e.g. udp:127.0.0.1:5060")
+    host, port = _host_port(rest, f"{proto}:", 5060, bad)
+    return Listen(proto, host, port)
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of the metrics endpoint, or a port alone for loopback (127.0.0.1)."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"bad metrics-listen address {text!r}: {why}")
+
+    rest = text.strip().lower()
+    return _host_port(f"127.0.0.1:{rest}" if rest.isdigit() else rest, "", 9090, bad)
+
+
+def _host_port(rest: str, prefix: str, example: int, bad: Callable[[str], ConfigError]) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) as (host, port); ``prefix`` and ``example`` make the hints."""
     host, colon, port = rest.rpartition(":")
     if not colon or not host:
-        raise bad(f"expected {proto}:HOST:PORT, e.g. {proto}:127.0.0.1:5060")
+        raise bad(f"expected {prefix}HOST:PORT, e.g. {prefix}127.0.0.1:{example}")
     if host.startswith("[") and host.endswith("]"):
         try:
             host = str(ipaddress.IPv6Address(host[1:-1]))
         except ValueError:
             raise bad(f"{host} is not an IPv6 address") from None
     elif ":" in host or "[" in host or "]" in host:
-        raise bad(f"an IPv6 address goes in brackets, e.g. {proto}:[::1]:5060")
+        raise bad(f"an IPv6 address goes in brackets, e.g. {prefix}[::1]:{example}")
     if not port.isdigit():
         raise bad(f"the port {port!r} is not a number")
     if int(port) > 65535:
         raise bad(f"the port {int(port)} is out of range (0-65535; 0 picks a free one)")
-    return Listen(proto, host, int(port))
+    return host, int(port)
 
 
 def _runtime_dir() -> Path:
@@ -107,6 +122,7 @@ class Config:
     qualify_timeout: float = 3.0  # seconds to wait for the answer (Asterisk qualify_timeout)
     qualify_remove_after: int = 0  # remove a contact after N unanswered probes in a row; 0 = never
     dns_server: tuple[str, ...] = ()  # nameservers (IP or IP:PORT) for RFC 3263 lookups; none = resolv.conf
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint (a port alone: loopback); "" = off
 
     def __post_init__(self) -> None:
         for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
@@ -145,6 +161,8 @@ class Config:
                 raise ConfigError(f"trusted: {cidr!r} is not an address or CIDR (e.g. 10.0.0.0/8, ::1)") from None
         if self.max_tcp_connections < 0:
             raise ConfigError("max-tcp-connections must not be negative")
+        if self.metrics_listen:
+            parse_metrics_listen(self.metrics_listen)
 
     @property
     def auth_key_path(self) -> Path:
@@ -172,6 +190,7 @@ _CONVERTERS: dict[str, Any] = {
     "control": str,
     "auth_key": str,
     "min_expires_mode": str,
+    "metrics_listen": str,
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
     "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .. import events as ev
 from ..events import EventBus
+from ..metrics import COMMIT_SECONDS_BUCKETS, COMMIT_SIZE_BUCKETS, Histogram
 from .contact import Contact
 from .store import Batch, StorageError, Store
 
@@ -119,6 +120,10 @@ class LocationService:
         self.locks = KeyedLock()
         self.expired_total = 0
         self.storage_error: str | None = None
+        self.storage_errors = 0  # writes the store refused or failed (metrics)
+        # Per group commit, not per request: cheap enough to stay on (metrics.py).
+        self.commit_size = Histogram(COMMIT_SIZE_BUCKETS)
+        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
         self._tables: dict[str, dict[str, dict[str, Contact]]] = {DEFAULT_TABLE: {}}
         self._policies: dict[tuple[str, str, str], str] = {}
         self._heap: list[tuple[float, str, str, str]] = []
@@ -341,7 +346,10 @@ class LocationService:
                 continue
             try:
                 try:
+                    began = time.perf_counter()
                     await self.store.write(_merge(pending))
+                    self.commit_seconds.observe(time.perf_counter() - began)
+                    self.commit_size.observe(len(pending))
                 except StorageError as exc:
                     if not exc.bad_data or len(pending) == 1:
                         raise
@@ -349,6 +357,7 @@ class LocationService:
                     await self._write_each(pending)
                     continue
             except StorageError as exc:
+                self.storage_errors += 1
                 if not exc.bad_data:
                     self._storage_state(str(exc))
                 for change in pending:
@@ -381,6 +390,7 @@ class LocationService:
             try:
                 await self.store.write(_merge([change]))
             except StorageError as exc:
+                self.storage_errors += 1
                 if exc.bad_data:
                     log.warning("a change could not be stored and was refused: %s", exc)
                     self._finish(change, exc)
