@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +77,7 @@ def render(core: RegistrarCore) -> str:
     one("sipconsole_aors", "gauge", "addresses of record with at least one contact", s["registered_users"])
     one("sipconsole_contacts", "gauge", "contacts in the location table", s["location_contacts"])
     metric("sipconsole_contacts_by_transport", "gauge", "live contacts by the transport they registered over",
-           by("transport", _contacts_by_transport(core)))
+           by("transport", location.contacts_by_transport(location.clock())))
     one("sipconsole_contacts_expired_total", "counter", "contacts removed because they expired",
         s["expired_contacts"])
     one("sipconsole_auth_failures_total", "counter", "REGISTERs with wrong digest credentials",
@@ -108,17 +107,6 @@ def render(core: RegistrarCore) -> str:
     one("sipconsole_uptime_seconds", "gauge", "seconds since the registrar started", s["uptime"])
     out.append("")
     return "\n".join(out)
-
-
-def _contacts_by_transport(core: RegistrarCore) -> Counter[str]:
-    location = core.location
-    now = location.clock()
-    counts: Counter[str] = Counter()
-    for table in location.tables():
-        for aor in location.aors(table):
-            for contact in location.contacts(table, aor, now):
-                counts[contact.socket.partition(":")[0] or "unknown"] += 1
-    return counts
 
 
 def _histogram(out: list[str], name: str, help_text: str, histogram: Histogram) -> None:
