@@ -57,6 +57,9 @@ def _registrar_options(p: Any) -> None:
     g.add_argument("--max-contacts", type=int, metavar="N", help="contacts per AOR, 0 = no limit (default 0)")
     g.add_argument("--max-contacts-status", type=int, choices=[403, 503],
                    help="the answer to a REGISTER over max-contacts (default 503, as Kamailio; Asterisk: 403)")
+    g.add_argument("--max-contacts-mode", choices=["reject", "evict-oldest"],
+                   help="over max-contacts: refuse the REGISTER (reject, default) or remove the bindings "
+                        "closest to expiry (evict-oldest, as Asterisk's remove_existing)")
     g.add_argument("--single-contact", action=argparse.BooleanOptionalAction, default=None,
                    help="newest REGISTER keeps the only binding of its AOR (default off)")
     g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,

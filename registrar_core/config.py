@@ -98,6 +98,9 @@ class Config:
     expires_range: int = 0  # percent of randomisation, as Kamailio's default_expires_range
     max_contacts: int = 0  # 0 = no limit
     max_contacts_status: int = 503  # Kamailio answers 503, Asterisk 403
+    # Over max-contacts: "reject" the REGISTER (Kamailio), or "evict-oldest", removing the
+    # bindings closest to expiry (Asterisk remove_existing, OpenSIPS force-registration).
+    max_contacts_mode: str = "reject"
     single_contact: bool = False
     caller_check: bool = False
     auth: bool = True  # digest authentication of REGISTER; off only for a lab
@@ -136,6 +139,8 @@ class Config:
             raise ConfigError("default-expires must be at least 1")
         if self.min_expires_mode not in ("reject", "clamp"):
             raise ConfigError("min-expires-mode must be 'reject' or 'clamp'")
+        if self.max_contacts_mode not in ("reject", "evict-oldest"):
+            raise ConfigError("max-contacts-mode must be 'reject' or 'evict-oldest'")
         if self.max_contacts_status not in (403, 503):
             raise ConfigError("max-contacts-status must be 403 or 503")
         if self.qualify_timeout <= 0:
@@ -190,6 +195,7 @@ _CONVERTERS: dict[str, Any] = {
     "control": str,
     "auth_key": str,
     "min_expires_mode": str,
+    "max_contacts_mode": str,
     "metrics_listen": str,
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
     "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),

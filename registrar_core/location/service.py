@@ -30,6 +30,7 @@ REMOVED_UNREGISTERED = "unregistered"
 REMOVED_REPLACED = "replaced"
 REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
+REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
 MAX_EMPTIED = 1_000_000
 # Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, dict[str, Contact]] = {}
