@@ -4,6 +4,7 @@ UDP and TCP, a real HTTP scrape, and the exposition checked by `promtool check m
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from registrar_core.config import ConfigError, build_config
 from registrar_core.metrics import Histogram
 
+from .conftest import server_address
 from .processes import SCENARIOS, ServeProcess, run_cli, run_sipp
 from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, register_bytes
 
@@ -161,6 +163,12 @@ async def request(port: int, data: bytes) -> bytes:
     return reply
 
 
+async def scrape_async(port: int) -> dict[str, float]:
+    """:func:`scrape` from inside the registrar's own event loop."""
+    reply = await request(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+    return samples(reply.partition(b"\r\n\r\n")[2].decode())
+
+
 @pytest.mark.parametrize("head, status", [
     (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"200 OK"),
     (b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n", b"200 OK"),
@@ -214,6 +222,41 @@ async def test_stopping_the_registrar_closes_the_endpoint(make_server):
     writer.close()
 
 
+async def test_a_storage_fault_shows_in_storage_errors_and_storage_ok(make_server, short_dir):
+    """The database file unlinked under the registrar: the store refuses to write (a real
+    fault, no root needed), REGISTERs get 500, and the scrape says so; putting it back clears it."""
+    db = short_dir / "faulty" / "location.db"
+    srv = await make_server(db=str(db), metrics_listen="127.0.0.1:0")
+    phone = await UdpPhone(server_address(srv)).open()
+    try:
+        assert (await phone.register("kept@example.com")).status == 200
+        os.link(db, short_dir / "aside.db")
+        db.unlink()
+        assert (await phone.register("later@example.com")).status == 500
+        values = await scrape_async(srv.metrics.port)
+        assert values["sipconsole_storage_ok"] == 0
+        assert values["sipconsole_storage_errors_total"] >= 1
+        assert values['sipconsole_responses_total{code="500"}'] == 1
+        assert values["sipconsole_group_commit_size_count"] == 1, "a failed commit is not observed"
+        os.link(short_dir / "aside.db", db)
+        deadline = time.monotonic() + 10
+        while (await scrape_async(srv.metrics.port))["sipconsole_storage_ok"] != 1:
+            assert time.monotonic() < deadline, "storage_ok never came back"
+            await asyncio.sleep(0.1)
+        assert (await phone.register("later@example.com")).status == 200
+    finally:
+        phone.close()
+
+
+async def test_ipv6_loopback(make_server):
+    srv = await make_server(metrics_listen="[::1]:0")
+    assert srv.metrics.address == f"http://[::1]:{srv.metrics.port}/metrics"
+    reader, writer = await asyncio.open_connection("::1", srv.metrics.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200 OK\r\n")
+    writer.close()
+
+
 async def test_no_endpoint_unless_asked(make_server):
     srv = await make_server()
     assert srv.metrics is None
@@ -222,15 +265,14 @@ async def test_no_endpoint_unless_asked(make_server):
 async def test_events_a_slow_subscriber_lost_are_counted(make_server):
     srv = await make_server(metrics_listen="127.0.0.1:0")
     sub = srv.core.events.subscribe(maxsize=2)  # and never read
-    phone = await UdpPhone(("127.0.0.1", int(srv.core.listening[0].rsplit(":", 1)[1]))).open()
+    phone = await UdpPhone(server_address(srv)).open()
     try:
         for n in range(3):
             assert (await phone.register(f"ev{n}@example.com")).status == 200
     finally:
         phone.close()
     sub.close()  # a closed subscriber's losses stay counted
-    reply = await request(srv.metrics.port, b"GET /metrics HTTP/1.1\r\n\r\n")
-    values = samples(reply.partition(b"\r\n\r\n")[2].decode())
+    values = await scrape_async(srv.metrics.port)
     assert values["sipconsole_events_dropped_total"] == srv.core.events.dropped >= 3
 
 
