@@ -6,7 +6,7 @@ import difflib
 import ipaddress
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,21 +45,36 @@ def parse_listen(text: str) -> Listen:
     if proto not in TRANSPORTS:
         raise bad(f"unknown transport {proto!r} ({', '.join(TRANSPORTS)})" if rest else
                   "expected PROTO:HOST:PORT, e.g. udp:127.0.0.1:5060")
+    host, port = _host_port(rest, f"{proto}:", 5060, bad)
+    return Listen(proto, host, port)
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of the metrics endpoint, or a port alone for loopback (127.0.0.1)."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"bad metrics-listen address {text!r}: {why}")
+
+    rest = text.strip().lower()
+    return _host_port(f"127.0.0.1:{rest}" if rest.isdigit() else rest, "", 9090, bad)
+
+
+def _host_port(rest: str, prefix: str, example: int, bad: Callable[[str], ConfigError]) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) as (host, port); ``prefix`` and ``example`` make the hints."""
     host, colon, port = rest.rpartition(":")
     if not colon or not host:
-        raise bad(f"expected {proto}:HOST:PORT, e.g. {proto}:127.0.0.1:5060")
+        raise bad(f"expected {prefix}HOST:PORT, e.g. {prefix}127.0.0.1:{example}")
     if host.startswith("[") and host.endswith("]"):
         try:
             host = str(ipaddress.IPv6Address(host[1:-1]))
         except ValueError:
             raise bad(f"{host} is not an IPv6 address") from None
     elif ":" in host or "[" in host or "]" in host:
-        raise bad(f"an IPv6 address goes in brackets, e.g. {proto}:[::1]:5060")
+        raise bad(f"an IPv6 address goes in brackets, e.g. {prefix}[::1]:{example}")
     if not port.isdigit():
         raise bad(f"the port {port!r} is not a number")
     if int(port) > 65535:
         raise bad(f"the port {int(port)} is out of range (0-65535; 0 picks a free one)")
-    return Listen(proto, host, int(port))
+    return host, int(port)
 
 
 def _runtime_dir() -> Path:
@@ -89,6 +104,9 @@ class Config:
     expires_range: int = 0  # percent of randomisation, as Kamailio's default_expires_range
     max_contacts: int = 0  # 0 = no limit
     max_contacts_status: int = 503  # Kamailio answers 503, Asterisk 403
+    # Over max-contacts: "reject" the REGISTER (Kamailio), or "evict-oldest", removing the
+    # bindings closest to expiry (Asterisk remove_existing, OpenSIPS force-registration).
+    max_contacts_mode: str = "reject"
     single_contact: bool = False
     caller_check: bool = False
     auth: bool = True  # digest authentication of REGISTER; off only for a lab
@@ -122,6 +140,7 @@ class Config:
     # Keep a TLS/WS contact until it expires when its connection closes (default: remove it,
     # Kamailio's handle_lost_tcp: nothing can reach a flow that is gone, RFC 5626/7118).
     keep_flow_contacts: bool = False
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint (a port alone: loopback); "" = off
 
     def __post_init__(self) -> None:
         for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
@@ -135,6 +154,8 @@ class Config:
             raise ConfigError("default-expires must be at least 1")
         if self.min_expires_mode not in ("reject", "clamp"):
             raise ConfigError("min-expires-mode must be 'reject' or 'clamp'")
+        if self.max_contacts_mode not in ("reject", "evict-oldest"):
+            raise ConfigError("max-contacts-mode must be 'reject' or 'evict-oldest'")
         if self.max_contacts_status not in (403, 503):
             raise ConfigError("max-contacts-status must be 403 or 503")
         if self.qualify_timeout <= 0:
@@ -170,6 +191,8 @@ class Config:
             raise ConfigError(f"ws-path must start with '/', e.g. /ws (got {self.ws_path!r})")
         if self.tls_handshake_timeout <= 0:
             raise ConfigError("tls-handshake-timeout must be positive")
+        if self.metrics_listen:
+            parse_metrics_listen(self.metrics_listen)
 
     def check_certificate(self) -> None:
         """Load the TLS certificate, key and CA now, so that one that does not load is a usage
@@ -212,6 +235,8 @@ _CONVERTERS: dict[str, Any] = {
     "ws_path": str,
     "ws_origins": lambda v: tuple(o.strip() for x in _as_list(v) for o in str(x).split(",") if o.strip()),
     "min_expires_mode": str,
+    "max_contacts_mode": str,
+    "metrics_listen": str,
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
     "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),
 }

@@ -51,7 +51,9 @@ class Subscription:
 
     def put(self, event: Event) -> None:
         if self.queue.full():
-            self.dropped += self.queue.qsize() + 1
+            lost = self.queue.qsize() + 1
+            self.dropped += lost
+            self._bus.dropped += lost
             while not self.queue.empty():
                 self.queue.get_nowait()
             self.queue.put_nowait(Event(EVENTS_LOST, {"dropped": self.dropped}, event.time))
@@ -82,6 +84,7 @@ class EventBus:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._subscribers: list[Subscription] = []
+        self.dropped = 0  # events every subscriber lost, closed ones included (metrics)
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         sub = Subscription(self, maxsize)

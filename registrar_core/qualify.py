@@ -24,6 +24,7 @@ from . import events as ev
 from .aor import NotFound
 from .client_transactions import ClientTransaction
 from .location import Contact
+from .metrics import RTT_SECONDS_BUCKETS, Histogram
 from .qualify_contacts import contact_by_ruid, every_contact, find_contacts, follow, remove_contact, wanted
 from .qualify_probe import Prober
 from .reachability import REACHABLE, UNKNOWN, UNREACHABLE, Reachability, order
@@ -78,6 +79,7 @@ class QualifyService:
         self.tables = None if tables is None else set(tables)
         self.rng = rng or random.Random()
         self.counters: Counter[str] = Counter()  # sent, retransmitted, answered, timeouts, failed, removed
+        self.rtt = Histogram(RTT_SECONDS_BUCKETS)  # answered probes (metrics.py)
         self._prober = Prober(core.client_transactions, self.resolver, self._reported, self.counters,
                               timeout=self.timeout, retransmit=retransmit, require_2xx=require_2xx,
                               use_received=use_received, from_user=from_user)
@@ -309,6 +311,8 @@ class QualifyService:
     def _done(self, entry: _Entry, rtt_ms: float | None, reason: str) -> None:
         """Record one probe's outcome (rtt_ms None = failed) and schedule the next."""
         previous = entry.state
+        if rtt_ms is not None:
+            self.rtt.observe(rtt_ms / 1000.0)
         if entry.observe(rtt_ms, reason, self.core.location.clock()):
             self.core.events.publish(
                 ev.CONTACT_REACHABILITY, table=entry.table, aor=entry.aor, ruid=entry.ruid,

@@ -19,7 +19,7 @@ from .location import (
     LocationService,
     StorageError,
 )
-from .location.service import REMOVED_REPLACED, REMOVED_UNREGISTERED
+from .location.service import REMOVED_EVICTED, REMOVED_REPLACED, REMOVED_UNREGISTERED
 from .sip import NameAddr, Request, Response, SipError, SipURI, build_response, response_from, response_head
 from .sip.headers import is_digits, parse_delta
 from .sip.uri import format_params
@@ -326,14 +326,28 @@ class Registrar:
 
     def _check_max_contacts(self, existing: list[Contact], puts: list[tuple[Contact, bool]],
                             removes: list[tuple[Contact, str]]) -> None:
+        """Over max-contacts: refuse the REGISTER, or with evict-oldest add to ``removes`` (the
+        same commit) the bindings closest to expiry that this REGISTER neither refreshes nor
+        removes; refused still when those are too few (it brings more than the limit)."""
         limit = self.config.max_contacts
         if not limit:
             return
         count = len(existing) - len(removes) + sum(1 for _, is_new in puts if is_new)
-        if count > limit:
-            status = self.config.max_contacts_status
-            reason = "Service Unavailable" if status == 503 else "Forbidden"
-            raise RegisterRejected(status, reason, f"Too many registered contacts (max {limit})")
+        if count <= limit:
+            return
+        if self.config.max_contacts_mode == "evict-oldest":
+            touched = {c.ruid for c, _ in removes} | {c.ruid for c, _ in puts}
+            oldest = sorted((c for c in existing if c.ruid not in touched), key=_expires)[:count - limit]
+            if len(oldest) == count - limit:
+                removes.extend((c, REMOVED_EVICTED) for c in oldest)
+                return
+        status = self.config.max_contacts_status
+        reason = "Service Unavailable" if status == 503 else "Forbidden"
+        raise RegisterRejected(status, reason, f"Too many registered contacts (max {limit})")
+
+
+def _expires(contact: Contact) -> float:
+    return contact.expires
 
 
 def unsupported(request: Request) -> list[str]:

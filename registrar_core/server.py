@@ -8,10 +8,12 @@ import logging
 
 from . import build
 from .api import RegistrarCore
-from .config import Config
+from .config import Config, parse_metrics_listen
 from .control import ControlServer, ensure_free
 from .dblock import DatabaseLock
 from .flows import FlowReaper
+from .metrics import render
+from .metrics_http import MetricsServer
 from .transport import Transports
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Server:
             self.transports.flow_closed = self.flows.closed
         self._control_enabled = control
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         if not self._memory_only:  # before the database opens and any port is bound
@@ -74,11 +77,19 @@ class Server:
                 self.control = ControlServer(self.core, self.config.control)
                 await self.control.start()
                 log.info("control socket at %s", self.config.control)
+            if self.config.metrics_listen:
+                host, port = parse_metrics_listen(self.config.metrics_listen)
+                self.metrics = MetricsServer(lambda: render(self.core), host, port)
+                await self.metrics.start()
+                log.info("Prometheus metrics at %s", self.metrics.address)
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
+            self.metrics = None
         if self.control is not None:
             await self.control.stop()
             self.control: ControlServer | None = None

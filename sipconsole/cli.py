@@ -61,11 +61,16 @@ def _registrar_options(p: Any) -> None:
     g.add_argument("--max-contacts", type=int, metavar="N", help="contacts per AOR, 0 = no limit (default 0)")
     g.add_argument("--max-contacts-status", type=int, choices=[403, 503],
                    help="the answer to a REGISTER over max-contacts (default 503, as Kamailio; Asterisk: 403)")
+    g.add_argument("--max-contacts-mode", choices=["reject", "evict-oldest"],
+                   help="over max-contacts: refuse the REGISTER (reject, default) or remove the bindings "
+                        "closest to expiry (evict-oldest, as Asterisk's remove_existing)")
     g.add_argument("--single-contact", action=argparse.BooleanOptionalAction, default=None,
                    help="newest REGISTER keeps the only binding of its AOR (default off)")
     g.add_argument("--caller-check", action=argparse.BooleanOptionalAction, default=None,
                    help='answer "403 Please register first" to unregistered callers (default off)')
     add_control(g)
+    g.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (a port alone: 127.0.0.1; default off)")
     k = p.add_argument_group("reachability")
     k.add_argument("--qualify-interval", type=float, metavar="S",
                    help="send OPTIONS to every contact every S seconds, 0 = off (default 0)")

@@ -9,6 +9,7 @@ import email.utils
 import pytest
 
 from registrar_core import events as ev
+from registrar_core.config import ConfigError, build_config
 from registrar_core.events import EventBus
 from registrar_core.location import Contact, LocationService
 
@@ -294,3 +295,47 @@ async def test_refreshes_keep_one_expiry_entry_per_binding_and_expire_on_time():
     await location.apply("location", [(dataclasses.replace(first, cseq=2, expires=now[0] + 30), False)], [])
     now[0] += 30
     assert await location.expire_now() == 1
+
+
+async def test_max_contacts_evict_oldest_removes_the_binding_closest_to_expiry_in_the_same_commit(make_server):
+    srv = await make_server(max_contacts=2, max_contacts_mode="evict-oldest")
+    phone = await UdpPhone(server_address(srv)).open()
+    aor = next_aor()
+    assert (await phone.register(aor, contacts=["<sip:a@10.0.0.1>"], expires=3600, call_id="a@t")).status == 200
+    assert (await phone.register(aor, contacts=["<sip:b@10.0.0.1>"], expires=600, call_id="b@t")).status == 200
+    [b] = [c for c in srv.core.fetch_contacts(aor) if c.addr == "sip:b@10.0.0.1"]
+    sub = srv.core.subscribe()
+    commits = srv.core.location.commit_size.sum
+    r = await phone.register(aor, contacts=["<sip:c@10.0.0.1>"], expires=3600, call_id="c@t")
+    assert r.status == 200
+    assert set(bindings(r)) == {"sip:a@10.0.0.1", "sip:c@10.0.0.1"}, "b expired soonest: it went"
+    assert srv.core.location.commit_size.sum == commits + 1, "the eviction and the new binding: one change"
+    events = [e for e in sub.drain() if e.kind in (ev.CONTACT_REMOVED, ev.CONTACT_ADDED)]
+    assert [(e.kind, e.data["ruid"], e.data.get("reason")) for e in events][0] == (ev.CONTACT_REMOVED, b.ruid, "evicted")
+    assert events[1].kind == ev.CONTACT_ADDED and events[1].data["contact"].addr == "sip:c@10.0.0.1"
+    sub.close()
+    phone.close()
+
+
+async def test_max_contacts_evict_oldest_spares_what_the_register_refreshes(make_server):
+    srv = await make_server(max_contacts=2, max_contacts_mode="evict-oldest")
+    phone = await UdpPhone(server_address(srv)).open()
+    aor = next_aor()
+    assert (await phone.register(aor, contacts=["<sip:a@10.0.0.1>"], expires=3600, call_id="a@t")).status == 200
+    assert (await phone.register(aor, contacts=["<sip:b@10.0.0.1>"], expires=600, call_id="b@t")).status == 200
+    # b (closest to expiry) is refreshed by the same REGISTER that adds c: a goes instead.
+    r = await phone.register(aor, contacts=["<sip:b@10.0.0.1>", "<sip:c@10.0.0.1>"], call_id="b@t", cseq=2)
+    assert r.status == 200 and set(bindings(r)) == {"sip:b@10.0.0.1", "sip:c@10.0.0.1"}
+    # More new contacts than the limit in one REGISTER: nothing to evict makes room, refused.
+    over = await phone.register(aor, contacts=[f"<sip:{n}@10.0.0.2>" for n in "xyz"], call_id="x@t")
+    assert over.status == 503 and "Too many" in over.headers.get("P-Registrar-Error")
+    assert {c.addr for c in srv.core.fetch_contacts(aor)} == {"sip:b@10.0.0.1", "sip:c@10.0.0.1"}
+    phone.close()
+
+
+def test_max_contacts_mode_is_reject_or_evict_oldest():
+    assert build_config({}).max_contacts_mode == "reject"
+    assert build_config({"max-contacts-mode": "evict-oldest"}).max_contacts_mode == "evict-oldest"
+    with pytest.raises(ConfigError) as caught:
+        build_config({"max-contacts-mode": "evict"})
+    assert str(caught.value) == "max-contacts-mode must be 'reject' or 'evict-oldest'"
