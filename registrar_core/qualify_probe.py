@@ -22,6 +22,7 @@ from .client_transactions import TRANSPORT_ERROR, ClientTransaction, ClientTrans
 from .location import Contact
 from .resolver import Resolution, Resolver
 from .sip import Headers, Request, Response, SipError, SipURI, parse_name_addr, parse_uri
+from .source import parse_address
 
 # How a probe ended: (the owner's context, RTT in ms or None when it failed, reason, target).
 Report = Callable[[Any, float | None, str, str], None]
@@ -41,13 +42,6 @@ class Plan:
     addr: tuple[str, int] | None
 
 
-def split_address(text: str) -> tuple[str, str, int]:
-    """``udp:127.0.0.1:5060`` / ``tcp:[::1]:5060`` -> (proto, host, port)."""
-    proto, _, rest = text.partition(":")
-    host, _, port = rest.rpartition(":")
-    return proto.lower(), host.strip("[]"), int(port)
-
-
 def plan_probe(contact: Contact, use_received: str) -> Plan | str:
     """Where the probe of ``contact`` goes, or why it cannot be sent.
 
@@ -59,7 +53,7 @@ def plan_probe(contact: Contact, use_received: str) -> Plan | str:
     if not contact.socket:
         return "registered without a socket"
     try:
-        proto, _host, _port = split_address(contact.socket)
+        proto, _host, _port = parse_address(contact.socket)
     except ValueError:
         return f"bad socket {contact.socket!r}"
     routes = tuple(contact.path)
@@ -85,7 +79,7 @@ def resolved_address(plan: Plan, resolution: Resolution) -> tuple[str, int] | st
     socket it leaves from), or why there is none."""
     if not resolution.ok:
         return f"dns {resolution.state}: {resolution.reason}"
-    family = 6 if ":" in split_address(plan.local)[1] else 4
+    family = 6 if ":" in parse_address(plan.local)[1] else 4
     target = resolution.first(family)
     if target is None:
         return f"dns: no IPv{family} address for {plan.hop}"
@@ -94,7 +88,7 @@ def resolved_address(plan: Plan, resolution: Resolution) -> tuple[str, int] | st
 
 def options_request(plan: Plan, call_id: str, branch: str, from_user: str) -> bytes:
     """The OPTIONS bytes; raises SipError when the contact is not a SIP URI."""
-    _, host, port = split_address(plan.local)
+    _, host, port = parse_address(plan.local)
     host = f"[{host}]" if ":" in host else host
     uri = parse_uri(plan.request_uri)
     if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
@@ -226,7 +220,7 @@ def _address(received: str) -> tuple[str, int] | None:
     if not received:
         return None
     try:
-        _, host, port = split_address(received)
+        _, host, port = parse_address(received)
     except ValueError:
         return None
     return host, port
@@ -247,4 +241,4 @@ def _literal_contact(addr: str) -> bool:
     return True
 
 
-__all__ = ["Plan", "Prober", "options_request", "plan_probe", "resolved_address", "split_address"]
+__all__ = ["Plan", "Prober", "options_request", "plan_probe", "resolved_address"]
