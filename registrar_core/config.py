@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import os
 import tomllib
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .location import is_postgres
 from .resolver import parse_nameserver
 from .sip.limits import Limits
 
@@ -145,6 +147,8 @@ class Config:
                 raise ConfigError(f"trusted: {cidr!r} is not an address or CIDR (e.g. 10.0.0.0/8, ::1)") from None
         if self.max_tcp_connections < 0:
             raise ConfigError("max-tcp-connections must not be negative")
+        if is_postgres(self.db) and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError("db: a PostgreSQL database needs asyncpg: pip install 'sipconsole[postgresql]'")
 
     @property
     def auth_key_path(self) -> Path:
@@ -152,6 +156,8 @@ class Config:
             return Path(self.auth_key)
         if self.db == ":memory:":
             return _runtime_dir() / "auth.key"
+        if is_postgres(self.db):  # beside where the SQLite file would be: this machine's data directory
+            return default_db_path().parent / "auth.key"
         return Path(self.db).parent / "auth.key"
 
     @property

@@ -82,11 +82,11 @@ _ROW_MARKS = "(" + ",".join("?" * len(_COLUMNS.split(", "))) + ")"
 MAX_CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
 
 
-def _chunks(count: int) -> list[tuple[int, int]]:
+def _chunks(count: int, largest: int = MAX_CHUNK) -> list[tuple[int, int]]:
     """(start, size) of the power-of-two chunks, largest first, that make up ``count``."""
     out = []
     start = 0
-    size = MAX_CHUNK
+    size = largest
     while start < count:
         while size > count - start:
             size //= 2
