@@ -5,6 +5,12 @@ multi-row ``INSERT ... ON CONFLICT DO UPDATE``: measured fastest here, bench/), 
 returns (``synchronous_commit`` on), so the caller answers 200 only after COMMIT. A lost
 connection or a refusing server is a StorageError; the next write or probe connects again
 (at most every ``reconnect_interval``), so the registrar recovers without a restart.
+
+Several registrars may share the database. Each commit also sends a NOTIFY (in the same
+transaction: delivered after COMMIT, in commit order) naming the ruids it wrote and deleted;
+every registrar LISTENs, fetches the written rows by ruid and tells its location service
+(:meth:`PostgresStore.follow`). A lost listening connection means a full reload, never a
+silently stale table.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import json
 import logging
 import time
 import urllib.parse
+import uuid
 
 import asyncpg
 
 from .contact import Contact
 from .sqlite_store import _chunks
-from .store import Batch, StorageError
+from .store import Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +90,47 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 
 
+CHANNEL = "sipconsole_contacts"
+# NOTIFY payloads must stay under 8,000 bytes: a commit's ruids go in as many as needed.
+MAX_PAYLOAD = 7_000
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
+
+
 @functools.cache  # rows <= MAX_CHUNK
-def _upsert_sql(rows: int) -> str:
+def _upsert_sql(rows: int, notify: bool = False) -> str:
+    """The multi-row upsert; with ``notify`` its NOTIFYs ride in the same statement (one round
+    trip): a data-modifying WITH runs whether or not the SELECT reads it."""
     width = len(_COLUMN_NAMES)
-    marks = ",".join("(" + ",".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(rows))
-    return f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
+    first = 2 if notify else 1
+    marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
+    upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
+    return f"WITH up AS ({upsert}) {_NOTIFY}" if notify else upsert
+
+
+def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]]) -> list[str]:
+    """The NOTIFY payloads telling the other registrars about one commit."""
+    out = []
+    for kind, items in (("p", puts), ("d", deletes)):
+        chunk: list[object] = []
+        size = 0
+        for item in items:
+            text = json.dumps(item)
+            if chunk and size + len(text) > MAX_PAYLOAD:
+                out.append(json.dumps({"n": node, kind: chunk}))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(text) + 1
+        if chunk:
+            out.append(json.dumps({"n": node, kind: chunk}))
+    return out
+
+
+def _contacts(rows: list[asyncpg.Record]) -> list[tuple[str, Contact]]:
+    return [(r[1], Contact(
+        ruid=r[0], aor=r[2], addr=r[3], params=r[4], expires=r[5], q=r[6], callid=r[7], cseq=r[8],
+        path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10], socket=r[11],
+        user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15], instance=r[16], regid=r[17],
+        modified=r[18])) for r in rows]
 
 
 def _values(puts: list[tuple[str, Contact]]) -> list[object]:
@@ -128,15 +171,24 @@ class PostgresStore:
         self._reconnect_error = ""
         self._next_reconnect = 0.0
         self._busy = asyncio.Lock()  # one connection: one operation at a time
+        # Who we are in NOTIFY payloads: our own commits are in memory already.
+        self.node = uuid.uuid4().hex[:12]
+        self._feed: Feed | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._heard: asyncio.Queue[str | None] = asyncio.Queue()  # payloads; None: the listener died
+        self._loaded = asyncio.Event()  # what is heard is told only once load() has returned
+        self._follower: asyncio.Task[None] | None = None
+        self.reloads = 0  # full reloads after the listener was lost
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
 
-    async def _connect(self) -> asyncpg.Connection:
+    async def _connect(self, role: str = "sipconsole") -> asyncpg.Connection:
+        """A connection; ``role`` names it in pg_stat_activity (the feed's is "sipconsole-feed")."""
         try:
             return await asyncpg.connect(
                 self.dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
-                server_settings={"synchronous_commit": "on", "application_name": "sipconsole"})
+                server_settings={"synchronous_commit": "on", "application_name": role})
         except Exception as exc:
             raise StorageError(f"cannot connect to {self.describe()}: {exc or type(exc).__name__}") from exc
 
@@ -230,11 +282,9 @@ class PostgresStore:
                     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts ORDER BY modified")
             except Exception as exc:
                 raise await self._failed(exc) from exc
-        return [(r[1], Contact(
-            ruid=r[0], aor=r[2], addr=r[3], params=r[4], expires=r[5], q=r[6], callid=r[7], cseq=r[8],
-            path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10], socket=r[11],
-            user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15], instance=r[16], regid=r[17],
-            modified=r[18])) for r in rows]
+        # The caller puts the rows in memory before its next await: then the feed may speak.
+        self._loaded.set()
+        return _contacts(rows)
 
     async def load_policies(self) -> list[tuple[str, str, str, str]]:
         return [(r[0], r[1], r[2], r[3]) for r in await self._fetch("SELECT tbl, aor, name, value FROM policies")]
@@ -260,18 +310,24 @@ class PostgresStore:
                 puts = batch.puts
                 if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
                     # The usual group commit: one statement, its own transaction, one round trip.
-                    await conn.execute(_upsert_sql(len(puts)), *_values(puts))
+                    notify = _payloads(self.node, [c.ruid for _, c in puts], [])
+                    await conn.execute(_upsert_sql(len(puts), True), notify, *_values(puts))
                 else:
                     await self._write_transaction(conn, batch)
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
-    @staticmethod
-    async def _write_transaction(conn: asyncpg.Connection, batch: Batch) -> None:
+    async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> None:
         async with conn.transaction():
+            deleted: list[tuple[str, str, str]] = []
             if batch.deletes:
-                await conn.execute("DELETE FROM contacts WHERE ruid = ANY($1::text[])", batch.deletes)
+                rows = await conn.fetch("DELETE FROM contacts WHERE ruid = ANY($1::text[]) RETURNING tbl, aor, ruid",
+                                        batch.deletes)
+                deleted = [(r[0], r[1], r[2]) for r in rows]
             puts = batch.puts
+            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted)
+            if notify:
+                await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
                 await conn.execute(_upsert_sql(size), *_values(puts[start:start + size]))
             for tbl, aor, name, value in batch.policies:
@@ -289,6 +345,86 @@ class PostgresStore:
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
 
+    # -- the change feed ------------------------------------------------------------
+    async def follow(self, feed: Feed) -> None:
+        """LISTEN now (before the load), tell ``feed`` from when the load has returned."""
+        self._feed = feed
+        await self._listen()
+        self._follower = asyncio.create_task(self._follow(), name="postgres-feed")
+
+    async def _listen(self) -> None:
+        conn = await self._connect("sipconsole-feed")
+        try:
+            await conn.add_listener(CHANNEL, self._heard_payload)
+        except Exception as exc:
+            await _close(conn)
+            raise StorageError(f"cannot LISTEN on {self.describe()}: {exc or type(exc).__name__}") from exc
+        conn.add_termination_listener(lambda _conn: self._heard.put_nowait(None))
+        self._listener = conn
+
+    def _heard_payload(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._heard.put_nowait(payload)
+
+    async def _drop_listener(self) -> None:
+        """Close the listening connection and forget what it heard: a reload follows."""
+        if self._listener is not None:
+            conn, self._listener = self._listener, None
+            await _close(conn)
+        while not self._heard.empty():
+            self._heard.get_nowait()
+
+    async def _follow(self) -> None:
+        """Tell the feed what others commit; after a lost listener, listen again and reload."""
+        await self._loaded.wait()
+        assert self._feed is not None
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._drop_listener()
+                    await self._listen()
+                    rows = await self._listener.fetch(f"SELECT {_COLUMNS} FROM contacts")  # type: ignore[union-attr]
+                    self.reloads += 1
+                    log.warning("change feed from %s was lost: table reloaded (%d bindings)",
+                                self.describe(), len(rows))
+                    self._feed.reloaded(_contacts(rows))
+                await self._tell(await self._next_payloads())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change feed from %s lost: %s (listening again)", self.describe(),
+                            str(exc) or type(exc).__name__)
+                await self._drop_listener()
+                await asyncio.sleep(self.reconnect_interval)
+
+    async def _next_payloads(self) -> list[str]:
+        """Every payload heard so far (waiting for one); raises when the listener died."""
+        payloads = [await self._heard.get()]
+        while not self._heard.empty():
+            payloads.append(self._heard.get_nowait())
+        if None in payloads:
+            raise StorageError("the listening connection was closed")
+        return payloads  # type: ignore[return-value]
+
+    async def _tell(self, payloads: list[str]) -> None:
+        """Others' commits in order: the last word on each ruid wins; written rows fetched by ruid."""
+        last: dict[str, tuple[str, str] | None] = {}  # ruid -> (table, aor) deleted, or None: written
+        for payload in payloads:
+            change = json.loads(payload)
+            if change.get("n") == self.node:
+                continue
+            for ruid in change.get("p", ()):
+                last[ruid] = None
+            for table, aor, ruid in change.get("d", ()):
+                last[ruid] = (table, aor)
+        if not last:
+            return
+        written = [ruid for ruid, where in last.items() if where is None]
+        rows = await self._listener.fetch(  # type: ignore[union-attr]
+            f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[]) ORDER BY modified", written) if written else []
+        deletes = [(where[0], where[1], ruid) for ruid, where in last.items() if where is not None]
+        assert self._feed is not None
+        self._feed.changed(_contacts(rows), deletes)
+
     async def probe(self) -> None:
         """One real write that changes nothing (a row version, a synchronous commit): usable?"""
         async with self._busy:
@@ -305,6 +441,11 @@ class PostgresStore:
     async def close(self) -> None:
         self._opened = False
         self._fault = self._reconnect_error = ""
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            self._follower = None
+        await self._drop_listener()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await _close(conn)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import aiosqlite
 
 from .contact import Contact
-from .store import Batch, StorageError
+from .store import Batch, Feed, StorageError
 
 if TYPE_CHECKING:
     from ..dblock import DatabaseLock
@@ -302,6 +302,9 @@ class SqliteStore:
             if self.lock is not None:  # no descriptor left on the filesystem: it can be unmounted
                 self.lock.release()
         return StorageError(message, bad_data=_bad_data(exc))
+
+    async def follow(self, feed: Feed) -> None:
+        """One file, one registrar (dblock.py): nothing changes behind its back."""
 
     async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
         """Drop expired rows, then return every stored binding."""
