@@ -140,3 +140,24 @@ async def test_a_lost_feed_is_a_full_reload_not_a_stale_table(nodes, postgres, p
     while "table reloaded" not in b.log.read_text():
         assert time.monotonic() < deadline, b.log.read_text()[-2000:]
         await asyncio.sleep(0.05)
+
+
+async def test_a_policy_set_on_one_node_applies_on_the_other(nodes):
+    """single-contact switched on through A: B then keeps only the newest binding."""
+    a, b = nodes
+    on_b = await ControlClient(b.control).connect()
+    phone = await UdpPhone(("127.0.0.1", b.port)).open()
+    try:
+        assert a.ctl("policy", "single-contact", "on", json_output=False)[0] == 0
+        deadline = time.monotonic() + 10
+        while not (await on_b.call("policy.get"))["single_contact"]:
+            assert time.monotonic() < deadline, "the policy never reached the other node"
+            await asyncio.sleep(0.01)
+        aor = next_aor("single")
+        for port in (5071, 5072):
+            response = await phone.send(register_bytes(aor, [f"<sip:dev@127.0.0.1:{port}>"], local=phone.local))
+            assert response.status == 200
+        assert [c["addr"] for c in await _contacts(on_b, aor)] == ["sip:dev@127.0.0.1:5072"]
+    finally:
+        phone.close()
+        await on_b.close()

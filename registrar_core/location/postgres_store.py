@@ -107,10 +107,13 @@ def _upsert_sql(rows: int, notify: bool = False) -> str:
     return f"WITH up AS ({upsert}) {_NOTIFY}" if notify else upsert
 
 
-def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]]) -> list[str]:
-    """The NOTIFY payloads telling the other registrars about one commit."""
+def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
+              policies: list[tuple[str, str, str, str | None]]) -> list[str]:
+    """The NOTIFY payloads telling the other registrars about one commit: written ruids ("p"),
+    deleted (table, aor, ruid) ("d"), policy values ("o")."""
     out = []
-    for kind, items in (("p", puts), ("d", deletes)):
+    kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies))
+    for kind, items in kinds:
         chunk: list[object] = []
         size = 0
         for item in items:
@@ -310,7 +313,7 @@ class PostgresStore:
                 puts = batch.puts
                 if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
                     # The usual group commit: one statement, its own transaction, one round trip.
-                    notify = _payloads(self.node, [c.ruid for _, c in puts], [])
+                    notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
                     await conn.execute(_upsert_sql(len(puts), True), notify, *_values(puts))
                 else:
                     await self._write_transaction(conn, batch)
@@ -325,7 +328,7 @@ class PostgresStore:
                                         batch.deletes)
                 deleted = [(r[0], r[1], r[2]) for r in rows]
             puts = batch.puts
-            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted)
+            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted, batch.policies)
             if notify:
                 await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
@@ -408,6 +411,7 @@ class PostgresStore:
     async def _tell(self, payloads: list[str]) -> None:
         """Others' commits in order: the last word on each ruid wins; written rows fetched by ruid."""
         last: dict[str, tuple[str, str] | None] = {}  # ruid -> (table, aor) deleted, or None: written
+        policies: list[tuple[str, str, str, str | None]] = []
         for payload in payloads:
             change = json.loads(payload)
             if change.get("n") == self.node:
@@ -416,14 +420,15 @@ class PostgresStore:
                 last[ruid] = None
             for table, aor, ruid in change.get("d", ()):
                 last[ruid] = (table, aor)
-        if not last:
+            policies += [(table, aor, name, value) for table, aor, name, value in change.get("o", ())]
+        if not (last or policies):
             return
         written = [ruid for ruid, where in last.items() if where is None]
         rows = await self._listener.fetch(  # type: ignore[union-attr]
             f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[]) ORDER BY modified", written) if written else []
         deletes = [(where[0], where[1], ruid) for ruid, where in last.items() if where is not None]
         assert self._feed is not None
-        self._feed.changed(_contacts(rows), deletes)
+        self._feed.changed(_contacts(rows), deletes, policies)
 
     async def probe(self) -> None:
         """One real write that changes nothing (a row version, a synchronous commit): usable?"""

@@ -190,8 +190,11 @@ class LocationService:
         return aors, contacts
 
     # -- the feed of a shared store (Feed) ----------------------------------------------
-    def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]]) -> None:
+    def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
+                policies: list[tuple[str, str, str, str | None]]) -> None:
         """What another registrar committed: into memory and published, as if done here."""
+        for table, aor, name, value in policies:
+            self._set_policy(table, aor, name, value)
         for table, aor, ruid in deletes:
             contact = self._tables.get(table, _NO_AORS).get(aor, _NO_BINDINGS).get(ruid)
             if contact is not None:
@@ -225,6 +228,9 @@ class LocationService:
     async def set_policy(self, table: str, aor: str, name: str, value: str | None) -> None:
         """Persist one policy value (None deletes it), then apply it."""
         await self.commit(Batch(policies=[(table, aor, name, value)]))
+        self._set_policy(table, aor, name, value)
+
+    def _set_policy(self, table: str, aor: str, name: str, value: str | None) -> None:
         if value is None:
             self._policies.pop((table, aor, name), None)
         else:

@@ -43,8 +43,10 @@ class Batch:
 class Feed(Protocol):
     """Who is told what other registrars changed in a shared store: the location service."""
 
-    def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]]) -> None:
-        """Bindings another registrar wrote (table, contact) or deleted (table, aor, ruid)."""
+    def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
+                policies: list[tuple[str, str, str, str | None]]) -> None:
+        """Bindings another registrar wrote (table, contact) or deleted (table, aor, ruid), and
+        policy values it set (None: deleted)."""
 
     def reloaded(self, rows: list[tuple[str, Contact]]) -> None:
         """The whole table again, after the feed was lost: what memory holds may be stale."""
