@@ -161,3 +161,44 @@ async def test_a_policy_set_on_one_node_applies_on_the_other(nodes):
     finally:
         phone.close()
         await on_b.close()
+
+
+async def test_expired_bindings_are_deleted_by_one_sweeper_and_taken_over_when_it_dies(pg_dsn, postgres, short_dir):
+    nodes = []
+    try:
+        for name in ("-a", "-b"):
+            node = ServeProcess(short_dir, free_port(), name)
+            node.db = pg_dsn  # type: ignore[assignment]
+            nodes.append(node.start("--min-expires", "1"))
+
+        async def register_short(node: ServeProcess, prefix: str) -> list[str]:
+            phone = await UdpPhone(("127.0.0.1", node.port)).open()
+            try:
+                aors = [next_aor(prefix) for _ in range(5)]
+                for aor in aors:
+                    assert (await phone.register(aor, expires=1)).status == 200
+                return aors
+            finally:
+                phone.close()
+
+        def stored(aors: list[str]) -> list[str]:
+            listed = ",".join(f"'{a}'" for a in aors)
+            return postgres.query(pg_dsn, f"SELECT aor FROM contacts WHERE aor IN ({listed})")
+
+        async def swept(aors: list[str]) -> None:
+            deadline = time.monotonic() + 15
+            while stored(aors):
+                assert time.monotonic() < deadline, f"never deleted: {stored(aors)}"
+                await asyncio.sleep(0.2)
+
+        sweeping = "deletes expired bindings"
+        await swept(await register_short(nodes[0], "short"))
+        holders = [n for n in nodes if sweeping in n.log.read_text()]
+        assert len(holders) == 1, "one sweeper"
+        holders[0].kill()
+        survivor = next(n for n in nodes if n is not holders[0])
+        await swept(await register_short(survivor, "later"))
+        assert sweeping in survivor.log.read_text(), "taken over"
+    finally:
+        for node in nodes:
+            node.stop()

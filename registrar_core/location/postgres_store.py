@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # Taken while the schema is created or checked: nodes starting together on an empty database.
 _SCHEMA_LOCK = 0x5C0_5C4E
+# Held (a session lock) by the one registrar that deletes expired rows for all; released
+# by PostgreSQL when its connection ends, so the next one to try takes over.
+_SWEEPER_LOCK = 0x5C0_5EE9
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
     ruid TEXT PRIMARY KEY,
@@ -182,6 +185,7 @@ class PostgresStore:
         self._loaded = asyncio.Event()  # what is heard is told only once load() has returned
         self._follower: asyncio.Task[None] | None = None
         self.reloads = 0  # full reloads after the listener was lost
+        self._sweeping: asyncpg.Connection | None = None  # the connection holding the sweeper lock
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -347,6 +351,23 @@ class PostgresStore:
                         "INSERT INTO subscribers VALUES ($1,$2,$3,$4,$5) ON CONFLICT (username, domain) DO UPDATE "
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
+
+    async def sweeps(self) -> bool:
+        async with self._busy:
+            conn = self._conn
+            if conn is None:
+                return False
+            if self._sweeping is conn:
+                return True
+            try:
+                taken = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _SWEEPER_LOCK))
+            except Exception as exc:
+                raise await self._failed(exc) from exc
+        if taken:
+            self._sweeping = conn
+            log.info("this registrar now deletes expired bindings from %s for every registrar on it",
+                     self.describe())
+        return taken
 
     # -- the change feed ------------------------------------------------------------
     async def follow(self, feed: Feed) -> None:

@@ -477,10 +477,16 @@ class LocationService:
             else:  # refreshed since: due again at its new time
                 heapq.heappush(heap, (contact.expires, table, aor, ruid))
         count = 0
+        sweeps = False
+        if due and self.store is not None:
+            try:
+                sweeps = await self.store.sweeps()
+            except StorageError:
+                pass  # memory follows the clock all the same
         for table, contacts in due.items():
             removes = [(c, REMOVED_EXPIRED) for c in contacts.values()]
             try:
-                await self.apply(table, [], removes)
+                await self.apply(table, [], removes, memory_only=not sweeps)
             except StorageError:
                 # Expired is expired: a reload drops them anyway, so memory follows the clock.
                 await self.apply(table, [], removes, memory_only=True)

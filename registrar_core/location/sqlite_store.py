@@ -306,6 +306,9 @@ class SqliteStore:
     async def follow(self, feed: Feed) -> None:
         """One file, one registrar (dblock.py): nothing changes behind its back."""
 
+    async def sweeps(self) -> bool:
+        return True  # the file's only registrar
+
     async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
         """Drop expired rows, then return every stored binding."""
         db = self._require()

@@ -69,6 +69,11 @@ class Store(Protocol):
         Called before :meth:`load`: what is committed meanwhile is told after the load.
         """
 
+    async def sweeps(self) -> bool:
+        """Should this registrar delete expired bindings from the store? Of registrars that
+        share one, a single one at a time (taken over when it dies); the others drop them
+        from memory only."""
+
     async def load(self, now: float) -> list[tuple[str, Contact]]:
         """Every stored (table, binding) not expired at ``now``, oldest ``modified`` first.
 
