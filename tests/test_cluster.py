@@ -14,8 +14,8 @@ import pytest
 
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import ServeProcess
-from .sipclient import UdpPhone, free_port, next_aor, register_bytes
+from .processes import ServeProcess, run_cli
+from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor, register_bytes
 
 VISIBLE_WITHIN = 0.1  # seconds from a 200 on one node to the binding on another (issue 17)
 
@@ -199,6 +199,45 @@ async def test_expired_bindings_are_deleted_by_one_sweeper_and_taken_over_when_i
         survivor = next(n for n in nodes if n is not holders[0])
         await swept(await register_short(survivor, "later"))
         assert sweeping in survivor.log.read_text(), "taken over"
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_a_nonce_from_another_node_gets_stale_true_then_the_register_succeeds(pg_dsn, short_dir):
+    """Nodes share the nonce key (here one --auth-key file); each accepts only its own nonces
+    (the boot id in them), so a client that moves gets one extra challenge, never a failure."""
+    added = run_cli("user", "add", "alice@example.com", "--db", pg_dsn, "--password-stdin", stdin="pw-alice\n")
+    assert added.returncode == 0, added.stderr
+    nodes = []
+    try:
+        for name in ("-a", "-b"):
+            node = ServeProcess(short_dir, free_port(), name)
+            node.db = pg_dsn  # type: ignore[assignment]
+            nodes.append(node.start("--auth", "on", "--auth-key", str(short_dir / "auth.key")))
+        a, b = nodes
+        phone_a = await UdpPhone(("127.0.0.1", a.port)).open()
+        phone_b = await UdpPhone(("127.0.0.1", b.port)).open()
+        try:
+            aor = "alice@example.com"
+
+            def reg(phone: UdpPhone, cseq: int, auth: str | None = None) -> bytes:
+                return register_bytes(aor, [phone.contact], local=phone.local, call_id="moving@t", cseq=cseq,
+                                      extra=[auth] if auth else [])
+
+            from_a = challenges(await phone_a.send(reg(phone_a, 1)))[0]
+            on_b = await phone_b.send(reg(phone_b, 2, authorization(from_a, "alice", "pw-alice", "sip:example.com")))
+            assert on_b.status == 401
+            fresh = challenges(on_b)[0]
+            assert fresh["stale"].lower() == "true", on_b
+            done = await phone_b.send(reg(phone_b, 3, authorization(fresh, "alice", "pw-alice", "sip:example.com")))
+            assert done.status == 200
+            # nonce-count replay stays exact on the node that issued the nonce
+            replay = await phone_b.send(reg(phone_b, 4, authorization(fresh, "alice", "pw-alice", "sip:example.com")))
+            assert replay.status == 401
+        finally:
+            phone_a.close()
+            phone_b.close()
     finally:
         for node in nodes:
             node.stop()
