@@ -185,6 +185,7 @@ class PostgresStore:
         self._loaded = asyncio.Event()  # what is heard is told only once load() has returned
         self._follower: asyncio.Task[None] | None = None
         self.reloads = 0  # full reloads after the listener was lost
+        self._feed_down = False  # the listener is lost and not yet back (logged once)
         self._sweeping: asyncpg.Connection | None = None  # the connection holding the sweeper lock
 
     def describe(self) -> str:
@@ -410,13 +411,16 @@ class PostgresStore:
                     self.reloads += 1
                     log.warning("change feed from %s was lost: table reloaded (%d bindings)",
                                 self.describe(), len(rows))
+                    self._feed_down = False
                     self._feed.reloaded(_contacts(rows))
                 await self._tell(await self._next_payloads())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("change feed from %s lost: %s (listening again)", self.describe(),
-                            str(exc) or type(exc).__name__)
+                # Once per outage in the log (retries go on every reconnect_interval).
+                (log.debug if self._feed_down else log.warning)(
+                    "change feed from %s lost: %s (listening again)", self.describe(), str(exc) or type(exc).__name__)
+                self._feed_down = True
                 await self._drop_listener()
                 await asyncio.sleep(self.reconnect_interval)
 
