@@ -143,7 +143,8 @@ async def test_a_lost_feed_is_a_full_reload_not_a_stale_table(nodes, postgres, p
 
 
 async def test_a_policy_set_on_one_node_applies_on_the_other(nodes):
-    """single-contact switched on through A: B then keeps only the newest binding."""
+    """single-contact switched on through A: B then keeps only the newest binding, also when
+    the older one was registered through A."""
     a, b = nodes
     on_b = await ControlClient(b.control).connect()
     phone = await UdpPhone(("127.0.0.1", b.port)).open()
@@ -158,6 +159,22 @@ async def test_a_policy_set_on_one_node_applies_on_the_other(nodes):
             response = await phone.send(register_bytes(aor, [f"<sip:dev@127.0.0.1:{port}>"], local=phone.local))
             assert response.status == 200
         assert [c["addr"] for c in await _contacts(on_b, aor)] == ["sip:dev@127.0.0.1:5072"]
+        # Across nodes: a device registered through A is replaced by the newest one through B, on both.
+        on_a = await ControlClient(a.control).connect()
+        phone_a = await UdpPhone(("127.0.0.1", a.port)).open()
+        try:
+            aor = next_aor("single")
+            first = await phone_a.send(register_bytes(aor, ["<sip:old@127.0.0.1:5073>"], local=phone_a.local))
+            assert first.status == 200
+            await _wait_for(on_b, aor, lambda cs: len(cs) == 1)
+            newest = await phone.send(register_bytes(aor, ["<sip:new@127.0.0.1:5074>"], local=phone.local))
+            assert newest.status == 200
+            only_new = lambda cs: [c["addr"] for c in cs] == ["sip:new@127.0.0.1:5074"]  # noqa: E731
+            await _wait_for(on_a, aor, only_new)
+            assert only_new(await _contacts(on_b, aor))
+        finally:
+            phone_a.close()
+            await on_a.close()
     finally:
         phone.close()
         await on_b.close()
