@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import os
 import tomllib
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .location import is_postgres
 from .resolver import parse_nameserver
 from .sip.limits import Limits
 from .source import format_address
@@ -193,6 +195,8 @@ class Config:
             raise ConfigError("tls-handshake-timeout must be positive")
         if self.metrics_listen:
             parse_metrics_listen(self.metrics_listen)
+        if is_postgres(self.db) and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError("db: a PostgreSQL database needs asyncpg: pip install 'sipconsole[postgresql]'")
 
     def check_certificate(self) -> None:
         """Load the TLS certificate, key and CA now, so that one that does not load is a usage
@@ -210,6 +214,8 @@ class Config:
             return Path(self.auth_key)
         if self.db == ":memory:":
             return _runtime_dir() / "auth.key"
+        if is_postgres(self.db):  # beside where the SQLite file would be: this machine's data directory
+            return default_db_path().parent / "auth.key"
         return Path(self.db).parent / "auth.key"
 
     @property

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .location import is_postgres
+
 log = logging.getLogger(__name__)
 
 REGISTRAR = "registrar"
@@ -68,10 +70,11 @@ class DatabaseLock:
 
     @classmethod
     def take(cls, db: str, *, role: str = REGISTRAR, control: str = "") -> DatabaseLock | None:
-        """The lock on ``db``, or DatabaseHeld naming the holder. None for ``:memory:``, and
-        where the lock file can be neither created nor opened (a read-only directory: the
-        store then reports what it can do there), with a warning."""
-        if db == ":memory:":
+        """The lock on ``db``, or DatabaseHeld naming the holder. None for ``:memory:``, for a
+        PostgreSQL database (several registrars sharing it is the point), and where the lock
+        file can be neither created nor opened (a read-only directory: the store then reports
+        what it can do there), with a warning."""
+        if db == ":memory:" or is_postgres(db):
             return None
         lock = cls(db, role, control)
         try:

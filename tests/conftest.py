@@ -13,6 +13,7 @@ import pytest
 from registrar_core.config import build_config
 from registrar_core.server import Server
 
+from .postgres import PostgresCluster
 from .processes import ServeProcess
 from .sipclient import free_port
 
@@ -108,3 +109,20 @@ def serve_process(short_dir: Path) -> Iterator[ServeProcess]:
     proc = ServeProcess(short_dir, free_port())
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (tests/postgres.py), started on first use."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_dsn(postgres: PostgresCluster) -> str:
+    """The DSN of a fresh, empty database of the session's PostgreSQL."""
+    return postgres.new_database()

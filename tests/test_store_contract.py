@@ -2,8 +2,8 @@
 
 Each test runs against every implementation in STORES: a factory that, given a fresh
 temporary directory, returns a function making new store objects on one new database
-(each call a new connection to the same data, as a restart makes). A second store (the
-PostgreSQL one) is tested by adding its factory here. Storage faults and their recovery
+(each call a new connection to the same data, as a restart makes): an SQLite file, and a
+fresh database of a throwaway PostgreSQL server (tests/postgres.py). Storage faults and their recovery
 need a way to break each kind of storage: the SQLite ones are in test_reliability_storage.py.
 """
 
@@ -17,18 +17,25 @@ from pathlib import Path
 import pytest
 
 from registrar_core.location import Batch, Contact, SqliteStore, StorageError, Store
+from registrar_core.location.postgres_store import PostgresStore
 
 
-def _sqlite(directory: Path) -> Callable[[], Store]:
+def _sqlite(request: pytest.FixtureRequest, directory: Path) -> Callable[[], Store]:
     return lambda: SqliteStore(directory / "location.db")
 
 
-STORES: dict[str, Callable[[Path], Callable[[], Store]]] = {"sqlite": _sqlite}
+def _postgresql(request: pytest.FixtureRequest, directory: Path) -> Callable[[], Store]:
+    dsn = request.getfixturevalue("pg_dsn")  # a fresh database of the session's server
+    return lambda: PostgresStore(dsn)
+
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[[], Store]]] = {
+    "sqlite": _sqlite, "postgresql": _postgresql}
 
 
 @pytest.fixture(params=sorted(STORES))
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    return STORES[request.param](tmp_path)
+    return STORES[request.param](request, tmp_path)
 
 
 @asynccontextmanager

@@ -12,14 +12,26 @@ from .sqlite_store import SqliteStore
 from .store import Batch, StorageError, Store
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(db: str) -> bool:
+    """Does a ``db`` setting name a PostgreSQL database (a DSN) rather than an SQLite file?"""
+    return db.startswith(POSTGRES_SCHEMES)
+
+
 def store_for(db: str) -> Store:
     """The store a ``db`` setting names, for the registrar and the offline ``user`` commands
-    alike: today always an SQLite file (or ``:memory:``)."""
+    alike: a PostgreSQL DSN (``postgresql://...``), else an SQLite file (or ``:memory:``)."""
+    if is_postgres(db):
+        from .postgres_store import PostgresStore  # asyncpg: only where PostgreSQL is used
+
+        return PostgresStore(db)
     return SqliteStore(db)
 
 
 __all__ = [
     "DEFAULT_TABLE", "SAVE_MEMORY_ONLY", "SAVE_NO_EXPIRES_RANDOM", "SAVE_NO_REPLY",
     "SAVE_SINGLE_CONTACT", "Batch", "Contact", "LocationService", "SqliteStore", "StorageError", "Store",
-    "store_for",
+    "is_postgres", "store_for",
 ]

@@ -32,6 +32,7 @@ REMOVED_REPLACED = "replaced"
 REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
+REMOVED_REMOTE = "remote"  # by another registrar sharing the store
 MAX_EMPTIED = 1_000_000
 # Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, dict[str, Contact]] = {}
@@ -143,6 +144,7 @@ class LocationService:
     async def start(self) -> None:
         if self.store is not None:
             await self.store.open()
+            await self.store.follow(self)  # before the load: nothing committed meanwhile is missed
             for table, contact in await self.store.load(self.clock()):
                 self._tables.setdefault(table, {}).setdefault(contact.aor, {})[contact.ruid] = contact
                 self._heap.append((contact.expires, table, contact.aor, contact.ruid))
@@ -206,6 +208,35 @@ class LocationService:
                         counts[transport] = counts.get(transport, 0) + 1
         return counts
 
+    # -- the feed of a shared store (Feed) ----------------------------------------------
+    def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
+                policies: list[tuple[str, str, str, str | None]]) -> None:
+        """What another registrar committed: into memory and published, as if done here."""
+        for table, aor, name, value in policies:
+            self._set_policy(table, aor, name, value)
+        for table, aor, ruid in deletes:
+            contact = self._tables.get(table, _NO_AORS).get(aor, _NO_BINDINGS).get(ruid)
+            if contact is not None:
+                self._apply(table, [], [(contact, REMOVED_REMOTE)])
+        for table, contact in puts:
+            is_new = contact.ruid not in self._tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS)
+            self._apply(table, [(contact, is_new)], [])
+
+    def reloaded(self, rows: list[tuple[str, Contact]]) -> None:
+        """The whole table after the feed was lost: memory made equal to it, and readers told
+        (events.lost) that what they hold may be stale."""
+        stored: dict[str, tuple[str, Contact]] = {contact.ruid: (table, contact) for table, contact in rows}
+        for table, aors in list(self._tables.items()):
+            for bindings in list(aors.values()):
+                for contact in list(bindings.values()):
+                    if contact.ruid not in stored:
+                        self._apply(table, [], [(contact, REMOVED_REMOTE)])
+        for table, contact in stored.values():
+            old = self._tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS).get(contact.ruid)
+            if old is None or old.updated(conid=None) != contact:  # our own TCP flows stay known
+                self._apply(table, [(contact, old is None)], [])
+        self.events.publish(ev.EVENTS_LOST, reason="change feed of the shared database lost: reloaded")
+
     # -- policies --------------------------------------------------------------------
     def policy(self, table: str, aor: str, name: str) -> str | None:
         return self._policies.get((table, aor, name))
@@ -216,6 +247,9 @@ class LocationService:
     async def set_policy(self, table: str, aor: str, name: str, value: str | None) -> None:
         """Persist one policy value (None deletes it), then apply it."""
         await self.commit(Batch(policies=[(table, aor, name, value)]))
+        self._set_policy(table, aor, name, value)
+
+    def _set_policy(self, table: str, aor: str, name: str, value: str | None) -> None:
         if value is None:
             self._policies.pop((table, aor, name), None)
         else:
@@ -448,10 +482,16 @@ class LocationService:
             else:  # refreshed since: due again at its new time
                 heapq.heappush(heap, (contact.expires, table, aor, ruid))
         count = 0
+        sweeps = False
+        if due and self.store is not None:
+            try:
+                sweeps = await self.store.sweeps()
+            except StorageError:
+                pass  # memory follows the clock all the same
         for table, contacts in due.items():
             removes = [(c, REMOVED_EXPIRED) for c in contacts.values()]
             try:
-                await self.apply(table, [], removes)
+                await self.apply(table, [], removes, memory_only=not sweeps)
             except StorageError:
                 # Expired is expired: a reload drops them anyway, so memory follows the clock.
                 await self.apply(table, [], removes, memory_only=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import aiosqlite
 
 from .contact import Contact
-from .store import Batch, StorageError
+from .store import Batch, Feed, StorageError
 
 if TYPE_CHECKING:
     from ..dblock import DatabaseLock
@@ -82,11 +82,11 @@ _ROW_MARKS = "(" + ",".join("?" * len(_COLUMNS.split(", "))) + ")"
 MAX_CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
 
 
-def _chunks(count: int) -> list[tuple[int, int]]:
+def _chunks(count: int, largest: int = MAX_CHUNK) -> list[tuple[int, int]]:
     """(start, size) of the power-of-two chunks, largest first, that make up ``count``."""
     out = []
     start = 0
-    size = MAX_CHUNK
+    size = largest
     while start < count:
         while size > count - start:
             size //= 2
@@ -302,6 +302,12 @@ class SqliteStore:
             if self.lock is not None:  # no descriptor left on the filesystem: it can be unmounted
                 self.lock.release()
         return StorageError(message, bad_data=_bad_data(exc))
+
+    async def follow(self, feed: Feed) -> None:
+        """One file, one registrar (dblock.py): nothing changes behind its back."""
+
+    async def sweeps(self) -> bool:
+        return True  # the file's only registrar
 
     async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
         """Drop expired rows, then return every stored binding."""

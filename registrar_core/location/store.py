@@ -40,6 +40,18 @@ class Batch:
     subscribers: list[tuple[str, str, tuple[str, str, str] | None]] = field(default_factory=list)
 
 
+class Feed(Protocol):
+    """Who is told what other registrars changed in a shared store: the location service."""
+
+    def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
+                policies: list[tuple[str, str, str, str | None]]) -> None:
+        """Bindings another registrar wrote (table, contact) or deleted (table, aor, ruid), and
+        policy values it set (None: deleted)."""
+
+    def reloaded(self, rows: list[tuple[str, Contact]]) -> None:
+        """The whole table again, after the feed was lost: what memory holds may be stale."""
+
+
 class Store(Protocol):
     """Durable storage of the location table, its policies and the subscribers.
 
@@ -50,6 +62,17 @@ class Store(Protocol):
 
     async def open(self) -> None:
         """Connect, and create or migrate the schema (versioned) on first use."""
+
+    async def follow(self, feed: Feed) -> None:
+        """Tell ``feed`` from now on what other registrars commit (a store several share).
+
+        Called before :meth:`load`: what is committed meanwhile is told after the load.
+        """
+
+    async def sweeps(self) -> bool:
+        """Should this registrar delete expired bindings from the store? Of registrars that
+        share one, a single one at a time (taken over when it dies); the others drop them
+        from memory only."""
 
     async def load(self, now: float) -> list[tuple[str, Contact]]:
         """Every stored (table, binding) not expired at ``now``, oldest ``modified`` first.
