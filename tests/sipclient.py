@@ -79,6 +79,25 @@ class Collector(asyncio.DatagramProtocol):
         self.queue.put_nowait(data)
 
 
+class UdpPeer(asyncio.DatagramProtocol):
+    """A UDP endpoint on its own loopback socket (subclasses answer what they receive)."""
+
+    transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls, *args, **kw):
+        loop = asyncio.get_running_loop()
+        _, peer = await loop.create_datagram_endpoint(lambda: cls(*args, **kw), local_addr=("127.0.0.1", 0))
+        return peer
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.transport.get_extra_info("sockname")[:2]
+
+
 @dataclass
 class UdpPhone:
     """A device on its own UDP socket: ``await phone.send(bytes)`` returns the parsed response."""

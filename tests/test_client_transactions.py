@@ -16,8 +16,7 @@ from registrar_core.client_transactions import (
 )
 from registrar_core.sip import Request, Response, build_response, parse_message
 
-from .sipclient import server_address
-from .sipclient import TcpPhone, next_aor, register_bytes, request_bytes
+from .sipclient import TcpPhone, UdpPeer, next_aor, register_bytes, request_bytes, server_address
 
 
 class Clock:
@@ -30,7 +29,7 @@ class Clock:
         return self.now
 
 
-class Peer(asyncio.DatagramProtocol):
+class Peer(UdpPeer):
     """A UDP UAS on its own socket. ``answer_on``: the copy of a request it answers with
     ``status`` (None: never answers); ``provisional``: a 1xx sent on the first copy."""
 
@@ -39,20 +38,6 @@ class Peer(asyncio.DatagramProtocol):
         self.answer_on = answer_on
         self.provisional = provisional
         self.requests: list[tuple[bytes, tuple[str, int]]] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls, *args, **kw) -> Peer:
-        loop = asyncio.get_running_loop()
-        _, peer = await loop.create_datagram_endpoint(lambda: cls(*args, **kw), local_addr=("127.0.0.1", 0))
-        return peer
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.transport.get_extra_info("sockname")[:2]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.requests.append((data, addr))

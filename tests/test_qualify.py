@@ -19,14 +19,13 @@ from registrar_core.qualify import REACHABLE, UNKNOWN, UNREACHABLE, QualifyServi
 from registrar_core.resolver import Resolver
 from registrar_core.sip import Request, build_response, parse_message
 
-from .sipclient import server_address
 from .dnsserver import DnsServer
 from .processes import SCENARIOS
-from .sipclient import TcpPhone, UdpPhone, free_port, next_aor, register_bytes
+from .sipclient import TcpPhone, UdpPeer, UdpPhone, free_port, next_aor, register_bytes, server_address
 
 
 # -- helpers -------------------------------------------------------------------------
-class Device(asyncio.DatagramProtocol):
+class Device(UdpPeer):
     """A UDP device on its own socket: answers OPTIONS with ``status`` (None: never answers)."""
 
     def __init__(self, status: int | None = 200, *, skip_first: int = 0, delay: float = 0.0) -> None:
@@ -35,20 +34,6 @@ class Device(asyncio.DatagramProtocol):
         self.delay = delay
         self.options: list[tuple[Request, tuple, float]] = []
         self.responses: asyncio.Queue = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls, *args, **kw) -> Device:
-        loop = asyncio.get_running_loop()
-        _, device = await loop.create_datagram_endpoint(lambda: cls(*args, **kw), local_addr=("127.0.0.1", 0))
-        return device
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.transport.get_extra_info("sockname")[:2]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         message = parse_message(data)

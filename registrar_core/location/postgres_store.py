@@ -27,7 +27,7 @@ import asyncpg
 
 from .contact import Contact
 from .sqlite_store import _chunks
-from .store import Batch, Feed, StorageError
+from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +60,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     modified DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
-CREATE TABLE IF NOT EXISTS policies (
-    tbl TEXT NOT NULL,
-    aor TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (tbl, aor, name)
-);
-CREATE TABLE IF NOT EXISTS subscribers (
-    username TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    ha1_md5 TEXT NOT NULL,
-    ha1_sha256 TEXT NOT NULL,
-    ha1_sha512_256 TEXT NOT NULL,
-    PRIMARY KEY (username, domain)
-);
-"""
+""" + POLICY_AND_SUBSCRIBER_TABLES
 _COLUMN_NAMES = ("ruid", "tbl", "aor", "addr", "params", "expires", "q", "callid", "cseq", "path", "received",
                  "socket", "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified")
 _COLUMNS = ", ".join(_COLUMN_NAMES)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import aiosqlite
 
 from .contact import Contact
-from .store import Batch, Feed, StorageError
+from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 if TYPE_CHECKING:
     from ..dblock import DatabaseLock
@@ -48,22 +48,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     modified REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
-CREATE TABLE IF NOT EXISTS policies (
-    tbl TEXT NOT NULL,
-    aor TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (tbl, aor, name)
-);
-CREATE TABLE IF NOT EXISTS subscribers (
-    username TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    ha1_md5 TEXT NOT NULL,
-    ha1_sha256 TEXT NOT NULL,
-    ha1_sha512_256 TEXT NOT NULL,
-    PRIMARY KEY (username, domain)
-);
-"""
+""" + POLICY_AND_SUBSCRIBER_TABLES
 _COLUMNS = (
     "ruid, tbl, aor, addr, params, expires, q, callid, cseq, path, received, socket, "
     "user_agent, methods, flags, cflags, instance, regid, modified"

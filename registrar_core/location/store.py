@@ -16,6 +16,26 @@ from typing import Protocol
 from .contact import Contact
 
 
+# The policy and subscriber tables, the same SQL in every store (contacts differ by column types).
+POLICY_AND_SUBSCRIBER_TABLES = """
+CREATE TABLE IF NOT EXISTS policies (
+    tbl TEXT NOT NULL,
+    aor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tbl, aor, name)
+);
+CREATE TABLE IF NOT EXISTS subscribers (
+    username TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    ha1_md5 TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL,
+    ha1_sha512_256 TEXT NOT NULL,
+    PRIMARY KEY (username, domain)
+);
+"""
+
+
 class StorageError(Exception):
     """The database refused a write (read-only, full, locked, corrupt...).
 
