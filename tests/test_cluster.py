@@ -5,6 +5,7 @@ in registrar_core/location/postgres_store.py), and a lost feed means a full relo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Iterator
@@ -255,6 +256,75 @@ async def test_a_nonce_from_another_node_gets_stale_true_then_the_register_succe
         finally:
             phone_a.close()
             phone_b.close()
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_subscribers_changed_on_one_node_apply_on_the_other_without_a_restart(pg_dsn, short_dir):
+    """A subscriber added, given a new password and removed through A: B authenticates with
+    what A committed, and its consoles hear subscriber.changed, each time without a restart."""
+    nodes = []
+    try:
+        for name in ("-a", "-b"):
+            node = ServeProcess(short_dir, free_port(), name)
+            node.db = pg_dsn  # type: ignore[assignment]
+            nodes.append(node.start("--auth", "on", "--auth-key", str(short_dir / "auth.key")))
+        a, b = nodes
+        on_a, on_b = await ControlClient(a.control).connect(), await ControlClient(b.control).connect()
+        phone = await UdpPhone(("127.0.0.1", b.port)).open()
+        heard: list[str] = []
+        changed = asyncio.Event()
+
+        async def collect() -> None:
+            async for batch in on_b.events():
+                heard.extend(e["action"] for e in batch
+                             if e["kind"] == "subscriber.changed" and e["user"] == "bob@example.com")
+                changed.set()
+
+        async def heard_on_b(action: str) -> None:
+            deadline = time.monotonic() + 10
+            while action not in heard:
+                assert time.monotonic() < deadline, f"B heard only {heard}"
+                changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.5)
+
+        cseq = 0
+
+        async def register_on_b(password: str) -> int:
+            nonlocal cseq
+            cseq += 2
+            request = lambda cseq, auth: register_bytes(  # noqa: E731
+                "bob@example.com", [phone.contact], local=phone.local, call_id="bob@cluster", cseq=cseq,
+                extra=[auth] if auth else [])
+            challenge = challenges(await phone.send(request(cseq - 1, None)))[0]
+            return (await phone.send(request(cseq, authorization(challenge, "bob", password, "sip:example.com")))).status
+
+        # Subscribed before anything happens (events() subscribes again: that is idempotent).
+        assert await on_b.call("subscribe") == {"subscribed": True}
+        task = asyncio.create_task(collect())
+        try:
+            await on_a.call("user.add", user="bob@example.com", password="pw-one")
+            await heard_on_b("added")
+            assert (await on_b.call("user.list"))["users"] == ["bob@example.com"]
+            assert await register_on_b("pw-one") == 200
+
+            await on_a.call("user.passwd", user="bob@example.com", password="pw-two")
+            await heard_on_b("password")
+            assert await register_on_b("pw-one") == 401
+            assert await register_on_b("pw-two") == 200
+
+            await on_a.call("user.remove", user="bob@example.com")
+            await heard_on_b("removed")
+            assert (await on_b.call("user.list"))["users"] == []
+            assert await register_on_b("pw-two") != 200
+            assert heard == ["added", "password", "removed"]
+        finally:
+            task.cancel()
+            phone.close()
+            await on_a.close()
+            await on_b.close()
     finally:
         for node in nodes:
             node.stop()

@@ -111,11 +111,13 @@ def _upsert_sql(rows: int, notify: bool = False) -> str:
 
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
-              policies: list[tuple[str, str, str, str | None]]) -> list[str]:
+              policies: list[tuple[str, str, str, str | None]],
+              subscribers: list[tuple[str, str]] = []) -> list[str]:  # noqa: B006 (never mutated)
     """The NOTIFY payloads telling the other registrars about one commit: written ruids ("p"),
-    deleted (table, aor, ruid) ("d"), policy values ("o")."""
+    deleted (table, aor, ruid) ("d"), policy values ("o"), (username, domain) of subscribers
+    added, changed or removed ("s": the HA1s stay in the table, not in every listener's feed)."""
     out = []
-    kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies))
+    kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies), ("s", subscribers))
     for kind, items in kinds:
         chunk: list[object] = []
         size = 0
@@ -137,6 +139,14 @@ def _contacts(rows: list[asyncpg.Record]) -> list[tuple[str, Contact]]:
         path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10], socket=r[11],
         user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15], instance=r[16], regid=r[17],
         modified=r[18])) for r in rows]
+
+
+_SUBSCRIBERS_FROM = "SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscribers"
+_SUBSCRIBERS = f'{_SUBSCRIBERS_FROM} ORDER BY domain COLLATE "C", username COLLATE "C"'
+
+
+def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, str, str]]]:
+    return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
 
 def _values(puts: list[tuple[str, Contact]]) -> list[object]:
@@ -298,9 +308,7 @@ class PostgresStore:
         return [(r[0], r[1], r[2], r[3]) for r in await self._fetch("SELECT tbl, aor, name, value FROM policies")]
 
     async def load_subscribers(self) -> list[tuple[str, str, tuple[str, str, str]]]:
-        rows = await self._fetch("SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscribers "
-                                 "ORDER BY domain COLLATE \"C\", username COLLATE \"C\"")
-        return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
+        return _subscribers(await self._fetch(_SUBSCRIBERS))
 
     async def _fetch(self, sql: str) -> list[asyncpg.Record]:
         async with self._busy:
@@ -333,7 +341,8 @@ class PostgresStore:
                                         batch.deletes)
                 deleted = [(r[0], r[1], r[2]) for r in rows]
             puts = batch.puts
-            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted, batch.policies)
+            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted, batch.policies,
+                               [(username, domain) for username, domain, _ in batch.subscribers])
             if notify:
                 await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
@@ -411,8 +420,10 @@ class PostgresStore:
                     self.reloads += 1
                     log.warning("change feed from %s was lost: table reloaded (%d bindings)",
                                 self.describe(), len(rows))
+                    subscribers = await self._listener.fetch(_SUBSCRIBERS)  # type: ignore[union-attr]
                     self._feed_down = False
                     self._feed.reloaded(_contacts(rows))
+                    self._feed.subscribers_changed(_subscribers(subscribers), complete=True)
                 await self._tell(await self._next_payloads())
             except asyncio.CancelledError:
                 raise
@@ -437,6 +448,7 @@ class PostgresStore:
         """Others' commits in order: the last word on each ruid wins; written rows fetched by ruid."""
         last: dict[str, tuple[str, str] | None] = {}  # ruid -> (table, aor) deleted, or None: written
         policies: list[tuple[str, str, str, str | None]] = []
+        subscribers: dict[tuple[str, str], None] = {}
         for payload in payloads:
             change = json.loads(payload)
             if change.get("n") == self.node:
@@ -446,6 +458,9 @@ class PostgresStore:
             for table, aor, ruid in change.get("d", ()):
                 last[ruid] = (table, aor)
             policies += [(table, aor, name, value) for table, aor, name, value in change.get("o", ())]
+            subscribers.update(((username, domain), None) for username, domain in change.get("s", ()))
+        if subscribers:
+            await self._tell_subscribers(list(subscribers))
         if not (last or policies):
             return
         written = [ruid for ruid, where in last.items() if where is None]
@@ -454,6 +469,15 @@ class PostgresStore:
         deletes = [(where[0], where[1], ruid) for ruid, where in last.items() if where is not None]
         assert self._feed is not None
         self._feed.changed(_contacts(rows), deletes, policies)
+
+    async def _tell_subscribers(self, keys: list[tuple[str, str]]) -> None:
+        """Subscribers others changed, as they are now: a key with no row was removed."""
+        rows = await self._listener.fetch(  # type: ignore[union-attr]
+            f"{_SUBSCRIBERS_FROM} WHERE (username, domain) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in keys], [k[1] for k in keys])
+        now = {(username, domain): ha1s for username, domain, ha1s in _subscribers(rows)}
+        assert self._feed is not None
+        self._feed.subscribers_changed([(username, domain, now.get((username, domain))) for username, domain in keys])
 
     async def probe(self) -> None:
         """One real write that changes nothing (a row version, a synchronous commit): usable?"""
