@@ -81,8 +81,12 @@ _COLUMN_NAMES = ("ruid", "tbl", "aor", "addr", "params", "expires", "q", "callid
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 # tbl and aor are left out of the SET (a binding never changes them): a refresh that changes
 # no indexed column is a HOT update, no index touched (why there is no index on expires).
+# The WHERE is RFC 3261 §10.3's Call-ID/CSeq rule kept by the database: a node whose copy of a
+# binding is a few ms stale (the feed not yet heard) cannot overwrite a newer refresh made
+# through another node. The ruids written come back, so the writer learns which it lost.
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:])
+    f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:]) + (
+    " WHERE contacts.callid <> excluded.callid OR excluded.cseq > contacts.cseq RETURNING ruid")
 # 19 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
 # statements cover every batch size and stay in asyncpg's prepared-statement cache.
 MAX_CHUNK = 1024
@@ -107,7 +111,10 @@ def _upsert_sql(rows: int, notify: bool = False) -> str:
     first = 2 if notify else 1
     marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
     upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
-    return f"WITH up AS ({upsert}) {_NOTIFY}" if notify else upsert
+    if not notify:
+        return upsert
+    return (f"WITH up AS ({upsert}) SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+            "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
 
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
@@ -327,13 +334,28 @@ class PostgresStore:
                 if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
                     # The usual group commit: one statement, its own transaction, one round trip.
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    await conn.execute(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    written = set(rows[0][1] or ())
                 else:
-                    await self._write_transaction(conn, batch)
+                    written = await self._write_transaction(conn, batch)
+                lost = [c.ruid for _, c in puts if c.ruid not in written]
+                if lost:
+                    await self._tell_lost(conn, lost)
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
-    async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> None:
+    async def _tell_lost(self, conn: asyncpg.Connection, ruids: list[str]) -> None:
+        """Bindings this write left alone (another node stored a newer CSeq of them first): the
+        stored rows go to the feed right after the caller has applied its own copy, which they
+        replace in memory."""
+        log.info("%d binding(s) not written: another registrar stored a newer CSeq first", len(ruids))
+        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[])", ruids)
+        if self._feed is not None:
+            asyncio.get_running_loop().call_soon(self._feed.changed, _contacts(rows), [], [])
+
+    async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> set[str]:
+        """The batch in one transaction; the ruids written."""
+        written: set[str] = set()
         async with conn.transaction():
             deleted: list[tuple[str, str, str]] = []
             if batch.deletes:
@@ -346,7 +368,8 @@ class PostgresStore:
             if notify:
                 await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
-                await conn.execute(_upsert_sql(size), *_values(puts[start:start + size]))
+                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
+                written.update(r[0] for r in rows)
             for tbl, aor, name, value in batch.policies:
                 if value is None:
                     await conn.execute("DELETE FROM policies WHERE tbl=$1 AND aor=$2 AND name=$3", tbl, aor, name)
@@ -361,6 +384,7 @@ class PostgresStore:
                         "INSERT INTO subscribers VALUES ($1,$2,$3,$4,$5) ON CONFLICT (username, domain) DO UPDATE "
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
+        return written
 
     async def sweeps(self) -> bool:
         async with self._busy:
