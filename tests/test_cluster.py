@@ -119,22 +119,34 @@ async def test_unregister_on_either_node_removes_the_binding_everywhere(nodes):
 
 
 async def test_a_lost_feed_is_a_full_reload_not_a_stale_table(nodes, postgres, pg_dsn):
-    """The other node's listening connection is cut: what was committed while it was down is
-    there after its reload (and consoles are told to reload: events.lost)."""
+    """The other node's listening connection is cut: what was committed while it was down
+    (bindings, subscribers added and removed) is there after its reload (and consoles are told
+    to reload: events.lost)."""
     a, b = nodes
     database = pg_dsn.split("?")[0].rsplit("/", 1)[1]
-    on_b = await ControlClient(b.control).connect()
+    on_a, on_b = await ControlClient(a.control).connect(), await ControlClient(b.control).connect()
     phone = await UdpPhone(("127.0.0.1", a.port)).open()
     try:
+        await on_a.call("user.add", user="carol@example.com", password="pw")
+        deadline = time.monotonic() + 10
+        while (await on_b.call("user.list"))["users"] != ["carol@example.com"]:
+            assert time.monotonic() < deadline, "carol never reached the other node"
+            await asyncio.sleep(0.01)
         cut = postgres.query(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                                      f"application_name = 'sipconsole-feed' AND datname = '{database}'")
         assert cut == ["t", "t"], cut  # one feed per node
         aors = [next_aor("gap") for _ in range(5)]
         for aor in aors:
             assert (await phone.register(aor)).status == 200
+        await on_a.call("user.add", user="dave@example.com", password="pw")
+        await on_a.call("user.remove", user="carol@example.com")
         for aor in aors:
             await _wait_for(on_b, aor, lambda cs: len(cs) == 1)
+        while (await on_b.call("user.list"))["users"] != ["dave@example.com"]:
+            assert time.monotonic() < deadline + 10, (await on_b.call("user.list"))["users"]
+            await asyncio.sleep(0.01)
     finally:
+        await on_a.close()
         phone.close()
         await on_b.close()
     deadline = time.monotonic() + 10
