@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -338,5 +339,49 @@ async def test_subscribers_changed_on_one_node_apply_on_the_other_without_a_rest
             await on_a.close()
             await on_b.close()
     finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_each_contact_shows_its_node_and_only_that_node_qualifies_it(pg_dsn, short_dir):
+    """--node-name: a binding made through A says node-a in `ctl dump` on B (a NODE column, and
+    "node" in the JSON); with qualify on in both, OPTIONS come from A only."""
+    nodes = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    probe.settimeout(0.2)
+    try:
+        for name in ("a", "b"):
+            node = ServeProcess(short_dir, free_port(), "-" + name)
+            node.db = pg_dsn  # type: ignore[assignment]
+            nodes.append(node.start("--node-name", f"node-{name}", "--qualify-interval", "1",
+                                    "--qualify-timeout", "1"))
+        a, b = nodes
+        local = probe.getsockname()
+        aor = next_aor("owned")
+        probe.sendto(register_bytes(aor, [f"<sip:dev@127.0.0.1:{local[1]}>"], local=local), ("127.0.0.1", a.port))
+        options_from: list[int] = []
+        deadline = time.monotonic() + 20
+        # A probes every second: after its third OPTIONS, B would have sent some if it probed too.
+        while options_from.count(a.port) < 3:
+            assert time.monotonic() < deadline, options_from
+            try:
+                data, sender = probe.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if data.startswith(b"OPTIONS "):
+                options_from.append(sender[1])
+        assert b.port not in options_from, options_from
+        code, dumped = b.ctl("dump")
+        assert code == 0
+        on_b = [c for e in dumped["aors"] if e["aor"] == aor for c in e["contacts"]]
+        assert [c["node"] for c in on_b] == ["node-a"]
+        # B cannot send from A's socket: had it tried, it would call the contact unreachable.
+        assert [c.get("state", "unknown") for c in on_b] == ["unknown"], on_b
+        code, text = b.ctl("dump", json_output=False)
+        header, row = text.splitlines()[0].split(), next(line for line in text.splitlines() if aor in line)
+        assert "NODE" in header and "node-a" in row.split()
+    finally:
+        probe.close()
         for node in nodes:
             node.stop()

@@ -188,3 +188,21 @@ async def test_a_stale_refresh_from_another_node_does_not_overwrite_a_newer_cseq
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, pg_dsn):
+    """Schema 2 added contacts.node: a table made by version 1 is migrated in place, rows kept."""
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    await store.close()
+    postgres.psql("ALTER TABLE contacts DROP COLUMN node; UPDATE sipconsole_schema SET version = 1; "
+                  "INSERT INTO contacts VALUES ('r1', 'location', 'old@example.com', 'sip:old@127.0.0.1', '', "
+                  f"{time.time() + 3600}, NULL, 'c', 1, '[]', '', '', '', '', 0, 0, '', 0, 0)",
+                  database=pg_dsn.split("?")[0].rsplit("/", 1)[1])
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        assert [(c.ruid, c.node) for _, c in await store.load(time.time())] == [("r1", "")]
+    finally:
+        await store.close()
+    assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["2"]

@@ -31,7 +31,7 @@ from .store import Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: contacts.node
 # Taken while the schema is created or checked: nodes starting together on an empty database.
 _SCHEMA_LOCK = 0x5C0_5C4E
 # Held (a session lock) by the one registrar that deletes expired rows for all; released
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     cflags BIGINT NOT NULL,
     instance TEXT NOT NULL,
     regid BIGINT NOT NULL,
-    modified DOUBLE PRECISION NOT NULL
+    modified DOUBLE PRECISION NOT NULL,
+    node TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
 CREATE TABLE IF NOT EXISTS policies (
@@ -76,8 +77,10 @@ CREATE TABLE IF NOT EXISTS subscribers (
     PRIMARY KEY (username, domain)
 );
 """
+# Version 1 had no node column (rows made then: node unknown, "").
+_MIGRATE_FROM_1 = "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS node TEXT NOT NULL DEFAULT ''"
 _COLUMN_NAMES = ("ruid", "tbl", "aor", "addr", "params", "expires", "q", "callid", "cseq", "path", "received",
-                 "socket", "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified")
+                 "socket", "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified", "node")
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 # tbl and aor are left out of the SET (a binding never changes them): a refresh that changes
 # no indexed column is a HOT update, no index touched (why there is no index on expires).
@@ -87,7 +90,7 @@ _COLUMNS = ", ".join(_COLUMN_NAMES)
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:]) + (
     " WHERE contacts.callid <> excluded.callid OR excluded.cseq > contacts.cseq RETURNING ruid")
-# 19 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
+# 20 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
 # statements cover every batch size and stay in asyncpg's prepared-statement cache.
 MAX_CHUNK = 1024
 RECONNECT_INTERVAL = 0.5  # seconds between attempts to connect again after a fault
@@ -145,7 +148,7 @@ def _contacts(rows: list[asyncpg.Record]) -> list[tuple[str, Contact]]:
         ruid=r[0], aor=r[2], addr=r[3], params=r[4], expires=r[5], q=r[6], callid=r[7], cseq=r[8],
         path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10], socket=r[11],
         user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15], instance=r[16], regid=r[17],
-        modified=r[18])) for r in rows]
+        modified=r[18], node=r[19])) for r in rows]
 
 
 _SUBSCRIBERS_FROM = "SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscribers"
@@ -160,7 +163,7 @@ def _values(puts: list[tuple[str, Contact]]) -> list[object]:
     return [value for table, c in puts for value in (
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified)]
+        c.cflags, c.instance, c.regid, c.modified, c.node)]
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -238,6 +241,7 @@ class PostgresStore:
                                        f"({SCHEMA_VERSION})")
                 if version is None or version < SCHEMA_VERSION:
                     await conn.execute(_SCHEMA)
+                    await conn.execute(_MIGRATE_FROM_1)
                     await conn.execute("DELETE FROM sipconsole_schema")
                     await conn.execute("INSERT INTO sipconsole_schema VALUES ($1)", SCHEMA_VERSION)
         except StorageError:
