@@ -294,8 +294,8 @@ def _row(cells: list[str], widths: list[int]) -> str:
 
 def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
     return [[aor, c["addr"], str(c["expires"]), "" if c["q"] is None else f"{c['q']:g}",
-             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c.get("node", ""), c["user_agent"],
-             c["ruid"]]
+             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c.get("node", ""),
+             c["user_agent"], c["ruid"]]
             for c in contacts]
 
 

@@ -312,7 +312,8 @@ async def test_subscribers_changed_on_one_node_apply_on_the_other_without_a_rest
                 "bob@example.com", [phone.contact], local=phone.local, call_id="bob@cluster", cseq=cseq,
                 extra=[auth] if auth else [])
             challenge = challenges(await phone.send(request(cseq - 1, None)))[0]
-            return (await phone.send(request(cseq, authorization(challenge, "bob", password, "sip:example.com")))).status
+            answer = authorization(challenge, "bob", password, "sip:example.com")
+            return (await phone.send(request(cseq, answer))).status
 
         # Subscribed before anything happens (events() subscribes again: that is idempotent).
         assert await on_b.call("subscribe") == {"subscribed": True}

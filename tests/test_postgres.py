@@ -179,7 +179,8 @@ async def test_a_stale_refresh_from_another_node_does_not_overwrite_a_newer_cseq
         await b.apply(DEFAULT_TABLE, [(first.updated(cseq=2, addr="sip:bob@127.0.0.1:5072"), False)], [])
         assert stored() == ["c1 3 sip:bob@127.0.0.1:5073"]
         deadline = time.monotonic() + 10
-        while [(c.cseq, c.addr) for c in b.contacts(DEFAULT_TABLE, "bob@example.com")] != [(3, "sip:bob@127.0.0.1:5073")]:
+        newest = [(3, "sip:bob@127.0.0.1:5073")]
+        while [(c.cseq, c.addr) for c in b.contacts(DEFAULT_TABLE, "bob@example.com")] != newest:
             assert time.monotonic() < deadline, b.contacts(DEFAULT_TABLE, "bob@example.com")
             await asyncio.sleep(0.01)
         # The device restarted (a new Call-ID): its CSeq starts again and is stored.
