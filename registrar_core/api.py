@@ -24,7 +24,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from .config import Config
 from .events import SUBSCRIBER_CHANGED, EventBus, Subscription
 from .location import DEFAULT_TABLE, Contact, LocationService, store_for
 from .location.service import REMOVED_ADMIN
+from .location.store import SubscriberChange
 from .pipeline import Pipeline, reply_address
 from .qualify import QualifyService
 from .redirect import IN_DIALOG, REDIRECTED, RedirectServer
@@ -89,6 +90,7 @@ class RegistrarCore:
         self.registrar = Registrar(config, self.location, self.to_tag)
         self.listening: list[str] = []
         self.subscribers = Subscribers(self.location)
+        self.location.on_subscribers = self._subscribers_followed
         self.guard = IpGuard(config.ip_budget, config.ban_time, config.trusted)
         redirect = RedirectServer(self, self.to_tag, self.location.clock, DEFAULT_TABLE)
         self.pipeline = Pipeline(config, self.registrar, redirect.handle, self.events, self.stats,
@@ -251,6 +253,12 @@ class RegistrarCore:
             removed = await self.subscribers.remove(user)
         self.events.publish(SUBSCRIBER_CHANGED, user=removed, action="removed")
         return removed
+
+    def _subscribers_followed(self, changes: Sequence[SubscriberChange], complete: bool) -> None:
+        """Subscribers changed through another registrar on the shared database: applied here,
+        and published as subscriber.changed, as if changed here."""
+        for user, action in self.subscribers.follow(changes, complete=complete):
+            self.events.publish(SUBSCRIBER_CHANGED, user=user, action=action)
 
     def subscriber_list(self) -> list[str]:
         """Every subscriber as USER@DOMAIN, sorted by domain, then user."""

@@ -6,6 +6,7 @@ import difflib
 import importlib.util
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -143,6 +144,7 @@ class Config:
     # Kamailio's handle_lost_tcp: nothing can reach a flow that is gone, RFC 5626/7118).
     keep_flow_contacts: bool = False
     metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint (a port alone: loopback); "" = off
+    node_name: str = ""  # this registrar among those sharing a database; "" = hostname/first listen address
 
     def __post_init__(self) -> None:
         for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
@@ -171,6 +173,8 @@ class Config:
             raise ConfigError("expires-range is a percentage (0-100)")
         if not self.listen:
             raise ConfigError("at least one --listen address is needed")
+        if any(c.isspace() for c in self.node_name) or len(self.node_name) > 64:
+            raise ConfigError(f"node-name {self.node_name!r}: at most 64 characters, no spaces")
         unknown = [a for a in self.auth_algorithms if a not in ("SHA-256", "SHA-512-256", "MD5")]
         if unknown or not self.auth_algorithms:
             raise ConfigError("auth-algorithms: choose from SHA-256, SHA-512-256, MD5")
@@ -219,6 +223,12 @@ class Config:
         return Path(self.db).parent / "auth.key"
 
     @property
+    def node(self) -> str:
+        """This registrar's name in a shared database (which node holds a contact's flow):
+        ``node_name``, else the hostname and the first listen address (unique per machine)."""
+        return self.node_name or f"{socket.gethostname()}/{self.listen[0]}"
+
+    @property
     def limits(self) -> Limits:
         return Limits(max_message_size=self.max_message_size, max_headers=self.max_headers)
 
@@ -243,6 +253,7 @@ _CONVERTERS: dict[str, Any] = {
     "min_expires_mode": str,
     "max_contacts_mode": str,
     "metrics_listen": str,
+    "node_name": str,
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
     "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),
 }

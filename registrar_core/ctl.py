@@ -294,7 +294,8 @@ def _row(cells: list[str], widths: list[int]) -> str:
 
 def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
     return [[aor, c["addr"], str(c["expires"]), "" if c["q"] is None else f"{c['q']:g}",
-             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c["user_agent"], c["ruid"]]
+             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c.get("node", ""),
+             c["user_agent"], c["ruid"]]
             for c in contacts]
 
 
@@ -307,7 +308,8 @@ def _rtt(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "STATE", "RTT(ms)", "RECEIVED", "FLOW", "USER-AGENT", "RUID"]
+_CONTACT_HEADERS = ["AOR", "CONTACT", "EXPIRES", "Q", "STATE", "RTT(ms)", "RECEIVED", "FLOW", "NODE", "USER-AGENT",
+                    "RUID"]
 
 
 def render(method: str, result: Any) -> str:

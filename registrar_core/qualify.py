@@ -92,6 +92,8 @@ class QualifyService:
         self._tasks: set[asyncio.Task[None]] = set()  # the scheduler, the event follower, removals
         self._sub: ev.Subscription | None = None
         self._running = False
+        # Of registrars sharing a database, only the one holding a contact's flow probes it.
+        self.node = core.registrar.node
 
     @classmethod
     def from_config(cls, core: RegistrarCore, config: Any, **overrides: Any) -> QualifyService:
@@ -207,6 +209,8 @@ class QualifyService:
         now = asyncio.get_running_loop().time()
         seen: set[str] = set()
         for table, contact in every_contact(self.core.location, self.tables):
+            if not self._ours(contact):
+                continue
             seen.add(contact.ruid)
             if contact.ruid not in self._entries:
                 due = now + self.rng.uniform(0, self.interval) if spread else now
@@ -215,9 +219,17 @@ class QualifyService:
             self._forget(ruid)
         self._wake.set()
 
+    def _ours(self, contact: Contact) -> bool:
+        """Is the contact's flow held here (or its node unknown: made before nodes were recorded)?"""
+        return not contact.node or contact.node == self.node
+
     def _added(self, table: str, aor: str, ruid: str) -> None:
-        """A contact registered (or refreshed): first probe within the jitter."""
-        if ruid not in self._entries and wanted(self.tables, table):
+        """A contact registered (or refreshed): first probe within the jitter. One refreshed
+        through another registrar is that one's to probe from now on."""
+        contact = contact_by_ruid(self.core.location, table, aor, ruid)
+        if contact is not None and not self._ours(contact):
+            self._forget(ruid)
+        elif ruid not in self._entries and wanted(self.tables, table):
             first = self.rng.uniform(0, self.jitter) if self.jitter else 0.0
             self._track(table, aor, ruid, asyncio.get_running_loop().time() + first)
             self._wake.set()

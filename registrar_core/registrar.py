@@ -136,6 +136,7 @@ class Registrar:
 
     def __init__(self, config: Config, location: LocationService, to_tag: str) -> None:
         self.config = config
+        self.node = config.node  # recorded in every binding made here (once: a hostname look-up)
         self.location = location
         self.to_tag = to_tag
         self.new_ruid: Callable[[], str] = new_ruid  # tests give counted ones
@@ -269,7 +270,7 @@ class Registrar:
                     q=w.q, params=w.params, path=path, received=source.address,
                     socket=source.local, user_agent=user_agent, methods=methods,
                     flags=SAVE_MEMORY_ONLY if flags & SAVE_MEMORY_ONLY else 0,
-                    instance=w.instance, regid=w.regid, conid=source.conid, modified=now,
+                    instance=w.instance, regid=w.regid, conid=source.conid, modified=now, node=self.node,
                 )
                 puts.append((contact, old is None))
             if flags & SAVE_SINGLE_CONTACT or self.single_contact(table, aor):

@@ -71,6 +71,9 @@ def _registrar_options(p: Any) -> None:
     add_control(g)
     g.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (a port alone: 127.0.0.1; default off)")
+    g.add_argument("--node-name", metavar="NAME",
+                   help="this registrar's name among those on one database, shown per contact "
+                        "(default: the hostname/the first --listen address)")
     k = p.add_argument_group("reachability")
     k.add_argument("--qualify-interval", type=float, metavar="S",
                    help="send OPTIONS to every contact every S seconds, 0 = off (default 0)")

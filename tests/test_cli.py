@@ -167,6 +167,12 @@ def test_listen_errors_say_what_is_wrong(listen, expected, tmp_path):
     assert not (tmp_path / "l.db").exists(), "nothing was started"
 
 
+def test_a_node_name_with_a_space_is_one_line(tmp_path):
+    done = run_cli("serve", "--node-name", "node a", "--db", str(tmp_path / "n.db"))
+    assert done.returncode == 2 and "node-name 'node a': at most 64 characters, no spaces" in one_line(done.stderr)
+    assert "Traceback" not in done.stderr and not (tmp_path / "n.db").exists(), done.stderr
+
+
 def test_unknown_config_key_gets_a_did_you_mean(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("max-contact = 5\n")

@@ -5,6 +5,8 @@ in registrar_core/location/postgres_store.py), and a lost feed means a full relo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -118,22 +120,34 @@ async def test_unregister_on_either_node_removes_the_binding_everywhere(nodes):
 
 
 async def test_a_lost_feed_is_a_full_reload_not_a_stale_table(nodes, postgres, pg_dsn):
-    """The other node's listening connection is cut: what was committed while it was down is
-    there after its reload (and consoles are told to reload: events.lost)."""
+    """The other node's listening connection is cut: what was committed while it was down
+    (bindings, subscribers added and removed) is there after its reload (and consoles are told
+    to reload: events.lost)."""
     a, b = nodes
     database = pg_dsn.split("?")[0].rsplit("/", 1)[1]
-    on_b = await ControlClient(b.control).connect()
+    on_a, on_b = await ControlClient(a.control).connect(), await ControlClient(b.control).connect()
     phone = await UdpPhone(("127.0.0.1", a.port)).open()
     try:
+        await on_a.call("user.add", user="carol@example.com", password="pw")
+        deadline = time.monotonic() + 10
+        while (await on_b.call("user.list"))["users"] != ["carol@example.com"]:
+            assert time.monotonic() < deadline, "carol never reached the other node"
+            await asyncio.sleep(0.01)
         cut = postgres.query(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                                      f"application_name = 'sipconsole-feed' AND datname = '{database}'")
         assert cut == ["t", "t"], cut  # one feed per node
         aors = [next_aor("gap") for _ in range(5)]
         for aor in aors:
             assert (await phone.register(aor)).status == 200
+        await on_a.call("user.add", user="dave@example.com", password="pw")
+        await on_a.call("user.remove", user="carol@example.com")
         for aor in aors:
             await _wait_for(on_b, aor, lambda cs: len(cs) == 1)
+        while (await on_b.call("user.list"))["users"] != ["dave@example.com"]:
+            assert time.monotonic() < deadline + 10, (await on_b.call("user.list"))["users"]
+            await asyncio.sleep(0.01)
     finally:
+        await on_a.close()
         phone.close()
         await on_b.close()
     deadline = time.monotonic() + 10
@@ -256,5 +270,119 @@ async def test_a_nonce_from_another_node_gets_stale_true_then_the_register_succe
             phone_a.close()
             phone_b.close()
     finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_subscribers_changed_on_one_node_apply_on_the_other_without_a_restart(pg_dsn, short_dir):
+    """A subscriber added, given a new password and removed through A: B authenticates with
+    what A committed, and its consoles hear subscriber.changed, each time without a restart."""
+    nodes = []
+    try:
+        for name in ("-a", "-b"):
+            node = ServeProcess(short_dir, free_port(), name)
+            node.db = pg_dsn  # type: ignore[assignment]
+            nodes.append(node.start("--auth", "on", "--auth-key", str(short_dir / "auth.key")))
+        a, b = nodes
+        on_a, on_b = await ControlClient(a.control).connect(), await ControlClient(b.control).connect()
+        phone = await UdpPhone(("127.0.0.1", b.port)).open()
+        heard: list[str] = []
+        changed = asyncio.Event()
+
+        async def collect() -> None:
+            async for batch in on_b.events():
+                heard.extend(e["action"] for e in batch
+                             if e["kind"] == "subscriber.changed" and e["user"] == "bob@example.com")
+                changed.set()
+
+        async def heard_on_b(action: str) -> None:
+            deadline = time.monotonic() + 10
+            while action not in heard:
+                assert time.monotonic() < deadline, f"B heard only {heard}"
+                changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.5)
+
+        cseq = 0
+
+        async def register_on_b(password: str) -> int:
+            nonlocal cseq
+            cseq += 2
+            request = lambda cseq, auth: register_bytes(  # noqa: E731
+                "bob@example.com", [phone.contact], local=phone.local, call_id="bob@cluster", cseq=cseq,
+                extra=[auth] if auth else [])
+            challenge = challenges(await phone.send(request(cseq - 1, None)))[0]
+            answer = authorization(challenge, "bob", password, "sip:example.com")
+            return (await phone.send(request(cseq, answer))).status
+
+        # Subscribed before anything happens (events() subscribes again: that is idempotent).
+        assert await on_b.call("subscribe") == {"subscribed": True}
+        task = asyncio.create_task(collect())
+        try:
+            await on_a.call("user.add", user="bob@example.com", password="pw-one")
+            await heard_on_b("added")
+            assert (await on_b.call("user.list"))["users"] == ["bob@example.com"]
+            assert await register_on_b("pw-one") == 200
+
+            await on_a.call("user.passwd", user="bob@example.com", password="pw-two")
+            await heard_on_b("password")
+            assert await register_on_b("pw-one") == 401
+            assert await register_on_b("pw-two") == 200
+
+            await on_a.call("user.remove", user="bob@example.com")
+            await heard_on_b("removed")
+            assert (await on_b.call("user.list"))["users"] == []
+            assert await register_on_b("pw-two") != 200
+            assert heard == ["added", "password", "removed"]
+        finally:
+            task.cancel()
+            phone.close()
+            await on_a.close()
+            await on_b.close()
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_each_contact_shows_its_node_and_only_that_node_qualifies_it(pg_dsn, short_dir):
+    """--node-name: a binding made through A says node-a in `ctl dump` on B (a NODE column, and
+    "node" in the JSON); with qualify on in both, OPTIONS come from A only."""
+    nodes = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    probe.settimeout(0.2)
+    try:
+        for name in ("a", "b"):
+            node = ServeProcess(short_dir, free_port(), "-" + name)
+            node.db = pg_dsn  # type: ignore[assignment]
+            nodes.append(node.start("--node-name", f"node-{name}", "--qualify-interval", "1",
+                                    "--qualify-timeout", "1"))
+        a, b = nodes
+        local = probe.getsockname()
+        aor = next_aor("owned")
+        probe.sendto(register_bytes(aor, [f"<sip:dev@127.0.0.1:{local[1]}>"], local=local), ("127.0.0.1", a.port))
+        options_from: list[int] = []
+        deadline = time.monotonic() + 20
+        # A probes every second: after its third OPTIONS, B would have sent some if it probed too.
+        while options_from.count(a.port) < 3:
+            assert time.monotonic() < deadline, options_from
+            try:
+                data, sender = probe.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if data.startswith(b"OPTIONS "):
+                options_from.append(sender[1])
+        assert b.port not in options_from, options_from
+        code, dumped = b.ctl("dump")
+        assert code == 0
+        on_b = [c for e in dumped["aors"] if e["aor"] == aor for c in e["contacts"]]
+        assert [c["node"] for c in on_b] == ["node-a"]
+        # B cannot send from A's socket: had it tried, it would call the contact unreachable.
+        assert [c.get("state", "unknown") for c in on_b] == ["unknown"], on_b
+        code, text = b.ctl("dump", json_output=False)
+        header, row = text.splitlines()[0].split(), next(line for line in text.splitlines() if aor in line)
+        assert "NODE" in header and "node-a" in row.split()
+    finally:
+        probe.close()
         for node in nodes:
             node.stop()

@@ -7,13 +7,15 @@ test_store_contract.py, run against both stores.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import time
 import urllib.parse
 from pathlib import Path
 
-from registrar_core.location import SqliteStore, store_for
+from registrar_core.events import EventBus
+from registrar_core.location import DEFAULT_TABLE, Contact, LocationService, SqliteStore, store_for
 from registrar_core.location.postgres_store import PostgresStore, without_password
 
 from .postgres import PostgresCluster
@@ -158,3 +160,50 @@ def test_both_schemes_select_postgresql_and_a_path_sqlite(short_dir):
     for dsn in ("postgresql://x@/db", "postgres://x@/db"):
         assert isinstance(store_for(dsn), PostgresStore)
     assert isinstance(store_for(str(short_dir / "location.db")), SqliteStore)
+
+
+async def test_a_stale_refresh_from_another_node_does_not_overwrite_a_newer_cseq(postgres, pg_dsn):
+    """Two registrars' location services on one database. B's copy of a binding is behind
+    (it checked a REGISTER against CSeq 1 while A had stored 3): the database keeps 3 (RFC 3261
+    §10.3 in the upsert), and B's memory is put right from the stored row. A new Call-ID wins."""
+    a = LocationService(PostgresStore(pg_dsn), EventBus(time.time))
+    b = LocationService(PostgresStore(pg_dsn), EventBus(time.time))
+    await a.start()
+    await b.start()
+    stored = lambda: postgres.query(pg_dsn, "SELECT callid || ' ' || cseq || ' ' || addr FROM contacts")  # noqa: E731
+    try:
+        first = Contact(ruid="r-bob", aor="bob@example.com", addr="sip:bob@127.0.0.1:5071",
+                        expires=time.time() + 3600, callid="c1", cseq=1)
+        await a.apply(DEFAULT_TABLE, [(first, True)], [])
+        await a.apply(DEFAULT_TABLE, [(first.updated(cseq=3, addr="sip:bob@127.0.0.1:5073"), False)], [])
+        await b.apply(DEFAULT_TABLE, [(first.updated(cseq=2, addr="sip:bob@127.0.0.1:5072"), False)], [])
+        assert stored() == ["c1 3 sip:bob@127.0.0.1:5073"]
+        deadline = time.monotonic() + 10
+        newest = [(3, "sip:bob@127.0.0.1:5073")]
+        while [(c.cseq, c.addr) for c in b.contacts(DEFAULT_TABLE, "bob@example.com")] != newest:
+            assert time.monotonic() < deadline, b.contacts(DEFAULT_TABLE, "bob@example.com")
+            await asyncio.sleep(0.01)
+        # The device restarted (a new Call-ID): its CSeq starts again and is stored.
+        await b.apply(DEFAULT_TABLE, [(first.updated(callid="c2", cseq=1, addr="sip:bob@127.0.0.1:5074"), False)], [])
+        assert stored() == ["c2 1 sip:bob@127.0.0.1:5074"]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, pg_dsn):
+    """Schema 2 added contacts.node: a table made by version 1 is migrated in place, rows kept."""
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    await store.close()
+    postgres.psql("ALTER TABLE contacts DROP COLUMN node; UPDATE sipconsole_schema SET version = 1; "
+                  "INSERT INTO contacts VALUES ('r1', 'location', 'old@example.com', 'sip:old@127.0.0.1', '', "
+                  f"{time.time() + 3600}, NULL, 'c', 1, '[]', '', '', '', '', 0, 0, '', 0, 0)",
+                  database=pg_dsn.split("?")[0].rsplit("/", 1)[1])
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        assert [(c.ruid, c.node) for _, c in await store.load(time.time())] == [("r1", "")]
+    finally:
+        await store.close()
+    assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["2"]

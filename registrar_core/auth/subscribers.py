@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
-from ..location.store import Batch, Store
+from ..location.store import Batch, Store, SubscriberChange
 from .digest import ha1
 
 _USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
@@ -70,6 +71,25 @@ class Subscribers:
 
     def list(self) -> list[str]:
         return [f"{u}@{d}" for u, d in sorted(self._ha1, key=lambda k: (k[1], k[0]))]
+
+    def follow(self, changes: Sequence[SubscriberChange], *, complete: bool = False) -> Sequence[tuple[str, str]]:
+        """Apply what another registrar committed (``complete``: every subscriber there is);
+        (USER@DOMAIN, action) for each one that changed here: added, password, removed."""
+        if complete:
+            listed = {(username, domain) for username, domain, _ in changes}
+            changes = [*changes, *((username, domain, None) for username, domain in self._ha1
+                                   if (username, domain) not in listed)]
+        done: list[tuple[str, str]] = []
+        for username, domain, ha1s in changes:
+            old = self._ha1.get((username, domain))
+            if ha1s is None:
+                if old is not None:
+                    del self._ha1[(username, domain)]
+                    done.append((f"{username}@{domain}", "removed"))
+            elif ha1s != old:
+                self._ha1[(username, domain)] = ha1s
+                done.append((f"{username}@{domain}", "added" if old is None else "password"))
+        return done
 
     async def add(self, user_at_domain: str, password: str, *, replace: bool = False) -> str:
         username, domain = split_user(user_at_domain)

@@ -44,12 +44,13 @@ class Contact:
     regid: int
     conid: int | None
     modified: float  # time.time() when not given
+    node: str  # the registrar that holds its flow (qualifies it), of those sharing a database
 
     def __init__(self, ruid: str, aor: str, addr: str, expires: float, callid: str, cseq: int,
                  q: float | None = None, params: str = "", path: tuple[str, ...] = (), received: str = "",
                  socket: str = "", user_agent: str = "", methods: str = "", flags: int = 0, cflags: int = 0,
                  instance: str = "", regid: int = 0, conid: int | None = None,
-                 modified: float | None = None) -> None:
+                 modified: float | None = None, node: str = "") -> None:
         # Frozen, so through object.__setattr__ as @dataclass's own __init__ does.
         put = object.__setattr__
         put(self, "ruid", ruid)
@@ -71,6 +72,7 @@ class Contact:
         put(self, "regid", regid)
         put(self, "conid", conid)
         put(self, "modified", time.time() if modified is None else modified)
+        put(self, "node", node)
 
     @property
     def domain(self) -> str:
@@ -101,7 +103,7 @@ class Contact:
             "user_agent": self.user_agent, "methods": self.methods, "flags": self.flags,
             "cflags": self.cflags, "instance": self.instance, "regid": self.regid, "conid": self.conid,
             "modified": self.modified, "expires_at": self.expires, "domain": self.domain,
-            "aorhash": self.aorhash,
+            "aorhash": self.aorhash, "node": self.node,
         }
 
     @classmethod

@@ -31,7 +31,7 @@ from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: contacts.node
 # Taken while the schema is created or checked: nodes starting together on an empty database.
 _SCHEMA_LOCK = 0x5C0_5C4E
 # Held (a session lock) by the one registrar that deletes expired rows for all; released
@@ -57,18 +57,25 @@ CREATE TABLE IF NOT EXISTS contacts (
     cflags BIGINT NOT NULL,
     instance TEXT NOT NULL,
     regid BIGINT NOT NULL,
-    modified DOUBLE PRECISION NOT NULL
+    modified DOUBLE PRECISION NOT NULL,
+    node TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
 """ + POLICY_AND_SUBSCRIBER_TABLES
+# Version 1 had no node column (rows made then: node unknown, "").
+_MIGRATE_FROM_1 = "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS node TEXT NOT NULL DEFAULT ''"
 _COLUMN_NAMES = ("ruid", "tbl", "aor", "addr", "params", "expires", "q", "callid", "cseq", "path", "received",
-                 "socket", "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified")
+                 "socket", "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified", "node")
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 # tbl and aor are left out of the SET (a binding never changes them): a refresh that changes
 # no indexed column is a HOT update, no index touched (why there is no index on expires).
+# The WHERE is RFC 3261 §10.3's Call-ID/CSeq rule kept by the database: a node whose copy of a
+# binding is a few ms stale (the feed not yet heard) cannot overwrite a newer refresh made
+# through another node. The ruids written come back, so the writer learns which it lost.
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:])
-# 19 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
+    f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:]) + (
+    " WHERE contacts.callid <> excluded.callid OR excluded.cseq > contacts.cseq RETURNING ruid")
+# 20 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
 # statements cover every batch size and stay in asyncpg's prepared-statement cache.
 MAX_CHUNK = 1024
 RECONNECT_INTERVAL = 0.5  # seconds between attempts to connect again after a fault
@@ -92,15 +99,20 @@ def _upsert_sql(rows: int, notify: bool = False) -> str:
     first = 2 if notify else 1
     marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
     upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
-    return f"WITH up AS ({upsert}) {_NOTIFY}" if notify else upsert
+    if not notify:
+        return upsert
+    return (f"WITH up AS ({upsert}) SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+            "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
 
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
-              policies: list[tuple[str, str, str, str | None]]) -> list[str]:
+              policies: list[tuple[str, str, str, str | None]],
+              subscribers: list[tuple[str, str]] = []) -> list[str]:  # noqa: B006 (never mutated)
     """The NOTIFY payloads telling the other registrars about one commit: written ruids ("p"),
-    deleted (table, aor, ruid) ("d"), policy values ("o")."""
+    deleted (table, aor, ruid) ("d"), policy values ("o"), (username, domain) of subscribers
+    added, changed or removed ("s": the HA1s stay in the table, not in every listener's feed)."""
     out = []
-    kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies))
+    kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies), ("s", subscribers))
     for kind, items in kinds:
         chunk: list[object] = []
         size = 0
@@ -121,14 +133,22 @@ def _contacts(rows: list[asyncpg.Record]) -> list[tuple[str, Contact]]:
         ruid=r[0], aor=r[2], addr=r[3], params=r[4], expires=r[5], q=r[6], callid=r[7], cseq=r[8],
         path=tuple(json.loads(r[9])) if r[9] != "[]" else (), received=r[10], socket=r[11],
         user_agent=r[12], methods=r[13], flags=r[14], cflags=r[15], instance=r[16], regid=r[17],
-        modified=r[18])) for r in rows]
+        modified=r[18], node=r[19])) for r in rows]
+
+
+_SUBSCRIBERS_FROM = "SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscribers"
+_SUBSCRIBERS = f'{_SUBSCRIBERS_FROM} ORDER BY domain COLLATE "C", username COLLATE "C"'
+
+
+def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, str, str]]]:
+    return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
 
 def _values(puts: list[tuple[str, Contact]]) -> list[object]:
     return [value for table, c in puts for value in (
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified)]
+        c.cflags, c.instance, c.regid, c.modified, c.node)]
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -206,6 +226,7 @@ class PostgresStore:
                                        f"({SCHEMA_VERSION})")
                 if version is None or version < SCHEMA_VERSION:
                     await conn.execute(_SCHEMA)
+                    await conn.execute(_MIGRATE_FROM_1)
                     await conn.execute("DELETE FROM sipconsole_schema")
                     await conn.execute("INSERT INTO sipconsole_schema VALUES ($1)", SCHEMA_VERSION)
         except StorageError:
@@ -283,9 +304,7 @@ class PostgresStore:
         return [(r[0], r[1], r[2], r[3]) for r in await self._fetch("SELECT tbl, aor, name, value FROM policies")]
 
     async def load_subscribers(self) -> list[tuple[str, str, tuple[str, str, str]]]:
-        rows = await self._fetch("SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscribers "
-                                 "ORDER BY domain COLLATE \"C\", username COLLATE \"C\"")
-        return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
+        return _subscribers(await self._fetch(_SUBSCRIBERS))
 
     async def _fetch(self, sql: str) -> list[asyncpg.Record]:
         async with self._busy:
@@ -304,13 +323,28 @@ class PostgresStore:
                 if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
                     # The usual group commit: one statement, its own transaction, one round trip.
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    await conn.execute(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    written = set(rows[0][1] or ())
                 else:
-                    await self._write_transaction(conn, batch)
+                    written = await self._write_transaction(conn, batch)
+                lost = [c.ruid for _, c in puts if c.ruid not in written]
+                if lost:
+                    await self._tell_lost(conn, lost)
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
-    async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> None:
+    async def _tell_lost(self, conn: asyncpg.Connection, ruids: list[str]) -> None:
+        """Bindings this write left alone (another node stored a newer CSeq of them first): the
+        stored rows go to the feed right after the caller has applied its own copy, which they
+        replace in memory."""
+        log.info("%d binding(s) not written: another registrar stored a newer CSeq first", len(ruids))
+        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[])", ruids)
+        if self._feed is not None:
+            asyncio.get_running_loop().call_soon(self._feed.changed, _contacts(rows), [], [])
+
+    async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> set[str]:
+        """The batch in one transaction; the ruids written."""
+        written: set[str] = set()
         async with conn.transaction():
             deleted: list[tuple[str, str, str]] = []
             if batch.deletes:
@@ -318,11 +352,13 @@ class PostgresStore:
                                         batch.deletes)
                 deleted = [(r[0], r[1], r[2]) for r in rows]
             puts = batch.puts
-            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted, batch.policies)
+            notify = _payloads(self.node, [c.ruid for _, c in puts], deleted, batch.policies,
+                               [(username, domain) for username, domain, _ in batch.subscribers])
             if notify:
                 await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
-                await conn.execute(_upsert_sql(size), *_values(puts[start:start + size]))
+                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
+                written.update(r[0] for r in rows)
             for tbl, aor, name, value in batch.policies:
                 if value is None:
                     await conn.execute("DELETE FROM policies WHERE tbl=$1 AND aor=$2 AND name=$3", tbl, aor, name)
@@ -337,6 +373,7 @@ class PostgresStore:
                         "INSERT INTO subscribers VALUES ($1,$2,$3,$4,$5) ON CONFLICT (username, domain) DO UPDATE "
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
+        return written
 
     async def sweeps(self) -> bool:
         async with self._busy:
@@ -396,8 +433,10 @@ class PostgresStore:
                     self.reloads += 1
                     log.warning("change feed from %s was lost: table reloaded (%d bindings)",
                                 self.describe(), len(rows))
+                    subscribers = await self._listener.fetch(_SUBSCRIBERS)  # type: ignore[union-attr]
                     self._feed_down = False
                     self._feed.reloaded(_contacts(rows))
+                    self._feed.subscribers_changed(_subscribers(subscribers), complete=True)
                 await self._tell(await self._next_payloads())
             except asyncio.CancelledError:
                 raise
@@ -422,6 +461,7 @@ class PostgresStore:
         """Others' commits in order: the last word on each ruid wins; written rows fetched by ruid."""
         last: dict[str, tuple[str, str] | None] = {}  # ruid -> (table, aor) deleted, or None: written
         policies: list[tuple[str, str, str, str | None]] = []
+        subscribers: dict[tuple[str, str], None] = {}
         for payload in payloads:
             change = json.loads(payload)
             if change.get("n") == self.node:
@@ -431,6 +471,9 @@ class PostgresStore:
             for table, aor, ruid in change.get("d", ()):
                 last[ruid] = (table, aor)
             policies += [(table, aor, name, value) for table, aor, name, value in change.get("o", ())]
+            subscribers.update(((username, domain), None) for username, domain in change.get("s", ()))
+        if subscribers:
+            await self._tell_subscribers(list(subscribers))
         if not (last or policies):
             return
         written = [ruid for ruid, where in last.items() if where is None]
@@ -439,6 +482,15 @@ class PostgresStore:
         deletes = [(where[0], where[1], ruid) for ruid, where in last.items() if where is not None]
         assert self._feed is not None
         self._feed.changed(_contacts(rows), deletes, policies)
+
+    async def _tell_subscribers(self, keys: list[tuple[str, str]]) -> None:
+        """Subscribers others changed, as they are now: a key with no row was removed."""
+        rows = await self._listener.fetch(  # type: ignore[union-attr]
+            f"{_SUBSCRIBERS_FROM} WHERE (username, domain) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in keys], [k[1] for k in keys])
+        now = {(username, domain): ha1s for username, domain, ha1s in _subscribers(rows)}
+        assert self._feed is not None
+        self._feed.subscribers_changed([(username, domain, now.get((username, domain))) for username, domain in keys])
 
     async def probe(self) -> None:
         """One real write that changes nothing (a row version, a synchronous commit): usable?"""

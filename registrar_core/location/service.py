@@ -14,7 +14,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import events as ev
@@ -22,7 +22,7 @@ from ..awaitable import awaited
 from ..events import EventBus
 from ..metrics import COMMIT_SECONDS_BUCKETS, COMMIT_SIZE_BUCKETS, Histogram
 from .contact import Contact
-from .store import Batch, StorageError, Store
+from .store import Batch, StorageError, Store, SubscriberChange
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,9 @@ class LocationService:
         self.probe_interval = probe_interval
         self._error_logged = 0.0  # monotonic time of the last "still failing" log line
         self._tasks: list[asyncio.Task[None]] = []
+        # Subscriber changes another registrar committed, handed on (the Registrar API sets it:
+        # subscribers are kept by auth.Subscribers, not here).
+        self.on_subscribers: Callable[[Sequence[SubscriberChange], bool], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -236,6 +239,10 @@ class LocationService:
             if old is None or old.updated(conid=None) != contact:  # our own TCP flows stay known
                 self._apply(table, [(contact, old is None)], [])
         self.events.publish(ev.EVENTS_LOST, reason="change feed of the shared database lost: reloaded")
+
+    def subscribers_changed(self, changes: Sequence[SubscriberChange], *, complete: bool = False) -> None:
+        if self.on_subscribers is not None:
+            self.on_subscribers(changes, complete)
 
     # -- policies --------------------------------------------------------------------
     def policy(self, table: str, aor: str, name: str) -> str | None:

@@ -11,6 +11,7 @@ for every store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol
 
 from .contact import Contact
@@ -49,6 +50,10 @@ class StorageError(Exception):
         self.bad_data = bad_data
 
 
+# (username, domain, (ha1_md5, ha1_sha256, ha1_sha512_256) or None: deleted)
+SubscriberChange = tuple[str, str, tuple[str, str, str] | None]
+
+
 @dataclass
 class Batch:
     """Changes committed together: contacts to write, contacts to delete, policy values."""
@@ -56,8 +61,7 @@ class Batch:
     puts: list[tuple[str, Contact]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     policies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
-    # (username, domain, (ha1_md5, ha1_sha256, ha1_sha512_256) or None to delete)
-    subscribers: list[tuple[str, str, tuple[str, str, str] | None]] = field(default_factory=list)
+    subscribers: list[SubscriberChange] = field(default_factory=list)
 
 
 class Feed(Protocol):
@@ -70,6 +74,10 @@ class Feed(Protocol):
 
     def reloaded(self, rows: list[tuple[str, Contact]]) -> None:
         """The whole table again, after the feed was lost: what memory holds may be stale."""
+
+    def subscribers_changed(self, changes: Sequence[SubscriberChange], *, complete: bool = False) -> None:
+        """Subscribers another registrar added or changed (username, domain, HA1s) or removed
+        (None). ``complete``: every subscriber, after the feed was lost (any other is gone)."""
 
 
 class Store(Protocol):
