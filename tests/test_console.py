@@ -127,6 +127,8 @@ async def test_a_contact_expiring_leaves_the_table(make_server):
         await phone.register(aor, expires=1)
         await until(pilot, lambda: aor in main.registry.rows)
         await until(pilot, lambda: aor not in main.registry.rows, timeout=5)
+        await until(pilot, lambda: any(r.method == "GONE" for r in main.traffic.entries))
+        assert [(r.aor, r.reason) for r in main.traffic.entries if r.method == "GONE"] == [(aor, "expired")]
     phone.close()
 
 

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from registrar_core import events as ev
 
+from ..feed import GONE
 from ..format import clock_time, status_tone
 from .virtual_table import Cell, Column, VirtualTable
 
@@ -147,7 +148,7 @@ class TrafficLog(VirtualTable):
         """Add ``request.handled``, ``security``, ``operator.action`` and contact removal events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            gone = e["kind"] in (ev.CONTACT_REMOVED, ev.CONTACT_EXPIRED)
+            gone = e["kind"] in GONE
             if gone:
                 request = gone_request(e)
             elif e["kind"] in (ev.SECURITY, ev.OPERATOR_ACTION):
