@@ -9,6 +9,7 @@ from registrar_core import events as ev
 
 Event = dict[str, Any]
 TRAFFIC = (ev.REQUEST_HANDLED, ev.SECURITY, ev.OPERATOR_ACTION)  # shown in the traffic pane, in arrival order
+GONE = (ev.CONTACT_REMOVED, ev.CONTACT_EXPIRED)  # change the table, and show in the traffic pane why
 
 
 class EventBuffer:
@@ -22,7 +23,7 @@ class EventBuffer:
         self.contacts: dict[str, Event] = {}
         self.reachability: dict[str, Event] = {}  # apart: it must not replace a contact.added
         self.state: dict[tuple[str, ...], Event] = {}
-        self.traffic: deque[Event] = deque(maxlen=traffic_limit)  # requests and security events
+        self.traffic: deque[Event] = deque(maxlen=traffic_limit)  # requests, security events, removals
         self.received = 0
         self.lost = False  # the core dropped events: what the console holds is stale, reload
 
@@ -40,6 +41,8 @@ class EventBuffer:
                 self.reachability[event["ruid"]] = event
             elif kind.startswith("contact."):
                 self.contacts[event["ruid"]] = event
+                if kind in GONE:  # only removals: adds and refreshes would flood the pane
+                    self.traffic.append(event)
             elif kind == ev.POLICY_CHANGED:
                 self.state[(kind, event["table"], event["aor"], event["name"])] = event
             else:

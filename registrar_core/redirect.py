@@ -1,7 +1,13 @@
 """Requests other than REGISTER, answered as a registrar plus redirect server.
 
 Nothing here tells a subscriber without contacts from a user that does not exist: both
-get "404 Not Found", so scanners cannot enumerate extensions with OPTIONS or INVITE."""
+get "404 Not Found", so scanners cannot enumerate extensions with OPTIONS or INVITE.
+
+A contact reachable only through its flow (RFC 5626 outbound, RFC 7118 WebSocket: often at a
+``*.invalid`` host) is useless in a 302: the caller cannot open that connection, only a proxy
+holding it could use it. Such contacts are left out of the 302; an AOR with nothing else gets
+480 with a Warning saying why (it is registered, so 404 would be a lie, and a 302 already
+tells a registered AOR from others)."""
 
 from __future__ import annotations
 
@@ -19,6 +25,14 @@ REDIRECTED = frozenset(("INVITE", "MESSAGE", "SUBSCRIBE", "REFER", "PUBLISH", "N
 # Methods that only make sense inside a dialog, which a redirect server never holds.
 IN_DIALOG = frozenset(("BYE", "CANCEL", "PRACK", "UPDATE", "INFO"))
 _ALLOW_HEADER = ("Allow", ", ".join(ALLOW))
+_FLOW_ONLY_WARNING = ("Warning", '399 sipconsole "reachable only through its connection (RFC 5626 flow); '
+                                 'this registrar redirects, it does not proxy"')
+
+
+def flow_only(contact: Contact) -> bool:
+    """Bound to a connection that is the only way to it: a WebSocket (RFC 7118) or an RFC 5626
+    outbound registration (reg-id). A plain TCP/TLS contact may listen at its address: kept."""
+    return contact.conid is not None and (contact.regid > 0 or contact.received.startswith("ws"))
 
 
 class Directory(Protocol):
@@ -65,10 +79,13 @@ class RedirectServer:
         if directory.caller_check and not directory.from_registered_device(request, source, table):
             return reply(request, 403, "Please register first", [], tag)
         now = self.clock()
-        targets = directory.lookup(uri, table=table)
+        contacts = directory.lookup(uri, table=table)
+        targets = [c for c in contacts if not flow_only(c)]
         if targets:
             return reply(request, 302, "Moved Temporarily",
                          [("Contact", format_binding(c, now)) for c in targets], tag)
+        if contacts:
+            return reply(request, 480, "Temporarily Unavailable", [_FLOW_ONLY_WARNING], tag)
         # A subscriber without contacts and a user that does not exist get the same answer:
         # anything else lets svwar -m OPTIONS / INVITE list every extension (no enumeration).
         return reply(request, 404, "Not Found", [], tag)

@@ -1,9 +1,10 @@
-"""Real processes for tests: `sipconsole serve`, sipp and baresip; a large location table written
+"""Real processes for tests: `sipconsole serve`, sipp, baresip and linphonec; a large location table written
 straight into a database file before the registrar starts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,41 @@ async def run_baresip(directory: Path, account: str, extra_config: str = ""):
     return await asyncio.create_subprocess_exec(
         "baresip", "-f", str(directory), "-t", "60",  # -t: it quits by itself, whatever happens here
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+
+
+async def run_linphonec(directory: Path, registrar: tuple[str, int], transport: str, password: str,
+                        root_ca: Path | None = None):
+    """linphonec 5.1 (Debian linphone-cli) headless: one account, a config file of its own, a
+    port of its own choosing (-1; 0 switches the other transports off). For tls, ``root_ca`` is
+    the CA it verifies the registrar's certificate against, name included: the proxy is named
+    ``localhost`` because its mbedTLS matches no IP address SAN (the test certificate has both)."""
+    (directory / ".local/share/linphone").mkdir(parents=True)  # its call-history database
+    host, port = registrar
+    ports = {name: -1 if transport == name else 0 for name in ("udp", "tcp", "tls")}
+    tls = f"verify_server_certs=1\nverify_server_cn=1\nroot_ca={root_ca}\n" if root_ca else ""
+    (directory / "linphonerc").write_text(
+        f"[sip]\nsip_port={ports['udp']}\nsip_tcp_port={ports['tcp']}\nsip_tls_port={ports['tls']}\n"
+        f"default_proxy=0\n{tls}"
+        f"[proxy_0]\nreg_proxy=<sip:{'localhost' if root_ca else host}:{port};transport={transport}>\n"
+        f"reg_identity=sip:100@{host}\n"
+        f"reg_expires=600\nreg_sendregister=1\n"
+        f"[auth_info_0]\nusername=100\npasswd={password}\nrealm={host}\ndomain={host}\n")
+    return await asyncio.create_subprocess_exec(
+        "timeout", "60", "linphonec", "-c", str(directory / "linphonerc"), "-d", "0",
+        env={"HOME": str(directory), "PATH": "/usr/bin:/bin"},  # timeout: it quits whatever happens here
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+
+
+async def stop_linphonec(proc) -> str:
+    """Ask linphonec to quit (it unregisters), terminate it if it does not; what it printed."""
+    with contextlib.suppress(ProcessLookupError, BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(b"quit\n")
+    try:
+        out = await asyncio.wait_for(proc.communicate(), 15)
+    except TimeoutError:
+        proc.kill()
+        out = await proc.communicate()
+    return out[0].decode(errors="replace")
 
 
 class ServeProcess:

@@ -25,7 +25,7 @@ from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.events import OPERATOR_ACTION
 
-from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor, request_bytes, server_address
+from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
 
 SIZE = (140, 40)
 
@@ -127,6 +127,8 @@ async def test_a_contact_expiring_leaves_the_table(make_server):
         await phone.register(aor, expires=1)
         await until(pilot, lambda: aor in main.registry.rows)
         await until(pilot, lambda: aor not in main.registry.rows, timeout=5)
+        await until(pilot, lambda: any(r.method == "GONE" for r in main.traffic.entries))
+        assert [(r.aor, r.reason) for r in main.traffic.entries if r.method == "GONE"] == [(aor, "expired")]
     phone.close()
 
 
@@ -831,3 +833,28 @@ async def test_operator_actions_show_in_the_traffic(server):
         assert toasts() == ["ctl uid 1000 pid 4242: unregister alice@example.com: ok"]
         await pilot.press("e")  # security events and operator actions only
         assert [r.method for r in main.traffic.entries] == ["AUDIT", "AUDIT"]
+
+
+async def test_a_tls_contact_whose_connection_closes_shows_why_it_went(make_server, tls_files):
+    """A contact bound to its TLS connection goes when the connection closes: the traffic pane
+    shows a GONE row saying so (only removals: the REGISTER's add is its request row alone)."""
+    port = free_port()
+    srv = await make_server(listen=[f"udp:127.0.0.1:{port}", f"tls:127.0.0.1:{port}"], **tls_files.settings())
+    aor = next_aor("tls")
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        phone = await TcpPhone(server_address(srv, "tls"), tls_files.client_context()).open()
+        host, local_port = phone.local
+        contact = f"<sip:x@{host}:{local_port};transport=tls>"
+        assert (await phone.send(register_bytes(aor, [contact], local=phone.local, transport="TLS"))).status == 200
+        await until(pilot, lambda: aor in main.registry.rows)
+        assert [r.method for r in main.traffic.entries] == ["REGISTER"]
+        phone.close()
+        await until(pilot, lambda: any(r.method == "GONE" for r in main.traffic.entries))
+        index = next(i for i, r in enumerate(main.traffic.entries) if r.method == "GONE")
+        gone = main.traffic.entries[index]
+        assert (gone.aor, gone.reason, gone.source) == (aor, "connection closed", f"tls:127.0.0.1:{local_port}")
+        assert main.traffic.row_cells(index)[4] == ("connection closed", "dim")
+        await until(pilot, lambda: aor not in main.registry.rows)
+        await pilot.press("e")  # not a security event
+        assert all(r.method != "GONE" for r in main.traffic.entries)

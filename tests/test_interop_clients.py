@@ -6,12 +6,9 @@ first: which is why MD5 alone is the default challenge."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from pathlib import Path
-
 import pytest
 
-from .processes import run_baresip, until
+from .processes import run_baresip, run_linphonec, stop_linphonec, until
 from .sipclient import server_address
 
 
@@ -47,35 +44,6 @@ async def test_sipsak_registers_with_the_default_digest(make_server):
     assert proc.returncode == 0, output
     [contact] = srv.core.fetch_contacts("100@127.0.0.1")
     assert contact.user_agent.startswith("sipsak")
-
-
-async def run_linphonec(directory: Path, registrar: tuple[str, int], transport: str, password: str):
-    """linphonec 5.1 (Debian linphone-cli) headless: one account, a config file of its own, a
-    port of its own choosing (-1; 0 switches the other transport off)."""
-    (directory / ".local/share/linphone").mkdir(parents=True)  # its call-history database
-    host, port = registrar
-    (directory / "linphonerc").write_text(
-        f"[sip]\nsip_port={-1 if transport == 'udp' else 0}\nsip_tcp_port={-1 if transport == 'tcp' else 0}\n"
-        f"default_proxy=0\n"
-        f"[proxy_0]\nreg_proxy=<sip:{host}:{port};transport={transport}>\nreg_identity=sip:100@{host}\n"
-        f"reg_expires=600\nreg_sendregister=1\n"
-        f"[auth_info_0]\nusername=100\npasswd={password}\nrealm={host}\ndomain={host}\n")
-    return await asyncio.create_subprocess_exec(
-        "timeout", "60", "linphonec", "-c", str(directory / "linphonerc"), "-d", "0",
-        env={"HOME": str(directory), "PATH": "/usr/bin:/bin"},  # timeout: it quits whatever happens here
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-
-
-async def stop_linphonec(proc) -> str:
-    """Ask linphonec to quit (it unregisters), terminate it if it does not; what it printed."""
-    with contextlib.suppress(ProcessLookupError, BrokenPipeError, ConnectionResetError):
-        proc.stdin.write(b"quit\n")
-    try:
-        out = await asyncio.wait_for(proc.communicate(), 15)
-    except TimeoutError:
-        proc.kill()
-        out = await proc.communicate()
-    return out[0].decode(errors="replace")
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -1,8 +1,9 @@
 """Requests other than REGISTER: the registrar as a redirect server, over real sockets.
 
 OPTIONS to the server -> 200 with Allow; caller check -> "403 Please register first";
-a registered AOR -> 302 with its contacts q-ordered; any other target, known or not -> the
-same 404 (no enumeration); ACK -> nothing; unknown methods -> 501 with Allow.
+a registered AOR -> 302 with its contacts q-ordered, leaving out those reachable only through
+their flow (WebSocket, RFC 5626 outbound), 480 when only those are left; any other target,
+known or not -> the same 404 (no enumeration); ACK -> nothing; unknown methods -> 501 with Allow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pytest
 
 from registrar_core.sip import split_values
 
-from .sipclient import TcpPhone, UdpPhone, next_aor, register_bytes, request_bytes, server_address
+from .processes import until
+from .sipclient import TcpPhone, UdpPhone, WsPhone, free_port, next_aor, register_bytes, request_bytes, server_address
 
 
 async def phones(srv, n: int) -> list[UdpPhone]:
@@ -187,3 +189,37 @@ async def test_retransmitted_invite_gets_the_same_answer_once_processed(server):
     again = await caller.send(data)
     assert first.status == again.status == 302
     assert first.to.tag == again.to.tag and targets(first) == targets(again)
+
+
+async def test_contacts_reachable_only_through_their_flow_are_not_redirected_to(make_server):
+    """A browser on a WebSocket (a *.invalid host, RFC 5626 outbound) cannot be called at its
+    Contact: the 302 leaves it out; with only such contacts left the answer is 480 with a Warning."""
+    port = free_port()
+    srv = await make_server(listen=[f"udp:127.0.0.1:{port}", f"ws:127.0.0.1:{port}"])
+    aor = next_aor("browser")
+    browser = await WsPhone(server_address(srv, "ws")).open()
+    desk, caller = await phones(srv, 2)
+    try:
+        assert browser.status == 101
+        r = await browser.send(register_bytes(
+            aor, ['<sip:k3j2@df7jal23ls0d.invalid;transport=ws>;reg-id=1;'
+                  '+sip.instance="<urn:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427>"'],
+            local=("df7jal23ls0d.invalid", 0), transport="WS", extra=["Supported: path,gruu,outbound"]))
+        assert r.status == 200
+        assert (await desk.register(aor, call_id="desk@t")).status == 200
+
+        async def invite():
+            return await caller.send(request_bytes("INVITE", f"sip:{aor}", next_aor(), local=caller.local))
+
+        r = await invite()
+        assert r.status == 302 and targets(r) == [desk.contact.strip("<>")]
+        assert (await desk.register(aor, call_id="desk@t", cseq=2, expires=0)).status == 200
+        r = await invite()
+        assert (r.status, r.reason) == (480, "Temporarily Unavailable") and not r.contacts
+        assert "reachable only through its connection" in r.headers.get("Warning")
+        await browser.close()
+        assert await until(lambda: srv.core.fetch_contacts(aor).count == 0)  # the flow went: nothing registered
+        assert (await invite()).status == 404
+    finally:
+        desk.close()
+        caller.close()

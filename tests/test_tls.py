@@ -1,6 +1,7 @@
 """SIP over TLS (RFC 3261 §26): the tls: listener, its certificate options, TLS 1.2 minimum,
 client certificates, flows (contacts bound to the connection, removed when it closes), CRLF
-keepalives (RFC 5626 §4.4.1), a stalled handshake, and baresip registering over TLS with digest."""
+keepalives (RFC 5626 §4.4.1), a stalled handshake, and baresip and linphonec registering over TLS
+with digest."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from registrar_core.flows import REMOVED_FLOW_CLOSED
 
 from .sipclient import server_address
-from .processes import run_baresip, run_cli, until
+from .processes import run_baresip, run_cli, run_linphonec, stop_linphonec, until
 from .sipclient import TcpPhone, free_port, next_aor, register_bytes
 
 
@@ -228,3 +229,33 @@ def test_ctl_with_the_servers_config_need_not_read_its_key(short_dir):
                       f'tls-key = "/nonexistent/key.pem"\ncontrol = "{short_dir / "c.sock"}"\n')
     done = run_cli("ctl", "dump", "--config", str(config))
     assert done.returncode == 3 and "tls-cert" not in done.stderr, done.stderr  # 3: no registrar answers
+
+
+async def test_linphonec_registers_over_tls_with_digest(make_server, tls_files, short_dir):
+    """Debian's linphonec 5.1 verifying our certificate (name included) against the test CA;
+    trusting another CA it refuses the certificate and never registers."""
+    import trustme
+
+    srv = await tls_server(make_server, tls_files, auth=True)
+    await srv.core.subscribers.add("100@127.0.0.1", "linphone-secret")
+    stranger = short_dir / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    proc = await run_linphonec(short_dir / "untrusting", server_address(srv, "tls"), "tls", "linphone-secret",
+                               root_ca=stranger)
+    try:
+        assert not await until(lambda: srv.core.fetch_contacts("100@127.0.0.1").count > 0, 5)
+    finally:
+        output = await stop_linphonec(proc)
+    assert "Certificate verification failed" in output, output
+    proc = await run_linphonec(short_dir / "trusting", server_address(srv, "tls"), "tls", "linphone-secret",
+                               root_ca=tls_files.ca_file)
+    try:
+        registered = await until(lambda: srv.core.fetch_contacts("100@127.0.0.1").count == 1, 30)
+        contacts = list(srv.core.fetch_contacts("100@127.0.0.1"))
+    finally:
+        output = await stop_linphonec(proc)
+    assert registered, f"linphonec did not register over TLS:\n{output}"
+    assert contacts[0].received.startswith("tls:127.0.0.1:") and contacts[0].conid is not None
+    assert contacts[0].user_agent.startswith("Linphone")
+    stats = srv.core.snapshot_stats()
+    assert stats["challenged"] >= 1 and stats["rejected_regs"] == 0, "challenged, then registered"

@@ -1,5 +1,5 @@
 """The traffic pane: a bounded log of handled requests that follows new ones or stays put, with
-the security events and the operator actions (the audit trail) among them."""
+the security events, the operator actions (the audit trail) and the removed contacts among them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from registrar_core import events as ev
 
+from ..feed import GONE
 from ..format import clock_time, status_tone
 from .virtual_table import Cell, Column, VirtualTable
 
@@ -34,6 +35,19 @@ SECURITY = {
     "scanner": ("SCANNER", "dropped: scanner UA", "warn"),
     "audit": ("AUDIT", "", "accent"),  # an operator changed something (events.OPERATOR_ACTION)
     "audit-failed": ("AUDIT", "", "warn"),
+    "gone": ("GONE", "", "dim"),  # a contact left the location service (not shown with security events only)
+}
+
+#: Why a contact went (the ``reason`` of contact.removed / contact.expired), in words.
+GONE_REASONS = {
+    "connection-closed": "connection closed",
+    "expired": "expired",
+    "unregistered": "unregistered",
+    "admin": "removed by operator",
+    "replaced": "replaced",
+    "evicted": "evicted: max contacts",
+    "unreachable": "unreachable",
+    "remote": "removed elsewhere",
 }
 
 
@@ -61,6 +75,15 @@ def operator_request(e: dict[str, Any]) -> Request:
     kind = "audit" if e["result"] == "ok" else "audit-failed"
     return Request(e["time"], who, "AUDIT", e["target"] or "", 0, f"{e['action']}: {e['result']}",
                    details_text(e.get("details")), kind)
+
+
+def gone_request(e: dict[str, Any]) -> Request:
+    """A ``contact.removed`` / ``contact.expired`` event as a traffic row: where the contact was
+    reached in the Source column, why it went as the response."""
+    contact = e["contact"]
+    reason = e["reason"]
+    return Request(e["time"], contact["received"] or contact["addr"], "GONE", e["aor"], 0,
+                   GONE_REASONS.get(reason, reason), contact["user_agent"] or "", "gone")
 
 
 class TrafficLog(VirtualTable):
@@ -122,10 +145,13 @@ class TrafficLog(VirtualTable):
         return "alert" if r.security and SECURITY.get(r.security, ("", "", ""))[2] == "alert" else ""
 
     def append(self, events: list[dict[str, Any]]) -> None:
-        """Add ``request.handled``, ``security`` and ``operator.action`` events, oldest first."""
+        """Add ``request.handled``, ``security``, ``operator.action`` and contact removal events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            if e["kind"] in (ev.SECURITY, ev.OPERATOR_ACTION):
+            gone = e["kind"] in GONE
+            if gone:
+                request = gone_request(e)
+            elif e["kind"] in (ev.SECURITY, ev.OPERATOR_ACTION):
                 request = security_request(e) if e["kind"] == ev.SECURITY else operator_request(e)
                 self.security.append(request)
             else:
@@ -134,7 +160,8 @@ class TrafficLog(VirtualTable):
             self.everything.append(request)
             if request.method != "OPTIONS":
                 self.without_options.append(request)
-            if request.security or not (self.security_only or (self.hide_options and request.method == "OPTIONS")):
+            if (request.security and not gone) or not (
+                    self.security_only or (self.hide_options and request.method == "OPTIONS")):
                 added += 1
         self._redraw(dropped=before + added - len(self.entries))
 
