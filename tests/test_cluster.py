@@ -9,7 +9,7 @@ import contextlib
 import socket
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,19 +22,28 @@ from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor,
 VISIBLE_WITHIN = 0.1  # seconds from a 200 on one node to the binding on another (issue 17)
 
 
-@pytest.fixture
-def nodes(pg_dsn: str, short_dir: Path) -> Iterator[list[ServeProcess]]:
-    """Two registrars sharing one fresh database, started."""
+@contextlib.contextmanager
+def running_nodes(pg_dsn: str, short_dir: Path, *options: str,
+                  per_node: Callable[[str], Sequence[str]] = lambda name: ()) -> Iterator[list[ServeProcess]]:
+    """Two registrars, a and b, sharing one database, started with ``options`` and
+    ``per_node(name)``; stopped when the block ends, whatever happened in it."""
     started = []
     try:
-        for name in ("-a", "-b"):
-            node = ServeProcess(short_dir, free_port(), name)
+        for name in ("a", "b"):
+            node = ServeProcess(short_dir, free_port(), "-" + name)
             node.db = pg_dsn  # type: ignore[assignment]  # the command line takes str(db)
-            started.append(node.start())
+            started.append(node.start(*options, *per_node(name)))
         yield started
     finally:
         for node in started:
             node.stop()
+
+
+@pytest.fixture
+def nodes(pg_dsn: str, short_dir: Path) -> Iterator[list[ServeProcess]]:
+    """Two registrars sharing one fresh database, started."""
+    with running_nodes(pg_dsn, short_dir) as started:
+        yield started
 
 
 async def _contacts(client: ControlClient, aor: str) -> list[dict]:
@@ -195,12 +204,7 @@ async def test_a_policy_set_on_one_node_applies_on_the_other(nodes):
 
 
 async def test_expired_bindings_are_deleted_by_one_sweeper_and_taken_over_when_it_dies(pg_dsn, postgres, short_dir):
-    nodes = []
-    try:
-        for name in ("-a", "-b"):
-            node = ServeProcess(short_dir, free_port(), name)
-            node.db = pg_dsn  # type: ignore[assignment]
-            nodes.append(node.start("--min-expires", "1"))
+    with running_nodes(pg_dsn, short_dir, "--min-expires", "1") as nodes:
 
         async def register_short(node: ServeProcess, prefix: str) -> list[str]:
             phone = await UdpPhone(("127.0.0.1", node.port)).open()
@@ -230,9 +234,6 @@ async def test_expired_bindings_are_deleted_by_one_sweeper_and_taken_over_when_i
         survivor = next(n for n in nodes if n is not holders[0])
         await swept(await register_short(survivor, "later"))
         assert sweeping in survivor.log.read_text(), "taken over"
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 async def test_a_nonce_from_another_node_gets_stale_true_then_the_register_succeeds(pg_dsn, short_dir):
@@ -240,12 +241,7 @@ async def test_a_nonce_from_another_node_gets_stale_true_then_the_register_succe
     (the boot id in them), so a client that moves gets one extra challenge, never a failure."""
     added = run_cli("user", "add", "alice@example.com", "--db", pg_dsn, "--password-stdin", stdin="pw-alice\n")
     assert added.returncode == 0, added.stderr
-    nodes = []
-    try:
-        for name in ("-a", "-b"):
-            node = ServeProcess(short_dir, free_port(), name)
-            node.db = pg_dsn  # type: ignore[assignment]
-            nodes.append(node.start("--auth", "on", "--auth-key", str(short_dir / "auth.key")))
+    with running_nodes(pg_dsn, short_dir, "--auth", "on", "--auth-key", str(short_dir / "auth.key")) as nodes:
         a, b = nodes
         phone_a = await UdpPhone(("127.0.0.1", a.port)).open()
         phone_b = await UdpPhone(("127.0.0.1", b.port)).open()
@@ -269,20 +265,12 @@ async def test_a_nonce_from_another_node_gets_stale_true_then_the_register_succe
         finally:
             phone_a.close()
             phone_b.close()
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 async def test_subscribers_changed_on_one_node_apply_on_the_other_without_a_restart(pg_dsn, short_dir):
     """A subscriber added, given a new password and removed through A: B authenticates with
     what A committed, and its consoles hear subscriber.changed, each time without a restart."""
-    nodes = []
-    try:
-        for name in ("-a", "-b"):
-            node = ServeProcess(short_dir, free_port(), name)
-            node.db = pg_dsn  # type: ignore[assignment]
-            nodes.append(node.start("--auth", "on", "--auth-key", str(short_dir / "auth.key")))
+    with running_nodes(pg_dsn, short_dir, "--auth", "on", "--auth-key", str(short_dir / "auth.key")) as nodes:
         a, b = nodes
         on_a, on_b = await ControlClient(a.control).connect(), await ControlClient(b.control).connect()
         phone = await UdpPhone(("127.0.0.1", b.port)).open()
@@ -339,24 +327,16 @@ async def test_subscribers_changed_on_one_node_apply_on_the_other_without_a_rest
             phone.close()
             await on_a.close()
             await on_b.close()
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 async def test_each_contact_shows_its_node_and_only_that_node_qualifies_it(pg_dsn, short_dir):
     """--node-name: a binding made through A says node-a in `ctl dump` on B (a NODE column, and
     "node" in the JSON); with qualify on in both, OPTIONS come from A only."""
-    nodes = []
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     probe.settimeout(0.2)
-    try:
-        for name in ("a", "b"):
-            node = ServeProcess(short_dir, free_port(), "-" + name)
-            node.db = pg_dsn  # type: ignore[assignment]
-            nodes.append(node.start("--node-name", f"node-{name}", "--qualify-interval", "1",
-                                    "--qualify-timeout", "1"))
+    with probe, running_nodes(pg_dsn, short_dir, "--qualify-interval", "1", "--qualify-timeout", "1",
+                              per_node=lambda name: ("--node-name", f"node-{name}")) as nodes:
         a, b = nodes
         local = probe.getsockname()
         aor = next_aor("owned")
@@ -382,7 +362,3 @@ async def test_each_contact_shows_its_node_and_only_that_node_qualifies_it(pg_ds
         code, text = b.ctl("dump", json_output=False)
         header, row = text.splitlines()[0].split(), next(line for line in text.splitlines() if aor in line)
         assert "NODE" in header and "node-a" in row.split()
-    finally:
-        probe.close()
-        for node in nodes:
-            node.stop()
