@@ -836,8 +836,9 @@ async def test_operator_actions_show_in_the_traffic(server):
 
 
 async def test_a_tls_contact_whose_connection_closes_shows_why_it_went(make_server, tls_files):
-    """A contact bound to its TLS connection goes when the connection closes: the traffic pane
-    shows a GONE row saying so (only removals: the REGISTER's add is its request row alone)."""
+    """A contact bound to its TLS connection shows its flow, and goes when the connection closes:
+    the traffic pane shows a GONE row saying so (only removals: the REGISTER's add is its request
+    row alone)."""
     port = free_port()
     srv = await make_server(listen=[f"udp:127.0.0.1:{port}", f"tls:127.0.0.1:{port}"], **tls_files.settings())
     aor = next_aor("tls")
@@ -849,6 +850,9 @@ async def test_a_tls_contact_whose_connection_closes_shows_why_it_went(make_serv
         assert (await phone.send(register_bytes(aor, [contact], local=phone.local, transport="TLS"))).status == 200
         await until(pilot, lambda: aor in main.registry.rows)
         assert [r.method for r in main.traffic.entries] == ["REGISTER"]
+        await until(pilot, lambda: main.contacts.aor == aor and main.contacts.row_count() == 1)
+        flow = [column.key for column in main.contacts.columns].index("flow")
+        assert main.contacts.row_cells(0)[flow] == f"conn {main.contacts.contacts[0]['conid']}"  # its flow
         phone.close()
         await until(pilot, lambda: any(r.method == "GONE" for r in main.traffic.entries))
         index = next(i for i, r in enumerate(main.traffic.entries) if r.method == "GONE")

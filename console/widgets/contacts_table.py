@@ -32,6 +32,11 @@ def instance_label(contact: Contact) -> str:
     return f"{contact['regid']} {instance}" if contact["regid"] else instance
 
 
+def flow_label(contact: Contact) -> str:
+    """``conn N``: the connection (TCP, TLS, WS) replies and requests to it go through, as `ctl dump`'s FLOW."""
+    return "" if contact.get("conid") is None else f"conn {contact['conid']}"
+
+
 class ContactsTable(VirtualTable):
     """The full records of one AOR's contacts, kept live from the event stream."""
 
@@ -43,6 +48,7 @@ class ContactsTable(VirtualTable):
         Column("q", "q", 3, right=True),
         Column("agent", "User agent", 32, flex=2, fit=True),
         Column("received", "Received", ADDRESS_WIDTH, fit=True),
+        Column("flow", "Flow", 10, fit=True),  # the connection a TCP/TLS/WS contact is reached through
         Column("path", "Path", 32, flex=1, fit=True),
         Column("callid", "Call-ID", 24, fit=True),
         Column("cseq", "CSeq", 6, right=True, fit=True),
@@ -82,6 +88,7 @@ class ContactsTable(VirtualTable):
             "" if c["q"] is None else f"{c['q']:g}",
             c["user_agent"],
             short_address(c["received"]),
+            flow_label(c),
             ", ".join(c["path"]),
             (c["callid"], "dim"),
             str(c["cseq"]),
