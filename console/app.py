@@ -128,8 +128,9 @@ async def run_app(app: App[Any]) -> object:
 
 
 def log_file(config: Config) -> Path:
-    """Where the registrar logs while the console owns the terminal: next to its database."""
-    path = Path(config.db).expanduser().parent / "sipconsole.log"
+    """Where the registrar logs while the console owns the terminal: beside its database (for
+    a PostgreSQL one, in this machine's data directory)."""
+    path = config.files_dir / "sipconsole.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -214,13 +214,18 @@ class Config:
 
     @property
     def auth_key_path(self) -> Path:
-        if self.auth_key:
-            return Path(self.auth_key)
+        return Path(self.auth_key) if self.auth_key else self.files_dir / "auth.key"
+
+    @property
+    def files_dir(self) -> Path:
+        """Where this registrar's own files go (the nonce key, the console's log): beside the
+        SQLite file; for a PostgreSQL database, this machine's data directory; for :memory:,
+        the runtime directory."""
         if self.db == ":memory:":
-            return _runtime_dir() / "auth.key"
-        if is_postgres(self.db):  # beside where the SQLite file would be: this machine's data directory
-            return default_db_path().parent / "auth.key"
-        return Path(self.db).parent / "auth.key"
+            return _runtime_dir()
+        if is_postgres(self.db):
+            return default_db_path().parent
+        return Path(self.db).expanduser().parent
 
     @property
     def node(self) -> str:

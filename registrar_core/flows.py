@@ -20,7 +20,7 @@ class FlowReaper:
 
     def __init__(self, core: RegistrarCore) -> None:
         self.core = core
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[int]] = set()
 
     def closed(self, source: Source) -> None:
         """Transports' callback; the removal is a location transaction, so it runs as a task."""

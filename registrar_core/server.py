@@ -12,6 +12,7 @@ from .config import Config, parse_metrics_listen
 from .control import ControlServer, ensure_free
 from .dblock import DatabaseLock
 from .flows import FlowReaper
+from .location.sqlite_store import SqliteStore
 from .metrics import render
 from .metrics_http import MetricsServer
 from .transport import Transports
@@ -51,7 +52,7 @@ class Server:
     async def start(self) -> None:
         if not self._memory_only:  # before the database opens and any port is bound
             self._lock = DatabaseLock.take(self.config.db, control=self.config.control if self._control_enabled else "")
-            if self.core.location.store is not None:
+            if isinstance(self.core.location.store, SqliteStore):
                 self.core.location.store.lock = self._lock  # let go while a fault closes the file
         try:
             if self._control_enabled:  # before any port is bound, as the database lock
@@ -92,7 +93,7 @@ class Server:
             self.metrics = None
         if self.control is not None:
             await self.control.stop()
-            self.control: ControlServer | None = None
+            self.control = None
         self.transports.flow_closed = None  # shutting down: contacts stay for the next start
         await self.transports.close()
         await self.flows.stop()
