@@ -204,11 +204,6 @@ class RegistrarCore:
             return False
         return any(c.received == source.address for c in self.location.contacts(table, uri.aor))
 
-    def known_aor(self, aor: str, table: str = DEFAULT_TABLE) -> bool:
-        """An AOR with contacts, a subscriber, or one that registered since start."""
-        user, _, host = aor.rpartition("@")
-        return self.location.known(table, aor) or (bool(user) and self.subscribers.exists(user, host))
-
     # -- policies ------------------------------------------------------------------
     def single_contact(self, aor: str | None = None, *, table: str = DEFAULT_TABLE) -> bool:
         """The single-contact policy in force for ``aor`` (or the table-wide default)."""

@@ -183,7 +183,7 @@ async def test_changes_submitted_together_go_in_one_write_and_reach_memory_only_
         service.submit("location", [], [(doomed, "unregistered")], outcomes.append)
         for n in range(1, 50):
             service.submit("location", [(contact(n), True)], [], outcomes.append)
-        assert not service.known("location", contact(1).aor), "in memory before it was durable"
+        assert not service.contacts("location", contact(1).aor), "in memory before it was durable"
         await eventually(lambda: len(outcomes) == 51, "the group commit")
         assert outcomes == [None] * 51
         assert len(store.batches) == 1

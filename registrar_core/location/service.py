@@ -33,7 +33,6 @@ REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
 REMOVED_REMOTE = "remote"  # by another registrar sharing the store
-MAX_EMPTIED = 1_000_000
 # Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, dict[str, Contact]] = {}
 _NO_BINDINGS: dict[str, Contact] = {}
@@ -130,7 +129,6 @@ class LocationService:
         self._tables: dict[str, dict[str, dict[str, Contact]]] = {DEFAULT_TABLE: {}}
         self._policies: dict[tuple[str, str, str], str] = {}
         self._heap: list[tuple[float, str, str, str]] = []
-        self._emptied: dict[tuple[str, str], None] = {}
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._expiry_interval = expiry_interval
@@ -188,10 +186,6 @@ class LocationService:
             return []
         now = self.clock() if now is None else now
         return [c for c in bindings.values() if c.expires > now]
-
-    def known(self, table: str, aor: str) -> bool:
-        """Has ``aor`` contacts now, or had it since start (bounded memory of emptied AORs)?"""
-        return aor in self._tables.get(table, _NO_AORS) or (table, aor) in self._emptied
 
     def counts(self) -> tuple[int, int]:
         """(AORs, contacts) across all tables."""
@@ -334,10 +328,6 @@ class LocationService:
         bindings.pop(contact.ruid, None)
         if not bindings:
             del aors[contact.aor]
-            # Remember it: a request for an AOR whose devices all went is 480, not 404.
-            self._emptied[(table, contact.aor)] = None
-            if len(self._emptied) > MAX_EMPTIED:
-                del self._emptied[next(iter(self._emptied))]
 
     async def commit(self, batch: Batch) -> None:
         """Make policy and subscriber changes durable with the next group commit (no-op
