@@ -15,6 +15,7 @@ from registrar_core.gruu import TEMP_PREFIX, Gruus
 from registrar_core.location import Contact
 from registrar_core.sip import parse_uri
 
+from .processes import run_sipp, write_injection
 from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes, server_address
 
 GRUU = ["Supported: path, gruu, outbound"]
@@ -209,3 +210,13 @@ async def test_temp_gruu_survives_a_restart(serve_process):
     finally:
         phone.close()
         caller.close()
+
+
+def test_sipp_registers_two_instances_and_reaches_one_by_its_gruus(serve_process, tmp_path):
+    """sipp as the real client: the 200's GRUUs taken with its regexp actions, then a MESSAGE to
+    the pub-gruu and one to the temp-gruu each redirected to that device alone (check_it_inverse:
+    the other device's contact is not there)."""
+    serve_process.start()
+    inf = write_injection(tmp_path / "aors.csv", [(f"gruu{i}", "example.com") for i in range(5)])
+    result = run_sipp("register_gruu.xml", serve_process.port, "-inf", str(inf), calls=5, rate=50)
+    assert (result.successful, result.failed) == (5, 0), result.output[-3000:]
