@@ -5,9 +5,10 @@ quoted parameters of its Contact in the 200 (§5.2):
 
 - ``pub-gruu``: the AOR with ``;gr=`` and the instance id (the URN without its angle brackets,
   §3.1.1): the same on every REGISTER, and it shows the AOR.
-- ``temp-gruu``: ``sip:tgruu.TOKEN@DOMAIN;gr`` (§3.1.2), which hides the AOR. TOKEN is the AOR,
-  the instance id and a digest of the registration's Call-ID, encrypted and authenticated with
-  keys derived from the registrar's auth key (``--auth-key``): nothing is stored, and every node
+- ``temp-gruu``: ``sip:tgruu.TOKEN@DOMAIN;gr`` (§3.1.2), which hides the AOR. TOKEN is the AOR's
+  user part, the instance id (a ``urn:uuid:`` as its 16 bytes) and a digest of the
+  registration's Call-ID, encrypted, and authenticated together with DOMAIN, with keys derived
+  from the registrar's auth key (``--auth-key``): nothing is stored, and every node
   given the same key file recognises it. A random IV makes each REGISTER's temp-gruu new while
   the earlier ones stay valid (§5.4); each selects its instance only while one of the
   instance's bindings has that Call-ID, so a REGISTER with a new Call-ID (the device restarted)
@@ -23,6 +24,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -33,6 +35,7 @@ from .sip import SipURI
 
 TEMP_PREFIX = "tgruu."  # the user part of every temp-gruu starts with it (RFC 5627 §3.1.2's example)
 _PARAM_SAFE = "!*'()[]/:&+$"  # RFC 3261 §25.1 paramchar, besides what quote() keeps (unreserved)
+_UUID_URN = "urn:uuid:"
 _IV = 12
 _CALLID = 8
 _TAG = 12
@@ -58,6 +61,25 @@ def _xor(data: bytes, key: bytes, iv: bytes) -> bytes:
     """``data`` XOR the keystream of (key, iv): encrypts and decrypts."""
     stream = hashlib.shake_256(key + iv).digest(len(data))
     return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
+
+
+def _packed(instance: str) -> bytes:
+    """An instance id in a token: a ``urn:uuid:`` (what phones send) as its 16 bytes, keeping
+    temp-gruus short; any other text as it is."""
+    if instance.startswith(_UUID_URN):
+        try:
+            parsed = uuid.UUID(instance[len(_UUID_URN):])
+        except ValueError:
+            parsed = None
+        if parsed is not None and str(parsed) == instance[len(_UUID_URN):]:  # the round trip is exact
+            return b"\x01" + parsed.bytes
+    return b"\x00" + instance.encode("utf-8", "surrogateescape")
+
+
+def _unpacked(data: bytes) -> str:
+    if data[:1] == b"\x01" and len(data) == 17:
+        return _UUID_URN + str(uuid.UUID(bytes=data[1:]))
+    return data[1:].decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +134,13 @@ class Gruus:
     def temp_gruu(self, contact: Contact) -> str:
         """A new temp-gruu of the binding's instance, valid while it keeps its Call-ID."""
         encryption, authentication = self._cipher_keys()
-        plain = b"\n".join((_callid_digest(contact.callid) + contact.aor.encode("utf-8", "surrogateescape"),
-                            instance_id(contact.instance).encode("utf-8", "surrogateescape")))
+        user, _, domain = contact.aor.rpartition("@")
+        plain = b"\n".join((_callid_digest(contact.callid) + user.encode("utf-8", "surrogateescape"),
+                            _packed(instance_id(contact.instance))))
         iv = secrets.token_bytes(_IV)
         sealed = iv + _xor(plain, encryption, iv)
-        token = sealed + hmac.digest(authentication, sealed, "sha256")[:_TAG]
-        return f"sip:{TEMP_PREFIX}{base64.urlsafe_b64encode(token).rstrip(b'=').decode()}@{contact.domain};gr"
+        token = sealed + _tag(authentication, domain, sealed)
+        return f"sip:{TEMP_PREFIX}{base64.urlsafe_b64encode(token).rstrip(b'=').decode()}@{domain};gr"
 
     def target(self, uri: SipURI) -> GruuTarget | None:
         """What the Request-URI ``uri`` names if it is a GRUU (a ``gr`` parameter); None if it is not."""
@@ -142,11 +165,18 @@ class Gruus:
             return None
         sealed, tag = token[:-_TAG], token[-_TAG:]
         encryption, authentication = self._cipher_keys()
-        if not hmac.compare_digest(hmac.digest(authentication, sealed, "sha256")[:_TAG], tag):
+        domain = uri.aor.rpartition("@")[2]
+        if not hmac.compare_digest(_tag(authentication, domain, sealed), tag):
             return None
         plain = _xor(sealed[_IV:], encryption, sealed[:_IV])
-        aor, newline, instance = plain[_CALLID:].partition(b"\n")
-        aor_text = aor.decode("utf-8", "surrogateescape")
-        if not newline or aor_text.rpartition("@")[2] != uri.aor.rpartition("@")[2]:
+        aor_user, newline, instance = plain[_CALLID:].partition(b"\n")
+        if not newline:
             return None
-        return GruuTarget(aor_text, instance.decode("utf-8", "surrogateescape"), plain[:_CALLID])
+        aor = f"{aor_user.decode('utf-8', 'surrogateescape')}@{domain}" if aor_user else domain
+        return GruuTarget(aor, _unpacked(instance), plain[:_CALLID])
+
+
+def _tag(key: bytes, domain: str, sealed: bytes) -> bytes:
+    """The MAC of a token: over the IV and ciphertext and the domain it is valid in (a NUL
+    between: no host holds one)."""
+    return hmac.digest(key, domain.encode("utf-8", "surrogateescape") + b"\0" + sealed, "sha256")[:_TAG]

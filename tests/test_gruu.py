@@ -182,6 +182,21 @@ def test_every_node_with_the_same_key_recognises_a_temp_gruu(short_dir):
     assert peer.target(parse_uri("sip:frank@example.com")) is None, "not a GRUU: the AOR's contacts"
 
 
+def test_temp_gruu_round_trips_any_instance_and_is_short_for_a_uuid(short_dir):
+    gruus = Gruus(short_dir / "auth.key")
+    for aor, urn in (("ivy@example.com", instance()), ("example.com", instance()),
+                     ("ivy@example.com", f"urn:uuid:{str(uuid.uuid4()).upper()}"),  # not canonical: kept as text
+                     ("ivy@example.com", "urn:x:any;thing\\at all")):
+        contact = Contact("r1", aor, "sip:i@192.0.2.1", 0.0, "call-1", 1, instance=f"<{urn}>")
+        temp = gruus.temp_gruu(contact)
+        target = gruus.target(parse_uri(temp))
+        assert target is not None and (target.aor, target.instance) == (aor, urn), temp
+        assert target.select([contact]) == [contact]
+    # What phones send, a urn:uuid, travels as its 16 bytes: under 100 characters for a short AOR.
+    contact = Contact("r1", "ivy@example.com", "sip:i@192.0.2.1", 0.0, "call-1", 1, instance=f"<{instance()}>")
+    assert len(gruus.temp_gruu(contact)) <= 100
+
+
 def test_pub_gruu_escapes_what_a_uri_parameter_cannot_hold(short_dir):
     gruus = Gruus(short_dir / "auth.key")
     contact = Contact("r1", "gina@example.com", "sip:g@192.0.2.1", 0.0, "c", 1, instance='<urn:x:a b%c;d>')
