@@ -8,6 +8,7 @@ keeps working across a restart; a tampered, foreign or stale GRUU gets the 404 o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -15,7 +16,7 @@ from registrar_core.gruu import TEMP_PREFIX, Gruus
 from registrar_core.location import Contact
 from registrar_core.sip import parse_uri
 
-from .processes import run_sipp, write_injection
+from .processes import run_baresip, run_sipp, until, write_injection
 from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes, server_address
 
 GRUU = ["Supported: path, gruu, outbound"]
@@ -235,3 +236,42 @@ def test_sipp_registers_two_instances_and_reaches_one_by_its_gruus(serve_process
     inf = write_injection(tmp_path / "aors.csv", [(f"gruu{i}", "example.com") for i in range(5)])
     result = run_sipp("register_gruu.xml", serve_process.port, "-inf", str(inf), calls=5, rate=50)
     assert (result.successful, result.failed) == (5, 0), result.output[-3000:]
+
+
+async def test_baresip_keeps_its_pub_gruu_and_is_reached_through_it(make_server, short_dir):
+    """baresip 1.0 as an RFC 5626 outbound client (its instance id from uuid.so) registers with
+    Supported: gruu and +sip.instance, keeps the pub-gruu of our 200 (its /uastat prints it),
+    and a MESSAGE to that pub-gruu is redirected to baresip alone, not to the AOR's other device."""
+    srv = await make_server()
+    host, port = server_address(srv)
+    other, caller = await phones(srv, 2)
+    aor = f"100@{host}"
+    await other.register(aor, [device(other, "other", instance())], extra=GRUU)
+    proc = await run_baresip(
+        short_dir / "baresip-gruu",
+        f'<sip:100@{host}:{port};transport=udp>;regint=600;sipnat=outbound;outbound="sip:{host}:{port};transport=udp"',
+        modules=("uuid.so", "stdio.so", "debug_cmd.so"))
+    output = b""
+    try:
+        def baresip_contacts() -> list[Contact]:
+            return [c for c in srv.core.fetch_contacts(aor) if "baresip" in c.user_agent]
+        assert await until(lambda: bool(baresip_contacts())), "baresip did not register"
+        (contact,) = baresip_contacts()
+        assert contact.instance and contact.regid == 1
+        proc.stdin.write(b"/uastat\n")
+        await proc.stdin.drain()
+        deadline = asyncio.get_running_loop().time() + 20
+        while b"pub-gruu:" not in output and asyncio.get_running_loop().time() < deadline:
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            if not line:
+                break  # baresip exited
+            output += line
+        found = re.search(rb"pub-gruu: +(\S+)", output)
+        assert found, output.decode(errors="replace")
+        pub = found.group(1).decode()
+        assert pub == f"sip:{aor};gr={contact.instance[1:-1]}"
+        r = await invite(caller, pub, "MESSAGE")
+        assert (r.status, targets(r)) == (302, [contact.addr])
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.communicate(), 20)
