@@ -14,8 +14,8 @@ quoted parameters of its Contact in the 200 (§5.2):
   instance's bindings has that Call-ID, so a REGISTER with a new Call-ID (the device restarted)
   ends every temp-gruu issued before it (§5.4).
 
-The cipher: SHAKE-256 of key and IV as the keystream, HMAC-SHA256 over IV and ciphertext
-(encrypt-then-MAC), both in hashlib: about 100 bytes per token need no crypto dependency.
+The cipher: SHAKE-256 of key and IV as the keystream, HMAC-SHA256 over domain, IV and
+ciphertext (encrypt-then-MAC), both in hashlib: tokens of 50-odd bytes need no crypto dependency.
 """
 
 from __future__ import annotations
