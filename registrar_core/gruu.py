@@ -14,8 +14,9 @@ quoted parameters of its Contact in the 200 (§5.2):
   instance's bindings has that Call-ID, so a REGISTER with a new Call-ID (the device restarted)
   ends every temp-gruu issued before it (§5.4).
 
-The cipher: SHAKE-256 of key and IV as the keystream, HMAC-SHA256 over domain, IV and
-ciphertext (encrypt-then-MAC), both in hashlib: tokens of 50-odd bytes need no crypto dependency.
+The cipher: SHAKE-256 of key and IV as the keystream, keyed BLAKE2b over domain, IV and
+ciphertext as the MAC (encrypt-then-MAC), both in hashlib: tokens of 50-odd bytes need no
+crypto dependency, and issuing one costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from .sip import SipURI
 TEMP_PREFIX = "tgruu."  # the user part of every temp-gruu starts with it (RFC 5627 §3.1.2's example)
 _PARAM_SAFE = "!*'()[]/:&+$"  # RFC 3261 §25.1 paramchar, besides what quote() keeps (unreserved)
 _UUID_URN = "urn:uuid:"
+_CANONICAL_UUID_URN = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _IV = 12
 _CALLID = 8
 _TAG = 12
@@ -66,13 +69,8 @@ def _xor(data: bytes, key: bytes, iv: bytes) -> bytes:
 def _packed(instance: str) -> bytes:
     """An instance id in a token: a ``urn:uuid:`` (what phones send) as its 16 bytes, keeping
     temp-gruus short; any other text as it is."""
-    if instance.startswith(_UUID_URN):
-        try:
-            parsed = uuid.UUID(instance[len(_UUID_URN):])
-        except ValueError:
-            parsed = None
-        if parsed is not None and str(parsed) == instance[len(_UUID_URN):]:  # the round trip is exact
-            return b"\x01" + parsed.bytes
+    if _CANONICAL_UUID_URN.fullmatch(instance):  # lower-case hex: the round trip is exact
+        return b"\x01" + bytes.fromhex(instance[len(_UUID_URN):].replace("-", ""))
     return b"\x00" + instance.encode("utf-8", "surrogateescape")
 
 
@@ -177,6 +175,7 @@ class Gruus:
 
 
 def _tag(key: bytes, domain: str, sealed: bytes) -> bytes:
-    """The MAC of a token: over the IV and ciphertext and the domain it is valid in (a NUL
-    between: no host holds one)."""
-    return hmac.digest(key, domain.encode("utf-8", "surrogateescape") + b"\0" + sealed, "sha256")[:_TAG]
+    """The MAC of a token (keyed BLAKE2b): over the domain it is valid in, the IV and the
+    ciphertext (a NUL between: no host holds one)."""
+    return hashlib.blake2b(domain.encode("utf-8", "surrogateescape") + b"\0" + sealed, key=key,
+                           digest_size=_TAG).digest()
