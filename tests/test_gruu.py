@@ -3,7 +3,8 @@
 A REGISTER with ``Supported: gruu`` gets ``pub-gruu`` and ``temp-gruu`` (quoted) on each Contact
 with ``+sip.instance`` in its 200; a request to a pub-gruu is redirected (302) to that instance's
 contacts alone; a temp-gruu does the same until the instance registers with a new Call-ID, and
-keeps working across a restart; a tampered, foreign or stale GRUU gets the 404 of any unknown target.
+keeps working across a restart and at another node sharing the database and the key; a tampered,
+foreign or stale GRUU gets the 404 of any unknown target. Real clients: sipp and baresip.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from registrar_core.gruu import TEMP_PREFIX, Gruus
 from registrar_core.location import Contact
 from registrar_core.sip import parse_uri
 
-from .processes import run_baresip, run_sipp, until, write_injection
-from .sipclient import UdpPhone, next_aor, register_bytes, request_bytes, server_address
+from .processes import ServeProcess, run_baresip, run_sipp, until, write_injection
+from .sipclient import UdpPhone, free_port, next_aor, register_bytes, request_bytes, server_address
 
 GRUU = ["Supported: path, gruu, outbound"]
 TEMP = re.compile(r'sip:tgruu\.[A-Za-z0-9_-]+@example\.com;gr')
@@ -226,6 +227,43 @@ async def test_temp_gruu_survives_a_restart(serve_process):
     finally:
         phone.close()
         caller.close()
+
+
+async def test_gruus_issued_by_one_node_reach_the_device_through_another(pg_dsn, short_dir):
+    """Two registrars on one PostgreSQL database with the same --auth-key (README "Scaling
+    out"): the GRUUs node a puts in its 200 are resolved by node b, which stores nothing of them."""
+    key = short_dir / "shared-auth.key"
+    a, b = ServeProcess(short_dir, free_port(), "-a"), ServeProcess(short_dir, free_port(), "-b")
+    a.db = b.db = pg_dsn  # type: ignore[assignment]  # the command line takes str(db)
+    phone = caller = None
+    try:
+        a.start("--auth-key", str(key))
+        b.start("--auth-key", str(key))
+        phone = await UdpPhone(("127.0.0.1", a.port)).open()
+        caller = await UdpPhone(("127.0.0.1", b.port)).open()
+        aor = next_aor("judy")
+        r = await phone.send(register_bytes(aor, [device(phone, "judy", instance())], local=phone.local, extra=GRUU))
+        uri = device(phone, "judy", None).strip("<>")
+        pub, temp = gruus(r)[uri]
+        assert temp is not None
+        # Node b learns the binding through the database's change feed: poll its answer.
+        answers: list = []
+
+        async def reached() -> bool:
+            answers.append(await invite(caller, temp))
+            return answers[-1].status == 302
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await reached() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+        assert targets(answers[-1]) == [uri], answers[-1]
+        assert targets(await invite(caller, pub)) == [uri]
+    finally:
+        for udp in (phone, caller):
+            if udp is not None:
+                udp.close()
+        a.stop()
+        b.stop()
 
 
 def test_sipp_registers_two_instances_and_reaches_one_by_its_gruus(serve_process, tmp_path):
