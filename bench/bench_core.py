@@ -29,15 +29,19 @@ from registrar_core.source import Source  # noqa: E402
 SOURCE = Source("udp", "127.0.0.1", 5062, "udp:127.0.0.1:5060")
 
 
-def register(n: int, cseq: int) -> bytes:
+def register(n: int, cseq: int, gruu: bool = False) -> bytes:
+    """A REGISTER of AOR ``n``; with ``gruu`` as a GRUU phone sends it (RFC 5627: an instance id
+    and Supported: gruu, so the 200 carries a pub-gruu and a new temp-gruu)."""
+    instance = f';+sip.instance="<urn:uuid:00000000-0000-4000-8000-{n:012d}>"' if gruu else ""
+    supported = "Supported: gruu\r\n" if gruu else ""
     return (f"REGISTER sip:example.com SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{n}x{cseq};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:u{n}@example.com>;tag=t{n}\r\nTo: <sip:u{n}@example.com>\r\n"
-            f"Call-ID: c{n}@bench\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:u{n}@127.0.0.1:5062>\r\n"
-            f"Expires: 3600\r\nUser-Agent: bench/1.0\r\nContent-Length: 0\r\n\r\n").encode()
+            f"Call-ID: c{n}@bench\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:u{n}@127.0.0.1:5062>{instance}\r\n"
+            f"{supported}Expires: 3600\r\nUser-Agent: bench/1.0\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-async def measure(aors: int, repeat: int) -> list[float]:
+async def measure(aors: int, repeat: int, gruu: bool = False) -> list[float]:
     """Microseconds per REGISTER for each repetition over ``aors`` AORs."""
     core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": ":memory:"}), memory_only=True)
     await core.start()
@@ -46,7 +50,7 @@ async def measure(aors: int, repeat: int) -> list[float]:
     per_register = []
     try:
         for cseq in range(1, repeat + 1):
-            batch = [register(n, cseq) for n in range(aors)]
+            batch = [register(n, cseq, gruu) for n in range(aors)]
             start = time.perf_counter()
             for data in batch:
                 receive(data, SOURCE, replies.append)
@@ -64,15 +68,17 @@ def main() -> None:
     parser.add_argument("--aors", type=int, default=20_000, help="AORs per repetition (default 20,000)")
     parser.add_argument("--repeat", type=int, default=6, help="repetitions; the first registers, the rest refresh")
     parser.add_argument("--quick", action="store_true", help="2,000 AORs")
+    parser.add_argument("--gruu", action="store_true",
+                        help="REGISTERs asking for GRUUs (RFC 5627; the auth key file is read or made)")
     args = parser.parse_args()
     aors = 2_000 if args.quick else args.aors
-    times = asyncio.run(measure(aors, max(2, args.repeat)))
+    times = asyncio.run(measure(aors, max(2, args.repeat), args.gruu))
     refresh = times[1:]
-    print(f"build {registrar_core.build()}: first registration {times[0]:.1f} us/REGISTER; refresh median "
+    print(f"build {registrar_core.build()}{', GRUU' if args.gruu else ''}: first registration {times[0]:.1f} us/REGISTER; refresh median "
           f"{statistics.median(refresh):.1f} us (min {min(refresh):.1f}, max {max(refresh):.1f})")
     out = ROOT / "bench" / "results" / "core.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "us_per_register": times,
+    out.write_text(json.dumps({"build": registrar_core.build(), "gruu": args.gruu, "aors": aors, "us_per_register": times,
                                "refresh_median_us": statistics.median(refresh)}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -182,17 +182,33 @@ class RegistrarCore:
 
     def lookup(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE,
                prefer_reachable: bool | None = None) -> list[Contact]:
-        """The destination set for ``uri``, highest q first (newest first among equals).
+        """The destination set for ``uri``, highest q first (newest first among equals); a
+        GRUU (a SipURI with ``gr``, RFC 5627) gives only the contacts of its instance.
 
         With qualify on (or ``prefer_reachable``), reachable contacts come first, then
         unknown, then unreachable; q order holds within each group.
         """
-        key = uri.aor if isinstance(uri, SipURI) else normalise_aor(uri)
-        contacts = self.location.contacts(table, key)
+        if isinstance(uri, SipURI):
+            contacts = self._reached(uri, table)
+        else:
+            contacts = self.location.contacts(table, normalise_aor(uri))
         ordered = sorted(contacts, key=lambda c: (-(1.0 if c.q is None else c.q), -c.modified))
         if self.qualify.enabled if prefer_reachable is None else prefer_reachable:
             ordered = self.qualify.order(ordered)
         return ordered
+
+    def _reached(self, uri: SipURI, table: str) -> list[Contact]:
+        """The contacts a Request-URI reaches: its AOR's, or for a GRUU (RFC 5627) only its
+        instance's (none for a temp-gruu we did not issue or whose Call-ID has changed)."""
+        gruu = self.registrar.gruus.target(uri) if uri.params else None
+        if gruu is None:
+            return self.location.contacts(table, uri.aor)
+        return gruu.select(self.location.contacts(table, gruu.aor))
+
+    def gruus_of(self, contact: Contact) -> tuple[str, str] | None:
+        """(pub-gruu, a new temp-gruu) of a binding, None without +sip.instance: for the reg
+        event package's <gr:pub-gruu>/<gr:temp-gruu> (RFC 5628)."""
+        return self.registrar.gruus.of(contact)
 
     def registered(self, uri: str | SipURI, *, table: str = DEFAULT_TABLE) -> bool:
         return bool(self.lookup(uri, table=table))

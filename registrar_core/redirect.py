@@ -7,7 +7,12 @@ A contact reachable only through its flow (RFC 5626 outbound, RFC 7118 WebSocket
 ``*.invalid`` host) is useless in a 302: the caller cannot open that connection, only a proxy
 holding it could use it. Such contacts are left out of the 302; an AOR with nothing else gets
 480 with a Warning saying why (it is registered, so 404 would be a lie, and a 302 already
-tells a registered AOR from others)."""
+tells a registered AOR from others).
+
+A Request-URI that is a GRUU (RFC 5627, ``;gr``) reaches only the contacts of its instance
+(the facade's lookup resolves it); a GRUU whose instance is not registered, a temp-gruu from
+before the instance's Call-ID changed, or one we did not issue gets the 404 of any unknown
+target."""
 
 from __future__ import annotations
 

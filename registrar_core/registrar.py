@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Config
+from .gruu import Gruus
 from .location import (
     SAVE_MEMORY_ONLY,
     SAVE_NO_EXPIRES_RANDOM,
@@ -25,7 +26,7 @@ from .sip.headers import is_digits, parse_delta
 from .sip.uri import format_params
 from .source import Source
 
-SUPPORTED = ("path", "outbound")
+SUPPORTED = ("path", "outbound", "gruu")
 _SUPPORTED_VALUE = ", ".join(SUPPORTED)
 POLICY_SINGLE_CONTACT = "single_contact"
 GLOBAL = ""  # the AOR key of table-wide policy values
@@ -99,21 +100,27 @@ class _Replies:
     paths: list[str]  # echoed when the UA supports path (RFC 3327)
     outbound: bool  # the UA supports outbound (RFC 5626)
     flow_timer: int  # Flow-Timer for an outbound registration over a connection; 0: none
+    gruus: Gruus | None  # the UA supports gruu (RFC 5627): pub-gruu and temp-gruu in the Contacts
 
-    def __init__(self, head: list[tuple[str, str]], paths: list[str], outbound: bool, flow_timer: int) -> None:
+    def __init__(self, head: list[tuple[str, str]], paths: list[str], outbound: bool, flow_timer: int,
+                 gruus: Gruus | None) -> None:
         self.head = head  # written out: compiled (setup.py)
         self.paths = paths
         self.outbound = outbound
         self.flow_timer = flow_timer
+        self.gruus = gruus
 
     @classmethod
-    def to(cls, request: Request, to_tag: str, flow_timer: int) -> _Replies:
+    def to(cls, request: Request, to_tag: str, flow_timer: int, gruus: Gruus) -> _Replies:
         supported = _supported(request)
         paths = request.headers.values("Path") if "path" in supported else []
-        return cls(response_head(request, to_tag), paths, "outbound" in supported, flow_timer)
+        return cls(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
+                   gruus if "gruu" in supported else None)
 
     def ok(self, bindings: list[Contact], now: float) -> Response:
-        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings]
+        gruus = self.gruus
+        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings] if gruus is None \
+            else [("Contact", format_binding(c, now) + gruus.contact_params(c)) for c in bindings]
         headers += [("Path", p) for p in self.paths]
         if self.outbound and any(c.regid for c in bindings):
             headers.append(("Require", "outbound"))
@@ -143,6 +150,7 @@ class Registrar:
         # RFC 5626 §4.4.1: the UA sends a keepalive every 80-100 % of Flow-Timer; half the idle
         # timeout leaves room, 120 s is the RFC's interval for connections.
         self.flow_timer = int(min(120.0, config.tcp_idle_timeout / 2))
+        self.gruus = Gruus(config.auth_key_path)  # RFC 5627; its key is read when first needed
 
     def single_contact(self, table: str, aor: str) -> bool:
         value = self.location.policy(table, aor, POLICY_SINGLE_CONTACT)
@@ -221,7 +229,8 @@ class Registrar:
         now = self.location.clock()
         try:
             puts, removes = self._changes(table, aor, request, flags, source, now)
-            replies = _Replies.to(request, self.to_tag, self.flow_timer if source.conid is not None else 0)
+            replies = _Replies.to(request, self.to_tag, self.flow_timer if source.conid is not None else 0,
+                                  self.gruus)
         except (RegisterRejected, SipError) as exc:
             refusal = self.refusal(request, exc)
             unlock(lambda: refusal)

@@ -32,16 +32,20 @@ async def until(condition, timeout: float = 20.0) -> bool:
     return True
 
 
-async def run_baresip(directory: Path, account: str, extra_config: str = ""):
+async def run_baresip(directory: Path, account: str, extra_config: str = "", modules: tuple[str, ...] = ()):
     """baresip headless with its own config directory: one account, no audio device
-    (``extra_config``: more config lines, e.g. ``sip_cafile`` for TLS)."""
+    (``extra_config``: more config lines, e.g. ``sip_cafile`` for TLS; ``modules``: loaded before
+    the account, as an outbound account needs uuid.so's instance id; with stdio.so it reads
+    commands such as ``/uastat`` (debug_cmd.so) on stdin)."""
     directory.mkdir()
+    loaded = "".join(f"module {m}\n" for m in (*modules, "g711.so", "account.so"))
     (directory / "config").write_text(
-        f"module_path {BARESIP_MODULES}\nsip_listen 127.0.0.1:0\nmodule g711.so\nmodule account.so\n{extra_config}")
+        f"module_path {BARESIP_MODULES}\nsip_listen 127.0.0.1:0\n{loaded}{extra_config}")
     (directory / "accounts").write_text(account + "\n")
     return await asyncio.create_subprocess_exec(
         "baresip", "-f", str(directory), "-t", "60",  # -t: it quits by itself, whatever happens here
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdin=asyncio.subprocess.PIPE if "stdio.so" in modules else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
 
 async def run_linphonec(directory: Path, registrar: tuple[str, int], transport: str, password: str,

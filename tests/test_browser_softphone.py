@@ -1,6 +1,6 @@
 """A browser softphone for real: JsSIP (npm, bundled with esbuild) in headless Chromium registers
 over WSS with digest against `sipconsole serve` and a trustme certificate, shows up in
-`ctl --json dump` with transport wss, is unregistered by `ctl`, and its contact goes when the
+`ctl --json dump` with transport wss, keeps the pub-gruu of its 200, is unregistered by `ctl`, and its contact goes when the
 page closes (the WebSocket flow closes). Facts: /work/shared/reference/browser-softphone.md."""
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def test_jssip_registers_over_wss_and_goes_with_its_page(short_dir, tls_files, p
         assert len(contacts) == 1 and contacts[0]["received"].startswith("wss:127.0.0.1:"), contacts
         assert contacts[0]["socket"] == f"wss:127.0.0.1:{wss_port}" and contacts[0]["conid"] is not None
         assert ".invalid" in contacts[0]["addr"] and contacts[0]["instance"], "JsSIP's outbound contact"
+        # JsSIP sends Supported: gruu and keeps the pub-gruu of our 200 (RFC 5627, README "GRUU").
+        assert page.evaluate("window.ua.contact.pub_gruu") == \
+            f"sip:alice@example.com;gr={contacts[0]['instance'].strip('<>')}"
         code, text = serve.ctl("dump", json_output=False)
         row = next(line for line in str(text).splitlines() if line.startswith("alice@example.com"))
         assert code == 0 and "wss:127.0.0.1:" in row and f"conn {contacts[0]['conid']}" in row, text
