@@ -12,10 +12,12 @@ from registrar_core.client_transactions import T1
 
 from .processes import until
 from .sipclient import UdpPhone, UdpWatcher, authorization, challenges, next_aor, server_address
+from .xsd import reginfo_errors
 
 
 def reginfo(notify) -> dict:
     """The parts of a NOTIFY a test asserts on: Subscription-State, version, states, events."""
+    assert reginfo_errors(notify.body) == ""  # RFC 3680's schema, every NOTIFY
     body = notify.body.decode()
     head = re.search(r'<reginfo [^>]*version="(\d+)" state="(\w+)"', body)
     reg = re.search(r'<registration aor="([^"]+)" id="[^"]+" state="(\w+)"', body)
