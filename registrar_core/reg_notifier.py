@@ -226,11 +226,14 @@ class RegEvents:
             self._mark(sub)
 
     def _mark(self, sub: Subscription) -> None:
-        """Send what ``sub`` has to say at the end of this loop iteration: all the changes of
-        one REGISTER (a replaced contact and its successor) go in one NOTIFY."""
+        """Send what ``sub`` has to say in the next loop iteration: all the changes of one
+        REGISTER (a replaced contact and its successor) go in one NOTIFY, and after the
+        replies of this one (a TCP connection writes its replies at the end of an iteration:
+        a watcher that registers too hears 200 before NOTIFY)."""
         self._dirty.add(sub)
         if self._flush_at is None:
-            self._flush_at = asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            self._flush_at = loop.call_soon(loop.call_soon, self._flush)
 
     def _flush(self) -> None:
         self._flush_at = None

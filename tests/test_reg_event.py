@@ -4,13 +4,15 @@ loopback UDP sockets: a watcher subscribes, the registrar NOTIFYs it as phones r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
+import time
 
 import pytest
 
 from registrar_core.client_transactions import T1
 
-from .processes import until
+from .processes import run_sipp, until, write_injection
 from .sipclient import UdpPhone, UdpWatcher, authorization, challenges, next_aor, server_address
 from .xsd import reginfo_errors
 
@@ -245,3 +247,41 @@ async def test_trusted_watch_of_an_unknown_aor_looks_like_an_empty_one(server, a
     watcher, first = await watcher_of(server, aor)
     assert (first["registration"], first["contacts"]) == ("init", [])
     watcher.close()
+
+
+# -- sipp as the watcher, against `sipconsole serve` (tests/scenarios/reg_event*.xml) -------------
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_sipp_watches_registered_refreshed_shortened_expired_unregistered(serve_process, tmp_path, transport):
+    serve_process.start("--min-expires", "1")
+    inf = write_injection(tmp_path / "aor.csv", [(f"sipp-watched-{transport}", "example.com")])
+    result = run_sipp("reg_event.xml", serve_process.port, "-inf", str(inf), transport=transport, timeout=30)
+    assert (result.successful, result.failed) == (1, 0), result.output[-3000:]
+    code, listed = serve_process.ctl("subscriptions")
+    assert code == 0 and listed["subscriptions"] == []  # unsubscribed
+
+
+def test_sipp_watches_deactivated_and_rejected(serve_process, tmp_path):
+    serve_process.start("--single-contact")
+    aor = "sipp-policy@example.com"
+    inf = write_injection(tmp_path / "aor.csv", [("sipp-policy", "example.com")])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_sipp, "reg_event_registrar.xml", serve_process.port, "-inf", str(inf), timeout=30)
+        deadline = time.monotonic() + 25
+        desk = []
+        while not desk and time.monotonic() < deadline and not running.done():
+            code, shown = serve_process.ctl("show", aor)
+            desk = [c for c in shown["contacts"] if "-desk@" in c["addr"]] if code == 0 else []
+            time.sleep(0.1)
+        assert desk, running.result().output[-3000:] if running.done() else "the second device never registered"
+        code, listed = serve_process.ctl("subscriptions", aor)
+        assert code == 0 and [s["watcher"] for s in listed["subscriptions"]] == ["sip:watcher@example.com"]
+        code, text = serve_process.ctl("subscriptions", json_output=False)
+        header, row = text.splitlines()
+        assert header.split() == ["AOR", "WATCHER", "SOURCE", "EXPIRES", "VERSION"]
+        assert row.split()[:2] == [aor, "sip:watcher@example.com"]
+        assert row.split()[2].startswith("udp:127.0.0.1:")  # sipp's port (5060, or the next free one)
+        assert 500 < int(row.split()[3]) <= 600
+        assert serve_process.ctl("subscriptions", "not an aor")[0] == 2
+        assert serve_process.ctl("unregister", aor)[0] == 0
+        result = running.result()
+    assert (result.successful, result.failed) == (1, 0), result.output[-3000:]
