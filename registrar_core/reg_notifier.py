@@ -191,9 +191,20 @@ class RegEvents:
     # -- location changes -> NOTIFY ---------------------------------------------------------
     def changed(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]]) -> None:
         """The location service's hook, before it applies a change (so a refresh still sees
-        the expiry it replaces). Never raises: the change is committed already."""
+        the expiry it replaces). Never raises: the change is committed already. A change of
+        an AOR nobody watches costs a failed lookup per binding, nothing more."""
         if table != DEFAULT_TABLE:
             return
+        watched = self.table.by_aor
+        for contact, _ in puts:
+            if contact.aor in watched:
+                break
+        else:
+            for contact, _ in removes:
+                if contact.aor in watched:
+                    break
+            else:
+                return
         try:
             self._changed(puts, removes)
         except Exception:
