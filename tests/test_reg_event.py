@@ -285,3 +285,16 @@ def test_sipp_watches_deactivated_and_rejected(serve_process, tmp_path):
         assert serve_process.ctl("unregister", aor)[0] == 0
         result = running.result()
     assert (result.successful, result.failed) == (1, 0), result.output[-3000:]
+
+
+async def test_a_domain_not_served_here_gets_404_and_a_subscribe_without_contact_400(make_server):
+    srv = await make_server(domain=["example.com"])
+    watcher = await UdpWatcher(server_address(srv)).open()
+    r = await watcher.subscribe("alice@elsewhere.org")
+    assert r.status == 404
+    data = watcher.subscribe_bytes(next_aor()).replace(b"Contact: ", b"X-No-Contact: ")
+    watcher.protocol.transport.sendto(data, watcher.server)
+    r = await asyncio.wait_for(watcher.protocol.responses.get(), 5)
+    assert r.status == 400 and "Contact" in (r.headers.get("Warning") or "")
+    assert srv.core.reg_subscriptions() == []
+    watcher.close()
