@@ -123,6 +123,9 @@ class RegEvents:
             sub = found
             sub.remote_cseq = request.cseq[0]
             sub.remote_target = contacts[0].uri
+            # NOTIFYs follow the watcher: a new connection (TCP), a new NAT binding (UDP).
+            sub.local, sub.conid, sub.transport = source.local, source.conid, source.proto
+            sub.addr = (source.ip, source.port)
             sub.full_due = True  # a refresh gets full state
         now = self.clock()
         sub.expires_at = now + expires

@@ -298,3 +298,18 @@ async def test_a_domain_not_served_here_gets_404_and_a_subscribe_without_contact
     assert r.status == 400 and "Contact" in (r.headers.get("Warning") or "")
     assert srv.core.reg_subscriptions() == []
     watcher.close()
+
+
+async def test_a_refresh_from_a_new_address_takes_the_notifies_there(server):
+    aor = next_aor("moving")
+    old, _ = await watcher_of(server, aor)
+    new = await UdpWatcher(server_address(server)).open()  # the same dialog, a new NAT binding
+    new.call_id, new.from_tag, new.to_tag, new.cseq = old.call_id, old.from_tag, old.to_tag, old.cseq
+    assert (await new.subscribe(aor, 600)).status == 200
+    assert reginfo(await new.notify())["full"]
+    phone = await UdpPhone(server_address(server)).open()
+    assert (await phone.register(aor, expires=600)).status == 200
+    assert reginfo(await new.notify())["contacts"] == [("active", "registered")]
+    assert old.protocol.requests.empty()
+    for p in (old, new, phone):
+        p.close()
