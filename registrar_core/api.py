@@ -345,6 +345,7 @@ class RegistrarCore:
             "storage_error": self.location.storage_error,
             "tables": self.location.tables(),
             **self.qualify.stats(),
+            **self.reg_events.stats(),
         }
 
     # -- SIP in, for embedders and tests (the transports call pipeline.receive) ----------

@@ -342,6 +342,12 @@ class RegEvents:
         now = self.clock()
         return [sub.to_dict(now) for sub in self.table.of(aor)]
 
+    def stats(self) -> dict[str, int]:
+        """For ``ctl stats``: live subscriptions, NOTIFYs sent and failed, watchers dropped."""
+        return {"reg_subscriptions": len(self.table), "reg_notify_sent": self.counters["notify_sent"],
+                "reg_notify_failed": self.counters["notify_failed"],
+                "reg_subscriptions_dropped": self.counters["dropped"]}
+
     async def stop(self) -> None:
         """End every subscription with terminated;reason=deactivated (they are not stored:
         the watchers subscribe again) and give the watchers a moment to answer."""

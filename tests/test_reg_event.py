@@ -147,7 +147,9 @@ async def test_a_watcher_that_stops_answering_is_retransmitted_to_then_dropped(s
     again = await watcher.notify()  # the same NOTIFY, retransmitted (RFC 3261 §17.1.2.2)
     assert bytes(again) == bytes(first)
     assert await until(lambda: server.core.reg_subscriptions(aor) == [], timeout=15)
-    assert server.core.reg_events.counters["dropped"] == 1
+    stats = server.core.snapshot_stats()  # what `ctl stats` prints
+    assert stats["reg_subscriptions_dropped"] == 1 and stats["reg_notify_failed"] == 1
+    assert stats["reg_subscriptions"] == 0 and stats["reg_notify_sent"] == 2  # full state, then the change
     phone.close()
     watcher.close()
 
