@@ -25,8 +25,9 @@ removed by the operator                terminated / rejected (removed administra
 never sent: sipconsole has no such change.
 
 GRUU (RFC 5627/5628): a contact with a public or temporary GRUU carries ``<gr:pub-gruu>`` /
-``<gr:temp-gruu>`` (namespace ``urn:ietf:params:xml:ns:gruuinfo``) when :class:`ContactInfo`
-is given them; nothing else here knows GRUUs.
+``<gr:temp-gruu>`` (namespace ``urn:ietf:params:xml:ns:gruuinfo``) when its :class:`ContactInfo`
+has them. The GRUUs are registrar.py's (issue 21.3): :meth:`ContactInfo.of` is the one place
+to fill them in from the binding, once the binding records them.
 """
 
 from __future__ import annotations
