@@ -11,7 +11,7 @@ from textual.binding import Binding, BindingType
 if TYPE_CHECKING:
     from textual.app import App
 
-Scope = Literal["app", "main", "table", "detail", "confirm", "help", "subscribers", "form"]
+Scope = Literal["app", "main", "table", "detail", "confirm", "help", "subscribers", "form", "watchers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +78,8 @@ ACTIONS: tuple[Action, ...] = (
     # Subscribers (digest authentication).
     Action("u", "subscribers", "Subscribers", "Subscribers screen: add, remove, reset passwords",
            "Subscribers", footer=True),
+    Action("w", "watchers", "Watchers", "Reg event: who watches which AOR, until when",
+           "Subscribers"),
     # Live view.
     Action("p", "pause", "Pause", "Pause/resume live updates (events are kept)",
            "Live", footer=True),
@@ -107,6 +109,7 @@ ACTIONS: tuple[Action, ...] = (
            "subscribers", footer=True, key_display="/"),
     Action("escape,u", "close", "Back", "Back to the main screen (Esc clears a filter first)",
            "Subscribers", "subscribers", footer=True),
+    Action("escape,w", "close", "Back", "Back to the main screen", "Watchers", "watchers", footer=True),
     Action("escape", "cancel", "Cancel", "Close the form without changing anything", "Form", "form"),
     Action("y", "answer(True)", "Yes", "Confirm", "Confirm", "confirm", footer=True),
     Action("n,escape", "answer(False)", "No", "Cancel", "Confirm", "confirm", footer=True),

@@ -41,6 +41,7 @@ from .location.store import SubscriberChange
 from .pipeline import Pipeline, reply_address
 from .qualify import QualifyService
 from .redirect import IN_DIALOG, REDIRECTED, RedirectServer
+from .reg_notifier import RegEvents
 from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar
 from .security import IpGuard
 from .sip import Request, Response, SipURI
@@ -107,6 +108,10 @@ class RegistrarCore:
         self.response_sinks.append(self.client_transactions.receive)
         # OPTIONS keepalives and reachability; Server starts it once the sockets listen.
         self.qualify = QualifyService.from_config(self, config)
+        # SUBSCRIBE to the reg event of an AOR (RFC 3680); other events get 489.
+        self.reg_events = RegEvents(config, self.location, self.pipeline, self.client_transactions,
+                                    self.location.clock)
+        self.pipeline.handle_method("SUBSCRIBE", self.reg_events.handle)
 
     async def start(self) -> None:
         await self.location.start()
@@ -123,6 +128,7 @@ class RegistrarCore:
         self._sweeper = asyncio.create_task(self._sweep_bans())
 
     async def stop(self) -> None:
+        await self.reg_events.stop()
         await self.qualify.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -297,6 +303,11 @@ class RegistrarCore:
                 profiles.append(Profile(aor, tuple(contacts), table))
         return profiles
 
+    def reg_subscriptions(self, aor: str | None = None) -> list[dict[str, Any]]:
+        """The live reg event subscriptions (of ``aor``, or all): watcher, source, expires
+        (seconds left), version and NOTIFYs answered."""
+        return self.reg_events.subscriptions(normalise_aor(aor) if aor else None)
+
     def aors(self, table: str = DEFAULT_TABLE) -> list[str]:
         """The AOR keys of the table now (in no order)."""
         return list(self.location.aors(table))
@@ -350,6 +361,7 @@ class RegistrarCore:
             "storage_error": self.location.storage_error,
             "tables": self.location.tables(),
             **self.qualify.stats(),
+            **self.reg_events.stats(),
         }
 
     # -- SIP in, for embedders and tests (the transports call pipeline.receive) ----------

@@ -7,7 +7,7 @@ control server, ``sipconsole ctl`` and the console (embedded through
 Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table}``,
 ``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``,
 ``user.list``, ``user.add {user, password}``, ``user.passwd {user, password}``,
-``user.remove {user}``, and ``subscribe {actor}`` (actor "console" or "ctl", the default:
+``user.remove {user}``, ``subscriptions {aor}`` (reg event watchers), and ``subscribe {actor}`` (actor "console" or "ctl", the default:
 the name the audit trail gives the connection), after which the server sends
 ``{"method": "event", "params": {...}}`` notifications on that connection.
 
@@ -219,6 +219,10 @@ class Methods:
         return self.core.snapshot_stats()
 
     # -- subscribers (``sipconsole user``) ------------------------------------------------
+    async def rpc_subscriptions(self, aor: str | None = None) -> dict[str, Any]:
+        """The reg event subscriptions (RFC 3680) of ``aor``, or all: watcher, source, expires."""
+        return {"subscriptions": self.core.reg_subscriptions(_valid_aor(aor) if aor else None)}
+
     async def rpc_user_list(self) -> Streamed:
         """Every subscriber (user@domain, sorted), written in chunks like dump's AORs."""
         return Streamed({}, "users", _slices(self.core.subscriber_list(), CHUNK * 16))

@@ -46,6 +46,8 @@ _EPILOG = """commands:
   stats                                     counters, like Kamailio's statistics
   qualify [AOR] [--ruid RUID] [--table T]   send OPTIONS now (every contact, an AOR's, or one);
                                             with AOR or --ruid waits and prints state and RTT
+  subscriptions [AOR]                       who watches registrations (SUBSCRIBE Event: reg):
+                                            AOR, watcher, source, seconds left, NOTIFY version
 
 AOR is alice@example.com or sip:alice@example.com.
 --json prints the result as JSON: dump gives {"table": T, "aors": [{"aor": A, "contacts":
@@ -59,7 +61,7 @@ without XDG_RUNTIME_DIR (sudo, cron): give the registrar's with --control PATH.
 
 
 def add_ctl_parser(sub: argparse._SubParsersAction, options: Options) -> None:
-    ctl = sub.add_parser("ctl", help="query and change a running registrar (dump, show, unregister, policy, stats)",
+    ctl = sub.add_parser("ctl", help="query and change a running registrar (dump, show, unregister, policy, stats, ...)",
                          description="One-shot commands against a running registrar, through its control socket.",
                          epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _shared_options(options.level(ctl, 1, "ctl"))
@@ -91,6 +93,8 @@ def add_ctl_parser(sub: argparse._SubParsersAction, options: Options) -> None:
     qual.add_argument("aor", metavar="AOR", nargs="?")
     qual.add_argument("--ruid", help="only this contact")
     qual.add_argument("--table", default="location")
+    subs = command("subscriptions", "reg event subscriptions (RFC 3680): who watches which AOR")
+    subs.add_argument("aor", metavar="AOR", nargs="?")
 
 
 def _shared_options(level: Any) -> None:
@@ -112,6 +116,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "unregister", params
     if cmd == "stats":
         return "stats", {}
+    if cmd == "subscriptions":
+        return "subscriptions", {"aor": args.aor} if args.aor else {}
     if cmd == "qualify":
         params = {"table": args.table, "wait": bool(args.aor or args.ruid)}
         if args.aor:
@@ -323,6 +329,10 @@ def render(method: str, result: Any) -> str:
     if method == "qualify":
         rows = [[ruid, s["state"], _rtt(s["rtt_ms"]), s["reason"]] for ruid, s in sorted(result["contacts"].items())]
         return table(["RUID", "STATE", "RTT(ms)", "REASON"], rows)
+    if method == "subscriptions":
+        rows = [[s["aor"], s["watcher"], s["source"], str(s["expires"]), str(s["version"])]
+                for s in result["subscriptions"]]
+        return table(["AOR", "WATCHER", "SOURCE", "EXPIRES", "VERSION"], rows)
     if method == "unregister":
         removed = result["removed"]
         return "\n".join(f"removed {c['aor']} {c['addr']} (ruid {c['ruid']})" for c in removed)

@@ -95,6 +95,7 @@ class Server:
             await self.control.stop()
             self.control = None
         self.transports.flow_closed = None  # shutting down: contacts stay for the next start
+        await self.core.reg_events.stop()  # its last NOTIFYs need the transports
         await self.transports.close()
         await self.flows.stop()
         await self.core.stop()

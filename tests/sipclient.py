@@ -11,7 +11,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from registrar_core.auth import digest
-from registrar_core.sip import Response, parse_message
+from registrar_core.sip import Request, Response, build_response, parse_message
 from registrar_core.source import parse_address
 
 _counter = itertools.count(1)
@@ -146,6 +146,92 @@ class UdpPhone:
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class _WatcherProtocol(asyncio.DatagramProtocol):
+    """Sorts what arrives into requests and responses; answers each request with
+    ``answer_with`` (None: leaves it unanswered, as a watcher that went away)."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[Request] = asyncio.Queue()
+        self.responses: asyncio.Queue[Response] = asyncio.Queue()
+        self.answer_with: int | None = 200
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        message = parse_message(data)
+        if isinstance(message, Response):
+            self.responses.put_nowait(message)
+            return
+        self.requests.put_nowait(message)
+        if self.answer_with is not None and self.transport is not None:
+            reason = {200: "OK", 481: "Subscription Does Not Exist"}.get(self.answer_with, "Error")
+            self.transport.sendto(bytes(build_response(message, self.answer_with, reason)), addr)
+
+
+class UdpWatcher:
+    """A reg event subscriber on its own UDP socket: one dialog, its NOTIFYs answered 200."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.protocol = _WatcherProtocol()
+        self.call_id = secrets.token_hex(8) + "@watcher"
+        self.from_tag = secrets.token_hex(4)
+        self.to_tag: str | None = None
+        self.cseq = 0
+
+    async def open(self) -> UdpWatcher:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self.protocol, local_addr=("127.0.0.1", 0))
+        return self
+
+    @property
+    def local(self) -> tuple[str, int]:
+        assert self.protocol.transport is not None
+        return self.protocol.transport.get_extra_info("sockname")[:2]
+
+    def subscribe_bytes(self, aor: str, expires: int | None = 600, *, event: str = "reg",
+                        accept: str = "application/reginfo+xml", extra: list[str] | None = None,
+                        from_aor: str = "watcher@example.net") -> bytes:
+        """The next SUBSCRIBE of this dialog (in-dialog once a 200 gave it a To tag)."""
+        self.cseq += 1
+        host, port = self.local
+        to_tag = f";tag={self.to_tag}" if self.to_tag else ""
+        lines = [
+            f"SUBSCRIBE sip:{aor} SIP/2.0",
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{from_aor}>;tag={self.from_tag}",
+            f"To: <sip:{aor}>{to_tag}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {self.cseq} SUBSCRIBE",
+            f"Contact: <sip:watcher@{host}:{port}>",
+            f"Event: {event}",
+            f"Accept: {accept}",
+        ]
+        if expires is not None:
+            lines.append(f"Expires: {expires}")
+        lines += [*(extra or []), "Content-Length: 0", "", ""]
+        return "\r\n".join(lines).encode()
+
+    async def subscribe(self, aor: str, expires: int | None = 600, **kw) -> Response:
+        """SUBSCRIBE and its final response; a 200's To tag makes the dialog."""
+        assert self.protocol.transport is not None
+        self.protocol.transport.sendto(self.subscribe_bytes(aor, expires, **kw), self.server)
+        response = await asyncio.wait_for(self.protocol.responses.get(), 5.0)
+        if response.status == 200 and self.to_tag is None:
+            self.to_tag = response.to.tag
+        return response
+
+    async def notify(self, timeout: float = 5.0) -> Request:
+        return await asyncio.wait_for(self.protocol.requests.get(), timeout)
+
+    def close(self) -> None:
+        if self.protocol.transport is not None:
+            self.protocol.transport.close()
 
 
 class TcpPhone:
@@ -314,14 +400,15 @@ def challenges(r: Response) -> list[dict[str, str]]:
 
 
 def authorization(ch: dict[str, str], user: str, password: str, uri: str, *, nc: int = 1,
-                  algorithm: str | None = None, realm: str | None = None, nonce: str | None = None) -> str:
-    """An Authorization header line answering challenge ``ch`` (qop=auth) for a REGISTER to ``uri``."""
+                  algorithm: str | None = None, realm: str | None = None, nonce: str | None = None,
+                  method: str = "REGISTER") -> str:
+    """An Authorization header line answering challenge ``ch`` (qop=auth) for a ``method`` to ``uri``."""
     algorithm = algorithm or ch["algorithm"]
     realm = realm or ch["realm"]
     nonce = nonce or ch["nonce"]
     cnonce = secrets.token_hex(4)
     h1 = digest.ha1(algorithm, user, realm, password)
-    resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", "REGISTER", uri)
+    resp = digest.response(algorithm, h1, nonce, f"{nc:08x}", cnonce, "auth", method, uri)
     return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
             f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}"')
 

@@ -19,13 +19,15 @@ from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
 from console.screens.main import MainScreen
 from console.screens.subscribers import SubscriberForm, SubscribersScreen
+from console.screens.watchers import WatchersScreen
 from console.widgets.footer import KeyBar
+from console.widgets.virtual_table import text_of
 from registrar_core.auth import digest
 from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.events import OPERATOR_ACTION
 
-from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
+from .sipclient import TcpPhone, UdpPhone, UdpWatcher, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
 
 SIZE = (140, 40)
 
@@ -862,3 +864,27 @@ async def test_a_tls_contact_whose_connection_closes_shows_why_it_went(make_serv
         await until(pilot, lambda: aor not in main.registry.rows)
         await pilot.press("e")  # not a security event
         assert all(r.method != "GONE" for r in main.traffic.entries)
+
+
+async def test_reg_event_watchers_screen_lists_who_watches_which_aor(server):
+    aor = next_aor("watched")
+    watcher = await UdpWatcher(server_address(server)).open()
+    assert (await watcher.subscribe(aor, 600)).status == 200
+    await watcher.notify()
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("w")
+        await until(pilot, lambda: isinstance(pilot.app.screen, WatchersScreen))
+        table = pilot.app.screen.table
+        await until(pilot, lambda: table.subscriptions)
+        assert [(s["aor"], s["watcher"]) for s in table.subscriptions] == [(aor, "sip:watcher@example.net")]
+        cells = [text_of(c) for c in table.row_cells(0)]
+        assert cells[:3] == [aor, "sip:watcher@example.net", f"udp:127.0.0.1:{watcher.local[1]}"]
+        assert cells[3].startswith(("9m", "10m"))  # the countdown of 600 s
+        assert "1 on 1 AORs" in str(table.border_title)
+        assert (await watcher.subscribe(aor, 0)).status == 200  # unsubscribed: gone from the screen
+        await until(pilot, lambda: not table.subscriptions, timeout=5)
+        assert "none" in str(table.border_title)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+    watcher.close()

@@ -39,6 +39,7 @@ from ..widgets.virtual_table import VirtualTable
 from .confirm import ConfirmScreen, contact_list
 from .detail import ContactDetailScreen
 from .subscribers import SubscribersScreen, problem
+from .watchers import WatchersScreen
 
 FLUSH_SECONDS = 0.25
 PAGE_PAUSE = 0.002  # between two pages of the initial load: a few loop turns for the registrar
@@ -438,6 +439,9 @@ class MainScreen(Screen[None]):
 
     def action_subscribers(self) -> None:
         self.app.push_screen(self.subscribers_screen())
+
+    def action_watchers(self) -> None:
+        self.app.push_screen(WatchersScreen(self.client, self.clock))
 
     def action_reconnect(self) -> None:
         """Try now rather than when the back-off says."""

@@ -140,6 +140,9 @@ class LocationService:
         # Subscriber changes another registrar committed, handed on (the Registrar API sets it:
         # subscribers are kept by auth.Subscribers, not here).
         self.on_subscribers: Callable[[Sequence[SubscriberChange], bool], None] | None = None
+        # Told of each contact change before it is applied, while someone watches an AOR's
+        # reg events (reg_notifier.py); None the rest of the time: a REGISTER pays one test.
+        self.watch: Callable[[str, list[tuple[Contact, bool]], list[tuple[Contact, str]]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -293,6 +296,9 @@ class LocationService:
         await self._settle(lambda done: self.submit(table, puts, removes, done, memory_only=memory_only))
 
     def _apply(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]]) -> None:
+        watch = self.watch
+        if watch is not None:
+            watch(table, puts, removes)
         publish = self.events.publish if self.events.active else None
         for contact, reason in removes:
             self._drop(table, contact)
