@@ -69,7 +69,7 @@ def changed(old: Contact, new: Contact) -> str:
         if before != after:
             if name == "path":
                 before, after = ",".join(before), ",".join(after)
-            parts.append(f"{name} {before or '-'} -> {after or '-'}")
+            parts.append(f"{name.replace('_', ' ')} {before or '-'} -> {after or '-'}")
     return "; ".join(parts)
 
 

@@ -163,7 +163,7 @@ async def test_journal_rows_survive_a_restart_and_expiry_while_down_is_journaled
     code, history = serve.ctl("history", aor)
     assert code == 0
     assert [(e["event"], e["detail"]) for e in history["entries"]] == [
-        ("registered", "expires in 2 s"), ("expired", "while the registrar was down")]
+        ("registered", "expires in 2 s"), ("expired", "found expired at start")]
 
 
 async def test_retention_and_row_cap_prune_in_bounded_deletes(make_server, short_dir):

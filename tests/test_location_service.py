@@ -160,7 +160,7 @@ def test_merge_journals_a_refresh_only_when_it_changes_how_the_binding_is_reache
                      _Pending("location", [], [(moved, "admin")], None, ignore, "by ctl uid=0 pid=1")], tables, NOW)
     assert merged.journal == [
         (NOW, "location", old.aor, old.ruid, "refreshed", old.addr, "udp:192.0.2.1:6000", NOW + 1,
-         "received udp:192.0.2.1:5060 -> udp:192.0.2.1:6000; user_agent - -> Phone/2"),
+         "received udp:192.0.2.1:5060 -> udp:192.0.2.1:6000; user agent - -> Phone/2"),
         (NOW, "location", old.aor, old.ruid, "admin", old.addr, "udp:192.0.2.1:6000", NOW + 1, "by ctl uid=0 pid=1")]
 
 

@@ -85,7 +85,7 @@ CREATE INDEX IF NOT EXISTS journal_aor ON journal (tbl, aor, ts);
 _JOURNAL_INSERT = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT * FROM unnest($1::float8[], $2::text[], "
                    "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::text[])")
 _JOURNAL_EXPIRED = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT $1, tbl, aor, ruid, 'expired', addr, received, "
-                    "modified, 'while no registrar ran' FROM contacts WHERE expires <= $1")
+                    "modified, 'found expired at start' FROM contacts WHERE expires <= $1")
 # As the SQLite store's: the oldest rows up to the first to keep, by age, row cap and chunk.
 _JOURNAL_PRUNE = """DELETE FROM journal WHERE id < LEAST(GREATEST(
     coalesce((SELECT id FROM journal WHERE ts >= $1 ORDER BY id LIMIT 1), (SELECT max(id) + 1 FROM journal)),

@@ -66,7 +66,7 @@ CREATE INDEX IF NOT EXISTS journal_aor ON journal (tbl, aor, ts);
 _JOURNAL_INSERT = f"INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 # Bindings that expired while no registrar ran: journaled by the load that deletes them.
 _JOURNAL_EXPIRED = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT ?, tbl, aor, ruid, 'expired', addr, received, "
-                    "modified, 'while the registrar was down' FROM contacts WHERE expires <= ?")
+                    "modified, 'found expired at start' FROM contacts WHERE expires <= ?")
 # The oldest rows, up to the first one both young enough and within the row cap, at most a
 # chunk of them. Rows are found by id (the order they were written in): no index on ts alone
 # is needed, and the scan for the age limit stops at the first row young enough.
