@@ -54,15 +54,9 @@ def parse_duration(text: str | float) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def row(now: float, table: str, contact: Contact, event: str, detail: str = "") -> JournalRow:
-    return (now, table, contact.aor, contact.ruid, event, contact.addr, contact.received, contact.modified, detail)
-
-
 def changed(old: Contact, new: Contact) -> str:
-    """What a refresh changed that an operator cares about ("" for a plain renewal: no row)."""
-    if (old.addr == new.addr and old.received == new.received and old.socket == new.socket
-            and old.path == new.path and old.user_agent == new.user_agent):
-        return ""
+    """What a refresh changed that an operator cares about, in words (the location service
+    journals a refresh only when one of these differs)."""
     parts = []
     for name in ("addr", "received", "socket", "path", "user_agent"):
         before, after = getattr(old, name), getattr(new, name)

@@ -81,9 +81,16 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_aor ON journal (tbl, aor, ts);
 """
-# A commit's journal rows in one statement, whatever their number (one array per column).
-_JOURNAL_INSERT = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT * FROM unnest($1::float8[], $2::text[], "
-                   "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::text[])")
+_JOURNAL_TYPES = ("float8", "text", "text", "text", "text", "text", "text", "float8", "text")
+
+
+def _journal_insert(first: int) -> str:
+    """A commit's journal rows in one statement, whatever their number: one array per column,
+    the parameters from ``$first`` on."""
+    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(_JOURNAL_TYPES))
+    return f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT * FROM unnest({arrays})"
+
+
 _JOURNAL_EXPIRED = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT $1, tbl, aor, ruid, 'expired', addr, received, "
                     "modified, 'found expired at start' FROM contacts WHERE expires <= $1")
 # As the SQLite store's: the oldest rows up to the first to keep, by age, row cap and chunk.
@@ -124,16 +131,18 @@ _NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINA
 
 
 @functools.cache  # rows <= MAX_CHUNK
-def _upsert_sql(rows: int, notify: bool = False) -> str:
-    """The multi-row upsert; with ``notify`` its NOTIFYs ride in the same statement (one round
-    trip): a data-modifying WITH runs whether or not the SELECT reads it."""
+def _upsert_sql(rows: int, notify: bool = False, journal: bool = False) -> str:
+    """The multi-row upsert; with ``notify`` its NOTIFYs, and with ``journal`` the commit's journal
+    rows (after the contacts' parameters), ride in the same statement (one round trip): a
+    data-modifying WITH runs whether or not the SELECT reads it."""
     width = len(_COLUMN_NAMES)
     first = 2 if notify else 1
     marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
     upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
     if not notify:
         return upsert
-    return (f"WITH up AS ({upsert}) SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+    journaled = f", j AS ({_journal_insert(first + rows * width)})" if journal else ""
+    return (f"WITH up AS ({upsert}){journaled} SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
             "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
 
 
@@ -354,11 +363,13 @@ class PostgresStore:
             conn = await self._writable()
             try:
                 puts = batch.puts
-                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers
-                                                       or batch.journal):
-                    # The usual group commit: one statement, its own transaction, one round trip.
+                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
+                    # The usual group commit: one statement, its own transaction, one round trip
+                    # (new bindings' journal rows included).
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    journal = _journal_columns(batch.journal) if batch.journal else []
+                    rows = await conn.fetch(_upsert_sql(len(puts), True, bool(journal)), notify, *_values(puts),
+                                            *journal)
                     written = set(rows[0][1] or ())
                 else:
                     written = await self._write_transaction(conn, batch)
@@ -395,7 +406,7 @@ class PostgresStore:
                 rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
                 written.update(r[0] for r in rows)
             if batch.journal:
-                await conn.execute(_JOURNAL_INSERT, *_journal_columns(batch.journal))
+                await conn.execute(_journal_insert(1), *_journal_columns(batch.journal))
             for tbl, aor, name, value in batch.policies:
                 if value is None:
                     await conn.execute("DELETE FROM policies WHERE tbl=$1 AND aor=$2 AND name=$3", tbl, aor, name)

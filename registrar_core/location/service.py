@@ -547,6 +547,10 @@ class LocationService:
         return count
 
 
+def _journal_row(now: float, table: str, contact: Contact, event: str, detail: str) -> journal.JournalRow:
+    return (now, table, contact.aor, contact.ruid, event, contact.addr, contact.received, contact.modified, detail)
+
+
 def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contact]]], now: float) -> Batch:
     """Collapse changes in order into one batch: the last change to each ruid wins. Each change
     is journaled: a removal with its reason, a new binding, a refresh only when it changed
@@ -558,17 +562,19 @@ def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contac
         table = change.table
         for contact, reason in change.removes:
             final[contact.ruid] = None
-            rows.append(journal.row(now, table, contact, reason, change.note))
+            rows.append(_journal_row(now, table, contact, reason, change.note))
         for contact, is_new in change.puts:
             final[contact.ruid] = (table, contact)
             if is_new:
-                rows.append(journal.row(now, table, contact, journal.REGISTERED,
-                                        f"expires in {contact.expires - now:.0f} s"))
-            else:
-                old = tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS).get(contact.ruid)
-                what = "" if old is None else journal.changed(old, contact)
-                if what:
-                    rows.append(journal.row(now, table, contact, journal.REFRESHED, what))
+                rows.append(_journal_row(now, table, contact, journal.REGISTERED,
+                                         f"expires in {contact.expires - now:.0f} s"))
+                continue
+            old = tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS).get(contact.ruid)
+            # Compared here (compiled), not in journal.changed: this runs for every refresh.
+            if old is not None and (old.addr != contact.addr or old.received != contact.received
+                                    or old.socket != contact.socket or old.path != contact.path
+                                    or old.user_agent != contact.user_agent):
+                rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
         if change.batch is not None:  # policies and subscribers only (see commit())
             merged.policies += change.batch.policies
             merged.subscribers += change.batch.subscribers

@@ -63,7 +63,6 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_aor ON journal (tbl, aor, ts);
 """ + POLICY_AND_SUBSCRIBER_TABLES
-_JOURNAL_INSERT = f"INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 # Bindings that expired while no registrar ran: journaled by the load that deletes them.
 _JOURNAL_EXPIRED = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT ?, tbl, aor, ruid, 'expired', addr, received, "
                     "modified, 'found expired at start' FROM contacts WHERE expires <= ?")
@@ -108,6 +107,12 @@ def _chunks(count: int, largest: int = MAX_CHUNK) -> list[tuple[int, int]]:
 @functools.cache  # rows <= MAX_CHUNK
 def _upsert_sql(rows: int) -> str:
     return f"INSERT INTO contacts ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
+
+
+@functools.cache  # rows <= MAX_CHUNK
+def _journal_sql(rows: int) -> str:
+    """Journal rows in multi-row statements, as the upserts (executemany steps once per row)."""
+    return f"INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
 
 
 @functools.cache  # rows <= MAX_CHUNK
@@ -384,8 +389,9 @@ class SqliteStore:
             puts = batch.puts
             for start, size in _chunks(len(puts)):
                 await db.execute(_upsert_sql(size), _values(puts[start:start + size]))
-            if batch.journal:
-                await db.executemany(_JOURNAL_INSERT, batch.journal)
+            journal = batch.journal
+            for start, size in _chunks(len(journal)):
+                await db.execute(_journal_sql(size), [v for row in journal[start:start + size] for v in row])
             if batch.policies:
                 await self._write_policies(db, batch.policies)
             for username, domain, ha1s in batch.subscribers:
@@ -406,7 +412,7 @@ class SqliteStore:
         try:
             async with db.execute(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE tbl = ? AND aor = ? AND ts >= ? "
                                   "ORDER BY ts DESC, id DESC LIMIT ?", (table, aor, since, limit)) as cur:
-                rows = await cur.fetchall()
+                rows = list(await cur.fetchall())
         except Exception as exc:
             raise StorageError(str(exc) or type(exc).__name__) from exc
         return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]
