@@ -78,6 +78,7 @@ async def test_replaced_by_single_contact(make_server):
     assert (await phone.register(aor, ["<sip:mobile@10.0.0.2>"], call_id="b@t")).status == 200
     assert await events(srv, aor) == [("registered", "sip:desk@10.0.0.1"), ("replaced", "sip:desk@10.0.0.1"),
                                       ("registered", "sip:mobile@10.0.0.2")]
+    assert (await srv.core.history(aor))[1].detail == "for sip:mobile@10.0.0.2", "what took its place"
     phone.close()
 
 
@@ -91,6 +92,7 @@ async def test_evicted_by_max_contacts(make_server):
     assert srv.core.location.commit_size.sum == commits + 1, "the eviction, the binding and their rows: one change"
     assert await events(srv, aor) == [("registered", "sip:old@10.0.0.1"), ("evicted", "sip:old@10.0.0.1"),
                                       ("registered", "sip:new@10.0.0.2")]
+    assert (await srv.core.history(aor))[1].detail == "for sip:new@10.0.0.2", "what took its place"
     phone.close()
 
 

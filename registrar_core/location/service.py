@@ -562,7 +562,10 @@ def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contac
         table = change.table
         for contact, reason in change.removes:
             final[contact.ruid] = None
-            rows.append(_journal_row(now, table, contact, reason, change.note))
+            note = change.note
+            if not note and change.puts and (reason == REMOVED_REPLACED or reason == REMOVED_EVICTED):
+                note = "for " + change.puts[0][0].addr  # the binding that took its place
+            rows.append(_journal_row(now, table, contact, reason, note))
         for contact, is_new in change.puts:
             final[contact.ruid] = (table, contact)
             if is_new:
