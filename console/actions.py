@@ -11,7 +11,7 @@ from textual.binding import Binding, BindingType
 if TYPE_CHECKING:
     from textual.app import App
 
-Scope = Literal["app", "main", "table", "detail", "confirm", "help", "subscribers", "form", "watchers"]
+Scope = Literal["app", "main", "table", "detail", "history", "confirm", "help", "subscribers", "form", "watchers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("greater_than_sign", "sort(1)", "Sort", "Sort the AORs by the next column", "AORs",
            footer=True, key_display="<>"),
     Action("r", "reverse_sort", "Reverse", "Reverse the sort order", "AORs"),
+    Action("H", "history", "History", "History of the highlighted AOR: why its contacts came and went",
+           "AORs"),
     # Contacts and bindings.
     Action("enter", "contact_detail", "Detail", "Full record of the highlighted contact (toggles)",
            "Contacts", footer=True),
@@ -98,6 +100,10 @@ ACTIONS: tuple[Action, ...] = (
     Action("escape,enter", "close", "Back", "Back to the main screen", "Detail", "detail", footer=True),
     Action("d,delete", "unregister", "Unregister", "Unregister this contact (asks)", "Detail", "detail",
            footer=True, destructive=True),
+    Action("H", "history", "History", "The AOR's whole history (the contact journal)", "Detail", "detail",
+           footer=True),
+    Action("escape,H", "close", "Back", "History view: back to the main screen", "Detail", "history",
+           footer=True),
     # The subscribers screen and its add / password form.
     Action("a,insert", "add", "Add", "Add a subscriber (user@domain, the password twice)",
            "Subscribers", "subscribers", footer=True, destructive=True),

@@ -6,7 +6,9 @@ UDP sockets, each from its own loopback address (varied user agents, q values, s
 contacts per AOR, a Path, an outbound instance), answering the digest challenges; then
 some keepalives and calls, a phone with a wrong password, a scanner and a flood that
 gets its address banned. Saves SVGs of the main screen (also at 80x24), a contact's detail,
-the confirmation modal, the help, the subscribers screen and its add form into ``screenshots/``.
+the confirmation modal, the help, the subscribers screen and its add form, and (after alice's
+mobile signs off and her desk phone's firmware changes under single-contact) alice's history
+into ``screenshots/``.
 """
 
 from __future__ import annotations
@@ -211,6 +213,16 @@ async def populate(phones: list[Phone], seconds: float) -> None:
     await misconfigured(phones[0].registrar)
 
 
+async def journal_story(phones: list[Phone]) -> None:
+    """What alice's history shows: her mobile signs off, her desk phone comes back with new
+    firmware (a refresh that changes something) and, single-contact being on for her, takes
+    the place of her softphone."""
+    desk, mobile = phones[0], phones[1]
+    await mobile.register(expires=0)
+    desk.agent = "Yealink SIP-T46U 108.86.0.40"
+    await desk.register()
+
+
 async def misconfigured(registrar: tuple[str, int]) -> None:
     """What the security counters count: a wrong password, a hijack attempt, a scanner, a flood."""
     typo = await Phone("dave", "snom D785/10.1.159.12", registrar, ip="127.0.0.77", password="dave-secret").open()
@@ -305,6 +317,14 @@ async def render(out: Path) -> list[Path]:
                 await pilot.press("a", *"judy@example.com", "enter", *"correct horse", "enter", *"correct horse")
                 await settle(app, pilot)
                 save("subscriber-add")
+                await journal_story(phones)
+                await pilot.press("escape", "escape")
+                await settle(app, pilot)
+                main.aors.move_cursor(main.registry.position(f"alice@{DOMAIN}") or 0)
+                await pilot.press("H")
+                await settle(app, pilot)
+                await pilot.pause(0.5)  # the journal is read through the control protocol
+                save("history")
         finally:
             for phone in phones:
                 phone.close()

@@ -35,6 +35,7 @@ from .awaitable import awaited
 from .client_transactions import ClientTransactions
 from .config import Config
 from .events import SUBSCRIBER_CHANGED, EventBus, Subscription
+from .journal import HISTORY_LIMIT, Entry
 from .location import DEFAULT_TABLE, Contact, LocationService, store_for
 from .location.service import REMOVED_ADMIN
 from .location.store import SubscriberChange
@@ -86,7 +87,8 @@ class RegistrarCore:
         self.events = EventBus(clock)
         self.stats = Stats(started=clock())
         store = None if memory_only else store_for(config.db)
-        self.location = LocationService(store, self.events, clock=clock)
+        self.location = LocationService(store, self.events, clock=clock, journal_retention=config.journal_retention,
+                                        journal_max_rows=config.journal_max_rows)
         self.to_tag = secrets.token_hex(6)
         self.registrar = Registrar(config, self.location, self.to_tag)
         self.listening: list[str] = []
@@ -175,11 +177,20 @@ class RegistrarCore:
                 if not contacts:
                     what = f"contact {', '.join(sorted(wanted))} of {key}" if wanted else key
                     raise NotFound(f"{what} is not registered in table {table}")
-                await self.location.apply(table, [], [(c, REMOVED_ADMIN) for c in contacts])
+                who = actor or Actor.this_process()
+                await self.location.apply(table, [], [(c, REMOVED_ADMIN) for c in contacts],
+                                          note=f"by {who.kind} uid={who.uid} pid={who.pid}")
                 outcome["removed"] = len(contacts)
                 return contacts
             finally:
                 self.location.locks.release((table, key))
+
+    async def history(self, aor: str, *, since: float = 0.0, limit: int = HISTORY_LIMIT,
+                      table: str = DEFAULT_TABLE) -> list[Entry]:
+        """The contact journal of ``aor`` from ``since`` (epoch seconds) on, oldest first: every
+        binding registered, changed and removed, with the reason (journal.py)."""
+        rows = await self.location.history(table, normalise_aor(aor), since, limit)
+        return [Entry(*row) for row in rows]
 
     def fetch_contacts(self, aor: str, *, table: str = DEFAULT_TABLE) -> Profile:
         """Kamailio reg_fetch_contacts(): a snapshot profile of the AOR's contacts."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .journal import DEFAULT_MAX_ROWS, DEFAULT_RETENTION, parse_duration
 from .location import is_postgres
 from .resolver import parse_nameserver
 from .sip.limits import Limits
@@ -145,11 +146,15 @@ class Config:
     keep_flow_contacts: bool = False
     metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint (a port alone: loopback); "" = off
     node_name: str = ""  # this registrar among those sharing a database; "" = hostname/first listen address
+    # The contact journal (why each binding came and went) keeps rows this many seconds, and at
+    # most this many rows (the oldest go first); pruned by the expiry sweeper (journal.py).
+    journal_retention: float = DEFAULT_RETENTION
+    journal_max_rows: int = DEFAULT_MAX_ROWS
 
     def __post_init__(self) -> None:
         for name in ("min_expires", "max_expires", "default_expires", "max_contacts", "expires_range",
                      "auth_fail_budget", "ip_budget", "ban_time", "max_tcp_per_ip",
-                     "qualify_interval", "qualify_remove_after"):
+                     "qualify_interval", "qualify_remove_after", "journal_retention"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_opt(name)} must not be negative")
         if self.max_expires and self.min_expires > self.max_expires:
@@ -195,6 +200,8 @@ class Config:
             raise ConfigError("--tls-cert/--tls-key/--tls-ca without a tls: or wss: listener: add one with --listen")
         if not self.ws_path.startswith("/"):
             raise ConfigError(f"ws-path must start with '/', e.g. /ws (got {self.ws_path!r})")
+        if self.journal_max_rows < 1:
+            raise ConfigError("journal-max-rows must be at least 1")
         if self.tls_handshake_timeout <= 0:
             raise ConfigError("tls-handshake-timeout must be positive")
         if self.metrics_listen:
@@ -259,9 +266,17 @@ _CONVERTERS: dict[str, Any] = {
     "max_contacts_mode": str,
     "metrics_listen": str,
     "node_name": str,
+    "journal_retention": lambda v: _duration("journal_retention", v),
     "dns_server": lambda v: tuple(str(x) for x in _as_list(v)),
     "trusted": lambda v: tuple(c.strip() for x in _as_list(v) for c in str(x).split(",") if c.strip()),
 }
+
+
+def _duration(name: str, value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ConfigError(f"{_opt(name)}: {value!r} is not a duration (e.g. 7d, 12h, 30m, 3600)") from None
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:

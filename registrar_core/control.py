@@ -4,7 +4,8 @@
 control server, ``sipconsole ctl`` and the console (embedded through
 :class:`LocalClient`, attached through :class:`ControlClient`) all go through it.
 
-Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table}``,
+Methods: ``dump {table}``, ``show {aor, table}``, ``history {aor, since, limit, table}``,
+``unregister {aor, ruid, table}``,
 ``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``,
 ``user.list``, ``user.add {user, password}``, ``user.passwd {user, password}``,
 ``user.remove {user}``, ``subscriptions {aor}`` (reg event watchers), and ``subscribe {actor}`` (actor "console" or "ctl", the default:
@@ -45,6 +46,7 @@ from .api import NotFound, RegistrarCore, normalise_aor
 from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
 from .events import EVENTS_LOST
+from .journal import HISTORY_LIMIT
 from .location import DEFAULT_TABLE, Contact, StorageError
 
 log = logging.getLogger(__name__)
@@ -175,6 +177,18 @@ class Methods:
         for contact in data["contacts"]:
             self.core.reachability(contact)
         return data
+
+    async def rpc_history(self, aor: str, since: float = 0.0, limit: int = HISTORY_LIMIT,
+                          table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        """The contact journal of an AOR (``since``: epoch seconds), oldest first: at most the
+        newest ``limit`` rows."""
+        if not isinstance(since, (int, float)) or isinstance(since, bool):
+            raise RpcError(INVALID_PARAMS, "since must be a number (epoch seconds)")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_LIMIT:
+            raise RpcError(INVALID_PARAMS, f"limit must be between 1 and {HISTORY_LIMIT}")
+        key = _valid_aor(aor)
+        entries = await self.core.history(key, since=float(since), limit=limit, table=table)
+        return {"aor": key, "table": table, "entries": [e.to_dict() for e in entries]}
 
     async def rpc_qualify(self, aor: str | None = None, ruid: str | None = None, wait: bool = True,
                           table: str = DEFAULT_TABLE) -> dict[str, Any]:

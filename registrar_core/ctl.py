@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -24,6 +25,7 @@ from .control import (
     ReplyDropped,
     RpcError,
 )
+from .journal import describe, parse_duration
 from .options import Options, add_config, add_control
 
 # The registrar refused the request itself: our usage was wrong.
@@ -36,6 +38,9 @@ _EPILOG = """commands:
   dump [--table T] [--ndjson]               every AOR and its contacts, sorted by AOR
                                             (then contact address), printed as they arrive
   show AOR [--table T]                      one AOR's contacts with every attribute
+  history AOR [--since T] [--table T]       why its contacts came and went (the contact
+                                            journal), oldest first; T is ISO 8601 local
+                                            time (2026-12-06T08:30) or a duration ago (1h)
   unregister AOR [--ruid RUID] [--table T]  remove an AOR, or one contact of it
   policy single-contact on|off|inherit [--aor AOR]
                                             newest REGISTER keeps the only binding
@@ -53,7 +58,8 @@ AOR is alice@example.com or sip:alice@example.com.
 --json prints the result as JSON: dump gives {"table": T, "aors": [{"aor": A, "contacts":
 [{every $ulc attribute, "expires": seconds left}]}]} (one document, one AOR per line, at
 any table size), show gives {"aor": A, "count": N, "contacts": [...]} (times as epoch
-seconds; the plain form prints them as ISO 8601 UTC), unregister gives {"removed": [...]}.
+seconds; the plain form prints them as ISO 8601 UTC), unregister gives {"removed": [...]},
+history gives {"aor": A, "entries": [{"ts", "event", "addr", "received", "detail", ...}]}.
 dump --ndjson prints one {"aor": A, "contacts": [...]} per line instead (for pipelines).
 The control socket is $XDG_RUNTIME_DIR/sipconsole/control.sock, or /tmp/sipconsole-UID/
 without XDG_RUNTIME_DIR (sudo, cron): give the registrar's with --control PATH.
@@ -79,6 +85,10 @@ def add_ctl_parser(sub: argparse._SubParsersAction, options: Options) -> None:
     show = command("show", "one AOR's contacts with every attribute")
     show.add_argument("aor", metavar="AOR")
     show.add_argument("--table", default="location")
+    hist = command("history", "why an AOR's contacts came and went (the contact journal)")
+    hist.add_argument("aor", metavar="AOR")
+    hist.add_argument("--since", metavar="T", help="from T on: ISO 8601 local time or a duration ago (1h, 2d)")
+    hist.add_argument("--table", default="location")
     unreg = command("unregister", "remove an AOR, or one contact with --ruid")
     unreg.add_argument("aor", metavar="AOR")
     unreg.add_argument("--ruid", help="remove only this contact")
@@ -109,6 +119,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "dump", {"table": args.table}
     if cmd == "show":
         return "show", {"aor": args.aor, "table": args.table}
+    if cmd == "history":
+        return "history", {"aor": args.aor, "table": args.table, "since": since(args.since) if args.since else 0.0}
     if cmd == "unregister":
         params = {"aor": args.aor, "table": args.table}
         if args.ruid:
@@ -140,6 +152,20 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.aor:
         params["aor"] = args.aor
     return "policy.set", params
+
+
+def since(text: str, now: float | None = None) -> float:
+    """Epoch seconds of ``--since``: ISO 8601 (local time unless it names a zone) or a duration
+    ago (``90s``, ``15m``, ``1h``, ``2d``)."""
+    try:
+        return (time.time() if now is None else now) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"--since {text!r} is neither ISO 8601 (2026-12-06T08:30) nor a duration ago "
+                         "(1h, 2d)") from None
 
 
 def _check_aor(params: dict[str, Any]) -> None:
@@ -326,6 +352,12 @@ def render(method: str, result: Any) -> str:
             blocks.append("\n".join(f"  {k:>10}: {_iso(v) if k in _TIMES else _text(v)}"
                                     for k, v in sorted(c.items())))
         return "\n\n".join(blocks)
+    if method == "history":
+        rows = [[_local(e["ts"]), describe(e["event"]), e["addr"], e["received"], e["detail"], e["ruid"]]
+                for e in result["entries"]]
+        if not rows:
+            return f"{result['aor']}: no journal entries"
+        return table(["TIME", "EVENT", "CONTACT", "RECEIVED", "DETAIL", "RUID"], rows)
     if method == "qualify":
         rows = [[ruid, s["state"], _rtt(s["rtt_ms"]), s["reason"]] for ruid, s in sorted(result["contacts"].items())]
         return table(["RUID", "STATE", "RTT(ms)", "REASON"], rows)
@@ -367,6 +399,11 @@ def _iso(value: Any) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return _text(value)
     return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _local(value: float) -> str:
+    """Epoch seconds as local time (an operator reads history against their own clock)."""
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _text(value: Any) -> str:

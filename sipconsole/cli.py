@@ -74,6 +74,10 @@ def _registrar_options(p: Any) -> None:
     g.add_argument("--node-name", metavar="NAME",
                    help="this registrar's name among those on one database, shown per contact "
                         "(default: the hostname/the first --listen address)")
+    g.add_argument("--journal-retention", metavar="DURATION",
+                   help="keep the contact journal (ctl history) this long, e.g. 12h, 30d (default 7d)")
+    g.add_argument("--journal-max-rows", type=int, metavar="N",
+                   help="at most N journal rows, the oldest pruned first (default 1000000)")
     k = p.add_argument_group("reachability")
     k.add_argument("--qualify-interval", type=float, metavar="S",
                    help="send OPTIONS to every contact every S seconds, 0 = off (default 0)")

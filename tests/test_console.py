@@ -17,6 +17,7 @@ from console.app import SipConsole, attached, embedded
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
+from console.screens.history import HistoryScreen
 from console.screens.main import MainScreen
 from console.screens.subscribers import SubscriberForm, SubscribersScreen
 from console.screens.watchers import WatchersScreen
@@ -437,6 +438,41 @@ async def test_embedded_runs_the_registrar_and_stops_it(short_dir, capsys):
     probe.close()
 
 
+async def test_history_key_opens_the_aor_journal_and_the_detail_shows_it(server):
+    aor = next_aor("heidi")
+    desk, mobile, moved = await phones(server, 3)
+    await desk.register(aor, call_id="desk@t")
+    await mobile.register(aor, contacts=[f"<sip:m@127.0.0.1:{mobile.local[1]}>"], call_id="m@t")
+    await moved.register(aor, call_id="desk@t", cseq=2, contacts=[desk.contact])  # desk's NAT moved it
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("H")
+        await until(pilot, lambda: isinstance(pilot.app.screen, HistoryScreen) and len(pilot.app.screen.entries) == 3)
+        assert [e["event"] for e in pilot.app.screen.entries] == ["registered", "registered", "refreshed"]
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert f"History of {aor}" in shown and "refreshed (changed)" in shown
+        # A removal while the history is open shows up in it.
+        await mobile.register(aor, contacts=[f"<sip:m@127.0.0.1:{mobile.local[1]}>"], call_id="m@t", cseq=2,
+                              expires=0)
+        await until(pilot, lambda: len(pilot.app.screen.entries) == 4, timeout=10)
+        assert pilot.app.screen.entries[-1]["event"] == "unregistered"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+        # The contact detail shows the AOR's recent history under the record.
+        await until(pilot, lambda: len(main.contacts.contacts) == 1)
+        await pilot.press("tab", "enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ContactDetailScreen))
+        await until(pilot, lambda: "unregistered by the device" in pilot.app.export_screenshot().replace("&#160;", " "))
+        assert f"Recent history of {aor}" in pilot.app.export_screenshot().replace("&#160;", " ")
+        await pilot.press("H")  # the whole of it, from the detail too
+        await until(pilot, lambda: isinstance(pilot.app.screen, HistoryScreen) and len(pilot.app.screen.entries) == 4)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ContactDetailScreen))
+    for phone in (desk, mobile, moved):
+        phone.close()
+
+
 async def test_attach_to_a_running_serve_process(serve_process):
     serve_process.start()
     aor, kept = next_aor("mallory"), next_aor("niaj")
@@ -456,6 +492,13 @@ async def test_attach_to_a_running_serve_process(serve_process):
         # Live events arrive over the socket too.
         await a.register(fresh := next_aor("olivia"))
         await until(pilot, lambda: fresh in main.registry.rows)
+        # The history of an AOR comes through the control socket too: removed by this console.
+        await highlight(pilot, main, kept)
+        await pilot.press("H")
+        await until(pilot, lambda: isinstance(pilot.app.screen, HistoryScreen) and pilot.app.screen.entries)
+        assert [e["event"] for e in pilot.app.screen.entries] == ["registered"]
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
         await pilot.press("q")  # no question: the server keeps running
         await until(pilot, lambda: not pilot.app.is_running)
     await client.close()

@@ -1,5 +1,5 @@
 """Snapshots of the main screen, the confirmation modal, the help, the contact detail, the
-subscribers screen and the no-subscribers notice.
+subscribers screen, the no-subscribers notice and an AOR's history (the contact journal).
 
 Stable by construction: a real core (memory-only) on a fixed clock, fed real REGISTER
 bytes with fixed Call-IDs, ports and times (plus a scanner and a flood that gets its
@@ -20,10 +20,12 @@ from textual.widgets._footer import FooterKey  # the keys a Footer shows (not ex
 from console.app import SipConsole
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
+from console.screens import history
 from console.screens.help import HelpScreen
 from console.screens.subscribers import SubscribersScreen
 from console.widgets.footer import KeyBar
 from registrar_core.api import RegistrarCore
+from registrar_core.audit import Actor
 from registrar_core.auth import Authenticator, NonceFactory
 from registrar_core.config import build_config
 from registrar_core.control import LocalClient
@@ -265,3 +267,49 @@ def test_no_subscribers_notice(snap_compare, fixed_world):
 
     app = SipConsole(LocalClient(core), embedded=True, clock=clock)
     assert snap_compare(app, terminal_size=SIZE, run_before=feeder(core, clock, auth_on))
+
+
+def test_history_screen(snap_compare, fixed_world, tmp_path, monkeypatch):
+    """alice's journal: three devices registered, the mobile signs off, the desk phone comes back
+    with new firmware, a short-lived one expires, an operator removes the softphone. A core with a
+    real SQLite file (the journal lives there) on the fixed clock; reloads off for stability."""
+    _, clock = fixed_world
+    core = RegistrarCore(build_config({"auth": False, "db": str(tmp_path / "location.db")}), clock=clock)
+    ruids = itertools.count(0xB0B)
+    core.registrar.new_ruid = lambda: f"uloc-{next(ruids):016x}"
+    monkeypatch.setattr(history, "RELOAD_SECONDS", 3600.0)
+    alice = "alice@example.com"
+
+    async def at(ago: float, n: int, *row) -> None:
+        clock.now = NOW - ago
+        response = await core.handle(register(n, *row), Source("udp", row[2], row[3], SOCKET))
+        assert response is not None
+
+    async def story(pilot) -> None:
+        await core.start()
+        try:
+            for n, (ago, *row) in enumerate(REGISTRATIONS[:3], 1):
+                await at(ago, n, *row)
+            await at(100, 4, "alice", "Grandstream WP810 1.0.11.8", "192.0.2.77", 5062, None, 60, None, None)
+            mobile = REGISTRATIONS[1][1:]
+            await at(90, 5, *mobile[:5], 0, *mobile[6:])  # the mobile signs off
+            await at(70, 6, "alice", "Yealink SIP-T46U 108.86.0.40", *REGISTRATIONS[0][3:])  # new firmware
+            clock.now = NOW - 30  # the Grandstream's minute is up
+            await until(pilot, lambda: core.location.expired_total == 1)
+            clock.now = NOW - 10
+            [softphone] = [c for c in core.fetch_contacts(alice) if "Zoiper" in c.user_agent]
+            await core.unregister(alice, softphone.ruid, actor=Actor("console", 1000, 4242))
+            clock.now = NOW
+            main = pilot.app.main
+            await until(pilot, lambda: main.loaded and main.registry.position(alice) is not None)
+            main.aors.move_cursor(main.registry.position(alice))
+            await until(pilot, lambda: bool(pilot.app._notifications))  # the operator action's toast...
+            pilot.app.clear_notifications()  # ...would cover the rows for a timeout: stability first
+            await pilot.press("H")
+            await until(pilot, lambda: isinstance(pilot.app.screen, history.HistoryScreen)
+                        and len(pilot.app.screen.entries) == 8)
+        finally:
+            await core.stop()
+
+    app = SipConsole(LocalClient(core), embedded=True, clock=clock)
+    assert snap_compare(app, terminal_size=SIZE, run_before=story)

@@ -137,10 +137,31 @@ def test_merge_keeps_the_last_change_to_each_binding_in_the_order_first_seen():
         _Pending("location", [(short_lived, True)], [(removed, "unregistered")], None, ignore),
         _Pending("location", [(refreshed, False)], [(short_lived, "unregistered")], None, ignore),
         _Pending("location", [(readded, True)], [], None, ignore),
-    ])
+    ], {}, NOW)
     assert merged.puts == [("location", refreshed), ("location", readded)]
     assert merged.deletes == [short_lived.ruid]
     assert merged.policies == [] and merged.subscribers == []
+    # Every change is journaled in order (removals before the puts of the same change); the
+    # refresh of a binding memory does not hold yet changes nothing worth a row.
+    assert [(r[3], r[4]) for r in merged.journal] == [
+        ("ruid-1", "registered"), ("ruid-2", "registered"), ("ruid-2", "unregistered"),
+        ("ruid-3", "registered"), ("ruid-3", "unregistered"), ("ruid-2", "registered")]
+    assert {r[0] for r in merged.journal} == {NOW}
+
+
+def test_merge_journals_a_refresh_only_when_it_changes_how_the_binding_is_reached():
+    old = contact(1, received="udp:192.0.2.1:5060")
+    tables = {"location": {old.aor: {old.ruid: old}}}
+    renewed = old.updated(cseq=2, expires=NOW + 7200, modified=NOW + 1)
+    moved = renewed.updated(cseq=3, received="udp:192.0.2.1:6000", user_agent="Phone/2")
+    merged = _merge([_Pending("location", [(renewed, False)], [], None, ignore)], tables, NOW)
+    assert merged.journal == [], "a plain refresh: no row"
+    merged = _merge([_Pending("location", [(moved, False)], [], None, ignore),
+                     _Pending("location", [], [(moved, "admin")], None, ignore, "by ctl uid=0 pid=1")], tables, NOW)
+    assert merged.journal == [
+        (NOW, "location", old.aor, old.ruid, "refreshed", old.addr, "udp:192.0.2.1:6000", NOW + 1,
+         "received udp:192.0.2.1:5060 -> udp:192.0.2.1:6000; user agent - -> Phone/2"),
+        (NOW, "location", old.aor, old.ruid, "admin", old.addr, "udp:192.0.2.1:6000", NOW + 1, "by ctl uid=0 pid=1")]
 
 
 def test_merge_keeps_each_change_with_its_table_and_every_policy_and_subscriber_change_in_order():
@@ -151,7 +172,7 @@ def test_merge_keeps_each_change_with_its_table_and_every_policy_and_subscriber_
         _Pending("", [], [], Batch(policies=policy[:1], subscribers=[("a", "x", ("1", "2", "3"))]), ignore),
         _Pending("other", [(two, True)], [], None, ignore),
         _Pending("", [], [], Batch(policies=policy[1:], subscribers=[("a", "x", None)]), ignore),
-    ])
+    ], {}, NOW)
     assert merged.puts == [("location", one), ("other", two)] and merged.deletes == []
     assert merged.policies == policy
     assert merged.subscribers == [("a", "x", ("1", "2", "3")), ("a", "x", None)]

@@ -206,4 +206,4 @@ async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, 
         assert [(c.ruid, c.node) for _, c in await store.load(time.time())] == [("r1", "")]
     finally:
         await store.close()
-    assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["2"]
+    assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["3"]

@@ -185,3 +185,48 @@ async def test_a_closed_store_answers_storage_error(new_store):
             await call()
     async with opened(new_store) as store:
         assert await store.load(NOW) == [("location", contact(1))]
+
+
+def journal_row(n: int, ts: float, event: str = "registered", aor: str = "u1@example.com",
+                table: str = "location") -> tuple[float, str, str, str, str, str, str, float, str]:
+    return (ts, table, aor, f"ruid-{n}", event, f"sip:u{n}@192.0.2.1:5060", "udp:192.0.2.1:5060", ts - 1, f"row {n}")
+
+
+async def test_journal_rows_are_written_with_their_batch_and_read_back_per_aor_oldest_first(new_store):
+    first, second = contact(1), contact(2, aor="u1@example.com")
+    rows = [journal_row(1, NOW), journal_row(2, NOW + 1), journal_row(9, NOW, aor="other@example.com"),
+            journal_row(8, NOW, table="other")]
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", first), ("location", second)], journal=rows))
+        await store.write(Batch(deletes=[first.ruid], journal=[journal_row(1, NOW + 2, "unregistered")]))
+        refused = Batch(puts=[("location", contact(3, cseq=2 ** 70))], journal=[journal_row(3, NOW + 3)])
+        with pytest.raises(StorageError):
+            await store.write(refused)
+    async with opened(new_store) as store:  # durable, and only with what committed
+        history = await store.history("location", "u1@example.com", 0.0, 100)
+        assert history == [rows[0], rows[1], journal_row(1, NOW + 2, "unregistered")]
+        assert await store.history("location", "u1@example.com", NOW + 0.5, 100) == history[1:]
+        assert await store.history("location", "u1@example.com", 0.0, 2) == history[1:], "the newest, oldest first"
+        assert await store.history("other", "u1@example.com", 0.0, 100) == [rows[3]]
+        assert await store.history("location", "nobody@example.com", 0.0, 100) == []
+
+
+async def test_load_journals_the_bindings_that_expired_meanwhile(new_store):
+    gone = contact(3, expires=NOW - 1)
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", gone), ("location", contact(1))]))
+        await store.load(NOW)
+        [row] = await store.history("location", gone.aor, 0.0, 10)
+        assert row[4:6] == ("expired", gone.addr) and row[7] == gone.modified
+
+
+async def test_the_journal_is_pruned_by_age_and_row_cap_a_bounded_chunk_at_a_time(new_store):
+    async with opened(new_store) as store:
+        await store.write(Batch(journal=[journal_row(n, NOW - 100 + n) for n in range(10)]))
+        assert await store.prune_journal(NOW - 1000, 8, 100) == 2, "the cap keeps the newest 8"
+        assert await store.prune_journal(NOW - 95, 8, 100) == 3, "older than 95 s: n = 2, 3, 4"
+        assert await store.prune_journal(NOW, 8, 2) == 2, "a chunk at most"
+        assert [r[3] for r in await store.history("location", "u1@example.com", 0.0, 100)] == [
+            "ruid-7", "ruid-8", "ruid-9"]
+        assert await store.prune_journal(NOW, 8, 100) == 3
+        assert await store.prune_journal(NOW, 8, 100) == 0, "an empty journal"

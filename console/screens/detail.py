@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from textual import work
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,9 +14,12 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
+from registrar_core.control import RpcError
+
 from ..actions import bindings
 from ..format import countdown, duration, wall_time
 from ..widgets.footer import KeyBar
+from .history import RELOAD_SECONDS, HistoryScreen, Loader, history_table
 
 Contact = dict[str, Any]
 
@@ -65,25 +70,29 @@ def contact_header(contact: Contact, now: float) -> str:
 class ContactDetailScreen(Screen[bool]):
     """Follows the contact through the main screen's contacts pane, once a second.
 
-    Dismissed with True when the operator asks to unregister the contact.
+    Dismissed with True when the operator asks to unregister the contact. Below the record,
+    the AOR's recent history (the contact journal, ``H`` on the main screen shows all of it).
     """
 
     BINDINGS = bindings("detail")
+    RECENT = 8  # journal rows shown under the record
 
     def __init__(self, contact: Contact, current: Callable[[str], Contact | None],
-                 clock: Callable[[], float], position: str, read_only: bool) -> None:
+                 clock: Callable[[], float], position: str, read_only: bool, history: Loader) -> None:
         super().__init__()
         self.read_only = read_only
         self.contact = contact
         self.current = current
         self.clock = clock
         self.position = position
+        self.history = history
         self.gone = False
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail") as scroll:
             scroll.border_title = f"Contact {self.position} of {self.contact['aor']}"
             yield Static(id="record")
+            yield Static(id="recent")
         binding = Static(id="binding")
         binding.border_title = "As the registrar returns it in a 200 OK to REGISTER"
         yield binding
@@ -92,6 +101,19 @@ class ContactDetailScreen(Screen[bool]):
     def on_mount(self) -> None:
         self.redraw()
         self.set_interval(1, self.redraw)
+        self.load_history()
+        self.set_interval(RELOAD_SECONDS, self.load_history)
+
+    @work(exclusive=True, group="history", exit_on_error=False)
+    async def load_history(self) -> None:
+        recent = self.query_one("#recent", Static)
+        recent.border_title = f"Recent history of {self.contact['aor']} (H: all of it)"
+        try:
+            entries = (await self.history(self.contact["aor"]))["entries"]
+        except (RpcError, ConnectionError) as exc:
+            recent.update(Text(f"history unavailable: {exc}", style="red"))
+            return
+        recent.update(history_table(entries[-self.RECENT:], ruid=self.contact["ruid"]))
 
     def redraw(self) -> None:
         latest = self.current(self.contact["ruid"])
@@ -110,6 +132,9 @@ class ContactDetailScreen(Screen[bool]):
 
     def action_close(self) -> None:
         self.dismiss(False)
+
+    def action_history(self) -> None:
+        self.app.push_screen(HistoryScreen(self.contact["aor"], self.history))
 
     def action_unregister(self) -> None:
         self.dismiss(True)

@@ -38,6 +38,7 @@ from ..widgets.traffic_log import TrafficLog, operator_request
 from ..widgets.virtual_table import VirtualTable
 from .confirm import ConfirmScreen, contact_list
 from .detail import ContactDetailScreen
+from .history import HistoryScreen
 from .subscribers import SubscribersScreen, problem
 from .watchers import WatchersScreen
 
@@ -348,7 +349,7 @@ class MainScreen(Screen[None]):
             return None
         if action in ("unregister_contact", "contact_detail", "qualify_contact"):
             return None if self.contacts.cursor_contact is None else True
-        if action in ("unregister_aor", "toggle_single_contact"):
+        if action in ("unregister_aor", "toggle_single_contact", "history"):
             return None if self.aors.cursor_aor is None else True
         if action == "clear_filter":
             return bool(self.registry.filter) or self.query_one("#filter").has_focus
@@ -488,8 +489,19 @@ class MainScreen(Screen[None]):
         if contact is None:
             return
         position = f"{self.contacts.cursor + 1}/{len(self.contacts.contacts)}"
-        detail = ContactDetailScreen(contact, self.contacts.contact, self.clock, position, self.read_only)
+        detail = ContactDetailScreen(contact, self.contacts.contact, self.clock, position, self.read_only,
+                                     self.history)
         self.app.push_screen(detail, self._detail_closed)
+
+    def action_history(self) -> None:
+        aor = self.aors.cursor_aor
+        if aor is not None:
+            self.app.push_screen(HistoryScreen(aor, self.history))
+
+    async def history(self, aor: str) -> dict[str, Any]:
+        """The AOR's contact journal, through the control protocol (embedded or attached)."""
+        result: dict[str, Any] = await self.client.call("history", aor=aor)
+        return result
 
     def _detail_closed(self, unregister: bool | None) -> None:
         if unregister:

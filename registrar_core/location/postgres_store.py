@@ -25,13 +25,14 @@ import uuid
 
 import asyncpg
 
+from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .sqlite_store import _chunks
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: contacts.node
+SCHEMA_VERSION = 3  # 2: contacts.node; 3: journal
 # Taken while the schema is created or checked: nodes starting together on an empty database.
 _SCHEMA_LOCK = 0x5C0_5C4E
 # Held (a session lock) by the one registrar that deletes expired rows for all; released
@@ -64,6 +65,44 @@ CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
 """ + POLICY_AND_SUBSCRIBER_TABLES
 # Version 1 had no node column (rows made then: node unknown, "").
 _MIGRATE_FROM_1 = "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS node TEXT NOT NULL DEFAULT ''"
+# Version 3: the contact journal (registrar_core/journal.py); from 2 (or 1) it is just created.
+_JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    id BIGSERIAL PRIMARY KEY,
+    ts DOUBLE PRECISION NOT NULL,
+    tbl TEXT NOT NULL,
+    aor TEXT NOT NULL,
+    ruid TEXT NOT NULL,
+    event TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    received TEXT NOT NULL,
+    last_register DOUBLE PRECISION NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_aor ON journal (tbl, aor, ts);
+"""
+_JOURNAL_TYPES = ("float8", "text", "text", "text", "text", "text", "text", "float8", "text")
+
+
+def _journal_insert(first: int) -> str:
+    """A commit's journal rows in one statement, whatever their number: one array per column,
+    the parameters from ``$first`` on."""
+    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(_JOURNAL_TYPES))
+    return f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT * FROM unnest({arrays})"
+
+
+_JOURNAL_EXPIRED = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT $1, tbl, aor, ruid, 'expired', addr, received, "
+                    "modified, 'found expired at start' FROM contacts WHERE expires <= $1")
+# As the SQLite store's: the oldest rows up to the first to keep, by age, row cap and chunk.
+_JOURNAL_PRUNE = """DELETE FROM journal WHERE id < LEAST(GREATEST(
+    coalesce((SELECT id FROM journal WHERE ts >= $1 ORDER BY id LIMIT 1), (SELECT max(id) + 1 FROM journal)),
+    (SELECT max(id) FROM journal) - $2 + 1),
+    (SELECT min(id) FROM journal) + $3)"""
+
+
+def _journal_columns(rows: list[JournalRow]) -> list[list[object]]:
+    """The journal rows as one list per column (the parameters of _JOURNAL_INSERT)."""
+    return [list(column) for column in zip(*rows)]
 _COLUMN_NAMES = ("ruid", "tbl", "aor", "addr", "params", "expires", "q", "callid", "cseq", "path", "received",
                  "socket", "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified", "node")
 _COLUMNS = ", ".join(_COLUMN_NAMES)
@@ -92,16 +131,18 @@ _NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINA
 
 
 @functools.cache  # rows <= MAX_CHUNK
-def _upsert_sql(rows: int, notify: bool = False) -> str:
-    """The multi-row upsert; with ``notify`` its NOTIFYs ride in the same statement (one round
-    trip): a data-modifying WITH runs whether or not the SELECT reads it."""
+def _upsert_sql(rows: int, notify: bool = False, journal: bool = False) -> str:
+    """The multi-row upsert; with ``notify`` its NOTIFYs, and with ``journal`` the commit's journal
+    rows (after the contacts' parameters), ride in the same statement (one round trip): a
+    data-modifying WITH runs whether or not the SELECT reads it."""
     width = len(_COLUMN_NAMES)
     first = 2 if notify else 1
     marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
     upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
     if not notify:
         return upsert
-    return (f"WITH up AS ({upsert}) SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+    journaled = f", j AS ({_journal_insert(first + rows * width)})" if journal else ""
+    return (f"WITH up AS ({upsert}){journaled} SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
             "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
 
 
@@ -227,6 +268,7 @@ class PostgresStore:
                 if version is None or version < SCHEMA_VERSION:
                     await conn.execute(_SCHEMA)
                     await conn.execute(_MIGRATE_FROM_1)
+                    await conn.execute(_JOURNAL_SCHEMA)
                     await conn.execute("DELETE FROM sipconsole_schema")
                     await conn.execute("INSERT INTO sipconsole_schema VALUES ($1)", SCHEMA_VERSION)
         except StorageError:
@@ -292,6 +334,7 @@ class PostgresStore:
             conn = self._require()
             try:
                 async with conn.transaction():
+                    await conn.execute(_JOURNAL_EXPIRED, now)
                     await conn.execute("DELETE FROM contacts WHERE expires <= $1", now)
                     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts ORDER BY modified")
             except Exception as exc:
@@ -321,9 +364,12 @@ class PostgresStore:
             try:
                 puts = batch.puts
                 if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
-                    # The usual group commit: one statement, its own transaction, one round trip.
+                    # The usual group commit: one statement, its own transaction, one round trip
+                    # (new bindings' journal rows included).
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    journal = _journal_columns(batch.journal) if batch.journal else []
+                    rows = await conn.fetch(_upsert_sql(len(puts), True, bool(journal)), notify, *_values(puts),
+                                            *journal)
                     written = set(rows[0][1] or ())
                 else:
                     written = await self._write_transaction(conn, batch)
@@ -359,6 +405,8 @@ class PostgresStore:
             for start, size in _chunks(len(puts), MAX_CHUNK):
                 rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
                 written.update(r[0] for r in rows)
+            if batch.journal:
+                await conn.execute(_journal_insert(1), *_journal_columns(batch.journal))
             for tbl, aor, name, value in batch.policies:
                 if value is None:
                     await conn.execute("DELETE FROM policies WHERE tbl=$1 AND aor=$2 AND name=$3", tbl, aor, name)
@@ -374,6 +422,25 @@ class PostgresStore:
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
         return written
+
+    async def history(self, table: str, aor: str, since: float, limit: int) -> list[JournalRow]:
+        async with self._busy:
+            conn = self._require()
+            try:
+                rows = await conn.fetch(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE tbl = $1 AND aor = $2 "
+                                        "AND ts >= $3 ORDER BY ts DESC, id DESC LIMIT $4", table, aor, since, limit)
+            except Exception as exc:
+                raise await self._failed(exc) from exc
+        return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]
+
+    async def prune_journal(self, before: float, max_rows: int, chunk: int) -> int:
+        async with self._busy:
+            conn = await self._writable()
+            try:
+                status = await conn.execute(_JOURNAL_PRUNE, before, max_rows, chunk)
+            except Exception as exc:
+                raise await self._failed(exc) from exc
+        return int(status.rpartition(" ")[2] or 0)
 
     async def sweeps(self) -> bool:
         async with self._busy:

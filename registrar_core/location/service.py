@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import events as ev
+from .. import journal
 from ..awaitable import awaited
 from ..events import EventBus
 from ..metrics import COMMIT_SECONDS_BUCKETS, COMMIT_SIZE_BUCKETS, Histogram
@@ -33,6 +34,7 @@ REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
 REMOVED_REMOTE = "remote"  # by another registrar sharing the store
+REMOVED_NODE_GONE = "node-gone"  # the registrar holding its flow is gone (shared store: node liveness)
 # Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, dict[str, Contact]] = {}
 _NO_BINDINGS: dict[str, Contact] = {}
@@ -50,14 +52,16 @@ class _Pending:
     removes: list[tuple[Contact, str]]
     batch: Batch | None  # policy and subscriber changes committed with it
     done: Done
+    note: str  # the journal's detail of its removals (who: an operator's unregister)
 
     def __init__(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]],
-                 batch: Batch | None, done: Done) -> None:
+                 batch: Batch | None, done: Done, note: str = "") -> None:
         self.table = table
         self.puts = puts
         self.removes = removes
         self.batch = batch
         self.done = done
+        self.note = note
 
 
 class KeyedLock:
@@ -115,6 +119,8 @@ class LocationService:
         clock: Callable[[], float] = time.time,
         expiry_interval: float = 1.0,
         probe_interval: float = 1.0,
+        journal_retention: float = journal.DEFAULT_RETENTION,
+        journal_max_rows: int = journal.DEFAULT_MAX_ROWS,
     ) -> None:
         self.store = store
         self.events = events
@@ -137,6 +143,13 @@ class LocationService:
         self.probe_interval = probe_interval
         self._error_logged = 0.0  # monotonic time of the last "still failing" log line
         self._tasks: list[asyncio.Task[None]] = []
+        # The contact journal's bounds, kept by the sweeper every prune_interval (journal.py).
+        self.journal_retention = journal_retention
+        self.journal_max_rows = journal_max_rows
+        self.prune_interval = journal.PRUNE_INTERVAL
+        self.prune_chunk = journal.PRUNE_CHUNK
+        self._next_prune = 0.0
+        self._prune_due = False
         # Subscriber changes another registrar committed, handed on (the Registrar API sets it:
         # subscribers are kept by auth.Subscribers, not here).
         self.on_subscribers: Callable[[Sequence[SubscriberChange], bool], None] | None = None
@@ -269,8 +282,10 @@ class LocationService:
         done: Done,
         *,
         memory_only: bool = False,
+        note: str = "",
     ) -> None:
-        """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason).
+        """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason);
+        ``note`` goes into the journal rows of the removals (who removed them).
 
         With a store, the change goes into the next group commit; once that is durable
         the change is applied in memory, published, and ``done(None)`` is called. When the
@@ -281,7 +296,7 @@ class LocationService:
             self._apply(table, puts, removes)
             done(None)
             return
-        self._pending.append(_Pending(table, puts, removes, None, done))
+        self._pending.append(_Pending(table, puts, removes, None, done, note))
         self._wake.set()
 
     async def apply(
@@ -291,9 +306,10 @@ class LocationService:
         removes: list[tuple[Contact, str]],
         *,
         memory_only: bool = False,
+        note: str = "",
     ) -> None:
         """:meth:`submit` for coroutines; raises StorageError when the commit fails."""
-        await self._settle(lambda done: self.submit(table, puts, removes, done, memory_only=memory_only))
+        await self._settle(lambda done: self.submit(table, puts, removes, done, memory_only=memory_only, note=note))
 
     def _apply(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]]) -> None:
         watch = self.watch
@@ -373,13 +389,16 @@ class LocationService:
             else:
                 await self._wake.wait()
             self._wake.clear()
+            if self._prune_due:  # here, so that it never runs inside a commit
+                self._prune_due = False
+                await self.prune_journal()
             pending, self._pending = self._pending, []
             if not pending or self.store is None:
                 continue
             try:
                 try:
                     began = time.perf_counter()
-                    await self.store.write(_merge(pending))
+                    await self.store.write(_merge(pending, self._tables, self.clock()))
                     self.commit_seconds.observe(time.perf_counter() - began)
                     self.commit_size.observe(len(pending))
                 except StorageError as exc:
@@ -420,7 +439,7 @@ class LocationService:
         assert self.store is not None
         for index, change in enumerate(pending):
             try:
-                await self.store.write(_merge([change]))
+                await self.store.write(_merge([change], self._tables, self.clock()))
             except StorageError as exc:
                 self.storage_errors += 1
                 if exc.bad_data:
@@ -469,6 +488,37 @@ class LocationService:
         while True:
             await asyncio.sleep(self._expiry_interval)
             await self.expire_now()
+            now = time.monotonic()
+            if self.store is not None and now >= self._next_prune:
+                self._next_prune = now + self.prune_interval
+                self._prune_due = True
+                self._wake.set()
+
+    # -- the contact journal (journal.py) -----------------------------------------------
+    async def history(self, table: str, aor: str, since: float = 0.0,
+                      limit: int = journal.HISTORY_LIMIT) -> list[journal.JournalRow]:
+        """The journal rows of ``aor`` from ``since`` on, oldest first (none without a store)."""
+        if self.store is None:
+            return []
+        return await self.store.history(table, aor, since, limit)
+
+    async def prune_journal(self) -> int:
+        """Keep the journal within its retention window and row cap: the sweeper's job (one
+        registrar of those sharing a store), a few bounded deletes per pass. Rows deleted."""
+        store = self.store
+        removed = 0
+        try:
+            if store is None or not await store.sweeps():
+                return 0
+            before = self.clock() - self.journal_retention
+            for _ in range(10):  # at most this many chunks a pass: the next pass goes on
+                count = await store.prune_journal(before, self.journal_max_rows, self.prune_chunk)
+                removed += count
+                if count < self.prune_chunk:
+                    break
+        except StorageError as exc:
+            log.debug("journal not pruned: %s", exc)  # the next commit or probe reports storage faults
+        return removed
 
     async def expire_now(self) -> int:
         """Remove every binding whose time is up; returns how many went."""
@@ -503,16 +553,37 @@ class LocationService:
         return count
 
 
-def _merge(changes: list[_Pending]) -> Batch:
-    """Collapse changes in order into one batch: the last change to each ruid wins."""
+def _journal_row(now: float, table: str, contact: Contact, event: str, detail: str) -> journal.JournalRow:
+    return (now, table, contact.aor, contact.ruid, event, contact.addr, contact.received, contact.modified, detail)
+
+
+def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contact]]], now: float) -> Batch:
+    """Collapse changes in order into one batch: the last change to each ruid wins. Each change
+    is journaled: a removal with its reason, a new binding, a refresh only when it changed
+    something beside its expiry and CSeq (``tables``: memory before the batch)."""
     final: dict[str, tuple[str, Contact] | None] = {}
     merged = Batch()
+    rows = merged.journal
     for change in changes:
         table = change.table
-        for contact, _ in change.removes:
+        for contact, reason in change.removes:
             final[contact.ruid] = None
-        for contact, _ in change.puts:
+            note = change.note
+            if not note and change.puts and (reason == REMOVED_REPLACED or reason == REMOVED_EVICTED):
+                note = "for " + change.puts[0][0].addr  # the binding that took its place
+            rows.append(_journal_row(now, table, contact, reason, note))
+        for contact, is_new in change.puts:
             final[contact.ruid] = (table, contact)
+            if is_new:
+                rows.append(_journal_row(now, table, contact, journal.REGISTERED,
+                                         f"expires in {contact.expires - now:.0f} s"))
+                continue
+            old = tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS).get(contact.ruid)
+            # Compared here (compiled), not in journal.changed: this runs for every refresh.
+            if old is not None and (old.addr != contact.addr or old.received != contact.received
+                                    or old.socket != contact.socket or old.path != contact.path
+                                    or old.user_agent != contact.user_agent):
+                rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
         if change.batch is not None:  # policies and subscribers only (see commit())
             merged.policies += change.batch.policies
             merged.subscribers += change.batch.subscribers

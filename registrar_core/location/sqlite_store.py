@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 if TYPE_CHECKING:
     from ..dblock import DatabaseLock
 
-SCHEMA_VERSION = 2  # 1: contacts, policies; 2: subscribers
+SCHEMA_VERSION = 3  # 1: contacts, policies; 2: subscribers; 3: journal
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
     ruid TEXT PRIMARY KEY,
@@ -48,7 +49,30 @@ CREATE TABLE IF NOT EXISTS contacts (
     modified REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    tbl TEXT NOT NULL,
+    aor TEXT NOT NULL,
+    ruid TEXT NOT NULL,
+    event TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    received TEXT NOT NULL,
+    last_register REAL NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_aor ON journal (tbl, aor, ts);
 """ + POLICY_AND_SUBSCRIBER_TABLES
+# Bindings that expired while no registrar ran: journaled by the load that deletes them.
+_JOURNAL_EXPIRED = (f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT ?, tbl, aor, ruid, 'expired', addr, received, "
+                    "modified, 'found expired at start' FROM contacts WHERE expires <= ?")
+# The oldest rows, up to the first one both young enough and within the row cap, at most a
+# chunk of them. Rows are found by id (the order they were written in): no index on ts alone
+# is needed, and the scan for the age limit stops at the first row young enough.
+_JOURNAL_PRUNE = """DELETE FROM journal WHERE id < min(max(
+    coalesce((SELECT id FROM journal WHERE ts >= :before ORDER BY id LIMIT 1), (SELECT max(id) + 1 FROM journal)),
+    (SELECT max(id) FROM journal) - :max_rows + 1),
+    (SELECT min(id) FROM journal) + :chunk)"""
 _COLUMNS = (
     "ruid, tbl, aor, addr, params, expires, q, callid, cseq, path, received, socket, "
     "user_agent, methods, flags, cflags, instance, regid, modified"
@@ -83,6 +107,12 @@ def _chunks(count: int, largest: int = MAX_CHUNK) -> list[tuple[int, int]]:
 @functools.cache  # rows <= MAX_CHUNK
 def _upsert_sql(rows: int) -> str:
     return f"INSERT INTO contacts ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
+
+
+@functools.cache  # rows <= MAX_CHUNK
+def _journal_sql(rows: int) -> str:
+    """Journal rows in multi-row statements, as the upserts (executemany steps once per row)."""
+    return f"INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
 
 
 @functools.cache  # rows <= MAX_CHUNK
@@ -298,7 +328,15 @@ class SqliteStore:
         """Drop expired rows, then return every stored binding."""
         db = self._require()
         now = time.time() if now is None else now
-        await db.execute("DELETE FROM contacts WHERE expires <= ?", (now,))
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(_JOURNAL_EXPIRED, (now, now))
+            await db.execute("DELETE FROM contacts WHERE expires <= ?", (now,))
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
         async with db.execute(f"SELECT {_COLUMNS} FROM contacts ORDER BY modified") as cur:
             rows = await cur.fetchall()
         out = []
@@ -328,7 +366,8 @@ class SqliteStore:
         db = await self._writable()
         try:
             puts = batch.puts
-            if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
+            if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers
+                                                   or batch.journal):
                 # The usual group commit: one statement, its own transaction. One round trip
                 # to the database thread, not one each for BEGIN, the rows and COMMIT: each
                 # waits for a busy event loop to take its result (about a loop iteration).
@@ -350,6 +389,9 @@ class SqliteStore:
             puts = batch.puts
             for start, size in _chunks(len(puts)):
                 await db.execute(_upsert_sql(size), _values(puts[start:start + size]))
+            journal = batch.journal
+            for start, size in _chunks(len(journal)):
+                await db.execute(_journal_sql(size), [v for row in journal[start:start + size] for v in row])
             if batch.policies:
                 await self._write_policies(db, batch.policies)
             for username, domain, ha1s in batch.subscribers:
@@ -364,6 +406,24 @@ class SqliteStore:
             if db.in_transaction:
                 await db.execute("ROLLBACK")
             raise
+
+    async def history(self, table: str, aor: str, since: float, limit: int) -> list[JournalRow]:
+        db = self._require()
+        try:
+            async with db.execute(f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE tbl = ? AND aor = ? AND ts >= ? "
+                                  "ORDER BY ts DESC, id DESC LIMIT ?", (table, aor, since, limit)) as cur:
+                rows = list(await cur.fetchall())
+        except Exception as exc:
+            raise StorageError(str(exc) or type(exc).__name__) from exc
+        return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]
+
+    async def prune_journal(self, before: float, max_rows: int, chunk: int) -> int:
+        db = await self._writable()
+        try:
+            cur = await db.execute(_JOURNAL_PRUNE, {"before": before, "max_rows": max_rows, "chunk": chunk})
+            return cur.rowcount
+        except Exception as exc:
+            raise await self._failed(db, exc) from exc
 
     async def probe(self) -> None:
         """One real write that changes nothing (a page goes to the WAL): is storage usable?"""

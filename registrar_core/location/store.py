@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Protocol
 
+from ..journal import JournalRow
 from .contact import Contact
 
 
@@ -56,12 +57,14 @@ SubscriberChange = tuple[str, str, tuple[str, str, str] | None]
 
 @dataclass
 class Batch:
-    """Changes committed together: contacts to write, contacts to delete, policy values."""
+    """Changes committed together: contacts to write, contacts to delete, policy values, and
+    the journal rows saying why (written in the same transaction: no round trip of their own)."""
 
     puts: list[tuple[str, Contact]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     policies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     subscribers: list[SubscriberChange] = field(default_factory=list)
+    journal: list[JournalRow] = field(default_factory=list)
 
 
 class Feed(Protocol):
@@ -123,6 +126,14 @@ class Store(Protocol):
         Deletes come before puts; a put replaces the binding with the same ruid. A value
         the database cannot hold fails with ``bad_data=True`` and leaves the store usable.
         """
+
+    async def history(self, table: str, aor: str, since: float, limit: int) -> list[JournalRow]:
+        """The journal rows of ``aor`` from ``since`` on, oldest first (at most the newest
+        ``limit``). Off the request path: the control socket and the console ask."""
+
+    async def prune_journal(self, before: float, max_rows: int, chunk: int) -> int:
+        """Delete journal rows older than ``before`` or beyond the newest ``max_rows``, at
+        most ``chunk`` in one statement (the oldest first); how many went."""
 
     async def probe(self) -> None:
         """One real write that changes nothing: raises while storage is unusable.
