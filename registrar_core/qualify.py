@@ -160,10 +160,11 @@ class QualifyService:
         return {ruid: self._status(e) for ruid, e in self._entries.items()}
 
     def history(self, ruid: str) -> dict[str, Any]:
-        """The contact's last RTTs and state changes, and whether it is flapping
-        (:meth:`registrar_core.reachability.Reachability.history`)."""
+        """The contact's last RTTs and state changes, whether it is flapping
+        (:meth:`registrar_core.reachability.Reachability.history`) and by which rule."""
         entry = self._entries.get(ruid) or Reachability()
-        return entry.history(self.core.location.clock(), self.flap_changes, self.flap_window)
+        return {**entry.history(self.core.location.clock(), self.flap_changes, self.flap_window),
+                "flap_changes": self.flap_changes, "flap_window": self.flap_window}
 
     def annotate(self, contact: dict[str, Any]) -> dict[str, Any]:
         """Add "state", "rtt_ms", "last_checked", "failures" and "flapping" to a contact dict (by its ruid)."""

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from textual.widgets import Sparkline
 from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
 from console.app import SipConsole, attached, embedded
@@ -25,7 +26,7 @@ from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.events import OPERATOR_ACTION
 
-from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
+from .sipclient import Device, TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
 
 SIZE = (140, 40)
 
@@ -364,6 +365,34 @@ async def test_enter_toggles_the_contact_detail(server):
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
     phone.close()
+
+
+async def test_contact_detail_draws_the_rtt_sparkline_and_marks_flapping(make_server):
+    srv = await make_server(qualify_interval=0.3, qualify_timeout=0.3, qualify_flap_changes=2,
+                            qualify_flap_window=600)
+    device = await Device.open(200)
+    aor = next_aor("wobbly")
+    await device.register(server_address(srv), aor)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("tab", "enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ContactDetailScreen))
+        spark = pilot.app.screen.query_one("#rtt-spark", Sparkline)
+        await until(pilot, lambda: len(spark.data or ()) >= 2, timeout=10)
+        assert all(0 < v < 500 for v in spark.data) and spark.display
+        flapping = pilot.app.screen.query_one("#reach-flapping")
+        assert not flapping.display
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "Reachability" in shown and "RTT" in shown and "FLAPPING" not in shown
+        device.status = None  # stops answering, then answers again: two changes
+        await until(pilot, lambda: main.contacts.cursor_contact["state"] == "unreachable", timeout=10)
+        device.status = 200
+        await until(pilot, lambda: flapping.display, timeout=10)
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "FLAPPING: 2 or more reachable/unreachable changes within 10m00s" in shown
+        assert "2 state changes, last reachable" in shown
+    device.close()
 
 
 async def test_help_and_command_palette(server):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
@@ -15,6 +16,7 @@ from textual.widgets import Static
 from ..actions import bindings
 from ..format import countdown, duration, wall_time
 from ..widgets.footer import KeyBar
+from ..widgets.reachability import ReachabilityPanel
 
 Contact = dict[str, Any]
 
@@ -71,7 +73,8 @@ class ContactDetailScreen(Screen[bool]):
     BINDINGS = bindings("detail")
 
     def __init__(self, contact: Contact, current: Callable[[str], Contact | None],
-                 clock: Callable[[], float], position: str, read_only: bool) -> None:
+                 clock: Callable[[], float], position: str, read_only: bool,
+                 shown: Callable[[Contact], Awaitable[Contact | None]] | None = None) -> None:
         super().__init__()
         self.read_only = read_only
         self.contact = contact
@@ -79,6 +82,7 @@ class ContactDetailScreen(Screen[bool]):
         self.clock = clock
         self.position = position
         self.gone = False
+        self.shown = shown  # the contact as `show` gives it (with its reachability history)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail") as scroll:
@@ -87,11 +91,21 @@ class ContactDetailScreen(Screen[bool]):
         binding = Static(id="binding")
         binding.border_title = "As the registrar returns it in a 200 OK to REGISTER"
         yield binding
+        yield ReachabilityPanel(id="reachability")
         yield KeyBar()
 
     def on_mount(self) -> None:
         self.redraw()
         self.set_interval(1, self.redraw)
+        self.reachability()
+        self.set_interval(2, self.reachability)
+
+    @work(exclusive=True, group="reachability", exit_on_error=False)
+    async def reachability(self) -> None:
+        """Ask the registrar for the contact's reachability history (qualify keeps it, not the feed)."""
+        latest = await self.shown(self.contact) if self.shown is not None and not self.gone else None
+        panel = self.query_one("#reachability", ReachabilityPanel)
+        panel.show(latest or self.contact, (latest or {}).get("history"))
 
     def redraw(self) -> None:
         latest = self.current(self.contact["ruid"])

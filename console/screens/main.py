@@ -484,8 +484,17 @@ class MainScreen(Screen[None]):
         if contact is None:
             return
         position = f"{self.contacts.cursor + 1}/{len(self.contacts.contacts)}"
-        detail = ContactDetailScreen(contact, self.contacts.contact, self.clock, position, self.read_only)
+        detail = ContactDetailScreen(contact, self.contacts.contact, self.clock, position, self.read_only,
+                                     self._shown_contact)
         self.app.push_screen(detail, self._detail_closed)
+
+    async def _shown_contact(self, contact: Contact) -> Contact | None:
+        """The contact as ``show`` gives it now (reachability history included); None: gone or unreachable registrar."""
+        try:
+            shown = await self.client.call("show", aor=contact["aor"])
+        except (RpcError, ConnectionError):
+            return None
+        return next((c for c in shown["contacts"] if c["ruid"] == contact["ruid"]), None)
 
     def _detail_closed(self, unregister: bool | None) -> None:
         if unregister:
