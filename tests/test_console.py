@@ -188,17 +188,17 @@ async def test_single_contact_toggle_governs_the_next_register(server):
     aor, other = next_aor("erin"), next_aor("frank")
     first, second, third, fourth = await phones(server, 4)
     await first.register(aor)
-    await second.register(aor)
     await fourth.register(other)
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
         await highlight(pilot, main, aor)
-        await pilot.press("s")
+        await pilot.press("s")  # one contact: nothing to remove, so no question
         await until(pilot, lambda: server.core.single_contact(aor))
         assert not server.core.single_contact()  # only this AOR
         await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("single", "accent"))
         assert "single-contact on (AOR override)" in str(main.contacts.border_title)
-        # The next REGISTER of the AOR replaces its bindings.
+        # The next REGISTERs of the AOR replace its bindings.
+        assert (await second.register(aor)).status == 200
         assert (await third.register(aor)).status == 200
         profile = server.core.fetch_contacts(aor)
         assert profile.count == 1 and profile[0].received.endswith(f":{third.local[1]}")
@@ -218,6 +218,48 @@ async def test_single_contact_toggle_governs_the_next_register(server):
         await until(pilot, lambda: server.core.single_contact_overrides() == {})
         await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("single", "dim"))
     for p in (first, second, third, fourth):
+        p.close()
+
+
+async def test_single_contact_confirmation_previews_what_goes(server):
+    aor, other = next_aor("hank"), next_aor("iris")
+    old, older, newest, other_old, other_new = await phones(server, 5)
+    for phone, who in ((older, aor), (old, aor), (newest, aor), (other_old, other), (other_new, other)):
+        assert (await phone.register(who)).status == 200
+
+    def ruid_of(phone: UdpPhone, who: str) -> str:
+        return next(c.ruid for c in server.core.fetch_contacts(who) if c.received.endswith(f":{phone.local[1]}"))
+
+    ruid = {"old": ruid_of(old, aor), "older": ruid_of(older, aor), "newest": ruid_of(newest, aor),
+            "other_old": ruid_of(other_old, other), "other_new": ruid_of(other_new, other)}
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "would remove 2 contacts of 1 AOR" in shown
+        assert ruid["old"] in shown and ruid["older"] in shown and ruid["newest"] not in shown
+        await pilot.press("n")  # no: nothing changes
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+        assert not server.core.single_contact(aor) and server.core.fetch_contacts(aor).count == 3
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: server.core.fetch_contacts(aor).count == 1)
+        assert server.core.single_contact(aor) and server.core.fetch_contacts(aor)[0].ruid == ruid["newest"]
+        await until(pilot, lambda: any("removed 2 contacts of 1 AOR" in m for m in notifications(pilot.app)))
+        await until(pilot, lambda: main.registry.rows[aor].count == 1)
+        # Globally: the other AOR's older contact, with its AOR named.
+        await pilot.press("S")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "every AOR without an override: would remove 1 contact of 1 AOR" in shown
+        assert ruid["other_old"] in shown and other in shown and ruid["other_new"] not in shown
+        await pilot.press("y")
+        await until(pilot, lambda: server.core.fetch_contacts(other).count == 1)
+        assert server.core.single_contact() and server.core.fetch_contacts(other)[0].ruid == ruid["other_new"]
+    for p in (old, older, newest, other_old, other_new):
         p.close()
 
 

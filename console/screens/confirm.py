@@ -18,19 +18,23 @@ from ..actions import bindings
 from ..format import countdown
 
 
-def contact_list(contacts: Sequence[dict[str, Any]], now: float, limit: int = 8) -> Table:
-    """The contacts an unregister would remove, one aligned row each, named down to the ruid."""
+def contact_list(contacts: Sequence[dict[str, Any]], now: float, limit: int = 8, *, with_aor: bool = False) -> Table:
+    """The contacts an unregister or a policy trim would remove, one aligned row each, named
+    down to the ruid (``with_aor``: their AORs too, when they are of several)."""
     table = Table(box=None, padding=(0, 1), expand=True, header_style="bold")
+    if with_aor:
+        table.add_column("AOR", ratio=2, no_wrap=True, overflow="ellipsis")
     table.add_column("Contact", ratio=3, no_wrap=True, overflow="ellipsis")
     table.add_column("User agent", ratio=2, no_wrap=True, overflow="ellipsis")
     table.add_column("Received", no_wrap=True)
     table.add_column("Expires", justify="right", no_wrap=True)
     table.add_column("ruid", no_wrap=True, style="dim")
     for c in contacts[:limit]:
-        table.add_row(Text(c["addr"], style="bold"), c["user_agent"], c["received"],
-                      countdown(c["expires_at"], now)[0], c["ruid"])
+        table.add_row(*([c["aor"]] if with_aor else []), Text(c["addr"], style="bold"), c["user_agent"],
+                      c["received"], countdown(c["expires_at"], now)[0], c["ruid"])
     if len(contacts) > limit:
-        table.add_row(Text(f"… and {len(contacts) - limit} more", style="italic"), "", "", "", "")
+        more = Text(f"… and {len(contacts) - limit} more", style="italic")
+        table.add_row(*([""] if with_aor else []), more, "", "", "", "")
     return table
 
 
