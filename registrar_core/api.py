@@ -244,13 +244,13 @@ class RegistrarCore:
         return {aor: int(v) for (t, aor), v in self.location.policies(POLICY_MAX_CONTACTS).items()
                 if t == table and aor != GLOBAL}
 
-    def policy_preview(self, name: str, value: str | None, aor: str | None = None, *,
-                       table: str = DEFAULT_TABLE) -> dict[str, list[Contact]]:
+    async def policy_preview(self, name: str, value: str | None, aor: str | None = None, *,
+                             table: str = DEFAULT_TABLE) -> dict[str, list[Contact]]:
         """{AOR: the contacts it would lose} if policy ``name`` (``max_contacts``: "N";
         ``single_contact``: "on"/"off"; None: inherit) were set for ``aor`` (None: globally)
         and trimmed: max-contacts the ones closest to expiry first, single-contact all but the
         newest. Changes nothing."""
-        return preview(self.location, self.registrar, table, name, value, normalise_aor(aor) if aor else None)
+        return await preview(self.location, self.registrar, table, name, value, normalise_aor(aor) if aor else None)
 
     async def _set_trimmed(self, name: str, value: str | None, aor: str | None, table: str, trim_now: bool,
                            actor: Actor | None) -> list[Contact]:
@@ -261,7 +261,7 @@ class RegistrarCore:
             await self.location.set_policy(table, key, name, value)
             if not trim_now:
                 return []
-            over = preview(self.location, self.registrar, table, name, value, key or None)
+            over = await preview(self.location, self.registrar, table, name, value, key or None)
             removed = await trim(self.location, self.registrar, table, name, list(over))
             outcome["removed"] = len(removed)
             return removed

@@ -228,7 +228,7 @@ class Methods:
         if trim:
             result["removed"] = [c.to_dict(now) for c in removed]
         else:
-            over = self.core.policy_preview(name, _stored(value), aor, table=table)
+            over = await self.core.policy_preview(name, _stored(value), aor, table=table)
             result["over"] = {"aors": len(over), "contacts": sum(len(c) for c in over.values())}
         return result
 
@@ -242,7 +242,7 @@ class Methods:
             value = _limit(value)
         elif name != "single_contact" or not (value is None or isinstance(value, bool)):
             raise RpcError(INVALID_PARAMS, "a preview is of max_contacts (a number) or single_contact (true/false)")
-        over = self.core.policy_preview(name, _stored(value), aor, table=table)
+        over = await self.core.policy_preview(name, _stored(value), aor, table=table)
         now = self.core.now()
         return {"name": name, "value": value, "aor": aor, "table": table,
                 "count": sum(len(c) for c in over.values()),
