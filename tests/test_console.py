@@ -434,6 +434,8 @@ async def test_contact_detail_draws_the_rtt_sparkline_and_marks_flapping(make_se
         shown = pilot.app.export_screenshot().replace("&#160;", " ")
         assert "FLAPPING: 2 or more reachable/unreachable changes within 10m00s" in shown
         assert "2 state changes, last reachable" in shown
+        # The contacts table marks it too (from the contact.reachability event).
+        await until(pilot, lambda: main.contacts.row_cells(main.contacts.cursor)[1] == ("reachable ↯", "warn"))
     device.close()
 
 

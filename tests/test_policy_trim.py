@@ -8,7 +8,8 @@ import asyncio
 
 from registrar_core.control import ControlClient, RpcError
 
-from .sipclient import UdpPhone, register_bytes
+from .processes import ServeProcess
+from .sipclient import UdpPhone, free_port, register_bytes
 
 
 async def bind(serve, aor: str, device: str, expires: int, port: int = 0) -> int:
@@ -184,3 +185,26 @@ async def test_bad_max_contacts_values_over_the_control_socket(serve_process):
                            "count": 0, "aors": []}
     finally:
         await client.close()
+
+
+async def test_max_contacts_policy_set_on_one_node_applies_on_another_sharing_the_database(pg_dsn, short_dir):
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            node = ServeProcess(short_dir, free_port(), "-" + name)
+            node.db = pg_dsn  # type: ignore[assignment]  # the command line takes str(db)
+            nodes.append(node.start())
+        a, b = nodes
+        for name in ("d1", "d2"):
+            assert await bind(b, "judy@example.com", name, 600) == 200
+        code, result = await ctl(a, "policy", "max-contacts", "1", "--aor", "judy@example.com", "--dry-run")
+        assert code == 0 and [device(c) for c in result["aors"][0]["contacts"]] == ["d1"]
+        assert (await ctl(a, "policy", "max-contacts", "1", "--aor", "judy@example.com"))[0] == 0
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await ctl(b, "policy", "show"))[1]["max_contacts_overrides"] != {"judy@example.com": 1}:
+            assert asyncio.get_running_loop().time() < deadline, "node b never saw the policy"
+            await asyncio.sleep(0.1)
+        assert await bind(b, "judy@example.com", "d3", 600) == 503
+    finally:
+        for node in nodes:
+            node.stop()

@@ -21,7 +21,7 @@ from registrar_core.resolver import Resolver
 from registrar_core.sip import Request, build_response, parse_message
 
 from .dnsserver import DnsServer
-from .processes import SCENARIOS
+from .processes import SCENARIOS, run_cli
 from .sipclient import Device, TcpPhone, UdpPhone, free_port, next_aor, register_bytes, server_address
 
 
@@ -485,3 +485,12 @@ async def test_device_that_stops_and_starts_answering_is_flapping(make_server, t
     assert "reachable FLAPPING" in done.stdout
     sub.close()
     device.close()
+
+
+def test_bad_flap_settings_are_refused_in_one_line():
+    for args, problem in ((["--qualify-flap-changes", "1"], "qualify-flap-changes must be 2 to 32"),
+                          (["--qualify-flap-changes", "33"], "qualify-flap-changes must be 2 to 32"),
+                          (["--qualify-flap-window", "0"], "qualify-flap-window must be positive")):
+        done = run_cli("serve", *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
