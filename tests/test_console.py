@@ -243,6 +243,14 @@ async def test_single_contact_confirmation_previews_what_goes(server):
         await pilot.press("n")  # no: nothing changes
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
         assert not server.core.single_contact(aor) and server.core.fetch_contacts(aor).count == 3
+        # o: switched on, nothing removed now (as Kamailio: the next REGISTER replaces them).
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("o")
+        await until(pilot, lambda: server.core.single_contact(aor))
+        assert server.core.fetch_contacts(aor).count == 3
+        await pilot.press("s")  # off again: nothing to ask
+        await until(pilot, lambda: not server.core.single_contact(aor))
         await pilot.press("s")
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
         await pilot.press("y")

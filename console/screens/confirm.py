@@ -18,6 +18,9 @@ from ..actions import bindings
 from ..format import countdown
 
 
+ALTERNATIVE = "alternative"  # what a ConfirmScreen's third button answers
+
+
 def contact_list(contacts: Sequence[dict[str, Any]], now: float, limit: int = 8, *, with_aor: bool = False) -> Table:
     """The contacts an unregister or a policy trim would remove, one aligned row each, named
     down to the ruid (``with_aor``: their AORs too, when they are of several)."""
@@ -38,16 +41,19 @@ def contact_list(contacts: Sequence[dict[str, Any]], now: float, limit: int = 8,
     return table
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """Dismissed with True on ``y`` (or the red button), False on ``n``/Esc; Cancel has the focus."""
+class ConfirmScreen(ModalScreen[bool | str]):
+    """Dismissed with True on ``y`` (or the red button), False on ``n``/Esc; Cancel has the focus.
+    With ``alternative`` (a label), a third button and ``o`` dismiss it with ``ALTERNATIVE``:
+    a milder way to do it (switch a policy on without removing anything now)."""
 
     BINDINGS = bindings("confirm")
 
-    def __init__(self, title: str, body: RenderableType, confirm: str) -> None:
+    def __init__(self, title: str, body: RenderableType, confirm: str, alternative: str | None = None) -> None:
         super().__init__()
         self.title_text = title
         self.body = body
         self.confirm = confirm
+        self.alternative = alternative
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -55,6 +61,8 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Static(self.body, id="details")
             with Horizontal(id="buttons"):
                 yield Button(f"{self.confirm} (y)", variant="error", id="yes", compact=True)
+                if self.alternative:
+                    yield Button(f"{self.alternative} (o)", variant="warning", id="alternative", compact=True)
                 yield Button("Cancel (n)", id="no", compact=True)
 
     def on_mount(self) -> None:
@@ -62,7 +70,13 @@ class ConfirmScreen(ModalScreen[bool]):
 
     @on(Button.Pressed)
     def pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
+        self.dismiss(ALTERNATIVE if event.button.id == "alternative" else event.button.id == "yes")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return bool(self.alternative) if action == "alternative" else True
+
+    def action_alternative(self) -> None:
+        self.dismiss(ALTERNATIVE)

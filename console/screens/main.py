@@ -36,7 +36,7 @@ from ..widgets.footer import KeyBar
 from ..widgets.status_bar import StatusBar
 from ..widgets.traffic_log import TrafficLog, operator_request
 from ..widgets.virtual_table import VirtualTable
-from .confirm import ConfirmScreen, contact_list
+from .confirm import ALTERNATIVE, ConfirmScreen, contact_list
 from .detail import ContactDetailScreen
 from .subscribers import SubscribersScreen, problem
 
@@ -608,11 +608,14 @@ class MainScreen(Screen[None]):
         contacts = [c for entry in preview["aors"] for c in entry["contacts"]]
         where = escape(aor) if aor else "every AOR without an override"
         question = ConfirmScreen(
-            f"Single-contact on for {where}: would remove {_contacts_of(contacts)}, keeping the newest binding of each?",
-            contact_list(contacts, self.clock(), LISTED_CONTACTS, with_aor=aor is None), f"Switch on, remove {len(contacts)}")
-        if not await self.app.push_screen_wait(question):
+            f"Single-contact on for {where}: would remove {_contacts_of(contacts)}, keeping "
+            f"{'its newest binding' if aor else 'the newest binding of each'}?",
+            contact_list(contacts, self.clock(), LISTED_CONTACTS, with_aor=aor is None),
+            f"Switch on, remove {len(contacts)}", "Switch on, remove nothing now")
+        answer = await self.app.push_screen_wait(question)
+        if not answer:
             return None
-        return await self._set_policy(value, aor, trim=True)
+        return await self._set_policy(value, aor, trim=answer != ALTERNATIVE)
 
     @work(exclusive=True, group="change", exit_on_error=False)
     async def action_toggle_caller_check(self) -> None:
