@@ -385,7 +385,7 @@ def render(method: str, result: Any) -> str:
         elif result.get("over", {}).get("contacts"):
             over = result["over"]
             lines.append(f"{over['aors']} AOR{'s' * (over['aors'] != 1)} over the policy by {over['contacts']} "
-                         "contact(s): they stay until they expire or unregister (as Kamailio); "
+                         "contact(s), left as they are for now (as Kamailio): "
                          "--dry-run lists them, --trim removes them")
         return "\n".join(lines)
     # register_rate (REGISTERs per second, the last 120 s) is the console's sparkline: JSON only.
