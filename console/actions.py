@@ -118,6 +118,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("escape,w", "close", "Back", "Back to the main screen", "Watchers", "watchers", footer=True),
     Action("escape", "cancel", "Cancel", "Close the form without changing anything", "Form", "form"),
     Action("y", "answer(True)", "Yes", "Confirm", "Confirm", "confirm", footer=True),
+    Action("o", "alternative", "Other", "The milder choice, where offered (e.g. switch on, remove nothing now)",
+           "Confirm", "confirm", footer=True),
     Action("n,escape", "answer(False)", "No", "Cancel", "Confirm", "confirm", footer=True),
     Action("escape,q,question_mark,f1", "close", "Close", "Close the help", "Help", "help", footer=True),
 )

@@ -6,9 +6,9 @@ UDP sockets, each from its own loopback address (varied user agents, q values, s
 contacts per AOR, a Path, an outbound instance), answering the digest challenges; then
 some keepalives and calls, a phone with a wrong password, a scanner and a flood that
 gets its address banned. Saves SVGs of the main screen (also at 80x24), a contact's detail,
-the confirmation modal, the help, the subscribers screen and its add form, and (after alice's
-mobile signs off and her desk phone's firmware changes under single-contact) alice's history
-into ``screenshots/``.
+the confirmation modals (unregister, single-contact with its preview), the help, the subscribers
+screen and its add form, and (after alice's mobile signs off and her desk phone's firmware changes
+under single-contact) alice's history into ``screenshots/``.
 """
 
 from __future__ import annotations
@@ -292,7 +292,10 @@ async def render(out: Path) -> list[Path]:
                 await settle(app, pilot)
                 main = app.main
                 main.aors.move_cursor(main.registry.position(f"alice@{DOMAIN}") or 0)
-                await pilot.press("s")  # an AOR override, shown in the Policy column
+                await pilot.press("s")  # single-contact on for alice: it asks, showing what a trim removes
+                await settle(app, pilot)
+                save("confirm-single-contact")
+                await pilot.press("o")  # on, nothing removed now: an AOR override, shown in the Policy column
                 await settle(app, pilot)
                 app.clear_notifications()  # the toasts would hide the traffic
                 await pilot.pause(0.1)

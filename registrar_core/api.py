@@ -40,10 +40,11 @@ from .location import DEFAULT_TABLE, Contact, LocationService, store_for
 from .location.service import REMOVED_ADMIN
 from .location.store import SubscriberChange
 from .pipeline import Pipeline, reply_address
+from .policy_trim import preview, trim
 from .qualify import QualifyService
 from .redirect import IN_DIALOG, REDIRECTED, RedirectServer
 from .reg_notifier import RegEvents
-from .registrar import GLOBAL, POLICY_SINGLE_CONTACT, Registrar
+from .registrar import GLOBAL, POLICY_MAX_CONTACTS, POLICY_SINGLE_CONTACT, Registrar
 from .security import IpGuard
 from .sip import Request, Response, SipURI
 from .source import Source
@@ -243,17 +244,60 @@ class RegistrarCore:
         return self.registrar.single_contact(table, normalise_aor(aor) if aor else GLOBAL)
 
     async def set_single_contact(self, on: bool | None, aor: str | None = None, *,
-                                 table: str = DEFAULT_TABLE, actor: Actor | None = None) -> None:
-        """Switch single-contact globally, or for one AOR (None drops the AOR's override). Audited."""
-        key = normalise_aor(aor) if aor else GLOBAL
+                                 table: str = DEFAULT_TABLE, trim: bool = False,
+                                 actor: Actor | None = None) -> list[Contact]:
+        """Switch single-contact globally, or for one AOR (None drops the AOR's override). New
+        REGISTERs obey it; with ``trim`` the AORs it now covers keep only their newest binding
+        (the others removed now, reason replaced). Returns what went. Audited."""
         value = None if on is None else ("on" if on else "off")
-        with audited(self.events, actor, "policy.single-contact", key or "global", value=value or "inherit",
-                     table=_unless_default(table)):
-            await self.location.set_policy(table, key, POLICY_SINGLE_CONTACT, value)
+        return await self._set_trimmed(POLICY_SINGLE_CONTACT, value, aor, table, trim, actor)
 
     def single_contact_overrides(self, table: str = DEFAULT_TABLE) -> dict[str, bool]:
         return {aor: v == "on" for (t, aor), v in self.location.policies(POLICY_SINGLE_CONTACT).items()
                 if t == table and aor != GLOBAL}
+
+    def max_contacts(self, aor: str | None = None, *, table: str = DEFAULT_TABLE) -> int:
+        """The max-contacts limit in force for ``aor`` (or the table-wide one); 0 = none."""
+        return self.registrar.max_contacts(table, normalise_aor(aor) if aor else GLOBAL)
+
+    async def set_max_contacts(self, limit: int | None, aor: str | None = None, *,
+                               table: str = DEFAULT_TABLE, trim: bool = False,
+                               actor: Actor | None = None) -> list[Contact]:
+        """Set max-contacts globally or for one AOR (0: no limit; None: the AOR follows the
+        global limit, the global one the configured max-contacts again). New REGISTERs obey it,
+        existing bindings stay (as Kamailio) unless ``trim``: then those over it go now, closest
+        to expiry first (reason evicted). Stored with the policies: every node sharing the
+        database applies it. Returns what went. Audited."""
+        if limit is not None and limit < 0:
+            raise ValueError("max-contacts must be 0 (no limit) or more")
+        return await self._set_trimmed(POLICY_MAX_CONTACTS, None if limit is None else str(limit), aor, table,
+                                       trim, actor)
+
+    def max_contacts_overrides(self, table: str = DEFAULT_TABLE) -> dict[str, int]:
+        return {aor: int(v) for (t, aor), v in self.location.policies(POLICY_MAX_CONTACTS).items()
+                if t == table and aor != GLOBAL}
+
+    async def policy_preview(self, name: str, value: str | None, aor: str | None = None, *,
+                             table: str = DEFAULT_TABLE) -> dict[str, list[Contact]]:
+        """{AOR: the contacts it would lose} if policy ``name`` (``max_contacts``: "N";
+        ``single_contact``: "on"/"off"; None: inherit) were set for ``aor`` (None: globally)
+        and trimmed: max-contacts the ones closest to expiry first, single-contact all but the
+        newest. Changes nothing."""
+        return await preview(self.location, self.registrar, table, name, value, normalise_aor(aor) if aor else None)
+
+    async def _set_trimmed(self, name: str, value: str | None, aor: str | None, table: str, trim_now: bool,
+                           actor: Actor | None) -> list[Contact]:
+        key = normalise_aor(aor) if aor else GLOBAL
+        with audited(self.events, actor, "policy." + name.replace("_", "-"), key or "global",
+                     value=value or "inherit", trim=True if trim_now else None,
+                     table=_unless_default(table)) as outcome:
+            await self.location.set_policy(table, key, name, value)
+            if not trim_now:
+                return []
+            over = await preview(self.location, self.registrar, table, name, value, key or None)
+            removed = await trim(self.location, self.registrar, table, name, list(over))
+            outcome["removed"] = len(removed)
+            return removed
 
     @property
     def caller_check(self) -> bool:
@@ -335,9 +379,13 @@ class RegistrarCore:
         """The core's clock (what contacts' expiry is measured against)."""
         return self.location.clock()
 
-    def reachability(self, contact: dict[str, Any]) -> dict[str, Any]:
-        """A contact dict with its qualify state, RTT, last check and failures added."""
-        return self.qualify.annotate(contact)
+    def reachability(self, contact: dict[str, Any], *, history: bool = False) -> dict[str, Any]:
+        """A contact dict with its qualify state, RTT, last check, failures and flapping added;
+        with ``history`` also "history": its last RTTs and state changes (QualifyService.history)."""
+        self.qualify.annotate(contact)
+        if history:
+            contact["history"] = self.qualify.history(str(contact.get("ruid")))
+        return contact
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         return self.events.subscribe(maxsize)

@@ -15,6 +15,7 @@ from typing import Any
 
 from .journal import DEFAULT_MAX_ROWS, DEFAULT_RETENTION, parse_duration
 from .location import is_postgres
+from .reachability import HISTORY
 from .resolver import parse_nameserver
 from .sip.limits import Limits
 from .source import format_address
@@ -134,6 +135,9 @@ class Config:
     qualify_interval: float = 0.0  # seconds between OPTIONS to each contact; 0 = off (Asterisk qualify_frequency)
     qualify_timeout: float = 3.0  # seconds to wait for the answer (Asterisk qualify_timeout)
     qualify_remove_after: int = 0  # remove a contact after N unanswered probes in a row; 0 = never
+    # Flapping: at least this many reachable/unreachable changes within the window (seconds).
+    qualify_flap_changes: int = 4
+    qualify_flap_window: float = 600.0
     dns_server: tuple[str, ...] = ()  # nameservers (IP or IP:PORT) for RFC 3263 lookups; none = resolv.conf
     tls_cert: str = ""  # PEM certificate chain of tls: and wss: listeners
     tls_key: str = ""  # PEM private key of that certificate
@@ -169,6 +173,10 @@ class Config:
             raise ConfigError("max-contacts-status must be 403 or 503")
         if self.qualify_timeout <= 0:
             raise ConfigError("qualify-timeout must be positive")
+        if not 2 <= self.qualify_flap_changes <= HISTORY:
+            raise ConfigError(f"qualify-flap-changes must be 2 to {HISTORY} (the state changes kept per contact)")
+        if self.qualify_flap_window <= 0:
+            raise ConfigError("qualify-flap-window must be positive (seconds)")
         for server in self.dns_server:
             try:
                 parse_nameserver(server)

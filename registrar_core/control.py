@@ -6,7 +6,9 @@ control server, ``sipconsole ctl`` and the console (embedded through
 
 Methods: ``dump {table}``, ``show {aor, table}``, ``history {aor, since, limit, table}``,
 ``unregister {aor, ruid, table}``,
-``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``,
+``policy.get {table}``, ``policy.set {name, value, aor, table, trim}``,
+``policy.preview {name, value, aor, table}`` (what a max_contacts or single_contact trim would
+remove), ``stats``,
 ``user.list``, ``user.add {user, password}``, ``user.passwd {user, password}``,
 ``user.remove {user}``, ``subscriptions {aor}`` (reg event watchers), and ``subscribe {actor}`` (actor "console" or "ctl", the default:
 the name the audit trail gives the connection), after which the server sends
@@ -175,7 +177,7 @@ class Methods:
             raise NotFound(f"{profile.aor} has no contacts in table {table}")
         data = profile.to_dict(self.core.now())
         for contact in data["contacts"]:
-            self.core.reachability(contact)
+            self.core.reachability(contact, history=True)
         return data
 
     async def rpc_history(self, aor: str, since: float = 0.0, limit: int = HISTORY_LIMIT,
@@ -208,26 +210,57 @@ class Methods:
         return {
             "single_contact": self.core.single_contact(table=table),
             "single_contact_overrides": self.core.single_contact_overrides(table),
+            "max_contacts": self.core.max_contacts(table=table),
+            "max_contacts_overrides": self.core.max_contacts_overrides(table),
             "caller_check": self.core.caller_check,
         }
 
-    async def rpc_policy_set(self, name: str, value: bool | None, aor: str | None = None,
-                             table: str = DEFAULT_TABLE) -> dict[str, Any]:
-        if value is not None and not isinstance(value, bool):
-            raise RpcError(INVALID_PARAMS, "policy value must be true, false or null")
+    async def rpc_policy_set(self, name: str, value: bool | int | None, aor: str | None = None,
+                             table: str = DEFAULT_TABLE, trim: bool = False) -> dict[str, Any]:
+        """Set a policy; for max_contacts and single_contact ``trim`` removes now what it leaves
+        over (``removed``), otherwise ``over`` counts the AORs and contacts it leaves over."""
         if aor is not None:
             aor = _valid_aor(aor)
-        if name == "single_contact":
+        if name == "max_contacts":
+            removed = await self.core.set_max_contacts(_limit(value), aor, table=table, trim=bool(trim),
+                                                       actor=self._who)
+        elif not (value is None or isinstance(value, bool)):
+            raise RpcError(INVALID_PARAMS, "policy value must be true, false or null")
+        elif name == "single_contact":
             if value is None and not aor:
                 raise RpcError(INVALID_PARAMS, "the global single-contact policy needs on or off")
-            await self.core.set_single_contact(value, aor, table=table, actor=self._who)
+            removed = await self.core.set_single_contact(value, aor, table=table, trim=bool(trim), actor=self._who)
         elif name == "caller_check":
-            if aor or value is None:
-                raise RpcError(INVALID_PARAMS, "caller_check is global and needs on or off")
+            if aor or value is None or trim:
+                raise RpcError(INVALID_PARAMS, "caller_check is global and needs on or off (nothing to trim)")
             await self.core.set_caller_check(value, actor=self._who)
+            return await self.rpc_policy_get(table)
         else:
             raise RpcError(INVALID_PARAMS, f"unknown policy {name!r}")
-        return await self.rpc_policy_get(table)
+        result = await self.rpc_policy_get(table)
+        now = self.core.now()
+        if trim:
+            result["removed"] = [c.to_dict(now) for c in removed]
+        else:
+            over = await self.core.policy_preview(name, _stored(value), aor, table=table)
+            result["over"] = {"aors": len(over), "contacts": sum(len(c) for c in over.values())}
+        return result
+
+    async def rpc_policy_preview(self, name: str, value: bool | int | None, aor: str | None = None,
+                                 table: str = DEFAULT_TABLE) -> dict[str, Any]:
+        """What ``policy.set`` with ``trim`` would remove ({"aors": [{"aor", "contacts"}]},
+        oldest first), changing nothing: ``ctl policy ... --dry-run``, the console's question."""
+        if aor is not None:
+            aor = _valid_aor(aor)
+        if name == "max_contacts":
+            value = _limit(value)
+        elif name != "single_contact" or not (value is None or isinstance(value, bool)):
+            raise RpcError(INVALID_PARAMS, "a preview is of max_contacts (a number) or single_contact (true/false)")
+        over = await self.core.policy_preview(name, _stored(value), aor, table=table)
+        now = self.core.now()
+        return {"name": name, "value": value, "aor": aor, "table": table,
+                "count": sum(len(c) for c in over.values()),
+                "aors": [{"aor": a, "contacts": [c.to_dict(now) for c in contacts]} for a, contacts in over.items()]}
 
     async def rpc_stats(self) -> dict[str, Any]:
         return self.core.snapshot_stats()
@@ -249,6 +282,22 @@ class Methods:
 
     async def rpc_user_remove(self, user: str) -> dict[str, Any]:
         return {"user": await self.core.remove_subscriber(user, actor=self._who)}
+
+
+def _limit(value: Any) -> int | None:
+    """A max-contacts value: a whole number >= 0, or null (inherit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RpcError(INVALID_PARAMS, "max_contacts must be a whole number >= 0 (0: no limit) or null (inherit)")
+    return value
+
+
+def _stored(value: bool | int | None) -> str | None:
+    """A policy value as the policies table keeps it ("on"/"off", "N")."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return None if value is None else str(value)
 
 
 async def _slices(items: list[Any], size: int) -> AsyncGenerator[list[Any], None]:

@@ -46,6 +46,11 @@ _EPILOG = """commands:
                                             newest REGISTER keeps the only binding
                                             (globally, or for one AOR; inherit drops
                                             the AOR's override)
+  policy max-contacts N|inherit [--aor AOR] at most N bindings per AOR (0: no limit; globally
+                                            or for one AOR); existing bindings stay
+  ... [--dry-run | --trim]                  (max-contacts, single-contact on) list what the
+                                            change leaves over (evicted oldest first, or all
+                                            but the newest), or set it and remove those now
   policy caller-check on|off                403 "Please register first" to unregistered callers
   policy show                               the policies in force
   stats                                     counters, like Kamailio's statistics
@@ -93,11 +98,14 @@ def add_ctl_parser(sub: argparse._SubParsersAction, options: Options) -> None:
     unreg.add_argument("aor", metavar="AOR")
     unreg.add_argument("--ruid", help="remove only this contact")
     unreg.add_argument("--table", default="location")
-    policy = command("policy", "show or switch single-contact and caller-check")
-    policy.add_argument("name", choices=["single-contact", "caller-check", "show"])
-    policy.add_argument("value", nargs="?", choices=["on", "off", "inherit"])
-    policy.add_argument("--aor", help="single-contact for this AOR only")
+    policy = command("policy", "show or switch single-contact, max-contacts and caller-check")
+    policy.add_argument("name", choices=["single-contact", "max-contacts", "caller-check", "show"])
+    policy.add_argument("value", nargs="?", help="on|off|inherit; for max-contacts a number or inherit")
+    policy.add_argument("--aor", help="single-contact or max-contacts for this AOR only")
     policy.add_argument("--table", default="location")
+    trim = policy.add_mutually_exclusive_group()
+    trim.add_argument("--dry-run", action="store_true", help="list what the change would remove; change nothing")
+    trim.add_argument("--trim", action="store_true", help="set it and remove now what it leaves over")
     command("stats", "counters (registered_users, accepted_regs, ...)")
     qual = command("qualify", "send OPTIONS now and print reachability (state, RTT)")
     qual.add_argument("aor", metavar="AOR", nargs="?")
@@ -138,19 +146,21 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["ruid"] = args.ruid
         return "qualify", params
     if args.name == "show":
-        if args.value is not None or args.aor:
-            raise ValueError("policy show takes no value and no --aor")
+        if args.value is not None or args.aor or args.dry_run or args.trim:
+            raise ValueError("policy show takes no value, --aor, --dry-run or --trim")
         return "policy.get", {"table": args.table}
-    if args.value is None:
-        raise ValueError(f"policy {args.name} needs on or off")
-    if args.name == "caller-check" and (args.aor or args.value == "inherit"):
-        raise ValueError("caller-check is global: on or off, without --aor")
-    if args.value == "inherit" and not args.aor:
+    if args.name == "caller-check" and (args.aor or args.value == "inherit" or args.dry_run or args.trim):
+        raise ValueError("caller-check is global: on or off, without --aor (it removes no contact)")
+    value = _policy_value(args.name, args.value)
+    if value is None and not args.aor and args.name != "max-contacts":
         raise ValueError("inherit needs --aor (the global policy is on or off)")
-    value = None if args.value == "inherit" else args.value == "on"
     params = {"name": args.name.replace("-", "_"), "value": value, "table": args.table}
     if args.aor:
         params["aor"] = args.aor
+    if args.dry_run:
+        return "policy.preview", params
+    if args.trim:
+        params["trim"] = True
     return "policy.set", params
 
 
@@ -166,6 +176,17 @@ def since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise ValueError(f"--since {text!r} is neither ISO 8601 (2026-12-06T08:30) nor a duration ago "
                          "(1h, 2d)") from None
+def _policy_value(name: str, text: str | None) -> bool | int | None:
+    """on/off (True/False), a max-contacts number, or inherit (None)."""
+    if text == "inherit":
+        return None
+    if name == "max-contacts":
+        if text is None or not text.isdigit():
+            raise ValueError(f"max-contacts needs a number >= 0 (0: no limit) or inherit, not {text!r}")
+        return int(text)
+    if text not in ("on", "off"):
+        raise ValueError(f"policy {name} needs on, off or inherit" + (f", not {text!r}" if text else ""))
+    return text == "on"
 
 
 def _check_aor(params: dict[str, Any]) -> None:
@@ -326,9 +347,30 @@ def _row(cells: list[str], widths: list[int]) -> str:
 
 def _contact_rows(aor: str, contacts: list[dict[str, Any]]) -> list[list[str]]:
     return [[aor, c["addr"], str(c["expires"]), "" if c["q"] is None else f"{c['q']:g}",
-             c.get("state", "unknown"), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c.get("node", ""),
+             _state(c), _rtt(c.get("rtt_ms")), c["received"], _flow(c), c.get("node", ""),
              c["user_agent"], c["ruid"]]
             for c in contacts]
+
+
+def _state(status: dict[str, Any]) -> str:
+    """A qualify state, and FLAPPING when it changed often lately (qualify-flap-changes/-window)."""
+    return status.get("state", "unknown") + (" FLAPPING" if status.get("flapping") else "")
+
+
+def _history(history: dict[str, Any]) -> str:
+    """``show``'s one-line summary of a contact's last probes and state changes."""
+    rtts = history["rtts"]
+    answered = [v for v in rtts if v is not None]
+    if not rtts:
+        return "not probed yet"
+    text = f"{len(rtts)} probes, {len(rtts) - len(answered)} unanswered"
+    if answered:
+        text += (f"; RTT min/avg/max {min(answered):.1f}/{sum(answered) / len(answered):.1f}/"
+                 f"{max(answered):.1f} ms, last {_rtt(answered[-1])} ms")
+    changes = history["changes"]
+    if changes:
+        text += f"; {len(changes)} state changes, last {changes[-1][1]} at {_iso(changes[-1][0])}"
+    return text + ("; FLAPPING" if history["flapping"] else "")
 
 
 def _flow(contact: dict[str, Any]) -> str:
@@ -349,8 +391,7 @@ def render(method: str, result: Any) -> str:
     if method == "show":
         blocks = [f"AOR: {result['aor']}  ({result['count']} contacts)"]
         for c in result["contacts"]:
-            blocks.append("\n".join(f"  {k:>10}: {_iso(v) if k in _TIMES else _text(v)}"
-                                    for k, v in sorted(c.items())))
+            blocks.append("\n".join(f"  {k:>10}: {_shown(k, v)}" for k, v in sorted(c.items())))
         return "\n\n".join(blocks)
     if method == "history":
         rows = [[_local(e["ts"]), describe(e["event"]), e["addr"], e["received"], e["detail"], e["ruid"]]
@@ -359,7 +400,7 @@ def render(method: str, result: Any) -> str:
             return f"{result['aor']}: no journal entries"
         return table(["TIME", "EVENT", "CONTACT", "RECEIVED", "DETAIL", "RUID"], rows)
     if method == "qualify":
-        rows = [[ruid, s["state"], _rtt(s["rtt_ms"]), s["reason"]] for ruid, s in sorted(result["contacts"].items())]
+        rows = [[ruid, _state(s), _rtt(s["rtt_ms"]), s["reason"]] for ruid, s in sorted(result["contacts"].items())]
         return table(["RUID", "STATE", "RTT(ms)", "REASON"], rows)
     if method == "subscriptions":
         rows = [[s["aor"], s["watcher"], s["source"], str(s["expires"]), str(s["version"])]
@@ -368,15 +409,46 @@ def render(method: str, result: Any) -> str:
     if method == "unregister":
         removed = result["removed"]
         return "\n".join(f"removed {c['aor']} {c['addr']} (ruid {c['ruid']})" for c in removed)
+    if method == "policy.preview":
+        return _preview_text(result)
     if method in ("policy.get", "policy.set"):
         lines = [f"single-contact: {'on' if result['single_contact'] else 'off'} (global)",
+                 f"max-contacts:   {result['max_contacts'] or 'no limit'} (global)",
                  f"caller-check:   {'on' if result['caller_check'] else 'off'}"]
         for aor, on in sorted(result["single_contact_overrides"].items()):
             lines.append(f"single-contact: {'on' if on else 'off'} for {aor}")
+        for aor, limit in sorted(result["max_contacts_overrides"].items()):
+            lines.append(f"max-contacts:   {limit or 'no limit'} for {aor}")
+        if "removed" in result:
+            lines += [f"removed {c['aor']} {c['addr']} (ruid {c['ruid']})" for c in result["removed"]]
+            lines.append(f"trimmed: {_count(result['removed'], {c['aor'] for c in result['removed']})} removed")
+        elif result.get("over", {}).get("contacts"):
+            over = result["over"]
+            lines.append(f"{over['aors']} AOR{'s' * (over['aors'] != 1)} over the policy by {over['contacts']} "
+                         "contact(s), left as they are for now (as Kamailio): "
+                         "--dry-run lists them, --trim removes them")
         return "\n".join(lines)
     # register_rate (REGISTERs per second, the last 120 s) is the console's sparkline: JSON only.
     rows = [[k, text] for key, v in result.items() if key != "register_rate" for k, text in _flat(key, v)]
     return table(["STATISTIC", "VALUE"], rows)
+
+
+def _preview_text(result: dict[str, Any]) -> str:
+    """``policy ... --dry-run``: what would go, per AOR, in the order it would go."""
+    contacts = [c for entry in result["aors"] for c in entry["contacts"]]
+    where = f"for {result['aor']}" if result["aor"] else "for every AOR without its own value"
+    name, value = result["name"].replace("_", "-"), result["value"]
+    shown = "inherit" if value is None else ("on" if value else "off") if isinstance(value, bool) else value
+    head = f"{name} {shown} {where}: would remove {_count(contacts, [e['aor'] for e in result['aors']])}"
+    if not contacts:
+        return head + " (nothing to trim)"
+    rows = [[c["aor"], c["addr"], str(c["expires"]), c["user_agent"], c["ruid"]] for c in contacts]
+    return head + " (dry run: nothing changed)\n" + table(["AOR", "CONTACT", "EXPIRES", "USER-AGENT", "RUID"], rows)
+
+
+def _count(contacts: list[Any], aors: Any) -> str:
+    n, m = len(contacts), len(set(aors))
+    return f"{n} contact{'s' * (n != 1)} of {m} AOR{'s' * (m != 1)}"
 
 
 def _flat(key: str, value: Any) -> Iterator[tuple[str, str]]:
@@ -392,6 +464,13 @@ def _flat(key: str, value: Any) -> Iterator[tuple[str, str]]:
 
 # A contact's absolute times (epoch seconds in JSON).
 _TIMES = frozenset(("expires_at", "modified", "last_checked"))
+
+
+def _shown(key: str, value: Any) -> str:
+    """One attribute of ``show``'s plain form."""
+    if key in _TIMES:
+        return _iso(value)
+    return _history(value) if key == "history" else _text(value)
 
 
 def _iso(value: Any) -> str:

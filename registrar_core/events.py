@@ -19,7 +19,7 @@ STORAGE_STATE = "storage.state"
 SECURITY = "security"  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
 SUBSCRIBER_CHANGED = "subscriber.changed"  # user, action: added, password, removed
 EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale, reload
-CONTACT_REACHABILITY = "contact.reachability"  # qualify: state, rtt_ms, reason, previous, failures, target
+CONTACT_REACHABILITY = "contact.reachability"  # qualify: state, rtt_ms, reason, previous, failures, target, flapping
 # An operator changed something (audit trail): actor (console, ctl, api), uid, pid, action, target, result.
 OPERATOR_ACTION = "operator.action"
 

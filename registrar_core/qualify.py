@@ -60,13 +60,15 @@ class QualifyService:
     ``timeout``: seconds to wait for a final response (Timer F). ``jitter``: each period is
     ``interval ± jitter`` (default interval/10). ``remove_after``: remove a contact after that
     many consecutive failures (None/0: never). ``tables``: which location tables (None: all).
+    ``flap_changes`` state changes within ``flap_window`` seconds make a contact flapping.
     The probe's options (``use_received``...) are :class:`~registrar_core.qualify_probe.Prober`'s."""
 
     def __init__(self, core: RegistrarCore, *, interval: float = 0.0, timeout: float = 3.0,
                  jitter: float | None = None, remove_after: int | None = None,
                  resolver: Resolver | None = None, max_inflight: int = 2000, retransmit: bool = True,
                  require_2xx: bool = False, use_received: str = "auto", tables: Iterable[str] | None = None,
-                 from_user: str = "qualify", rng: random.Random | None = None) -> None:
+                 from_user: str = "qualify", rng: random.Random | None = None, flap_changes: int = 4,
+                 flap_window: float = 600.0) -> None:
         if interval < 0 or timeout <= 0:
             raise ValueError("qualify interval must be >= 0 and timeout > 0")
         self.core = core
@@ -77,6 +79,7 @@ class QualifyService:
         self.resolver = resolver or Resolver()
         self.max_inflight = max(1, max_inflight)
         self.tables = None if tables is None else set(tables)
+        self.flap_changes, self.flap_window = flap_changes, flap_window
         self.rng = rng or random.Random()
         self.counters: Counter[str] = Counter()  # sent, retransmitted, answered, timeouts, failed, removed
         self.rtt = Histogram(RTT_SECONDS_BUCKETS)  # answered probes (metrics.py)
@@ -98,11 +101,14 @@ class QualifyService:
     @classmethod
     def from_config(cls, core: RegistrarCore, config: Any, **overrides: Any) -> QualifyService:
         """The service as the registrar's options say: qualify_interval, qualify_timeout,
-        qualify_remove_after (0 = never) and dns_server (none = /etc/resolv.conf)."""
+        qualify_remove_after (0 = never), qualify_flap_changes and qualify_flap_window, and
+        dns_server (none = /etc/resolv.conf)."""
         return cls(core, **{
             "interval": getattr(config, "qualify_interval", 0.0),
             "timeout": getattr(config, "qualify_timeout", 3.0),
             "remove_after": getattr(config, "qualify_remove_after", 0) or None,
+            "flap_changes": getattr(config, "qualify_flap_changes", 4),
+            "flap_window": getattr(config, "qualify_flap_window", 600.0),
             "resolver": Resolver(nameservers=getattr(config, "dns_server", ()) or None),
             **overrides})
 
@@ -140,17 +146,30 @@ class QualifyService:
 
     # -- reading ---------------------------------------------------------------------
     def status(self, ruid: str) -> dict[str, Any]:
-        """{"state", "rtt_ms", "last_checked", "failures", "reason"} of one contact."""
-        return (self._entries.get(ruid) or Reachability()).status()
+        """{"state", "rtt_ms", "last_checked", "failures", "reason", "flapping"} of one contact."""
+        return self._status(self._entries.get(ruid) or Reachability())
+
+    def _status(self, entry: Reachability) -> dict[str, Any]:
+        return {**entry.status(), "flapping": self._flapping(entry)}
+
+    def _flapping(self, entry: Reachability) -> bool:
+        return entry.flapping(self.core.location.clock(), self.flap_changes, self.flap_window)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """{ruid: status} of every known contact; contacts missing from it are "unknown"."""
-        return {ruid: e.status() for ruid, e in self._entries.items()}
+        return {ruid: self._status(e) for ruid, e in self._entries.items()}
+
+    def history(self, ruid: str) -> dict[str, Any]:
+        """The contact's last RTTs and state changes, whether it is flapping
+        (:meth:`registrar_core.reachability.Reachability.history`) and by which rule."""
+        entry = self._entries.get(ruid) or Reachability()
+        return {**entry.history(self.core.location.clock(), self.flap_changes, self.flap_window),
+                "flap_changes": self.flap_changes, "flap_window": self.flap_window}
 
     def annotate(self, contact: dict[str, Any]) -> dict[str, Any]:
-        """Add "state", "rtt_ms", "last_checked" and "failures" to a contact dict (by its ruid)."""
+        """Add "state", "rtt_ms", "last_checked", "failures" and "flapping" to a contact dict (by its ruid)."""
         status = self.status(str(contact.get("ruid")))
-        contact.update((key, status[key]) for key in ("state", "rtt_ms", "last_checked", "failures"))
+        contact.update((key, status[key]) for key in ("state", "rtt_ms", "last_checked", "failures", "flapping"))
         return contact
 
     def stats(self) -> dict[str, Any]:
@@ -201,7 +220,7 @@ class QualifyService:
             rounds = 1 + len(futures) // self.max_inflight
             limit = timeout if timeout is not None else (self.timeout + self.resolver.timeout) * rounds + 1
             await asyncio.wait(futures, timeout=limit)
-        return {e.ruid: e.status() for e in entries}
+        return {e.ruid: self._status(e) for e in entries}
 
     # -- tracking contacts ------------------------------------------------------------
     def _resync(self, spread: bool) -> None:
@@ -329,7 +348,7 @@ class QualifyService:
             self.core.events.publish(
                 ev.CONTACT_REACHABILITY, table=entry.table, aor=entry.aor, ruid=entry.ruid,
                 state=entry.state, rtt_ms=entry.rtt_ms, reason=reason, previous=previous,
-                failures=entry.failures, target=entry.target)
+                failures=entry.failures, target=entry.target, flapping=self._flapping(entry))
         if previous != entry.state:
             self._states[previous] -= 1
             self._states[entry.state] += 1

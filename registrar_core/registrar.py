@@ -29,6 +29,7 @@ from .source import Source
 SUPPORTED = ("path", "outbound", "gruu")
 _SUPPORTED_VALUE = ", ".join(SUPPORTED)
 POLICY_SINGLE_CONTACT = "single_contact"
+POLICY_MAX_CONTACTS = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
 GLOBAL = ""  # the AOR key of table-wide policy values
 
 
@@ -158,6 +159,14 @@ class Registrar:
             value = self.location.policy(table, GLOBAL, POLICY_SINGLE_CONTACT)
         return self.config.single_contact if value is None else value == "on"
 
+    def max_contacts(self, table: str, aor: str) -> int:
+        """The max-contacts limit for ``aor``: its own, else the table-wide one (both set at
+        runtime, policy_trim.py), else the configured default; 0 = no limit."""
+        value = self.location.policy(table, aor, POLICY_MAX_CONTACTS)
+        if value is None:
+            value = self.location.policy(table, GLOBAL, POLICY_MAX_CONTACTS)
+        return self.config.max_contacts if value is None else int(value)
+
     def save(self, table: str, request: Request, flags: int, source: Source,
              done: Callable[[Response], None]) -> None:
         """Kamailio's save(table, flags): process one REGISTER; ``done`` gets the reply,
@@ -284,7 +293,7 @@ class Registrar:
                 puts.append((contact, old is None))
             if flags & SAVE_SINGLE_CONTACT or self.single_contact(table, aor):
                 puts, removes = _single(existing, puts, removes)
-            self._check_max_contacts(existing, puts, removes)
+            self._check_max_contacts(self.max_contacts(table, aor), existing, puts, removes)
         return puts, removes
 
     def _wanted(self, contact: NameAddr, request: Request) -> _Wanted:
@@ -334,12 +343,11 @@ class Registrar:
             return 1.0
         return 1.0 - random.uniform(0, spread / 100)
 
-    def _check_max_contacts(self, existing: list[Contact], puts: list[tuple[Contact, bool]],
+    def _check_max_contacts(self, limit: int, existing: list[Contact], puts: list[tuple[Contact, bool]],
                             removes: list[tuple[Contact, str]]) -> None:
         """Over max-contacts: refuse the REGISTER, or with evict-oldest add to ``removes`` (the
         same commit) the bindings closest to expiry that this REGISTER neither refreshes nor
         removes; refused still when those are too few (it brings more than the limit)."""
-        limit = self.config.max_contacts
         if not limit:
             return
         count = len(existing) - len(removes) + sum(1 for _, is_new in puts if is_new)

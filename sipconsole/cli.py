@@ -84,6 +84,10 @@ def _registrar_options(p: Any) -> None:
     k.add_argument("--qualify-timeout", type=float, metavar="S", help="seconds to wait for the answer (default 3)")
     k.add_argument("--qualify-remove-after", type=int, metavar="N",
                    help="remove a contact after N unanswered probes in a row, 0 = never (default 0)")
+    k.add_argument("--qualify-flap-changes", type=int, metavar="N",
+                   help="a contact is flapping after N reachable/unreachable changes (2-32, default 4) ...")
+    k.add_argument("--qualify-flap-window", type=float, metavar="S",
+                   help="... within S seconds (default 600)")
     k.add_argument("--dns-server", action="append", metavar="IP[:PORT]",
                    help="nameserver for RFC 3263 lookups of host-name contacts, repeatable (default: resolv.conf)")
     t = p.add_argument_group("TLS and WebSocket (listeners tls:, ws:, wss:)")

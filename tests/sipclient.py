@@ -8,6 +8,7 @@ import re
 import secrets
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 from registrar_core.auth import digest
@@ -96,6 +97,43 @@ class UdpPeer(asyncio.DatagramProtocol):
     @property
     def address(self) -> tuple[str, int]:
         return self.transport.get_extra_info("sockname")[:2]
+
+
+class Device(UdpPeer):
+    """A UDP device on its own socket: answers OPTIONS with ``status`` (None: never answers;
+    a test may change it to make the device stop or start answering)."""
+
+    def __init__(self, status: int | None = 200, *, skip_first: int = 0, delay: float = 0.0) -> None:
+        self.status = status
+        self.skip_first = skip_first
+        self.delay = delay
+        self.options: list[tuple[Request, tuple, float]] = []
+        self.responses: asyncio.Queue = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        message = parse_message(data)
+        if not isinstance(message, Request):
+            self.responses.put_nowait(message)
+            return
+        self.options.append((message, addr, time.monotonic()))
+        if self.status is None or len(self.options) <= self.skip_first:
+            return
+        reply = bytes(build_response(message, self.status, "OK" if self.status == 200 else "Nope", to_tag="dev"))
+        if self.delay:
+            asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, reply, addr)
+        else:
+            self.transport.sendto(reply, addr)
+
+    async def register(self, registrar: tuple[str, int], aor: str, contact: str | None = None,
+                       extra: list[str] | None = None) -> None:
+        host, port = self.address
+        contact = contact or f"<sip:dev@{host}:{port}>"
+        self.transport.sendto(register_bytes(aor, [contact], local=self.address, extra=extra), registrar)
+        response = await asyncio.wait_for(self.responses.get(), 3)
+        assert response.status == 200, response
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 @dataclass

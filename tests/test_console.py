@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from textual.widgets import Sparkline
 from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
 from console.app import SipConsole, attached, embedded
@@ -28,7 +29,7 @@ from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.events import OPERATOR_ACTION
 
-from .sipclient import TcpPhone, UdpPhone, UdpWatcher, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
+from .sipclient import Device, TcpPhone, UdpPhone, UdpWatcher, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
 
 SIZE = (140, 40)
 
@@ -190,17 +191,17 @@ async def test_single_contact_toggle_governs_the_next_register(server):
     aor, other = next_aor("erin"), next_aor("frank")
     first, second, third, fourth = await phones(server, 4)
     await first.register(aor)
-    await second.register(aor)
     await fourth.register(other)
     async with console_for(server).run_test(size=SIZE) as pilot:
         main = await ready(pilot)
         await highlight(pilot, main, aor)
-        await pilot.press("s")
+        await pilot.press("s")  # one contact: nothing to remove, so no question
         await until(pilot, lambda: server.core.single_contact(aor))
         assert not server.core.single_contact()  # only this AOR
         await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("single", "accent"))
         assert "single-contact on (AOR override)" in str(main.contacts.border_title)
-        # The next REGISTER of the AOR replaces its bindings.
+        # The next REGISTERs of the AOR replace its bindings.
+        assert (await second.register(aor)).status == 200
         assert (await third.register(aor)).status == 200
         profile = server.core.fetch_contacts(aor)
         assert profile.count == 1 and profile[0].received.endswith(f":{third.local[1]}")
@@ -220,6 +221,56 @@ async def test_single_contact_toggle_governs_the_next_register(server):
         await until(pilot, lambda: server.core.single_contact_overrides() == {})
         await until(pilot, lambda: main.aors.row_cells(main.aors.cursor)[5] == ("single", "dim"))
     for p in (first, second, third, fourth):
+        p.close()
+
+
+async def test_single_contact_confirmation_previews_what_goes(server):
+    aor, other = next_aor("hank"), next_aor("iris")
+    old, older, newest, other_old, other_new = await phones(server, 5)
+    for phone, who in ((older, aor), (old, aor), (newest, aor), (other_old, other), (other_new, other)):
+        assert (await phone.register(who)).status == 200
+
+    def ruid_of(phone: UdpPhone, who: str) -> str:
+        return next(c.ruid for c in server.core.fetch_contacts(who) if c.received.endswith(f":{phone.local[1]}"))
+
+    ruid = {"old": ruid_of(old, aor), "older": ruid_of(older, aor), "newest": ruid_of(newest, aor),
+            "other_old": ruid_of(other_old, other), "other_new": ruid_of(other_new, other)}
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "would remove 2 contacts of 1 AOR" in shown
+        assert ruid["old"] in shown and ruid["older"] in shown and ruid["newest"] not in shown
+        await pilot.press("n")  # no: nothing changes
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
+        assert not server.core.single_contact(aor) and server.core.fetch_contacts(aor).count == 3
+        # o: switched on, nothing removed now (as Kamailio: the next REGISTER replaces them).
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("o")
+        await until(pilot, lambda: server.core.single_contact(aor))
+        assert server.core.fetch_contacts(aor).count == 3
+        await pilot.press("s")  # off again: nothing to ask
+        await until(pilot, lambda: not server.core.single_contact(aor))
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: server.core.fetch_contacts(aor).count == 1)
+        assert server.core.single_contact(aor) and server.core.fetch_contacts(aor)[0].ruid == ruid["newest"]
+        await until(pilot, lambda: any("removed 2 contacts of 1 AOR" in m for m in notifications(pilot.app)))
+        await until(pilot, lambda: main.registry.rows[aor].count == 1)
+        # Globally: the other AOR's older contact, with its AOR named.
+        await pilot.press("S")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "every AOR without an override: would remove 1 contact of 1 AOR" in shown
+        assert ruid["other_old"] in shown and other in shown and ruid["other_new"] not in shown
+        await pilot.press("y")
+        await until(pilot, lambda: server.core.fetch_contacts(other).count == 1)
+        assert server.core.single_contact() and server.core.fetch_contacts(other)[0].ruid == ruid["other_new"]
+    for p in (old, older, newest, other_old, other_new):
         p.close()
 
 
@@ -367,6 +418,36 @@ async def test_enter_toggles_the_contact_detail(server):
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
     phone.close()
+
+
+async def test_contact_detail_draws_the_rtt_sparkline_and_marks_flapping(make_server):
+    srv = await make_server(qualify_interval=0.3, qualify_timeout=0.3, qualify_flap_changes=2,
+                            qualify_flap_window=600)
+    device = await Device.open(200)
+    aor = next_aor("wobbly")
+    await device.register(server_address(srv), aor)
+    async with console_for(srv).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await highlight(pilot, main, aor)
+        await pilot.press("tab", "enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ContactDetailScreen))
+        spark = pilot.app.screen.query_one("#rtt-spark", Sparkline)
+        await until(pilot, lambda: len(spark.data or ()) >= 2, timeout=10)
+        assert all(0 < v < 500 for v in spark.data) and spark.display
+        flapping = pilot.app.screen.query_one("#reach-flapping")
+        assert not flapping.display
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "Reachability" in shown and "RTT" in shown and "FLAPPING" not in shown
+        device.status = None  # stops answering, then answers again: two changes
+        await until(pilot, lambda: main.contacts.cursor_contact["state"] == "unreachable", timeout=10)
+        device.status = 200
+        await until(pilot, lambda: flapping.display, timeout=10)
+        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+        assert "FLAPPING: 2 or more reachable/unreachable changes within 10m00s" in shown
+        assert "2 state changes, last reachable" in shown
+        # The contacts table marks it too (from the contact.reachability event).
+        await until(pilot, lambda: main.contacts.row_cells(main.contacts.cursor)[1] == ("reachable ↯", "warn"))
+    device.close()
 
 
 async def test_help_and_command_palette(server):

@@ -142,6 +142,8 @@ def test_bad_usage_is_exit_2_with_one_line(tmp_path):
                  ["policy", "caller-check", "on", "--aor", "alice@example.com"],
                  ["policy", "show", "on"], ["show", "not an aor"], ["unregister", "<sip:x@y>"],
                  ["policy", "single-contact", "on", "--aor", "a b@example.com"],
+                 ["policy", "max-contacts"], ["policy", "max-contacts", "-1"], ["policy", "max-contacts", "two"],
+                 ["policy", "max-contacts", "2", "--dry-run", "--trim"], ["policy", "caller-check", "on", "--trim"],
                  ["dump", "--bogus"]):
         done = ctl_raw("--control", control, *args)
         assert done.returncode == 2, (args, done.returncode, done.stderr)
@@ -196,7 +198,7 @@ async def test_json_output_shapes(serve_process, tmp_path):
         assert all(ULC_ATTRIBUTES <= set(c) for c in shown["contacts"])
     code, policy = serve.ctl("policy", "show")
     assert code == 0 and policy == {"single_contact": False, "single_contact_overrides": {},
-                                    "caller_check": False}
+                                    "max_contacts": 0, "max_contacts_overrides": {}, "caller_check": False}
     code, stats = serve.ctl("stats")
     assert code == 0
     assert stats["registered_users"] == 2 and stats["location_contacts"] == 3

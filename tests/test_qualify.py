@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -20,47 +21,11 @@ from registrar_core.resolver import Resolver
 from registrar_core.sip import Request, build_response, parse_message
 
 from .dnsserver import DnsServer
-from .processes import SCENARIOS
-from .sipclient import TcpPhone, UdpPeer, UdpPhone, free_port, next_aor, register_bytes, server_address
+from .processes import SCENARIOS, run_cli
+from .sipclient import Device, TcpPhone, UdpPhone, free_port, next_aor, register_bytes, server_address
 
 
 # -- helpers -------------------------------------------------------------------------
-class Device(UdpPeer):
-    """A UDP device on its own socket: answers OPTIONS with ``status`` (None: never answers)."""
-
-    def __init__(self, status: int | None = 200, *, skip_first: int = 0, delay: float = 0.0) -> None:
-        self.status = status
-        self.skip_first = skip_first
-        self.delay = delay
-        self.options: list[tuple[Request, tuple, float]] = []
-        self.responses: asyncio.Queue = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        message = parse_message(data)
-        if not isinstance(message, Request):
-            self.responses.put_nowait(message)
-            return
-        self.options.append((message, addr, time.monotonic()))
-        if self.status is None or len(self.options) <= self.skip_first:
-            return
-        reply = bytes(build_response(message, self.status, "OK" if self.status == 200 else "Nope", to_tag="dev"))
-        if self.delay:
-            asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, reply, addr)
-        else:
-            self.transport.sendto(reply, addr)
-
-    async def register(self, registrar: tuple[str, int], aor: str, contact: str | None = None,
-                       extra: list[str] | None = None) -> None:
-        host, port = self.address
-        contact = contact or f"<sip:dev@{host}:{port}>"
-        self.transport.sendto(register_bytes(aor, [contact], local=self.address, extra=extra), registrar)
-        response = await asyncio.wait_for(self.responses.get(), 3)
-        assert response.status == 200, response
-
-    def close(self) -> None:
-        self.transport.close()
-
-
 async def next_event(sub, predicate, timeout: float = 5.0):
     """The next event for which ``predicate`` holds (others are skipped)."""
     deadline = time.monotonic() + timeout
@@ -466,3 +431,66 @@ async def test_silent_contacts_never_exceed_max_inflight(make_server):
     finally:
         await q.stop()
         sink.close()
+
+
+# -- reachability over time ----------------------------------------------------------------
+def test_history_ring_keeps_the_last_probes_and_state_changes():
+    from registrar_core.reachability import HISTORY, Reachability
+
+    r = Reachability()
+    assert r.history(0.0, 4, 600)["rtts"] == [] and r.rtts is None  # nothing kept before a probe
+    outcomes = [5.0, None, 6.0, None, 7.0] + [1.0] * HISTORY
+    for i, rtt in enumerate(outcomes):
+        r.observe(rtt, "", 1000.0 + i)
+    history = r.history(1000.0 + len(outcomes), 4, 600)
+    assert history["rtts"] == [1.0] * HISTORY  # the oldest fell out of the ring
+    # unknown -> reachable is the first answer, not a change; then four changes.
+    assert history["changes"] == [[1001.0, "unreachable"], [1002.0, "reachable"], [1003.0, "unreachable"],
+                                  [1004.0, "reachable"]]
+    assert history["flapping"] is True
+    # Flapping while the fourth-last change is within the window.
+    assert r.flapping(1001.0 + 600.0, 4, 600) is True and r.flapping(1001.0 + 600.1, 4, 600) is False
+    assert r.flapping(1005.0, 5, 600) is False  # five changes are needed, four happened
+
+
+async def test_device_that_stops_and_starts_answering_is_flapping(make_server, tmp_path):
+    srv = await make_server(qualify_interval=0.3, qualify_timeout=0.3, qualify_flap_changes=4,
+                            qualify_flap_window=600)
+    sub = srv.core.subscribe()
+    device = await Device.open(200)
+    aor = next_aor("flappy")
+    await device.register(server_address(srv), aor)
+    events = [await next_event(sub, reachability(aor, REACHABLE))]
+    for status, state in ((None, UNREACHABLE), (200, REACHABLE), (None, UNREACHABLE), (200, REACHABLE)):
+        device.status = status
+        events.append(await next_event(sub, reachability(aor, state), timeout=10))
+    assert [e.data["flapping"] for e in events] == [False, False, False, False, True]
+    [contact] = srv.core.lookup(aor)
+    history = srv.core.qualify.history(contact.ruid)
+    assert [state for _, state in history["changes"]] == [UNREACHABLE, REACHABLE, UNREACHABLE, REACHABLE]
+    assert [when for when, _ in history["changes"]] == sorted(when for when, _ in history["changes"])
+    assert history["flapping"] is True and (history["flap_changes"], history["flap_window"]) == (4, 600)
+    rtts = history["rtts"]
+    assert None in rtts and all(0 < v < 500 for v in rtts if v is not None) and len(rtts) >= 5
+    # The control socket's show carries it; ctl's plain show and dump say FLAPPING.
+    path = srv.config.control
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sipconsole", "ctl", "--control", path,
+                                                    "show", aor], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("history:"))
+    assert "unanswered; RTT min/avg/max" in line and "4 state changes, last reachable" in line
+    assert line.endswith("; FLAPPING")
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sipconsole", "ctl", "--control", path,
+                                                    "dump"], capture_output=True, text=True, timeout=30)
+    assert "reachable FLAPPING" in done.stdout
+    sub.close()
+    device.close()
+
+
+def test_bad_flap_settings_are_refused_in_one_line():
+    for args, problem in ((["--qualify-flap-changes", "1"], "qualify-flap-changes must be 2 to 32"),
+                          (["--qualify-flap-changes", "33"], "qualify-flap-changes must be 2 to 32"),
+                          (["--qualify-flap-window", "0"], "qualify-flap-window must be positive")):
+        done = run_cli("serve", *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -81,7 +81,8 @@ async def test_policies_survive_a_restart(serve_process, tmp_path):
     serve.start()
     code, after = serve.ctl("policy", "show")
     assert code == 0 and after == before == {
-        "single_contact": True, "single_contact_overrides": {"erin@example.com": False}, "caller_check": True}
+        "single_contact": True, "single_contact_overrides": {"erin@example.com": False}, "caller_check": True,
+        "max_contacts": 0, "max_contacts_overrides": {}}
     # And the registrar acts on them.
     rows = [(user, "example.com", device, "1.0") for user in ("erin", "frank") for device in ("desk", "mobile")]
     sipp_register(serve, tmp_path, rows)

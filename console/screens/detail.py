@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-from textual import work
 
 from rich.table import Table
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
@@ -19,6 +18,7 @@ from registrar_core.control import RpcError
 from ..actions import bindings
 from ..format import countdown, duration, wall_time
 from ..widgets.footer import KeyBar
+from ..widgets.reachability import ReachabilityPanel
 from .history import RELOAD_SECONDS, HistoryScreen, Loader, history_table
 
 Contact = dict[str, Any]
@@ -78,7 +78,8 @@ class ContactDetailScreen(Screen[bool]):
     RECENT = 8  # journal rows shown under the record
 
     def __init__(self, contact: Contact, current: Callable[[str], Contact | None],
-                 clock: Callable[[], float], position: str, read_only: bool, history: Loader) -> None:
+                 clock: Callable[[], float], position: str, read_only: bool, history: Loader,
+                 shown: Callable[[Contact], Awaitable[Contact | None]] | None = None) -> None:
         super().__init__()
         self.read_only = read_only
         self.contact = contact
@@ -87,6 +88,7 @@ class ContactDetailScreen(Screen[bool]):
         self.position = position
         self.history = history
         self.gone = False
+        self.shown = shown  # the contact as `show` gives it (with its reachability history)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail") as scroll:
@@ -96,6 +98,7 @@ class ContactDetailScreen(Screen[bool]):
         binding = Static(id="binding")
         binding.border_title = "As the registrar returns it in a 200 OK to REGISTER"
         yield binding
+        yield ReachabilityPanel(id="reachability")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -103,6 +106,8 @@ class ContactDetailScreen(Screen[bool]):
         self.set_interval(1, self.redraw)
         self.load_history()
         self.set_interval(RELOAD_SECONDS, self.load_history)
+        self.reachability()
+        self.set_interval(2, self.reachability)
 
     @work(exclusive=True, group="history", exit_on_error=False)
     async def load_history(self) -> None:
@@ -114,6 +119,13 @@ class ContactDetailScreen(Screen[bool]):
             recent.update(Text(f"history unavailable: {exc}", style="red"))
             return
         recent.update(history_table(entries[-self.RECENT:], ruid=self.contact["ruid"]))
+
+    @work(exclusive=True, group="reachability", exit_on_error=False)
+    async def reachability(self) -> None:
+        """Ask the registrar for the contact's reachability history (qualify keeps it, not the feed)."""
+        latest = await self.shown(self.contact) if self.shown is not None and not self.gone else None
+        panel = self.query_one("#reachability", ReachabilityPanel)
+        panel.show(latest or self.contact, (latest or {}).get("history"))
 
     def redraw(self) -> None:
         latest = self.current(self.contact["ruid"])

@@ -36,7 +36,7 @@ from ..widgets.footer import KeyBar
 from ..widgets.status_bar import StatusBar
 from ..widgets.traffic_log import TrafficLog, operator_request
 from ..widgets.virtual_table import VirtualTable
-from .confirm import ConfirmScreen, contact_list
+from .confirm import ALTERNATIVE, ConfirmScreen, contact_list
 from .detail import ContactDetailScreen
 from .history import HistoryScreen
 from .subscribers import SubscribersScreen, problem
@@ -490,7 +490,7 @@ class MainScreen(Screen[None]):
             return
         position = f"{self.contacts.cursor + 1}/{len(self.contacts.contacts)}"
         detail = ContactDetailScreen(contact, self.contacts.contact, self.clock, position, self.read_only,
-                                     self.history)
+                                     self.history, self._shown_contact)
         self.app.push_screen(detail, self._detail_closed)
 
     def action_history(self) -> None:
@@ -502,6 +502,14 @@ class MainScreen(Screen[None]):
         """The AOR's contact journal, through the control protocol (embedded or attached)."""
         result: dict[str, Any] = await self.client.call("history", aor=aor)
         return result
+
+    async def _shown_contact(self, contact: Contact) -> Contact | None:
+        """The contact as ``show`` gives it now (reachability history included); None: gone or unreachable registrar."""
+        try:
+            shown = await self.client.call("show", aor=contact["aor"])
+        except (RpcError, ConnectionError):
+            return None
+        return next((c for c in shown["contacts"] if c["ruid"] == contact["ruid"]), None)
 
     def _detail_closed(self, unregister: bool | None) -> None:
         if unregister:
@@ -581,40 +589,75 @@ class MainScreen(Screen[None]):
         on = not self.registry.single_contact_for(aor)
         # An override equal to the global policy is dropped: the AOR follows the global switch again.
         value = None if on == self.registry.single_contact else on
-        if await self._set_policy(value, aor):
+        if (policy := await self._switch_single_contact(on, value, aor)) is not None:
             follows = " (follows the global policy)" if value is None else ""
-            self.notify(f"single-contact {'on' if on else 'off'} for {escape(aor)}{follows}",
+            self.notify(f"single-contact {'on' if on else 'off'} for {escape(aor)}{follows}{_trimmed(policy)}",
                         title="Policy changed")
 
     @work(exclusive=True, group="change", exit_on_error=False)
     async def action_toggle_single_contact_global(self) -> None:
         on = not self.registry.single_contact
-        if await self._set_policy(on, None):
+        if (policy := await self._switch_single_contact(on, on, None)) is not None:
             others = len(self.registry.overrides)
             extra = (f"; {others} AOR override still applies" if others == 1
                      else f"; {others} AOR overrides still apply" if others else "")
-            self.notify(f"single-contact {'on' if on else 'off'} for every AOR{extra}", title="Policy changed")
+            self.notify(f"single-contact {'on' if on else 'off'} for every AOR{extra}{_trimmed(policy)}",
+                        title="Policy changed")
+
+    async def _switch_single_contact(self, on: bool, value: bool | None, aor: str | None) -> dict[str, Any] | None:
+        """Set single-contact to ``value`` for ``aor`` (None: globally). Switching it on where
+        that leaves AORs with several contacts asks first, naming the contacts that would go
+        (policy.preview); yes sets it and removes exactly those now. None: refused or declined."""
+        if not on:
+            return await self._set_policy(value, aor)
+        params: dict[str, Any] = {"name": "single_contact", "value": value}
+        if aor is not None:
+            params["aor"] = aor
+        try:
+            preview = await self.client.call("policy.preview", **params)
+        except (RpcError, ConnectionError) as exc:
+            self._failed(exc, "")
+            return None
+        if not preview["count"]:
+            return await self._set_policy(value, aor)
+        contacts = [c for entry in preview["aors"] for c in entry["contacts"]]
+        where = escape(aor) if aor else "every AOR without an override"
+        question = ConfirmScreen(
+            f"Single-contact on for {where}: would remove {_contacts_of(contacts)}, keeping "
+            f"{'its newest binding' if aor else 'the newest binding of each'}?",
+            contact_list(contacts, self.clock(), LISTED_CONTACTS, with_aor=aor is None),
+            f"Switch on, remove {len(contacts)}", "Switch on, remove nothing now")
+        answer = await self.app.push_screen_wait(question)
+        if not answer:
+            return None
+        return await self._set_policy(value, aor, trim=answer != ALTERNATIVE)
 
     @work(exclusive=True, group="change", exit_on_error=False)
     async def action_toggle_caller_check(self) -> None:
         on = not self.registry.caller_check
-        if await self._set_policy(on, None, "caller_check"):
+        if await self._set_policy(on, None, "caller_check") is not None:
             effect = ("requests from devices that are not registered get 403" if on
                       else "requests are answered whoever sends them")
             self.notify(f"caller check {'on' if on else 'off'}: {effect}", title="Policy changed")
 
-    async def _set_policy(self, value: bool | None, aor: str | None, name: str = "single_contact") -> bool:
+    async def _set_policy(self, value: bool | None, aor: str | None, name: str = "single_contact", *,
+                          trim: bool = False) -> dict[str, Any] | None:
+        """policy.set (with ``trim``: and remove what it leaves over); its reply, None when refused."""
         params: dict[str, Any] = {"name": name, "value": value}
         if aor is not None:
             params["aor"] = aor
+        if trim:
+            params["trim"] = True
         try:
             policy = await self.client.call("policy.set", **params)
         except (RpcError, ConnectionError) as exc:
             self._failed(exc, "")
-            return False
+            return None
         self.registry.set_policy(policy)
+        if policy.get("removed"):
+            self._removed(policy["removed"])
         self._registry_changed(self.aors.cursor_aor)
-        return True
+        return policy
 
     def _failed(self, exc: RpcError | ConnectionError, gone: str) -> None:
         if isinstance(exc, RpcError) and exc.code == NOT_FOUND and gone:
@@ -623,3 +666,15 @@ class MainScreen(Screen[None]):
             self.notify(escape(exc.message), severity="error", title="The registrar refused")
         else:
             self.notify(escape(problem(exc)), severity="error", title="REGISTRAR GONE")
+
+
+def _contacts_of(contacts: list[Contact]) -> str:
+    """``3 contacts of 2 AORs``."""
+    n, m = len(contacts), len({c["aor"] for c in contacts})
+    return f"{n} contact{'s' * (n != 1)} of {m} AOR{'s' * (m != 1)}"
+
+
+def _trimmed(policy: dict[str, Any]) -> str:
+    """What a trim removed, for the notice ("" when nothing was trimmed)."""
+    removed = policy.get("removed")
+    return f"; removed {_contacts_of(removed)}" if removed else ""

@@ -15,6 +15,7 @@ from .virtual_table import Cell, Column, VirtualTable, text_of
 
 Contact = dict[str, Any]
 STATE_STYLE = {"reachable": "ok", "unreachable": "error", "unknown": "dim"}  # VirtualTable tones
+FLAPPING = "↯"  # after the state of a flapping contact (qualify-flap-changes within qualify-flap-window)
 
 
 def rtt_text(rtt_ms: float | None) -> str:
@@ -82,7 +83,7 @@ class ContactsTable(VirtualTable):
         state = c.get("state", "unknown")
         return (
             (c["addr"], "error") if state == "unreachable" else c["addr"],
-            (state, STATE_STYLE.get(state, "dim")),
+            (f"{state} {FLAPPING}", "warn") if c.get("flapping") else (state, STATE_STYLE.get(state, "dim")),
             rtt_text(c.get("rtt_ms")),
             countdown(c["expires_at"], self.clock()),
             "" if c["q"] is None else f"{c['q']:g}",
@@ -119,13 +120,15 @@ class ContactsTable(VirtualTable):
             if event["kind"] in ADDED:
                 old = by_ruid.get(event["ruid"])
                 if old is None or old["modified"] <= event["contact"]["modified"]:
-                    kept = {"state": old.get("state", "unknown"), "rtt_ms": old.get("rtt_ms")} if old else {}
+                    kept = {"state": old.get("state", "unknown"), "rtt_ms": old.get("rtt_ms"),
+                            "flapping": old.get("flapping", False)} if old else {}
                     by_ruid[event["ruid"]] = {**event["contact"], **kept}
                     changed = True
             elif event["kind"] == CONTACT_REACHABILITY:
                 old = by_ruid.get(event["ruid"])
                 if old is not None:
-                    by_ruid[event["ruid"]] = {**old, "state": event["state"], "rtt_ms": event["rtt_ms"]}
+                    by_ruid[event["ruid"]] = {**old, "state": event["state"], "rtt_ms": event["rtt_ms"],
+                                              "flapping": event.get("flapping", False)}
                     changed = True
             elif event["kind"] in REMOVED:
                 changed |= by_ruid.pop(event["ruid"], None) is not None
