@@ -218,6 +218,9 @@ class Methods:
     async def rpc_stats(self) -> dict[str, Any]:
         return self.core.snapshot_stats()
 
+    async def rpc_nodes(self) -> dict[str, Any]:
+        return {"nodes": [node.to_dict() for node in await self.core.nodes()]}
+
     # -- subscribers (``sipconsole user``) ------------------------------------------------
     async def rpc_user_list(self) -> Streamed:
         """Every subscriber (user@domain, sorted), written in chunks like dump's AORs."""

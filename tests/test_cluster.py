@@ -17,19 +17,21 @@ import pytest
 from registrar_core.control import ControlClient, RpcError
 
 from .processes import ServeProcess, run_cli
-from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor, register_bytes
+from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes
 
 VISIBLE_WITHIN = 0.1  # seconds from a 200 on one node to the binding on another (issue 17)
+NODE_GONE_WITHIN = 10.0  # seconds from a node's death to its flows' removal (README "Scaling out")
 
 
 @contextlib.contextmanager
 def running_nodes(pg_dsn: str, short_dir: Path, *options: str,
-                  per_node: Callable[[str], Sequence[str]] = lambda name: ()) -> Iterator[list[ServeProcess]]:
-    """Two registrars, a and b, sharing one database, started with ``options`` and
+                  per_node: Callable[[str], Sequence[str]] = lambda name: (),
+                  names: Sequence[str] = ("a", "b")) -> Iterator[list[ServeProcess]]:
+    """Registrars (two: a and b) sharing one database, started with ``options`` and
     ``per_node(name)``; stopped when the block ends, whatever happened in it."""
     started = []
     try:
-        for name in ("a", "b"):
+        for name in names:
             node = ServeProcess(short_dir, free_port(), "-" + name)
             node.db = pg_dsn  # type: ignore[assignment]  # the command line takes str(db)
             started.append(node.start(*options, *per_node(name)))
@@ -362,3 +364,82 @@ async def test_each_contact_shows_its_node_and_only_that_node_qualifies_it(pg_ds
         code, text = b.ctl("dump", json_output=False)
         header, row = text.splitlines()[0].split(), next(line for line in text.splitlines() if aor in line)
         assert "NODE" in header and "node-a" in row.split()
+
+
+def _named(name: str) -> Sequence[str]:
+    return ("--node-name", f"node-{name}")
+
+
+async def _register_both_ways(node: ServeProcess) -> tuple[str, str, TcpPhone, UdpPhone]:
+    """A TCP and a UDP contact registered through ``node``: (tcp aor, udp aor, phones)."""
+    tcp = await TcpPhone(("127.0.0.1", node.port)).open()
+    udp = await UdpPhone(("127.0.0.1", node.port)).open()
+    tcp_aor, udp_aor = next_aor("flow"), next_aor("udp")
+    over_tcp = await tcp.send(register_bytes(tcp_aor, [f"<sip:dev@127.0.0.1:{tcp.local[1]};transport=tcp>"],
+                                             local=tcp.local, transport="TCP"))
+    assert over_tcp.status == 200
+    assert (await udp.register(udp_aor)).status == 200
+    return tcp_aor, udp_aor, tcp, udp
+
+
+def _stored(postgres, pg_dsn: str, *aors: str) -> list[str]:
+    listed = ",".join(f"'{a}'" for a in aors)
+    return postgres.query(pg_dsn, f"SELECT aor || ' ' || node FROM contacts WHERE aor IN ({listed}) ORDER BY aor")
+
+
+async def test_a_killed_node_loses_its_connection_contacts_on_the_others_not_its_udp_ones(pg_dsn, postgres,
+                                                                                         short_dir):
+    """SIGKILL of A: B (the survivor, so the sweeper) finds A's heartbeat stopped and its lock
+    free, and removes A's TCP contact from the database and every memory, with reason
+    node-gone, within NODE_GONE_WITHIN; A's UDP contact stays (it may still be reachable)."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named) as (a, b):
+        tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
+        on_b = await ControlClient(b.control).connect()
+        removed: list[tuple[str, str]] = []
+
+        async def collect() -> None:
+            async for batch in on_b.events():
+                removed.extend((e["aor"], e["reason"]) for e in batch if e["kind"] == "contact.removed")
+
+        try:
+            assert await on_b.call("subscribe") == {"subscribed": True}
+            task = asyncio.create_task(collect())
+            await _wait_for(on_b, tcp_aor, lambda cs: [c["node"] for c in cs] == ["node-a"])
+            await _wait_for(on_b, udp_aor, lambda cs: len(cs) == 1)
+            a.kill()
+            killed = time.monotonic()
+            gone = await _wait_for(on_b, tcp_aor, lambda cs: cs == [], timeout=NODE_GONE_WITHIN + 10)
+            print(f"node-a's TCP contact removed {gone - killed:.1f} s after SIGKILL")
+            assert gone - killed < NODE_GONE_WITHIN
+            assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{udp_aor} node-a"]
+            assert len(await _contacts(on_b, udp_aor)) == 1
+            deadline = time.monotonic() + 5
+            while (tcp_aor, "node-gone") not in removed:
+                assert time.monotonic() < deadline, removed
+                await asyncio.sleep(0.05)
+            assert (udp_aor, "node-gone") not in removed
+            code, listed = b.ctl("nodes")
+            assert code == 0
+            assert {n["node"]: n["up"] for n in listed["nodes"]} == {"node-a": False, "node-b": True}
+            task.cancel()
+        finally:
+            tcp.close()
+            udp.close()
+            await on_b.close()
+
+
+async def test_a_restarted_node_prunes_the_contacts_of_its_dead_connections(pg_dsn, postgres, short_dir):
+    """A alone, killed and started again before anyone noticed: its TCP contact's connection
+    is gone with the old process, so the new one removes it at start; the UDP one stays."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("a",)) as (a,):
+        tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
+        tcp.close()
+        udp.close()
+        assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{tcp_aor} node-a", f"{udp_aor} node-a"]
+        a.kill()
+        a.start(*_named("a"))
+        assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{udp_aor} node-a"]
+        assert a.ctl("show", tcp_aor)[0] == 1
+        code, shown = a.ctl("show", udp_aor)
+        assert code == 0 and shown["count"] == 1
+        assert "held before it restarted" in a.log.read_text()

@@ -192,7 +192,8 @@ async def test_a_stale_refresh_from_another_node_does_not_overwrite_a_newer_cseq
 
 
 async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, pg_dsn):
-    """Schema 2 added contacts.node: a table made by version 1 is migrated in place, rows kept."""
+    """Schema 2 added contacts.node, 3 the nodes table: a table made by version 1 is migrated in
+    place, rows kept."""
     store = PostgresStore(pg_dsn)
     await store.open()
     await store.close()
@@ -206,4 +207,5 @@ async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, 
         assert [(c.ruid, c.node) for _, c in await store.load(time.time())] == [("r1", "")]
     finally:
         await store.close()
-    assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["2"]
+    assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["3"]
+    assert postgres.query(pg_dsn, "SELECT count(*) FROM nodes") == ["0"]  # created; `user` commands are no node

@@ -26,17 +26,29 @@ import uuid
 import asyncpg
 
 from .contact import Contact
+from .nodes import CONNECTION_TRANSPORTS, NodeIdentity, NodeState
+from .service import REMOVED_NODE_GONE
 from .sqlite_store import _chunks
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: contacts.node
+SCHEMA_VERSION = 3  # 2: contacts.node; 3: nodes
 # Taken while the schema is created or checked: nodes starting together on an empty database.
 _SCHEMA_LOCK = 0x5C0_5C4E
 # Held (a session lock) by the one registrar that deletes expired rows for all; released
 # by PostgreSQL when its connection ends, so the next one to try takes over.
 _SWEEPER_LOCK = 0x5C0_5EE9
+# Each running node holds the session lock (_NODE_LOCKS, hashtext(its name)) on its liveness
+# connection: PostgreSQL lets go of it when that connection ends (the process died), which
+# no heartbeat can tell from a node merely slow. Two-key locks never meet the one-key ones above.
+_NODE_LOCKS = 0x5C0
+HEARTBEAT_INTERVAL = 1.0  # seconds between a node's heartbeats (its row in nodes)
+# A node whose heartbeat is this old and whose lock the sweeper can take is gone: its
+# connection-bound contacts are removed (README "Scaling out": within 10 s of its death).
+GONE_AFTER = 3.0
+# A restarted node waits this long for its predecessor's session (and lock) to end.
+NODE_LOCK_WAIT = 10.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
     ruid TEXT PRIMARY KEY,
@@ -62,6 +74,27 @@ CREATE TABLE IF NOT EXISTS contacts (
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
 """ + POLICY_AND_SUBSCRIBER_TABLES
+# Version 3: the registrars sharing the database (node liveness, the console's header).
+_NODES_TABLE = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    addresses TEXT NOT NULL,
+    started TIMESTAMPTZ NOT NULL,
+    heartbeat TIMESTAMPTZ NOT NULL,
+    registers BIGINT NOT NULL DEFAULT 0,
+    rate DOUBLE PRECISION NOT NULL DEFAULT 0,
+    gone BOOLEAN NOT NULL DEFAULT false
+)"""
+_NODE_JOIN = ("INSERT INTO nodes VALUES ($1, $2, to_timestamp($3), now(), $4, 0, false) ON CONFLICT (node) DO UPDATE "
+              "SET addresses = excluded.addresses, started = excluded.started, heartbeat = now(), gone = false")
+_NODE_BEAT = "UPDATE nodes SET heartbeat = now(), registers = $2, rate = $3, gone = false WHERE node = $1"
+_NODES_STALE = ("SELECT node FROM nodes WHERE NOT gone AND node <> $1 "
+                "AND heartbeat < now() - make_interval(secs => $2) ORDER BY node")
+_NODES = ("SELECT node, addresses, extract(epoch FROM started), extract(epoch FROM now() - heartbeat), registers, "
+          "rate, gone FROM nodes ORDER BY node")
+# A node's contacts reachable only through its connections (the transport is the socket's prefix).
+_DELETE_FLOWS = ("DELETE FROM contacts WHERE node = $1 AND split_part(socket, ':', 1) = ANY($2::text[]) "
+                 "RETURNING tbl, aor, ruid")
 # Version 1 had no node column (rows made then: node unknown, "").
 _MIGRATE_FROM_1 = "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS node TEXT NOT NULL DEFAULT ''"
 _COLUMN_NAMES = ("ruid", "tbl", "aor", "addr", "params", "expires", "q", "callid", "cseq", "path", "received",
@@ -107,10 +140,12 @@ def _upsert_sql(rows: int, notify: bool = False) -> str:
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
               policies: list[tuple[str, str, str, str | None]],
-              subscribers: list[tuple[str, str]] = []) -> list[str]:  # noqa: B006 (never mutated)
+              subscribers: list[tuple[str, str]] = [],  # noqa: B006 (never mutated)
+              reason: str | None = None) -> list[str]:
     """The NOTIFY payloads telling the other registrars about one commit: written ruids ("p"),
     deleted (table, aor, ruid) ("d"), policy values ("o"), (username, domain) of subscribers
-    added, changed or removed ("s": the HA1s stay in the table, not in every listener's feed)."""
+    added, changed or removed ("s": the HA1s stay in the table, not in every listener's feed);
+    "r": why the deletes were made, when not on a registrar's request (node-gone)."""
     out = []
     kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies), ("s", subscribers))
     for kind, items in kinds:
@@ -119,13 +154,17 @@ def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
         for item in items:
             text = json.dumps(item)
             if chunk and size + len(text) > MAX_PAYLOAD:
-                out.append(json.dumps({"n": node, kind: chunk}))
+                out.append(_payload(node, kind, chunk, reason))
                 chunk, size = [], 0
             chunk.append(item)
             size += len(text) + 1
         if chunk:
-            out.append(json.dumps({"n": node, kind: chunk}))
+            out.append(_payload(node, kind, chunk, reason))
     return out
+
+
+def _payload(node: str, kind: str, chunk: list[object], reason: str | None) -> str:
+    return json.dumps({"n": node, kind: chunk, "r": reason} if reason else {"n": node, kind: chunk})
 
 
 def _contacts(rows: list[asyncpg.Record]) -> list[tuple[str, Contact]]:
@@ -172,7 +211,8 @@ def without_password(dsn: str) -> str:
 class PostgresStore:
     """The location table in PostgreSQL (the :class:`~.store.Store` of one or more registrars)."""
 
-    def __init__(self, dsn: str, *, reconnect_interval: float = RECONNECT_INTERVAL) -> None:
+    def __init__(self, dsn: str, *, reconnect_interval: float = RECONNECT_INTERVAL,
+                 identity: NodeIdentity | None = None) -> None:
         self.dsn = dsn
         self.reconnect_interval = reconnect_interval
         self.reconnects = 0  # successful connections again after a fault
@@ -192,6 +232,14 @@ class PostgresStore:
         self.reloads = 0  # full reloads after the listener was lost
         self._feed_down = False  # the listener is lost and not yet back (logged once)
         self._sweeping: asyncpg.Connection | None = None  # the connection holding the sweeper lock
+        # A registrar (not `sipconsole user`) is a node: its liveness connection holds its lock
+        # and beats its heartbeat; the sweeper's also finds the nodes that are gone.
+        self.identity = identity
+        self._live: asyncpg.Connection | None = None
+        self._live_since = 0.0  # monotonic time the liveness connection (re)took the node's lock
+        self._beating: asyncio.Task[None] | None = None
+        self._started = time.time()
+        self.nodes_gone = 0  # nodes this registrar found gone and removed the flows of
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -214,6 +262,112 @@ class PostgresStore:
             raise
         self._conn = conn
         self._opened = True
+        if self.identity is not None:
+            try:
+                await self._join(self.identity)
+            except BaseException:
+                await self.close()
+                raise
+
+    # -- node liveness ------------------------------------------------------------------
+    async def _join(self, identity: NodeIdentity) -> None:
+        """Take this node's lock, and (a node that had died) remove the contacts of the
+        connections it held before: none of them is open in this new process."""
+        self._live = await self._live_connection(identity)
+        if identity.prune_flows:
+            pruned = await self._remove_flows(self._live, identity.name)
+            if pruned:
+                log.info("removed %d contact(s) of connections this node (%s) held before it restarted",
+                         len(pruned), identity.name)
+        self._beating = asyncio.create_task(self._beat(identity), name="postgres-heartbeat")
+
+    async def _live_connection(self, identity: NodeIdentity) -> asyncpg.Connection:
+        """A connection holding this node's lock (a predecessor's session may take a moment
+        to end), its row in nodes written."""
+        conn = await self._connect("sipconsole-node")
+        try:
+            deadline = time.monotonic() + NODE_LOCK_WAIT
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _NODE_LOCKS, identity.name):
+                if time.monotonic() > deadline:
+                    raise StorageError(f"node name {identity.name!r} is held by another running registrar on "
+                                       f"{self.describe()}: give each node its own --node-name")
+                await asyncio.sleep(0.2)
+            await conn.execute(_NODE_JOIN, identity.name, json.dumps(identity.addresses), self._started,
+                               identity.registers())
+        except StorageError:
+            await _close(conn)
+            raise
+        except Exception as exc:
+            await _close(conn)
+            raise StorageError(f"cannot join {self.describe()}: {exc or type(exc).__name__}") from exc
+        self._live_since = time.monotonic()
+        return conn
+
+    async def _remove_flows(self, conn: asyncpg.Connection, node: str) -> list[tuple[str, str, str]]:
+        """Delete the connection-bound contacts of ``node`` (told to every node: node-gone)
+        in one transaction; the (table, aor, ruid) deleted."""
+        async with conn.transaction():
+            rows = await conn.fetch(_DELETE_FLOWS, node, list(CONNECTION_TRANSPORTS))
+            deleted = [(r[0], r[1], r[2]) for r in rows]
+            notify = _payloads(self.node, [], deleted, [], reason=REMOVED_NODE_GONE)
+            if notify:
+                await conn.execute(_NOTIFY, notify)
+        return deleted
+
+    async def _beat(self, identity: NodeIdentity) -> None:
+        """Every HEARTBEAT_INTERVAL: this node's heartbeat and REGISTER rate; on the sweeper,
+        the nodes gone since. A lost liveness connection is made again (the lock retaken)."""
+        last_count, last_time = identity.registers(), time.monotonic()
+        down = False
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                if self._live is None or self._live.is_closed():
+                    await self._drop_live()
+                    self._live = await self._live_connection(identity)
+                    log.info("node %s is in %s again", identity.name, self.describe())
+                count, now = identity.registers(), time.monotonic()
+                await self._live.execute(_NODE_BEAT, identity.name, count, (count - last_count) / (now - last_time))
+                last_count, last_time, down = count, now, False
+                # Only after GONE_AFTER on a live connection: when the database itself was
+                # down, the other nodes need as long as we did to beat again.
+                if time.monotonic() - self._live_since >= GONE_AFTER and await self.sweeps():
+                    await self._remove_gone(self._live, identity)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                (log.debug if down else log.warning)("heartbeat of node %s in %s failed: %s (trying again)",
+                                                     identity.name, self.describe(), str(exc) or type(exc).__name__)
+                down = True
+                await self._drop_live()
+
+    async def _remove_gone(self, conn: asyncpg.Connection, identity: NodeIdentity) -> None:
+        """Nodes whose heartbeat stopped and whose lock is free (their session ended: the
+        process died) lose their connection-bound contacts, on every node; a node that is
+        only slow still holds its lock and keeps them."""
+        for (node,) in await conn.fetch(_NODES_STALE, identity.name, GONE_AFTER):
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _NODE_LOCKS, node):
+                continue
+            try:
+                deleted = await self._remove_flows(conn, node) if identity.prune_flows else []
+                await conn.execute("UPDATE nodes SET gone = true WHERE node = $1", node)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _NODE_LOCKS, node)
+            self.nodes_gone += 1
+            log.warning("node %s is gone (no heartbeat for %.0f s, its session ended): removed its %d "
+                        "connection-bound contact(s)", node, GONE_AFTER, len(deleted))
+            if deleted and self._feed is not None:
+                self._feed.changed([], deleted, [], REMOVED_NODE_GONE)
+
+    async def _drop_live(self) -> None:
+        if self._live is not None:
+            conn, self._live = self._live, None
+            await _close(conn)
+
+    async def nodes(self) -> list[NodeState]:
+        return [NodeState(name=r[0], addresses=tuple(json.loads(r[1])), started=float(r[2]),
+                          heartbeat_age=max(0.0, float(r[3])), registers=r[4], rate=r[5],
+                          up=not r[6] and float(r[3]) < GONE_AFTER) for r in await self._fetch(_NODES)]
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         try:
@@ -227,6 +381,7 @@ class PostgresStore:
                 if version is None or version < SCHEMA_VERSION:
                     await conn.execute(_SCHEMA)
                     await conn.execute(_MIGRATE_FROM_1)
+                    await conn.execute(_NODES_TABLE)
                     await conn.execute("DELETE FROM sipconsole_schema")
                     await conn.execute("INSERT INTO sipconsole_schema VALUES ($1)", SCHEMA_VERSION)
         except StorageError:
@@ -459,7 +614,7 @@ class PostgresStore:
 
     async def _tell(self, payloads: list[str]) -> None:
         """Others' commits in order: the last word on each ruid wins; written rows fetched by ruid."""
-        last: dict[str, tuple[str, str] | None] = {}  # ruid -> (table, aor) deleted, or None: written
+        last: dict[str, tuple[str, str, str | None] | None] = {}  # ruid -> (table, aor, reason) deleted, or None
         policies: list[tuple[str, str, str, str | None]] = []
         subscribers: dict[tuple[str, str], None] = {}
         for payload in payloads:
@@ -469,7 +624,7 @@ class PostgresStore:
             for ruid in change.get("p", ()):
                 last[ruid] = None
             for table, aor, ruid in change.get("d", ()):
-                last[ruid] = (table, aor)
+                last[ruid] = (table, aor, change.get("r"))
             policies += [(table, aor, name, value) for table, aor, name, value in change.get("o", ())]
             subscribers.update(((username, domain), None) for username, domain in change.get("s", ()))
         if subscribers:
@@ -479,9 +634,14 @@ class PostgresStore:
         written = [ruid for ruid, where in last.items() if where is None]
         rows = await self._listener.fetch(  # type: ignore[union-attr]
             f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[]) ORDER BY modified", written) if written else []
-        deletes = [(where[0], where[1], ruid) for ruid, where in last.items() if where is not None]
+        by_reason: dict[str | None, list[tuple[str, str, str]]] = {}
+        for ruid, where in last.items():
+            if where is not None:
+                by_reason.setdefault(where[2], []).append((where[0], where[1], ruid))
         assert self._feed is not None
-        self._feed.changed(_contacts(rows), deletes, policies)
+        self._feed.changed(_contacts(rows), by_reason.pop(None, []), policies)
+        for reason, deletes in by_reason.items():
+            self._feed.changed([], deletes, [], reason)
 
     async def _tell_subscribers(self, keys: list[tuple[str, str]]) -> None:
         """Subscribers others changed, as they are now: a key with no row was removed."""
@@ -508,6 +668,11 @@ class PostgresStore:
     async def close(self) -> None:
         self._opened = False
         self._fault = self._reconnect_error = ""
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
+            self._beating = None
+        await self._drop_live()
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)

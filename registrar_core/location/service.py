@@ -33,6 +33,7 @@ REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
 REMOVED_REMOTE = "remote"  # by another registrar sharing the store
+REMOVED_NODE_GONE = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
 # Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, dict[str, Contact]] = {}
 _NO_BINDINGS: dict[str, Contact] = {}
@@ -207,14 +208,15 @@ class LocationService:
 
     # -- the feed of a shared store (Feed) ----------------------------------------------
     def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
-                policies: list[tuple[str, str, str, str | None]]) -> None:
+                policies: list[tuple[str, str, str, str | None]], reason: str | None = None) -> None:
         """What another registrar committed: into memory and published, as if done here."""
+        why = REMOVED_REMOTE if reason is None else reason
         for table, aor, name, value in policies:
             self._set_policy(table, aor, name, value)
         for table, aor, ruid in deletes:
             contact = self._tables.get(table, _NO_AORS).get(aor, _NO_BINDINGS).get(ruid)
             if contact is not None:
-                self._apply(table, [], [(contact, REMOVED_REMOTE)])
+                self._apply(table, [], [(contact, why)])
         for table, contact in puts:
             is_new = contact.ruid not in self._tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS)
             self._apply(table, [(contact, is_new)], [])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .contact import Contact
+from .nodes import NodeState
 
 
 # The policy and subscriber tables, the same SQL in every store (contacts differ by column types).
@@ -68,9 +69,10 @@ class Feed(Protocol):
     """Who is told what other registrars changed in a shared store: the location service."""
 
     def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
-                policies: list[tuple[str, str, str, str | None]]) -> None:
+                policies: list[tuple[str, str, str, str | None]], reason: str | None = None) -> None:
         """Bindings another registrar wrote (table, contact) or deleted (table, aor, ruid), and
-        policy values it set (None: deleted)."""
+        policy values it set (None: deleted). ``reason``: why the deletes were made when no
+        registrar asked for them (a dead node's flows: node-gone)."""
 
     def reloaded(self, rows: list[tuple[str, Contact]]) -> None:
         """The whole table again, after the feed was lost: what memory holds may be stale."""
@@ -101,6 +103,10 @@ class Store(Protocol):
         """Should this registrar delete expired bindings from the store? Of registrars that
         share one, a single one at a time (taken over when it dies); the others drop them
         from memory only."""
+
+    async def nodes(self) -> list[NodeState]:
+        """The registrars sharing this store, alive or gone (``ctl nodes``); [] for a store
+        only one registrar uses."""
 
     async def load(self, now: float) -> list[tuple[str, Contact]]:
         """Every stored (table, binding) not expired at ``now``, oldest ``modified`` first.
