@@ -35,7 +35,7 @@ from .awaitable import awaited
 from .client_transactions import ClientTransactions
 from .config import Config
 from .events import SUBSCRIBER_CHANGED, EventBus, Subscription
-from .location import DEFAULT_TABLE, Contact, LocationService, NodeIdentity, NodeState, store_for
+from .location import DEFAULT_TABLE, Contact, LocationService, NodeIdentity, NodeState, is_postgres, store_for
 from .location.service import REMOVED_ADMIN
 from .location.store import SubscriberChange
 from .pipeline import Pipeline, reply_address
@@ -88,6 +88,7 @@ class RegistrarCore:
                                 lambda: self.stats.accepted_regs, prune_flows=not config.keep_flow_contacts)
         store = None if memory_only else store_for(config.db, identity)
         self.location = LocationService(store, self.events, clock=clock)
+        self.location.shared = store is not None and is_postgres(config.db)
         self.to_tag = secrets.token_hex(6)
         self.registrar = Registrar(config, self.location, self.to_tag)
         self.listening: list[str] = []

@@ -443,3 +443,51 @@ async def test_a_restarted_node_prunes_the_contacts_of_its_dead_connections(pg_d
         code, shown = a.ctl("show", udp_aor)
         assert code == 0 and shown["count"] == 1
         assert "held before it restarted" in a.log.read_text()
+
+
+async def _race(nodes: Sequence[ServeProcess], aor: str, rounds: int = 5, per_node: int = 8) -> list[int]:
+    """``rounds`` times, ``per_node`` devices on each node register a new contact for ``aor``
+    all at once; the statuses."""
+    phones = [await UdpPhone(("127.0.0.1", node.port)).open() for node in nodes for _ in range(per_node)]
+    statuses: list[int] = []
+    try:
+        for round_ in range(rounds):
+            responses = await asyncio.gather(*(
+                phone.send(register_bytes(aor, [f"<sip:dev{i}-{round_}@127.0.0.1:{6000 + i}>"], local=phone.local))
+                for i, phone in enumerate(phones)))
+            statuses += [r.status for r in responses]
+    finally:
+        for phone in phones:
+            phone.close()
+    return statuses
+
+
+async def _agreed(postgres, pg_dsn: str, nodes: Sequence[ServeProcess], aor: str) -> list[str]:
+    """The AOR's ruids in the database, once every node's memory holds the same (polled)."""
+    stored = sorted(postgres.query(pg_dsn, f"SELECT ruid FROM contacts WHERE aor = '{aor}'"))
+    clients = [await ControlClient(node.control).connect() for node in nodes]
+    try:
+        for client in clients:
+            await _wait_for(client, aor, lambda cs: sorted(c["ruid"] for c in cs) == stored)
+    finally:
+        for client in clients:
+            await client.close()
+    return stored
+
+
+@pytest.mark.parametrize("limit, options", [(1, ("--single-contact",)), (2, ("--max-contacts", "2")),
+                                            (2, ("--max-contacts", "2", "--max-contacts-mode", "evict-oldest"))],
+                         ids=["single-contact", "max-contacts", "max-contacts-evict"])
+async def test_an_aor_limit_holds_when_two_nodes_add_bindings_at_once(pg_dsn, postgres, short_dir, limit, options):
+    """Devices register new contacts for one AOR through A and B at the same instant, each
+    node blind for a few ms to what the other just added: the database (AOR lock, then the
+    oldest beyond the limit removed) never ends over the limit, and both memories agree."""
+    with running_nodes(pg_dsn, short_dir, *options) as nodes:
+        aor = next_aor("race")
+        statuses: list[int] = []
+        for _ in range(10):  # checked after each round: a later one would hide an overshoot
+            statuses += await _race(nodes, aor, rounds=1, per_node=2)
+            assert len(postgres.query(pg_dsn, f"SELECT ruid FROM contacts WHERE aor = '{aor}'")) <= limit
+        statuses += await _race(nodes, aor)
+        assert statuses.count(200) >= limit and set(statuses) <= {200, 503}, statuses
+        assert len(await _agreed(postgres, pg_dsn, nodes, aor)) == limit

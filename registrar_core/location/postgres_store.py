@@ -43,6 +43,10 @@ _SWEEPER_LOCK = 0x5C0_5EE9
 # connection: PostgreSQL lets go of it when that connection ends (the process died), which
 # no heartbeat can tell from a node merely slow. Two-key locks never meet the one-key ones above.
 _NODE_LOCKS = 0x5C0
+# Held (per transaction) on (_AOR_LOCKS, hashtext(table aor)) by a write that adds a binding
+# to an AOR under a limit: two nodes adding to one AOR at once take turns, and the second
+# sees the first's row when it counts.
+_AOR_LOCKS = 0x5C1
 HEARTBEAT_INTERVAL = 1.0  # seconds between a node's heartbeats (its row in nodes)
 # A node whose heartbeat is this old and whose lock the sweeper can take is gone: its
 # connection-bound contacts are removed (README "Scaling out": within 10 s of its death).
@@ -92,6 +96,11 @@ _NODES_STALE = ("SELECT node FROM nodes WHERE NOT gone AND node <> $1 "
                 "AND heartbeat < now() - make_interval(secs => $2) ORDER BY node")
 _NODES = ("SELECT node, addresses, extract(epoch FROM started), extract(epoch FROM now() - heartbeat), registers, "
           "rate, gone FROM nodes ORDER BY node")
+# The AOR's bindings beyond the limit, oldest expiry first, but never one this batch wrote.
+_EVICT = ("DELETE FROM contacts WHERE ruid IN (SELECT ruid FROM contacts WHERE tbl = $1 AND aor = $2 "
+          "AND ruid <> ALL($3::text[]) ORDER BY expires "
+          "LIMIT greatest(0, (SELECT count(*) FROM contacts WHERE tbl = $1 AND aor = $2) - $4)) "
+          "RETURNING tbl, aor, ruid")
 # A node's contacts reachable only through its connections (the transport is the socket's prefix).
 _DELETE_FLOWS = ("DELETE FROM contacts WHERE node = $1 AND split_part(socket, ':', 1) = ANY($2::text[]) "
                  "RETURNING tbl, aor, ruid")
@@ -108,7 +117,13 @@ _COLUMNS = ", ".join(_COLUMN_NAMES)
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:]) + (
     " WHERE contacts.callid <> excluded.callid OR excluded.cseq > contacts.cseq RETURNING ruid")
-# 20 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
+# A refresh is an UPDATE, never an insert: a binding another node deleted (unregistered,
+# replaced, evicted) is not brought back by a node that has not heard of the delete yet. An
+# UPDATE that meets a row being deleted waits for that commit, then skips it: the delete wins.
+_REFRESH = ("UPDATE contacts SET " + ", ".join(f"{c} = v.{c}" for c in _COLUMN_NAMES[3:]) +
+            " FROM v WHERE v.refresh AND contacts.ruid = v.ruid"
+            " AND (contacts.callid <> v.callid OR v.cseq > contacts.cseq) RETURNING contacts.ruid")
+# 21 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
 # statements cover every batch size and stay in asyncpg's prepared-statement cache.
 MAX_CHUNK = 1024
 RECONNECT_INTERVAL = 0.5  # seconds between attempts to connect again after a fault
@@ -124,17 +139,27 @@ MAX_PAYLOAD = 7_000
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
 
 
+_COLUMN_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "text", "int8", "text", "text", "text",
+                 "text", "text", "int8", "int8", "text", "int8", "float8", "text", "bool")
+
+
 @functools.cache  # rows <= MAX_CHUNK
 def _upsert_sql(rows: int, notify: bool = False) -> str:
-    """The multi-row upsert; with ``notify`` its NOTIFYs ride in the same statement (one round
-    trip): a data-modifying WITH runs whether or not the SELECT reads it."""
-    width = len(_COLUMN_NAMES)
+    """The multi-row write, one statement: new bindings upserted, refreshes (each row's last
+    value) updated only where their row still is (_REFRESH); the ruids written come back (a
+    refresh of a deleted binding among those not written, see write()). With ``notify`` its
+    NOTIFYs ride in the same statement (one round trip): a data-modifying WITH runs whether
+    or not the SELECT reads it."""
+    width = len(_COLUMN_TYPES)
     first = 2 if notify else 1
-    marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
-    upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
+    marks = ",".join("(" + ",".join(f"${first + r * width + c}::{t}" for c, t in enumerate(_COLUMN_TYPES)) + ")"
+                     for r in range(rows))
+    written = (f"WITH v ({_COLUMNS}, refresh) AS (VALUES {marks}), "
+               f"ins AS (INSERT INTO contacts ({_COLUMNS}) SELECT {_COLUMNS} FROM v WHERE NOT v.refresh{_UPSERT_SET}), "
+               f"upd AS ({_REFRESH}), up AS (SELECT ruid FROM ins UNION ALL SELECT ruid FROM upd) ")
     if not notify:
-        return upsert
-    return (f"WITH up AS ({upsert}) SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+        return written + "SELECT ruid FROM up"
+    return (written + f"SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
             "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
 
 
@@ -183,11 +208,11 @@ def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, 
     return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
 
-def _values(puts: list[tuple[str, Contact]]) -> list[object]:
+def _values(puts: list[tuple[str, Contact]], refreshes: set[str]) -> list[object]:
     return [value for table, c in puts for value in (
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified, c.node)]
+        c.cflags, c.instance, c.regid, c.modified, c.node, c.ruid in refreshes)]
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -475,32 +500,41 @@ class PostgresStore:
             conn = await self._writable()
             try:
                 puts = batch.puts
-                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
+                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers
+                                                       or batch.limits):
                     # The usual group commit: one statement, its own transaction, one round trip.
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts, batch.refreshes))
                     written = set(rows[0][1] or ())
                 else:
                     written = await self._write_transaction(conn, batch)
-                lost = [c.ruid for _, c in puts if c.ruid not in written]
+                lost = [(table, c) for table, c in puts if c.ruid not in written]
                 if lost:
                     await self._tell_lost(conn, lost)
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
-    async def _tell_lost(self, conn: asyncpg.Connection, ruids: list[str]) -> None:
-        """Bindings this write left alone (another node stored a newer CSeq of them first): the
-        stored rows go to the feed right after the caller has applied its own copy, which they
-        replace in memory."""
-        log.info("%d binding(s) not written: another registrar stored a newer CSeq first", len(ruids))
+    async def _tell_lost(self, conn: asyncpg.Connection, puts: list[tuple[str, Contact]]) -> None:
+        """Bindings this write left alone (another node stored a newer CSeq of them first, or
+        deleted a refreshed one first): the stored rows go to the feed right after the caller
+        has applied its own copy, which they replace in memory, or remove it (gone)."""
+        ruids = [c.ruid for _, c in puts]
         rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[])", ruids)
+        stored = _contacts(rows)
+        found = {c.ruid for _, c in stored}
+        gone = [(table, c.aor, c.ruid) for table, c in puts if c.ruid not in found]
+        log.info("%d binding(s) not written: another registrar stored a newer CSeq first (%d) or deleted "
+                 "them first (%d)", len(ruids), len(found), len(gone))
         if self._feed is not None:
-            asyncio.get_running_loop().call_soon(self._feed.changed, _contacts(rows), [], [])
+            asyncio.get_running_loop().call_soon(self._feed.changed, stored, gone, [])
 
     async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> set[str]:
         """The batch in one transaction; the ruids written."""
         written: set[str] = set()
+        evicted: dict[str, list[tuple[str, str, str]]] = {}
         async with conn.transaction():
+            for tbl, aor in sorted(batch.limits):  # in one order on every node: no deadlock
+                await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2 || ' ' || $3))", _AOR_LOCKS, tbl, aor)
             deleted: list[tuple[str, str, str]] = []
             if batch.deletes:
                 rows = await conn.fetch("DELETE FROM contacts WHERE ruid = ANY($1::text[]) RETURNING tbl, aor, ruid",
@@ -512,7 +546,7 @@ class PostgresStore:
             if notify:
                 await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
-                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
+                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size], batch.refreshes))
                 written.update(r[0] for r in rows)
             for tbl, aor, name, value in batch.policies:
                 if value is None:
@@ -528,7 +562,30 @@ class PostgresStore:
                         "INSERT INTO subscribers VALUES ($1,$2,$3,$4,$5) ON CONFLICT (username, domain) DO UPDATE "
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
+            if batch.limits:
+                evicted = await self._keep_limits(conn, batch)
+        if self._feed is not None:  # before the caller applies the batch: its 200 lists what is left
+            for reason, gone in evicted.items():
+                self._feed.changed([], gone, [], reason)
         return written
+
+    async def _keep_limits(self, conn: asyncpg.Connection,
+                           batch: Batch) -> dict[str, list[tuple[str, str, str]]]:
+        """With the AORs' locks held: remove each limited AOR's bindings beyond its limit
+        (another node may have added some this node has not heard of yet), told to all."""
+        ours: dict[tuple[str, str], list[str]] = {}
+        for table, contact in batch.puts:
+            ours.setdefault((table, contact.aor), []).append(contact.ruid)
+        evicted: dict[str, list[tuple[str, str, str]]] = {}
+        for (tbl, aor), (limit, reason) in sorted(batch.limits.items()):
+            rows = await conn.fetch(_EVICT, tbl, aor, ours.get((tbl, aor), []), limit)
+            evicted.setdefault(reason, []).extend((r[0], r[1], r[2]) for r in rows)
+        for reason, gone in evicted.items():
+            if gone:
+                log.info("%d binding(s) %s in the database: another registrar had added to the AOR meanwhile",
+                         len(gone), reason)
+                await conn.execute(_NOTIFY, _payloads(self.node, [], gone, [], reason=reason))
+        return {reason: gone for reason, gone in evicted.items() if gone}
 
     async def sweeps(self) -> bool:
         async with self._busy:

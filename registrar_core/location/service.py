@@ -51,14 +51,16 @@ class _Pending:
     removes: list[tuple[Contact, str]]
     batch: Batch | None  # policy and subscriber changes committed with it
     done: Done
+    limit: tuple[int, str] | None  # the AOR's most bindings in a shared store, and why others go
 
     def __init__(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]],
-                 batch: Batch | None, done: Done) -> None:
+                 batch: Batch | None, done: Done, limit: tuple[int, str] | None = None) -> None:
         self.table = table
         self.puts = puts
         self.removes = removes
         self.batch = batch
         self.done = done
+        self.limit = limit
 
 
 class KeyedLock:
@@ -141,6 +143,8 @@ class LocationService:
         # Subscriber changes another registrar committed, handed on (the Registrar API sets it:
         # subscribers are kept by auth.Subscribers, not here).
         self.on_subscribers: Callable[[Sequence[SubscriberChange], bool], None] | None = None
+        # Other registrars write the store too (PostgreSQL): an AOR's limit is kept there as well.
+        self.shared = False
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -268,8 +272,10 @@ class LocationService:
         done: Done,
         *,
         memory_only: bool = False,
+        limit: tuple[int, str] | None = None,
     ) -> None:
         """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason).
+        ``limit``: (most bindings, reason) the store keeps the AOR to (shared stores).
 
         With a store, the change goes into the next group commit; once that is durable
         the change is applied in memory, published, and ``done(None)`` is called. When the
@@ -280,7 +286,7 @@ class LocationService:
             self._apply(table, puts, removes)
             done(None)
             return
-        self._pending.append(_Pending(table, puts, removes, None, done))
+        self._pending.append(_Pending(table, puts, removes, None, done, limit))
         self._wake.set()
 
     async def apply(
@@ -502,13 +508,18 @@ class LocationService:
 def _merge(changes: list[_Pending]) -> Batch:
     """Collapse changes in order into one batch: the last change to each ruid wins."""
     final: dict[str, tuple[str, Contact] | None] = {}
+    born: set[str] = set()  # new bindings in this batch: may be inserted
+    refreshed: set[str] = set()
     merged = Batch()
     for change in changes:
         table = change.table
         for contact, _ in change.removes:
             final[contact.ruid] = None
-        for contact, _ in change.puts:
+        for contact, is_new in change.puts:
             final[contact.ruid] = (table, contact)
+            (born if is_new else refreshed).add(contact.ruid)
+        if change.limit is not None and change.puts:
+            merged.limits[(table, change.puts[0][0].aor)] = change.limit
         if change.batch is not None:  # policies and subscribers only (see commit())
             merged.policies += change.batch.policies
             merged.subscribers += change.batch.subscribers
@@ -517,4 +528,5 @@ def _merge(changes: list[_Pending]) -> Batch:
             merged.deletes.append(ruid)
         else:
             merged.puts.append(value)
+    merged.refreshes = refreshed - born
     return merged

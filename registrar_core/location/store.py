@@ -57,12 +57,18 @@ SubscriberChange = tuple[str, str, tuple[str, str, str] | None]
 
 @dataclass
 class Batch:
-    """Changes committed together: contacts to write, contacts to delete, policy values."""
+    """Changes committed together: contacts to write, contacts to delete, policy values.
+    ``limits``: (table, aor) -> (most bindings, reason): a store several registrars write
+    removes the AOR's oldest bindings beyond that (others' too), with that reason.
+    ``refreshes``: ruids of puts that refresh a binding: such a store writes them only if the
+    binding is still stored (another registrar's delete committed first wins)."""
 
     puts: list[tuple[str, Contact]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     policies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     subscribers: list[SubscriberChange] = field(default_factory=list)
+    limits: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    refreshes: set[str] = field(default_factory=set)
 
 
 class Feed(Protocol):
