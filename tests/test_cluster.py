@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from console.app import SipConsole
+from console.widgets.contacts_table import NODE_COLUMN
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import ServeProcess, run_cli
-from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes
+from .processes import ServeProcess, run_cli, run_sipp, write_injection
+from .sipclient import (TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes,
+                        request_bytes)
 
 VISIBLE_WITHIN = 0.1  # seconds from a 200 on one node to the binding on another (issue 17)
 NODE_GONE_WITHIN = 10.0  # seconds from a node's death to its flows' removal (README "Scaling out")
@@ -26,13 +29,15 @@ NODE_GONE_WITHIN = 10.0  # seconds from a node's death to its flows' removal (RE
 @contextlib.contextmanager
 def running_nodes(pg_dsn: str, short_dir: Path, *options: str,
                   per_node: Callable[[str], Sequence[str]] = lambda name: (),
-                  names: Sequence[str] = ("a", "b")) -> Iterator[list[ServeProcess]]:
+                  names: Sequence[str] = ("a", "b"),
+                  hosts: Sequence[str] = ()) -> Iterator[list[ServeProcess]]:
     """Registrars (two: a and b) sharing one database, started with ``options`` and
-    ``per_node(name)``; stopped when the block ends, whatever happened in it."""
+    ``per_node(name)`` (on ``hosts``, one each, else 127.0.0.1); stopped when the block ends,
+    whatever happened in it."""
     started = []
     try:
-        for name in names:
-            node = ServeProcess(short_dir, free_port(), "-" + name)
+        for index, name in enumerate(names):
+            node = ServeProcess(short_dir, free_port(), "-" + name, *hosts[index:index + 1])
             node.db = pg_dsn  # type: ignore[assignment]  # the command line takes str(db)
             started.append(node.start(*options, *per_node(name)))
         yield started
@@ -491,3 +496,65 @@ async def test_an_aor_limit_holds_when_two_nodes_add_bindings_at_once(pg_dsn, po
         statuses += await _race(nodes, aor)
         assert statuses.count(200) >= limit and set(statuses) <= {200, 503}, statuses
         assert len(await _agreed(postgres, pg_dsn, nodes, aor)) == limit
+
+
+async def test_three_nodes_sipp_through_one_while_lookups_ctl_and_an_attached_console_use_the_others(
+        pg_dsn, short_dir, tmp_path):
+    """Nodes on 127.0.0.2/.3/.4 (issue 17 point 4): sipp registers 200 devices through A while
+    B answers INVITEs with 302s and `ctl`, and a console attached to C (driven by its Pilot)
+    shows every binding live, a header line per node (up, address, REG/s) and a Node column
+    naming A."""
+    hosts = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("a", "b", "c"), hosts=hosts) as (a, b, c):
+        users = [f"three{i}" for i in range(200)]
+        aors = {f"{u}@example.com" for u in users}
+        devices = write_injection(tmp_path / "three.csv", [(u, "example.com") for u in users])
+        caller = await UdpPhone((b.host, b.port)).open()
+        client = await ControlClient(c.control).connect()
+        app = SipConsole(client, embedded=False, mode="attached")
+        try:
+            async with app.run_test(size=(140, 40)) as pilot:
+                main = pilot.app.main
+                deadline = time.monotonic() + 20
+                while not main.loaded:
+                    assert time.monotonic() < deadline, "the console never loaded"
+                    await pilot.pause(0.05)
+                sipp = asyncio.create_task(asyncio.to_thread(
+                    run_sipp, "register.xml", a.port, "-inf", str(devices), calls=len(users), rate=50, host=a.host))
+                # While sipp is still registering through A: B redirects to a device it registered.
+                redirected = 0
+                while not sipp.done():
+                    invite = request_bytes("INVITE", "sip:three0@example.com", next_aor(), local=caller.local)
+                    response = await caller.send(invite)
+                    if response.status == 302:
+                        assert response.contacts[0].uri.host == a.host  # sipp sends from A's address
+                        redirected += 1
+                    await asyncio.sleep(0.05)
+                result = await sipp
+                assert result.successful == len(users), result.output[-3000:]
+                assert redirected > 0, "no 302 from B while sipp registered through A"
+                code, dumped = b.ctl("dump")
+                assert code == 0
+                assert {e["aor"]: [x["node"] for x in e["contacts"]] for e in dumped["aors"]} == {
+                    aor: ["node-a"] for aor in aors}
+                code, text = b.ctl("nodes", json_output=False)
+                assert code == 0 and [line.split()[:2] for line in text.splitlines()] == [
+                    ["NODE", "STATE"], ["node-a", "up"], ["node-b", "up"], ["node-c", "up"]], text
+                deadline = time.monotonic() + 20
+                while set(main.registry.rows) != aors or len(main.status.nodes) != 3:
+                    assert time.monotonic() < deadline, (len(main.registry.rows), main.status.nodes)
+                    await pilot.pause(0.1)
+                assert [(n["node"], n["up"], n["addresses"][0]) for n in main.status.nodes] == [
+                    ("node-a", True, f"udp:{a.host}:{a.port}"), ("node-b", True, f"udp:{b.host}:{b.port}"),
+                    ("node-c", True, f"udp:{c.host}:{c.port}")]
+                header = main.status.render().plain
+                assert all(f"node node-{name}" in header for name in "abc"), header
+                main.aors.move_cursor(main.registry.position("three7@example.com"))
+                while main.contacts.aor != "three7@example.com" or not main.contacts.contacts:
+                    assert time.monotonic() < deadline, main.contacts.aor
+                    await pilot.pause(0.05)
+                assert main.contacts.columns[2] == NODE_COLUMN
+                assert main.contacts.row_cells(0)[2] == "node-a"
+        finally:
+            caller.close()
+            await client.close()

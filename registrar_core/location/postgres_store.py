@@ -204,6 +204,12 @@ _SUBSCRIBERS_FROM = "SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_25
 _SUBSCRIBERS = f'{_SUBSCRIBERS_FROM} ORDER BY domain COLLATE "C", username COLLATE "C"'
 
 
+def _nodes(rows: list[asyncpg.Record]) -> list[NodeState]:
+    return [NodeState(name=r[0], addresses=tuple(json.loads(r[1])), started=float(r[2]),
+                      heartbeat_age=max(0.0, float(r[3])), registers=r[4], rate=r[5],
+                      up=not r[6] and float(r[3]) < GONE_AFTER) for r in rows]
+
+
 def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, str, str]]]:
     return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
@@ -265,6 +271,7 @@ class PostgresStore:
         self._beating: asyncio.Task[None] | None = None
         self._started = time.time()
         self.nodes_gone = 0  # nodes this registrar found gone and removed the flows of
+        self._nodes: list[NodeState] = []  # as the last heartbeat read them (consoles ask every second)
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -354,6 +361,7 @@ class PostgresStore:
                 count, now = identity.registers(), time.monotonic()
                 await self._live.execute(_NODE_BEAT, identity.name, count, (count - last_count) / (now - last_time))
                 last_count, last_time, down = count, now, False
+                self._nodes = _nodes(await self._live.fetch(_NODES))
                 # Only after GONE_AFTER on a live connection: when the database itself was
                 # down, the other nodes need as long as we did to beat again.
                 if time.monotonic() - self._live_since >= GONE_AFTER and await self.sweeps():
@@ -390,9 +398,9 @@ class PostgresStore:
             await _close(conn)
 
     async def nodes(self) -> list[NodeState]:
-        return [NodeState(name=r[0], addresses=tuple(json.loads(r[1])), started=float(r[2]),
-                          heartbeat_age=max(0.0, float(r[3])), registers=r[4], rate=r[5],
-                          up=not r[6] and float(r[3]) < GONE_AFTER) for r in await self._fetch(_NODES)]
+        """As the last heartbeat read them (at most HEARTBEAT_INTERVAL old), without a query
+        each time a console asks; read now before the first heartbeat or without one."""
+        return self._nodes if self._beating is not None and self._nodes else _nodes(await self._fetch(_NODES))
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         try:
