@@ -274,7 +274,6 @@ class PostgresStore:
         self._live_since = 0.0  # monotonic time the liveness connection (re)took the node's lock
         self._beating: asyncio.Task[None] | None = None
         self._started = time.time()
-        self.nodes_gone = 0  # nodes this registrar found gone and removed the flows of
         self._nodes: list[NodeState] = []  # as the last heartbeat read them (consoles ask every second)
 
     def describe(self) -> str:
@@ -312,7 +311,11 @@ class PostgresStore:
         connections it held before: none of them is open in this new process."""
         self._live = await self._live_connection(identity)
         if identity.prune_flows:
-            pruned = await self._remove_flows(self._live, identity.name)
+            try:
+                pruned = await self._remove_flows(self._live, identity.name)
+            except Exception as exc:
+                raise StorageError(f"cannot prune the dead flows of node {identity.name!r} in {self.describe()}: "
+                                   f"{exc or type(exc).__name__}") from exc
             if pruned:
                 log.info("removed %d contact(s) of connections this node (%s) held before it restarted",
                          len(pruned), identity.name)
@@ -369,7 +372,7 @@ class PostgresStore:
                 self._nodes = _nodes(await self._live.fetch(_NODES))
                 # Only after GONE_AFTER on a live connection: when the database itself was
                 # down, the other nodes need as long as we did to beat again.
-                if time.monotonic() - self._live_since >= GONE_AFTER and await self.sweeps():
+                if time.monotonic() - self._live_since >= GONE_AFTER and await self._sweeper():
                     await self._remove_gone(self._live, identity)
             except asyncio.CancelledError:
                 raise
@@ -378,6 +381,14 @@ class PostgresStore:
                                                      identity.name, self.describe(), str(exc) or type(exc).__name__)
                 down = True
                 await self._drop_live()
+
+    async def _sweeper(self) -> bool:
+        """:meth:`sweeps`, with a fault of the main connection (dropped: the next write
+        connects again) no reason to drop the liveness one."""
+        try:
+            return await self.sweeps()
+        except StorageError:
+            return False
 
     async def _remove_gone(self, conn: asyncpg.Connection, identity: NodeIdentity) -> None:
         """Nodes whose heartbeat stopped and whose lock is free (their session ended: the
@@ -391,7 +402,6 @@ class PostgresStore:
                 await conn.execute("UPDATE nodes SET gone = true WHERE node = $1", node)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _NODE_LOCKS, node)
-            self.nodes_gone += 1
             log.warning("node %s is gone (no heartbeat for %.0f s, its session ended): removed its %d "
                         "connection-bound contact(s)", node, GONE_AFTER, len(deleted))
             if deleted and self._feed is not None:
