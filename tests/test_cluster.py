@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import statistics
 import time
@@ -394,43 +395,83 @@ def _stored(postgres, pg_dsn: str, *aors: str) -> list[str]:
 
 async def test_a_killed_node_loses_its_connection_contacts_on_the_others_not_its_udp_ones(pg_dsn, postgres,
                                                                                          short_dir):
-    """SIGKILL of A: B (the survivor, so the sweeper) finds A's heartbeat stopped and its lock
-    free, and removes A's TCP contact from the database and every memory, with reason
-    node-gone, within NODE_GONE_WITHIN; A's UDP contact stays (it may still be reachable)."""
-    with running_nodes(pg_dsn, short_dir, per_node=_named) as (a, b):
+    """SIGKILL of A: the sweeper (B or C) finds A's heartbeat stopped and its lock free, and
+    removes A's TCP contact from the database and from both survivors' memory (the other one
+    through the feed), with reason node-gone, within NODE_GONE_WITHIN; A's UDP contact stays
+    (it may still be reachable)."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("a", "b", "c")) as (a, b, c):
         tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
-        on_b = await ControlClient(b.control).connect()
-        removed: list[tuple[str, str]] = []
+        survivors = [await ControlClient(node.control).connect() for node in (b, c)]
+        removed: list[list[tuple[str, str]]] = [[], []]
 
-        async def collect() -> None:
-            async for batch in on_b.events():
-                removed.extend((e["aor"], e["reason"]) for e in batch if e["kind"] == "contact.removed")
+        async def collect(client: ControlClient, into: list[tuple[str, str]]) -> None:
+            async for batch in client.events():
+                into.extend((e["aor"], e["reason"]) for e in batch if e["kind"] == "contact.removed")
 
+        tasks = []
         try:
-            assert await on_b.call("subscribe") == {"subscribed": True}
-            task = asyncio.create_task(collect())
-            await _wait_for(on_b, tcp_aor, lambda cs: [c["node"] for c in cs] == ["node-a"])
-            await _wait_for(on_b, udp_aor, lambda cs: len(cs) == 1)
+            for client, into in zip(survivors, removed):
+                assert await client.call("subscribe") == {"subscribed": True}
+                tasks.append(asyncio.create_task(collect(client, into)))
+                await _wait_for(client, tcp_aor, lambda cs: [c["node"] for c in cs] == ["node-a"])
+                await _wait_for(client, udp_aor, lambda cs: len(cs) == 1)
             a.kill()
             killed = time.monotonic()
-            gone = await _wait_for(on_b, tcp_aor, lambda cs: cs == [], timeout=NODE_GONE_WITHIN + 10)
-            print(f"node-a's TCP contact removed {gone - killed:.1f} s after SIGKILL")
-            assert gone - killed < NODE_GONE_WITHIN
+            for client in survivors:
+                gone = await _wait_for(client, tcp_aor, lambda cs: cs == [], timeout=NODE_GONE_WITHIN + 10)
+                print(f"node-a's TCP contact removed {gone - killed:.1f} s after SIGKILL")
+                assert gone - killed < NODE_GONE_WITHIN
+                assert len(await _contacts(client, udp_aor)) == 1
             assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{udp_aor} node-a"]
-            assert len(await _contacts(on_b, udp_aor)) == 1
             deadline = time.monotonic() + 5
-            while (tcp_aor, "node-gone") not in removed:
+            while any((tcp_aor, "node-gone") not in heard for heard in removed):
                 assert time.monotonic() < deadline, removed
                 await asyncio.sleep(0.05)
-            assert (udp_aor, "node-gone") not in removed
+            assert all(aor != udp_aor for heard in removed for aor, _ in heard), removed
             code, listed = b.ctl("nodes")
             assert code == 0
-            assert {n["node"]: n["up"] for n in listed["nodes"]} == {"node-a": False, "node-b": True}
-            task.cancel()
+            assert {n["node"]: n["up"] for n in listed["nodes"]} == {"node-a": False, "node-b": True, "node-c": True}
+        finally:
+            for task in tasks:
+                task.cancel()
+            tcp.close()
+            udp.close()
+            for client in survivors:
+                await client.close()
+
+
+async def test_a_node_that_stops_beating_but_lives_keeps_its_connection_contacts(pg_dsn, postgres, short_dir):
+    """A stopped (SIGSTOP) for longer than the heartbeat allows: B, the sweeper, shows it
+    down, but A's session, and so its lock, lives, so its TCP contact is not removed; resumed,
+    A is up."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("b",)) as (b,), contextlib.ExitStack() as stack:
+        deadline = time.monotonic() + 20
+        while "deletes expired bindings" not in b.log.read_text():  # B sweeps, not the A we stop
+            assert time.monotonic() < deadline, b.log.read_text()
+            await asyncio.sleep(0.1)
+        (a,) = stack.enter_context(running_nodes(pg_dsn, short_dir, per_node=_named, names=("a",)))
+        tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
+        try:
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 20
+                while {n["node"]: n["up"] for n in b.ctl("nodes")[1]["nodes"]}.get("node-a", True):
+                    assert time.monotonic() < deadline, "node-a never shown down"
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(3)  # three more of B's sweeps: each finds A's lock held
+                assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{tcp_aor} node-a", f"{udp_aor} node-a"]
+                assert b.ctl("show", tcp_aor)[0] == 0
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while not {n["node"]: n["up"] for n in b.ctl("nodes")[1]["nodes"]}["node-a"]:
+                assert time.monotonic() < deadline, "node-a never up again"
+                await asyncio.sleep(0.2)
+            assert "node-a is gone" not in b.log.read_text()
         finally:
             tcp.close()
             udp.close()
-            await on_b.close()
 
 
 async def test_a_restarted_node_prunes_the_contacts_of_its_dead_connections(pg_dsn, postgres, short_dir):
