@@ -36,7 +36,7 @@ from .client_transactions import ClientTransactions
 from .config import Config
 from .events import SUBSCRIBER_CHANGED, EventBus, Subscription
 from .journal import HISTORY_LIMIT, Entry
-from .location import DEFAULT_TABLE, Contact, LocationService, store_for
+from .location import DEFAULT_TABLE, Contact, LocationService, NodeIdentity, NodeState, is_postgres, store_for
 from .location.service import REMOVED_ADMIN
 from .location.store import SubscriberChange
 from .pipeline import Pipeline, reply_address
@@ -87,9 +87,12 @@ class RegistrarCore:
         self.config = config
         self.events = EventBus(clock)
         self.stats = Stats(started=clock())
-        store = None if memory_only else store_for(config.db)
+        identity = NodeIdentity(config.node, tuple(str(spec) for spec in config.listen),
+                                lambda: self.stats.accepted_regs, prune_flows=not config.keep_flow_contacts)
+        store = None if memory_only else store_for(config.db, identity)
         self.location = LocationService(store, self.events, clock=clock, journal_retention=config.journal_retention,
                                         journal_max_rows=config.journal_max_rows)
+        self.location.shared = store is not None and is_postgres(config.db)
         self.to_tag = secrets.token_hex(6)
         self.registrar = Registrar(config, self.location, self.to_tag)
         self.listening: list[str] = []
@@ -422,6 +425,17 @@ class RegistrarCore:
             **self.qualify.stats(),
             **self.reg_events.stats(),
         }
+
+    async def nodes(self) -> list[NodeState]:
+        """The registrars sharing the location table: addresses, up or down, REGISTERs per
+        second (``ctl nodes``, the console's header). A table only this one uses: itself."""
+        store = self.location.store
+        shared = await store.nodes() if store is not None else []
+        if shared:
+            return shared
+        now = self.location.clock()
+        return [NodeState(self.config.node, tuple(self.listening), self.stats.started, 0.0,
+                          self.stats.accepted_regs, float(self.stats.rate_series(now, 1)[0]), True)]
 
     # -- SIP in, for embedders and tests (the transports call pipeline.receive) ----------
     async def handle(self, data: bytes, source: Source) -> Reply | None:

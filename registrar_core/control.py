@@ -265,6 +265,9 @@ class Methods:
     async def rpc_stats(self) -> dict[str, Any]:
         return self.core.snapshot_stats()
 
+    async def rpc_nodes(self) -> dict[str, Any]:
+        return {"nodes": [node.to_dict() for node in await self.core.nodes()]}
+
     # -- subscribers (``sipconsole user``) ------------------------------------------------
     async def rpc_subscriptions(self, aor: str | None = None) -> dict[str, Any]:
         """The reg event subscriptions (RFC 3680) of ``aor``, or all: watcher, source, expires."""

@@ -54,6 +54,8 @@ _EPILOG = """commands:
   policy caller-check on|off                403 "Please register first" to unregistered callers
   policy show                               the policies in force
   stats                                     counters, like Kamailio's statistics
+  nodes                                     the registrars sharing the database (PostgreSQL):
+                                            addresses, up or down, REGISTERs per second
   qualify [AOR] [--ruid RUID] [--table T]   send OPTIONS now (every contact, an AOR's, or one);
                                             with AOR or --ruid waits and prints state and RTT
   subscriptions [AOR]                       who watches registrations (SUBSCRIBE Event: reg):
@@ -107,6 +109,7 @@ def add_ctl_parser(sub: argparse._SubParsersAction, options: Options) -> None:
     trim.add_argument("--dry-run", action="store_true", help="list what the change would remove; change nothing")
     trim.add_argument("--trim", action="store_true", help="set it and remove now what it leaves over")
     command("stats", "counters (registered_users, accepted_regs, ...)")
+    command("nodes", "the registrars sharing the location table: addresses, up or down, REG/s")
     qual = command("qualify", "send OPTIONS now and print reachability (state, RTT)")
     qual.add_argument("aor", metavar="AOR", nargs="?")
     qual.add_argument("--ruid", help="only this contact")
@@ -134,8 +137,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if args.ruid:
             params["ruid"] = args.ruid
         return "unregister", params
-    if cmd == "stats":
-        return "stats", {}
+    if cmd in ("stats", "nodes"):
+        return cmd, {}
     if cmd == "subscriptions":
         return "subscriptions", {"aor": args.aor} if args.aor else {}
     if cmd == "qualify":
@@ -411,6 +414,10 @@ def render(method: str, result: Any) -> str:
         return "\n".join(f"removed {c['aor']} {c['addr']} (ruid {c['ruid']})" for c in removed)
     if method == "policy.preview":
         return _preview_text(result)
+    if method == "nodes":
+        return table(["NODE", "STATE", "ADDRESSES", "REG/S", "HEARTBEAT", "STARTED"],
+                     [[n["node"], "up" if n["up"] else "down", " ".join(n["addresses"]), f"{n['rate']:g}",
+                       f"{n['heartbeat_age']:.1f}s ago", _iso(n["started"])] for n in result["nodes"]])
     if method in ("policy.get", "policy.set"):
         lines = [f"single-contact: {'on' if result['single_contact'] else 'off'} (global)",
                  f"max-contacts:   {result['max_contacts'] or 'no limit'} (global)",

@@ -252,7 +252,18 @@ class Registrar:
                 unlock(lambda: replies.failed(500, "Server Internal Error", [
                     ("P-Registrar-Error", "Location table could not be saved"), ("Retry-After", "5")]))
 
-        self.location.submit(table, puts, removes, committed, memory_only=bool(flags & SAVE_MEMORY_ONLY))
+        # A store other registrars write too keeps the AOR's limit itself (their bindings may
+        # not be in memory yet); only a new binding can break it.
+        limit = self._limit(table, aor, flags) if self.location.shared and any(n for _, n in puts) else None
+        self.location.submit(table, puts, removes, committed, memory_only=bool(flags & SAVE_MEMORY_ONLY),
+                             limit=limit)
+
+    def _limit(self, table: str, aor: str, flags: int) -> tuple[int, str] | None:
+        """The AOR's most bindings and the reason to remove those beyond: single-contact's 1
+        (the rest replaced), else max-contacts (the oldest evicted), else None."""
+        if flags & SAVE_SINGLE_CONTACT or self.single_contact(table, aor):
+            return 1, REMOVED_REPLACED
+        return (self.config.max_contacts, REMOVED_EVICTED) if self.config.max_contacts else None
 
     def _changes(self, table: str, aor: str, request: Request, flags: int, source: Source,
                  now: float) -> tuple[list[tuple[Contact, bool]], list[tuple[Contact, str]]]:

@@ -84,11 +84,13 @@ async def stop_linphonec(proc) -> str:
 
 
 class ServeProcess:
-    """`sipconsole serve` on 127.0.0.1:<port> (UDP and TCP) with its own db and control socket."""
+    """`sipconsole serve` on 127.0.0.1:<port> (UDP and TCP; another loopback ``host`` for a
+    node of several) with its own db and control socket."""
 
-    def __init__(self, directory: Path, port: int, name: str = "") -> None:
+    def __init__(self, directory: Path, port: int, name: str = "", host: str = "127.0.0.1") -> None:
         self.directory = directory
         self.port = port
+        self.host = host
         self.db = directory / f"location{name}.db"
         self.control = directory / f"control{name}.sock"
         self.log = directory / f"serve{name}.log"
@@ -97,7 +99,7 @@ class ServeProcess:
 
     def command(self, *extra: str) -> list[str]:
         options = [
-            "--listen", f"udp:127.0.0.1:{self.port}", "--listen", f"tcp:127.0.0.1:{self.port}",
+            "--listen", f"udp:{self.host}:{self.port}", "--listen", f"tcp:{self.host}:{self.port}",
             "--db", str(self.db), "--control", str(self.control),
             # Lab settings unless a test asks otherwise (a later option wins).
             "--auth", "off", "--ip-budget", "0", *extra,
@@ -209,11 +211,12 @@ def run_sipp(
     transport: str = "u1",
     timeout: int = 60,
     cwd: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> SippResult:
-    """Run sipp as the UAC against 127.0.0.1:port until ``calls`` calls have ended."""
+    """Run sipp as the UAC against host:port (from that address) until ``calls`` calls have ended."""
     cmd = [
-        "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / scenario), "-m", str(calls),
-        "-r", str(rate), "-t", transport, "-i", "127.0.0.1", "-nostdin", "-timeout", f"{timeout}s",
+        "sipp", f"{host}:{port}", "-sf", str(SCENARIOS / scenario), "-m", str(calls),
+        "-r", str(rate), "-t", transport, "-i", host, "-nostdin", "-timeout", f"{timeout}s",
         "-timeout_error", "-max_recv_loops", "1000", *args,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, cwd=cwd,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import statistics
 import time
@@ -14,23 +15,30 @@ from pathlib import Path
 
 import pytest
 
+from console.app import SipConsole
+from console.widgets.contacts_table import NODE_COLUMN
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import ServeProcess, run_cli
-from .sipclient import UdpPhone, authorization, challenges, free_port, next_aor, register_bytes
+from .processes import ServeProcess, run_cli, run_sipp, write_injection
+from .sipclient import (TcpPhone, UdpPhone, authorization, challenges, free_port, next_aor, register_bytes,
+                        request_bytes)
 
 VISIBLE_WITHIN = 0.1  # seconds from a 200 on one node to the binding on another (issue 17)
+NODE_GONE_WITHIN = 10.0  # seconds from a node's death to its flows' removal (README "Scaling out")
 
 
 @contextlib.contextmanager
 def running_nodes(pg_dsn: str, short_dir: Path, *options: str,
-                  per_node: Callable[[str], Sequence[str]] = lambda name: ()) -> Iterator[list[ServeProcess]]:
-    """Two registrars, a and b, sharing one database, started with ``options`` and
-    ``per_node(name)``; stopped when the block ends, whatever happened in it."""
+                  per_node: Callable[[str], Sequence[str]] = lambda name: (),
+                  names: Sequence[str] = ("a", "b"),
+                  hosts: Sequence[str] = ()) -> Iterator[list[ServeProcess]]:
+    """Registrars (two: a and b) sharing one database, started with ``options`` and
+    ``per_node(name)`` (on ``hosts``, one each, else 127.0.0.1); stopped when the block ends,
+    whatever happened in it."""
     started = []
     try:
-        for name in ("a", "b"):
-            node = ServeProcess(short_dir, free_port(), "-" + name)
+        for index, name in enumerate(names):
+            node = ServeProcess(short_dir, free_port(), "-" + name, *hosts[index:index + 1])
             node.db = pg_dsn  # type: ignore[assignment]  # the command line takes str(db)
             started.append(node.start(*options, *per_node(name)))
         yield started
@@ -362,3 +370,232 @@ async def test_each_contact_shows_its_node_and_only_that_node_qualifies_it(pg_ds
         code, text = b.ctl("dump", json_output=False)
         header, row = text.splitlines()[0].split(), next(line for line in text.splitlines() if aor in line)
         assert "NODE" in header and "node-a" in row.split()
+
+
+def _named(name: str) -> Sequence[str]:
+    return ("--node-name", f"node-{name}")
+
+
+async def _register_both_ways(node: ServeProcess) -> tuple[str, str, TcpPhone, UdpPhone]:
+    """A TCP and a UDP contact registered through ``node``: (tcp aor, udp aor, phones)."""
+    tcp = await TcpPhone(("127.0.0.1", node.port)).open()
+    udp = await UdpPhone(("127.0.0.1", node.port)).open()
+    tcp_aor, udp_aor = next_aor("flow"), next_aor("udp")
+    over_tcp = await tcp.send(register_bytes(tcp_aor, [f"<sip:dev@127.0.0.1:{tcp.local[1]};transport=tcp>"],
+                                             local=tcp.local, transport="TCP"))
+    assert over_tcp.status == 200
+    assert (await udp.register(udp_aor)).status == 200
+    return tcp_aor, udp_aor, tcp, udp
+
+
+def _stored(postgres, pg_dsn: str, *aors: str) -> list[str]:
+    listed = ",".join(f"'{a}'" for a in aors)
+    return postgres.query(pg_dsn, f"SELECT aor || ' ' || node FROM contacts WHERE aor IN ({listed}) ORDER BY aor")
+
+
+async def test_a_killed_node_loses_its_connection_contacts_on_the_others_not_its_udp_ones(pg_dsn, postgres,
+                                                                                         short_dir):
+    """SIGKILL of A: the sweeper (B or C) finds A's heartbeat stopped and its lock free, and
+    removes A's TCP contact from the database and from both survivors' memory (the other one
+    through the feed), with reason node-gone, within NODE_GONE_WITHIN; A's UDP contact stays
+    (it may still be reachable)."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("a", "b", "c")) as (a, b, c):
+        tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
+        survivors = [await ControlClient(node.control).connect() for node in (b, c)]
+        removed: list[list[tuple[str, str]]] = [[], []]
+
+        async def collect(client: ControlClient, into: list[tuple[str, str]]) -> None:
+            async for batch in client.events():
+                into.extend((e["aor"], e["reason"]) for e in batch if e["kind"] == "contact.removed")
+
+        tasks = []
+        try:
+            for client, into in zip(survivors, removed):
+                assert await client.call("subscribe") == {"subscribed": True}
+                tasks.append(asyncio.create_task(collect(client, into)))
+                await _wait_for(client, tcp_aor, lambda cs: [c["node"] for c in cs] == ["node-a"])
+                await _wait_for(client, udp_aor, lambda cs: len(cs) == 1)
+            a.kill()
+            killed = time.monotonic()
+            for client in survivors:
+                gone = await _wait_for(client, tcp_aor, lambda cs: cs == [], timeout=NODE_GONE_WITHIN + 10)
+                print(f"node-a's TCP contact removed {gone - killed:.1f} s after SIGKILL")
+                assert gone - killed < NODE_GONE_WITHIN
+                assert len(await _contacts(client, udp_aor)) == 1
+            assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{udp_aor} node-a"]
+            deadline = time.monotonic() + 5
+            while any((tcp_aor, "node-gone") not in heard for heard in removed):
+                assert time.monotonic() < deadline, removed
+                await asyncio.sleep(0.05)
+            assert all(aor != udp_aor for heard in removed for aor, _ in heard), removed
+            code, listed = b.ctl("nodes")
+            assert code == 0
+            assert {n["node"]: n["up"] for n in listed["nodes"]} == {"node-a": False, "node-b": True, "node-c": True}
+        finally:
+            for task in tasks:
+                task.cancel()
+            tcp.close()
+            udp.close()
+            for client in survivors:
+                await client.close()
+
+
+async def test_a_node_that_stops_beating_but_lives_keeps_its_connection_contacts(pg_dsn, postgres, short_dir):
+    """A stopped (SIGSTOP) for longer than the heartbeat allows: B, the sweeper, shows it
+    down, but A's session, and so its lock, lives, so its TCP contact is not removed; resumed,
+    A is up."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("b",)) as (b,), contextlib.ExitStack() as stack:
+        deadline = time.monotonic() + 20
+        while "deletes expired bindings" not in b.log.read_text():  # B sweeps, not the A we stop
+            assert time.monotonic() < deadline, b.log.read_text()
+            await asyncio.sleep(0.1)
+        (a,) = stack.enter_context(running_nodes(pg_dsn, short_dir, per_node=_named, names=("a",)))
+        tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
+        try:
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 20
+                while {n["node"]: n["up"] for n in b.ctl("nodes")[1]["nodes"]}.get("node-a", True):
+                    assert time.monotonic() < deadline, "node-a never shown down"
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(3)  # three more of B's sweeps: each finds A's lock held
+                assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{tcp_aor} node-a", f"{udp_aor} node-a"]
+                assert b.ctl("show", tcp_aor)[0] == 0
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while not {n["node"]: n["up"] for n in b.ctl("nodes")[1]["nodes"]}["node-a"]:
+                assert time.monotonic() < deadline, "node-a never up again"
+                await asyncio.sleep(0.2)
+            assert "node-a is gone" not in b.log.read_text()
+        finally:
+            tcp.close()
+            udp.close()
+
+
+async def test_a_restarted_node_prunes_the_contacts_of_its_dead_connections(pg_dsn, postgres, short_dir):
+    """A alone, killed and started again before anyone noticed: its TCP contact's connection
+    is gone with the old process, so the new one removes it at start; the UDP one stays."""
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("a",)) as (a,):
+        tcp_aor, udp_aor, tcp, udp = await _register_both_ways(a)
+        tcp.close()
+        udp.close()
+        assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{tcp_aor} node-a", f"{udp_aor} node-a"]
+        a.kill()
+        a.start(*_named("a"))
+        assert _stored(postgres, pg_dsn, tcp_aor, udp_aor) == [f"{udp_aor} node-a"]
+        assert a.ctl("show", tcp_aor)[0] == 1
+        code, shown = a.ctl("show", udp_aor)
+        assert code == 0 and shown["count"] == 1
+        assert "held before it restarted" in a.log.read_text()
+
+
+async def _race(nodes: Sequence[ServeProcess], aor: str, rounds: int = 5, per_node: int = 8) -> list[int]:
+    """``rounds`` times, ``per_node`` devices on each node register a new contact for ``aor``
+    all at once; the statuses."""
+    phones = [await UdpPhone(("127.0.0.1", node.port)).open() for node in nodes for _ in range(per_node)]
+    statuses: list[int] = []
+    try:
+        for round_ in range(rounds):
+            responses = await asyncio.gather(*(
+                phone.send(register_bytes(aor, [f"<sip:dev{i}-{round_}@127.0.0.1:{6000 + i}>"], local=phone.local))
+                for i, phone in enumerate(phones)))
+            statuses += [r.status for r in responses]
+    finally:
+        for phone in phones:
+            phone.close()
+    return statuses
+
+
+async def _agreed(postgres, pg_dsn: str, nodes: Sequence[ServeProcess], aor: str) -> list[str]:
+    """The AOR's ruids in the database, once every node's memory holds the same (polled)."""
+    stored = sorted(postgres.query(pg_dsn, f"SELECT ruid FROM contacts WHERE aor = '{aor}'"))
+    clients = [await ControlClient(node.control).connect() for node in nodes]
+    try:
+        for client in clients:
+            await _wait_for(client, aor, lambda cs: sorted(c["ruid"] for c in cs) == stored)
+    finally:
+        for client in clients:
+            await client.close()
+    return stored
+
+
+@pytest.mark.parametrize("limit, options", [(1, ("--single-contact",)), (2, ("--max-contacts", "2")),
+                                            (2, ("--max-contacts", "2", "--max-contacts-mode", "evict-oldest"))],
+                         ids=["single-contact", "max-contacts", "max-contacts-evict"])
+async def test_an_aor_limit_holds_when_two_nodes_add_bindings_at_once(pg_dsn, postgres, short_dir, limit, options):
+    """Devices register new contacts for one AOR through A and B at the same instant, each
+    node blind for a few ms to what the other just added: the database (AOR lock, then the
+    oldest beyond the limit removed) never ends over the limit, and both memories agree."""
+    with running_nodes(pg_dsn, short_dir, *options) as nodes:
+        aor = next_aor("race")
+        statuses: list[int] = []
+        for _ in range(10):  # checked after each round: a later one would hide an overshoot
+            statuses += await _race(nodes, aor, rounds=1, per_node=2)
+            assert len(postgres.query(pg_dsn, f"SELECT ruid FROM contacts WHERE aor = '{aor}'")) <= limit
+        statuses += await _race(nodes, aor)
+        assert statuses.count(200) >= limit and set(statuses) <= {200, 503}, statuses
+        assert len(await _agreed(postgres, pg_dsn, nodes, aor)) == limit
+
+
+async def test_three_nodes_sipp_through_one_while_lookups_ctl_and_an_attached_console_use_the_others(
+        pg_dsn, short_dir, tmp_path):
+    """Nodes on 127.0.0.2/.3/.4 (issue 17 point 4): sipp registers 200 devices through A while
+    B answers INVITEs with 302s and `ctl`, and a console attached to C (driven by its Pilot)
+    shows every binding live, a header line per node (up, address, REG/s) and a Node column
+    naming A."""
+    hosts = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    with running_nodes(pg_dsn, short_dir, per_node=_named, names=("a", "b", "c"), hosts=hosts) as (a, b, c):
+        users = [f"three{i}" for i in range(200)]
+        aors = {f"{u}@example.com" for u in users}
+        devices = write_injection(tmp_path / "three.csv", [(u, "example.com") for u in users])
+        caller = await UdpPhone((b.host, b.port)).open()
+        client = await ControlClient(c.control).connect()
+        app = SipConsole(client, embedded=False, mode="attached")
+        try:
+            async with app.run_test(size=(140, 40)) as pilot:
+                main = pilot.app.main
+                deadline = time.monotonic() + 20
+                while not main.loaded:
+                    assert time.monotonic() < deadline, "the console never loaded"
+                    await pilot.pause(0.05)
+                sipp = asyncio.create_task(asyncio.to_thread(
+                    run_sipp, "register.xml", a.port, "-inf", str(devices), calls=len(users), rate=50, host=a.host))
+                # While sipp is still registering through A: B redirects to a device it registered.
+                redirected = 0
+                while not sipp.done():
+                    invite = request_bytes("INVITE", "sip:three0@example.com", next_aor(), local=caller.local)
+                    response = await caller.send(invite)
+                    if response.status == 302:
+                        assert response.contacts[0].uri.host == a.host  # sipp sends from A's address
+                        redirected += 1
+                    await asyncio.sleep(0.05)
+                result = await sipp
+                assert result.successful == len(users), result.output[-3000:]
+                assert redirected > 0, "no 302 from B while sipp registered through A"
+                code, dumped = b.ctl("dump")
+                assert code == 0
+                assert {e["aor"]: [x["node"] for x in e["contacts"]] for e in dumped["aors"]} == {
+                    aor: ["node-a"] for aor in aors}
+                code, text = b.ctl("nodes", json_output=False)
+                assert code == 0 and [line.split()[:2] for line in text.splitlines()] == [
+                    ["NODE", "STATE"], ["node-a", "up"], ["node-b", "up"], ["node-c", "up"]], text
+                deadline = time.monotonic() + 20
+                while set(main.registry.rows) != aors or len(main.status.nodes) != 3:
+                    assert time.monotonic() < deadline, (len(main.registry.rows), main.status.nodes)
+                    await pilot.pause(0.1)
+                assert [(n["node"], n["up"], n["addresses"][0]) for n in main.status.nodes] == [
+                    ("node-a", True, f"udp:{a.host}:{a.port}"), ("node-b", True, f"udp:{b.host}:{b.port}"),
+                    ("node-c", True, f"udp:{c.host}:{c.port}")]
+                header = main.status.render().plain
+                assert all(f"node node-{name}" in header for name in "abc"), header
+                main.aors.move_cursor(main.registry.position("three7@example.com"))
+                while main.contacts.aor != "three7@example.com" or not main.contacts.contacts:
+                    assert time.monotonic() < deadline, main.contacts.aor
+                    await pilot.pause(0.05)
+                assert main.contacts.columns[2] == NODE_COLUMN
+                assert main.contacts.row_cells(0)[2] == "node-a"
+        finally:
+            caller.close()
+            await client.close()

@@ -191,8 +191,39 @@ async def test_a_stale_refresh_from_another_node_does_not_overwrite_a_newer_cseq
         await b.stop()
 
 
+async def test_a_refresh_from_a_node_that_missed_an_unregister_does_not_bring_the_binding_back(postgres, pg_dsn):
+    """A unregisters a binding; B refreshes it as from a copy that has not heard of that yet
+    (the NOTIFY still on its way): the delete, committed first, wins. B's refresh writes
+    nothing and B's memory drops the binding; a new binding through B is stored as usual."""
+    a = LocationService(PostgresStore(pg_dsn), EventBus(time.time))
+    b = LocationService(PostgresStore(pg_dsn), EventBus(time.time))
+    await a.start()
+    await b.start()
+    stored = lambda: postgres.query(pg_dsn, "SELECT ruid FROM contacts ORDER BY ruid")  # noqa: E731
+    try:
+        bob = Contact(ruid="r-bob", aor="bob@example.com", addr="sip:bob@127.0.0.1:5071",
+                      expires=time.time() + 3600, callid="c1", cseq=1)
+        await a.apply(DEFAULT_TABLE, [(bob, True)], [])
+        deadline = time.monotonic() + 10
+        while not b.contacts(DEFAULT_TABLE, "bob@example.com"):
+            assert time.monotonic() < deadline, "B never heard of bob's binding"
+            await asyncio.sleep(0.01)
+        await a.apply(DEFAULT_TABLE, [], [(bob, "admin")])
+        await b.apply(DEFAULT_TABLE, [(bob.updated(cseq=2), False)], [])  # B's copy is stale
+        assert stored() == []
+        while b.contacts(DEFAULT_TABLE, "bob@example.com"):
+            assert time.monotonic() < deadline, b.contacts(DEFAULT_TABLE, "bob@example.com")
+            await asyncio.sleep(0.01)
+        await b.apply(DEFAULT_TABLE, [(bob.updated(ruid="r-bob-2", cseq=3), True)], [])
+        assert stored() == ["r-bob-2"]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, pg_dsn):
-    """Schema 2 added contacts.node: a table made by version 1 is migrated in place, rows kept."""
+    """Schema 2 added contacts.node, 3 the nodes table: a table made by version 1 is migrated in
+    place, rows kept."""
     store = PostgresStore(pg_dsn)
     await store.open()
     await store.close()
@@ -207,3 +238,4 @@ async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, 
     finally:
         await store.close()
     assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["3"]
+    assert postgres.query(pg_dsn, "SELECT count(*) FROM nodes") == ["0"]  # created; `user` commands are no node

@@ -76,6 +76,7 @@ class MainScreen(Screen[None]):
         self._stats_now = asyncio.Event()
         self._retry_now = asyncio.Event()  # R: reconnect now, not when the back-off says
         self._ban_toast_at = -BAN_TOAST_SECONDS
+        self._ask_nodes = True  # a registrar without the ``nodes`` method is asked no more
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -212,9 +213,23 @@ class MainScreen(Screen[None]):
                 self.status.show_stats(stats)
                 self._show_policy()
                 self._show_auth(stats)
+                if self._ask_nodes:
+                    await self._show_nodes()
             self._stats_now.clear()
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stats_now.wait(), 1)
+
+    async def _show_nodes(self) -> None:
+        """Every registrar sharing the database: a header line each, and the Node column."""
+        try:
+            nodes = (await asyncio.wait_for(self.client.call("nodes"), STATS_TIMEOUT))["nodes"]
+        except RpcError:
+            self._ask_nodes = False  # an older registrar
+            return
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            return  # the stats poll tells of that
+        self.status.show_nodes(nodes)
+        self.contacts.show_nodes(len({n["node"] for n in nodes}) > 1)
 
     def wake_stats(self) -> None:
         """Poll ``stats`` now (after a change the header shows, e.g. the subscriber count)."""

@@ -38,10 +38,14 @@ def flow_label(contact: Contact) -> str:
     return "" if contact.get("conid") is None else f"conn {contact['conid']}"
 
 
+# The registrar holding the contact's flow: shown only when several share the database.
+NODE_COLUMN = Column("node", "Node", 12, fit=True)
+
+
 class ContactsTable(VirtualTable):
     """The full records of one AOR's contacts, kept live from the event stream."""
 
-    columns = (  # sized to the contacts shown (fit: at most this wide); addresses always whole
+    columns: Sequence[Column] = (  # sized to the contacts shown (fit: at most this wide); addresses always whole
         Column("addr", "Contact", 48, flex=3, fit=True),
         Column("state", "State", 11, fit=True),
         Column("rtt", "RTT ms", 7, right=True, fit=True),
@@ -64,6 +68,16 @@ class ContactsTable(VirtualTable):
         self.clock = clock
         self.aor: str | None = None
         self.contacts: list[Contact] = []
+        self.several_nodes = False
+
+    def show_nodes(self, several: bool) -> None:
+        """The Node column (third, after State) while several registrars share the database."""
+        if several != self.several_nodes:
+            self.several_nodes = several
+            base = type(self).columns
+            self.columns = (*base[:2], NODE_COLUMN, *base[2:]) if several else base
+            self._layout_columns(self.scrollable_content_region.width)
+            self.refresh()
 
     def row_count(self) -> int:
         return len(self.contacts)
@@ -81,9 +95,11 @@ class ContactsTable(VirtualTable):
     def row_cells(self, index: int) -> Sequence[Cell]:
         c = self.contacts[index]
         state = c.get("state", "unknown")
+        node = (c.get("node", ""),) if self.several_nodes else ()
         return (
             (c["addr"], "error") if state == "unreachable" else c["addr"],
             (f"{state} {FLAPPING}", "warn") if c.get("flapping") else (state, STATE_STYLE.get(state, "dim")),
+            *node,
             rtt_text(c.get("rtt_ms")),
             countdown(c["expires_at"], self.clock()),
             "" if c["q"] is None else f"{c['q']:g}",

@@ -1,6 +1,7 @@
 """The three-line status bar: where the registrar listens and the state that needs attention;
 authentication, policy and security; how busy it is. At 80 columns the least important parts
 give way (see :func:`fitted`), never the listen address, the counts, REG/s, auth or storage.
+Several registrars sharing one database add a line each: name, up or down, address, REG/s.
 
 One widget that renders its lines itself, so an update is a repaint of three lines and
 never a new layout of the screen.
@@ -117,6 +118,17 @@ class StatusBar(Widget):
         self.stats: dict[str, Any] | None = None
         self.policy_parts: list[Part] = []
         self.storage_error: str | None = None
+        self.nodes: list[dict[str, Any]] = []  # the ``nodes`` reply, when more than one
+
+    def show_nodes(self, nodes: list[dict[str, Any]]) -> None:
+        """The registrars sharing the location table; a line each when there are several
+        (one alone is the first line already: the single-node header stays three lines)."""
+        shown = nodes if len(nodes) > 1 else []
+        if len(shown) != len(self.nodes):
+            self.styles.height = 3 + len(shown)
+        if shown != self.nodes:
+            self.nodes = shown
+            self.refresh()
 
     def show_stats(self, stats: dict[str, Any]) -> None:
         self.stats = stats
@@ -193,4 +205,15 @@ class StatusBar(Widget):
             security = security_parts(s)
         return Content("\n").join([fitted(where, self._badges(), width),
                                    fitted(self._auth() + self.policy_parts, security, width),
-                                   fitted(load, rate, width)])
+                                   fitted(load, rate, width),
+                                   *(node_line(node, width) for node in self.nodes)])
+
+
+def node_line(node: dict[str, Any], width: int) -> Content:
+    """One registrar of those sharing the database (a ``nodes`` entry)."""
+    state = "[b $text-success]up[/]" if node["up"] else "[b reverse $text-error] DOWN [/]"
+    left = [Part(f"node [b]{escape(node['node'])}[/]", 0), Part(state, 0),
+            Part(escape(listen_text(node["addresses"])), 1)]
+    right = [Part(f"REG/s [b]{count(round(node['rate']))}[/]", 0),
+             Part(f"[$text-muted]heartbeat {node['heartbeat_age']:.0f} s ago[/]", 2)]
+    return fitted(left, right, width)

@@ -48,6 +48,7 @@ GONE_REASONS = {
     "evicted": "evicted: max contacts",
     "unreachable": "unreachable",
     "remote": "removed elsewhere",
+    "node-gone": "its node died",  # the registrar holding its connection (several share the store)
 }
 
 

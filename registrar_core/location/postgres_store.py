@@ -27,17 +27,33 @@ import asyncpg
 
 from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
+from .nodes import CONNECTION_TRANSPORTS, NodeIdentity, NodeState
+from .service import REMOVED_NODE_GONE
 from .sqlite_store import _chunks
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: contacts.node; 3: journal
+SCHEMA_VERSION = 3  # 2: contacts.node; 3: journal, nodes
 # Taken while the schema is created or checked: nodes starting together on an empty database.
 _SCHEMA_LOCK = 0x5C0_5C4E
 # Held (a session lock) by the one registrar that deletes expired rows for all; released
 # by PostgreSQL when its connection ends, so the next one to try takes over.
 _SWEEPER_LOCK = 0x5C0_5EE9
+# Each running node holds the session lock (_NODE_LOCKS, hashtext(its name)) on its liveness
+# connection: PostgreSQL lets go of it when that connection ends (the process died), which
+# no heartbeat can tell from a node merely slow. Two-key locks never meet the one-key ones above.
+_NODE_LOCKS = 0x5C0
+# Held (per transaction) on (_AOR_LOCKS, hashtext(table aor)) by a write that adds a binding
+# to an AOR under a limit: two nodes adding to one AOR at once take turns, and the second
+# sees the first's row when it counts.
+_AOR_LOCKS = 0x5C1
+HEARTBEAT_INTERVAL = 1.0  # seconds between a node's heartbeats (its row in nodes)
+# A node whose heartbeat is this old and whose lock the sweeper can take is gone: its
+# connection-bound contacts are removed (README "Scaling out": within 10 s of its death).
+GONE_AFTER = 3.0
+# A restarted node waits this long for its predecessor's session (and lock) to end.
+NODE_LOCK_WAIT = 10.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
     ruid TEXT PRIMARY KEY,
@@ -63,6 +79,32 @@ CREATE TABLE IF NOT EXISTS contacts (
 );
 CREATE INDEX IF NOT EXISTS contacts_aor ON contacts (tbl, aor);
 """ + POLICY_AND_SUBSCRIBER_TABLES
+# Version 3: the registrars sharing the database (node liveness, the console's header).
+_NODES_TABLE = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    addresses TEXT NOT NULL,
+    started TIMESTAMPTZ NOT NULL,
+    heartbeat TIMESTAMPTZ NOT NULL,
+    registers BIGINT NOT NULL DEFAULT 0,
+    rate DOUBLE PRECISION NOT NULL DEFAULT 0,
+    gone BOOLEAN NOT NULL DEFAULT false
+)"""
+_NODE_JOIN = ("INSERT INTO nodes VALUES ($1, $2, to_timestamp($3), now(), $4, 0, false) ON CONFLICT (node) DO UPDATE "
+              "SET addresses = excluded.addresses, started = excluded.started, heartbeat = now(), gone = false")
+_NODE_BEAT = "UPDATE nodes SET heartbeat = now(), registers = $2, rate = $3, gone = false WHERE node = $1"
+_NODES_STALE = ("SELECT node FROM nodes WHERE NOT gone AND node <> $1 "
+                "AND heartbeat < now() - make_interval(secs => $2) ORDER BY node")
+_NODES = ("SELECT node, addresses, extract(epoch FROM started), extract(epoch FROM now() - heartbeat), registers, "
+          "rate, gone FROM nodes ORDER BY node")
+# The AOR's bindings beyond the limit, oldest expiry first, but never one this batch wrote.
+_EVICT = ("DELETE FROM contacts WHERE ruid IN (SELECT ruid FROM contacts WHERE tbl = $1 AND aor = $2 "
+          "AND ruid <> ALL($3::text[]) ORDER BY expires "
+          "LIMIT greatest(0, (SELECT count(*) FROM contacts WHERE tbl = $1 AND aor = $2) - $4)) "
+          "RETURNING tbl, aor, ruid")
+# A node's contacts reachable only through its connections (the transport is the socket's prefix).
+_DELETE_FLOWS = ("DELETE FROM contacts WHERE node = $1 AND split_part(socket, ':', 1) = ANY($2::text[]) "
+                 "RETURNING tbl, aor, ruid")
 # Version 1 had no node column (rows made then: node unknown, "").
 _MIGRATE_FROM_1 = "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS node TEXT NOT NULL DEFAULT ''"
 # Version 3: the contact journal (registrar_core/journal.py); from 2 (or 1) it is just created.
@@ -114,9 +156,18 @@ _COLUMNS = ", ".join(_COLUMN_NAMES)
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:]) + (
     " WHERE contacts.callid <> excluded.callid OR excluded.cseq > contacts.cseq RETURNING ruid")
-# 20 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
+# A refresh is an UPDATE, never an insert: a binding another node deleted (unregistered,
+# replaced, evicted) is not brought back by a node that has not heard of the delete yet. An
+# UPDATE that meets a row being deleted waits for that commit, then skips it: the delete wins.
+_REFRESH = ("UPDATE contacts SET " + ", ".join(f"{c} = v.{c}" for c in _COLUMN_NAMES[3:]) +
+            " FROM v WHERE v.refresh AND contacts.ruid = v.ruid"
+            " AND (contacts.callid <> v.callid OR v.cseq > contacts.cseq) RETURNING contacts.ruid")
+# 21 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
 # statements cover every batch size and stay in asyncpg's prepared-statement cache.
 MAX_CHUNK = 1024
+# asyncpg prepares again each time a statement longer than its cache limit (15 KiB) is run:
+# that doubled the time of a group commit of 100 rows. Every chunk size's statement is kept.
+MAX_STATEMENT_SIZE = 512 * 1024
 RECONNECT_INTERVAL = 0.5  # seconds between attempts to connect again after a fault
 CONNECT_TIMEOUT = 5.0
 # A server that stops answering (stopped, a full disk it waits on) fails the write after this:
@@ -130,28 +181,41 @@ MAX_PAYLOAD = 7_000
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
 
 
+_COLUMN_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "text", "int8", "text", "text", "text",
+                 "text", "text", "int8", "int8", "text", "int8", "float8", "text", "bool")
+
+
 @functools.cache  # rows <= MAX_CHUNK
 def _upsert_sql(rows: int, notify: bool = False, journal: bool = False) -> str:
-    """The multi-row upsert; with ``notify`` its NOTIFYs, and with ``journal`` the commit's journal
-    rows (after the contacts' parameters), ride in the same statement (one round trip): a
-    data-modifying WITH runs whether or not the SELECT reads it."""
-    width = len(_COLUMN_NAMES)
+    """The multi-row write, one statement: new bindings upserted, refreshes (each row's last
+    value) updated only where their row still is (_REFRESH); the ruids written come back (a
+    refresh of a deleted binding among those not written, see write()). With ``notify`` its
+    NOTIFYs, and with ``journal`` the commit's journal rows (after the contacts' parameters),
+    ride in the same statement (one round trip): a data-modifying WITH runs whether or not the
+    SELECT reads it."""
+    width = len(_COLUMN_TYPES)
     first = 2 if notify else 1
-    marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
-    upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
+    # The first row's casts type the VALUES columns (the other rows' parameters follow them).
+    marks = ",".join("(" + ",".join(f"${first + r * width + c}" + (f"::{t}" if r == 0 else "")
+                                    for c, t in enumerate(_COLUMN_TYPES)) + ")" for r in range(rows))
+    written = (f"WITH v ({_COLUMNS}, refresh) AS (VALUES {marks}), "
+               f"ins AS (INSERT INTO contacts ({_COLUMNS}) SELECT {_COLUMNS} FROM v WHERE NOT v.refresh{_UPSERT_SET}), "
+               f"upd AS ({_REFRESH}), up AS (SELECT ruid FROM ins UNION ALL SELECT ruid FROM upd) ")
     if not notify:
-        return upsert
+        return written + "SELECT ruid FROM up"
     journaled = f", j AS ({_journal_insert(first + rows * width)})" if journal else ""
-    return (f"WITH up AS ({upsert}){journaled} SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+    return (written.rstrip() + journaled + f" SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
             "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
 
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
               policies: list[tuple[str, str, str, str | None]],
-              subscribers: list[tuple[str, str]] = []) -> list[str]:  # noqa: B006 (never mutated)
+              subscribers: list[tuple[str, str]] = [],  # noqa: B006 (never mutated)
+              reason: str | None = None) -> list[str]:
     """The NOTIFY payloads telling the other registrars about one commit: written ruids ("p"),
     deleted (table, aor, ruid) ("d"), policy values ("o"), (username, domain) of subscribers
-    added, changed or removed ("s": the HA1s stay in the table, not in every listener's feed)."""
+    added, changed or removed ("s": the HA1s stay in the table, not in every listener's feed);
+    "r": why the deletes were made, when not on a registrar's request (node-gone)."""
     out = []
     kinds: tuple[tuple[str, list], ...] = (("p", puts), ("d", deletes), ("o", policies), ("s", subscribers))
     for kind, items in kinds:
@@ -160,13 +224,17 @@ def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
         for item in items:
             text = json.dumps(item)
             if chunk and size + len(text) > MAX_PAYLOAD:
-                out.append(json.dumps({"n": node, kind: chunk}))
+                out.append(_payload(node, kind, chunk, reason))
                 chunk, size = [], 0
             chunk.append(item)
             size += len(text) + 1
         if chunk:
-            out.append(json.dumps({"n": node, kind: chunk}))
+            out.append(_payload(node, kind, chunk, reason))
     return out
+
+
+def _payload(node: str, kind: str, chunk: list[object], reason: str | None) -> str:
+    return json.dumps({"n": node, kind: chunk, "r": reason} if reason else {"n": node, kind: chunk})
 
 
 def _contacts(rows: list[asyncpg.Record]) -> list[tuple[str, Contact]]:
@@ -181,15 +249,21 @@ _SUBSCRIBERS_FROM = "SELECT username, domain, ha1_md5, ha1_sha256, ha1_sha512_25
 _SUBSCRIBERS = f'{_SUBSCRIBERS_FROM} ORDER BY domain COLLATE "C", username COLLATE "C"'
 
 
+def _nodes(rows: list[asyncpg.Record]) -> list[NodeState]:
+    return [NodeState(name=r[0], addresses=tuple(json.loads(r[1])), started=float(r[2]),
+                      heartbeat_age=max(0.0, float(r[3])), registers=r[4], rate=r[5],
+                      up=not r[6] and float(r[3]) < GONE_AFTER) for r in rows]
+
+
 def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, str, str]]]:
     return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
 
-def _values(puts: list[tuple[str, Contact]]) -> list[object]:
+def _values(puts: list[tuple[str, Contact]], refreshes: set[str]) -> list[object]:
     return [value for table, c in puts for value in (
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified, c.node)]
+        c.cflags, c.instance, c.regid, c.modified, c.node, c.ruid in refreshes)]
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -213,7 +287,8 @@ def without_password(dsn: str) -> str:
 class PostgresStore:
     """The location table in PostgreSQL (the :class:`~.store.Store` of one or more registrars)."""
 
-    def __init__(self, dsn: str, *, reconnect_interval: float = RECONNECT_INTERVAL) -> None:
+    def __init__(self, dsn: str, *, reconnect_interval: float = RECONNECT_INTERVAL,
+                 identity: NodeIdentity | None = None) -> None:
         self.dsn = dsn
         self.reconnect_interval = reconnect_interval
         self.reconnects = 0  # successful connections again after a fault
@@ -233,6 +308,14 @@ class PostgresStore:
         self.reloads = 0  # full reloads after the listener was lost
         self._feed_down = False  # the listener is lost and not yet back (logged once)
         self._sweeping: asyncpg.Connection | None = None  # the connection holding the sweeper lock
+        # A registrar (not `sipconsole user`) is a node: its liveness connection holds its lock
+        # and beats its heartbeat; the sweeper's also finds the nodes that are gone.
+        self.identity = identity
+        self._live: asyncpg.Connection | None = None
+        self._live_since = 0.0  # monotonic time the liveness connection (re)took the node's lock
+        self._beating: asyncio.Task[None] | None = None
+        self._started = time.time()
+        self._nodes: list[NodeState] = []  # as the last heartbeat read them (consoles ask every second)
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -242,6 +325,7 @@ class PostgresStore:
         try:
             return await asyncpg.connect(
                 self.dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
+                max_cacheable_statement_size=MAX_STATEMENT_SIZE,
                 server_settings={"synchronous_commit": "on", "application_name": role})
         except Exception as exc:
             raise StorageError(f"cannot connect to {self.describe()}: {exc or type(exc).__name__}") from exc
@@ -255,6 +339,124 @@ class PostgresStore:
             raise
         self._conn = conn
         self._opened = True
+        if self.identity is not None:
+            try:
+                await self._join(self.identity)
+            except BaseException:
+                await self.close()
+                raise
+
+    # -- node liveness ------------------------------------------------------------------
+    async def _join(self, identity: NodeIdentity) -> None:
+        """Take this node's lock, and (a node that had died) remove the contacts of the
+        connections it held before: none of them is open in this new process."""
+        self._live = await self._live_connection(identity)
+        if identity.prune_flows:
+            try:
+                pruned = await self._remove_flows(self._live, identity.name)
+            except Exception as exc:
+                raise StorageError(f"cannot prune the dead flows of node {identity.name!r} in {self.describe()}: "
+                                   f"{exc or type(exc).__name__}") from exc
+            if pruned:
+                log.info("removed %d contact(s) of connections this node (%s) held before it restarted",
+                         len(pruned), identity.name)
+        self._beating = asyncio.create_task(self._beat(identity), name="postgres-heartbeat")
+
+    async def _live_connection(self, identity: NodeIdentity) -> asyncpg.Connection:
+        """A connection holding this node's lock (a predecessor's session may take a moment
+        to end), its row in nodes written."""
+        conn = await self._connect("sipconsole-node")
+        try:
+            deadline = time.monotonic() + NODE_LOCK_WAIT
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _NODE_LOCKS, identity.name):
+                if time.monotonic() > deadline:
+                    raise StorageError(f"node name {identity.name!r} is held by another running registrar on "
+                                       f"{self.describe()}: give each node its own --node-name")
+                await asyncio.sleep(0.2)
+            await conn.execute(_NODE_JOIN, identity.name, json.dumps(identity.addresses), self._started,
+                               identity.registers())
+        except StorageError:
+            await _close(conn)
+            raise
+        except Exception as exc:
+            await _close(conn)
+            raise StorageError(f"cannot join {self.describe()}: {exc or type(exc).__name__}") from exc
+        self._live_since = time.monotonic()
+        return conn
+
+    async def _remove_flows(self, conn: asyncpg.Connection, node: str) -> list[tuple[str, str, str]]:
+        """Delete the connection-bound contacts of ``node`` (told to every node: node-gone)
+        in one transaction; the (table, aor, ruid) deleted."""
+        async with conn.transaction():
+            rows = await conn.fetch(_DELETE_FLOWS, node, list(CONNECTION_TRANSPORTS))
+            deleted = [(r[0], r[1], r[2]) for r in rows]
+            notify = _payloads(self.node, [], deleted, [], reason=REMOVED_NODE_GONE)
+            if notify:
+                await conn.execute(_NOTIFY, notify)
+        return deleted
+
+    async def _beat(self, identity: NodeIdentity) -> None:
+        """Every HEARTBEAT_INTERVAL: this node's heartbeat and REGISTER rate; on the sweeper,
+        the nodes gone since. A lost liveness connection is made again (the lock retaken)."""
+        last_count, last_time = identity.registers(), time.monotonic()
+        down = False
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                if self._live is None or self._live.is_closed():
+                    await self._drop_live()
+                    self._live = await self._live_connection(identity)
+                    log.info("node %s is in %s again", identity.name, self.describe())
+                count, now = identity.registers(), time.monotonic()
+                await self._live.execute(_NODE_BEAT, identity.name, count, (count - last_count) / (now - last_time))
+                last_count, last_time, down = count, now, False
+                self._nodes = _nodes(await self._live.fetch(_NODES))
+                # Only after GONE_AFTER on a live connection: when the database itself was
+                # down, the other nodes need as long as we did to beat again.
+                if time.monotonic() - self._live_since >= GONE_AFTER and await self._sweeper():
+                    await self._remove_gone(self._live, identity)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                (log.debug if down else log.warning)("heartbeat of node %s in %s failed: %s (trying again)",
+                                                     identity.name, self.describe(), str(exc) or type(exc).__name__)
+                down = True
+                await self._drop_live()
+
+    async def _sweeper(self) -> bool:
+        """:meth:`sweeps`, with a fault of the main connection (dropped: the next write
+        connects again) no reason to drop the liveness one."""
+        try:
+            return await self.sweeps()
+        except StorageError:
+            return False
+
+    async def _remove_gone(self, conn: asyncpg.Connection, identity: NodeIdentity) -> None:
+        """Nodes whose heartbeat stopped and whose lock is free (their session ended: the
+        process died) lose their connection-bound contacts, on every node; a node that is
+        only slow still holds its lock and keeps them."""
+        for (node,) in await conn.fetch(_NODES_STALE, identity.name, GONE_AFTER):
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _NODE_LOCKS, node):
+                continue
+            try:
+                deleted = await self._remove_flows(conn, node) if identity.prune_flows else []
+                await conn.execute("UPDATE nodes SET gone = true WHERE node = $1", node)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _NODE_LOCKS, node)
+            log.warning("node %s is gone (no heartbeat for %.0f s, its session ended): removed its %d "
+                        "connection-bound contact(s)", node, GONE_AFTER, len(deleted))
+            if deleted and self._feed is not None:
+                self._feed.changed([], deleted, [], REMOVED_NODE_GONE)
+
+    async def _drop_live(self) -> None:
+        if self._live is not None:
+            conn, self._live = self._live, None
+            await _close(conn)
+
+    async def nodes(self) -> list[NodeState]:
+        """As the last heartbeat read them (at most HEARTBEAT_INTERVAL old), without a query
+        each time a console asks; read now before the first heartbeat or without one."""
+        return self._nodes if self._beating is not None and self._nodes else _nodes(await self._fetch(_NODES))
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         try:
@@ -269,6 +471,7 @@ class PostgresStore:
                     await conn.execute(_SCHEMA)
                     await conn.execute(_MIGRATE_FROM_1)
                     await conn.execute(_JOURNAL_SCHEMA)
+                    await conn.execute(_NODES_TABLE)
                     await conn.execute("DELETE FROM sipconsole_schema")
                     await conn.execute("INSERT INTO sipconsole_schema VALUES ($1)", SCHEMA_VERSION)
         except StorageError:
@@ -363,35 +566,44 @@ class PostgresStore:
             conn = await self._writable()
             try:
                 puts = batch.puts
-                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
+                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers
+                                                       or batch.limits):
                     # The usual group commit: one statement, its own transaction, one round trip
                     # (new bindings' journal rows included).
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
                     journal = _journal_columns(batch.journal) if batch.journal else []
-                    rows = await conn.fetch(_upsert_sql(len(puts), True, bool(journal)), notify, *_values(puts),
-                                            *journal)
+                    rows = await conn.fetch(_upsert_sql(len(puts), True, bool(journal)), notify,
+                                            *_values(puts, batch.refreshes), *journal)
                     written = set(rows[0][1] or ())
                 else:
                     written = await self._write_transaction(conn, batch)
-                lost = [c.ruid for _, c in puts if c.ruid not in written]
+                lost = [(table, c) for table, c in puts if c.ruid not in written]
                 if lost:
                     await self._tell_lost(conn, lost)
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
-    async def _tell_lost(self, conn: asyncpg.Connection, ruids: list[str]) -> None:
-        """Bindings this write left alone (another node stored a newer CSeq of them first): the
-        stored rows go to the feed right after the caller has applied its own copy, which they
-        replace in memory."""
-        log.info("%d binding(s) not written: another registrar stored a newer CSeq first", len(ruids))
+    async def _tell_lost(self, conn: asyncpg.Connection, puts: list[tuple[str, Contact]]) -> None:
+        """Bindings this write left alone (another node stored a newer CSeq of them first, or
+        deleted a refreshed one first): the stored rows go to the feed right after the caller
+        has applied its own copy, which they replace in memory, or remove it (gone)."""
+        ruids = [c.ruid for _, c in puts]
         rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[])", ruids)
+        stored = _contacts(rows)
+        found = {c.ruid for _, c in stored}
+        gone = [(table, c.aor, c.ruid) for table, c in puts if c.ruid not in found]
+        log.info("%d binding(s) not written: another registrar stored a newer CSeq first (%d) or deleted "
+                 "them first (%d)", len(ruids), len(found), len(gone))
         if self._feed is not None:
-            asyncio.get_running_loop().call_soon(self._feed.changed, _contacts(rows), [], [])
+            asyncio.get_running_loop().call_soon(self._feed.changed, stored, gone, [])
 
     async def _write_transaction(self, conn: asyncpg.Connection, batch: Batch) -> set[str]:
         """The batch in one transaction; the ruids written."""
         written: set[str] = set()
+        evicted: dict[str, list[tuple[str, str, str]]] = {}
         async with conn.transaction():
+            for tbl, aor in sorted(batch.limits):  # in one order on every node: no deadlock
+                await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2 || ' ' || $3))", _AOR_LOCKS, tbl, aor)
             deleted: list[tuple[str, str, str]] = []
             if batch.deletes:
                 rows = await conn.fetch("DELETE FROM contacts WHERE ruid = ANY($1::text[]) RETURNING tbl, aor, ruid",
@@ -403,7 +615,7 @@ class PostgresStore:
             if notify:
                 await conn.execute(_NOTIFY, notify)
             for start, size in _chunks(len(puts), MAX_CHUNK):
-                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
+                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size], batch.refreshes))
                 written.update(r[0] for r in rows)
             if batch.journal:
                 await conn.execute(_journal_insert(1), *_journal_columns(batch.journal))
@@ -421,6 +633,11 @@ class PostgresStore:
                         "INSERT INTO subscribers VALUES ($1,$2,$3,$4,$5) ON CONFLICT (username, domain) DO UPDATE "
                         "SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, "
                         "ha1_sha512_256 = excluded.ha1_sha512_256", username, domain, *ha1s)
+            if batch.limits:
+                evicted = await self._keep_limits(conn, batch)
+        if self._feed is not None:  # before the caller applies the batch: its 200 lists what is left
+            for reason, gone in evicted.items():
+                self._feed.changed([], gone, [], reason)
         return written
 
     async def history(self, table: str, aor: str, since: float, limit: int) -> list[JournalRow]:
@@ -441,6 +658,24 @@ class PostgresStore:
             except Exception as exc:
                 raise await self._failed(exc) from exc
         return int(status.rpartition(" ")[2] or 0)
+
+    async def _keep_limits(self, conn: asyncpg.Connection,
+                           batch: Batch) -> dict[str, list[tuple[str, str, str]]]:
+        """With the AORs' locks held: remove each limited AOR's bindings beyond its limit
+        (another node may have added some this node has not heard of yet), told to all."""
+        ours: dict[tuple[str, str], list[str]] = {}
+        for table, contact in batch.puts:
+            ours.setdefault((table, contact.aor), []).append(contact.ruid)
+        evicted: dict[str, list[tuple[str, str, str]]] = {}
+        for (tbl, aor), (limit, reason) in sorted(batch.limits.items()):
+            rows = await conn.fetch(_EVICT, tbl, aor, ours.get((tbl, aor), []), limit)
+            evicted.setdefault(reason, []).extend((r[0], r[1], r[2]) for r in rows)
+        for reason, gone in evicted.items():
+            if gone:
+                log.info("%d binding(s) %s in the database: another registrar had added to the AOR meanwhile",
+                         len(gone), reason)
+                await conn.execute(_NOTIFY, _payloads(self.node, [], gone, [], reason=reason))
+        return {reason: gone for reason, gone in evicted.items() if gone}
 
     async def sweeps(self) -> bool:
         async with self._busy:
@@ -526,7 +761,7 @@ class PostgresStore:
 
     async def _tell(self, payloads: list[str]) -> None:
         """Others' commits in order: the last word on each ruid wins; written rows fetched by ruid."""
-        last: dict[str, tuple[str, str] | None] = {}  # ruid -> (table, aor) deleted, or None: written
+        last: dict[str, tuple[str, str, str | None] | None] = {}  # ruid -> (table, aor, reason) deleted, or None
         policies: list[tuple[str, str, str, str | None]] = []
         subscribers: dict[tuple[str, str], None] = {}
         for payload in payloads:
@@ -536,7 +771,7 @@ class PostgresStore:
             for ruid in change.get("p", ()):
                 last[ruid] = None
             for table, aor, ruid in change.get("d", ()):
-                last[ruid] = (table, aor)
+                last[ruid] = (table, aor, change.get("r"))
             policies += [(table, aor, name, value) for table, aor, name, value in change.get("o", ())]
             subscribers.update(((username, domain), None) for username, domain in change.get("s", ()))
         if subscribers:
@@ -546,9 +781,14 @@ class PostgresStore:
         written = [ruid for ruid, where in last.items() if where is None]
         rows = await self._listener.fetch(  # type: ignore[union-attr]
             f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[]) ORDER BY modified", written) if written else []
-        deletes = [(where[0], where[1], ruid) for ruid, where in last.items() if where is not None]
+        by_reason: dict[str | None, list[tuple[str, str, str]]] = {}
+        for ruid, where in last.items():
+            if where is not None:
+                by_reason.setdefault(where[2], []).append((where[0], where[1], ruid))
         assert self._feed is not None
-        self._feed.changed(_contacts(rows), deletes, policies)
+        self._feed.changed(_contacts(rows), by_reason.pop(None, []), policies)
+        for reason, deletes in by_reason.items():
+            self._feed.changed([], deletes, [], reason)
 
     async def _tell_subscribers(self, keys: list[tuple[str, str]]) -> None:
         """Subscribers others changed, as they are now: a key with no row was removed."""
@@ -575,6 +815,11 @@ class PostgresStore:
     async def close(self) -> None:
         self._opened = False
         self._fault = self._reconnect_error = ""
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
+            self._beating = None
+        await self._drop_live()
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)

@@ -34,7 +34,7 @@ REMOVED_ADMIN = "admin"
 REMOVED_EXPIRED = "expired"
 REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
 REMOVED_REMOTE = "remote"  # by another registrar sharing the store
-REMOVED_NODE_GONE = "node-gone"  # the registrar holding its flow is gone (shared store: node liveness)
+REMOVED_NODE_GONE = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
 # Read-only stand-ins for a table or an AOR that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, dict[str, Contact]] = {}
 _NO_BINDINGS: dict[str, Contact] = {}
@@ -53,15 +53,17 @@ class _Pending:
     batch: Batch | None  # policy and subscriber changes committed with it
     done: Done
     note: str  # the journal's detail of its removals (who: an operator's unregister)
+    limit: tuple[int, str] | None  # the AOR's most bindings in a shared store, and why others go
 
     def __init__(self, table: str, puts: list[tuple[Contact, bool]], removes: list[tuple[Contact, str]],
-                 batch: Batch | None, done: Done, note: str = "") -> None:
+                 batch: Batch | None, done: Done, note: str = "", limit: tuple[int, str] | None = None) -> None:
         self.table = table
         self.puts = puts
         self.removes = removes
         self.batch = batch
         self.done = done
         self.note = note
+        self.limit = limit
 
 
 class KeyedLock:
@@ -156,6 +158,8 @@ class LocationService:
         # Told of each contact change before it is applied, while someone watches an AOR's
         # reg events (reg_notifier.py); None the rest of the time: a REGISTER pays one test.
         self.watch: Callable[[str, list[tuple[Contact, bool]], list[tuple[Contact, str]]], None] | None = None
+        # Other registrars write the store too (PostgreSQL): an AOR's limit is kept there as well.
+        self.shared = False
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,14 +227,15 @@ class LocationService:
 
     # -- the feed of a shared store (Feed) ----------------------------------------------
     def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
-                policies: list[tuple[str, str, str, str | None]]) -> None:
+                policies: list[tuple[str, str, str, str | None]], reason: str | None = None) -> None:
         """What another registrar committed: into memory and published, as if done here."""
+        why = REMOVED_REMOTE if reason is None else reason
         for table, aor, name, value in policies:
             self._set_policy(table, aor, name, value)
         for table, aor, ruid in deletes:
             contact = self._tables.get(table, _NO_AORS).get(aor, _NO_BINDINGS).get(ruid)
             if contact is not None:
-                self._apply(table, [], [(contact, REMOVED_REMOTE)])
+                self._apply(table, [], [(contact, why)])
         for table, contact in puts:
             is_new = contact.ruid not in self._tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS)
             self._apply(table, [(contact, is_new)], [])
@@ -283,9 +288,11 @@ class LocationService:
         *,
         memory_only: bool = False,
         note: str = "",
+        limit: tuple[int, str] | None = None,
     ) -> None:
         """Commit, then apply: ``puts`` are (contact, is_new), ``removes`` (contact, reason);
-        ``note`` goes into the journal rows of the removals (who removed them).
+        ``note`` goes into the journal rows of the removals (who removed them). ``limit``: (most
+        bindings, reason) the store keeps the AOR to (shared stores).
 
         With a store, the change goes into the next group commit; once that is durable
         the change is applied in memory, published, and ``done(None)`` is called. When the
@@ -296,7 +303,7 @@ class LocationService:
             self._apply(table, puts, removes)
             done(None)
             return
-        self._pending.append(_Pending(table, puts, removes, None, done, note))
+        self._pending.append(_Pending(table, puts, removes, None, done, note, limit))
         self._wake.set()
 
     async def apply(
@@ -562,6 +569,8 @@ def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contac
     is journaled: a removal with its reason, a new binding, a refresh only when it changed
     something beside its expiry and CSeq (``tables``: memory before the batch)."""
     final: dict[str, tuple[str, Contact] | None] = {}
+    born: set[str] = set()  # new bindings in this batch: may be inserted
+    refreshed: set[str] = set()
     merged = Batch()
     rows = merged.journal
     for change in changes:
@@ -575,15 +584,19 @@ def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contac
         for contact, is_new in change.puts:
             final[contact.ruid] = (table, contact)
             if is_new:
+                born.add(contact.ruid)
                 rows.append(_journal_row(now, table, contact, journal.REGISTERED,
                                          f"expires in {contact.expires - now:.0f} s"))
                 continue
+            refreshed.add(contact.ruid)
             old = tables.get(table, _NO_AORS).get(contact.aor, _NO_BINDINGS).get(contact.ruid)
             # Compared here (compiled), not in journal.changed: this runs for every refresh.
             if old is not None and (old.addr != contact.addr or old.received != contact.received
                                     or old.socket != contact.socket or old.path != contact.path
                                     or old.user_agent != contact.user_agent):
                 rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
+        if change.limit is not None and change.puts:
+            merged.limits[(table, change.puts[0][0].aor)] = change.limit
         if change.batch is not None:  # policies and subscribers only (see commit())
             merged.policies += change.batch.policies
             merged.subscribers += change.batch.subscribers
@@ -592,4 +605,5 @@ def _merge(changes: list[_Pending], tables: dict[str, dict[str, dict[str, Contac
             merged.deletes.append(ruid)
         else:
             merged.puts.append(value)
+    merged.refreshes = refreshed - born
     return merged

@@ -20,6 +20,7 @@ import aiosqlite
 
 from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
+from .nodes import NodeState
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 if TYPE_CHECKING:
@@ -323,6 +324,9 @@ class SqliteStore:
 
     async def sweeps(self) -> bool:
         return True  # the file's only registrar
+
+    async def nodes(self) -> list[NodeState]:
+        return []  # one file, one registrar: it describes itself
 
     async def load(self, now: float | None = None) -> list[tuple[str, Contact]]:
         """Drop expired rows, then return every stored binding."""

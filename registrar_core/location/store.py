@@ -16,6 +16,7 @@ from typing import Protocol
 
 from ..journal import JournalRow
 from .contact import Contact
+from .nodes import NodeState
 
 
 # The policy and subscriber tables, the same SQL in every store (contacts differ by column types).
@@ -58,22 +59,29 @@ SubscriberChange = tuple[str, str, tuple[str, str, str] | None]
 @dataclass
 class Batch:
     """Changes committed together: contacts to write, contacts to delete, policy values, and
-    the journal rows saying why (written in the same transaction: no round trip of their own)."""
+    the journal rows saying why (written in the same transaction: no round trip of their own).
+    ``limits``: (table, aor) -> (most bindings, reason): a store several registrars write
+    removes the AOR's oldest bindings beyond that (others' too), with that reason.
+    ``refreshes``: ruids of puts that refresh a binding: such a store writes them only if the
+    binding is still stored (another registrar's delete committed first wins)."""
 
     puts: list[tuple[str, Contact]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     policies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     subscribers: list[SubscriberChange] = field(default_factory=list)
     journal: list[JournalRow] = field(default_factory=list)
+    limits: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    refreshes: set[str] = field(default_factory=set)
 
 
 class Feed(Protocol):
     """Who is told what other registrars changed in a shared store: the location service."""
 
     def changed(self, puts: list[tuple[str, Contact]], deletes: list[tuple[str, str, str]],
-                policies: list[tuple[str, str, str, str | None]]) -> None:
+                policies: list[tuple[str, str, str, str | None]], reason: str | None = None) -> None:
         """Bindings another registrar wrote (table, contact) or deleted (table, aor, ruid), and
-        policy values it set (None: deleted)."""
+        policy values it set (None: deleted). ``reason``: why the deletes were made when no
+        registrar asked for them (a dead node's flows: node-gone)."""
 
     def reloaded(self, rows: list[tuple[str, Contact]]) -> None:
         """The whole table again, after the feed was lost: what memory holds may be stale."""
@@ -104,6 +112,10 @@ class Store(Protocol):
         """Should this registrar delete expired bindings from the store? Of registrars that
         share one, a single one at a time (taken over when it dies); the others drop them
         from memory only."""
+
+    async def nodes(self) -> list[NodeState]:
+        """The registrars sharing this store, alive or gone (``ctl nodes``); [] for a store
+        only one registrar uses."""
 
     async def load(self, now: float) -> list[tuple[str, Contact]]:
         """Every stored (table, binding) not expired at ``now``, oldest ``modified`` first.
