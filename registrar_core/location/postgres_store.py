@@ -16,7 +16,6 @@ silently stale table.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -26,7 +25,6 @@ import uuid
 import asyncpg
 
 from .contact import Contact
-from .sqlite_store import _chunks
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
@@ -75,9 +73,6 @@ _COLUMNS = ", ".join(_COLUMN_NAMES)
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _COLUMN_NAMES[3:]) + (
     " WHERE contacts.callid <> excluded.callid OR excluded.cseq > contacts.cseq RETURNING ruid")
-# 20 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
-# statements cover every batch size and stay in asyncpg's prepared-statement cache.
-MAX_CHUNK = 1024
 # Rows by a list of ruids, as a join: "ruid = ANY($1)" is planned once per connection (a generic
 # plan after five runs), and a node that starts on an empty table keeps a sequential scan that
 # compares every row with every ruid: with 50,000 rows a feed fetch of 10,000 ruids took 11 s
@@ -96,18 +91,27 @@ MAX_PAYLOAD = 7_000
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
 
 
-@functools.cache  # rows <= MAX_CHUNK
-def _upsert_sql(rows: int, notify: bool = False) -> str:
-    """The multi-row upsert; with ``notify`` its NOTIFYs ride in the same statement (one round
+# The rows go in as one array per column (unnest): one statement text for every batch size,
+# which asyncpg prepares once and PostgreSQL plans once. A VALUES list is a statement per row
+# count, and beyond ~125 rows longer than asyncpg caches (15 KiB): prepared again at every commit.
+_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "text", "int8", "text", "text", "text",
+          "text", "text", "int8", "int8", "text", "int8", "float8", "text")
+
+
+def _upsert_sql(notify: bool) -> str:
+    """The upsert of a batch; with ``notify`` its NOTIFYs ride in the same statement (one round
     trip): a data-modifying WITH runs whether or not the SELECT reads it."""
-    width = len(_COLUMN_NAMES)
     first = 2 if notify else 1
-    marks = ",".join("(" + ",".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
-    upsert = f"INSERT INTO contacts ({_COLUMNS}) VALUES {marks}{_UPSERT_SET}"
+    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(_TYPES))
+    upsert = f"INSERT INTO contacts ({_COLUMNS}) SELECT * FROM unnest({arrays}){_UPSERT_SET}"
     if not notify:
         return upsert
     return (f"WITH up AS ({upsert}) SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
             "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
+
+
+_UPSERT = _upsert_sql(False)
+_UPSERT_NOTIFY = _upsert_sql(True)
 
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
@@ -149,11 +153,12 @@ def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, 
     return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
 
-def _values(puts: list[tuple[str, Contact]]) -> list[object]:
-    return [value for table, c in puts for value in (
+def _values(puts: list[tuple[str, Contact]]) -> list[list[object]]:
+    """The batch as one list per column, in _COLUMN_NAMES order (the upsert's arrays)."""
+    return [list(column) for column in zip(*((
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified, c.node)]
+        c.cflags, c.instance, c.regid, c.modified, c.node) for table, c in puts))]
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -325,10 +330,10 @@ class PostgresStore:
             conn = await self._writable()
             try:
                 puts = batch.puts
-                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers):
+                if puts and not (batch.deletes or batch.policies or batch.subscribers):
                     # The usual group commit: one statement, its own transaction, one round trip.
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    rows = await conn.fetch(_upsert_sql(len(puts), True), notify, *_values(puts))
+                    rows = await conn.fetch(_UPSERT_NOTIFY, notify, *_values(puts))
                     written = set(rows[0][1] or ())
                 else:
                     written = await self._write_transaction(conn, batch)
@@ -361,9 +366,8 @@ class PostgresStore:
                                [(username, domain) for username, domain, _ in batch.subscribers])
             if notify:
                 await conn.execute(_NOTIFY, notify)
-            for start, size in _chunks(len(puts), MAX_CHUNK):
-                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size]))
-                written.update(r[0] for r in rows)
+            if puts:
+                written.update(r[0] for r in await conn.fetch(_UPSERT, *_values(puts)))
             for tbl, aor, name, value in batch.policies:
                 if value is None:
                     await conn.execute("DELETE FROM policies WHERE tbl=$1 AND aor=$2 AND name=$3", tbl, aor, name)
