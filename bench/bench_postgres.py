@@ -179,7 +179,7 @@ def one_run(name: str, rep: int, args: argparse.Namespace, cluster: PostgresClus
     profiler = None
     try:
         sampler.start(server.pid)
-        if cluster is not None:
+        if cluster is not None and dsn is not None:
             db_sampler.start(postmaster_pid(cluster))
         if args.profile and name == "sipconsole-postgres":
             profiler = subprocess.Popen(["py-spy", "record", "--nonblocking", "-f", "raw", "-o",
@@ -197,18 +197,21 @@ def one_run(name: str, rep: int, args: argparse.Namespace, cluster: PostgresClus
         server.stop()
     end = run.ended_epoch
     cpu = sampler.between(run.started_epoch, end)
-    db_cpu = db_sampler.between(run.started_epoch, end)["server"] if cluster is not None else None
+    db_cpu = db_sampler.between(run.started_epoch, end)["server"] if dsn is not None else None
     other = cpu["other"]
     if other is not None and db_cpu is not None:
         other = round(max(0.0, other - db_cpu), 1)
     rtts = [ms for _, ms in run.rtts]
+    rate = sipp_rate(run)
     result.update({
-        "reg_per_s": sipp_rate(run), "successful": run.successful, "failed": run.failed,
+        "reg_per_s": rate, "successful": run.successful, "failed": run.failed,
         "retransmissions": run.retransmissions, "sipp_returncode": run.returncode,
         "p50_ms": c.percentile(rtts, 50), "p99_ms": c.percentile(rtts, 99),
         "rows": rows_stored(cluster, name, dsn, rundir), "cpu_server_pct": cpu["server"], "cpu_db_pct": db_cpu,
         "cpu_sipp_pct": cpu["sipp"], "cpu_other_pct": other, "noisy": other is not None and other > args.noisy,
         "errors": run.errors[:5],
+        # CPU per REGISTER: what a loaded machine disturbs least (it slows everything alike).
+        "server_us_per_reg": _per_reg(cpu["server"], rate), "db_us_per_reg": _per_reg(db_cpu, rate),
     })
     if profiler is not None:
         result["profile"] = str(rundir / "py-spy.txt")
@@ -254,6 +257,11 @@ async def visibility(a_port: int, b_control: Path, count: int | None, until: thr
     return {"samples": len(delays), "not_answered": not_answered, "not_seen": not_seen,
             "p50_ms": _ms(c.percentile(delays, 50)), "p99_ms": _ms(c.percentile(delays, 99)),
             "max_ms": _ms(max(delays, default=None)), "delays_ms": [_ms(d) for d in delays]}
+
+
+def _per_reg(cpu_pct: float | None, rate: float | None) -> float | None:
+    """Microseconds of CPU per REGISTER from a CPU share (percent of one core) and REG/s."""
+    return None if cpu_pct is None or not rate else round(cpu_pct / 100 / rate * 1e6, 1)
 
 
 def _seconds(value: float | None) -> str:
@@ -345,6 +353,10 @@ def two_nodes(rep: int, args: argparse.Namespace, cluster: PostgresCluster, work
 
 # -- summary --------------------------------------------------------------------------------
 
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
 def spread(values: list[float], fmt: str = ",.0f") -> str:
     """median (min-max)"""
     if not values:
@@ -365,7 +377,10 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
                   "p99_ms_median": c.median([r["p99_ms"] for r in mine if r["p99_ms"] is not None]),
                   "failed": sum(r["failed"] for r in mine), "noisy_runs": sum(bool(r["noisy"]) for r in mine),
                   "cpu_server_pct_median": c.median([r["cpu_server_pct"] for r in mine if r["cpu_server_pct"] is not None]),
-                  "cpu_db_pct_median": c.median([r["cpu_db_pct"] for r in mine if r["cpu_db_pct"] is not None])}
+                  "cpu_db_pct_median": c.median([r["cpu_db_pct"] for r in mine if r["cpu_db_pct"] is not None]),
+                  "server_us_per_reg_median": c.median([r["server_us_per_reg"] for r in mine
+                                                        if r["server_us_per_reg"] is not None]),
+                  "db_us_per_reg_median": c.median([r["db_us_per_reg"] for r in mine if r["db_us_per_reg"] is not None])}
     return out
 
 
@@ -418,11 +433,10 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], pairs: list[dic
                      str(s["failed"]),
                      "memory" if stored[0] is None else ("all" if all(n == args.registers for n in stored)
                                                          else "/".join(map(str, stored))),
-                     f"{s['cpu_server_pct_median']:.0f}" if s["cpu_server_pct_median"] is not None else "",
-                     f"{s['cpu_db_pct_median']:.0f}" if s["cpu_db_pct_median"] is not None else "",
-                     str(s["noisy_runs"])])
+                     _fmt(s["server_us_per_reg_median"]), _fmt(s["db_us_per_reg_median"]), str(s["noisy_runs"])])
     print()
-    print(c.table(["target", "REG/s median (min-max)", "p50/p99 ms", "failed", "rows", "srv %", "db %", "noisy"],
+    print(c.table(["target", "REG/s median (min-max)", "p50/p99 ms", "failed", "rows", "srv us/REG", "db us/REG",
+                   "noisy"],
                   rows, right={2, 3, 5, 6, 7}))
     ratio = ratios(runs, summary, "sipconsole-postgres")
     for other, r in ratio.items():
