@@ -429,7 +429,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], pairs: list[dic
         mine = [r for r in runs if r["target"] == t]
         stored = [r["rows"] for r in mine]
         rows.append([t, spread([r["reg_per_s"] for r in mine if r["reg_per_s"]]),
-                     f"{s['p50_ms_median']:g}/{s['p99_ms_median']:g}" if s["p99_ms_median"] is not None else "n/a",
+                     f"{round(s['p50_ms_median'], 1):g}/{round(s['p99_ms_median'], 1):g}" if s["p99_ms_median"] is not None else "n/a",
                      str(s["failed"]),
                      "memory" if stored[0] is None else ("all" if all(n == args.registers for n in stored)
                                                          else "/".join(map(str, stored))),
