@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ RESULTS = BENCH / "results"
 SCENARIOS = BENCH / "scenarios"
 KAMAILIO_DIR = BENCH / "kamailio"
 KAMAILIO_SQL = Path("/usr/share/kamailio/db_sqlite")
+KAMAILIO_PG_SQL = Path("/usr/share/kamailio/postgres")  # Debian kamailio-postgres-modules
 DOMAIN = "bench.test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -496,11 +498,13 @@ class Target:
 
     name: str
     kind: str  # "sipconsole" or "kamailio"
-    mode: str  # sipconsole: "durable"; kamailio: "memory", "sqlite", "auth"
+    mode: str  # sipconsole: "durable"; kamailio: "memory", "sqlite", "auth", "postgres"
     auth: bool = False
     note: str = ""
     template_db: Path | None = None  # prepared database (subscribers) copied for each run
     pkg_mb: int = 32  # Kamailio private memory per process (db_sqlite loads a whole result set into it)
+    dsn: str | None = None  # a PostgreSQL database (tests/postgres.py form) instead of a file in workdir
+    children: int | None = None  # Kamailio UDP workers when its cfg takes CHILDREN (registrar-postgres.cfg)
 
     def start(self, workdir: Path, port: int, core: int | None, extra_env: dict[str, str] | None = None,
               wrap: list[str] | None = None, keep_db: bool = False, wait: bool = True) -> Managed:
@@ -508,7 +512,7 @@ class Target:
         database a previous start left (sipconsole always keeps its database in ``workdir``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         if self.kind == "sipconsole":
-            db = workdir / "location.db"
+            db: Path | str = self.dsn or workdir / "location.db"
             if self.template_db is not None and not keep_db:
                 for suffix in ("", "-wal", "-shm"):
                     src = Path(str(self.template_db) + suffix)
@@ -542,7 +546,15 @@ class Target:
                     assert self.template_db is not None
                     shutil.copy(self.template_db, db)
                 cmd[3:3] = ["-A", f'DBURL="sqlite:///{db}"']  # sqlite:/// + /abs/path
-            proc = Managed(pinned(cmd, core), workdir / "server.log", cwd=workdir)
+            env = None
+            if self.mode == "postgres":
+                assert self.dsn is not None
+                url, host = kamailio_postgres_url(self.dsn)
+                cmd[3:3] = ["-A", f'DBURL="{url}"']
+                env = {**os.environ, "PGHOST": host}
+            if self.children is not None:
+                cmd[3:3] = ["-A", f"CHILDREN={self.children}"]
+            proc = Managed(pinned(cmd, core), workdir / "server.log", cwd=workdir, env=env)
         if not wait:
             return proc
         try:
@@ -566,6 +578,30 @@ def kamailio_sqlite_available() -> tuple[bool, str]:
     if not (KAMAILIO_SQL / "usrloc-create.sql").exists():
         return False, "kamailio-sqlite-modules is not installed: Kamailio SQLite runs skipped"
     return True, ""
+
+
+def kamailio_postgres_available() -> tuple[bool, str]:
+    ok, why = kamailio_available()
+    if not ok:
+        return ok, why
+    if not (KAMAILIO_PG_SQL / "usrloc-create.sql").exists():
+        return False, ("kamailio-postgres-modules is not installed (apt-get install kamailio-postgres-modules): "
+                       "Kamailio PostgreSQL runs skipped")
+    return True, ""
+
+
+def kamailio_postgres_url(dsn: str) -> tuple[str, str]:
+    """(db_postgres URL, PGHOST) for a ``postgresql://user@/name?host=/socket/dir`` DSN.
+
+    db_postgres's URL has no room for a socket directory; given no host, libpq takes PGHOST."""
+    parts = urllib.parse.urlsplit(dsn)
+    host = urllib.parse.parse_qs(parts.query).get("host", [""])[0]
+    return f"postgres://{parts.username or 'postgres'}@{parts.path}", host
+
+
+def kamailio_postgres_schema() -> str:
+    """Kamailio's own location table (and its version table) for PostgreSQL, as SQL."""
+    return "".join((KAMAILIO_PG_SQL / f"{module}-create.sql").read_text() for module in ("standard", "usrloc"))
 
 
 def _kamailio_schema(db: Path, *modules: str) -> sqlite3.Connection:
@@ -687,6 +723,11 @@ class SippRun:
     failed: int = 0
     retransmissions: int = 0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def ended_epoch(self) -> float:
+        """When sipp wrote its last statistics (it does as it exits): the end of the run."""
+        return _epoch(self.rows[-1]["CurrentTime"]) if self.rows else self.started_epoch + self.wall
 
 
 def _epoch(cell: str) -> float:

@@ -239,3 +239,42 @@ async def test_a_version_1_schema_gets_the_node_column_on_first_start(postgres, 
         await store.close()
     assert postgres.query(pg_dsn, "SELECT version FROM sipconsole_schema") == ["3"]
     assert postgres.query(pg_dsn, "SELECT count(*) FROM nodes") == ["0"]  # created; `user` commands are no node
+
+
+async def test_the_feed_keeps_up_when_the_table_grew_after_the_node_started(postgres, pg_dsn):
+    """A node started on an empty table, whose feed fetches ran (and were planned) while it was
+    small, still fetches a commit of many bindings at once quickly once the table is large: no
+    per-connection plan that compares every row with every ruid (11 s for this one, past the
+    command timeout: a lost feed and a full reload)."""
+    a = LocationService(PostgresStore(pg_dsn), EventBus(time.time))
+    b_store = PostgresStore(pg_dsn)
+    b = LocationService(b_store, EventBus(time.time))
+    await a.start()
+    await b.start()
+
+    async def seen_on_b(count: int, limit: float) -> float:
+        started = time.monotonic()
+        while b.counts()[1] < count:
+            assert time.monotonic() - started < limit, f"node B holds {b.counts()[1]} of {count} after {limit} s"
+            await asyncio.sleep(0.01)
+        return time.monotonic() - started
+
+    def contact(i: int) -> Contact:
+        return Contact(ruid=f"r-{i}", aor=f"u{i}@example.com", addr=f"sip:u{i}@127.0.0.1:5070",
+                       expires=time.time() + 3600, callid=f"c{i}", cseq=1)
+
+    try:
+        for i in range(8):  # B's feed fetch runs (and is planned) on a nearly empty table
+            await a.apply(DEFAULT_TABLE, [(contact(i * 10 + j), True) for j in range(10)], [])
+            await seen_on_b((i + 1) * 10, 10)
+        postgres.psql(  # the table grows by 50,000 rows (written elsewhere, none in B's memory)
+            "INSERT INTO contacts (ruid, tbl, aor, addr, params, expires, q, callid, cseq, path, received, socket, "
+            "user_agent, methods, flags, cflags, instance, regid, modified) SELECT 'bulk-' || i, 'other', "
+            "'bulk' || i || '@example.com', 'sip:x@127.0.0.1', '', 0, NULL, 'c', 1, '[]', '', '', '', '', 0, 0, '', 0, i "
+            "FROM generate_series(1, 50000) AS i", database=pg_dsn.split("?")[0].rsplit("/", 1)[1])
+        await a.apply(DEFAULT_TABLE, [(contact(i), True) for i in range(100, 10_100)], [])
+        await seen_on_b(10_080, 5)
+        assert b_store.reloads == 0
+    finally:
+        await a.stop()
+        await b.stop()

@@ -16,7 +16,6 @@ silently stale table.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -29,7 +28,6 @@ from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .nodes import CONNECTION_TRANSPORTS, NodeIdentity, NodeState
 from .service import REMOVED_NODE_GONE
-from .sqlite_store import _chunks
 from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
 
 log = logging.getLogger(__name__)
@@ -162,12 +160,11 @@ _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
 _REFRESH = ("UPDATE contacts SET " + ", ".join(f"{c} = v.{c}" for c in _COLUMN_NAMES[3:]) +
             " FROM v WHERE v.refresh AND contacts.ruid = v.ruid"
             " AND (contacts.callid <> v.callid OR v.cseq > contacts.cseq) RETURNING contacts.ruid")
-# 21 parameters a row, at most 32,767 a statement; chunks are powers of two so that a few
-# statements cover every batch size and stay in asyncpg's prepared-statement cache.
-MAX_CHUNK = 1024
-# asyncpg prepares again each time a statement longer than its cache limit (15 KiB) is run:
-# that doubled the time of a group commit of 100 rows. Every chunk size's statement is kept.
-MAX_STATEMENT_SIZE = 512 * 1024
+# Rows by a list of ruids, as a join: "ruid = ANY($1)" is planned once per connection (a generic
+# plan after five runs), and a node that starts on an empty table keeps a sequential scan that
+# compares every row with every ruid: with 50,000 rows a feed fetch of 10,000 ruids took 11 s
+# (past COMMAND_TIMEOUT: the feed was lost and reloaded), this form 70 ms (bench/bench_postgres.py).
+_BY_RUIDS = "ruid IN (SELECT unnest($1::text[]))"
 RECONNECT_INTERVAL = 0.5  # seconds between attempts to connect again after a fault
 CONNECT_TIMEOUT = 5.0
 # A server that stops answering (stopped, a full disk it waits on) fails the write after this:
@@ -181,31 +178,35 @@ MAX_PAYLOAD = 7_000
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
 
 
-_COLUMN_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "text", "int8", "text", "text", "text",
-                 "text", "text", "int8", "int8", "text", "int8", "float8", "text", "bool")
+# The rows go in as one array per column (unnest): one statement text for every batch size,
+# which asyncpg prepares once and PostgreSQL plans once. A VALUES list is a statement per row
+# count, and beyond ~125 rows longer than asyncpg caches (15 KiB): prepared again at every commit.
+# The last column says whether the row refreshes a binding (an UPDATE, see _REFRESH) or is new.
+_TYPES = ("text", "text", "text", "text", "text", "float8", "float8", "text", "int8", "text", "text", "text",
+          "text", "text", "int8", "int8", "text", "int8", "float8", "text", "bool")
 
 
-@functools.cache  # rows <= MAX_CHUNK
-def _upsert_sql(rows: int, notify: bool = False, journal: bool = False) -> str:
-    """The multi-row write, one statement: new bindings upserted, refreshes (each row's last
-    value) updated only where their row still is (_REFRESH); the ruids written come back (a
-    refresh of a deleted binding among those not written, see write()). With ``notify`` its
-    NOTIFYs, and with ``journal`` the commit's journal rows (after the contacts' parameters),
-    ride in the same statement (one round trip): a data-modifying WITH runs whether or not the
-    SELECT reads it."""
-    width = len(_COLUMN_TYPES)
+def _upsert_sql(notify: bool, journal: bool = False) -> str:
+    """The write of a batch, one statement: new bindings upserted, refreshes updated only where
+    their row still is (_REFRESH); the ruids written come back (a refresh of a deleted binding
+    among those not written, see write()). With ``notify`` its NOTIFYs, and with ``journal``
+    the commit's journal rows (after the contacts' arrays), ride in the same statement (one
+    round trip): a data-modifying WITH runs whether or not the SELECT reads it."""
     first = 2 if notify else 1
-    # The first row's casts type the VALUES columns (the other rows' parameters follow them).
-    marks = ",".join("(" + ",".join(f"${first + r * width + c}" + (f"::{t}" if r == 0 else "")
-                                    for c, t in enumerate(_COLUMN_TYPES)) + ")" for r in range(rows))
-    written = (f"WITH v ({_COLUMNS}, refresh) AS (VALUES {marks}), "
+    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(_TYPES))
+    written = (f"WITH v ({_COLUMNS}, refresh) AS (SELECT * FROM unnest({arrays})), "
                f"ins AS (INSERT INTO contacts ({_COLUMNS}) SELECT {_COLUMNS} FROM v WHERE NOT v.refresh{_UPSERT_SET}), "
-               f"upd AS ({_REFRESH}), up AS (SELECT ruid FROM ins UNION ALL SELECT ruid FROM upd) ")
+               f"upd AS ({_REFRESH}), up AS (SELECT ruid FROM ins UNION ALL SELECT ruid FROM upd)")
     if not notify:
-        return written + "SELECT ruid FROM up"
-    journaled = f", j AS ({_journal_insert(first + rows * width)})" if journal else ""
-    return (written.rstrip() + journaled + f" SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
+        return written + " SELECT ruid FROM up"
+    journaled = f", j AS ({_journal_insert(first + len(_TYPES))})" if journal else ""
+    return (written + journaled + f" SELECT pg_notify('{CHANNEL}', p), (SELECT array_agg(ruid) FROM up) "
             "FROM unnest($1::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i")
+
+
+_WRITE = _upsert_sql(False)
+_WRITE_NOTIFY = _upsert_sql(True)
+_WRITE_NOTIFY_JOURNAL = _upsert_sql(True, True)
 
 
 def _payloads(node: str, puts: list[str], deletes: list[tuple[str, str, str]],
@@ -259,11 +260,12 @@ def _subscribers(rows: list[asyncpg.Record]) -> list[tuple[str, str, tuple[str, 
     return [(r[0], r[1], (r[2], r[3], r[4])) for r in rows]
 
 
-def _values(puts: list[tuple[str, Contact]], refreshes: set[str]) -> list[object]:
-    return [value for table, c in puts for value in (
+def _values(puts: list[tuple[str, Contact]], refreshes: set[str]) -> list[list[object]]:
+    """The batch as one list per column, in _TYPES order (the write's arrays)."""
+    return [list(column) for column in zip(*((
         c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified, c.node, c.ruid in refreshes)]
+        c.cflags, c.instance, c.regid, c.modified, c.node, c.ruid in refreshes) for table, c in puts))]
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -325,7 +327,6 @@ class PostgresStore:
         try:
             return await asyncpg.connect(
                 self.dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
-                max_cacheable_statement_size=MAX_STATEMENT_SIZE,
                 server_settings={"synchronous_commit": "on", "application_name": role})
         except Exception as exc:
             raise StorageError(f"cannot connect to {self.describe()}: {exc or type(exc).__name__}") from exc
@@ -566,14 +567,15 @@ class PostgresStore:
             conn = await self._writable()
             try:
                 puts = batch.puts
-                if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers
-                                                       or batch.limits):
+                if puts and not (batch.deletes or batch.policies or batch.subscribers or batch.limits):
                     # The usual group commit: one statement, its own transaction, one round trip
                     # (new bindings' journal rows included).
                     notify = _payloads(self.node, [c.ruid for _, c in puts], [], [])
-                    journal = _journal_columns(batch.journal) if batch.journal else []
-                    rows = await conn.fetch(_upsert_sql(len(puts), True, bool(journal)), notify,
-                                            *_values(puts, batch.refreshes), *journal)
+                    if batch.journal:
+                        rows = await conn.fetch(_WRITE_NOTIFY_JOURNAL, notify, *_values(puts, batch.refreshes),
+                                                *_journal_columns(batch.journal))
+                    else:
+                        rows = await conn.fetch(_WRITE_NOTIFY, notify, *_values(puts, batch.refreshes))
                     written = set(rows[0][1] or ())
                 else:
                     written = await self._write_transaction(conn, batch)
@@ -588,7 +590,7 @@ class PostgresStore:
         deleted a refreshed one first): the stored rows go to the feed right after the caller
         has applied its own copy, which they replace in memory, or remove it (gone)."""
         ruids = [c.ruid for _, c in puts]
-        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[])", ruids)
+        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM contacts WHERE {_BY_RUIDS}", ruids)
         stored = _contacts(rows)
         found = {c.ruid for _, c in stored}
         gone = [(table, c.aor, c.ruid) for table, c in puts if c.ruid not in found]
@@ -606,7 +608,7 @@ class PostgresStore:
                 await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2 || ' ' || $3))", _AOR_LOCKS, tbl, aor)
             deleted: list[tuple[str, str, str]] = []
             if batch.deletes:
-                rows = await conn.fetch("DELETE FROM contacts WHERE ruid = ANY($1::text[]) RETURNING tbl, aor, ruid",
+                rows = await conn.fetch(f"DELETE FROM contacts WHERE {_BY_RUIDS} RETURNING tbl, aor, ruid",
                                         batch.deletes)
                 deleted = [(r[0], r[1], r[2]) for r in rows]
             puts = batch.puts
@@ -614,9 +616,8 @@ class PostgresStore:
                                [(username, domain) for username, domain, _ in batch.subscribers])
             if notify:
                 await conn.execute(_NOTIFY, notify)
-            for start, size in _chunks(len(puts), MAX_CHUNK):
-                rows = await conn.fetch(_upsert_sql(size), *_values(puts[start:start + size], batch.refreshes))
-                written.update(r[0] for r in rows)
+            if puts:
+                written.update(r[0] for r in await conn.fetch(_WRITE, *_values(puts, batch.refreshes)))
             if batch.journal:
                 await conn.execute(_journal_insert(1), *_journal_columns(batch.journal))
             for tbl, aor, name, value in batch.policies:
@@ -780,7 +781,7 @@ class PostgresStore:
             return
         written = [ruid for ruid, where in last.items() if where is None]
         rows = await self._listener.fetch(  # type: ignore[union-attr]
-            f"SELECT {_COLUMNS} FROM contacts WHERE ruid = ANY($1::text[]) ORDER BY modified", written) if written else []
+            f"SELECT {_COLUMNS} FROM contacts WHERE {_BY_RUIDS} ORDER BY modified", written) if written else []
         by_reason: dict[str | None, list[tuple[str, str, str]]] = {}
         for ruid, where in last.items():
             if where is not None:
