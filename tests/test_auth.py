@@ -41,6 +41,28 @@ def test_rfc7616_vectors(algorithm, expected):
     assert got == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ('username="alice", realm="example.com", nc=00000001', {"username": "alice", "realm": "example.com", "nc": "00000001"}),
+    ('  ,uri = "sip:a, b" ,qop=auth ,', {"uri": "sip:a, b", "qop": "auth"}),
+    (r'username="al\"ice", opaque="a\\b"', {"username": 'al"ice', "opaque": "a\\b"}),
+    ('realm="", x=', {"realm": "", "x": ""}),
+    ('Response=\t"AbC"', {"response": "AbC"}),
+])
+def test_digest_parameters_parsed(text, expected):
+    assert digest._parse_params(text) == expected
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('username="alice', "unterminated quoted string"),
+    (r'username="alice\"', "unterminated quoted string"),
+    ('username="a", realm', "malformed Digest parameters"),
+    ('nonce="a", Nonce="b"', "duplicate Digest parameter nonce"),
+])
+def test_malformed_digest_parameters_are_refused(text, problem):
+    with pytest.raises(digest.DigestError, match=problem):
+        digest._parse_params(text)
+
+
 @pytest.fixture
 async def auth_server(make_server):
     srv = await make_server(auth=True)

@@ -84,35 +84,53 @@ def parse_authorization(value: str) -> Credentials | None:
     )
 
 
-# One parameter: ``name = "quoted, with \\" pairs"`` or ``name = token``, after separators.
-_PARAM = re.compile(r'[ \t,]*+([^=]*+)=[ \t]*+(?:"((?:[^"\\]|\\.)*+)"|(?!")([^,]*+))', re.S)
-_SEPARATORS = re.compile(r"[ \t,]*")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
 def _parse_params(text: str) -> dict[str, str]:
-    """``a="x, y", b=z`` -> {"a": "x, y", "b": "z"}; quoted-pairs unescaped."""
+    """``a="x, y", b=z`` -> {"a": "x, y", "b": "z"}; quoted-pairs unescaped.
+
+    Written with str.find rather than a regular expression: a REGISTER's credentials carry
+    about ten parameters, and a regex that steps through quoted strings one character at a
+    time was a fifth of an authenticated REGISTER's CPU."""
     params: dict[str, str] = {}
     i, n = 0, len(text)
     while True:
-        param = _PARAM.match(text, i)
-        if param is None:
-            i = _SEPARATORS.match(text, i).end()  # type: ignore[union-attr]
-            if i >= n:
-                return params
-            if "=" not in text[i:]:
-                raise DigestError("malformed Digest parameters")
-            raise DigestError("unterminated quoted string")
-        name, quoted, token = param.groups()
-        name = name.strip().lower()
-        if quoted is None:
-            value = token.strip()
+        while i < n and text[i] in " \t,":
+            i += 1
+        if i >= n:
+            return params
+        equals = text.find("=", i)
+        if equals < 0:
+            raise DigestError("malformed Digest parameters")
+        name = text[i:equals].strip().lower()
+        i = equals + 1
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            start = k = i + 1
+            escaped = False
+            while True:
+                close = text.find('"', k)
+                if close < 0:
+                    raise DigestError("unterminated quoted string")
+                backslash = text.find("\\", k, close)
+                if backslash < 0:
+                    break
+                escaped = True
+                k = backslash + 2  # the escaped character, a quote maybe, is part of the value
+            value = text[start:close]
+            if escaped:
+                value = _QUOTED_PAIR.sub(r"\1", value)
+            i = close + 1
         else:
-            value = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
+            comma = text.find(",", i)
+            end = n if comma < 0 else comma
+            value = text[i:end].strip()
+            i = end
         if name in params:
             raise DigestError(f"duplicate Digest parameter {name}")
         params[name] = value
-        i = param.end()
 
 
 def challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False, opaque: str | None = None) -> str:
