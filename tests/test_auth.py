@@ -41,6 +41,12 @@ def test_rfc7616_vectors(algorithm, expected):
     assert got == expected
 
 
+def test_sha512_256_is_the_truncated_sha512_variant():
+    import hashlib
+
+    assert digest.hash_hex("SHA-512-256", "Mufasa") == hashlib.new("sha512_256", b"Mufasa").hexdigest()
+
+
 @pytest.mark.parametrize("text, expected", [
     ('username="alice", realm="example.com", nc=00000001', {"username": "alice", "realm": "example.com", "nc": "00000001"}),
     ('  ,uri = "sip:a, b" ,qop=auth ,', {"uri": "sip:a, b", "qop": "auth"}),
