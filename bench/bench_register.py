@@ -23,6 +23,7 @@ installed.
     python bench/bench_register.py --quick    # 1 repetition x 5 s
     python bench/bench_register.py --nice -10 --wait-quiet 60   # on a shared machine
     python bench/bench_register.py --profile py-spy   # profile sipconsole under load instead
+    python bench/bench_register.py --profile cpu --transports tcp   # its CPU per REGISTER alone
 
 Prints a table and writes bench/results/register.json.
 """
@@ -85,8 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "machine -10 keeps other jobs from skewing the figures; default 0)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp files)")
     p.add_argument("--output", type=Path, default=c.RESULTS / "register.json", help="JSON output path")
-    p.add_argument("--profile", choices=["py-spy", "cprofile"],
-                   help="instead of the comparison: profile sipconsole under UDP load and print hot spots")
+    p.add_argument("--profile", choices=["cpu", "perf", "py-spy", "cprofile"],
+                   help="instead of the comparison: sipconsole alone under load (the first of --transports, "
+                        "digest with --auth-only): its CPU per REGISTER, with perf, py-spy or cProfile the hot "
+                        "spots too")
     p.add_argument("--profile-seconds", type=int, default=15, help="profiling duration (default 15)")
     args = p.parse_args(argv)
     quick = args.quick
@@ -529,18 +532,34 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
 # -- profiling ----------------------------------------------------------------------------------
 
 def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> int:
-    """Run sipconsole under closed-loop UDP load with py-spy or cProfile attached; print hot spots."""
+    """Run sipconsole under closed-loop load (the first of --transports; with digest under
+    --auth-only) and report its CPU per REGISTER; with py-spy, cProfile or perf attached, print
+    the hot spots too."""
     sipp_core, server_core = cores
+    transport = args.transports[0]
     work = Path(tempfile.mkdtemp(prefix="sipconsole-profile-"))
     c.RESULTS.mkdir(parents=True, exist_ok=True)
-    target = c.Target("sipconsole", "sipconsole", "durable")
     injection = work / "users.csv"
-    c.write_injection(injection, 0, args.aors)
+    if args.auth_only:
+        users = c.write_injection(injection, 0, args.auth_aors)
+        tmpl = work / "subscribers" / "location.db"
+        tmpl.parent.mkdir(parents=True, exist_ok=True)
+        problem = c.sipconsole_subscriber_db(tmpl, users)
+        if problem:
+            print(f"cannot provision subscribers: {problem}", file=sys.stderr)
+            return 2
+        target = c.Target("sipconsole-auth", "sipconsole", "durable", auth=True, template_db=tmpl)
+        scenario = c.SCENARIOS / "register_auth.xml"
+    else:
+        c.write_injection(injection, 0, args.aors)
+        target = c.Target("sipconsole", "sipconsole", "durable")
+        scenario = c.SCENARIOS / "register.xml"
     port = c.free_port()
     spy: subprocess.Popen[bytes] | None = None
     out_prof = work / "cprofile.out"
     wrap = ["-m", "cProfile", "-o", str(out_prof)] if args.profile == "cprofile" else None
     raw = c.RESULTS / "profile-pyspy.txt"
+    perf_data = work / "perf.data"
     try:
         server = target.start(work / "server", port, server_core, wrap=wrap)
         try:
@@ -552,9 +571,21 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
                                                  "--duration", str(args.profile_seconds), "--format", "raw", "--threads",
                                                  "--nonblocking", "-o", str(raw)], sipp_core),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-            run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "sipp", transport="u1",
+            elif args.profile == "perf":
+                if shutil.which("perf") is None:
+                    print("perf is not installed (Debian: linux-perf)", file=sys.stderr)
+                    return 2
+                # cpu-clock: the hardware counters are not there in a VM. Self time per symbol
+                # needs no call graph (far smaller data, and the profiler's own cost stays low).
+                spy = subprocess.Popen(c.pinned(["perf", "record", "-e", "cpu-clock", "-F", "999", "-p",
+                                                 str(server.pid), "-o", str(perf_data), "--", "sleep",
+                                                 str(args.profile_seconds)], sipp_core),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            cpu_before = c.cpu_seconds([server.pid])
+            run = c.run_sipp(port, scenario, injection, work / "sipp", transport=TRANSPORTS[transport],
                              users=args.users, duration=args.profile_seconds + 2, core=sipp_core, rtt=False,
                              timeout=args.profile_seconds + 120)
+            cpu_used = c.cpu_seconds([server.pid]) - cpu_before
             if spy is not None:
                 try:
                     _, err = spy.communicate(timeout=60)
@@ -562,7 +593,7 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
                     os.killpg(spy.pid, signal.SIGKILL)
                     _, err = spy.communicate()
                 if spy.returncode != 0:
-                    print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+                    print(f"{args.profile} failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
         finally:
             if spy is not None and spy.poll() is None:
                 os.killpg(spy.pid, signal.SIGKILL)
@@ -570,10 +601,25 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
             server.stop(timeout=30)  # SIGTERM: cProfile writes its file on a clean exit
         periods = c.steady_periods(run, args.users, 2.0)
         rate = c.median([p["rate"] for p in periods])
-        print(f"load during profile: {rate and round(rate):,} REG/s (UDP, {args.users} users, profiler attached)")
+        calls = run.successful + run.failed
+        per_call = cpu_used / calls * 1e6 if calls else float("nan")
+        attached = "" if args.profile == "cpu" else f", {args.profile} attached"
+        print(f"load: {rate and round(rate):,} REG/s ({transport.upper()}{', digest' if args.auth_only else ''}, "
+              f"{args.users} users{attached}), {run.successful:,} answered, {run.failed} failed; "
+              f"server CPU {cpu_used:.2f} s = {per_call:.1f} us per {'registration' if args.auth_only else 'REGISTER'}"
+              f" ({c.sipconsole_build()} build)")
+        c.write_json("profile-cpu.json", {"transport": transport, "auth": args.auth_only, "rate": rate,
+                                          "successful": run.successful, "failed": run.failed,
+                                          "server_cpu_s": cpu_used, "server_cpu_us_per_call": per_call,
+                                          "build": c.sipconsole_build(), "commit": c.source_revision()})
+        if args.profile == "cpu":
+            return 0 if run.failed == 0 else 1
         if args.profile == "py-spy":
             report = pyspy_report(raw)
             path = c.RESULTS / "profile-pyspy-top.txt"
+        elif args.profile == "perf":
+            report = perf_report(perf_data)
+            path = c.RESULTS / "profile-perf-top.txt"
         else:
             report = cprofile_report(out_prof)
             path = c.RESULTS / "profile-cprofile-top.txt"
@@ -584,6 +630,14 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def perf_report(data: Path, top: int = 30) -> str:
+    """Self time per symbol (with its shared object) of a ``perf record``, the largest first."""
+    done = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio",
+                           "--percent-limit", "0.3"], capture_output=True, text=True, timeout=600)
+    rows = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    return "\n".join(["perf (cpu-clock), self time per symbol:", *rows[:top]])
 
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")

@@ -41,6 +41,62 @@ def test_rfc7616_vectors(algorithm, expected):
     assert got == expected
 
 
+def test_sha512_256_is_the_truncated_sha512_variant():
+    import hashlib
+
+    assert digest.hash_hex("SHA-512-256", "Mufasa") == hashlib.new("sha512_256", b"Mufasa").hexdigest()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('username="alice", realm="example.com", nc=00000001', {"username": "alice", "realm": "example.com", "nc": "00000001"}),
+    ('  ,uri = "sip:a, b" ,qop=auth ,', {"uri": "sip:a, b", "qop": "auth"}),
+    (r'username="al\"ice", opaque="a\\b"', {"username": 'al"ice', "opaque": "a\\b"}),
+    ('realm="", x=', {"realm": "", "x": ""}),
+    ('Response=\t"AbC"', {"response": "AbC"}),
+])
+def test_digest_parameters_parsed(text, expected):
+    assert digest._parse_params(text) == expected
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('username="alice', "unterminated quoted string"),
+    (r'username="alice\"', "unterminated quoted string"),
+    ('username="a", realm', "malformed Digest parameters"),
+    ('nonce="a", Nonce="b"', "duplicate Digest parameter nonce"),
+])
+def test_malformed_digest_parameters_are_refused(text, problem):
+    with pytest.raises(digest.DigestError, match=problem):
+        digest._parse_params(text)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 65, 200])
+def test_nonce_mac_is_hmac_sha256(size):
+    import hmac
+
+    from registrar_core.auth.nonce import HmacSha256
+
+    key = bytes(range(256))[:size]
+    for message in (b"", b"x" * 16 + b"example.com", bytes(range(200))):
+        assert HmacSha256(key).digest(message) == hmac.new(key, message, "sha256").digest()
+
+
+def test_nonce_round_trip_and_nonce_count():
+    from registrar_core.auth.nonce import NonceFactory, NonceState
+
+    nonces = NonceFactory(b"k" * 32)
+    nonce = nonces.make("example.com")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", nonce)
+    assert nonces.check(nonce, "example.com") is NonceState.VALID
+    assert nonces.check(nonce, "example.org") is NonceState.FORGED
+    assert nonces.check(nonce[:-1] + ("A" if nonce[-1] != "A" else "B"), "example.com") is NonceState.FORGED
+    assert nonces.check("é" + nonce[1:], "example.com") is NonceState.FORGED
+    assert NonceFactory(b"k" * 32).check(nonce, "example.com") is NonceState.STALE  # another boot
+    nonces.accept_nc(nonce, 1)
+    assert not nonces.nc_fresh(nonce, 1) and nonces.nc_fresh(nonce, 2)
+    expires = nonces._nc[nonce][1]  # the expiry read back from the nonce's first bytes
+    assert nonces.clock() < expires <= nonces.clock() + nonces.lifetime
+
+
 @pytest.fixture
 async def auth_server(make_server):
     srv = await make_server(auth=True)

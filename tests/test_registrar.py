@@ -46,3 +46,21 @@ async def test_concurrent_registers_for_one_aor_are_serialised_and_none_is_lost(
     messages = [register_bytes(aor, [f"<sip:bob@127.0.0.1:{6000 + n}>"], local=PHONE) for n in range(20)]
     assert await asyncio.gather(*(status(core, m) for m in messages)) == [200] * 20
     assert core.fetch_contacts(aor).count == 20
+
+
+async def test_a_register_waiting_for_its_commit_holds_no_parsed_request(core):
+    """Hundreds of REGISTERs wait for each group commit: each holds what its reply needs,
+    not its parsed message (compiled, a closure over the request once kept it to the end)."""
+    import gc
+
+    replies: list[object] = []
+    for n in range(50):
+        core.pipeline.receive(register_bytes(f"u{n}@example.com", [f"<sip:u{n}@127.0.0.1:5062>"], local=PHONE),
+                              SOURCE, replies.append)
+    assert not replies  # all waiting for the commit
+    gc.collect()
+    assert sum(1 for o in gc.get_objects() if type(o).__name__ == "Request") == 0
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(replies) < 50 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(replies) == 50 and all(r[0].startswith(b"SIP/2.0 200 ") for r in replies)  # type: ignore[index]

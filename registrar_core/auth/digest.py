@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # The default challenge: MD5 only. Clients still in the field fail on SHA-256 (baresip 1.0
 # even when MD5 is offered first; sipsak and sipp 3.6 when SHA-256 comes first); SHA-256 and
 # SHA-512-256 are a configuration away (config auth_algorithms, first offered first: RFC 8760 §2.4).
 ALGORITHMS = ("MD5",)
-_HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
+# The hash constructors themselves: hashlib.new looks the name up on every call.
+_HASHES: dict[str, Callable[[bytes], Any]] = {
+    "MD5": hashlib.md5, "SHA-256": hashlib.sha256, "SHA-512-256": functools.partial(hashlib.new, "sha512_256")}
 
 
 class DigestError(ValueError):
@@ -19,7 +24,7 @@ class DigestError(ValueError):
 
 
 def hash_hex(algorithm: str, text: str) -> str:
-    return hashlib.new(_HASHES[algorithm], text.encode("utf-8")).hexdigest()
+    return _HASHES[algorithm](text.encode("utf-8")).hexdigest()
 
 
 def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
@@ -84,35 +89,53 @@ def parse_authorization(value: str) -> Credentials | None:
     )
 
 
-# One parameter: ``name = "quoted, with \\" pairs"`` or ``name = token``, after separators.
-_PARAM = re.compile(r'[ \t,]*+([^=]*+)=[ \t]*+(?:"((?:[^"\\]|\\.)*+)"|(?!")([^,]*+))', re.S)
-_SEPARATORS = re.compile(r"[ \t,]*")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
 def _parse_params(text: str) -> dict[str, str]:
-    """``a="x, y", b=z`` -> {"a": "x, y", "b": "z"}; quoted-pairs unescaped."""
+    """``a="x, y", b=z`` -> {"a": "x, y", "b": "z"}; quoted-pairs unescaped.
+
+    Written with str.find rather than a regular expression: a REGISTER's credentials carry
+    about ten parameters, and a regex that steps through quoted strings one character at a
+    time was a fifth of an authenticated REGISTER's CPU."""
     params: dict[str, str] = {}
     i, n = 0, len(text)
     while True:
-        param = _PARAM.match(text, i)
-        if param is None:
-            i = _SEPARATORS.match(text, i).end()  # type: ignore[union-attr]
-            if i >= n:
-                return params
-            if "=" not in text[i:]:
-                raise DigestError("malformed Digest parameters")
-            raise DigestError("unterminated quoted string")
-        name, quoted, token = param.groups()
-        name = name.strip().lower()
-        if quoted is None:
-            value = token.strip()
+        while i < n and text[i] in " \t,":
+            i += 1
+        if i >= n:
+            return params
+        equals = text.find("=", i)
+        if equals < 0:
+            raise DigestError("malformed Digest parameters")
+        name = text[i:equals].strip().lower()
+        i = equals + 1
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            start = k = i + 1
+            escaped = False
+            while True:
+                close = text.find('"', k)
+                if close < 0:
+                    raise DigestError("unterminated quoted string")
+                backslash = text.find("\\", k, close)
+                if backslash < 0:
+                    break
+                escaped = True
+                k = backslash + 2  # the escaped character, a quote maybe, is part of the value
+            value = text[start:close]
+            if escaped:
+                value = _QUOTED_PAIR.sub(r"\1", value)
+            i = close + 1
         else:
-            value = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
+            comma = text.find(",", i)
+            end = n if comma < 0 else comma
+            value = text[i:end].strip()
+            i = end
         if name in params:
             raise DigestError(f"duplicate Digest parameter {name}")
         params[name] = value
-        i = param.end()
 
 
 def challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False, opaque: str | None = None) -> str:

@@ -7,7 +7,8 @@ with a fresh nonce); a bad MAC is forged.
 
 from __future__ import annotations
 
-import base64
+import binascii
+import hashlib
 import hmac
 import os
 import secrets
@@ -43,14 +44,44 @@ def load_key(path: Path) -> bytes:
     return key
 
 
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    """base64url without padding (binascii: base64's wrappers cost as much as the MAC)."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    """The inverse of :func:`_b64`; ValueError when it is not base64 at all."""
+    data = text.encode("ascii").translate(_FROM_URLSAFE)
+    return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+
+
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one fixed key, its padded key hashed once: per message
+    two copies of a SHA-256 state instead of hmac.new's setup (a third of a challenge's cost)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:  # the block size: a longer key is hashed first (RFC 2104 §2)
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 class NonceFactory:
     def __init__(self, key: bytes, *, lifetime: int = NONCE_LIFETIME, clock=time.time,
                  max_tracked: int = 1_000_000) -> None:
-        self._key = key
+        self._hmac = HmacSha256(key)
         self.lifetime = lifetime
         self.clock = clock
         self.boot = secrets.randbits(32)
@@ -60,7 +91,7 @@ class NonceFactory:
         self._floor = 0  # nonces expiring at or before this were forgotten early: stale
 
     def _mac(self, body: bytes, realm: str) -> bytes:
-        return hmac.new(self._key, body + realm.encode(), "sha256").digest()[:16]
+        return self._hmac.digest(body + realm.encode())[:16]
 
     def make(self, realm: str) -> str:
         body = struct.pack("!II", int(self.clock()) + self.lifetime, self.boot) + secrets.token_bytes(8)
@@ -68,8 +99,8 @@ class NonceFactory:
 
     def check(self, nonce: str, realm: str) -> NonceState:
         try:
-            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
-        except (ValueError, TypeError):
+            raw = _unb64(nonce)
+        except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
             return NonceState.FORGED
         if len(raw) != 32:
             return NonceState.FORGED
@@ -89,8 +120,7 @@ class NonceFactory:
 
     def accept_nc(self, nonce: str, nc: int) -> None:
         """Record ``nc`` once the digest has verified (never before: that would let anyone poison it)."""
-        raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
-        expires = struct.unpack("!I", raw[:4])[0]
+        expires = struct.unpack("!I", _unb64(nonce[:8])[:4])[0]  # 8 characters: the first 6 bytes
         self._nc[nonce] = (nc, expires)
         self._nc.move_to_end(nonce)
         now = self.clock()
