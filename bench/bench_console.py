@@ -1,21 +1,20 @@
-"""Console at scale: 100,000 contacts, ~1,000 REGISTERs/s, and the keys must stay responsive.
+"""Console at scale: what a console costs the registrar at 100,000 contacts, and its keys.
 
-The registrar runs in this process with the console beside it on the same event loop, exactly
-as ``sipconsole`` runs them; the console is headless (Pilot), everything else is real: sipp sends
-REGISTERs over UDP from the other core, the core commits to SQLite, events reach the console.
+Everything is the real thing: ``sipconsole serve`` (durable SQLite) on one core, sipp on the
+other, and the console as a user runs it, on a pseudo-terminal of its own: ``sipconsole
+attach``, and ``sipconsole`` (the registrar, with its console in a child process).
 
-1. sipp registers ``--contacts`` distinct AORs (one contact each).
-2. Registrar throughput without the console: sipp closed loop (200 in flight) for ``--seconds``.
-3. The console opens while sipp sends ``--rate`` REGISTERs/s: time until the 100,000 rows are
-   loaded (in pages of 1,000 AORs, the registrar serving between two pages), and how the
-   registrar answered meanwhile (answered/s, failures, response-time p99).
-   And at ``--rate`` REGISTERs/s (sipp paced): the CPU this process spends.
-4. Registrar throughput with the console open: the same closed loop; the CPU at ``--rate``.
-5. sipp paced at ``--rate`` REGISTERs/s while keys are pressed: keypress -> updated-frame latency.
-   The frame time is taken when Textual composes the first frame that shows the key's effect
-   (``App._display``, called in headless mode too, after the compositor rendered the update).
-6. Throughput with the console again, then without it again (after it quit): runs alternate so
-   that drift on a shared machine does not favour either side.
+1. sipp registers ``--contacts`` distinct AORs (one contact each) into ``sipconsole serve``.
+2. Closed-loop throughput (sipp, 200 in flight, ``--seconds`` each), ``--repeat`` times, the
+   order rotating: no console; ``sipconsole attach`` showing the whole table; ``sipconsole``
+   (the registrar restarted on the same database, its console loaded). Each run also gives the
+   CPU time per REGISTER answered of the registrar process and of the console's process
+   (/proc): the figures a loaded machine disturbs least. Consoles are pinned to sipp's core,
+   the registrar keeps its own (``sipconsole``'s console process is moved there once started).
+3. The console (Pilot, headless, in this process, attached to the serve process like the
+   console's own process) opens while sipp sends ``--rate`` REGISTERs/s: time until the rows
+   are loaded, how the registrar answered meanwhile; then keypress -> updated-frame latency
+   (the frame time is when Textual composes the first frame that shows the key's effect).
 
     python bench/bench_console.py            # 100,000 contacts, 1,000 REG/s, 10-s throughput runs
     python bench/bench_console.py --quick    # 20,000 contacts, 5-s runs
@@ -29,6 +28,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common as c  # noqa: E402
 
 from console.app import SipConsole  # noqa: E402
-from registrar_core.config import build_config  # noqa: E402
-from registrar_core.control import LocalClient  # noqa: E402
-from registrar_core.server import Server, install_fast_loop  # noqa: E402
+from registrar_core.control import ControlClient  # noqa: E402
+from registrar_core.server import install_fast_loop  # noqa: E402
+from tests.processes import Terminal  # noqa: E402
 
 SIZE = (160, 50)
 IN_FLIGHT = 200
@@ -71,7 +71,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=1000, help="paced REGISTERs/s during the key presses (default 1,000)")
     p.add_argument("--seconds", type=int, help="length of each throughput run (default 10)")
     p.add_argument("--presses", type=int, default=25, help="presses of each key (default 25)")
+    p.add_argument("--repeat", type=int, default=2, help="throughput runs of each kind (default 2)")
+    p.add_argument("--kinds", default="none,attached,embedded",
+                   help="throughput runs: none, attached, embedded (default all three)")
     args = p.parse_args()
+    args.kinds = args.kinds.split(",")
+    if not set(args.kinds) <= {"none", "attached", "embedded"} or "none" not in args.kinds:
+        p.error("--kinds: a comma list of none, attached, embedded, with none")
     args.contacts = args.contacts or (20_000 if args.quick else 100_000)
     args.seconds = args.seconds or (5 if args.quick else 10)
     return args
@@ -107,15 +113,6 @@ def paced(port: int, injection: Path, work: Path, core: int | None, rate: int, s
     ok = int(last["SuccessfulCall(C)"])
     return {"offered_per_s": rate, "ok": ok, "failed": int(last["FailedCall(C)"]),
             "answered_per_s": round(ok / wall), "rtt_ms_p50": c.median(rtts), "rtt_ms_p99": c.percentile(rtts, 99)}
-
-
-async def paced_cpu(port: int, injection: Path, work: Path, core: int | None, rate: int,
-                    seconds: int) -> dict[str, Any]:
-    """A paced run, plus the CPU this process (registrar, and console if open) spent meanwhile."""
-    cpu, wall = time.process_time(), time.monotonic()
-    result = await asyncio.to_thread(paced, port, injection, work, core, rate, seconds)
-    result["cpu_percent_of_a_core"] = round((time.process_time() - cpu) / (time.monotonic() - wall) * 100, 1)
-    return result
 
 
 async def until(pilot: Any, condition: Callable[[], object], timeout: float) -> None:
@@ -171,70 +168,109 @@ async def key_latencies(pilot: Any, app: TimedConsole, presses: int) -> dict[str
     return out
 
 
-# What `sipconsole attach` asks of the registrar: the event stream over the control socket,
-# read by another process (the console's own rendering then costs the registrar nothing).
-ATTACHED_READER = """
-import asyncio, sys
-from registrar_core.control import ControlClient
-async def main():
-    client = await ControlClient(sys.argv[1]).connect()
-    async for _ in client.events():
-        pass
-asyncio.run(main())
-"""
+def registrar_args(work: Path, port: int) -> list[str]:
+    """The options ``sipconsole serve`` and ``sipconsole`` get: the bench's lab settings."""
+    return ["--listen", f"udp:127.0.0.1:{port}", "--db", str(work / "location.db"), "--control",
+            str(work / "control.sock"), *c.sipconsole_lab_options(False)]
 
 
-def attached_reader(control: Path, core: int | None) -> subprocess.Popen[bytes]:
-    """A process that subscribes to the registrar's events and reads them all, as an attached console."""
-    return subprocess.Popen(c.pinned([sys.executable, "-c", ATTACHED_READER, str(control)], core),
-                            env={**os.environ, "PYTHONPATH": str(c.ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def registrar_env(work: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(c.ROOT), "XDG_DATA_HOME": str(work / "xdg-data"),
+            "XDG_RUNTIME_DIR": str(work / "xdg-run")}
 
 
-def rss_mib() -> float:
-    return c.rss_kib(os.getpid()) / 1024
+def serve(work: Path, port: int, core: int | None) -> c.Managed:
+    proc = c.Managed(c.pinned([sys.executable, "-m", "sipconsole", "serve", *registrar_args(work, port)], core),
+                     work / "serve.log", cwd=c.ROOT, env={**os.environ, **registrar_env(work)})
+    c.wait_sip(port, proc)
+    return proc
+
+
+def console_loaded(term: Terminal, contacts: int) -> Callable[[], bool]:
+    """The AOR table's title once every row is in (before: "AORs · loading ...")."""
+    title = f"AORs · {contacts:,} ·".encode()
+    return lambda: title in term.output
+
+
+def pin(pid: int, core: int | None) -> None:
+    if core is not None and shutil.which("taskset"):
+        subprocess.run(["taskset", "-pc", str(core), str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def measured(port: int, injection: Path, work: Path, core: int | None, seconds: int,
+             pids: dict[str, int]) -> dict[str, Any]:
+    """A closed-loop run, with the CPU time per REGISTER answered of each process in ``pids``."""
+    before = {name: c.cpu_seconds([pid]) for name, pid in pids.items()}
+    run = closed_loop(port, injection, work, core, seconds=seconds)
+    spent = {name: c.cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
+    run["cpu_us_per_register"] = {name: round(cpu / max(1, run["ok"]) * 1e6, 1) for name, cpu in spent.items()}
+    return run
+
+
+async def throughput(args: argparse.Namespace, work: Path, port: int, injection: Path,
+                     cores: tuple[int | None, int | None]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """The closed-loop runs of each kind; the serve process is running again at the end."""
+    sipp_core, server_core = cores
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
+    server = serve(work, port, server_core)
+    preload = await asyncio.to_thread(closed_loop, port, injection, work / "preload", sipp_core, calls=args.contacts)
+    kinds = list(runs)
+    for rep in range(args.repeat):
+        for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
+            label = f"{kind}-{rep}"
+            print(f"throughput, console: {kind}: sipp closed loop for {args.seconds} s ...", flush=True)
+            if kind == "none":
+                runs[kind].append(await asyncio.to_thread(measured, port, injection, work / label, sipp_core,
+                                                          args.seconds, {"registrar": server.pid}))
+            elif kind == "attached":
+                term = Terminal(["attach", "--control", str(work / "control.sock")], size=SIZE,
+                                prefix=tuple(c.pinned([], sipp_core)), env=registrar_env(work))
+                try:
+                    await term.until(console_loaded(term, args.contacts), timeout=300)
+                    runs[kind].append(await asyncio.to_thread(
+                        measured, port, injection, work / label, sipp_core, args.seconds,
+                        {"registrar": server.pid, "console": term.proc.pid}))
+                finally:
+                    term.close()
+            else:
+                server.stop(timeout=60)
+                term = Terminal(registrar_args(work, port), size=SIZE, prefix=tuple(c.pinned([], server_core)),
+                                env=registrar_env(work))
+                try:
+                    await term.until(lambda: term.children(), timeout=60)
+                    child = term.children()[0]
+                    pin(child, sipp_core)
+                    await term.until(console_loaded(term, args.contacts), timeout=300)
+                    runs[kind].append(await asyncio.to_thread(
+                        measured, port, injection, work / label, sipp_core, args.seconds,
+                        {"registrar": term.proc.pid, "console": child}))
+                    term.type("q")
+                    await term.until(lambda: b"Stop and quit" in term.output)
+                    term.type("y")
+                    await term.until(lambda: term.proc.poll() is not None, timeout=60)
+                finally:
+                    term.close()
+                server = serve(work, port, server_core)
+    return runs, {"preload": preload, "server": server}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     sipp_core, server_core, cores_note = c.pick_cores()
-    c.pin_self(server_core)
+    c.pin_self(sipp_core)
     with tempfile.TemporaryDirectory(prefix="sc-bench-console-") as tmp:
         work = Path(tmp)
         port = c.free_port()
-        config = build_config({"listen": [f"udp:127.0.0.1:{port}"], "db": str(work / "location.db"),
-                               "control": str(work / "control.sock"), "auth": False, "ip_budget": 0,
-                               "max_expires": 7200})
         injection = work / "aors.csv"
         c.write_injection(injection, 0, args.contacts)
-        server = Server(config)
-        await server.start()
-        result: dict[str, Any] = {"contacts": args.contacts, "cores": cores_note, "machine": c.machine()}
+        result: dict[str, Any] = {"contacts": args.contacts, "cores": cores_note, "machine": c.machine(),
+                                  "commit": c.source_revision()}
+        print(f"registering {args.contacts:,} AORs with sipp ...", flush=True)
+        runs, state = await throughput(args, work, port, injection, (sipp_core, server_core))
+        server: c.Managed = state["server"]
+        result["preload"], result["throughput"] = state["preload"], runs
         try:
-            print(f"registering {args.contacts:,} AORs with sipp ...", flush=True)
-            result["preload"] = await asyncio.to_thread(closed_loop, port, injection, work / "preload",
-                                                        sipp_core, calls=args.contacts)
-            alone, shared = [], []
-
-            async def run(into: list[dict[str, Any]], label: str) -> None:
-                print(f"throughput {label}: sipp closed loop for {args.seconds} s ...", flush=True)
-                into.append(await asyncio.to_thread(closed_loop, port, injection, work / f"{label}-{len(into)}",
-                                                    sipp_core, seconds=args.seconds))
-
-            await run(alone, "without the console")
-            reader = attached_reader(work / "control.sock", sipp_core)
-            try:
-                await asyncio.sleep(1)  # subscribed
-                attached: list[dict[str, Any]] = []
-                await run(attached, "with a console attached (event stream to another process)")
-                result["throughput_attached"] = attached
-            finally:
-                reader.terminate()
-                reader.wait(timeout=10)
-            print(f"{args.rate:,} REG/s for {args.seconds} s without the console: CPU ...", flush=True)
-            result["cpu_without_console"] = await paced_cpu(port, injection, work / "cpu-alone", sipp_core,
-                                                            args.rate, args.seconds)
-            rss_before = rss_mib()
-            app = TimedConsole(LocalClient(server.core), embedded=True)
+            client = await ControlClient(str(work / "control.sock"), actor="console").connect()
+            app = TimedConsole(client, embedded=False)
             window = 15 if args.quick else 30
             print(f"{args.rate:,} REG/s for {window} s while the console loads the table ...", flush=True)
             during_load = asyncio.create_task(asyncio.to_thread(
@@ -245,14 +281,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await until(pilot, lambda: app.main.loaded, timeout=120)
                 result["console_load_s"] = round(time.perf_counter() - t0, 2)
                 result["load_under_traffic"] = await during_load
-                await until(pilot, lambda: app.main.status.stats is not None, timeout=10)
-                result["console_rss_mib"] = round(rss_mib() - rss_before)
                 result["rows"] = len(app.main.registry)
                 print(f"console loaded {result['rows']:,} rows in {result['console_load_s']} s", flush=True)
-                await run(shared, "with the console open")
-                print(f"{args.rate:,} REG/s for {args.seconds} s with the console open: CPU ...", flush=True)
-                result["cpu_with_console"] = await paced_cpu(port, injection, work / "cpu-console", sipp_core,
-                                                             args.rate, args.seconds)
                 seconds = max(20, args.presses * 2)
                 print(f"{args.rate:,} REG/s for up to {seconds} s while pressing keys ...", flush=True)
                 sender = asyncio.create_task(asyncio.to_thread(
@@ -260,44 +290,40 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(2)  # the rate is up
                 latencies = await key_latencies(pilot, app, args.presses)
                 result["paced_load"] = await sender
-                await run(shared, "with the console open")
-            await run(alone, "without the console")
-            result["throughput_without_console"] = alone
-            result["throughput_with_console"] = shared
+            await client.close()
         finally:
-            await server.stop()
+            server.stop(timeout=60)
     result["key_latency_ms"] = {k: {"p50": round(c.median(v), 1), "p95": round(c.percentile(v, 95), 1),
                                     "max": round(max(v), 1), "n": len(v)} for k, v in latencies.items()}
     return result
 
 
 def report(r: dict[str, Any]) -> str:
-    alone = [run["reg_per_s"] for run in r["throughput_without_console"]]
-    shared = [run["reg_per_s"] for run in r["throughput_with_console"]]
-    attached = [run["reg_per_s"] for run in r["throughput_attached"]]
+    runs = r["throughput"]
+    mean = {kind: sum(x["reg_per_s"] for x in rs) / len(rs) for kind, rs in runs.items()}
+
+    def cpu(kind: str, name: str) -> str:
+        values = [x["cpu_us_per_register"].get(name) for x in runs[kind]]
+        return " / ".join(f"{v:.1f}" for v in values if v is not None) or "-"
+
     load = r["paced_load"]
+    rows = []
+    for kind, label in (("none", "no console (sipconsole serve)"), ("attached", "sipconsole attach (another process)"),
+                        ("embedded", "sipconsole (console in a child process)")):
+        if kind not in runs:
+            continue
+        rows.append([label, f"{mean[kind]:,.0f}", f"{mean[kind] / max(1.0, mean['none']):.0%}",
+                     ", ".join(f"{x['reg_per_s']:,}" for x in runs[kind]), cpu(kind, "registrar"), cpu(kind, "console")])
     lines = [
         f"{r['contacts']:,} contacts ({r['rows']:,} AOR rows) · {r['cores']}",
-        f"console load: {r['console_load_s']} s for the initial load (pages of 1,000 AORs) · "
-        f"+{r['console_rss_mib']} MiB RSS",
-        f"meanwhile, {r['load_under_traffic']['offered_per_s']:,} REG/s offered: "
+        "",
+        c.table(["registrar throughput (sipp closed loop, UDP)", "REG/s (mean)", "of none", "runs",
+                 "registrar CPU us/REG", "console CPU us/REG"], rows, right={1, 2, 4, 5}),
+        "",
+        f"console load: {r['console_load_s']} s for the initial load (pages of 1,000 AORs); meanwhile "
+        f"{r['load_under_traffic']['offered_per_s']:,} REG/s offered: "
         f"{r['load_under_traffic']['answered_per_s']:,}/s answered, {r['load_under_traffic']['failed']} failed, "
         f"response p50 {r['load_under_traffic']['rtt_ms_p50']} ms / p99 {r['load_under_traffic']['rtt_ms_p99']} ms",
-        "",
-        c.table(["registrar throughput (sipp closed loop, UDP)", "REG/s (mean)", "runs"], [
-            ["without the console", f"{sum(alone) / len(alone):,.0f}", ", ".join(f"{v:,}" for v in alone)],
-            ["with the console open (same process)", f"{sum(shared) / len(shared):,.0f}",
-             ", ".join(f"{v:,}" for v in shared)],
-            ["with a console attached (another process)", f"{attached[0]:,}", ""],
-            ["ratio open / without", f"{sum(shared) / len(shared) / max(1, sum(alone) / len(alone)):.0%}", ""],
-            ["ratio attached / without", f"{attached[0] / max(1, sum(alone) / len(alone)):.0%}", ""],
-        ], right={1}),
-        "",
-        c.table([f"CPU of the registrar process at {load['offered_per_s']:,} REG/s", "% of a core"], [
-            ["without the console", f"{r['cpu_without_console']['cpu_percent_of_a_core']}"],
-            ["with the console open (idle)", f"{r['cpu_with_console']['cpu_percent_of_a_core']}"],
-        ], right={1}),
-        "",
         f"during the key presses: {load['offered_per_s']:,} REG/s offered, {load['answered_per_s']:,}/s answered, "
         f"{load['failed']} failed, response p50 {load['rtt_ms_p50']} ms / p99 {load['rtt_ms_p99']} ms",
         "",

@@ -1,10 +1,11 @@
 """The sipconsole application, and the two ways to start it: embedded or attached.
 
-Embedded (``sipconsole``): the registrar runs in this process, on the same event
-loop as the console. Attached (``sipconsole attach``): the console talks to a
-running ``sipconsole serve`` over its control socket. Either way the console only
-ever uses the client interface: ``await client.call(method, **params)`` and
-``async for batch in client.events()``.
+Embedded (``sipconsole``): the registrar runs in this process and the console in a child
+process (``python -m console``) attached to its control socket: the console's parsing and
+drawing never hold up the registrar's event loop, and they run on another core. Attached
+(``sipconsole attach``): the console talks to a running ``sipconsole serve`` over its
+control socket. Either way the console only ever uses the client interface:
+``await client.call(method, **params)`` and ``async for batch in client.events()``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from textual.screen import Screen
 
 from registrar_core import exit_codes
 from registrar_core.config import Config
-from registrar_core.control import ControlClient, LocalClient
+from registrar_core.control import ControlClient
 from registrar_core.server import Server, install_fast_loop
 
 from .actions import Action, bindings
@@ -39,10 +40,11 @@ from .screens.main import MainScreen
 from .screens.subscribers import SubscribersScreen
 
 Runner = Callable[[App[Any]], Awaitable[object]]
+Ui = Callable[[str, bool], Awaitable[int | None]]  # (control socket, read-only) -> the console's exit status
 
 
 class SipConsole(App[None]):
-    """The operator console over a core client (embedded LocalClient or attached ControlClient)."""
+    """The operator console over a core client: a ControlClient (a LocalClient in tests and screenshots)."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere keep it
     TITLE = "sipconsole"
@@ -152,8 +154,9 @@ def logging_to(path: Path) -> Iterator[None]:
         root.setLevel(level)
 
 
-async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) -> int:
-    """Start the registrar, run the console beside it, stop the registrar when it quits."""
+async def embedded(config: Config, read_only: bool, *, ui: Ui | None = None) -> int:
+    """Start the registrar, run the console beside it (``ui``, by default in a child process),
+    stop the registrar when the console ends, whichever way it ends."""
     try:
         log = log_file(config)
     except OSError as exc:
@@ -166,15 +169,51 @@ async def embedded(config: Config, read_only: bool, *, run: Runner = run_app) ->
         except Exception as exc:  # port in use, unwritable db...: one line, no traceback
             print(f"sipconsole: error: {exc}", file=sys.stderr)
             return exit_codes.FAILED
-        client = LocalClient(server.core)
-        app = SipConsole(client, embedded=True, read_only=read_only)
         try:
-            await run(app)
+            status = await (ui or console_process)(config.control, read_only)
         finally:
-            stats = await client.call("stats")
+            contacts = server.core.snapshot_stats()["location_contacts"]
             await server.stop()
-    print(f"sipconsole: registrar stopped; {stats['location_contacts']:,} contacts kept in {config.db}"
-          f" (log: {log})")
+    if status not in (exit_codes.OK, None):
+        print(f"sipconsole: the console ended with status {status}: registrar stopped; {contacts:,} contacts "
+              f"kept in {config.db} (log: {log})", file=sys.stderr)
+        return exit_codes.FAILED
+    print(f"sipconsole: registrar stopped; {contacts:,} contacts kept in {config.db} (log: {log})")
+    return exit_codes.OK
+
+
+async def console_process(control: str, read_only: bool) -> int | None:
+    """The embedded console in a child process on this terminal, attached to ``control``:
+    returns its exit status. SIGTERM to this process is passed on (the console quits, then
+    the registrar stops); a console that crashes stops the registrar too (what it holds is
+    durable), rather than leave a registrar running with no terminal to show it."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "console", control, *(["--read-only"] if read_only else []))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, child.terminate)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the console's key, not ours
+    try:
+        return await child.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+        if child.returncode is None:  # cancelled: the console goes with us
+            child.kill()
+            await child.wait()
+
+
+async def console_session(control: str, read_only: bool, *, run: Runner = run_app) -> int:
+    """What the child process runs: the embedded console, a client of ``control``."""
+    try:
+        client = await ControlClient(control, actor="console").connect()
+    except ConnectionError as exc:
+        print(f"sipconsole: error: {exc}", file=sys.stderr)
+        return exit_codes.NO_REGISTRAR
+    app = SipConsole(client, embedded=True, read_only=read_only)
+    try:
+        await run(app)
+    finally:
+        await client.close()
     return app.return_code or exit_codes.OK
 
 

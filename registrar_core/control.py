@@ -10,9 +10,13 @@ Methods: ``dump {table}``, ``show {aor, table}``, ``history {aor, since, limit, 
 ``policy.preview {name, value, aor, table}`` (what a max_contacts or single_contact trim would
 remove), ``stats``,
 ``user.list``, ``user.add {user, password}``, ``user.passwd {user, password}``,
-``user.remove {user}``, ``subscriptions {aor}`` (reg event watchers), and ``subscribe {actor}`` (actor "console" or "ctl", the default:
-the name the audit trail gives the connection), after which the server sends
-``{"method": "event", "params": {...}}`` notifications on that connection.
+``user.remove {user}``, ``subscriptions {aor}`` (reg event watchers), and ``subscribe {actor, compact}`` (actor "console" or "ctl", the
+default: the name the audit trail gives the connection), after which the server sends
+``{"method": "events", "params": {"events": [...]}}`` notifications on that connection: what
+happened meanwhile, at most one notification every FRAME seconds (a busy registrar writes,
+and its reader parses, one line per frame, not one per event). ``compact`` is what a console
+asks for (see :func:`wire_events`): added and refreshed contacts with only the fields the AOR
+table shows, and at most TRAFFIC_PER_FRAME request.handled events per frame, the newest.
 
 A reply that grows with the table (``dump`` without ``limit``) is never built whole: the
 server encodes and writes it in chunks of AORs, waiting for the reader and letting SIP
@@ -47,7 +51,7 @@ from typing import Any
 from .api import NotFound, RegistrarCore, normalise_aor
 from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
-from .events import EVENTS_LOST
+from .events import CONTACT_ADDED, CONTACT_REFRESHED, EVENTS_LOST, REQUEST_HANDLED, Event
 from .journal import HISTORY_LIMIT
 from .location import DEFAULT_TABLE, Contact, StorageError
 
@@ -66,6 +70,36 @@ CHUNK = 256
 #: A reader that takes nothing of a reply for this long is dropped (and the drop logged).
 WRITE_TIMEOUT = 60.0
 _CLOSED: dict[str, Any] = {"kind": "connection.closed"}  # marks the end of a client's event stream
+#: Seconds between two event notifications to one subscriber (a console redraws 4 times a second).
+FRAME = 0.05
+#: request.handled events a compact subscriber gets per frame, the newest (its traffic pane shows
+#: the last few thousand anyway); the others cost the registrar nothing to serialise.
+TRAFFIC_PER_FRAME = 250
+_UPDATED = (CONTACT_ADDED, CONTACT_REFRESHED)
+
+
+def wire_events(events: list[Event], compact: bool) -> list[dict[str, Any]]:
+    """The events as a subscriber gets them; ``compact`` (a console): an added or refreshed
+    contact carries only what the AOR table shows (aor, ruid, expires_at, modified, user_agent:
+    a fifth of the bytes, and of the registrar's time to encode them), and only the newest
+    TRAFFIC_PER_FRAME request.handled events are kept. Everything else as ``to_dict()``."""
+    if not compact:
+        return [e.to_dict() for e in events]
+    skip = sum(1 for e in events if e.kind == REQUEST_HANDLED) - TRAFFIC_PER_FRAME
+    out: list[dict[str, Any]] = []
+    for event in events:
+        kind = event.kind
+        if kind == REQUEST_HANDLED and skip > 0:
+            skip -= 1
+            continue
+        contact = event.data.get("contact") if kind in _UPDATED else None
+        if isinstance(contact, Contact):
+            out.append({"kind": kind, "table": event.data["table"], "aor": contact.aor, "ruid": contact.ruid,
+                        "contact": {"aor": contact.aor, "ruid": contact.ruid, "expires_at": contact.expires,
+                                    "modified": contact.modified, "user_agent": contact.user_agent}})
+        else:
+            out.append(event.to_dict())
+    return out
 
 
 class RpcError(Exception):
@@ -387,8 +421,8 @@ class ControlServer:
                     # there a one-line reply is written whole (``stream`` keeps it in chunks).
                     await _write_reply(writer, reply, whole=pump is not None)
                     why = "the client closed it"
-                if subscribe and pump is None:
-                    pump = asyncio.create_task(self._pump(writer))
+                if subscribe is not None and pump is None:
+                    pump = asyncio.create_task(self._pump(writer, compact=subscribe))
         except ConnectionError as exc:
             why = f"{why} ({type(exc).__name__})"
         except (asyncio.LimitOverrunError, ValueError):
@@ -408,45 +442,51 @@ class ControlServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _one(self, line: bytes) -> tuple[dict[str, Any] | None, bool]:
+    async def _one(self, line: bytes) -> tuple[dict[str, Any] | None, bool | None]:
+        """The reply to one request line, and (for ``subscribe``) whether the events go compact."""
         try:
             request = json.loads(line)
         except ValueError:
-            return _error(None, PARSE_ERROR, "invalid JSON"), False
+            return _error(None, PARSE_ERROR, "invalid JSON"), None
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
             request.get("method"), str
         ):
             return _error(request.get("id") if isinstance(request, dict) else None,
-                          INVALID_REQUEST, "not a JSON-RPC 2.0 request"), False
+                          INVALID_REQUEST, "not a JSON-RPC 2.0 request"), None
         id_ = request.get("id")
         params = request.get("params") or {}
         if not isinstance(params, dict):
-            return _error(id_, INVALID_PARAMS, "params must be an object"), False
+            return _error(id_, INVALID_PARAMS, "params must be an object"), None
         if request["method"] == "subscribe":
             _identify(params.get("actor"))
-            return {"jsonrpc": "2.0", "id": id_, "result": {"subscribed": True}}, True
+            compact = params.get("compact", False)
+            if not isinstance(compact, bool):
+                return _error(id_, INVALID_PARAMS, "compact must be true or false"), None
+            return {"jsonrpc": "2.0", "id": id_, "result": {"subscribed": True}}, compact
         messages = params.pop("stream", False)  # how to frame a Streamed reply: any method takes it
         if not isinstance(messages, bool):
-            return _error(id_, INVALID_PARAMS, "stream must be true or false"), False
+            return _error(id_, INVALID_PARAMS, "stream must be true or false"), None
         try:
             result = await self.methods.call(request["method"], params)
             if isinstance(result, Streamed):
                 result = replace(result, messages=messages)
         except RpcError as exc:
-            return (_error(id_, exc.code, exc.message) if "id" in request else None), False
+            return (_error(id_, exc.code, exc.message) if "id" in request else None), None
         except Exception as exc:  # a bug must not take the control socket down
             log.exception("control method %s failed", request["method"])
-            return _error(id_, -32603, f"internal error: {exc}"), False
-        return ({"jsonrpc": "2.0", "id": id_, "result": result} if "id" in request else None), False
+            return _error(id_, -32603, f"internal error: {exc}"), None
+        return ({"jsonrpc": "2.0", "id": id_, "result": result} if "id" in request else None), None
 
-    async def _pump(self, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, writer: asyncio.StreamWriter, compact: bool) -> None:
         sub = self.core.subscribe()
         try:
             async for events in sub.batches():
-                # One write for what queued meanwhile, not one (and a send) per event.
-                writer.write(b"".join([_line({"jsonrpc": "2.0", "method": "event", "params": e.to_dict()})
-                                       for e in events]))
+                # One line for what queued meanwhile, then a frame's pause: under load, one
+                # write (and one parse at the other end) per frame, not one per event.
+                writer.write(_line({"jsonrpc": "2.0", "method": "events",
+                                    "params": {"events": wire_events(events, compact)}}))
                 await writer.drain()
+                await asyncio.sleep(FRAME)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -576,8 +616,9 @@ class ControlClient:
                 message = json.loads(line)
                 if not isinstance(message, dict):
                     continue
-                if message.get("method") == "event":
-                    self._queue_event(message["params"])
+                if message.get("method") == "events":
+                    for event in message["params"]["events"]:
+                        self._queue_event(event)
                     continue
                 stream = self._streams.get(message.get("id"))  # type: ignore[arg-type]  # a reply without an id matches nothing
                 if stream is not None:
@@ -662,10 +703,10 @@ class ControlClient:
         self._writer.write(json.dumps(request).encode() + b"\n")
         await self._writer.drain()
 
-    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """Subscribe, then yield the events in batches as they arrive; raises
-        ConnectionError when the registrar goes away."""
-        await self.call("subscribe", actor=self.actor)
+    async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+        """Subscribe, then yield the events in batches as they arrive (``compact``: see
+        :func:`wire_events`); raises ConnectionError when the registrar goes away."""
+        await self.call("subscribe", actor=self.actor, **({"compact": True} if compact else {}))
         while True:
             batch = [await self._events.get()]
             while not self._events.empty():
@@ -703,10 +744,10 @@ class LocalClient:
             result = await result.collect()
         return json.loads(json.dumps(result, default=str))
 
-    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
         sub = self.core.subscribe()
         try:
             async for events in sub.batches():
-                yield [e.to_dict() for e in events]
+                yield wire_events(events, compact)
         finally:
             sub.close()

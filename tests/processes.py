@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,3 +282,54 @@ def sipp_ok(serve, tmp_path: Path, scenario: str, row: tuple[str, ...]) -> bool:
     inf = write_injection(tmp_path / f"{scenario}.csv", [row])
     res = run_sipp(scenario, serve.port, "-inf", str(inf), timeout=10)
     return res.successful == 1 and res.failed == 0
+
+
+class Terminal:
+    """``sipconsole ARGS`` on a pseudo-terminal of its own, as a user starts it (the console's
+    tests, bench/bench_console.py); ``prefix`` goes before the command (``taskset -c N``)."""
+
+    def __init__(self, args: list[str], size: tuple[int, int] = (120, 36), prefix: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "sipconsole", *args], stdin=slave,
+                                     stdout=slave, stderr=slave, start_new_session=True,
+                                     env={**os.environ, **(env or {}), "TERM": "xterm-256color"})
+        os.close(slave)
+        self.output = bytearray()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # the other end closed
+                return
+            if not data:
+                return
+            self.output += data
+
+    def children(self) -> list[int]:
+        """The registrar process's children (the console's process)."""
+        pids: list[int] = []
+        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+            with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        return pids
+
+    async def until(self, condition, timeout: float = 30.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out; the terminal shows: {self.output[-2000:]!r}")
+            await asyncio.sleep(0.1)
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        os.close(self.master)

@@ -210,10 +210,10 @@ async def test_the_embedded_console_logs_the_warning_to_its_log_file(short_dir):
     config = build_config({"db": str(short_dir / "l.db"), "control": str(short_dir / "c.sock"),
                            "listen": [f"udp:127.0.0.1:{free_port()}"], "auth": False})
 
-    async def quit_at_once(app) -> None:
-        return None
+    async def quit_at_once(control: str, read_only: bool) -> int:
+        return 0
 
-    assert await embedded(config, read_only=False, run=quit_at_once) == 0
+    assert await embedded(config, read_only=False, ui=quit_at_once) == 0
     assert "WARNING registrar_core.server: authentication is OFF" in (short_dir / "sipconsole.log").read_text()
 
 

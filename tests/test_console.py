@@ -14,7 +14,7 @@ import pytest
 from textual.widgets import Sparkline
 from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
-from console.app import SipConsole, attached, embedded
+from console.app import SipConsole, attached, console_session, embedded
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
 from console.screens.help import HelpScreen
@@ -29,6 +29,7 @@ from registrar_core.config import build_config
 from registrar_core.control import ControlClient, LocalClient
 from registrar_core.events import OPERATOR_ACTION
 
+from .processes import Terminal
 from .sipclient import Device, TcpPhone, UdpPhone, UdpWatcher, authorization, challenges, free_port, next_aor, register_bytes, request_bytes, server_address
 
 SIZE = (140, 40)
@@ -495,16 +496,21 @@ async def test_embedded_runs_the_registrar_and_stops_it(short_dir, capsys):
     async def drive(app: SipConsole) -> None:
         async with app.run_test(size=SIZE) as pilot:
             main = await ready(pilot)
+            assert pilot.app.mode == "embedded"
             phone = await UdpPhone(("127.0.0.1", port)).open()
             assert (await phone.register(aor)).status == 200
             phone.close()
             await until(pilot, lambda: aor in main.registry.rows)
             await pilot.press("q", "y")
 
+    async def ui(control: str, read_only: bool) -> int:
+        # What the console's child process runs (python -m console), here under Pilot.
+        return await console_session(control, read_only, run=drive)
+
     import logging
 
     handlers = logging.getLogger().handlers[:]
-    assert await embedded(config, read_only=False, run=drive) == 0
+    assert await embedded(config, read_only=False, ui=ui) == 0
     out = capsys.readouterr().out
     assert "registrar stopped" in out and "1 contacts" in out
     # The registrar logged to a file beside its database, not to the terminal, and let go of logging.
@@ -552,6 +558,54 @@ async def test_history_key_opens_the_aor_journal_and_the_detail_shows_it(server)
         await until(pilot, lambda: isinstance(pilot.app.screen, ContactDetailScreen))
     for phone in (desk, mobile, moved):
         phone.close()
+
+
+@pytest.fixture
+def terminal(short_dir):
+    started: list[Terminal] = []
+
+    def start(port: int) -> Terminal:
+        started.append(Terminal(["--listen", f"udp:127.0.0.1:{port}", "--db", str(short_dir / "loc.db"),
+                                 "--control", str(short_dir / "c.sock"), "--auth", "off"]))
+        return started[-1]
+
+    yield start
+    for t in started:
+        t.close()
+
+
+async def test_sipconsole_runs_its_console_in_a_child_process(terminal, short_dir):
+    """`sipconsole` on a terminal: the registrar answers while the console, a child process on
+    the same terminal, shows its bindings; q, y quits the console and stops the registrar."""
+    port = free_port()
+    term = terminal(port)
+    await term.until(lambda: b"contacts" in term.output and term.children())
+    aor = next_aor("embedded")
+    phone = await UdpPhone(("127.0.0.1", port)).open()
+    assert (await phone.register(aor)).status == 200
+    phone.close()
+    control = await ControlClient(str(short_dir / "c.sock")).connect()
+    assert (await control.call("stats"))["location_contacts"] == 1
+    await control.close()
+    await term.until(lambda: aor.split("@")[0].encode() in term.output)  # the console shows it
+    term.type("q")
+    await term.until(lambda: b"Stop and quit" in term.output)
+    term.type("y")
+    await term.until(lambda: term.proc.poll() is not None)
+    assert term.proc.returncode == 0
+    await term.until(lambda: b"registrar stopped; 1 contacts kept" in term.output, timeout=5)
+
+
+async def test_a_console_that_dies_stops_the_registrar_and_says_so(terminal):
+    """The console's process killed: the registrar stops cleanly (its bindings are durable) and
+    says why on the terminal, exit status 1; it does not run on with nothing to show it."""
+    port = free_port()
+    term = terminal(port)
+    await term.until(lambda: b"contacts" in term.output and term.children())
+    os.kill(term.children()[0], 9)
+    await term.until(lambda: term.proc.poll() is not None)
+    assert term.proc.returncode == 1
+    await term.until(lambda: b"the console ended with status -9: registrar stopped" in term.output, timeout=5)
 
 
 async def test_attach_to_a_running_serve_process(serve_process):

@@ -282,6 +282,47 @@ async def test_event_stream_over_the_control_socket(serve_process, tmp_path):
     assert any(e["kind"] == "request.handled" and e["method"] == "REGISTER" for e in seen)
 
 
+async def test_a_console_gets_compact_events_in_one_line_per_frame(serve_process, tmp_path):
+    """subscribe with compact (what the console asks for): an added contact carries only what the
+    AOR table shows, the removal the whole contact; the events come as one ``events`` line."""
+    serve = serve_process.start()
+    reader, writer = await asyncio.open_unix_connection(str(serve.control))
+    writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"compact": "yes"}}\n'
+                 b'{"jsonrpc": "2.0", "id": 2, "method": "subscribe", "params": {"compact": true}}\n')
+    await writer.drain()
+    refused = json.loads(await asyncio.wait_for(reader.readline(), 3))
+    assert refused["error"]["message"] == "compact must be true or false"
+    assert json.loads(await asyncio.wait_for(reader.readline(), 3))["result"] == {"subscribed": True}
+    await asyncio.to_thread(sipp_register, serve, tmp_path, [("judy", "example.com", "desk", "1.0")])
+    assert (await asyncio.to_thread(serve.ctl, "unregister", "judy@example.com"))[0] == 0
+    seen: list[dict] = []
+    while not any(e["kind"] == "contact.removed" for e in seen):
+        line = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert line["method"] == "events" and line["params"]["events"], line
+        seen += line["params"]["events"]
+    writer.close()
+    added = next(e for e in seen if e["kind"] == "contact.added")
+    assert set(added["contact"]) == {"aor", "ruid", "expires_at", "modified", "user_agent"}
+    assert added["contact"]["user_agent"] == "sipp-desk" and added["aor"] == "judy@example.com"
+    removed = next(e for e in seen if e["kind"] == "contact.removed")
+    assert removed["contact"]["addr"].startswith("sip:desk@") and removed["reason"] == "admin"
+
+
+def test_compact_events_keep_the_newest_requests_of_a_frame():
+    """A frame with more requests than a console shows: the newest TRAFFIC_PER_FRAME are kept,
+    every contact change is kept, in order."""
+    from registrar_core.control import TRAFFIC_PER_FRAME, wire_events
+    from registrar_core.events import CONTACT_REMOVED, REQUEST_HANDLED, Event
+
+    events = [Event(REQUEST_HANDLED, {"aor": f"u{i}@x", "status": 200}, float(i)) for i in range(TRAFFIC_PER_FRAME + 50)]
+    events.insert(10, Event(CONTACT_REMOVED, {"aor": "gone@x", "ruid": "r1", "reason": "expired"}, 10.5))
+    compact = wire_events(events, compact=True)
+    requests = [e["aor"] for e in compact if e["kind"] == REQUEST_HANDLED]
+    assert requests == [f"u{i}@x" for i in range(50, TRAFFIC_PER_FRAME + 50)]
+    assert [e["aor"] for e in compact if e["kind"] == CONTACT_REMOVED] == ["gone@x"]
+    assert len(wire_events(events, compact=False)) == len(events)
+
+
 async def _rpc(path: Path, *lines: bytes, replies: int) -> list[dict]:
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:

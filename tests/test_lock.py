@@ -57,10 +57,10 @@ async def test_the_console_on_a_database_a_registrar_holds_exits_1(serve_process
     config = build_config({"db": str(first.db), "control": str(short_dir / "embedded.sock"),
                            "listen": [f"udp:127.0.0.1:{first.port}"], "auth": False})
 
-    async def never(app):
+    async def never(control: str, read_only: bool) -> int:
         raise AssertionError("the console must not start")
 
-    assert await embedded(config, read_only=False, run=never) == 1
+    assert await embedded(config, read_only=False, ui=never) == 1
     assert capsys.readouterr().err.strip().startswith(_refusal(first))
 
 

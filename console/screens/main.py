@@ -126,7 +126,7 @@ class MainScreen(Screen[None]):
     @work(group="events", exit_on_error=False)
     async def read_events(self) -> None:
         try:
-            async for batch in self.client.events():
+            async for batch in self.client.events(compact=True):
                 self.buffer.add(batch)
         except (ConnectionError, RpcError) as exc:
             self._gone(str(exc))
@@ -274,7 +274,8 @@ class MainScreen(Screen[None]):
             if changes:
                 keep = self.aors.cursor_aor
                 self.registry.apply(changes)
-                self.contacts.apply(changes)
+                if self.contacts.apply(changes):  # compact events: the pane's AOR asks for the rest
+                    self.load_contacts(self.contacts.aor)
                 self._registry_changed(keep)
             if traffic:
                 self.traffic.append(traffic)

@@ -126,19 +126,27 @@ class ContactsTable(VirtualTable):
         self.aor = aor
         self._set(list(contacts), keep, 0 if not same else None)
 
-    def apply(self, events: Iterable[dict[str, Any]]) -> None:
-        """Apply the contact events of the AOR shown."""
+    def apply(self, events: Iterable[dict[str, Any]]) -> bool:
+        """Apply the contact events of the AOR shown. Returns whether a contact came compact
+        (only what the AOR table needs: control.wire_events): then ask ``show`` for the rest."""
         by_ruid = {c["ruid"]: c for c in self.contacts}
-        changed = False
+        changed = incomplete = False
         for event in events:
             if event.get("aor") != self.aor or event.get("table", "location") != "location":
                 continue
             if event["kind"] in ADDED:
                 old = by_ruid.get(event["ruid"])
-                if old is None or old["modified"] <= event["contact"]["modified"]:
-                    kept = {"state": old.get("state", "unknown"), "rtt_ms": old.get("rtt_ms"),
-                            "flapping": old.get("flapping", False)} if old else {}
-                    by_ruid[event["ruid"]] = {**event["contact"], **kept}
+                contact = event["contact"]
+                if old is None or old["modified"] <= contact["modified"]:
+                    if "addr" not in contact:  # compact: what it has goes in now, the rest follows
+                        incomplete = True
+                        if old is None:
+                            continue
+                        by_ruid[event["ruid"]] = {**old, **contact}
+                    else:
+                        kept = {"state": old.get("state", "unknown"), "rtt_ms": old.get("rtt_ms"),
+                                "flapping": old.get("flapping", False)} if old else {}
+                        by_ruid[event["ruid"]] = {**contact, **kept}
                     changed = True
             elif event["kind"] == CONTACT_REACHABILITY:
                 old = by_ruid.get(event["ruid"])
@@ -150,6 +158,7 @@ class ContactsTable(VirtualTable):
                 changed |= by_ruid.pop(event["ruid"], None) is not None
         if changed:
             self._set(list(by_ruid.values()), self.cursor_key(), None)
+        return incomplete
 
     def forget(self, ruids: set[str]) -> None:
         kept = [c for c in self.contacts if c["ruid"] not in ruids]
