@@ -128,6 +128,11 @@ async def test_keyed_lock_a_cancelled_waiter_passes_the_key_on(when):
 # -- the merge of a group commit ---------------------------------------------------------
 
 
+def nothing(table: str, aor: str, ruid: str) -> Contact | None:
+    """Memory before the batch, as LocationService._binding: empty."""
+    return None
+
+
 def test_merge_keeps_the_last_change_to_each_binding_in_the_order_first_seen():
     added, refreshed = contact(1), contact(1, cseq=2)
     removed, readded = contact(2), contact(2, cseq=5)
@@ -137,7 +142,7 @@ def test_merge_keeps_the_last_change_to_each_binding_in_the_order_first_seen():
         _Pending("location", [(short_lived, True)], [(removed, "unregistered")], None, ignore),
         _Pending("location", [(refreshed, False)], [(short_lived, "unregistered")], None, ignore),
         _Pending("location", [(readded, True)], [], None, ignore),
-    ], {}, NOW)
+    ], nothing, NOW)
     assert merged.puts == [("location", refreshed), ("location", readded)]
     assert merged.deletes == [short_lived.ruid]
     assert merged.policies == [] and merged.subscribers == []
@@ -151,13 +156,14 @@ def test_merge_keeps_the_last_change_to_each_binding_in_the_order_first_seen():
 
 def test_merge_journals_a_refresh_only_when_it_changes_how_the_binding_is_reached():
     old = contact(1, received="udp:192.0.2.1:5060")
-    tables = {"location": {old.aor: {old.ruid: old}}}
+    def memory(table: str, aor: str, ruid: str) -> Contact | None:  # what LocationService._binding finds
+        return old if (table, aor, ruid) == ("location", old.aor, old.ruid) else None
     renewed = old.updated(cseq=2, expires=NOW + 7200, modified=NOW + 1)
     moved = renewed.updated(cseq=3, received="udp:192.0.2.1:6000", user_agent="Phone/2")
-    merged = _merge([_Pending("location", [(renewed, False)], [], None, ignore)], tables, NOW)
+    merged = _merge([_Pending("location", [(renewed, False)], [], None, ignore)], memory, NOW)
     assert merged.journal == [], "a plain refresh: no row"
     merged = _merge([_Pending("location", [(moved, False)], [], None, ignore),
-                     _Pending("location", [], [(moved, "admin")], None, ignore, "by ctl uid=0 pid=1")], tables, NOW)
+                     _Pending("location", [], [(moved, "admin")], None, ignore, "by ctl uid=0 pid=1")], memory, NOW)
     assert merged.journal == [
         (NOW, "location", old.aor, old.ruid, "refreshed", old.addr, "udp:192.0.2.1:6000", NOW + 1,
          "received udp:192.0.2.1:5060 -> udp:192.0.2.1:6000; user agent - -> Phone/2"),
@@ -172,7 +178,7 @@ def test_merge_keeps_each_change_with_its_table_and_every_policy_and_subscriber_
         _Pending("", [], [], Batch(policies=policy[:1], subscribers=[("a", "x", ("1", "2", "3"))]), ignore),
         _Pending("other", [(two, True)], [], None, ignore),
         _Pending("", [], [], Batch(policies=policy[1:], subscribers=[("a", "x", None)]), ignore),
-    ], {}, NOW)
+    ], nothing, NOW)
     assert merged.puts == [("location", one), ("other", two)] and merged.deletes == []
     assert merged.policies == policy
     assert merged.subscribers == [("a", "x", ("1", "2", "3")), ("a", "x", None)]
