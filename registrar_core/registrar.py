@@ -289,7 +289,7 @@ class Registrar:
                 raise RegisterRejected(400, "Bad Request", "* used with other contacts or non-zero expires")
             removes = [(c, REMOVED_UNREGISTERED) for c in existing if _newer(c, callid, cseq)]
         elif contacts:
-            wanted = [self._wanted(c, request) for c in contacts]
+            wanted = [self._wanted(c, request, aor) for c in contacts]
             by_key = {c.key(): c for c in existing}
             path = tuple(request.headers.values("Path"))
             user_agent = request.headers.get("User-Agent") or ""
@@ -317,7 +317,7 @@ class Registrar:
             self._check_max_contacts(self.max_contacts(table, aor), existing, puts, removes)
         return puts, removes
 
-    def _wanted(self, contact: NameAddr, request: Request) -> _Wanted:
+    def _wanted(self, contact: NameAddr, request: Request, aor: str) -> _Wanted:
         uri = contact.uri
         if not isinstance(uri, SipURI):
             raise RegisterRejected(400, "Bad Request", "Contact must be a SIP URI")
@@ -347,6 +347,8 @@ class Registrar:
         instance = contact.param("+sip.instance") or ""
         if len(instance) >= 2 and instance[0] == instance[-1] == '"':
             instance = instance[1:-1]  # as Kamailio's $ulc(instance): <urn:uuid:...>
+        if instance and expires and self._loops(uri, aor):
+            raise RegisterRejected(403, "Forbidden", "Contact is the AOR or one of its GRUUs: requests would loop")
         regid_text = contact.param("reg-id")
         regid = 0
         if instance and regid_text is not None and "outbound" in _supported(request):
@@ -357,6 +359,14 @@ class Registrar:
         if contact.params:
             params = format_params(tuple((n, v) for n, v in contact.params if n.lower() not in ("expires", "q")))
         return _Wanted(contact, uri.raw or str(uri), expires, q, params, instance, regid)
+
+    def _loops(self, uri: SipURI, aor: str) -> bool:
+        """RFC 5627 §5.1: an instance's contact that is its AOR itself, or a GRUU of it, would send
+        every request for it back to the AOR (a 403, not a binding)."""
+        if uri.param("gr") is not None:
+            target = self.gruus.target(uri)
+            return target is not None and target.aor == aor
+        return not uri.params and uri.port is None and uri.aor == aor
 
     def _expires_factor(self, flags: int) -> float:
         spread = self.config.expires_range

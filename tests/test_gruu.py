@@ -169,6 +169,24 @@ async def test_tampered_foreign_and_stale_gruus_get_the_unknown_target_answer(se
         assert (await invite(caller, gruu)).status == 404
 
 
+async def test_an_instance_registering_its_aor_or_its_gruu_as_contact_gets_403(server):
+    """RFC 5627 §5.1: such a binding would route every request for the AOR back to it."""
+    phone, = await phones(server, 1)
+    aor, urn = next_aor("kim"), instance()
+    r = await phone.register(aor, [device(phone, "kim", urn)], extra=GRUU, call_id="kim@test", cseq=1)
+    pub, temp = gruus(r)[device(phone, "kim", None).strip("<>")]
+    for cseq, looping in enumerate((f"sip:{aor}", pub, temp), start=2):
+        r = await phone.register(aor, [f'<{looping}>;+sip.instance="<{urn}>"'], extra=GRUU, call_id="kim@test", cseq=cseq)
+        assert (r.status, r.headers.get("P-Registrar-Error")) == \
+            (403, "Contact is the AOR or one of its GRUUs: requests would loop"), looping
+    assert [c.addr for c in server.core.lookup(aor)] == [device(phone, "kim", None).strip("<>")], "nothing was bound"
+    # The same URIs are no loop for another AOR, nor without an instance (RFC 3261 alone).
+    r = await phone.register(next_aor("lee"), [f'<{pub}>;+sip.instance="<{instance()}>"'], extra=GRUU)
+    assert r.status == 200
+    r = await phone.register(aor, [f"<sip:{aor}:5070>;+sip.instance=\"<{urn}>\""], extra=GRUU, call_id="kim@test", cseq=9)
+    assert r.status == 200, "with a port it is another URI (RFC 3261 §19.1.4)"
+
+
 def test_every_node_with_the_same_key_recognises_a_temp_gruu(short_dir):
     """No storage: a second Gruus (another node, or this one restarted) reading the same key
     file resolves what the first issued; one with another key does not."""
