@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPIRES = 3761  # RFC 3680 §6's suggestion
 MIN_EXPIRES = 60  # shorter: 423 with Min-Expires (RFC 6665 §4.2.1.1)
 MAX_EXPIRES = 7200  # longer is shortened
+MAX_PER_AOR = 100  # subscriptions of one AOR: each REGISTER of it sends that many NOTIFYs
 STOP_WAIT = 2.0  # seconds stop() waits for the watchers to answer their terminating NOTIFY
 
 
@@ -68,6 +69,7 @@ class RegEvents:
         self.clock = clock
         self.table = SubscriptionTable()
         self.min_expires = MIN_EXPIRES
+        self.max_per_aor = MAX_PER_AOR
         self.notify_timeout = TIMER_F
         self.counters = {"notify_sent": 0, "notify_failed": 0, "dropped": 0}
         self._dirty: set[Subscription] = set()  # with changes to notify at the next flush
@@ -113,6 +115,9 @@ class RegEvents:
         remote_tag = request.from_.tag or ""
         local_tag = request.to.tag
         if local_tag is None:
+            if len(self.table.by_aor.get(uri.aor, ())) >= self.max_per_aor and request.expires != 0:
+                return reply(request, 403, "Forbidden", [("Warning", f'399 sipconsole "{self.max_per_aor} '
+                                                                     'watchers of this AOR already"')], tag), None
             sub = self._new(request, source, uri.aor, contacts[0].uri, remote_tag, event)
         else:
             found = self.table.get((request.call_id, local_tag, remote_tag))

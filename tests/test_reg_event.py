@@ -315,3 +315,16 @@ async def test_a_refresh_from_a_new_address_takes_the_notifies_there(server):
     assert old.protocol.requests.empty()
     for p in (old, new, phone):
         p.close()
+
+
+async def test_watchers_of_one_aor_are_capped(server):
+    aor = next_aor("popular")
+    server.core.reg_events.max_per_aor = 2
+    watchers = [(await watcher_of(server, aor))[0] for _ in range(2)]
+    third = await UdpWatcher(server_address(server)).open()
+    r = await third.subscribe(aor)
+    assert r.status == 403 and "2 watchers of this AOR already" in r.headers.get("Warning")
+    assert (await third.subscribe(next_aor("other"))).status == 200  # another AOR is another count
+    assert len(server.core.reg_subscriptions(aor)) == 2
+    for w in (*watchers, third):
+        w.close()
