@@ -614,7 +614,7 @@ async def test_attach_to_a_running_serve_process(serve_process):
     a, b = [await UdpPhone(("127.0.0.1", serve_process.port)).open() for _ in range(2)]
     await a.register(aor)
     await b.register(kept)
-    client = await ControlClient(serve_process.control).connect()
+    client = await ControlClient(serve_process.control, actor="console").connect()  # as `attach` connects
     app = SipConsole(client, embedded=False, mode="attached")
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot)
@@ -639,6 +639,9 @@ async def test_attach_to_a_running_serve_process(serve_process):
     await client.close()
     code, dump = serve_process.ctl("dump")
     assert code == 0 and {e["aor"] for e in dump["aors"]} == {kept, fresh}
+    code, history = serve_process.ctl("history", aor)  # the journal says who removed it
+    assert code == 0 and history["entries"][-1]["event"] == "admin"
+    assert history["entries"][-1]["detail"].startswith(f"by console uid={os.getuid()} pid=")
     assert serve_process.proc.poll() is None
     a.close()
     b.close()
