@@ -599,3 +599,17 @@ async def test_three_nodes_sipp_through_one_while_lookups_ctl_and_an_attached_co
         finally:
             caller.close()
             await client.close()
+
+
+def test_a_second_running_node_with_the_same_name_is_refused_in_one_line(pg_dsn, short_dir):
+    """Two live nodes cannot share a name (whose contacts would the other's death remove?):
+    the second waits NODE_LOCK_WAIT for the name's lock, then exits 1 saying what to do."""
+    with running_nodes(pg_dsn, short_dir, "--node-name", "same", names=("a",)):
+        twin = ServeProcess(short_dir, free_port(), "-twin")
+        twin.db = pg_dsn  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match="exited 1"):
+            twin.start("--node-name", "same", timeout=60)
+        errors = [line for line in twin.log.read_text().splitlines() if "error" in line.lower()]
+        assert errors == [f"sipconsole: error: node name 'same' is held by another running registrar on PostgreSQL "
+                          f"{pg_dsn}: give each node its own --node-name"], twin.log.read_text()[-2000:]
+        assert "Traceback" not in twin.log.read_text()

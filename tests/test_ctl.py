@@ -32,7 +32,7 @@ from .sipclient import query
 ULC_ATTRIBUTES = {"aor", "domain", "aorhash", "addr", "path", "received", "expires", "callid", "q",
                   "cseq", "flags", "cflags", "user_agent", "socket", "modified", "methods", "ruid",
                   "regid", "instance"}
-COMMANDS = ("dump", "show", "unregister", "policy", "stats")
+COMMANDS = ("dump", "show", "unregister", "policy", "stats", "nodes")
 
 
 def ctl_raw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -168,6 +168,22 @@ def test_help_documents_every_command():
 
 
 # -- output shapes ------------------------------------------------------------------------------
+
+def test_nodes_of_a_registrar_alone_on_its_sqlite_file_is_itself(serve_process):
+    """`ctl nodes` with SQLite: one registrar, up, with its listen addresses (several nodes on
+    PostgreSQL: tests/test_cluster.py)."""
+    serve_process.start("--node-name", "solo")
+    code, listed = serve_process.ctl("nodes")
+    assert code == 0
+    (node,) = listed["nodes"]
+    port = serve_process.port
+    assert (node["node"], node["up"], node["addresses"]) == (
+        "solo", True, [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"])
+    code, text = serve_process.ctl("nodes", json_output=False)
+    assert code == 0
+    header, row = text.splitlines()
+    assert header.split()[:3] == ["NODE", "STATE", "ADDRESSES"] and row.split()[:2] == ["solo", "up"]
+
 
 async def test_json_output_shapes(serve_process, tmp_path):
     serve = serve_process.start()
