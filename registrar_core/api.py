@@ -116,7 +116,7 @@ class RegistrarCore:
         self.qualify = QualifyService.from_config(self, config)
         # SUBSCRIBE to the reg event of an AOR (RFC 3680); other events get 489.
         self.reg_events = RegEvents(config, self.location, self.pipeline, self.client_transactions,
-                                    self.location.clock)
+                                    self.location.clock, self.gruus_of)
         self.pipeline.handle_method("SUBSCRIBE", self.reg_events.handle)
 
     async def start(self) -> None:

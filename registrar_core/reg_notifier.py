@@ -61,8 +61,10 @@ class RegEvents:
     """The SUBSCRIBE handler (the pipeline's method table) and the NOTIFY sender."""
 
     def __init__(self, config: Config, location: LocationService, pipeline: Pipeline,
-                 transactions: ClientTransactions, clock: Callable[[], float]) -> None:
+                 transactions: ClientTransactions, clock: Callable[[], float],
+                 gruus: Callable[[Contact], tuple[str, str] | None]) -> None:
         self.config = config
+        self.gruus = gruus  # an active binding's GRUUs for <gr:pub-gruu>/<gr:temp-gruu> (gruu.py)
         self.location = location
         self.pipeline = pipeline
         self.transactions = transactions
@@ -227,7 +229,7 @@ class RegEvents:
         for contact, is_new in puts:
             if contact.aor in watched:
                 event = REGISTERED if is_new else self._refresh_event(contact)
-                self._note(contact.aor, ContactInfo.of(contact, ACTIVE, event, now))
+                self._note(contact.aor, ContactInfo.of(contact, ACTIVE, event, now, self.gruus(contact)))
 
     def _refresh_event(self, contact: Contact) -> str:
         # now=0.0: every binding held, an expired one not yet purged too (it is being refreshed)
@@ -275,7 +277,7 @@ class RegEvents:
             return
         live = self.location.contacts(DEFAULT_TABLE, sub.aor, now)
         if full:
-            contacts = [ContactInfo.of(c, ACTIVE, REGISTERED, now) for c in live]
+            contacts = [ContactInfo.of(c, ACTIVE, REGISTERED, now, self.gruus(c)) for c in live]
             reg_state = ACTIVE if live else INIT
         else:
             contacts = list(sub.pending.values())

@@ -26,8 +26,9 @@ never sent: sipconsole has no such change.
 
 GRUU (RFC 5627/5628): a contact with a public or temporary GRUU carries ``<gr:pub-gruu>`` /
 ``<gr:temp-gruu>`` (namespace ``urn:ietf:params:xml:ns:gruuinfo``) when its :class:`ContactInfo`
-has them. The GRUUs are registrar.py's (issue 21.3): :meth:`ContactInfo.of` is the one place
-to fill them in from the binding, once the binding records them.
+has them: an active binding with ``+sip.instance`` gets its pub-gruu and a new temp-gruu
+(gruu.py issues them; a temp-gruu needs no storage, so the one in a NOTIFY reaches the device
+as the one in the 200 does, until its Call-ID changes).
 """
 
 from __future__ import annotations
@@ -96,10 +97,15 @@ class ContactInfo:
     temp_gruu_first_cseq: int | None = None
 
     @classmethod
-    def of(cls, contact: Contact, state: str, event: str, now: float) -> ContactInfo:
+    def of(cls, contact: Contact, state: str, event: str, now: float,
+           gruus: tuple[str, str] | None = None) -> ContactInfo:
+        """``gruus``: the binding's (pub-gruu, temp-gruu) when it has an instance (RFC 5628);
+        the temp-gruu is a new one, issued by the REGISTER with this CSeq (its first-cseq)."""
+        pub, temp = gruus or ("", "")
         return cls(contact.ruid, contact.addr, state, event,
                    contact.expires_in(now) if state == ACTIVE else 0, contact.q,
-                   contact.callid, contact.cseq, contact.params)
+                   contact.callid, contact.cseq, contact.params, pub, temp,
+                   contact.cseq if temp else None)
 
 
 def document(aor: str, version: int, full: bool, state: str, contacts: list[ContactInfo]) -> bytes:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from registrar_core.client_transactions import T1
+from registrar_core.sip import parse_uri
 
 from .processes import run_sipp, until, write_injection
 from .sipclient import UdpPhone, UdpWatcher, authorization, challenges, next_aor, server_address
@@ -328,3 +329,39 @@ async def test_watchers_of_one_aor_are_capped(server):
     assert len(server.core.reg_subscriptions(aor)) == 2
     for w in (*watchers, third):
         w.close()
+
+
+
+def gruus_in(notify) -> tuple[str, str, int]:
+    """(pub-gruu, temp-gruu, first-cseq) of the one contact of a NOTIFY (valid per the schema)."""
+    reginfo(notify)
+    body = notify.body.decode()
+    pub = re.search(r'<gr:pub-gruu uri="([^"]+)"/>', body)
+    temp = re.search(r'<gr:temp-gruu uri="([^"]+)" first-cseq="(\d+)"/>', body)
+    assert pub and temp, body
+    return pub.group(1), temp.group(1), int(temp.group(2))
+
+
+async def test_a_binding_with_an_instance_carries_its_gruus_in_the_notify(server):
+    """RFC 5628: a contact registered with +sip.instance has <gr:pub-gruu> (the one the 200
+    gave) and a <gr:temp-gruu> that reaches that device, in the full and the partial state."""
+    aor = next_aor("gruu")
+    urn = "urn:uuid:6f3a2c1e-8b4d-4e2a-9c1b-0d5e7f9a1b2c"
+    phone = await UdpPhone(server_address(server)).open()
+    device = f'<sip:dev@127.0.0.1:{phone.local[1]}>;+sip.instance="<{urn}>"'
+    ok = await phone.register(aor, [device], expires=600, call_id="gruu@t", extra=["Supported: gruu"])
+    assert ok.status == 200
+    given = re.search(r';pub-gruu="([^"]+)"', ok.headers.get("Contact")).group(1)
+    watcher = await UdpWatcher(server_address(server)).open()
+    assert (await watcher.subscribe(aor, 600)).status == 200
+    full = gruus_in(await watcher.notify())
+    assert (await phone.register(aor, [device], expires=600, call_id="gruu@t", cseq=2,
+                                 extra=["Supported: gruu"])).status == 200
+    partial = gruus_in(await watcher.notify())
+    for pub, temp, first_cseq in (full, partial):
+        assert pub == given
+        reached = server.core.lookup(parse_uri(temp))
+        assert [c.instance for c in reached] == [f"<{urn}>"], "the NOTIFY's temp-gruu reaches the device"
+    assert (full[2], partial[2]) == (1, 2)
+    watcher.close()
+    phone.close()
