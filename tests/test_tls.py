@@ -103,11 +103,7 @@ async def test_contacts_go_when_their_connection_closes(make_server, tls_files):
     assert r.status == 200 and srv.core.fetch_contacts(aor).count == 1
     phone.close()
     assert await until(lambda: srv.core.fetch_contacts(aor).count == 0), "removed with its flow"
-    reasons = []
-    while not events.queue.empty():
-        event = events.queue.get_nowait()
-        if event.kind == "contact.removed":
-            reasons.append(event.data["reason"])
+    reasons = [event.data["reason"] for event in events.drain() if event.kind == "contact.removed"]
     assert reasons == [REMOVED_FLOW_CLOSED], "the console and ctl see why it went"
 
 

@@ -64,11 +64,7 @@ async def test_a_closed_websocket_takes_its_contacts(make_server, tls_files):
     assert (await phone.send(browser_register(aor))).status == 200
     await phone.close()
     assert await until(lambda: srv.core.fetch_contacts(aor).count == 0, 10)
-    kinds = []
-    while not events.queue.empty():
-        event = events.queue.get_nowait()
-        if event.kind == "contact.removed":
-            kinds.append(event.data["reason"])
+    kinds = [event.data["reason"] for event in events.drain() if event.kind == "contact.removed"]
     assert kinds == [REMOVED_FLOW_CLOSED]
 
 
