@@ -15,13 +15,15 @@ PostgreSQL is a throwaway server (tests/postgres.py: initdb in a temporary direc
 only, fsync and synchronous_commit on), one database per run. sipp registers ``--registers``
 distinct AORs closed loop (``--users`` in flight, UDP); REG/s is sipp's successful calls over its
 own elapsed time; after the run the rows in the database are counted (a durable target must hold
-one per AOR). Two nodes: sipp registers half the AORs through each node at once (aggregate REG/s:
-all successful REGISTERs over the span from the first sipp's start to the last one's end); while
-that load runs, and again once it is over, REGISTERs through node A are timed from A's 200 until
-``show`` on node B's control socket finds the binding (p50/p99 of that delay).
+one per AOR); the registrar's group commits (mean size, mean time until durable) come from its
+metrics endpoint. Two nodes: sipp registers half the AORs through each node at once (aggregate
+REG/s: all successful REGISTERs over the span from the first sipp's start to the last one's end),
+then the time until both nodes' memory holds every binding; then, under an open-loop load below
+saturation and with none, REGISTERs through node A are timed from A's 200 until ``show`` on node
+B's control socket finds the binding (p50/p99 of that delay).
 
-    python bench/bench_postgres.py                       # 3 repetitions x 20,000 REGISTERs
-    python bench/bench_postgres.py --reps 3 --registers 10000
+    python bench/bench_postgres.py                       # 3 repetitions x 50,000 REGISTERs
+    python bench/bench_postgres.py --reps 5 --registers 20000
     python bench/bench_postgres.py --targets sipconsole-postgres --profile py-spy
 
 Runs from any directory (it starts ``python -m sipconsole`` from this checkout, as the tests do).
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import datetime
 import importlib.util
+import re
 import shutil
 import sqlite3
 import statistics
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +65,8 @@ SEEN_TIMEOUT = 5.0  # a binding not visible on node B within this is counted as 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
-    p.add_argument("--registers", type=int, default=20_000, help="REGISTERs (distinct AORs) per run (default 20,000)")
+    p.add_argument("--registers", type=int, default=50_000,
+                   help="REGISTERs (distinct AORs) per run (default 50,000: a few seconds at full speed)")
     p.add_argument("--users", type=int, default=200, help="REGISTERs in flight (sipp -users; default 200)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma list (default {','.join(TARGETS)})")
     p.add_argument("--kamailio-children", type=int, default=8,
@@ -151,9 +156,22 @@ def rows_stored(cluster: PostgresCluster | None, target: str, dsn: str | None, w
 
 # -- one single-node run ------------------------------------------------------------------
 
-def make_target(name: str, dsn: str | None, children: int) -> c.Target:
+def group_commits(metrics_port: int) -> dict[str, float | None]:
+    """Mean requests per group commit and mean milliseconds until it was durable, from the
+    registrar's Prometheus endpoint: the time a REGISTER waits for its storage."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    values = dict(line.split(" ", 1) for line in text.splitlines()
+                  if line.startswith("sipconsole_group_commit_") and "_bucket" not in line)
+    count = float(values.get("sipconsole_group_commit_size_count", 0))
+    if not count:
+        return {"commit_rows_mean": None, "commit_ms_mean": None}
+    return {"commit_rows_mean": round(float(values["sipconsole_group_commit_size_sum"]) / count, 1),
+            "commit_ms_mean": round(float(values["sipconsole_group_commit_seconds_sum"]) / count * 1000, 2)}
+
+
+def make_target(name: str, dsn: str | None, children: int, metrics_port: int) -> c.Target:
     if name.startswith("sipconsole"):
-        return c.Target(name, "sipconsole", "durable", dsn=dsn)
+        return c.Target(name, "sipconsole", "durable", dsn=dsn, options=("--metrics-listen", f"127.0.0.1:{metrics_port}"))
     if name == "kamailio-postgres":
         return c.Target(name, "kamailio", "postgres", dsn=dsn, children=children)
     return c.Target(name, "kamailio", "memory")
@@ -175,7 +193,9 @@ def one_run(name: str, rep: int, args: argparse.Namespace, cluster: PostgresClus
     port = c.free_port()
     result: dict[str, Any] = {"target": name, "rep": rep}
     sampler, db_sampler = c.CpuSampler(), c.CpuSampler()
-    server = make_target(name, dsn, args.kamailio_children).start(rundir, port, server_core)
+    metrics_port = c.free_port()
+    server = make_target(name, dsn, args.kamailio_children, metrics_port).start(rundir, port, server_core)
+    commits: dict[str, float | None] = {}
     profiler = None
     try:
         sampler.start(server.pid)
@@ -187,6 +207,8 @@ def one_run(name: str, rep: int, args: argparse.Namespace, cluster: PostgresClus
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         run = c.run_sipp(port, SCENARIO, injection, rundir / "sipp", users=args.users, calls=args.registers,
                          core=sipp_core, sampler=sampler, timeout=900)
+        if name.startswith("sipconsole"):
+            commits = group_commits(metrics_port)
     finally:
         sampler.stop()
         db_sampler.stop()
@@ -209,7 +231,7 @@ def one_run(name: str, rep: int, args: argparse.Namespace, cluster: PostgresClus
         "p50_ms": c.percentile(rtts, 50), "p99_ms": c.percentile(rtts, 99),
         "rows": rows_stored(cluster, name, dsn, rundir), "cpu_server_pct": cpu["server"], "cpu_db_pct": db_cpu,
         "cpu_sipp_pct": cpu["sipp"], "cpu_other_pct": other, "noisy": other is not None and other > args.noisy,
-        "errors": run.errors[:5],
+        "errors": run.errors[:5], **commits,
         # CPU per REGISTER: what a loaded machine disturbs least (it slows everything alike).
         "server_us_per_reg": _per_reg(cpu["server"], rate), "db_us_per_reg": _per_reg(db_cpu, rate),
     })
@@ -380,7 +402,9 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
                   "cpu_db_pct_median": c.median([r["cpu_db_pct"] for r in mine if r["cpu_db_pct"] is not None]),
                   "server_us_per_reg_median": c.median([r["server_us_per_reg"] for r in mine
                                                         if r["server_us_per_reg"] is not None]),
-                  "db_us_per_reg_median": c.median([r["db_us_per_reg"] for r in mine if r["db_us_per_reg"] is not None])}
+                  "db_us_per_reg_median": c.median([r["db_us_per_reg"] for r in mine if r["db_us_per_reg"] is not None]),
+                  "commit_rows_median": c.median([r["commit_rows_mean"] for r in mine if r.get("commit_rows_mean")]),
+                  "commit_ms_median": c.median([r["commit_ms_mean"] for r in mine if r.get("commit_ms_mean")])}
     return out
 
 
@@ -401,7 +425,8 @@ def ratios(runs: list[dict[str, Any]], summary: dict[str, Any], ours: str) -> di
 
 
 def hot_spots(paths: list[Path], top: int = 15) -> list[tuple[str, float]]:
-    """Leaf frames of py-spy's collapsed stacks ("a;b;c COUNT" per line), as a share of samples."""
+    """Leaf functions of py-spy's collapsed stacks ("a;b;c COUNT" per line), as a share of samples
+    (with the event loop idle, the leaf is ``Runner.run``)."""
     leaves: dict[str, int] = {}
     total = 0
     for path in paths:
@@ -411,7 +436,7 @@ def hot_spots(paths: list[Path], top: int = 15) -> list[tuple[str, float]]:
             stack, _, count = line.rpartition(" ")
             if not count.isdigit():
                 continue
-            leaf = stack.rsplit(";", 1)[-1]
+            leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1].strip()) or "(unknown)"  # per function
             leaves[leaf] = leaves.get(leaf, 0) + int(count)
             total += int(count)
     return [(leaf, n / total * 100) for leaf, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:top]] if total else []
@@ -424,7 +449,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], pairs: list[dic
     for t in args.targets:
         s = summary.get(t)
         if s is None:
-            rows.append([t, f"skipped: {skipped.get(t, 'no run succeeded')}", "", "", "", "", "", ""])
+            rows.append([t, f"skipped: {skipped.get(t, 'no run succeeded')}", "", "", "", "", "", "", ""])
             continue
         mine = [r for r in runs if r["target"] == t]
         stored = [r["rows"] for r in mine]
@@ -433,11 +458,13 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], pairs: list[dic
                      str(s["failed"]),
                      "memory" if stored[0] is None else ("all" if all(n == args.registers for n in stored)
                                                          else "/".join(map(str, stored))),
-                     _fmt(s["server_us_per_reg_median"]), _fmt(s["db_us_per_reg_median"]), str(s["noisy_runs"])])
+                     _fmt(s["server_us_per_reg_median"]), _fmt(s["db_us_per_reg_median"]),
+                     "" if s["commit_ms_median"] is None else f"{s['commit_rows_median']:.0f} / {s['commit_ms_median']:.1f}",
+                     str(s["noisy_runs"])])
     print()
     print(c.table(["target", "REG/s median (min-max)", "p50/p99 ms", "failed", "rows", "srv us/REG", "db us/REG",
-                   "noisy"],
-                  rows, right={2, 3, 5, 6, 7}))
+                   "commit rows / ms", "noisy"],
+                  rows, right={2, 3, 5, 6, 7, 8}))
     ratio = ratios(runs, summary, "sipconsole-postgres")
     for other, r in ratio.items():
         print(f"sipconsole-postgres / {other}: {r['median_ratio']:.2f}x "

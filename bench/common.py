@@ -505,6 +505,7 @@ class Target:
     pkg_mb: int = 32  # Kamailio private memory per process (db_sqlite loads a whole result set into it)
     dsn: str | None = None  # a PostgreSQL database (tests/postgres.py form) instead of a file in workdir
     children: int | None = None  # Kamailio UDP workers when its cfg takes CHILDREN (registrar-postgres.cfg)
+    options: tuple[str, ...] = ()  # more `sipconsole serve` options
 
     def start(self, workdir: Path, port: int, core: int | None, extra_env: dict[str, str] | None = None,
               wrap: list[str] | None = None, keep_db: bool = False, wait: bool = True) -> Managed:
@@ -524,7 +525,7 @@ class Target:
             cmd = [sys.executable, *(wrap or []), "-m", "sipconsole", "serve",
                    "--listen", f"udp:127.0.0.1:{port}", "--listen", f"tcp:127.0.0.1:{port}",
                    "--db", str(db), "--control", str(workdir / "control.sock"),
-                   *sipconsole_lab_options(self.auth)]
+                   *sipconsole_lab_options(self.auth), *self.options]
             env = {**os.environ, **(extra_env or {})}
             env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
             # Nothing may default to the real home or runtime directory.
