@@ -30,6 +30,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import logging
 import re
 import socket
 import statistics
@@ -131,6 +132,7 @@ async def digest(aors: int, repeat: int) -> dict[str, list[float]]:
         config = build_config({"auth": True, "ip_budget": 0, "db": ":memory:", "auth_algorithms": ["MD5"],
                                "auth_key": str(Path(tmp) / "auth.key")})
         core = RegistrarCore(config, memory_only=True)
+        logging.getLogger("registrar_core.api").setLevel(logging.ERROR)  # "no subscribers" until they are added
         await core.start()
         for n in range(min(aors, SUBSCRIBERS)):
             await core.add_subscriber(f"u{n}@{DOMAIN}", f"pw{n}")

@@ -584,7 +584,8 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
             cpu_before = c.cpu_seconds([server.pid])
             run = c.run_sipp(port, scenario, injection, work / "sipp", transport=TRANSPORTS[transport],
                              users=args.users, duration=args.profile_seconds + 2, core=sipp_core, rtt=False,
-                             timeout=args.profile_seconds + 120)
+                             timeout=args.profile_seconds + 120,
+                             extra=["-auth_uri", c.DOMAIN] if target.auth else None)  # sipp adds "sip:"
             cpu_used = c.cpu_seconds([server.pid]) - cpu_before
             if spy is not None:
                 try:

@@ -69,3 +69,17 @@ async def test_methods_nobody_registered_get_the_redirect_servers_501(core):
     message = request_bytes("FOO", "sip:bob@example.com", "alice@example.com", local=("127.0.0.1", 5062))
     data, _ = await core.handle(message, SOURCE)
     assert data.startswith(b"SIP/2.0 501 Not Implemented\r\n") and b"Allow: REGISTER, OPTIONS" in data
+
+
+async def test_scanner_verdicts_hold_for_every_request_of_a_user_agent(core):
+    """The verdict per User-Agent is remembered (the regex ran on every request): a scanner's
+    requests are dropped every time, a phone's answered every time, in any order."""
+    phone = "Linphone-Desktop/5.2.6 (Ubuntu 22.04) LinphoneCore/5.3.0"
+    order = [phone, "friendly-scanner", phone, "friendly-scanner", "sipvicious 0.3.4", phone]
+    answers = []
+    for n, user_agent in enumerate(order):
+        message = request_bytes("OPTIONS", "sip:100@example.com", "100@example.com", local=("127.0.0.1", 5062),
+                                extra=[f"User-Agent: {user_agent}"])
+        answers.append(await core.handle(message, SOURCE))
+    assert [a is not None for a in answers] == [True, False, True, False, False, True]
+    assert core.snapshot_stats()["security"]["scanner"] == 3
