@@ -428,6 +428,9 @@ async def test_a_killed_node_loses_its_connection_contacts_on_the_others_not_its
                 assert time.monotonic() < deadline, removed
                 await asyncio.sleep(0.05)
             assert all(aor != udp_aor for heard in removed for aor, _ in heard), removed
+            code, history = c.ctl("history", tcp_aor)  # journaled in the statement that deleted it
+            assert code == 0 and [(e["event"], e["detail"]) for e in history["entries"]][-1] == \
+                ("node-gone", "node node-a stopped beating")
             code, listed = b.ctl("nodes")
             assert code == 0
             assert {n["node"]: n["up"] for n in listed["nodes"]} == {"node-a": False, "node-b": True, "node-c": True}

@@ -96,13 +96,20 @@ _NODES_STALE = ("SELECT node FROM nodes WHERE NOT gone AND node <> $1 "
 _NODES = ("SELECT node, addresses, extract(epoch FROM started), extract(epoch FROM now() - heartbeat), registers, "
           "rate, gone FROM nodes ORDER BY node")
 # The AOR's bindings beyond the limit, oldest expiry first, but never one this batch wrote.
-_EVICT = ("DELETE FROM contacts WHERE ruid IN (SELECT ruid FROM contacts WHERE tbl = $1 AND aor = $2 "
+# Journaled in the same statement ($5: the reason), as every removal is (journal.py).
+_EVICT = ("WITH d AS (DELETE FROM contacts WHERE ruid IN (SELECT ruid FROM contacts WHERE tbl = $1 AND aor = $2 "
           "AND ruid <> ALL($3::text[]) ORDER BY expires "
           "LIMIT greatest(0, (SELECT count(*) FROM contacts WHERE tbl = $1 AND aor = $2) - $4)) "
-          "RETURNING tbl, aor, ruid")
+          "RETURNING tbl, aor, ruid, addr, received, modified), "
+          f"j AS (INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT extract(epoch FROM now()), tbl, aor, ruid, $5, "
+          "addr, received, modified, 'in the database: another registrar had added to the AOR' FROM d) "
+          "SELECT tbl, aor, ruid FROM d")
 # A node's contacts reachable only through its connections (the transport is the socket's prefix).
-_DELETE_FLOWS = ("DELETE FROM contacts WHERE node = $1 AND split_part(socket, ':', 1) = ANY($2::text[]) "
-                 "RETURNING tbl, aor, ruid")
+# Journaled in the same statement ($3: the journal's detail).
+_DELETE_FLOWS = ("WITH d AS (DELETE FROM contacts WHERE node = $1 AND split_part(socket, ':', 1) = ANY($2::text[]) "
+                 "RETURNING tbl, aor, ruid, addr, received, modified), "
+                 f"j AS (INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT extract(epoch FROM now()), tbl, aor, ruid, "
+                 f"'{REMOVED_NODE_GONE}', addr, received, modified, $3 FROM d) SELECT tbl, aor, ruid FROM d")
 # Version 1 had no node column (rows made then: node unknown, "").
 _MIGRATE_FROM_1 = "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS node TEXT NOT NULL DEFAULT ''"
 # Version 3: the contact journal (registrar_core/journal.py); from 2 (or 1) it is just created.
@@ -354,7 +361,7 @@ class PostgresStore:
         self._live = await self._live_connection(identity)
         if identity.prune_flows:
             try:
-                pruned = await self._remove_flows(self._live, identity.name)
+                pruned = await self._remove_flows(self._live, identity.name, f"node {identity.name} restarted")
             except Exception as exc:
                 raise StorageError(f"cannot prune the dead flows of node {identity.name!r} in {self.describe()}: "
                                    f"{exc or type(exc).__name__}") from exc
@@ -385,11 +392,11 @@ class PostgresStore:
         self._live_since = time.monotonic()
         return conn
 
-    async def _remove_flows(self, conn: asyncpg.Connection, node: str) -> list[tuple[str, str, str]]:
+    async def _remove_flows(self, conn: asyncpg.Connection, node: str, why: str) -> list[tuple[str, str, str]]:
         """Delete the connection-bound contacts of ``node`` (told to every node: node-gone)
         in one transaction; the (table, aor, ruid) deleted."""
         async with conn.transaction():
-            rows = await conn.fetch(_DELETE_FLOWS, node, list(CONNECTION_TRANSPORTS))
+            rows = await conn.fetch(_DELETE_FLOWS, node, list(CONNECTION_TRANSPORTS), why)
             deleted = [(r[0], r[1], r[2]) for r in rows]
             notify = _payloads(self.node, [], deleted, [], reason=REMOVED_NODE_GONE)
             if notify:
@@ -440,7 +447,7 @@ class PostgresStore:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _NODE_LOCKS, node):
                 continue
             try:
-                deleted = await self._remove_flows(conn, node) if identity.prune_flows else []
+                deleted = await self._remove_flows(conn, node, f"node {node} stopped beating") if identity.prune_flows else []
                 await conn.execute("UPDATE nodes SET gone = true WHERE node = $1", node)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _NODE_LOCKS, node)
@@ -669,7 +676,7 @@ class PostgresStore:
             ours.setdefault((table, contact.aor), []).append(contact.ruid)
         evicted: dict[str, list[tuple[str, str, str]]] = {}
         for (tbl, aor), (limit, reason) in sorted(batch.limits.items()):
-            rows = await conn.fetch(_EVICT, tbl, aor, ours.get((tbl, aor), []), limit)
+            rows = await conn.fetch(_EVICT, tbl, aor, ours.get((tbl, aor), []), limit, reason)
             evicted.setdefault(reason, []).extend((r[0], r[1], r[2]) for r in rows)
         for reason, gone in evicted.items():
             if gone:
