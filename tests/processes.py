@@ -333,3 +333,12 @@ class Terminal:
             os.killpg(self.proc.pid, 9)
             self.proc.wait()
         os.close(self.master)
+
+
+def devices(serve: ServeProcess, aor: str) -> list[str]:
+    """The user parts of ``aor``'s contacts on ``serve`` (`ctl show`), sorted; [] when it has none."""
+    code, shown = serve.ctl("show", aor)
+    if code == 1:
+        return []
+    assert code == 0, shown
+    return sorted(c["addr"].split("@")[0].removeprefix("sip:") for c in shown["contacts"])

@@ -8,7 +8,7 @@ import asyncio
 
 from registrar_core.control import ControlClient, RpcError
 
-from .processes import ServeProcess
+from .processes import ServeProcess, devices
 from .sipclient import UdpPhone, free_port, register_bytes
 
 
@@ -22,14 +22,6 @@ async def bind(serve, aor: str, device: str, expires: int, port: int = 0) -> int
     finally:
         phone.close()
     return r.status
-
-
-def devices(serve, aor: str) -> list[str]:
-    code, shown = serve.ctl("show", aor)
-    if code == 1:
-        return []
-    assert code == 0, shown
-    return sorted(c["addr"].split("@")[0].removeprefix("sip:") for c in shown["contacts"])
 
 
 def device(contact: dict) -> str:

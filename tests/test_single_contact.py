@@ -6,7 +6,7 @@ restart: with it on, the newest device's REGISTER leaves only its own binding.
 
 from __future__ import annotations
 
-from .processes import sipp_ok, sipp_register
+from .processes import devices, sipp_ok, sipp_register
 from .sipclient import UdpPhone, query, register_bytes
 
 
@@ -20,14 +20,6 @@ async def register(serve, aor: str, device: str) -> list[str]:
         phone.close()
     assert r.status == 200
     return [str(c.uri).split("@")[0].removeprefix("sip:") for c in r.contacts]
-
-
-def devices(serve, aor: str) -> list[str]:
-    code, shown = serve.ctl("show", aor)
-    if code == 1:
-        return []
-    assert code == 0, shown
-    return sorted(c["addr"].split("@")[0].removeprefix("sip:") for c in shown["contacts"])
 
 
 async def test_global_single_contact_on_then_off(serve_process, tmp_path):
