@@ -410,7 +410,9 @@ class ControlServer:
     async def _pump(self, writer: asyncio.StreamWriter, compact: bool) -> None:
         sub = self.core.subscribe()
         try:
-            async for events in sub.batches():
+            while True:
+                await sub.wait()
+                events = sub.drain()
                 # One line for what queued meanwhile, then a frame's pause: under load, one
                 # write (and one parse at the other end) per frame, not one per event.
                 writer.write(_line({"jsonrpc": "2.0", "method": "events",
@@ -657,9 +659,10 @@ def _result(reply: dict[str, Any]) -> Any:
 class LocalClient:
     """The same interface as ControlClient, for a console embedded with its core."""
 
-    def __init__(self, core: RegistrarCore, actor: str = CONSOLE) -> None:
+    def __init__(self, core: RegistrarCore, actor: str = CONSOLE, *, backlog: int = 10_000) -> None:
         self.methods = Methods(core, Actor.this_process(actor))
         self.core = core
+        self.backlog = backlog  # events that may wait for the reader before it gets events.lost
 
     async def connect(self) -> LocalClient:
         return self
@@ -675,9 +678,10 @@ class LocalClient:
         return json.loads(json.dumps(result, default=str))
 
     async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
-        sub = self.core.subscribe()
+        sub = self.core.subscribe(self.backlog)
         try:
-            async for events in sub.batches():
-                yield wire_events(events, compact)
+            while True:
+                await sub.wait()
+                yield wire_events(sub.drain(), compact)
         finally:
             sub.close()
