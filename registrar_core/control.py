@@ -1,8 +1,9 @@
 """The control socket: JSON-RPC 2.0 over a Unix socket, one JSON object per line.
 
 :class:`Methods` is the JSON face of :class:`~registrar_core.api.RegistrarCore`. The
-control server, ``sipconsole ctl`` and the console (embedded through
-:class:`LocalClient`, attached through :class:`ControlClient`) all go through it.
+control server, ``sipconsole ctl`` and the console (a client of the control socket through
+:class:`ControlClient`; in the core's own process, in tests, through :class:`LocalClient`)
+all go through it.
 
 Methods: ``dump {table}``, ``show {aor, table}``, ``unregister {aor, ruid, table}``,
 ``policy.get {table}``, ``policy.set {name, value, aor, table}``, ``stats``,
@@ -77,7 +78,7 @@ _UPDATED = (CONTACT_ADDED, CONTACT_REFRESHED)
 def wire_events(events: list[Event], compact: bool) -> list[dict[str, Any]]:
     """The events as a subscriber gets them; ``compact`` (a console): an added or refreshed
     contact carries only what the AOR table shows (aor, ruid, expires_at, modified, user_agent:
-    a fifth of the bytes, and of the registrar's time to encode them), and only the newest
+    with the cut below, a third of the bytes and a quarter of the time to encode), and only the newest
     TRAFFIC_PER_FRAME request.handled events are kept. Everything else as ``to_dict()``."""
     if not compact:
         return [e.to_dict() for e in events]
@@ -657,7 +658,8 @@ def _result(reply: dict[str, Any]) -> Any:
 
 
 class LocalClient:
-    """The same interface as ControlClient, for a console embedded with its core."""
+    """The same interface as ControlClient, for a console in the core's own process (tests,
+    screenshots): no socket between them."""
 
     def __init__(self, core: RegistrarCore, actor: str = CONSOLE, *, backlog: int = 10_000) -> None:
         self.methods = Methods(core, Actor.this_process(actor))
