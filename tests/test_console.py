@@ -486,6 +486,9 @@ async def test_a_console_that_dies_stops_the_registrar_and_says_so(terminal):
     await term.until(lambda: term.proc.poll() is not None)
     assert term.proc.returncode == 1
     await term.until(lambda: b"the console ended with status -9: registrar stopped" in term.output, timeout=5)
+    # The terminal was put back first: off the alternate screen, the cursor shown.
+    said = term.output.rindex(b"the console ended")
+    assert term.output.rfind(b"\x1b[?1049l\x1b[?25h", 0, said) > term.output.rfind(b"\x1b[?1049h", 0, said)
 
 
 async def test_attach_to_a_running_serve_process(serve_process):
