@@ -46,6 +46,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .api import NotFound, RegistrarCore, normalise_aor
 from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
@@ -416,8 +418,7 @@ class ControlServer:
                 events = sub.drain()
                 # One line for what queued meanwhile, then a frame's pause: under load, one
                 # write (and one parse at the other end) per frame, not one per event.
-                writer.write(_line({"jsonrpc": "2.0", "method": "events",
-                                    "params": {"events": wire_events(events, compact)}}))
+                writer.write(_events_line(wire_events(events, compact)))
                 await writer.drain()
                 await asyncio.sleep(FRAME)
         except (ConnectionError, asyncio.CancelledError):
@@ -427,6 +428,22 @@ class ControlServer:
 
 
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))  # made once, not per message
+
+
+def _parse(line: bytes) -> Any:
+    """One line from the registrar: orjson takes half the json module's time over a frame of
+    events; json still reads what orjson refuses (NaN, integers beyond 64 bits)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
+def _events_line(events: list[dict[str, Any]]) -> bytes:
+    """One ``events`` notification on the wire. orjson, not json: a frame of a busy registrar
+    holds an event or two per REGISTER, and this is the registrar's cost of a console."""
+    return orjson.dumps({"jsonrpc": "2.0", "method": "events", "params": {"events": events}},
+                        default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _line(message: dict[str, Any]) -> bytes:
@@ -546,7 +563,7 @@ class ControlClient:
         why = "the registrar closed the control connection before its reply was complete"
         try:
             while (line := await self._reader.readline()).endswith(b"\n"):  # else cut off by the end
-                message = json.loads(line)
+                message = _parse(line)
                 if not isinstance(message, dict):
                     continue
                 if message.get("method") == "events":
