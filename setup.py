@@ -41,6 +41,7 @@ HOT_PATH = [
     "registrar_core/registrar.py",
     "registrar_core/pipeline.py",
     "registrar_core/api.py",
+    "registrar_core/events.py",  # two events per REGISTER while a console is attached
 ]
 
 

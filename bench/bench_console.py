@@ -204,6 +204,7 @@ def measured(port: int, injection: Path, work: Path, core: int | None, seconds: 
     run = closed_loop(port, injection, work, core, seconds=seconds)
     spent = {name: c.cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
     run["cpu_us_per_register"] = {name: round(cpu / max(1, run["ok"]) * 1e6, 1) for name, cpu in spent.items()}
+    run["rss_mib"] = {name: round(c.rss_kib(pid) / 1024) for name, pid in pids.items()}
     return run
 
 
@@ -314,8 +315,11 @@ def report(r: dict[str, Any]) -> str:
             continue
         rows.append([label, f"{mean[kind]:,.0f}", f"{mean[kind] / max(1.0, mean['none']):.0%}",
                      ", ".join(f"{x['reg_per_s']:,}" for x in runs[kind]), cpu(kind, "registrar"), cpu(kind, "console")])
+    rss = {kind: rs[-1]["rss_mib"] for kind, rs in runs.items()}
     lines = [
         f"{r['contacts']:,} contacts ({r['rows']:,} AOR rows) · {r['cores']}",
+        "RSS after the last run, MiB: " + "; ".join(
+            f"{kind}: " + ", ".join(f"{name} {v}" for name, v in values.items()) for kind, values in rss.items()),
         "",
         c.table(["registrar throughput (sipp closed loop, UDP)", "REG/s (mean)", "of none", "runs",
                  "registrar CPU us/REG", "console CPU us/REG"], rows, right={1, 2, 4, 5}),

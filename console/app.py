@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+import termios
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,9 @@ from .screens.subscribers import SubscribersScreen
 
 Runner = Callable[[App[Any]], Awaitable[object]]
 Ui = Callable[[str, bool], Awaitable[int | None]]  # (control socket, read-only) -> the console's exit status
+# What Textual turns on, turned off: mouse reporting (1000, 1003, 1015, 1006), bracketed paste,
+# the alternate screen; the cursor shown again.
+TERMINAL_RESET = "\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?2004l\x1b[?1049l\x1b[?25h"
 
 
 class SipConsole(App[None]):
@@ -187,6 +191,8 @@ async def console_process(control: str, read_only: bool) -> int | None:
     returns its exit status. SIGTERM to this process is passed on (the console quits, then
     the registrar stops); a console that crashes stops the registrar too (what it holds is
     durable), rather than leave a registrar running with no terminal to show it."""
+    terminal = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+    saved = termios.tcgetattr(terminal) if terminal is not None else None
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "console", control, *(["--read-only"] if read_only else []))
     loop = asyncio.get_running_loop()
@@ -200,6 +206,12 @@ async def console_process(control: str, read_only: bool) -> int | None:
         if child.returncode is None:  # cancelled: the console goes with us
             child.kill()
             await child.wait()
+        if child.returncode and terminal is not None and saved is not None:
+            # A console killed mid-screen leaves the terminal raw, on its alternate screen, the
+            # mouse reported and the cursor hidden: put it back before saying what happened.
+            termios.tcsetattr(terminal, termios.TCSADRAIN, saved)
+            sys.stdout.write(TERMINAL_RESET)
+            sys.stdout.flush()
 
 
 async def console_session(control: str, read_only: bool, *, run: Runner = run_app) -> int:

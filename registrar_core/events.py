@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,8 @@ class Subscription:
                 waiter.set_result(None)
 
     async def wait(self) -> None:
-        """Until at least one event is queued (one reader per subscription)."""
+        """Until at least one event is queued (one reader per subscription); then :meth:`drain`
+        takes the batch (a reader that writes them out does one write per batch)."""
         while not self._events:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
@@ -80,13 +81,6 @@ class Subscription:
     async def get(self) -> Event:
         await self.wait()
         return self._events.popleft()
-
-    async def batches(self) -> AsyncIterator[list[Event]]:
-        """The events as they come, in batches: one waited for, plus all that queued meanwhile
-        (a reader that writes them out does one write per batch, not one per event)."""
-        while True:
-            await self.wait()
-            yield self.drain()
 
     def drain(self) -> list[Event]:
         """Every event queued now, without waiting."""

@@ -4,7 +4,6 @@ keys remove bindings and flip policy, and the core confirms."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import subprocess
 import sys
@@ -48,8 +47,8 @@ async def until(pilot, condition: Callable[[], object], timeout: float = 5.0) ->
 class RecordingClient(LocalClient):
     """The embedded client, noting every call the console makes."""
 
-    def __init__(self, core) -> None:
-        super().__init__(core)
+    def __init__(self, core, **kw) -> None:
+        super().__init__(core, **kw)
         self.calls: list[tuple[str, dict]] = []
 
     async def call(self, method: str, **params):
@@ -606,6 +605,9 @@ async def test_a_console_that_dies_stops_the_registrar_and_says_so(terminal):
     await term.until(lambda: term.proc.poll() is not None)
     assert term.proc.returncode == 1
     await term.until(lambda: b"the console ended with status -9: registrar stopped" in term.output, timeout=5)
+    # The terminal was put back first: off the alternate screen, the cursor shown.
+    said = term.output.rindex(b"the console ended")
+    assert term.output.rfind(b"\x1b[?1049l\x1b[?25h", 0, said) > term.output.rfind(b"\x1b[?1049h", 0, said)
 
 
 async def test_attach_to_a_running_serve_process(serve_process):
@@ -835,17 +837,16 @@ async def test_storage_fault_is_highlighted_in_the_header(server):
         assert "disk I/O error" in main.status.render().plain
 
 
-async def test_lost_events_reload_the_table(make_server, monkeypatch):
+async def test_lost_events_reload_the_table(make_server):
     srv = await make_server()
     core = srv.core
-    small = functools.partial(core.events.subscribe, 3)  # overflows soon
-    monkeypatch.setattr(core.events, "subscribe", lambda maxsize=10_000: small())
     aor, kept = next_aor("lost"), next_aor("kept")
     devices = await phones(srv, 7)
     for phone in devices[:6]:
         await phone.register(aor)
     await devices[6].register(kept)
-    async with console_for(srv).run_test(size=SIZE) as pilot:
+    app = SipConsole(RecordingClient(core, backlog=3), embedded=True)  # its queue overflows soon
+    async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot)
         await until(pilot, lambda: main.registry.rows.get(aor) and main.registry.rows[aor].count == 6)
         assert main.loads == 1
