@@ -6,6 +6,7 @@ with digest."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 
@@ -106,6 +107,25 @@ async def test_contacts_go_when_their_connection_closes(make_server, tls_files):
     reasons = [event.data["reason"] for event in events.drain() if event.kind == "contact.removed"]
     assert reasons == [REMOVED_FLOW_CLOSED], "the console and ctl see why it went"
 
+
+
+async def test_many_flows_closing_at_once_are_reaped_together(make_server, tls_files, caplog):
+    """A proxy restart drops its connections together: every contact goes, and the table is
+    walked for the closes together (one log line per walk), not once per connection."""
+    srv = await tls_server(make_server, tls_files)
+    phones = [await TcpPhone(server_address(srv, "tls"), tls_files.client_context()).open() for _ in range(20)]
+    aors = [next_aor() for _ in phones]
+    for phone, aor in zip(phones, aors):
+        r = await phone.send(register_bytes(aor, ["<sip:x@phone.invalid;transport=tls>"], local=phone.local,
+                                            transport="TLS"))
+        assert r.status == 200
+    caplog.set_level(logging.INFO, logger="registrar_core.flows")
+    for phone in phones:
+        phone.close()
+    assert await until(lambda: all(srv.core.fetch_contacts(aor).count == 0 for aor in aors), 10)
+    walks = [r.getMessage() for r in caplog.records if r.name == "registrar_core.flows"]
+    assert sum(int(w.split("removed ")[1].split()[0]) for w in walks) == 20
+    assert len(walks) < 20, walks
 
 async def test_keep_flow_contacts_keeps_them_until_expiry(make_server, tls_files):
     srv = await tls_server(make_server, tls_files, keep_flow_contacts=True)
