@@ -102,6 +102,12 @@ def render(core: RegistrarCore) -> str:
         location.storage_errors)
     one("sipconsole_storage_ok", "gauge", "1 while the location store accepts writes, 0 while it fails",
         0 if s["storage_error"] else 1)
+    one("sipconsole_reg_subscriptions", "gauge", "reg event subscriptions (SUBSCRIBE Event: reg) live now",
+        s["reg_subscriptions"])
+    metric("sipconsole_reg_notifies_total", "counter", "reg event NOTIFYs by outcome (failed: an error answer or none)",
+           by("result", {"sent": s["reg_notify_sent"], "failed": s["reg_notify_failed"]}))
+    one("sipconsole_reg_subscriptions_dropped_total", "counter",
+        "reg event watchers dropped because a NOTIFY failed", s["reg_subscriptions_dropped"])
     one("sipconsole_events_dropped_total", "counter",
         "events lost by subscribers (console, ctl) that fell behind", core.events.dropped)
     one("sipconsole_uptime_seconds", "gauge", "seconds since the registrar started", s["uptime"])

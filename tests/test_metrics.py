@@ -18,7 +18,7 @@ from registrar_core.config import ConfigError, build_config
 from registrar_core.metrics import Histogram
 
 from .processes import SCENARIOS, ServeProcess, run_cli, run_sipp
-from .sipclient import TcpPhone, UdpPhone, authorization, challenges, free_port, register_bytes, server_address
+from .sipclient import TcpPhone, UdpPhone, UdpWatcher, authorization, challenges, free_port, register_bytes, server_address
 
 AOR = "alice@example.com"
 PASSWORD = "metrics-secret"
@@ -246,6 +246,27 @@ async def test_a_storage_fault_shows_in_storage_errors_and_storage_ok(make_serve
     finally:
         phone.close()
 
+
+
+async def test_reg_event_subscriptions_and_notifies_are_counted(make_server):
+    """A watcher of an AOR (a trusted loopback peer) and a phone registering it: the gauge of
+    live subscriptions and the NOTIFYs sent (the full state, then one per change)."""
+    srv = await make_server(metrics_listen="127.0.0.1:0")
+    watcher = await UdpWatcher(server_address(srv)).open()
+    phone = await UdpPhone(server_address(srv)).open()
+    try:
+        assert (await watcher.subscribe("watched@example.com", 600)).status == 200
+        await watcher.notify()
+        assert (await phone.register("watched@example.com")).status == 200
+        await watcher.notify()
+        values = await scrape_async(srv.metrics.port)
+        assert values["sipconsole_reg_subscriptions"] == 1
+        assert values['sipconsole_reg_notifies_total{result="sent"}'] == 2
+        assert values['sipconsole_reg_notifies_total{result="failed"}'] == 0
+        assert values["sipconsole_reg_subscriptions_dropped_total"] == 0
+    finally:
+        watcher.close()
+        phone.close()
 
 async def test_ipv6_loopback(make_server):
     srv = await make_server(metrics_listen="[::1]:0")
