@@ -335,20 +335,6 @@ def test_bad_uris_are_400(text: str) -> None:
     assert exc.value.status == 400
 
 
-def test_a_uri_parsed_again_is_the_same_value_and_the_memo_stays_bounded() -> None:
-    from registrar_core.sip import uri as uri_module
-
-    first = parse_uri("sip:memo@example.com;transport=tcp")
-    assert parse_uri("sip:memo@example.com;transport=tcp") is first  # shared: a value nobody mutates
-    assert parse_uri("sip:memo@example.com;transport=TCP") is not first  # other text, its own parse
-    for _ in range(2):  # malformed text is never remembered: a 400 every time
-        with pytest.raises(SipError):
-            parse_uri("sip:memo@exa mple.com")
-    for n in range(uri_module._PARSED_MAX + 10):  # a spray of distinct URIs
-        assert parse_uri(f"sip:spray{n}@example.com").user == f"spray{n}"
-    assert 0 < len(uri_module._PARSED) <= uri_module._PARSED_MAX
-
-
 @pytest.mark.parametrize(
     ("text", "aor"),
     [

@@ -219,26 +219,8 @@ class AbsoluteURI:
 URI = SipURI | AbsoluteURI
 
 
-# URI text -> its parse. A REGISTER carries the same URIs again and again (the Request-URI
-# of every request, To and From of one request, the same AOR in the 401's request and the
-# one answering it); a parsed URI is a value nobody mutates, so equal text may share it.
-# Bounded: a spray of distinct URIs only starts it afresh. Malformed text is never kept.
-_PARSED: dict[str, URI] = {}
-_PARSED_MAX = 4096
-
-
 def parse_uri(text: str) -> URI:
     """Parse a URI; raises SipError(400) on anything malformed."""
-    uri = _PARSED.get(text)
-    if uri is None:
-        uri = _parse_uri(text)
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[text] = uri
-    return uri
-
-
-def _parse_uri(text: str) -> URI:
     common = _COMMON_SIP.match(text)
     if common is not None:
         scheme, user, host, port_text, params = common.groups()
