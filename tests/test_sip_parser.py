@@ -335,6 +335,17 @@ def test_bad_uris_are_400(text: str) -> None:
     assert exc.value.status == 400
 
 
+def test_to_written_like_from_shares_its_parsed_uri_and_any_other_to_is_parsed_on_its_own() -> None:
+    same = parse_request(make())
+    assert same.to.uri is same.from_.uri  # one parse: URIs are values nobody mutates
+    other = parse_request(make("To: <sip:bob@example.com>", drop=("To",)))
+    assert other.to.uri.aor == "bob@example.com" and other.from_.uri.aor == "alice@example.com"
+    cased = parse_request(make("To: <sip:alice@EXAMPLE.com>", drop=("To",)))
+    assert cased.to.uri is not cased.from_.uri and cased.to.uri.host == "EXAMPLE.com"  # as written
+    assert sip_error(make("To: <>", drop=("To",))).status == 400
+    assert sip_error(make("To: <sip:alice@exa mple.com>", drop=("To",))).status == 400
+
+
 @pytest.mark.parametrize(
     ("text", "aor"),
     [

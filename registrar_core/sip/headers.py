@@ -128,13 +128,15 @@ class NameAddr:
         return f"{display}<{self.uri.raw or self.uri}>{format_params(self.params)}"
 
 
-def parse_name_addr(text: str) -> NameAddr:
-    """Parse one From/To/Contact/Route-style value."""
+def parse_name_addr(text: str, like: URI | None = None) -> NameAddr:
+    """Parse one From/To/Contact/Route-style value. ``like``: a URI parsed already, shared
+    when this one is written the same (a REGISTER's To is mostly its From; URIs are values)."""
     text = text.strip()
     common = _NAME_ADDR.match(text)
     if common is not None:
         display, uri_text, params = common.groups()
-        return NameAddr(parse_uri(uri_text), display, () if params is None else parse_params(params))
+        uri = like if like is not None and uri_text and like.raw == uri_text else parse_uri(uri_text)
+        return NameAddr(uri, display, () if params is None else parse_params(params))
     if not text:
         raise SipError(400, "Empty address")
     lt = -1

@@ -217,7 +217,8 @@ class _Message:
 
     @cached_property
     def to(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "To"))
+        from_ = self.__dict__.get("from_")  # parsed first when the message is: its URI may serve
+        return parse_name_addr(_required(self.headers, "To"), None if from_ is None else from_.uri)
 
     @cached_property
     def call_id(self) -> str:
