@@ -21,6 +21,7 @@ from registrar_core.sip import (
     parse_via,
     split_values,
 )
+from registrar_core.sip.headers import parse_cseq
 
 BASE_HEADERS = [
     "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds",
@@ -431,6 +432,15 @@ def test_empty_via_field_is_400() -> None:
 )
 def test_cseq_range(value: str, cseq: tuple[int, str]) -> None:
     assert parse_request(make(f"CSeq: {value}", drop=("CSeq",))).cseq == cseq
+
+
+@pytest.mark.parametrize(  # the usual methods take a fast path, any other token the regex: one answer
+    ("value", "cseq"),
+    [("1 REGISTER", (1, "REGISTER")), ("01 INVITE", (1, "INVITE")), ("3 FOO.bar", (3, "FOO.bar")),
+     ("4 register", (4, "register")), ("5  NOTIFY", (5, "NOTIFY"))],
+)
+def test_parse_cseq_of_any_method(value: str, cseq: tuple[int, str]) -> None:
+    assert parse_cseq(value) == cseq
 
 
 @pytest.mark.parametrize(
