@@ -21,6 +21,7 @@ from registrar_core.sip import (
     parse_via,
     split_values,
 )
+from registrar_core.sip.headers import parse_cseq
 
 BASE_HEADERS = [
     "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds",
@@ -335,6 +336,17 @@ def test_bad_uris_are_400(text: str) -> None:
     assert exc.value.status == 400
 
 
+def test_to_written_like_from_shares_its_parsed_uri_and_any_other_to_is_parsed_on_its_own() -> None:
+    same = parse_request(make())
+    assert same.to.uri is same.from_.uri  # one parse: URIs are values nobody mutates
+    other = parse_request(make("To: <sip:bob@example.com>", drop=("To",)))
+    assert other.to.uri.aor == "bob@example.com" and other.from_.uri.aor == "alice@example.com"
+    cased = parse_request(make("To: <sip:alice@EXAMPLE.com>", drop=("To",)))
+    assert cased.to.uri is not cased.from_.uri and cased.to.uri.host == "EXAMPLE.com"  # as written
+    assert sip_error(make("To: <>", drop=("To",))).status == 400
+    assert sip_error(make("To: <sip:alice@exa mple.com>", drop=("To",))).status == 400
+
+
 @pytest.mark.parametrize(
     ("text", "aor"),
     [
@@ -420,6 +432,15 @@ def test_empty_via_field_is_400() -> None:
 )
 def test_cseq_range(value: str, cseq: tuple[int, str]) -> None:
     assert parse_request(make(f"CSeq: {value}", drop=("CSeq",))).cseq == cseq
+
+
+@pytest.mark.parametrize(  # the usual methods take a fast path, any other token the regex: one answer
+    ("value", "cseq"),
+    [("1 REGISTER", (1, "REGISTER")), ("01 INVITE", (1, "INVITE")), ("3 FOO.bar", (3, "FOO.bar")),
+     ("4 register", (4, "register")), ("5  NOTIFY", (5, "NOTIFY"))],
+)
+def test_parse_cseq_of_any_method(value: str, cseq: tuple[int, str]) -> None:
+    assert parse_cseq(value) == cseq
 
 
 @pytest.mark.parametrize(

@@ -128,13 +128,15 @@ class NameAddr:
         return f"{display}<{self.uri.raw or self.uri}>{format_params(self.params)}"
 
 
-def parse_name_addr(text: str) -> NameAddr:
-    """Parse one From/To/Contact/Route-style value."""
+def parse_name_addr(text: str, like: URI | None = None) -> NameAddr:
+    """Parse one From/To/Contact/Route-style value. ``like``: a URI parsed already, shared
+    when this one is written the same (a REGISTER's To is mostly its From; URIs are values)."""
     text = text.strip()
     common = _NAME_ADDR.match(text)
     if common is not None:
         display, uri_text, params = common.groups()
-        return NameAddr(parse_uri(uri_text), display, () if params is None else parse_params(params))
+        uri = like if like is not None and uri_text and like.raw == uri_text else parse_uri(uri_text)
+        return NameAddr(uri, display, () if params is None else parse_params(params))
     if not text:
         raise SipError(400, "Empty address")
     lt = -1
@@ -239,15 +241,25 @@ def _number(digits: str) -> int | None:
     return value if value <= MAX_CSEQ else None
 
 
+# The methods a registrar meets, for parse_cseq's fast path (all tokens: the regex would agree).
+_METHODS = frozenset(("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL", "SUBSCRIBE", "NOTIFY",
+                      "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER", "PUBLISH"))
+
+
 def parse_cseq(text: str) -> tuple[int, str]:
     """``CSeq: 1 REGISTER`` -> (1, "REGISTER"); the number must fit 32 bits (RFC 3261 §8.1.1.5)."""
-    m = _CSEQ.match(text.strip())
-    if not m:
-        raise SipError(400, "Malformed CSeq")
-    value = _number(m[1])
+    number, space, method = text.partition(" ")
+    if space and method in _METHODS and is_digits(number):  # as written by nearly everyone
+        value = _number(number)
+    else:
+        m = _CSEQ.match(text.strip())
+        if not m:
+            raise SipError(400, "Malformed CSeq")
+        value = _number(m[1])
+        method = m[2]
     if value is None:
         raise SipError(400, "CSeq out of range")
-    return value, m[2]
+    return value, method
 
 
 def parse_delta(text: str, name: str) -> int:

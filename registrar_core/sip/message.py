@@ -101,7 +101,7 @@ class Headers:
     __slots__ = ("_fields", "_index")
 
     def __init__(self, fields: Iterable[tuple[str, str]] | None = None) -> None:
-        self._fields: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in fields or ()]
+        self._fields: list[tuple[str, str]] = [] if fields is None else [(canonical_name(n), v) for n, v in fields]
         self._index: dict[str, list[str]] | None = None
 
     @classmethod
@@ -195,8 +195,16 @@ class _Message:
     body: bytes
 
     def _serialise(self, start_line: str) -> bytes:
-        head = "\r\n".join([start_line, *[f"{n}: {v}" for n, v in self.headers], "", ""])
-        return head.encode("utf-8", "surrogateescape") + self.body
+        # One join over the parts: no string per header line made only to be copied again.
+        parts = [start_line]
+        for name, value in self.headers._fields:  # parts.append: a native list append, compiled
+            parts.append("\r\n")
+            parts.append(name)
+            parts.append(": ")
+            parts.append(value)
+        parts.append("\r\n\r\n")
+        head = "".join(parts).encode("utf-8", "surrogateescape")
+        return head + self.body if self.body else head
 
     # Parsed views of the headers every SIP message carries; computed once.
     @cached_property
@@ -209,7 +217,8 @@ class _Message:
 
     @cached_property
     def to(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "To"))
+        from_ = self.__dict__.get("from_")  # parsed first when the message is: its URI may serve
+        return parse_name_addr(_required(self.headers, "To"), None if from_ is None else from_.uri)
 
     @cached_property
     def call_id(self) -> str:
@@ -521,8 +530,17 @@ def response_from(
     body: bytes = b"",
 ) -> Response:
     """A response made of a :func:`response_head`, ``headers`` and Content-Length."""
-    fields = [*head, *[(canonical_name(n), v) for n, v in headers or ()], ("Content-Length", str(len(body)))]
+    fields = head.copy()
+    if headers:
+        for field in headers:  # a field already spelled canonically (the usual case) is kept as is
+            name = field[0]
+            canonical = canonical_name(name)
+            fields.append(field if canonical == name else (canonical, field[1]))
+    fields.append(("Content-Length", str(len(body))) if body else _NO_BODY)
     return Response(Headers._canonical(fields), body, status, reason)
+
+
+_NO_BODY = ("Content-Length", "0")
 
 
 def build_response(
