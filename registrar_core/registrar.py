@@ -273,7 +273,8 @@ class Registrar:
         (the rest replaced), else max-contacts (the oldest evicted), else None."""
         if flags & SAVE_SINGLE_CONTACT or self.single_contact(table, aor):
             return 1, REMOVED_REPLACED
-        return (self.config.max_contacts, REMOVED_EVICTED) if self.config.max_contacts else None
+        limit = self.max_contacts(table, aor)
+        return (limit, REMOVED_EVICTED) if limit else None
 
     def _changes(self, table: str, aor: str, request: Request, flags: int, source: Source,
                  now: float) -> tuple[list[tuple[Contact, bool]], list[tuple[Contact, str]]]:

@@ -524,15 +524,25 @@ async def _agreed(postgres, pg_dsn: str, nodes: Sequence[ServeProcess], aor: str
     return stored
 
 
-@pytest.mark.parametrize("limit, options", [(1, ("--single-contact",)), (2, ("--max-contacts", "2")),
-                                            (2, ("--max-contacts", "2", "--max-contacts-mode", "evict-oldest"))],
-                         ids=["single-contact", "max-contacts", "max-contacts-evict"])
-async def test_an_aor_limit_holds_when_two_nodes_add_bindings_at_once(pg_dsn, postgres, short_dir, limit, options):
+@pytest.mark.parametrize("limit, options, policy", [
+    (1, ("--single-contact",), None), (2, ("--max-contacts", "2"), None),
+    (2, ("--max-contacts", "2", "--max-contacts-mode", "evict-oldest"), None),
+    (2, ("--max-contacts-mode", "evict-oldest"), "2")],
+    ids=["single-contact", "max-contacts", "max-contacts-evict", "max-contacts-runtime-policy"])
+async def test_an_aor_limit_holds_when_two_nodes_add_bindings_at_once(pg_dsn, postgres, short_dir, limit, options,
+                                                                      policy):
     """Devices register new contacts for one AOR through A and B at the same instant, each
     node blind for a few ms to what the other just added: the database (AOR lock, then the
-    oldest beyond the limit removed) never ends over the limit, and both memories agree."""
+    oldest beyond the limit removed) never ends over the limit, and both memories agree. The
+    limit may come from the configuration or from `ctl policy max-contacts` at runtime."""
     with running_nodes(pg_dsn, short_dir, *options) as nodes:
         aor = next_aor("race")
+        if policy is not None:
+            assert nodes[0].ctl("policy", "max-contacts", policy)[0] == 0
+            deadline = time.monotonic() + 10
+            while nodes[1].ctl("policy", "show")[1]["max_contacts"] != int(policy):  # through the feed
+                assert time.monotonic() < deadline, "the policy never reached node B"
+                await asyncio.sleep(0.05)
         statuses: list[int] = []
         for _ in range(10):  # checked after each round: a later one would hide an overshoot
             statuses += await _race(nodes, aor, rounds=1, per_node=2)
