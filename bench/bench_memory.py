@@ -16,7 +16,7 @@ When Kamailio is installed, the same is done for reference with Kamailio usrloc 
     python bench/bench_memory.py           # 10k and 100k bindings, 3 restarts
     python bench/bench_memory.py --quick   # 2k and 10k bindings, no settling, 1 restart
 
-Prints a table and writes bench/results/memory.json.
+Prints a table and writes bench/results/memory.json (``--output`` elsewhere).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the server and sipp at this nice level (negative needs root; on a shared "
                         "machine -10 keeps other jobs from skewing the figures; default 0)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--output", type=Path, default=c.RESULTS / "memory.json", help="JSON output path")
     args = p.parse_args(argv)
     args.counts = [int(x) for x in (args.counts or ("2000,10000" if args.quick else "10000,100000")).split(",")]
     if args.counts != sorted(args.counts) or args.counts[0] <= 0:
@@ -302,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     data["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    path = c.write_json("memory.json", data)
+    path = args.output
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
     print()
     print(f"memory and restart, {started:%Y-%m-%d %H:%M} UTC")
     print(render(data))
     if isinstance(data.get("kamailio"), str):
         print(f"note: Kamailio {data['kamailio']}")
-    print(f"\nwrote {os.path.relpath(path, c.ROOT)}")
+    print(f"\nwrote {path}")
     return 0
 
 

@@ -275,7 +275,7 @@ async def test_storage_failure_gives_500_and_changes_nothing(server, phone):
 
 async def test_refreshes_keep_one_expiry_entry_per_binding_and_expire_on_time():
     """A refresh that moves a binding's expiry later adds no expiry entry (a busy registrar's
-    heap would grow by one per REGISTER); the binding still expires at its latest time, and a
+    expiry index would grow by one per REGISTER); the binding still expires at its latest time, and a
     refresh that brings the time earlier is honoured."""
     now = [1000.0]
     location = LocationService(None, EventBus(), clock=lambda: now[0])
@@ -285,7 +285,7 @@ async def test_refreshes_keep_one_expiry_entry_per_binding_and_expire_on_time():
         now[0] += 1
         later = dataclasses.replace(first, cseq=cseq, expires=now[0] + 60)
         await location.apply("location", [(later, False)], [])
-    assert len(location._heap) == 1
+    assert sum(len(due) for due in location._due.values()) == 2  # one (aor, ruid) entry
     now[0] = 1061.0  # the first expiry time: moved on, not expired
     assert await location.expire_now() == 0 and location.contacts("location", "a@x")
     now[0] = later.expires

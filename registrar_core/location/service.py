@@ -13,6 +13,7 @@ import asyncio
 import gc
 import heapq
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -37,8 +38,9 @@ REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a ne
 REMOVED_REMOTE = "remote"  # by another registrar sharing the store
 REMOVED_NODE_GONE = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
 # An AOR's bindings are a tuple, not a dict by ruid: an AOR has one or a few, and a 1-tuple takes
-# 48 bytes where a dict takes 184 (bench_memory: 1,727 -> 1,5xx bytes per contact at 100k).
-Bindings = tuple[Contact, ...]
+# 48 bytes where a dict takes 184 (bench_memory: 1,727 -> 1,5xx bytes per contact at 100k). The
+# one binding of most AORs is held alone, without its 1-tuple (48 bytes less): a tuple has two or more.
+Bindings = Contact | tuple[Contact, ...]
 # A read-only stand-in for a table that has nothing: no dict made per lookup.
 _NO_AORS: dict[str, Bindings] = {}
 
@@ -139,7 +141,11 @@ class LocationService:
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
         self._tables: dict[str, dict[str, Bindings]] = {DEFAULT_TABLE: {}}
         self._policies: dict[tuple[str, str, str], str] = {}
-        self._heap: list[tuple[float, str, str, str]] = []
+        # Expiry: the bindings due in each whole second, per table, as [aor, ruid, aor, ruid, ...]
+        # (16 bytes a binding; a heap of (expires, table, aor, ruid) tuples took 104 compiled),
+        # and a heap of those seconds (a few thousand at most: expiries are an hour or so ahead).
+        self._due: dict[tuple[int, str], list[str]] = {}
+        self._seconds: list[tuple[int, str]] = []
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._expiry_interval = expiry_interval
@@ -176,15 +182,14 @@ class LocationService:
             try:
                 for table, contact in await self.store.load(self.clock()):
                     aors = self._tables.setdefault(table, {})
-                    aors[contact.aor] = aors.get(contact.aor, ()) + (contact,)
-                    self._heap.append((contact.expires, table, contact.aor, contact.ruid))
+                    aors[contact.aor] = _joined(aors.get(contact.aor), contact)
+                    self._due_at(table, contact.aor, contact.ruid, contact.expires)
             finally:
                 if collecting:
                     gc.enable()
-            heapq.heapify(self._heap)  # once, not a push per binding
             for tbl, aor, name, value in await self.store.load_policies():
                 self._policies[(tbl, aor, name)] = value
-            log.info("location table in %s: %d bindings loaded", self.store.describe(), len(self._heap))
+            log.info("location table in %s: %d bindings loaded", self.store.describe(), self.counts()[1])
         self._tasks = [
             asyncio.create_task(self._writer(), name="location-writer"),
             asyncio.create_task(self._expirer(), name="location-expiry"),
@@ -214,15 +219,17 @@ class LocationService:
     def contacts(self, table: str, aor: str, now: float | None = None) -> list[Contact]:
         """Live bindings of ``aor`` (expired ones not yet purged are left out)."""
         bindings = self._tables.get(table, _NO_AORS).get(aor)
-        if not bindings:
+        if bindings is None:
             return []
         now = self.clock() if now is None else now
+        if isinstance(bindings, Contact):
+            return [bindings] if bindings.expires > now else []
         return [c for c in bindings if c.expires > now]
 
     def counts(self) -> tuple[int, int]:
         """(AORs, contacts) across all tables."""
         aors = sum(len(t) for t in self._tables.values())
-        contacts = sum(len(b) for t in self._tables.values() for b in t.values())
+        contacts = sum(1 if isinstance(b, Contact) else len(b) for t in self._tables.values() for b in t.values())
         return aors, contacts
 
     def contacts_by_transport(self, now: float) -> dict[str, int]:
@@ -231,7 +238,7 @@ class LocationService:
         counts: dict[str, int] = {}
         for aors in self._tables.values():
             for bindings in aors.values():
-                for contact in bindings:
+                for contact in _each(bindings):
                     if contact.expires > now:
                         transport = contact.socket.partition(":")[0]
                         counts[transport] = counts.get(transport, 0) + 1
@@ -258,7 +265,7 @@ class LocationService:
         stored: dict[str, tuple[str, Contact]] = {contact.ruid: (table, contact) for table, contact in rows}
         for table, aors in list(self._tables.items()):
             for bindings in list(aors.values()):
-                for contact in bindings:
+                for contact in _each(bindings):
                     if contact.ruid not in stored:
                         self._apply(table, [], [(contact, REMOVED_REMOTE)])
         for table, contact in stored.values():
@@ -351,34 +358,63 @@ class LocationService:
         aors = self._tables.get(table)
         if aors is None:
             aors = self._tables[table] = {}
-        bindings = aors.get(contact.aor, ())
+        bindings = aors.get(contact.aor)
         old = None
-        for i, binding in enumerate(bindings):
-            if binding.ruid == contact.ruid:
-                old = binding
-                aors[contact.aor] = bindings[:i] + (contact,) + bindings[i + 1:]
-                break
+        if isinstance(bindings, Contact):
+            if bindings.ruid == contact.ruid:
+                old = bindings
+                aors[contact.aor] = contact
+            else:
+                aors[contact.aor] = (bindings, contact)
+        elif bindings is None:
+            aors[contact.aor] = contact
         else:
-            aors[contact.aor] = bindings + (contact,)
+            for i, binding in enumerate(bindings):
+                if binding.ruid == contact.ruid:
+                    old = binding
+                    aors[contact.aor] = bindings[:i] + (contact,) + bindings[i + 1:]
+                    break
+            else:
+                aors[contact.aor] = bindings + (contact,)
         # One expiry entry per binding, not one per refresh: when a refresh moves the time
         # later, the entry stays and expire_now() moves it on when it comes due.
         if old is None or contact.expires < old.expires:
-            heapq.heappush(self._heap, (contact.expires, table, contact.aor, contact.ruid))
+            self._due_at(table, contact.aor, contact.ruid, contact.expires)
+
+    def _due_at(self, table: str, aor: str, ruid: str, expires: float) -> None:
+        """Make binding ``ruid`` of ``aor`` due for expire_now() in the second ``expires`` falls in."""
+        key = (math.floor(expires), table)
+        due = self._due.get(key)
+        if due is None:
+            self._due[key] = [aor, ruid]
+            heapq.heappush(self._seconds, key)
+        else:
+            due.append(aor)
+            due.append(ruid)
 
     def _drop(self, table: str, contact: Contact) -> None:
         aors = self._tables.get(table, _NO_AORS)
         bindings = aors.get(contact.aor)
         if bindings is None:
             return
+        if isinstance(bindings, Contact):
+            if bindings.ruid == contact.ruid:
+                del aors[contact.aor]
+            return
         kept = tuple([b for b in bindings if b.ruid != contact.ruid])
-        if kept:
+        if len(kept) > 1:
             aors[contact.aor] = kept
+        elif kept:
+            aors[contact.aor] = kept[0]  # a tuple holds two or more
         else:
             del aors[contact.aor]
 
     def _binding(self, table: str, aor: str, ruid: str) -> Contact | None:
         """The binding ``ruid`` of ``aor`` in ``table``, if there is one."""
-        for binding in self._tables.get(table, _NO_AORS).get(aor, ()):
+        bindings = self._tables.get(table, _NO_AORS).get(aor)
+        if isinstance(bindings, Contact):
+            return bindings if bindings.ruid == ruid else None
+        for binding in bindings or ():
             if binding.ruid == ruid:
                 return binding
         return None
@@ -556,16 +592,21 @@ class LocationService:
         """Remove every binding whose time is up; returns how many went."""
         now = self.clock()
         due: dict[str, dict[str, Contact]] = {}
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, table, aor, ruid = heapq.heappop(heap)
-            contact = self._binding(table, aor, ruid)
-            if contact is None:
-                continue
-            if contact.expires <= now:
-                due.setdefault(table, {})[ruid] = contact
-            else:  # refreshed since: due again at its new time
-                heapq.heappush(heap, (contact.expires, table, aor, ruid))
+        seconds = self._seconds
+        ripe: list[tuple[str, list[str]]] = []
+        while seconds and seconds[0][0] <= now:  # all taken first: a binding due later this second goes back
+            key = heapq.heappop(seconds)
+            ripe.append((key[1], self._due.pop(key)))
+        for table, entries in ripe:
+            for i in range(0, len(entries), 2):
+                aor, ruid = entries[i], entries[i + 1]
+                contact = self._binding(table, aor, ruid)
+                if contact is None:
+                    continue
+                if contact.expires <= now:
+                    due.setdefault(table, {})[ruid] = contact
+                else:  # refreshed since, or later in this second: due again at its time
+                    self._due_at(table, aor, ruid, contact.expires)
         count = 0
         sweeps = False
         if due and self.store is not None:
@@ -583,6 +624,18 @@ class LocationService:
             count += len(removes)
         self.expired_total += count
         return count
+
+
+def _each(bindings: Bindings) -> tuple[Contact, ...]:
+    """An AOR's bindings as a tuple, for the readers that are not per request."""
+    return bindings if isinstance(bindings, tuple) else (bindings,)
+
+
+def _joined(bindings: Bindings | None, contact: Contact) -> Bindings:
+    """An AOR's bindings with ``contact`` added (a new ruid)."""
+    if bindings is None:
+        return contact
+    return bindings + (contact,) if isinstance(bindings, tuple) else (bindings, contact)
 
 
 def _journal_row(now: float, table: str, contact: Contact, event: str, detail: str) -> journal.JournalRow:

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
+from sys import intern
 from typing import TYPE_CHECKING
 
 import aiosqlite
@@ -351,8 +352,9 @@ class SqliteStore:
             while rows := await cur.fetchmany(LOAD_PAGE):
                 # Positional, in Contact's order (a third faster than by keyword at 100k rows):
                 # ruid, aor, addr, expires, callid, cseq, q, params, path, received, socket,
-                # user_agent, methods, flags, cflags, instance, regid, conid, modified.
-                out += [(r[1], Contact(r[0], r[2], r[3], r[5], r[7], r[8], r[6], r[4],
+                # user_agent, methods, flags, cflags, instance, regid, conid, modified. The table
+                # name interned: one string, not one per row left among the bindings (-60 B each).
+                out += [(intern(r[1]), Contact(r[0], r[2], r[3], r[5], r[7], r[8], r[6], r[4],
                                        tuple(json.loads(r[9])) if r[9] != "[]" else (), r[10], r[11], r[12],
                                        r[13], r[14], r[15], r[16], r[17], None, r[18]))
                         for r in rows]
