@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -128,6 +129,11 @@ def one_run(target: c.Target, transport: str, rep: int, args: argparse.Namespace
     if args.wait_quiet:
         result["background_before_pct"] = c.wait_quiet(args.noisy, args.wait_quiet)
     sampler = c.CpuSampler()
+    # Open loop: the registrar's own group-commit histogram beside sipp's response times says
+    # how much of the tail is the wait for storage.
+    metrics_port = c.free_port() if rate and target.kind == "sipconsole" else None
+    if metrics_port:
+        target = dataclasses.replace(target, options=(*target.options, "--metrics-listen", f"127.0.0.1:{metrics_port}"))
     server = target.start(rundir / "server", port, server_core)
     try:
         if target.auth:
@@ -162,6 +168,8 @@ def one_run(target: c.Target, transport: str, rep: int, args: argparse.Namespace
                 stats = c.control_call(rundir / "server" / "control.sock", "stats")
                 result["server_contacts"] = stats.get("location_contacts")
                 result["server_retransmissions_absorbed"] = stats.get("retransmissions")
+                if metrics_port:
+                    result.update(c.group_commits(metrics_port))
             except (OSError, RuntimeError) as exc:
                 result["server_stats_error"] = str(exc)
     finally:
@@ -308,6 +316,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "p99_ms_max": max((r["p99_ms"] for r in rs if r.get("p99_ms") is not None), default=None),
             "cpu_server_pct": med("cpu_server_pct"), "cpu_sipp_pct": med("cpu_sipp_pct"),
             "cpu_other_pct": med("cpu_other_pct"),
+            "commit_rows_mean": med("commit_rows_mean"), "commit_ms_mean": med("commit_ms_mean"),
+            "commit_ms_p99_bound": med("commit_ms_p99_bound"),
             "noisy_runs": sum(1 for r in rs if r.get("noisy")),
             "udp_rcvbuf_drops": sum(r.get("udp_rcvbuf_drops") or 0 for r in rs),
             "problems": sorted({r["problem"] for r in rs if r.get("problem")}),
@@ -400,6 +410,11 @@ def render(summary: list[dict[str, Any]], ratio_list: list[dict[str, Any]], skip
                 spread = (f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}" if "ratio_min" in r else "")
                 rrows.append([f"{r['ours']} / {r['theirs']}", r["transport"], f"{r['ratio']:.2f}", spread])
         text += "\n\n" + c.table(["ratio (REG/s medians)", "tr", "ratio", "per-rep range"], rrows, right={2, 3})
+    commits = [f"{s['phase']} {s['target']} {s['transport']}: group commits of {s['commit_rows_mean']:.0f} "
+               f"requests and {s['commit_ms_mean']:.1f} ms on average, 99 % within {s['commit_ms_p99_bound']:g} ms"
+               for s in summary if s.get("commit_ms_mean") is not None and s.get("commit_ms_p99_bound") is not None]
+    if commits:
+        text += "\n\n" + "\n".join(commits)
     if footnotes:
         text += "\n\n" + "\n".join(f"[{i}] {t}" for i, t in enumerate(footnotes, 1))
     return text
