@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..sip import Request, SipURI
 from .digest import ALGORITHMS, DigestError, challenge, matches, parse_authorization, response
-from .nonce import NonceFactory, NonceState
+from .nonce import FORGED, STALE, NonceFactory
 from .subscribers import Subscribers
 
 
@@ -87,16 +87,16 @@ class Authenticator:
         if creds.uri != (request.uri.raw or str(request.uri)):
             return AuthOutcome(refusal=Refusal(400, "Bad Request",
                                                [("P-Registrar-Error", "Digest uri differs from the Request-URI")]))
-        state = self.nonces.check(creds.nonce, realm)
+        nid = self.nonces.check(creds.nonce, realm)
         key = (source_ip, creds.username, realm)
-        if state is NonceState.FORGED:
+        if nid == FORGED:
             return AuthOutcome(refusal=self._failed(key))
-        if state is NonceState.STALE:
+        if nid == STALE:
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
         nc = _nc(creds.nc)
         if creds.qop != "auth" or nc is None or not creds.cnonce:
             return AuthOutcome(refusal=self._failed(key))
-        if not self.nonces.nc_fresh(creds.nonce, nc):
+        if not self.nonces.nc_fresh(nid, nc):
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
         left = self._locked.get(key, 0.0) - self.clock()
         if left > 0:
@@ -108,7 +108,7 @@ class Authenticator:
                             request.method, creds.uri)
         if not matches(expected, creds.response) or not self.subscribers.exists(creds.username, realm):
             return AuthOutcome(refusal=self._failed(key))
-        self.nonces.accept_nc(creds.nonce, nc)
+        self.nonces.accept_nc(nid, nc)
         self._failures.pop(key, None)
         return AuthOutcome(username=creds.username)
 
