@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..sip import Request, SipURI
-from .digest import ALGORITHMS, DigestError, challenge, matches, parse_authorization, response
+from .digest import ALGORITHMS, DigestError, challenge_parts, matches, parse_authorization, response
 from .nonce import FORGED, STALE, NonceFactory
 from .subscribers import Subscribers
 
@@ -63,12 +63,21 @@ class Authenticator:
         # (source ip, username, realm) -> times of recent failures; -> until when refused.
         self._failures: dict[tuple[str, str, str], deque[float]] = {}
         self._locked: dict[tuple[str, str, str], float] = {}
+        # realm -> the text around the nonce of each WWW-Authenticate (fresh, stale=true).
+        self._fresh: dict[str, list[tuple[str, str]]] = {}
+        self._stale: dict[str, list[tuple[str, str]]] = {}
 
     def challenge(self, realm: str, *, stale: bool = False, failure: str | None = None,
                   user: str = "") -> Refusal:
         """401 with one WWW-Authenticate per algorithm, the preferred first (RFC 8760 §2.4)."""
+        written = self._stale if stale else self._fresh
+        parts = written.get(realm)
+        if parts is None:
+            if len(written) >= 1024:  # realms are To hosts: many distinct ones are a spray, stay bounded
+                written.clear()
+            parts = written[realm] = [challenge_parts(realm, alg, stale=stale) for alg in self.algorithms]
         nonce = self.nonces.make(realm)
-        headers = [("WWW-Authenticate", challenge(realm, nonce, alg, stale=stale)) for alg in self.algorithms]
+        headers = [("WWW-Authenticate", before + nonce + after) for before, after in parts]
         return Refusal(401, "Unauthorized", headers, failure, user)
 
     def check(self, request: Request, realm: str, source_ip: str) -> AuthOutcome:

@@ -138,11 +138,7 @@ def _parse_params(text: str) -> dict[str, str]:
         params[name] = value
 
 
-def challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False, opaque: str | None = None) -> str:
-    """A WWW-Authenticate value offering qop=auth."""
-    parts = [f'Digest realm="{realm}"', f'nonce="{nonce}"', 'qop="auth"', f"algorithm={algorithm}"]
-    if opaque:
-        parts.append(f'opaque="{opaque}"')
-    if stale:
-        parts.append("stale=true")
-    return ", ".join(parts)
+def challenge_parts(realm: str, algorithm: str, *, stale: bool = False) -> tuple[str, str]:
+    """A WWW-Authenticate value offering qop=auth, as the text before and after its nonce:
+    written once per realm, a challenge is then two concatenations around a fresh nonce."""
+    return f'Digest realm="{realm}", nonce="', f'", qop="auth", algorithm={algorithm}' + (", stale=true" if stale else "")
