@@ -221,6 +221,21 @@ async def test_lower_cseq_on_the_same_call_id_fails_with_auth_on(auth_server, ph
         "an equal CSeq is the documented no-op 200"
 
 
+async def test_retransmitted_register_without_credentials_gets_a_fresh_401(auth_server, phone):
+    data = register_bytes("alice@example.com", [phone.contact], local=phone.local)
+    first = await phone.send(data)
+    again = await phone.send(data)  # a UDP retransmission: same branch, same bytes
+    assert (first.status, again.status) == (401, 401)
+    assert challenges(first)[0]["nonce"] != challenges(again)[0]["nonce"], "answered afresh, statelessly"
+    assert auth_server.core.snapshot_stats()["transactions"] == 0, "no transaction kept for a challenge"
+    ok = await register(phone, auth=authorization(challenges(first)[0], "alice", PASSWORD, "sip:example.com"),
+                        cseq=2)
+    assert ok.status == 200, "the first challenge's nonce still answers"
+    stats = auth_server.core.snapshot_stats()
+    assert stats["transactions"] == 1, "the authorized REGISTER's transaction is kept"
+    assert (stats["challenged"], stats["retransmissions"]) == (2, 0), "the retransmission was challenged anew"
+
+
 async def test_unknown_auth_scheme_gets_digest_challenge(auth_server, phone):
     r = await register(phone, auth='Authorization: NoOneKnowsThisScheme opaque-data=here')
     assert r.status == 401 and challenges(r)
