@@ -107,18 +107,19 @@ class Authenticator:
             return AuthOutcome(refusal=self._failed(key))
         if not self.nonces.nc_fresh(nid, nc):
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
-        left = self._locked.get(key, 0.0) - self.clock()
-        if left > 0:
-            return AuthOutcome(refusal=self._try_later(left, creds.username))
-        ha1 = self.subscribers.ha1(creds.username, realm, creds.algorithm)
-        if ha1 is None:
-            ha1 = self._dummy_ha1(creds.username, realm, creds.algorithm)
+        if self._locked:  # nobody locked out (the usual case): no clock read
+            left = self._locked.get(key, 0.0) - self.clock()
+            if left > 0:
+                return AuthOutcome(refusal=self._try_later(left, creds.username))
+        known = self.subscribers.ha1(creds.username, realm, creds.algorithm)
+        ha1 = known if known is not None else self._dummy_ha1(creds.username, realm, creds.algorithm)
         expected = response(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
                             request.method, creds.uri)
-        if not matches(expected, creds.response) or not self.subscribers.exists(creds.username, realm):
+        if not matches(expected, creds.response) or known is None:  # compared either way: the same work
             return AuthOutcome(refusal=self._failed(key))
         self.nonces.accept_nc(nid, nc)
-        self._failures.pop(key, None)
+        if self._failures:
+            self._failures.pop(key, None)
         return AuthOutcome(username=creds.username)
 
     def _dummy_ha1(self, username: str, realm: str, algorithm: str) -> str:
