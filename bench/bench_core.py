@@ -234,6 +234,8 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=0,
                         help="plain: reg event subscriptions to other AORs meanwhile (the cost of the notifier "
                              "to a REGISTER of an AOR nobody watches)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "core.json",
+                        help="JSON output path (default bench/results/core.json)")
     parser.add_argument("--udp-client", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the udp case's load
     args = parser.parse_args()
     if args.udp_client:
@@ -254,14 +256,14 @@ def main() -> None:
     for case, figures in results.items():
         for name, times in figures.items():
             print("  " + summary(f"{case} {name}", times))
-    out = ROOT / "bench" / "results" / "core.json"
+    out: Path = args.output
     out.parent.mkdir(parents=True, exist_ok=True)
     medians = {f"{case}.{name}": statistics.median(times[1:]) for case, figures in results.items()
                for name, times in figures.items()}
     out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "uvloop": fast, "gruu": args.gruu,
                                "watchers": args.watchers,
                                "cases": results, "medians_us": medians}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ top to bottom through the methods of :class:`Pipeline`, in this order:
    can be salvaged, stateless.py); a Response goes to the response sinks (qualify's
    OPTIONS); ACKs and scanners are dropped.
 4. **transaction**: over UDP the server transaction table (transactions.py) answers a
-   retransmission with the response already sent; TCP never retransmits, so keeps none.
+   retransmission with the response already sent; TCP never retransmits, so keeps none,
+   and a REGISTER without credentials under auth gets its challenge statelessly.
 5. **handler**: the method table picks the handler: REGISTER goes to :meth:`register`
    (RFC 3261 §10.3: check, authenticate, save in registrar.py), the other methods to the
    redirect server (redirect.py). A new method plugs in with :meth:`handle_method`.
@@ -140,7 +141,7 @@ class Pipeline:
         message.stamp_source(source.ip, source.port)
         address = reply_address(message, source)  # taken now: the request need not outlive its handler
         # 4. transaction
-        if source.proto != "udp":
+        if source.proto != "udp" or self._challenged(message):
             # A reliable transport never retransmits (RFC 3261 §17.2.2: Timer J is 0 s), so
             # there is no transaction state to keep: 32 s of responses is UDP's cost alone.
             self._dispatch(message, source, lambda response: respond((bytes(response), address)))
@@ -163,6 +164,15 @@ class Pipeline:
         except BaseException:
             self.transactions.forget(key)
             raise
+
+    def _challenged(self, request: Request) -> bool:
+        """A REGISTER without credentials while auth is on: answered at once and changing
+        nothing (a 401, or the 404/420/400 that precede it), so it is answered statelessly,
+        as Kamailio's sl does: a retransmission gets a fresh 401 (RFC 3261 §8.2.7), which the
+        UAC's completed transaction absorbs, and half a digest registration's transactions
+        (the responses kept 32 s) are never stored."""
+        return (self.authenticator is not None and request.method == "REGISTER"
+                and request.headers.get("Authorization") is None)
 
     def _keepalive(self, data: bytes, source: Source, respond: Respond) -> bool:
         """RFC 5626 keepalives: a bare CRLF is dropped, a STUN Binding request (UDP) answered,

@@ -81,20 +81,41 @@ def test_nonce_mac_is_hmac_sha256(size):
 
 
 def test_nonce_round_trip_and_nonce_count():
-    from registrar_core.auth.nonce import NonceFactory, NonceState
+    from registrar_core.auth.nonce import FORGED, STALE, NonceFactory
 
     nonces = NonceFactory(b"k" * 32)
     nonce = nonces.make("example.com")
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", nonce)
-    assert nonces.check(nonce, "example.com") is NonceState.VALID
-    assert nonces.check(nonce, "example.org") is NonceState.FORGED
-    assert nonces.check(nonce[:-1] + ("A" if nonce[-1] != "A" else "B"), "example.com") is NonceState.FORGED
-    assert nonces.check("é" + nonce[1:], "example.com") is NonceState.FORGED
-    assert NonceFactory(b"k" * 32).check(nonce, "example.com") is NonceState.STALE  # another boot
-    nonces.accept_nc(nonce, 1)
-    assert not nonces.nc_fresh(nonce, 1) and nonces.nc_fresh(nonce, 2)
-    expires = nonces._nc[nonce][1]  # the expiry read back from the nonce's first bytes
-    assert nonces.clock() < expires <= nonces.clock() + nonces.lifetime
+    nid = nonces.check(nonce, "example.com")
+    assert nid == 0, "the first nonce made"
+    assert nonces.check(nonce, "example.org") == FORGED
+    assert nonces.check(nonce[:-1] + ("A" if nonce[-1] != "A" else "B"), "example.com") == FORGED
+    assert nonces.check("é" + nonce[1:], "example.com") == FORGED
+    assert NonceFactory(b"k" * 32).check(nonce, "example.com") == STALE  # another boot
+    assert nonces.nc_fresh(nid, 1)
+    nonces.accept_nc(nid, 1)
+    assert not nonces.nc_fresh(nid, 1) and nonces.nc_fresh(nid, 2)
+    other = nonces.make("example.com")
+    assert nonces.check(other, "example.com") == 1 and nonces.nc_fresh(1, 1), "each nonce counts apart"
+    assert not nonces.nc_fresh(nid, 1), "and leaves the others' counts alone"
+
+
+def test_nonce_past_its_lifetime_or_the_count_window_is_stale():
+    from registrar_core.auth.nonce import STALE, NonceFactory
+
+    now = [1_000_000.0]
+    nonces = NonceFactory(b"k" * 32, clock=lambda: now[0], window=4)
+    first = nonces.make("example.com")
+    now[0] += nonces.lifetime
+    assert nonces.check(first, "example.com") == STALE, "expired"
+    now[0] -= nonces.lifetime
+    nonces.accept_nc(nonces.check(first, "example.com"), 7)
+    later = [nonces.make("example.com") for _ in range(3)]
+    assert nonces.check(first, "example.com") == 0, "the window holds the last 4 nonces made"
+    fifth = nonces.make("example.com")
+    assert nonces.check(first, "example.com") == STALE, "its count slot now belongs to a newer nonce"
+    assert nonces.check(fifth, "example.com") == 4 and nonces.nc_fresh(4, 1), "which starts from nothing"
+    assert [nonces.check(n, "example.com") for n in later] == [1, 2, 3]
 
 
 @pytest.fixture
@@ -198,6 +219,21 @@ async def test_lower_cseq_on_the_same_call_id_fails_with_auth_on(auth_server, ph
                           call_id="o@t", cseq=5, expires=0)
     assert same.status == 200 and auth_server.core.fetch_contacts("alice@example.com").count == 1, \
         "an equal CSeq is the documented no-op 200"
+
+
+async def test_retransmitted_register_without_credentials_gets_a_fresh_401(auth_server, phone):
+    data = register_bytes("alice@example.com", [phone.contact], local=phone.local)
+    first = await phone.send(data)
+    again = await phone.send(data)  # a UDP retransmission: same branch, same bytes
+    assert (first.status, again.status) == (401, 401)
+    assert challenges(first)[0]["nonce"] != challenges(again)[0]["nonce"], "answered afresh, statelessly"
+    assert auth_server.core.snapshot_stats()["transactions"] == 0, "no transaction kept for a challenge"
+    ok = await register(phone, auth=authorization(challenges(first)[0], "alice", PASSWORD, "sip:example.com"),
+                        cseq=2)
+    assert ok.status == 200, "the first challenge's nonce still answers"
+    stats = auth_server.core.snapshot_stats()
+    assert stats["transactions"] == 1, "the authorized REGISTER's transaction is kept"
+    assert (stats["challenged"], stats["retransmissions"]) == (2, 0), "the retransmission was challenged anew"
 
 
 async def test_unknown_auth_scheme_gets_digest_challenge(auth_server, phone):

@@ -2,11 +2,11 @@
 
 from .authenticator import Authenticator, AuthOutcome, Refusal, authorised_for
 from .digest import ALGORITHMS, Credentials, DigestError, ha1, parse_authorization, response
-from .nonce import NonceFactory, NonceState, load_key
+from .nonce import FORGED, STALE, NonceFactory, load_key
 from .subscribers import SubscriberError, Subscribers, split_user
 
 __all__ = [
-    "ALGORITHMS", "AuthOutcome", "Authenticator", "Credentials", "DigestError", "NonceFactory",
-    "NonceState", "Refusal", "SubscriberError", "Subscribers", "authorised_for", "ha1",
+    "ALGORITHMS", "FORGED", "STALE", "AuthOutcome", "Authenticator", "Credentials", "DigestError",
+    "NonceFactory", "Refusal", "SubscriberError", "Subscribers", "authorised_for", "ha1",
     "load_key", "parse_authorization", "response", "split_user",
 ]

@@ -14,8 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..sip import Request, SipURI
-from .digest import ALGORITHMS, DigestError, challenge, matches, parse_authorization, response
-from .nonce import NonceFactory, NonceState
+from .digest import ALGORITHMS, DigestError, challenge_parts, matches, parse_authorization, response
+from .nonce import FORGED, STALE, NonceFactory
 from .subscribers import Subscribers
 
 
@@ -63,12 +63,21 @@ class Authenticator:
         # (source ip, username, realm) -> times of recent failures; -> until when refused.
         self._failures: dict[tuple[str, str, str], deque[float]] = {}
         self._locked: dict[tuple[str, str, str], float] = {}
+        # realm -> the text around the nonce of each WWW-Authenticate (fresh, stale=true).
+        self._fresh: dict[str, list[tuple[str, str]]] = {}
+        self._stale: dict[str, list[tuple[str, str]]] = {}
 
     def challenge(self, realm: str, *, stale: bool = False, failure: str | None = None,
                   user: str = "") -> Refusal:
         """401 with one WWW-Authenticate per algorithm, the preferred first (RFC 8760 §2.4)."""
+        written = self._stale if stale else self._fresh
+        parts = written.get(realm)
+        if parts is None:
+            if len(written) >= 1024:  # realms are To hosts: many distinct ones are a spray, stay bounded
+                written.clear()
+            parts = written[realm] = [challenge_parts(realm, alg, stale=stale) for alg in self.algorithms]
         nonce = self.nonces.make(realm)
-        headers = [("WWW-Authenticate", challenge(realm, nonce, alg, stale=stale)) for alg in self.algorithms]
+        headers = [("WWW-Authenticate", before + nonce + after) for before, after in parts]
         return Refusal(401, "Unauthorized", headers, failure, user)
 
     def check(self, request: Request, realm: str, source_ip: str) -> AuthOutcome:
@@ -87,29 +96,30 @@ class Authenticator:
         if creds.uri != (request.uri.raw or str(request.uri)):
             return AuthOutcome(refusal=Refusal(400, "Bad Request",
                                                [("P-Registrar-Error", "Digest uri differs from the Request-URI")]))
-        state = self.nonces.check(creds.nonce, realm)
+        nid = self.nonces.check(creds.nonce, realm)
         key = (source_ip, creds.username, realm)
-        if state is NonceState.FORGED:
+        if nid == FORGED:
             return AuthOutcome(refusal=self._failed(key))
-        if state is NonceState.STALE:
+        if nid == STALE:
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
         nc = _nc(creds.nc)
         if creds.qop != "auth" or nc is None or not creds.cnonce:
             return AuthOutcome(refusal=self._failed(key))
-        if not self.nonces.nc_fresh(creds.nonce, nc):
+        if not self.nonces.nc_fresh(nid, nc):
             return AuthOutcome(refusal=self.challenge(realm, stale=True))
-        left = self._locked.get(key, 0.0) - self.clock()
-        if left > 0:
-            return AuthOutcome(refusal=self._try_later(left, creds.username))
-        ha1 = self.subscribers.ha1(creds.username, realm, creds.algorithm)
-        if ha1 is None:
-            ha1 = self._dummy_ha1(creds.username, realm, creds.algorithm)
+        if self._locked:  # nobody locked out (the usual case): no clock read
+            left = self._locked.get(key, 0.0) - self.clock()
+            if left > 0:
+                return AuthOutcome(refusal=self._try_later(left, creds.username))
+        known = self.subscribers.ha1(creds.username, realm, creds.algorithm)
+        ha1 = known if known is not None else self._dummy_ha1(creds.username, realm, creds.algorithm)
         expected = response(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
                             request.method, creds.uri)
-        if not matches(expected, creds.response) or not self.subscribers.exists(creds.username, realm):
+        if not matches(expected, creds.response) or known is None:  # compared either way: the same work
             return AuthOutcome(refusal=self._failed(key))
-        self.nonces.accept_nc(creds.nonce, nc)
-        self._failures.pop(key, None)
+        self.nonces.accept_nc(nid, nc)
+        if self._failures:
+            self._failures.pop(key, None)
         return AuthOutcome(username=creds.username)
 
     def _dummy_ha1(self, username: str, realm: str, algorithm: str) -> str:

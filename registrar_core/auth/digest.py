@@ -76,17 +76,16 @@ def parse_authorization(value: str) -> Credentials | None:
     if scheme.lower() != "digest":
         return None
     params = _parse_params(rest)
-    missing = [k for k in ("username", "realm", "nonce", "uri", "response") if not params.get(k)]
-    if missing:
+    username, realm, nonce, uri, digest = (params.get("username"), params.get("realm"), params.get("nonce"),
+                                           params.get("uri"), params.get("response"))
+    if not (username and realm and nonce and uri and digest):
+        missing = [k for k in ("username", "realm", "nonce", "uri", "response") if not params.get(k)]
         raise DigestError(f"Digest credentials lack {', '.join(missing)}")
     algorithm = params.get("algorithm", "MD5").upper()
     if algorithm not in _HASHES:
         raise DigestError(f"unsupported algorithm {algorithm}")
-    return Credentials(
-        username=params["username"], realm=params["realm"], nonce=params["nonce"], uri=params["uri"],
-        response=params["response"], algorithm=algorithm, qop=params.get("qop"),
-        nc=params.get("nc"), cnonce=params.get("cnonce"), opaque=params.get("opaque"),
-    )
+    return Credentials(username, realm, nonce, uri, digest, algorithm, params.get("qop"), params.get("nc"),
+                       params.get("cnonce"), params.get("opaque"))
 
 
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
@@ -101,14 +100,12 @@ def _parse_params(text: str) -> dict[str, str]:
     params: dict[str, str] = {}
     i, n = 0, len(text)
     while True:
-        while i < n and text[i] in " \t,":
-            i += 1
-        if i >= n:
-            return params
         equals = text.find("=", i)
         if equals < 0:
-            raise DigestError("malformed Digest parameters")
-        name = text[i:equals].strip().lower()
+            if text[i:].strip(" \t,"):
+                raise DigestError("malformed Digest parameters")
+            return params
+        name = text[i:equals].lstrip(" \t,").strip().lower()  # the separators before it, in one call
         i = equals + 1
         while i < n and text[i] in " \t":
             i += 1
@@ -138,11 +135,7 @@ def _parse_params(text: str) -> dict[str, str]:
         params[name] = value
 
 
-def challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False, opaque: str | None = None) -> str:
-    """A WWW-Authenticate value offering qop=auth."""
-    parts = [f'Digest realm="{realm}"', f'nonce="{nonce}"', 'qop="auth"', f"algorithm={algorithm}"]
-    if opaque:
-        parts.append(f'opaque="{opaque}"')
-    if stale:
-        parts.append("stale=true")
-    return ", ".join(parts)
+def challenge_parts(realm: str, algorithm: str, *, stale: bool = False) -> tuple[str, str]:
+    """A WWW-Authenticate value offering qop=auth, as the text before and after its nonce:
+    written once per realm, a challenge is then two concatenations around a fresh nonce."""
+    return f'Digest realm="{realm}", nonce="', f'", qop="auth", algorithm={algorithm}' + (", stale=true" if stale else "")

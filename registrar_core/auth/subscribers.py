@@ -66,9 +66,6 @@ class Subscribers:
             return None
         return ha1s[("MD5", "SHA-256", "SHA-512-256").index(algorithm)]
 
-    def exists(self, username: str, domain: str) -> bool:
-        return (username, domain.lower()) in self._ha1
-
     def list(self) -> list[str]:
         return [f"{u}@{d}" for u, d in sorted(self._ha1, key=lambda k: (k[1], k[0]))]
 
