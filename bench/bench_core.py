@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import registrar_core  # noqa: E402
 from registrar_core.api import RegistrarCore  # noqa: E402
 from registrar_core.config import Listen, build_config  # noqa: E402
-from registrar_core.control import _events_line, wire_events  # noqa: E402
+from registrar_core.control import _events_line  # noqa: E402
 from registrar_core.server import GC_THRESHOLDS, install_fast_loop  # noqa: E402
 from registrar_core.source import Source  # noqa: E402
 from registrar_core.transport import Transports  # noqa: E402
@@ -126,13 +126,13 @@ async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0,
         gc.set_threshold(*GC_THRESHOLDS)
         gc.freeze()
     replies: list[object] = []
-    sub = core.subscribe() if console else None
+    sub = core.subscribe_compact() if console else None
     written = [0]
 
     def frame() -> None:
         """What control.py's pump does for a console each frame, but the write."""
         assert sub is not None
-        written[0] += len(_events_line(wire_events(sub.drain(), True)))
+        written[0] += len(_events_line(sub.records()))
     if watchers:
         core.sender = lambda local, conid, addr, data: True  # NOTIFYs go nowhere, unanswered
         core.reg_events.notify_timeout = 3600.0  # so none is dropped while this runs
