@@ -20,7 +20,12 @@ Each repetition registers (first) or refreshes (after) every AOR once; the first
 reported apart, the figure is the median of the rest. Run ``python bench/bench_core.py``
 (``--case`` for one); it writes ``bench/results/core.json``. For ``plain``: ``--gruu`` sends
 REGISTERs that ask for GRUUs (RFC 5627), ``--watchers N`` first subscribes N other AORs to the
-reg event (what the notifier costs a REGISTER of an AOR nobody watches while others are watched).
+reg event (what the notifier costs a REGISTER of an AOR nobody watches while others are watched),
+``--console`` keeps a console's compact subscription on the control socket's event stream, its
+frame (what control.py's pump writes) made every ``--frame`` REGISTERs (1,250: 25,000 REG/s at 20
+frames a second), inside the timed part; the write to the socket is left out. ``--output`` names
+the JSON file; ``--server-gc`` tunes the collector as ``Server.start`` does (as in ``serve``: compare
+a console's cost with and without ``--console`` under it).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import registrar_core  # noqa: E402
 from registrar_core.api import RegistrarCore  # noqa: E402
 from registrar_core.config import Listen, build_config  # noqa: E402
+from registrar_core.control import _events_line  # noqa: E402
 from registrar_core.server import GC_THRESHOLDS, install_fast_loop  # noqa: E402
 from registrar_core.source import Source  # noqa: E402
 from registrar_core.transport import Transports  # noqa: E402
@@ -102,10 +108,31 @@ def _count(replies: list, status: bytes) -> int:
     return sum(1 for r in replies if isinstance(r, tuple) and r[0].startswith(b"SIP/2.0 " + status + b" "))
 
 
-async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0) -> dict[str, list[float]]:
+def _framed(receive, batch: list[bytes], replies: list, frame, every: int) -> float:
+    """CPU seconds to feed ``batch`` through ``receive`` with ``frame()`` after every ``every``."""
+    start = time.process_time()
+    for first in range(0, len(batch), every):
+        for data in batch[first:first + every]:
+            receive(data, SOURCE, replies.append)
+        frame()
+    return time.process_time() - start
+
+
+async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0,
+                console: bool = False, every: int = 1_250, server_gc: bool = False) -> dict[str, list[float]]:
     core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": ":memory:"}), memory_only=True)
     await core.start()
+    if server_gc:
+        gc.set_threshold(*GC_THRESHOLDS)
+        gc.freeze()
     replies: list[object] = []
+    sub = core.subscribe_compact() if console else None
+    written = [0]
+
+    def frame() -> None:
+        """What control.py's pump does for a console each frame, but the write."""
+        assert sub is not None
+        written[0] += len(_events_line(sub.records()))
     if watchers:
         core.sender = lambda local, conid, addr, data: True  # NOTIFYs go nowhere, unanswered
         core.reg_events.notify_timeout = 3600.0  # so none is dropped while this runs
@@ -119,11 +146,15 @@ async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0) -
     try:
         for cseq in range(1, repeat + 1):
             batch = [register(n, cseq, gruu=gruu) for n in range(aors)]
-            per_register.append(_timed(core.pipeline.receive, batch, replies) / aors * 1e6)
+            seconds = (_framed(core.pipeline.receive, batch, replies, frame, every) if console
+                       else _timed(core.pipeline.receive, batch, replies))
+            per_register.append(seconds / aors * 1e6)
     finally:
         await core.stop()
     if _count(replies, b"200") != aors * repeat:
         raise SystemExit(f"plain: only {_count(replies, b'200')} of {aors * repeat} REGISTERs got 200")
+    if console and written[0] < aors * repeat * 50:  # every REGISTER's contact is on the wire, ~100 bytes
+        raise SystemExit(f"plain: the console's frames hold only {written[0]:,} bytes")
     return {"us_per_register": per_register}
 
 
@@ -234,6 +265,10 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=0,
                         help="plain: reg event subscriptions to other AORs meanwhile (the cost of the notifier "
                              "to a REGISTER of an AOR nobody watches)")
+    parser.add_argument("--console", action="store_true",
+                        help="plain: a console's compact event subscription, its frame made every --frame REGISTERs")
+    parser.add_argument("--frame", type=int, default=1_250, help="plain --console: REGISTERs per frame")
+    parser.add_argument("--server-gc", action="store_true", help="plain: the collector tuned as serve tunes it")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "core.json",
                         help="JSON output path (default bench/results/core.json)")
     parser.add_argument("--udp-client", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the udp case's load
@@ -251,7 +286,7 @@ def main() -> None:
             fast = install_fast_loop()
             results[case] = asyncio.run(udp(aors, repeat, args.window))
         else:
-            results[case] = asyncio.run(plain(aors, repeat, args.gruu, args.watchers) if case == "plain" else digest(aors, repeat))
+            results[case] = asyncio.run(plain(aors, repeat, args.gruu, args.watchers, args.console, args.frame, args.server_gc) if case == "plain" else digest(aors, repeat))
     print(f"build {registrar_core.build()}, {aors:,} AORs, CPU per REGISTER:")
     for case, figures in results.items():
         for name, times in figures.items():
@@ -262,6 +297,7 @@ def main() -> None:
                for name, times in figures.items()}
     out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "uvloop": fast, "gruu": args.gruu,
                                "watchers": args.watchers,
+                               "console": args.console, "frame": args.frame, "server_gc": args.server_gc,
                                "cases": results, "medians_us": medians}, indent=2) + "\n")
     print(f"wrote {out}")
 

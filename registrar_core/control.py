@@ -16,8 +16,8 @@ default: the name the audit trail gives the connection), after which the server 
 ``{"method": "events", "params": {"events": [...]}}`` notifications on that connection: what
 happened meanwhile, at most one notification every FRAME seconds (a busy registrar writes,
 and its reader parses, one line per frame, not one per event). ``compact`` is what a console
-asks for (see :func:`wire_events`): added and refreshed contacts with only the fields the AOR
-table shows, and at most TRAFFIC_PER_FRAME request.handled events per frame, the newest.
+asks for (events.CompactSubscription): added and refreshed contacts once per frame each, with only
+the fields the AOR table shows, and at most TRAFFIC_PER_FRAME request.handled events per frame, the newest.
 
 A reply that grows with the table (``dump`` without ``limit``) is never built whole: the
 server encodes and writes it in chunks of AORs, waiting for the reader and letting SIP
@@ -54,7 +54,7 @@ import orjson
 from .api import NotFound, RegistrarCore, normalise_aor
 from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
-from .events import CONTACT_ADDED, CONTACT_REFRESHED, EVENTS_LOST, REQUEST_HANDLED, Event
+from .events import EVENTS_LOST
 from .journal import HISTORY_LIMIT
 from .location import DEFAULT_TABLE, Contact, StorageError
 
@@ -75,36 +75,6 @@ WRITE_TIMEOUT = 60.0
 _CLOSED: dict[str, Any] = {"kind": "connection.closed"}  # marks the end of a client's event stream
 #: Seconds between two event notifications to one subscriber (a console redraws 4 times a second).
 FRAME = 0.05
-#: request.handled events a compact subscriber gets per frame, the newest (its traffic pane shows
-#: the last few thousand anyway); the others cost the registrar nothing to serialise.
-TRAFFIC_PER_FRAME = 250
-_UPDATED = (CONTACT_ADDED, CONTACT_REFRESHED)
-
-
-def wire_events(events: list[Event], compact: bool) -> list[dict[str, Any]]:
-    """The events as a subscriber gets them; ``compact`` (a console): an added or refreshed
-    contact carries only what the AOR table shows (aor, ruid, expires_at, modified, user_agent:
-    with the cut below, a third of the bytes and a quarter of the time to encode), and only the newest
-    TRAFFIC_PER_FRAME request.handled events are kept. Everything else as ``to_dict()``."""
-    if not compact:
-        return [e.to_dict() for e in events]
-    skip = sum(1 for e in events if e.kind == REQUEST_HANDLED) - TRAFFIC_PER_FRAME
-    out: list[dict[str, Any]] = []
-    for event in events:
-        kind = event.kind
-        if kind == REQUEST_HANDLED and skip > 0:
-            skip -= 1
-            continue
-        contact = event.data.get("contact") if kind in _UPDATED else None
-        if isinstance(contact, Contact):
-            out.append({"kind": kind, "table": event.data["table"], "aor": contact.aor, "ruid": contact.ruid,
-                        "contact": {"aor": contact.aor, "ruid": contact.ruid, "expires_at": contact.expires,
-                                    "modified": contact.modified, "user_agent": contact.user_agent}})
-        else:
-            out.append(event.to_dict())
-    return out
-
-
 class RpcError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -481,14 +451,13 @@ class ControlServer:
         return ({"jsonrpc": "2.0", "id": id_, "result": result} if "id" in request else None), None
 
     async def _pump(self, writer: asyncio.StreamWriter, compact: bool) -> None:
-        sub = self.core.subscribe()
+        sub = self.core.subscribe_compact() if compact else self.core.subscribe()
         try:
             while True:
                 await sub.wait()
-                events = sub.drain()
                 # One line for what queued meanwhile, then a frame's pause: under load, one
                 # write (and one parse at the other end) per frame, not one per event.
-                writer.write(_events_line(wire_events(events, compact)))
+                writer.write(_events_line(sub.records()))
                 await writer.drain()
                 await asyncio.sleep(FRAME)
         except (ConnectionError, asyncio.CancelledError):
@@ -724,8 +693,8 @@ class ControlClient:
         await self._writer.drain()
 
     async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
-        """Subscribe, then yield the events in batches as they arrive (``compact``: see
-        :func:`wire_events`); raises ConnectionError when the registrar goes away."""
+        """Subscribe, then yield the events in batches as they arrive (``compact``: as
+        events.CompactSubscription has them); raises ConnectionError when the registrar goes away."""
         await self.call("subscribe", actor=self.actor, **({"compact": True} if compact else {}))
         while True:
             batch = [await self._events.get()]
@@ -767,10 +736,10 @@ class LocalClient:
         return json.loads(json.dumps(result, default=str))
 
     async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
-        sub = self.core.subscribe(self.backlog)
+        sub = self.core.subscribe_compact(self.backlog) if compact else self.core.subscribe(self.backlog)
         try:
             while True:
                 await sub.wait()
-                yield wire_events(sub.drain(), compact)
+                yield sub.records()
         finally:
             sub.close()

@@ -7,7 +7,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .location.contact import Contact
 
 # Event kinds.
 CONTACT_ADDED = "contact.added"
@@ -23,6 +26,25 @@ EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale,
 CONTACT_REACHABILITY = "contact.reachability"  # qualify: state, rtt_ms, reason, previous, failures, target, flapping
 # An operator changed something (audit trail): actor (console, ctl, api), uid, pid, action, target, result.
 OPERATOR_ACTION = "operator.action"
+_GONE = (CONTACT_REMOVED, CONTACT_EXPIRED)
+
+#: request.handled events a compact subscriber (a console) gets per frame, the newest: its
+#: traffic pane shows the last few thousand anyway, and the others are never made.
+TRAFFIC_PER_FRAME = 250
+
+
+class Handled(Protocol):
+    """The request side of a request.handled event (the pipeline's note), read only when the
+    event is made: a console reads it for the few requests per frame it shows."""
+
+    @property
+    def aor(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def user_agent(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -42,41 +64,67 @@ class Event:
         return out
 
 
-class Subscription:
-    """A bounded queue of events. A reader that lets it fill loses what is queued and
-    gets one EVENTS_LOST event instead, telling it to reload its view.
-
-    A deque and one waiting future, not an asyncio.Queue: a put is made for every request
-    and every change while someone listens, and the Queue's bookkeeping cost four times as much."""
+class _Reader:
+    """What both kinds of subscription share: a bound, one waiting reader (a future, not an
+    asyncio.Queue: something is queued for every request and every change while someone
+    listens, and the Queue's bookkeeping cost four times as much) and the wire form."""
 
     def __init__(self, bus: EventBus, maxsize: int) -> None:
         self._bus = bus
         self.maxsize = maxsize
-        self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.dropped = 0
 
-    def put(self, event: Event) -> None:
-        events = self._events
-        if len(events) >= self.maxsize:
-            lost = len(events) + 1
-            self.dropped += lost
-            self._bus.dropped += lost
-            events.clear()
-            event = Event(EVENTS_LOST, {"dropped": self.dropped}, event.time)
-        events.append(event)
+    def _lost(self, queued: int, when: float) -> Event:
+        """The reader let ``queued`` things wait (and loses one more): the event that says so."""
+        self.dropped += queued + 1
+        self._bus.dropped += queued + 1
+        return Event(EVENTS_LOST, {"dropped": self.dropped}, when)
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
+    def pending(self) -> bool:
+        raise NotImplementedError
+
     async def wait(self) -> None:
-        """Until at least one event is queued (one reader per subscription); then :meth:`drain`
-        takes the batch (a reader that writes them out does one write per batch)."""
-        while not self._events:
+        """Until something is queued (one reader per subscription); then :meth:`records`
+        (or a Subscription's :meth:`~Subscription.drain`) takes the batch: a reader that
+        writes them out does one write per batch."""
+        while not self.pending():
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+
+    def records(self) -> list[dict[str, Any]]:
+        """What is queued now, as the wire carries it (JSON-ready dicts), without waiting."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class Subscription(_Reader):
+    """A bounded queue of events, every one as published. A reader that lets it fill loses
+    what is queued and gets one EVENTS_LOST event instead, telling it to reload its view."""
+
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
+        super().__init__(bus, maxsize)
+        self._events: deque[Event] = deque()
+
+    def put(self, event: Event) -> None:
+        events = self._events
+        if len(events) >= self.maxsize:
+            event = self._lost(len(events), event.time)
+            events.clear()
+        events.append(event)
+        self._wake()
+
+    def pending(self) -> bool:
+        return bool(self._events)
 
     async def get(self) -> Event:
         await self.wait()
@@ -88,32 +136,158 @@ class Subscription:
         self._events.clear()
         return out
 
-    def close(self) -> None:
-        self._bus.unsubscribe(self)
+    def records(self) -> list[dict[str, Any]]:
+        return [e.to_dict() for e in self.drain()]
+
+
+class CompactSubscription(_Reader):
+    """What a console reads, built when it reads (once a frame), not per request or change:
+
+    - of the requests handled, the newest TRAFFIC_PER_FRAME, kept as tuples (time, method,
+      note, status, reason) and made into request.handled records only then;
+    - an added or refreshed contact marks its (table, ruid): one record per contact per frame
+      (repeated refreshes coalesce), its latest state, with only what the AOR table shows
+      (aor, ruid, expires_at, modified, user_agent: a third of the bytes to encode);
+    - every other event (removals with their reason and whole contact, security, policy...)
+      as published, in order, merged with the requests by time. A removal takes back its
+      contact's mark: the console keeps the latest event per contact, and the removal is it.
+
+    The bound counts what waits besides the requests (marked contacts and other events): at
+    ``maxsize`` everything queued is dropped for one EVENTS_LOST, as a Subscription does."""
+
+    def __init__(self, bus: EventBus, maxsize: int, traffic: int = TRAFFIC_PER_FRAME) -> None:
+        super().__init__(bus, maxsize)
+        self._events: list[Event] = []
+        self._traffic: deque[tuple[float, str, Handled, int, str]] = deque(maxlen=traffic)
+        self._added: dict[tuple[str, str], Contact] = {}
+        self._refreshed: dict[tuple[str, str], Contact] = {}
+
+    def _queued(self) -> int:
+        return len(self._events) + len(self._added) + len(self._refreshed)
+
+    def _overflow(self, when: float) -> None:
+        lost = self._lost(self._queued() + len(self._traffic), when)
+        self._added.clear()
+        self._refreshed.clear()
+        self._traffic.clear()
+        self._events = [lost]
+
+    def put(self, event: Event) -> None:
+        if event.kind in _GONE:
+            key = (str(event.data.get("table", "")), str(event.data.get("ruid", "")))
+            self._added.pop(key, None)
+            self._refreshed.pop(key, None)
+        if self._queued() >= self.maxsize:
+            self._overflow(event.time)
+        else:
+            self._events.append(event)
+        self._wake()
+
+    def handled(self, request: tuple[float, str, Handled, int, str]) -> None:
+        self._traffic.append(request)
+        self._wake()
+
+    def changed(self, table: str, contact: Contact, is_new: bool) -> None:
+        key = (table, contact.ruid)
+        marks = self._added if is_new or key in self._added else self._refreshed  # added, then refreshed: added
+        if key not in marks and self._queued() >= self.maxsize:
+            self._overflow(self._bus.clock())
+        else:
+            marks[key] = contact
+        self._wake()
+
+    def pending(self) -> bool:
+        return bool(self._events or self._traffic or self._added or self._refreshed)
+
+    def records(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        traffic = self._traffic
+        for event in self._events:  # both in time order: merged
+            while traffic and traffic[0][0] <= event.time:
+                out.append(_handled_record(traffic.popleft()))
+            out.append(event.to_dict())
+        while traffic:
+            out.append(_handled_record(traffic.popleft()))
+        self._events = []
+        for key, contact in self._added.items():
+            out.append(_contact_record(CONTACT_ADDED, key[0], contact))
+        for key, contact in self._refreshed.items():
+            out.append(_contact_record(CONTACT_REFRESHED, key[0], contact))
+        self._added = {}
+        self._refreshed = {}
+        return out
+
+
+def _handled_record(request: tuple[float, str, Handled, int, str]) -> dict[str, Any]:
+    when, method, note, status, reason = request
+    return {"kind": REQUEST_HANDLED, "time": when, "method": method, "aor": note.aor, "source": note.source,
+            "status": status, "reason": reason, "user_agent": note.user_agent}
+
+
+def _contact_record(kind: str, table: str, contact: Contact) -> dict[str, Any]:
+    return {"kind": kind, "table": table, "aor": contact.aor, "ruid": contact.ruid,
+            "contact": {"aor": contact.aor, "ruid": contact.ruid, "expires_at": contact.expires,
+                        "modified": contact.modified, "user_agent": contact.user_agent}}
 
 
 class EventBus:
+    """Fans events out to subscribers: every event to a Subscription; to a CompactSubscription
+    (a console) the requests and contact changes as marks it turns into records per frame."""
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._subscribers: list[Subscription] = []
+        self._compact: list[CompactSubscription] = []
+        self.active = False  # anyone listening: the hot path tests this before it makes anything
         self.dropped = 0  # events every subscriber lost, closed ones included (metrics)
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         sub = Subscription(self, maxsize)
         self._subscribers.append(sub)
+        self.active = True
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
-        if sub in self._subscribers:
-            self._subscribers.remove(sub)
+    def subscribe_compact(self, maxsize: int = 10_000) -> CompactSubscription:
+        sub = CompactSubscription(self, maxsize)
+        self._compact.append(sub)
+        self.active = True
+        return sub
 
-    @property
-    def active(self) -> bool:
-        return bool(self._subscribers)
+    def unsubscribe(self, sub: _Reader) -> None:
+        if isinstance(sub, Subscription) and sub in self._subscribers:
+            self._subscribers.remove(sub)
+        elif isinstance(sub, CompactSubscription) and sub in self._compact:
+            self._compact.remove(sub)
+        self.active = bool(self._subscribers or self._compact)
 
     def publish(self, kind: str, **data: Any) -> None:
-        if not self._subscribers:
+        if not self.active:
             return
         event = Event(kind, data, self.clock())
         for sub in self._subscribers:
             sub.put(event)
+        for compact in self._compact:
+            compact.put(event)
+
+    def handled(self, method: str, note: Handled, status: int, reason: str) -> None:
+        """A request answered (request.handled); only while :attr:`active`."""
+        now = self.clock()
+        if self._subscribers:
+            event = Event(REQUEST_HANDLED, {"method": method, "aor": note.aor, "source": note.source,
+                                            "status": status, "reason": reason, "user_agent": note.user_agent}, now)
+            for sub in self._subscribers:
+                sub.put(event)
+        if self._compact:
+            request = (now, method, note, status, reason)
+            for compact in self._compact:
+                compact.handled(request)
+
+    def changed(self, table: str, contact: Contact, is_new: bool) -> None:
+        """A contact added or refreshed (contact.added, contact.refreshed); only while :attr:`active`."""
+        if self._subscribers:
+            event = Event(CONTACT_ADDED if is_new else CONTACT_REFRESHED,
+                          {"table": table, "aor": contact.aor, "ruid": contact.ruid, "contact": contact}, self.clock())
+            for sub in self._subscribers:
+                sub.put(event)
+        for compact in self._compact:
+            compact.changed(table, contact, is_new)

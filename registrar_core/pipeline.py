@@ -42,6 +42,7 @@ from .location import DEFAULT_TABLE
 from .registrar import Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
 from .sip import Request, Response, SipError, SipURI, parse_message
+from .sip.uri import URI
 from .source import Source
 from .stateless import salvage_reply
 from .stats import Stats
@@ -209,9 +210,9 @@ class Pipeline:
     def _dispatch(self, request: Request, source: Source, done: Callable[[Response], None]) -> None:
         method = request.method
         self.stats.requests[method] += 1
-        # What the request.handled event tells, taken now (a REGISTER's request is let go
-        # while its commit is on); nothing when nobody listens.
-        note = _Note.of(request, source) if self.events.active else None
+        # What the request.handled event tells, read when the event is made (a console makes
+        # it for the few requests a frame it shows); nothing when nobody listens.
+        note = _Note(request, source) if self.events.active else None
         handler = self._handlers.get(method, self._fallback)
         handler(request, source, functools.partial(self.answered, method, note, done))
 
@@ -266,25 +267,29 @@ class Pipeline:
             self.stats.count_register(response.status == 200, challenged, self.clock())
         self.stats.responses[str(response.status)] += 1
         if note is not None:
-            self.events.publish(ev.REQUEST_HANDLED, method=method, aor=note.aor, source=note.source,
-                                status=response.status, reason=response.reason, user_agent=note.user_agent)
+            self.events.handled(method, note, response.status, response.reason)
         done(response)
 
 
 @dataclass(slots=True, init=False)  # one per request while someone listens: not frozen (cheaper to make)
 class _Note:
-    """The request side of a request.handled event."""
+    """The request side of a request.handled event, taken when the request comes (its
+    parts, not the request: that is let go once answered) and made into strings only if the
+    event is made (a console makes it for the few requests a frame it shows)."""
 
-    aor: str
-    source: str
+    uri: URI
+    origin: Source
     user_agent: str
 
-    def __init__(self, aor: str, source: str, user_agent: str) -> None:
-        self.aor = aor  # written out: compiled (setup.py)
-        self.source = source
-        self.user_agent = user_agent
+    def __init__(self, request: Request, origin: Source) -> None:
+        self.uri = request.to.uri if request.method == "REGISTER" else request.uri  # written out: compiled
+        self.origin = origin
+        self.user_agent = request.headers.get("User-Agent") or ""
 
-    @classmethod
-    def of(cls, request: Request, source: Source) -> _Note:
-        uri = request.to.uri if request.method == "REGISTER" else request.uri
-        return cls(uri.aor, source.address, request.headers.get("User-Agent") or "")
+    @property
+    def aor(self) -> str:
+        return self.uri.aor
+
+    @property
+    def source(self) -> str:
+        return self.origin.address

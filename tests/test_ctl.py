@@ -324,21 +324,6 @@ async def test_a_console_gets_compact_events_in_one_line_per_frame(serve_process
     assert removed["contact"]["addr"].startswith("sip:desk@") and removed["reason"] == "admin"
 
 
-def test_compact_events_keep_the_newest_requests_of_a_frame():
-    """A frame with more requests than a console shows: the newest TRAFFIC_PER_FRAME are kept,
-    every contact change is kept, in order."""
-    from registrar_core.control import TRAFFIC_PER_FRAME, wire_events
-    from registrar_core.events import CONTACT_REMOVED, REQUEST_HANDLED, Event
-
-    events = [Event(REQUEST_HANDLED, {"aor": f"u{i}@x", "status": 200}, float(i)) for i in range(TRAFFIC_PER_FRAME + 50)]
-    events.insert(10, Event(CONTACT_REMOVED, {"aor": "gone@x", "ruid": "r1", "reason": "expired"}, 10.5))
-    compact = wire_events(events, compact=True)
-    requests = [e["aor"] for e in compact if e["kind"] == REQUEST_HANDLED]
-    assert requests == [f"u{i}@x" for i in range(50, TRAFFIC_PER_FRAME + 50)]
-    assert [e["aor"] for e in compact if e["kind"] == CONTACT_REMOVED] == ["gone@x"]
-    assert len(wire_events(events, compact=False)) == len(events)
-
-
 async def _rpc(path: Path, *lines: bytes, replies: int) -> list[dict]:
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:

@@ -341,18 +341,18 @@ class LocationService:
         watch = self.watch
         if watch is not None:
             watch(table, puts, removes)
-        publish = self.events.publish if self.events.active else None
+        events = self.events
+        listened = events.active
         for contact, reason in removes:
             self._drop(table, contact)
-            if publish:
+            if listened:
                 kind = ev.CONTACT_EXPIRED if reason == REMOVED_EXPIRED else ev.CONTACT_REMOVED
-                publish(kind, table=table, aor=contact.aor,
-                        ruid=contact.ruid, reason=reason, contact=contact)
+                events.publish(kind, table=table, aor=contact.aor,
+                               ruid=contact.ruid, reason=reason, contact=contact)
         for contact, is_new in puts:
             self._put(table, contact)
-            if publish:
-                publish(ev.CONTACT_ADDED if is_new else ev.CONTACT_REFRESHED, table=table,
-                        aor=contact.aor, ruid=contact.ruid, contact=contact)
+            if listened:
+                events.changed(table, contact, is_new)
 
     def _put(self, table: str, contact: Contact) -> None:
         aors = self._tables.get(table)
