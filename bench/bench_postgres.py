@@ -45,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -156,19 +155,6 @@ def rows_stored(cluster: PostgresCluster | None, target: str, dsn: str | None, w
 
 # -- one single-node run ------------------------------------------------------------------
 
-def group_commits(metrics_port: int) -> dict[str, float | None]:
-    """Mean requests per group commit and mean milliseconds until it was durable, from the
-    registrar's Prometheus endpoint: the time a REGISTER waits for its storage."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    values = dict(line.split(" ", 1) for line in text.splitlines()
-                  if line.startswith("sipconsole_group_commit_") and "_bucket" not in line)
-    count = float(values.get("sipconsole_group_commit_size_count", 0))
-    if not count:
-        return {"commit_rows_mean": None, "commit_ms_mean": None}
-    return {"commit_rows_mean": round(float(values["sipconsole_group_commit_size_sum"]) / count, 1),
-            "commit_ms_mean": round(float(values["sipconsole_group_commit_seconds_sum"]) / count * 1000, 2)}
-
-
 def make_target(name: str, dsn: str | None, children: int, metrics_port: int) -> c.Target:
     if name.startswith("sipconsole"):
         return c.Target(name, "sipconsole", "durable", dsn=dsn, options=("--metrics-listen", f"127.0.0.1:{metrics_port}"))
@@ -208,7 +194,7 @@ def one_run(name: str, rep: int, args: argparse.Namespace, cluster: PostgresClus
         run = c.run_sipp(port, SCENARIO, injection, rundir / "sipp", users=args.users, calls=args.registers,
                          core=sipp_core, sampler=sampler, timeout=900)
         if name.startswith("sipconsole"):
-            commits = group_commits(metrics_port)
+            commits = c.group_commits(metrics_port)
     finally:
         sampler.stop()
         db_sampler.stop()

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,6 +466,19 @@ def serve_help() -> str:
 
 def sipconsole_has_auth() -> bool:
     return "--auth" in serve_help()
+
+
+def group_commits(metrics_port: int) -> dict[str, float | None]:
+    """Mean requests per group commit and mean milliseconds until it was durable, from the
+    registrar's Prometheus endpoint: the time a REGISTER waits for its storage."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    values = dict(line.split(" ", 1) for line in text.splitlines()
+                  if line.startswith("sipconsole_group_commit_") and "_bucket" not in line)
+    count = float(values.get("sipconsole_group_commit_size_count", 0))
+    if not count:
+        return {"commit_rows_mean": None, "commit_ms_mean": None}
+    return {"commit_rows_mean": round(float(values["sipconsole_group_commit_size_sum"]) / count, 1),
+            "commit_ms_mean": round(float(values["sipconsole_group_commit_seconds_sum"]) / count * 1000, 2)}
 
 
 def sipconsole_lab_options(auth: bool) -> list[str]:
