@@ -31,7 +31,9 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import socket
 import statistics
 import sys
@@ -192,7 +194,11 @@ async def udp(aors: int, repeat: int, window: int) -> dict[str, list[float]]:
         transports = Transports(core.pipeline.receive, config.limits, config.tcp_idle_timeout)
         address = await transports.listen(Listen("udp", "127.0.0.1", 0))
         port = int(address.rsplit(":", 1)[1])
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) > 1:  # as bench_register.py: the load on the first CPU, the server on the second
+            os.sched_setaffinity(0, {cpus[1]})
         load = await asyncio.create_subprocess_exec(
+            *(["taskset", "-c", str(cpus[0])] if len(cpus) > 1 and shutil.which("taskset") else []),
             sys.executable, __file__, "--udp-client", str(port), "--aors", str(aors), "--repeat", str(repeat),
             "--window", str(window), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert load.stdin is not None and load.stdout is not None
@@ -234,6 +240,8 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=0,
                         help="plain: reg event subscriptions to other AORs meanwhile (the cost of the notifier "
                              "to a REGISTER of an AOR nobody watches)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "core.json",
+                        help="JSON output path (default bench/results/core.json)")
     parser.add_argument("--udp-client", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the udp case's load
     args = parser.parse_args()
     if args.udp_client:
@@ -254,14 +262,14 @@ def main() -> None:
     for case, figures in results.items():
         for name, times in figures.items():
             print("  " + summary(f"{case} {name}", times))
-    out = ROOT / "bench" / "results" / "core.json"
+    out = args.output
     out.parent.mkdir(parents=True, exist_ok=True)
     medians = {f"{case}.{name}": statistics.median(times[1:]) for case, figures in results.items()
                for name, times in figures.items()}
     out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "uvloop": fast, "gruu": args.gruu,
                                "watchers": args.watchers,
                                "cases": results, "medians_us": medians}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
