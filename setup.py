@@ -18,7 +18,7 @@ import sys
 
 from setuptools import setup
 
-# What every request passes through. Not here: the transports (asyncio protocol subclasses),
+# What every request passes through. Not here: the stream transports (asyncio protocol subclasses),
 # the event bus (busy only while a console is attached), the control socket, the console.
 HOT_PATH = [
     "registrar_core/sip/errors.py",
@@ -32,6 +32,7 @@ HOT_PATH = [
     "registrar_core/stats.py",
     "registrar_core/security.py",
     "registrar_core/stateless.py",
+    "registrar_core/udp.py",  # the UDP listener: every datagram in, every reply out
     "registrar_core/redirect.py",
     "registrar_core/auth/digest.py",
     "registrar_core/auth/nonce.py",

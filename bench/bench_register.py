@@ -569,7 +569,9 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
         c.write_injection(injection, 0, args.aors)
         target = c.Target("sipconsole", "sipconsole", "durable")
         scenario = c.SCENARIOS / "register.xml"
-    port = c.free_port()
+    port, metrics_port = c.free_port(), c.free_port()
+    # The group commits' mean size: how the load was batched, which moves the CPU per REGISTER.
+    target.options = ("--metrics-listen", f"127.0.0.1:{metrics_port}")
     spy: subprocess.Popen[bytes] | None = None
     out_prof = work / "cprofile.out"
     wrap = ["-m", "cProfile", "-o", str(out_prof)] if args.profile == "cprofile" else None
@@ -602,6 +604,7 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
                              timeout=args.profile_seconds + 120,
                              extra=["-auth_uri", c.DOMAIN] if target.auth else None)  # sipp adds "sip:"
             cpu_used = c.cpu_seconds([server.pid]) - cpu_before
+            commits = c.group_commits(metrics_port)
             if spy is not None:
                 try:
                     _, err = spy.communicate(timeout=60)
@@ -623,10 +626,12 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
         print(f"load: {rate and round(rate):,} REG/s ({transport.upper()}{', digest' if args.auth_only else ''}, "
               f"{args.users} users{attached}), {run.successful:,} answered, {run.failed} failed; "
               f"server CPU {cpu_used:.2f} s = {per_call:.1f} us per {'registration' if args.auth_only else 'REGISTER'}"
-              f" ({c.sipconsole_build()} build)")
+              f" ({c.sipconsole_build()} build); group commits: {commits['commit_rows_mean']} rows,"
+              f" {commits['commit_ms_mean']} ms")
         c.write_json("profile-cpu.json", {"transport": transport, "auth": args.auth_only, "rate": rate,
                                           "successful": run.successful, "failed": run.failed,
                                           "server_cpu_s": cpu_used, "server_cpu_us_per_call": per_call,
+                                          **commits,
                                           "build": c.sipconsole_build(), "commit": c.source_revision()})
         if args.profile == "cpu":
             return 0 if run.failed == 0 else 1

@@ -20,6 +20,7 @@ from .config import Config, Listen
 from .sip import KEEPALIVE, Limits, SipError, StreamFramer
 from .source import Source, format_address
 from .transactions import Reply
+from .udp import UdpListener
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,6 @@ MAX_IN_FLIGHT_PER_CONNECTION = 256
 # Messages of one connection handed to the core per event-loop turn: a client pipelining
 # thousands in one read cannot hold the loop (other clients, group commits wait meanwhile).
 MESSAGES_PER_TURN = 32
-# Datagrams being handled at once; more are dropped (UDP is lossy, senders retransmit):
-# a flood during a storage stall cannot pile up requests without bound.
-MAX_UDP_IN_FLIGHT = 5_000
 FD_RESERVE = 128  # descriptors kept for the database, the control socket, UDP, logs
 
 
@@ -56,44 +54,6 @@ def default_max_tcp_connections() -> int:
 
 def _local_name(proto: str, sockname: tuple) -> str:
     return format_address(proto, sockname[0], sockname[1])
-
-
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, receive: Receiver) -> None:
-        self.receive = receive
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local = ""
-        self.dropped = 0
-        self.in_flight = 0  # datagrams handed to the core and not answered yet
-        self._drop_logged = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.local = _local_name("udp", transport.get_extra_info("sockname"))
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if self.in_flight >= MAX_UDP_IN_FLIGHT:
-            self.dropped += 1
-            now = time.monotonic()
-            if now - self._drop_logged >= 10.0:
-                self._drop_logged = now
-                log.warning("%d datagrams in progress: dropping new ones (%d so far)",
-                            self.in_flight, self.dropped)
-            return
-        self.in_flight += 1
-        self.receive(data, Source("udp", addr[0], addr[1], self.local), self._respond)
-
-    def _respond(self, reply: Reply | None) -> None:
-        self.in_flight -= 1
-        if reply is not None and self.transport is not None:
-            payload, addr = reply
-            try:
-                self.transport.sendto(payload, addr)
-            except OSError as exc:
-                log.warning("cannot send to %s:%s: %s", addr[0], addr[1], exc)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)
 
 
 # Transports whose contacts are bound to their connection (RFC 5626 flows, RFC 7118): what
@@ -359,8 +319,7 @@ class Transports:
         self._refusal_logged = 0.0
         self.per_ip: Counter[str] = Counter()
         self.addresses: list[str] = []
-        self._udp: list[asyncio.DatagramTransport] = []
-        self._udp_by_name: dict[str, UdpProtocol] = {}
+        self._udp_by_name: dict[str, UdpListener] = {}
         self._tcp: list[asyncio.base_events.Server] = []
         self._tls_acceptors: list[Any] = []  # tls.TlsAcceptor, loaded with the first tls:/wss: listener
         self.handshaking: Counter[str] = Counter()  # TLS handshakes under way, per source IP
@@ -372,12 +331,12 @@ class Transports:
         family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
         try:
             if spec.proto == "udp":
-                transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.receive), sock=_bound_udp_socket(spec.host, spec.port, family))
-                self._udp.append(transport)
-                address = protocol.local
-                self._udp_by_name[address] = protocol
-                _grow_receive_buffer(transport.get_extra_info("socket"))
+                sock = _bound_udp_socket(spec.host, spec.port, family)
+                _grow_receive_buffer(sock)
+                address = _local_name("udp", sock.getsockname())
+                listener = UdpListener(sock, address, self.receive)
+                listener.start(loop)
+                self._udp_by_name[address] = listener
             elif spec.proto in ("tls", "wss"):
                 from .tls import TlsAcceptor, listening_socket
 
@@ -463,18 +422,12 @@ class Transports:
                 return False
             conn.write_messages([data])
             return True
-        protocol = self._udp_by_name.get(local)
-        if protocol is None or protocol.transport is None:
-            return False
-        try:
-            protocol.transport.sendto(data, addr)
-        except OSError:
-            return False
-        return True
+        listener = self._udp_by_name.get(local)
+        return listener is not None and listener.sendto(data, addr)
 
     async def close(self) -> None:
-        for transport in self._udp:
-            transport.close()
+        for listener in self._udp_by_name.values():
+            listener.close()
         for server in self._tcp:
             server.close()
         for acceptor in self._tls_acceptors:
@@ -484,6 +437,5 @@ class Transports:
             conn.close()
         for server in self._tcp:
             await server.wait_closed()
-        self._udp.clear()
         self._udp_by_name.clear()
         self._tcp.clear()

@@ -381,10 +381,8 @@ async def test_udp_flood_while_commits_are_stalled_stays_bounded(server, monkeyp
     its commit. A flood meanwhile must not pile up requests without bound: past
     MAX_UDP_IN_FLIGHT datagrams in progress (lowered to 300 here) new ones are dropped, as
     UDP allows (senders retransmit). When the lock goes, the registrar serves again."""
-    import registrar_core.transport as transport
-
-    monkeypatch.setattr(transport, "MAX_UDP_IN_FLIGHT", 300)
     udp = next(p for p in server.transports._udp_by_name.values())
+    monkeypatch.setattr(udp, "max_in_flight", 300)
     phone = await UdpPhone(server_address(server)).open()
     holder = LockHolder(Path(server.config.db))
     peak = 0
