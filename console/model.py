@@ -59,6 +59,10 @@ class AorRow:
         return len(self.bindings)
 
     def summarise(self) -> None:
+        if len(self.bindings) == 1:  # most AORs: no min/max over one binding
+            (only,) = self.bindings.values()
+            self.soonest, self.newest, self.agent = only.expires_at, only.modified, only.user_agent
+            return
         bindings = self.bindings.values()
         self.soonest = min(b.expires_at for b in bindings)
         latest = max(bindings, key=lambda b: b.modified)
@@ -212,11 +216,14 @@ class Registry:
         old = row.bindings.get(ruid)
         if old is not None and old.modified > contact["modified"]:
             return False  # an event older than what the dump already showed
+        expires_at, modified, agent = contact["expires_at"] + 0.0, contact["modified"] + 0.0, contact["user_agent"]
         if old is None:
             self.contacts += 1
-            ruid = own(ruid)
-        row.bindings[ruid] = Binding(contact["expires_at"] + 0.0, contact["modified"] + 0.0,
-                                     sys.intern(contact["user_agent"]))
+            row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
+        else:  # a refresh, the usual event: the binding changes in place
+            old.expires_at, old.modified = expires_at, modified
+            if agent != old.user_agent:
+                old.user_agent = sys.intern(agent)
         return True
 
     def _drop(self, aor: str, ruid: str) -> bool:
