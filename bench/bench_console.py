@@ -18,14 +18,16 @@ attach``, and ``sipconsole`` (the registrar, with its console in a child process
 
     python bench/bench_console.py            # 100,000 contacts, 1,000 REG/s, 10-s throughput runs
     python bench/bench_console.py --quick    # 20,000 contacts, 5-s runs
+    python bench/bench_console.py --repeat 0 # only the load and the keys (no throughput runs)
 
-Prints a table and writes bench/results/console.json.
+Prints a table and writes bench/results/console.json (``--output``: elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -71,9 +73,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=1000, help="paced REGISTERs/s during the key presses (default 1,000)")
     p.add_argument("--seconds", type=int, help="length of each throughput run (default 10)")
     p.add_argument("--presses", type=int, default=25, help="presses of each key (default 25)")
-    p.add_argument("--repeat", type=int, default=2, help="throughput runs of each kind (default 2)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="throughput runs of each kind (default 2; 0: only the console's load and keys)")
     p.add_argument("--kinds", default="none,attached,embedded",
                    help="throughput runs: none, attached, embedded (default all three)")
+    p.add_argument("--output", type=Path, default=c.RESULTS / "console.json", help="JSON output path")
     args = p.parse_args()
     args.kinds = args.kinds.split(",")
     if not set(args.kinds) <= {"none", "attached", "embedded"} or "none" not in args.kinds:
@@ -300,7 +304,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> str:
-    runs = r["throughput"]
+    runs = {kind: rs for kind, rs in r["throughput"].items() if rs}
     mean = {kind: sum(x["reg_per_s"] for x in rs) / len(rs) for kind, rs in runs.items()}
 
     def cpu(kind: str, name: str) -> str:
@@ -313,7 +317,7 @@ def report(r: dict[str, Any]) -> str:
                         ("embedded", "sipconsole (console in a child process)")):
         if kind not in runs:
             continue
-        rows.append([label, f"{mean[kind]:,.0f}", f"{mean[kind] / max(1.0, mean['none']):.0%}",
+        rows.append([label, f"{mean[kind]:,.0f}", f"{mean[kind] / max(1.0, mean.get('none', 0.0)):.0%}",
                      ", ".join(f"{x['reg_per_s']:,}" for x in runs[kind]), cpu(kind, "registrar"), cpu(kind, "console")])
     rss = {kind: rs[-1]["rss_mib"] for kind, rs in runs.items()}
     lines = [
@@ -344,7 +348,9 @@ def main() -> None:
     result = asyncio.run(bench(args))
     print()
     print(report(result))
-    print(f"\nwrote {c.write_json('console.json', result)}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
 
 
 if __name__ == "__main__":

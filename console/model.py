@@ -3,7 +3,9 @@
 It keeps only what the AOR table shows (per contact: expiry, last change, user
 agent), so 100,000 contacts cost a few tens of megabytes; the contacts pane asks
 the core for the full records of the one AOR it shows. Sorting and filtering are
-incremental: an event moves one key in a sorted list instead of re-sorting it.
+incremental: an event moves one key in a sorted list instead of re-sorting it, and the
+order of a column shown before is kept, so choosing it again moves only the AORs changed
+meanwhile (about 10 MB per column kept at 100,000 AORs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from registrar_core import events as ev
+
+from . import memory
 
 TABLE = "location"
 ADDED = (ev.CONTACT_ADDED, ev.CONTACT_REFRESHED)
@@ -55,6 +59,10 @@ class AorRow:
         return len(self.bindings)
 
     def summarise(self) -> None:
+        if len(self.bindings) == 1:  # most AORs: no min/max over one binding
+            (only,) = self.bindings.values()
+            self.soonest, self.newest, self.agent = only.expires_at, only.modified, only.user_agent
+            return
         bindings = self.bindings.values()
         self.soonest = min(b.expires_at for b in bindings)
         latest = max(bindings, key=lambda b: b.modified)
@@ -121,6 +129,9 @@ class Registry:
         self.filter = ""
         self._all = SortedAors([])
         self._view = self._all
+        # The orders of the other columns shown before, each with the AORs changed since (the
+        # next time its column is chosen, only those move): switching back costs no full sort.
+        self._kept: dict[str, tuple[SortedAors, set[str]]] = {}
 
     # -- loading and events ------------------------------------------------------------
     def load(self, dump: dict[str, Any], policy: dict[str, Any]) -> None:
@@ -143,6 +154,7 @@ class Registry:
             row.summarise()
         self.set_policy(policy)
         if index:
+            self._kept.clear()
             self._rebuild()
 
     def adopt(self, other: Registry) -> None:
@@ -150,6 +162,7 @@ class Registry:
         self.rows, self.contacts = other.rows, other.contacts
         self.single_contact, self.overrides, self.caller_check = (
             other.single_contact, other.overrides, other.caller_check)
+        self._kept.clear()
         self._rebuild()
 
     def set_policy(self, policy: dict[str, Any]) -> None:
@@ -203,11 +216,14 @@ class Registry:
         old = row.bindings.get(ruid)
         if old is not None and old.modified > contact["modified"]:
             return False  # an event older than what the dump already showed
+        expires_at, modified, agent = contact["expires_at"] + 0.0, contact["modified"] + 0.0, contact["user_agent"]
         if old is None:
             self.contacts += 1
-            ruid = own(ruid)
-        row.bindings[ruid] = Binding(contact["expires_at"] + 0.0, contact["modified"] + 0.0,
-                                     sys.intern(contact["user_agent"]))
+            row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
+        else:  # a refresh, the usual event: the binding changes in place
+            old.expires_at, old.modified = expires_at, modified
+            if agent != old.user_agent:
+                old.user_agent = sys.intern(agent)
         return True
 
     def _drop(self, aor: str, ruid: str) -> bool:
@@ -241,9 +257,19 @@ class Registry:
         if (sort, reverse) == (self.sort, self.reverse):
             return
         changed = sort != self.sort
-        self.sort, self.reverse = sort, reverse
         if changed:
+            self._kept[self.sort] = (self._all, set())
+        self.sort, self.reverse = sort, reverse
+        if not changed:
+            return
+        kept = self._kept.pop(sort, None)
+        if kept is None or self._too_many(kept[1]):
             self._rebuild()
+            return
+        self._all, stale = kept
+        self._view = self._all  # the filter is applied once, below
+        self._move(stale, filtered=False)
+        self._view = self._filtered(self._all)
 
     def set_filter(self, text: str) -> None:
         """Show only AORs containing ``text`` (case-insensitive); empty shows all."""
@@ -280,16 +306,30 @@ class Registry:
         return SortedAors([k for k in source.keys if self.filter in k[-1].lower()])
 
     def _rebuild(self) -> None:
-        key = SORTS[self.sort]
-        self._all = SortedAors(sorted(key(r) for r in self.rows.values()))
-        self._view = self._filtered(self._all)
+        # The new keys are a table's worth of young objects: left on, the collector would scan
+        # them (and every other tracked object) several times over; none of them forms a cycle.
+        with memory.collector_paused():
+            key = SORTS[self.sort]
+            self._all = SortedAors(sorted(key(r) for r in self.rows.values()))
+            self._view = self._filtered(self._all)
+
+    def _too_many(self, dirty: set[str]) -> bool:
+        """Whether sorting everything again is quicker than moving each of ``dirty``."""
+        return len(dirty) > max(64, len(self.rows) // 4)
 
     def _reindex(self, dirty: set[str]) -> None:
-        if len(dirty) > max(64, len(self.rows) // 4):
+        for name, (_, stale) in list(self._kept.items()):
+            stale |= dirty
+            if self._too_many(stale):
+                del self._kept[name]  # sorted again when shown: no point keeping it up
+        if self._too_many(dirty):
             self._rebuild()
-            return
+        else:
+            self._move(dirty, filtered=self._view is not self._all)
+
+    def _move(self, dirty: set[str], *, filtered: bool) -> None:
+        """Put each AOR of ``dirty`` where its row's key now belongs (or out, gone)."""
         key = SORTS[self.sort]
-        filtered = self._view is not self._all
         for aor in dirty:
             row = self.rows.get(aor)
             if row is None:

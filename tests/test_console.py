@@ -333,6 +333,60 @@ async def test_sort_keys_and_header_clicks(server):
         p.close()
 
 
+async def test_the_aor_table_redraws_only_when_what_it_shows_changes(server):
+    """An event for a row off screen leaves the AOR table as drawn (most events, at 100k AORs);
+    one for a row on screen, or rows coming and going, redraws it."""
+    names = [next_aor(f"redraw{i:02d}-") for i in range(40)]
+    (phone,) = await phones(server, 1)
+    for aor in names:
+        await phone.register(aor)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: len(main.registry) == 40)
+        table = main.aors
+        redraws: list[int | None] = []
+        plain = table.rows_changed
+        table.rows_changed = lambda cursor=None, **kw: (redraws.append(cursor), plain(cursor, **kw))[1]
+        assert names[-1] not in table.shown() and names[1] in table.shown()
+        await phone.register(names[-1], contacts=["<sip:second@127.0.0.1:5099>"])
+        await until(pilot, lambda: main.registry.rows[names[-1]].count == 2)
+        assert redraws == []
+        await phone.register(names[1], contacts=["<sip:second@127.0.0.1:5099>"])
+        await until(pilot, lambda: main.registry.rows[names[1]].count == 2)
+        assert len(redraws) == 1
+        await phone.register(names[0], contacts=["*"], expires=0)
+        await until(pilot, lambda: names[0] not in main.registry.rows)
+        assert len(redraws) == 2 and table.shown()[0] == names[1]
+    phone.close()
+
+
+async def test_the_key_bar_is_composed_again_only_when_its_keys_change(server):
+    """Moving the cursor refreshes the bindings; the key bar stays as it is unless a key, its
+    label or its state changed (composing it again is most of what a cursor key costs)."""
+    (phone,) = await phones(server, 1)
+    for aor in (next_aor("keybar"), next_aor("keybar")):
+        await phone.register(aor)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await until(pilot, lambda: len(main.registry) >= 2)
+        bar = main.query_one(KeyBar)
+        composed: list[str] = []
+        plain = bar.recompose
+
+        async def counted() -> None:
+            composed.append(footer_label(main, "pause") or "")
+            await plain()
+
+        bar.recompose = counted
+        await pilot.press("down", "up", "down")
+        await pilot.pause(0.2)
+        assert composed == []
+        await pilot.press("p")
+        await until(pilot, lambda: footer_label(main, "pause") == "Resume")
+        assert len(composed) == 1
+    phone.close()
+
+
 async def test_read_only_blocks_every_destructive_key(server):
     aor = next_aor("grace")
     (phone,) = await phones(server, 1)

@@ -225,3 +225,26 @@ def test_collector_pauses_nest():
     assert not gc.isenabled()  # the first block still runs
     first.__exit__(None, None, None)
     assert gc.isenabled()
+
+
+def test_a_column_shown_again_catches_up_with_the_changes_made_meanwhile():
+    rng = random.Random(5)
+    registry = Registry()
+    registry.load({"aors": [{"aor": f"u{i}@x", "contacts": [contact(f"u{i}@x", f"r{i}", i, 1000 + i)]}
+                            for i in range(300)]}, POLICY)
+    live = {f"r{i}": f"u{i}@x" for i in range(300)}
+    for step in range(400):
+        registry.set_sort(rng.choice(sorted(SORTS)), reverse=rng.random() < 0.5)
+        if step % 50 == 0:
+            registry.set_filter(rng.choice(["", "1", "u2"]))
+        for _ in range(rng.randrange(1, 8)):
+            ruid = rng.choice(sorted(live))
+            if rng.random() < 0.2:
+                registry.apply([event("contact.removed", contact(live.pop(ruid), ruid, 0, 0), reason="x")])
+            else:
+                aor = live.setdefault(f"n{step}", f"u{rng.randrange(400)}@x") if rng.random() < 0.1 else live[ruid]
+                ruid = next(r for r, a in live.items() if a == aor)
+                registry.apply([event("contact.refreshed",
+                                      contact(aor, ruid, 1000 + step, 2000 + rng.randrange(500), rng.choice("aBc")))])
+        assert view(registry) == expected(registry)
+    assert len(registry._kept) > 1  # the test went through kept orders, not only rebuilds

@@ -113,9 +113,9 @@ class MainScreen(Screen[None]):
         self.status.set_flags(mode=self.mode, read_only=self.read_only)
         self.notice.display = False
         self._hide_filter()
-        self.contacts.border_title = "Contacts"
-        self.aors.border_title = "AORs · loading the location table…"
-        self.traffic.border_title = self.traffic._title()
+        self.contacts.set_title("Contacts")
+        self.aors.set_title("AORs · loading the location table…")
+        self.traffic.set_title(self.traffic._title())
         self.aors.focus()
         self.read_events()  # subscribes before the first page, so no change falls in between
         self.load()
@@ -272,11 +272,11 @@ class MainScreen(Screen[None]):
             changes, traffic = self.buffer.take()
         with self.app.batch_update():
             if changes:
-                keep = self.aors.cursor_aor
-                self.registry.apply(changes)
+                keep, shown = self.aors.cursor_aor, self.aors.shown()
+                dirty = self.registry.apply(changes)
                 if self.contacts.apply(changes):  # compact events: the pane's AOR asks for the rest
                     self.load_contacts(self.contacts.aor)
-                self._registry_changed(keep)
+                self._registry_changed(keep, changed=dirty, shown=shown)
             if traffic:
                 self.traffic.append(traffic)
                 self._security_news(traffic)
@@ -310,24 +310,25 @@ class MainScreen(Screen[None]):
         self.aors.refresh()
         self.contacts.refresh()
 
-    def _registry_changed(self, keep: str | None, fallback: int | None = None) -> None:
-        self.aors.follow(keep, fallback)
+    def _registry_changed(self, keep: str | None, fallback: int | None = None, *,
+                          changed: set[str] | None = None, shown: list[str] | None = None) -> None:
+        self.aors.follow(keep, fallback, changed=changed, shown=shown)
         r = self.registry
-        shown = f"{len(r):,} of {len(r.rows):,} matching “{escape(r.filter)}”" if r.filter else f"{len(r):,}"
+        rows = f"{len(r):,} of {len(r.rows):,} matching “{escape(r.filter)}”" if r.filter else f"{len(r):,}"
         order = "▼" if r.reverse else "▲"
-        self.aors.border_title = f"AORs · {shown} · {r.contacts:,} contacts · by {SORT_LABELS[r.sort]} {order}"
+        self.aors.set_title(f"AORs · {rows} · {r.contacts:,} contacts · by {SORT_LABELS[r.sort]} {order}")
         self._contacts_title()
         self._show_policy()
 
     def _contacts_title(self) -> None:
         aor = self.contacts.aor
         if aor is None:
-            self.contacts.border_title = "Contacts"
+            self.contacts.set_title("Contacts")
             return
         source = "AOR override" if aor in self.registry.overrides else "global"
         single = "on" if self.registry.single_contact_for(aor) else "off"
-        self.contacts.border_title = (f"Contacts of {escape(aor)} · {len(self.contacts.contacts)}"
-                                      f" · single-contact {single} ({source})")
+        self.contacts.set_title(f"Contacts of {escape(aor)} · {len(self.contacts.contacts)}"
+                                f" · single-contact {single} ({source})")
 
     def _show_policy(self) -> None:
         r = self.registry

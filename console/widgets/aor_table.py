@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 
 from ..format import countdown, duration
 from ..model import Registry
@@ -60,8 +60,23 @@ class AorTable(VirtualTable):
             return ("single" if override else "multi", "accent")
         return ("single", "dim") if self.registry.single_contact else ""
 
-    def follow(self, aor: str | None, fallback: int | None = None) -> None:
+    def shown(self) -> list[str]:
+        """The AORs on screen, top to bottom."""
+        return [self.registry.aor_at(i) for i in self.window()]
+
+    def follow(self, aor: str | None, fallback: int | None = None, *, changed: Set[str] | None = None,
+               shown: list[str] | None = None) -> None:
         """Redraw after the registry changed, keeping the cursor on ``aor`` if it is still shown
-        (else on row ``fallback``, or on the same row number when that is None)."""
+        (else on row ``fallback``, or on the same row number when that is None).
+
+        With ``changed`` (the AORs whose rows changed) and ``shown`` (what was on screen before):
+        no redraw when the same AORs are on screen, none of them changed and the row count is
+        the same. Most events are for rows far off screen; the countdowns move at the next tick.
+        """
         index = None if aor is None else self.registry.position(aor)
-        self.rows_changed(fallback if index is None else index, keep_screen_row=True)
+        cursor = fallback if index is None else index
+        if (changed is not None and shown is not None and cursor in (None, self.cursor)
+                and len(self.registry) + 1 == self.virtual_size.height
+                and changed.isdisjoint(shown) and shown == self.shown()):
+            return
+        self.rows_changed(cursor, keep_screen_row=True)

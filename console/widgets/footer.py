@@ -7,8 +7,11 @@ columns the keys an operator needs most were the first to go.
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.app import ComposeResult
 from textual.containers import HorizontalGroup
+from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
@@ -30,6 +33,25 @@ class KeyBar(Footer):
         background: $footer-background;
     }
     """
+
+    _shown: tuple[Any, ...] | None = None  # what the keys show, as last composed (see bindings_changed)
+
+    def bindings_changed(self, screen: Screen[Any]) -> None:
+        """Recompose only when a key shown, its label or its state changed. Textual recomposes on
+        every ``refresh_bindings()``, which the cursor calls on each move: a new set of keys to
+        mount, style and lay out, the most of what a cursor key cost."""
+        if screen.app.app_focus and self.is_attached and screen is self.screen:
+            shown = self._keys_shown(screen)
+            if shown == self._shown and self._bindings_ready:
+                return
+            self._shown = shown
+        super().bindings_changed(screen)
+
+    def _keys_shown(self, screen: Screen[Any]) -> tuple[Any, ...]:
+        label = getattr(screen, "footer_label", lambda _: None)
+        return self.show_command_palette, tuple(
+            (b.key, b.action, b.description, b.group, enabled, tooltip, label(b.action))
+            for _, b, enabled, tooltip in screen.active_bindings.values() if b.show)
 
     def on_resize(self) -> None:
         self.compact = self.size.width < COMPACT_BELOW  # tighter spacing: more keys whole at 80 columns

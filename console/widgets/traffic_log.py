@@ -174,7 +174,7 @@ class TrafficLog(VirtualTable):
             # Stay on the same requests while the oldest fall off the front.
             self.scroll_to(y=max(0, self.scroll_y - dropped), animate=False, force=True)
             self.rows_changed()
-        self.border_title = self._title()
+        self.set_title(self._title())
 
     def _title(self) -> str:
         follow = "following" if self.follow else "scrolled back (End follows)"
@@ -221,4 +221,4 @@ class TrafficLog(VirtualTable):
     def _stop_following(self) -> None:
         if self.follow:
             self.follow = False
-            self.border_title = self._title()
+            self.set_title(self._title())

@@ -137,6 +137,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self._widths: list[int] = [max(c.least, c.width) for c in self.columns]
         self._styles: dict[str, Style] = {}
         self._last_key: object = None
+        self._shown_title: str | None = None
 
     # -- what subclasses provide ---------------------------------------------------------
     def row_count(self) -> int:
@@ -158,6 +159,18 @@ class VirtualTable(ScrollView, can_focus=True):
         return self.cursor if self.row_count() else None
 
     # -- updating ---------------------------------------------------------------------
+    def set_title(self, title: str) -> None:
+        """The border title, set only when it changes: Textual parses and redraws the whole
+        table on every assignment, and the live panes set theirs at each update."""
+        if title != self._shown_title:
+            self._shown_title = title
+            self.border_title = title
+
+    def window(self) -> range:
+        """The indices of the rows on screen."""
+        top = int(self.scroll_y)
+        return range(top, min(self.row_count(), top + self._page_size()))
+
     def rows_changed(self, cursor: int | None = None, *, keep_screen_row: bool = False) -> None:
         """The row source changed: resize, optionally move the cursor, and redraw.
 
