@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "garbage collections: " + ("; ".join(f"generation {g}: {len(v)}, pause {quantiles(v)} ms"
                                              for g, v in sorted(collections.items())) or "none"),
     ]
-    if record["served"]:
+    if args.transport == "udp" and record["served"]:  # (over TCP only the start's UDP probe would be there)
         served = record["served"]
         summary["served_p50_ms"], summary["served_p99_ms"] = c.percentile(served, 50), c.percentile(served, 99)
         lines.append(f"each datagram from its arrival in the registrar to its reply, ms: {quantiles(served)} "
