@@ -1,0 +1,231 @@
+"""Where an open-loop REGISTER's latency goes: ``sipconsole serve`` probed under sipp ``-r``.
+
+The registrar runs with a probe loaded before it (this file with ``--probe``, wrapped around
+``python -m sipconsole serve``): a 1 ms ticker on the event loop (its lateness: stalls),
+``gc.callbacks`` (every collection's pause), every store write timed in three legs (to the
+SQLite thread, in it, back to the loop) with the bytes the writer's thread wrote (a commit that
+also copied a WAL checkpoint writes megabytes), and, over UDP, each datagram's time from
+``datagram_received`` to its reply. The probe costs a few microseconds per request: compare
+its runs with each other, not with ``bench_register.py``'s. Beside sipp's p50/p99 it prints
+what of the tail each part explains (bench/README.md, "The open-loop tail").
+
+    python bench/bench_tail.py --rate 19000                 # UDP, 10 s
+    python bench/bench_tail.py --rate 25000 --transport tcp --nice -10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+
+PROBE_ENV = "BENCH_TAIL_OUT"  # where the probe writes its JSON when the registrar exits
+
+
+def probe(argv: list[str]) -> None:
+    """Run ``-m sipconsole serve ...`` with the probes in place; their records go to
+    $BENCH_TAIL_OUT at exit."""
+    import asyncio
+    import atexit
+    import gc
+    import runpy
+
+    import aiosqlite.core
+
+    from registrar_core import server, transport
+
+    clock = time.perf_counter
+    record: dict[str, Any] = {"gc": [], "lateness_ms": {}, "writes": [], "served": []}
+
+    def wchar() -> int:
+        with open("/proc/thread-self/io") as f:
+            for line in f:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+        return 0
+
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = clock()
+        else:
+            record["gc"].append((info["generation"], clock() - gc_start[0]))
+
+    gc.callbacks.append(on_gc)
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        lateness: dict[int, int] = record["lateness_ms"]
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.001)
+            late = int((loop.time() - t - 0.001) * 1000)
+            lateness[late] = lateness.get(late, 0) + 1
+
+    start = server.Server.start
+
+    async def started(self: server.Server) -> None:
+        await start(self)
+        record["_ticker"] = asyncio.get_running_loop().create_task(ticker())
+
+    server.Server.start = started  # type: ignore[method-assign]
+    execute = aiosqlite.core.Connection._execute
+
+    async def timed_execute(self: aiosqlite.core.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # The group commit's upserts only (the probe's subject): the legs and what the thread wrote.
+        if not (args and isinstance(args[0], str) and args[0].startswith("INSERT INTO contacts")):
+            return await execute(self, fn, *args, **kwargs)
+        legs = [clock(), 0.0, 0.0, 0]
+
+        def run(*a: Any, **k: Any) -> Any:
+            legs[1] = clock()
+            written = wchar()
+            try:
+                return fn(*a, **k)
+            finally:
+                legs[2], legs[3] = clock(), wchar() - written
+
+        try:
+            return await execute(self, run, *args, **kwargs)
+        finally:
+            now = clock()
+            record["writes"].append((legs[1] - legs[0], legs[2] - legs[1], now - legs[2], legs[3], now - legs[0]))
+
+    aiosqlite.core.Connection._execute = timed_execute  # type: ignore[method-assign]
+    received = transport.UdpProtocol.datagram_received
+
+    def timed_datagram(self: transport.UdpProtocol, data: bytes, addr: tuple) -> None:
+        if self.in_flight >= transport.MAX_UDP_IN_FLIGHT:
+            return received(self, data, addr)
+        began, respond = clock(), self._respond
+
+        def answered(reply: Any) -> None:
+            record["served"].append(clock() - began)
+            respond(reply)
+
+        self.in_flight += 1
+        self.receive(data, transport.Source("udp", addr[0], addr[1], self.local), answered)
+
+    transport.UdpProtocol.datagram_received = timed_datagram  # type: ignore[method-assign]
+
+    def dump() -> None:
+        record.pop("_ticker", None)
+        served = record["served"]
+        record["served"] = served[len(served) // 5:len(served) - len(served) // 10]  # the steady middle
+        with open(os.environ[PROBE_ENV], "w") as f:
+            json.dump(record, f)
+
+    atexit.register(dump)
+    assert argv[:2] == ["-m", "sipconsole"], argv
+    sys.argv = ["sipconsole", *argv[2:]]
+    runpy.run_module("sipconsole", run_name="__main__", alter_sys=True)
+
+
+def quantiles(values: list[float], scale: float = 1000.0) -> str:
+    if not values:
+        return "-"
+    return (f"p50 {c.percentile(values, 50) * scale:.2f} p99 {c.percentile(values, 99) * scale:.2f} "
+            f"max {max(values) * scale:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=int, required=True, help="REGISTERs per second offered (sipp -r)")
+    p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    p.add_argument("--seconds", type=int, default=10, help="seconds of load (default 10)")
+    p.add_argument("--aors", type=int, default=10_000, help="distinct AORs (default 10,000)")
+    p.add_argument("--nice", type=int, default=0, metavar="N", help="nice level of the server and sipp (root)")
+    p.add_argument("--output", type=Path, default=c.RESULTS / "tail.json", help="JSON output path")
+    args = p.parse_args(argv)
+    sipp_core, server_core, core_note = c.pick_cores()
+    c.pin_self(sipp_core)
+    c.NICE = args.nice
+    with tempfile.TemporaryDirectory(prefix="bench-tail-") as tmp:
+        work = Path(tmp)
+        injection = work / "users.csv"
+        c.write_injection(injection, 0, args.aors)
+        probed = work / "probe.json"
+        target = c.Target("sipconsole", "sipconsole", "durable")
+        sampler = c.CpuSampler()
+        port = c.free_port()
+        server = target.start(work / "server", port, server_core, extra_env={PROBE_ENV: str(probed)},
+                              wrap=[str(Path(__file__).resolve()), "--probe"])
+        try:
+            sampler.start(server.pid)
+            run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "sipp",
+                             transport={"udp": "u1", "tcp": "t1"}[args.transport], users=500,
+                             duration=args.seconds, core=sipp_core, sampler=sampler,
+                             timeout=args.seconds + 120, rate=args.rate)
+            sampler.sample()
+        finally:
+            sampler.stop()
+            server.stop()
+        if not probed.exists():
+            print(f"bench_tail: the registrar left no probe record; its log:\n{server.tail()}", file=sys.stderr)
+            return 1
+        record = json.loads(probed.read_text())
+    periods = c.steady_periods(run, None, 2.0)
+    if not periods:
+        print("bench_tail: no steady period (sipp could not start calls at that rate)", file=sys.stderr)
+        return 1
+    w0, w1 = periods[0]["start"], periods[-1]["end"]
+    rtts = [r for t, r in run.rtts if w0 * 1000 <= t <= w1 * 1000]
+    cpu = sampler.between(run.started_epoch + w0, run.started_epoch + w1)
+    writes = record["writes"]
+    copying = [w for w in writes if w[3] > 512 * 1024]
+    lateness = {int(k): v for k, v in record["lateness_ms"].items()}
+    collections: dict[int, list[float]] = {}
+    for generation, seconds in record["gc"]:
+        collections.setdefault(generation, []).append(seconds)
+    summary = {
+        "transport": args.transport, "offered": args.rate,
+        "reg_per_s": round(c.median([p["rate"] for p in periods]) or 0),
+        "sipp_p50_ms": c.percentile(rtts, 50), "sipp_p99_ms": c.percentile(rtts, 99),
+        "failed": run.failed, "retransmissions": run.retransmissions, "cpu": cpu,
+        "commits": len(writes), "commits_copying_a_checkpoint": len(copying),
+        "loop_lateness_ms": dict(sorted(lateness.items())),
+        "gc_pauses": {g: len(v) for g, v in collections.items()},
+    }
+    lines = [
+        f"sipconsole open loop, {args.transport.upper()}, {args.rate:,}/s offered for {args.seconds} s ({core_note})",
+        f"sipp: {summary['reg_per_s']:,} REG/s, p50 {summary['sipp_p50_ms']} ms, p99 {summary['sipp_p99_ms']} ms, "
+        f"failed {run.failed}, retransmissions {run.retransmissions}; CPU % server {cpu['server']}, sipp {cpu['sipp']}, "
+        f"other {cpu['other']}",
+        f"group commits ({len(writes)}), ms: whole {quantiles([w[4] for w in writes])}; to the SQLite thread "
+        f"{quantiles([w[0] for w in writes])}; in it {quantiles([w[1] for w in writes])}; back to the loop "
+        f"{quantiles([w[2] for w in writes])}",
+        f"commits that also copied a WAL checkpoint (> 512 KiB written): {len(copying)}"
+        + (f", ms {quantiles([w[4] for w in copying])}" if copying else ""),
+        "event-loop lateness of a 1 ms timer, ms (count): "
+        + (", ".join(f"{k}: {v}" for k, v in sorted(lateness.items()) if k >= 2) or "never 2 ms or more"),
+        "garbage collections: " + ("; ".join(f"generation {g}: {len(v)}, pause {quantiles(v)} ms"
+                                             for g, v in sorted(collections.items())) or "none"),
+    ]
+    if args.transport == "udp" and record["served"]:  # (over TCP only the start's UDP probe would be there)
+        served = record["served"]
+        summary["served_p50_ms"], summary["served_p99_ms"] = c.percentile(served, 50), c.percentile(served, 99)
+        lines.append(f"each datagram from its arrival in the registrar to its reply, ms: {quantiles(served)} "
+                     "(sipp's figure less this: the socket's queue and sipp itself)")
+    print("\n".join(lines))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"summary": summary, "machine": c.machine(), "commit": c.source_revision(),
+                                       "command": sys.argv}, indent=1))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--probe"]:
+        probe(sys.argv[2:])
+    else:
+        sys.exit(main())
