@@ -692,8 +692,7 @@ AREAS = [
     ("events publish", ("EventBus.publish", "Subscription.put")),
     ("digest auth", ("authenticator.py", "digest.py", "nonce.py")),
     ("per-IP budget / security", ("security.py",)),
-    ("datagram_received (task per datagram)", ("UdpProtocol.datagram_received",)),
-    ("sendto (UdpProtocol._serve self)", ()),
+    ("UDP listener: recvfrom, sendto (udp.py)", ("udp.py",)),
 ]
 
 
@@ -726,10 +725,7 @@ def pyspy_report(raw: Path, top: int = 25) -> str:
     if main_total:
         lines.append(f"\nevent-loop thread by area ({main_total} samples = 100%; areas nest, so they do not add up):")
         for label, patterns in AREAS:
-            if patterns:
-                n = sum(k for stack, k in main_stacks if any(p in stack for p in patterns))
-            else:  # self time of the transport coroutine: the sendto() system call
-                n = sum(k for stack, k in main_stacks if stack.rsplit(";", 1)[-1].startswith("UdpProtocol._serve"))
+            n = sum(k for stack, k in main_stacks if any(p in stack for p in patterns))
             lines.append(f"  {n / main_total:6.1%}  {label}")
         loop_self = sum(k for stack, k in main_stacks if stack.rsplit(";", 1)[-1].startswith("Runner.run"))
         lines.append(f"  {loop_self / main_total:6.1%}  event loop itself (uvloop: recvfrom, callbacks, task steps)")

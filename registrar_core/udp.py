@@ -13,7 +13,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +29,6 @@ DATAGRAMS_PER_WAKE = 256
 # Datagrams being handled at once; more are dropped (UDP is lossy, senders retransmit):
 # a flood during a storage stall cannot pile up requests without bound.
 MAX_UDP_IN_FLIGHT = 5_000
-# Replies waiting for room in the socket's send buffer; beyond this they are dropped (the
-# client retransmits, and the transaction table answers it with the same response).
-MAX_UNSENT = 10_000
 MAX_DATAGRAM = 65_535
 
 
@@ -46,13 +42,12 @@ class UdpListener:
         self.max_in_flight = MAX_UDP_IN_FLIGHT
         self.in_flight = 0  # datagrams handed to the core and not answered yet
         self.dropped = 0  # datagrams dropped at the in-flight bound
-        self.unsent_dropped = 0  # replies dropped with the send buffer full
-        self._drop_logged = 0.0
-        self._unsent: deque[tuple[bytes, tuple[str, int]]] = deque()
-        # Any: uvloop's add_reader and friends return None where asyncio's types say bool, and
-        # compiled code checks declared return types.
+        self.unsent = 0  # replies the socket refused (full send buffer, unreachable network)
+        self._drop_logged = self._send_logged = 0.0
+        # Any: uvloop's remove_reader returns None where asyncio's types say bool, and compiled
+        # code checks declared return types.
         self._loop: Any = None
-        self._respond: Callable[[Reply | None], None] = self.respond  # one bound method for every datagram, not one each
+        self._respond: Callable[[Reply | None], None] = self.respond  # one bound method, not one per datagram
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -88,45 +83,20 @@ class UdpListener:
             self.sendto(reply[0], reply[1])
 
     def sendto(self, payload: bytes, addr: tuple[str, int]) -> bool:
-        """Send one datagram now, or once the socket has room; False when it cannot go."""
-        if self._unsent:
-            return self._queue(payload, addr)
+        """Send one datagram; False when it cannot go. A full send buffer drops it, as the
+        network would: the client retransmits, and the transaction table answers again."""
         try:
             self.sock.sendto(payload, addr)
-        except (BlockingIOError, InterruptedError):
-            return self._queue(payload, addr)
         except OSError as exc:
-            log.warning("cannot send to %s:%s: %s", addr[0], addr[1], exc)
+            self.unsent += 1
+            now = time.monotonic()
+            if now - self._send_logged >= 10.0:
+                self._send_logged = now
+                log.warning("cannot send to %s:%s: %s (%d not sent so far)", addr[0], addr[1], exc, self.unsent)
             return False
         return True
-
-    def _queue(self, payload: bytes, addr: tuple[str, int]) -> bool:
-        if len(self._unsent) >= MAX_UNSENT or self._loop is None:
-            self.unsent_dropped += 1
-            return False
-        if not self._unsent:
-            self._loop.add_writer(self.sock.fileno(), self._writable)
-        self._unsent.append((payload, addr))
-        return True
-
-    def _writable(self) -> None:
-        unsent, sendto = self._unsent, self.sock.sendto
-        while unsent:
-            payload, addr = unsent[0]
-            try:
-                sendto(payload, addr)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("cannot send to %s:%s: %s", addr[0], addr[1], exc)
-            unsent.popleft()
-        if self._loop is not None:
-            self._loop.remove_writer(self.sock.fileno())
 
     def close(self) -> None:
         if self._loop is not None and self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
-            if self._unsent:
-                self._loop.remove_writer(self.sock.fileno())
-        self._unsent.clear()
         self.sock.close()
