@@ -138,4 +138,5 @@ def _parse_params(text: str) -> dict[str, str]:
 def challenge_parts(realm: str, algorithm: str, *, stale: bool = False) -> tuple[str, str]:
     """A WWW-Authenticate value offering qop=auth, as the text before and after its nonce:
     written once per realm, a challenge is then two concatenations around a fresh nonce."""
-    return f'Digest realm="{realm}", nonce="', f'", qop="auth", algorithm={algorithm}' + (", stale=true" if stale else "")
+    after = f'", qop="auth", algorithm={algorithm}'
+    return f'Digest realm="{realm}", nonce="', (after + ", stale=true" if stale else after)
