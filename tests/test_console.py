@@ -387,6 +387,28 @@ async def test_the_key_bar_is_composed_again_only_when_its_keys_change(server):
     phone.close()
 
 
+async def test_traffic_rows_are_drawn_once_and_again_when_the_columns_change(server):
+    """A request's row never changes: the traffic pane draws it once and keeps it while new rows
+    arrive; a new width draws it again, to that width."""
+    (phone,) = await phones(server, 1)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        await phone.register(next_aor("drawn"))
+        await until(pilot, lambda: len(main.traffic.entries) == 1)
+        traffic = main.traffic
+        await pilot.pause()  # a frame shows it
+        drawn: list[int] = []
+        plain = traffic.row_cells
+        traffic.row_cells = lambda index: (drawn.append(index), plain(index))[1]
+        line = "".join(s.text for s in traffic.render_line(1))
+        assert "REGISTER" in line and drawn == []
+        await pilot.resize_terminal(100, 40)
+        await until(pilot, lambda: traffic.size.width < 100)
+        narrow = "".join(s.text for s in traffic.render_line(1))
+        assert drawn and "REGISTER" in narrow and len(narrow) < len(line)
+    phone.close()
+
+
 async def test_read_only_blocks_every_destructive_key(server):
     aor = next_aor("grace")
     (phone,) = await phones(server, 1)

@@ -141,6 +141,10 @@ class TrafficLog(VirtualTable):
             (r.user_agent, "dim"),
         )
 
+    def row_key(self, index: int) -> object:
+        """A request's row never changes: drawn once, kept while it scrolls (a flush adds rows)."""
+        return self.entries[index]
+
     def row_tone(self, index: int) -> str:
         r = self.entries[index]
         return "alert" if r.security and SECURITY.get(r.security, ("", "", ""))[2] == "alert" else ""

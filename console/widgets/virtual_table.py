@@ -26,6 +26,7 @@ from ..actions import bindings
 #: A cell: plain text, or (text, tone) where tone is one of :data:`TONES` or "" (none).
 Cell = str | tuple[str, str]
 TONES = ("ok", "warn", "error", "dim", "accent", "strong", "alert")
+DRAWN_ROWS = 512  # rows kept drawn by a table whose rows never change (see VirtualTable.row_key)
 
 
 def text_of(cell: Cell) -> str:
@@ -138,6 +139,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self._styles: dict[str, Style] = {}
         self._last_key: object = None
         self._shown_title: str | None = None
+        self._drawn: dict[tuple[object, Style], Strip] = {}  # (row_key, style) -> the row drawn
 
     # -- what subclasses provide ---------------------------------------------------------
     def row_count(self) -> int:
@@ -149,6 +151,11 @@ class VirtualTable(ScrollView, can_focus=True):
     def row_tone(self, index: int) -> str:
         """A tone for the whole row, gaps included (override to highlight rows)."""
         return ""
+
+    def row_key(self, index: int) -> object:
+        """What the row at ``index`` shows, as a key, for a table whose rows never change once
+        added (a log): the row is drawn once and kept. None (the default): drawn every time."""
+        return None
 
     def header_label(self, column: Column) -> str:
         """The header text of ``column`` (override to add sort markers)."""
@@ -244,10 +251,12 @@ class VirtualTable(ScrollView, can_focus=True):
             for i, column in enumerate(self.columns):
                 widths[i] += spare * column.flex // flex
         self._widths = widths
+        self._drawn.clear()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._styles.clear()
+        self._drawn.clear()
 
     def _style(self, name: str) -> Style:
         style = self._styles.get(name)
@@ -280,7 +289,16 @@ class VirtualTable(ScrollView, can_focus=True):
             tone = self.row_tone(index)
             if tone:
                 base = base + self._style(tone)
-            strip = self._strip(self.row_cells(index), base, cursor)
+            row = self.row_key(index) if cursor is None else None
+            key = None if row is None else (row, base)  # base: a theme or focus change draws anew
+            drawn = None if key is None else self._drawn.get(key)
+            if drawn is None:
+                drawn = self._strip(self.row_cells(index), base, cursor)
+                if key is not None:
+                    if len(self._drawn) >= DRAWN_ROWS:
+                        self._drawn.clear()
+                    self._drawn[key] = drawn
+            strip = drawn
         return strip.crop_extend(scroll_x, scroll_x + width, base + cursor if cursor else base)
 
     def _strip(self, cells: Sequence[Cell], base: Style, cursor: Style | None) -> Strip:
