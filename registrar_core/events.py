@@ -155,10 +155,10 @@ class CompactSubscription(_Reader):
     The bound counts what waits besides the requests (marked contacts and other events): at
     ``maxsize`` everything queued is dropped for one EVENTS_LOST, as a Subscription does."""
 
-    def __init__(self, bus: EventBus, maxsize: int, traffic: int = TRAFFIC_PER_FRAME) -> None:
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
         super().__init__(bus, maxsize)
         self._events: list[Event] = []
-        self._traffic: deque[tuple[float, str, Handled, int, str]] = deque(maxlen=traffic)
+        self._traffic: deque[tuple[float, str, Handled, int, str]] = deque(maxlen=TRAFFIC_PER_FRAME)
         self._added: dict[tuple[str, str], Contact] = {}
         self._refreshed: dict[tuple[str, str], Contact] = {}
 
@@ -220,7 +220,8 @@ class CompactSubscription(_Reader):
 
 
 # A compact record is a JSON array, not an object: a frame holds one per REGISTER, and an
-# array is a third the bytes and half the registrar's time of an object to build and encode.
+# array is half the bytes (a contact: 118 instead of 251) and half the registrar's time of an
+# object to build and encode.
 # expanded() gives the client the dict a full subscriber gets (its fields as named here).
 _HANDLED_FIELDS = ("kind", "time", "method", "aor", "source", "status", "reason", "user_agent")
 _CONTACT_FIELDS = ("aor", "ruid", "expires_at", "modified", "user_agent")
