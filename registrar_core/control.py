@@ -17,7 +17,10 @@ default: the name the audit trail gives the connection), after which the server 
 happened meanwhile, at most one notification every FRAME seconds (a busy registrar writes,
 and its reader parses, one line per frame, not one per event). ``compact`` is what a console
 asks for (events.CompactSubscription): added and refreshed contacts once per frame each, with only
-the fields the AOR table shows, and at most TRAFFIC_PER_FRAME request.handled events per frame, the newest.
+the fields the AOR table shows, and at most TRAFFIC_PER_FRAME request.handled events per frame, the
+newest; those two as JSON arrays (``["contact.added", table, aor, ruid, expires_at, modified,
+user_agent]``, ``["request.handled", time, method, aor, source, status, reason, user_agent]``),
+which ControlClient turns back into the dicts a full subscriber gets (events.expanded).
 
 A reply that grows with the table (``dump`` without ``limit``) is never built whole: the
 server encodes and writes it in chunks of AORs, waiting for the reader and letting SIP
@@ -54,7 +57,7 @@ import orjson
 from .api import NotFound, RegistrarCore, normalise_aor
 from .audit import CONSOLE, CTL, Actor
 from .auth import SubscriberError
-from .events import EVENTS_LOST
+from .events import EVENTS_LOST, expanded
 from .journal import HISTORY_LIMIT
 from .location import DEFAULT_TABLE, Contact, StorageError
 
@@ -607,7 +610,7 @@ class ControlClient:
                     continue
                 if message.get("method") == "events":
                     for event in message["params"]["events"]:
-                        self._queue_event(event)
+                        self._queue_event(expanded(event))
                     continue
                 stream = self._streams.get(message.get("id"))  # type: ignore[arg-type]  # a reply without an id matches nothing
                 if stream is not None:
@@ -740,6 +743,6 @@ class LocalClient:
         try:
             while True:
                 await sub.wait()
-                yield sub.records()
+                yield [expanded(record) for record in sub.records()]
         finally:
             sub.close()

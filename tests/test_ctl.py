@@ -25,6 +25,7 @@ import pytest
 from registrar_core import ctl, exit_codes
 from sipconsole.cli import build_parser
 from registrar_core.control import ControlClient, RpcError
+from registrar_core.events import expanded
 
 from .processes import sipp_ok, sipp_register, write_bindings
 from .sipclient import query
@@ -300,7 +301,7 @@ async def test_event_stream_over_the_control_socket(serve_process, tmp_path):
 
 async def test_a_console_gets_compact_events_in_one_line_per_frame(serve_process, tmp_path):
     """subscribe with compact (what the console asks for): an added contact carries only what the
-    AOR table shows, the removal the whole contact; the events come as one ``events`` line."""
+    AOR table shows (an array), the removal the whole contact; the events come as one ``events`` line."""
     serve = serve_process.start()
     reader, writer = await asyncio.open_unix_connection(str(serve.control))
     writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"compact": "yes"}}\n'
@@ -311,16 +312,19 @@ async def test_a_console_gets_compact_events_in_one_line_per_frame(serve_process
     assert json.loads(await asyncio.wait_for(reader.readline(), 3))["result"] == {"subscribed": True}
     await asyncio.to_thread(sipp_register, serve, tmp_path, [("judy", "example.com", "desk", "1.0")])
     assert (await asyncio.to_thread(serve.ctl, "unregister", "judy@example.com"))[0] == 0
-    seen: list[dict] = []
-    while not any(e["kind"] == "contact.removed" for e in seen):
+    seen: list = []
+    while not any(isinstance(e, dict) and e["kind"] == "contact.removed" for e in seen):
         line = json.loads(await asyncio.wait_for(reader.readline(), 5))
         assert line["method"] == "events" and line["params"]["events"], line
         seen += line["params"]["events"]
     writer.close()
-    added = next(e for e in seen if e["kind"] == "contact.added")
-    assert set(added["contact"]) == {"aor", "ruid", "expires_at", "modified", "user_agent"}
-    assert added["contact"]["user_agent"] == "sipp-desk" and added["aor"] == "judy@example.com"
-    removed = next(e for e in seen if e["kind"] == "contact.removed")
+    # An added contact and a request are arrays on the wire (events.expanded names the fields).
+    added = next(e for e in seen if isinstance(e, list) and e[0] == "contact.added")
+    assert added[1:3] == ["location", "judy@example.com"] and added[6] == "sipp-desk"
+    assert expanded(added)["contact"] == dict(zip(("aor", "ruid", "expires_at", "modified", "user_agent"), added[2:]))
+    handled = next(e for e in seen if isinstance(e, list) and e[0] == "request.handled")
+    assert expanded(handled)["method"] == "REGISTER" and expanded(handled)["status"] == 200
+    removed = next(e for e in seen if isinstance(e, dict) and e["kind"] == "contact.removed")
     assert removed["contact"]["addr"].startswith("sip:desk@") and removed["reason"] == "admin"
 
 

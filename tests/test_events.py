@@ -4,9 +4,12 @@ gets the same view, built once a frame: the newest requests, each changed contac
 from __future__ import annotations
 
 import asyncio
+import json
+
+import orjson
 
 from registrar_core.events import (CONTACT_ADDED, CONTACT_REFRESHED, CONTACT_REMOVED, EVENTS_LOST,
-                                   REQUEST_HANDLED, TRAFFIC_PER_FRAME, EventBus)
+                                   REQUEST_HANDLED, TRAFFIC_PER_FRAME, CompactSubscription, EventBus, expanded)
 from registrar_core.location import Contact
 from registrar_core.source import parse_address
 
@@ -18,6 +21,11 @@ COMPACT_FIELDS = ("aor", "ruid", "expires_at", "modified", "user_agent")
 def contact(ruid: str, expires: float, user_agent: str = "desk") -> Contact:
     return Contact(ruid, "amy@example.com", f"sip:{ruid}@192.0.2.1", expires, "call", 1,
                    user_agent=user_agent, modified=expires - 3600)  # 3600 s registrations
+
+
+def frame(sub: CompactSubscription) -> list[dict]:
+    """A frame as a console reads it: encoded as the control socket does, parsed, expanded."""
+    return [expanded(record) for record in json.loads(orjson.dumps(sub.records()))]
 
 
 def compact_view(records: list[dict]) -> tuple[list[dict], dict[str, tuple[str, dict]], list[dict]]:
@@ -49,7 +57,7 @@ async def test_a_compact_subscription_shows_what_a_full_one_shows_cut_to_a_frame
 
         await asyncio.gather(*(refreshes(phone, n) for n, phone in enumerate(phones)))
         events = [e.to_dict() for e in full.drain()]
-        records = compact.records()
+        records = frame(compact)
     finally:
         full.close()
         compact.close()
@@ -86,7 +94,7 @@ def test_a_frame_keeps_each_contact_once_and_the_removal_last():
     bus.changed("location", contact("r3", 1000.0), True)
     gone = contact("r3", 1000.0)
     bus.publish(CONTACT_REMOVED, table="location", aor=gone.aor, ruid="r3", reason="admin", contact=gone)
-    records = sub.records()
+    records = frame(sub)
     assert [(r["kind"], r["ruid"]) for r in records] == [
         (CONTACT_REMOVED, "r3"), (CONTACT_ADDED, "r1"), (CONTACT_REFRESHED, "r2")]
     assert records[0]["contact"]["addr"] == "sip:r3@192.0.2.1"  # a removal keeps the whole contact
@@ -103,7 +111,7 @@ def test_a_compact_subscriber_that_falls_behind_gets_events_lost():
     bus.changed("location", contact("r0", 1500.0), False)  # a mark already held: no more to keep
     bus.changed("location", contact("r9", 1000.0), True)  # the fourth: everything queued is lost
     bus.changed("location", contact("r8", 1000.0), False)
-    records = sub.records()
+    records = frame(sub)
     assert [r["kind"] for r in records] == [EVENTS_LOST, CONTACT_REFRESHED]
     assert records[0]["dropped"] == 4 and bus.dropped == 4
     assert records[1]["ruid"] == "r8"
