@@ -128,7 +128,7 @@ class ContactsTable(VirtualTable):
 
     def apply(self, events: Iterable[dict[str, Any]]) -> bool:
         """Apply the contact events of the AOR shown. Returns whether a contact came compact
-        (only what the AOR table needs: control.wire_events): then ask ``show`` for the rest."""
+        (only what the AOR table needs: events.CompactSubscription): then ask ``show`` for the rest."""
         by_ruid = {c["ruid"]: c for c in self.contacts}
         changed = incomplete = False
         for event in events:
