@@ -47,6 +47,7 @@ import logging
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,6 +79,8 @@ WRITE_TIMEOUT = 60.0
 _CLOSED: dict[str, Any] = {"kind": "connection.closed"}  # marks the end of a client's event stream
 #: Seconds between two event notifications to one subscriber (a console redraws 4 times a second).
 FRAME = 0.05
+#: Events a ControlClient holds for a reader that does not take them, before it drops them for one events.lost.
+MAX_QUEUED_EVENTS = 100_000
 class RpcError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -582,7 +585,11 @@ class ControlClient:
         # Streamed calls: their partial lines and final reply, a few at a time (the reader
         # waits while the caller is busy with the previous ones: the registrar waits in turn).
         self._streams: dict[int, asyncio.Queue[dict[str, Any] | None]] = {}
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100_000)
+        # Events received and not yet taken by events(): a frame is queued with one extend,
+        # not one Queue put per event (a busy registrar sends thousands a second).
+        self._events: deque[dict[str, Any]] = deque()
+        self._events_waiter: asyncio.Future[None] | None = None
+        self.max_queued = MAX_QUEUED_EVENTS
         self._task: asyncio.Task[None] | None = None
         self._lost = ""  # why the connection ended, once it has
 
@@ -609,8 +616,7 @@ class ControlClient:
                 if not isinstance(message, dict):
                     continue
                 if message.get("method") == "events":
-                    for event in message["params"]["events"]:
-                        self._queue_event(expanded(event))
+                    self._queue_events([expanded(event) for event in message["params"]["events"]])
                     continue
                 stream = self._streams.get(message.get("id"))  # type: ignore[arg-type]  # a reply without an id matches nothing
                 if stream is not None:
@@ -640,16 +646,20 @@ class ControlClient:
             self._lost = why
             if self._writer is not None:
                 self._writer.close()  # nothing more is read: the registrar may stop writing
-            self._queue_event(_CLOSED)
+            self._queue_events([_CLOSED])
 
-    def _queue_event(self, event: dict[str, Any]) -> None:
-        """Queue one event; a reader that fell behind gets one events.lost instead of the backlog."""
-        if self._events.full():
-            while not self._events.empty():
-                self._events.get_nowait()
-            self._events.put_nowait({"kind": EVENTS_LOST})
-        if not self._events.full():
-            self._events.put_nowait(event)
+    def _queue_events(self, events: list[dict[str, Any]]) -> None:
+        """Queue a frame's events; a reader that fell behind (more than ``max_queued``
+        waiting) gets one events.lost and the newest events instead of the backlog."""
+        queued, room = self._events, self.max_queued
+        if len(queued) + len(events) > room and events != [_CLOSED]:
+            queued.clear()
+            queued.append({"kind": EVENTS_LOST})
+            events = events[len(events) - (room - 1):] if len(events) >= room else events
+        queued.extend(events)
+        waiter, self._events_waiter = self._events_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def connected(self) -> bool:
@@ -700,9 +710,11 @@ class ControlClient:
         events.CompactSubscription has them); raises ConnectionError when the registrar goes away."""
         await self.call("subscribe", actor=self.actor, **({"compact": True} if compact else {}))
         while True:
-            batch = [await self._events.get()]
-            while not self._events.empty():
-                batch.append(self._events.get_nowait())
+            while not self._events:
+                self._events_waiter = asyncio.get_running_loop().create_future()
+                await self._events_waiter
+            batch = list(self._events)
+            self._events.clear()
             if _CLOSED in batch:
                 if batch[0] is not _CLOSED:
                     yield batch[: batch.index(_CLOSED)]
