@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the server and sipp at this nice level (negative needs root; on a shared "
                         "machine -10 keeps other jobs from skewing the figures; default 0)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp files)")
-    p.add_argument("--output", type=Path, default=c.RESULTS / "register.json", help="JSON output path")
+    p.add_argument("--output", type=Path, help="JSON output path (default bench/results/register.json; with "
+                   "--profile, bench/results/profile-cpu.json)")
     p.add_argument("--profile", choices=["cpu", "perf", "py-spy", "cprofile"],
                    help="instead of the comparison: sipconsole alone under load (the first of --transports, "
                         "digest with --auth-only): its CPU per REGISTER, with perf, py-spy or cProfile the hot "
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratio_list,
         "runs": runs,
     }
-    path = c.write_json(args.output.name, data) if args.output.parent == c.RESULTS else _write(args.output, data)
+    path = _write(args.output or c.RESULTS / "register.json", data)
     print()
     print(f"REGISTER benchmark, {started:%Y-%m-%d %H:%M} UTC, {args.users} users, {args.reps} x {args.duration} s, "
           f"{args.aors:,} AORs ({args.auth_aors:,} with auth)")
@@ -628,11 +629,10 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
               f"server CPU {cpu_used:.2f} s = {per_call:.1f} us per {'registration' if args.auth_only else 'REGISTER'}"
               f" ({c.sipconsole_build()} build); group commits: {commits['commit_rows_mean']} rows,"
               f" {commits['commit_ms_mean']} ms")
-        c.write_json("profile-cpu.json", {"transport": transport, "auth": args.auth_only, "rate": rate,
-                                          "successful": run.successful, "failed": run.failed,
-                                          "server_cpu_s": cpu_used, "server_cpu_us_per_call": per_call,
-                                          **commits,
-                                          "build": c.sipconsole_build(), "commit": c.source_revision()})
+        _write(args.output or c.RESULTS / "profile-cpu.json",
+               {"transport": transport, "auth": args.auth_only, "rate": rate, "successful": run.successful,
+                "failed": run.failed, "server_cpu_s": cpu_used, "server_cpu_us_per_call": per_call, **commits,
+                "build": c.sipconsole_build(), "commit": c.source_revision()})
         if args.profile == "cpu":
             return 0 if run.failed == 0 else 1
         if args.profile == "py-spy":
