@@ -106,6 +106,7 @@ LOAD_PAGE = 4096  # rows per round trip to the database thread while loading
 # pages written since the last background checkpoint: 0.1 s of writes (a refresh writes a page
 # or less), as much as before only at 10,000 pages a second.
 CHECKPOINT_INTERVAL = 0.1  # seconds between background checkpoints while commits come
+CHECKPOINT_WAIT = 5.0  # seconds a closing store waits for a background checkpoint to finish
 
 
 def _chunks(count: int, largest: int = MAX_CHUNK) -> list[tuple[int, int]]:
@@ -434,6 +435,10 @@ class SqliteStore:
     async def _close_checkpointer(self) -> None:
         task, self._checkpointing = self._checkpointing, None
         if task is not None and task is not asyncio.current_task():
+            # Waited for, not cancelled at once: a cancelled aiosqlite.connect() leaves its
+            # connection's thread behind, unowned and never closed. A PASSIVE checkpoint waits
+            # for nobody, so this is short; a stuck file system gets CHECKPOINT_WAIT.
+            await asyncio.wait({task}, timeout=CHECKPOINT_WAIT)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         db, self._checkpointer = self._checkpointer, None
