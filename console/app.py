@@ -214,6 +214,15 @@ async def console_process(control: str, read_only: bool) -> int | None:
             sys.stdout.flush()
 
 
+def no_terminal() -> str | None:
+    """Why the console cannot be drawn here (None: it can). Without a terminal on both sides
+    Textual has nothing to read keys from and no screen to draw on, and would spin in vain."""
+    if sys.stdin is None or sys.stdout is None or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return ("the console needs a terminal (its input or output is not one): run it from a terminal, "
+                "or `sipconsole serve` for the registrar alone")
+    return None
+
+
 async def console_session(control: str, read_only: bool, *, run: Runner = run_app) -> int:
     """What the child process runs: the embedded console, a client of ``control``."""
     try:
@@ -221,6 +230,10 @@ async def console_session(control: str, read_only: bool, *, run: Runner = run_ap
     except ConnectionError as exc:
         print(f"sipconsole: error: {exc}", file=sys.stderr)
         return exit_codes.NO_REGISTRAR
+    if run is run_app and (problem := no_terminal()):
+        await client.close()
+        print(f"sipconsole: error: {problem}", file=sys.stderr)
+        return exit_codes.USAGE
     app = SipConsole(client, embedded=True, read_only=read_only)
     try:
         await run(app)
@@ -236,6 +249,10 @@ async def attached(control_path: str, read_only: bool, *, run: Runner = run_app)
     except ConnectionError as exc:
         print(f"sipconsole: error: {exc}; start one with `sipconsole serve`", file=sys.stderr)
         return exit_codes.NO_REGISTRAR
+    if run is run_app and (problem := no_terminal()):  # after the registrar is found: that error first
+        await client.close()
+        print(f"sipconsole: error: {problem}", file=sys.stderr)
+        return exit_codes.USAGE
     app = SipConsole(client, embedded=False, read_only=read_only, mode=f"attached {control_path}")
     try:
         await run(app)

@@ -731,6 +731,27 @@ async def test_attached_without_a_registrar_exits_3(short_dir, capsys):
     assert err.count("\n") == 1 and "no registrar answers" in err
 
 
+def test_without_a_terminal_the_console_says_so_instead_of_spinning(short_dir, serve_process):
+    """Input and output not a terminal (a pipe, /dev/null: a service manager, cron): the console
+    has nothing to draw on, so `sipconsole` says so, stops its registrar (exit 1, the database
+    kept) and `attach` exits 2, both at once and in words, never a console burning a core unseen."""
+    port = free_port()
+    db = short_dir / "loc.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "sipconsole", "--listen", f"udp:127.0.0.1:{port}", "--db", str(db),
+         "--control", str(short_dir / "c.sock"), "--auth", "off"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    assert "sipconsole: error: the console needs a terminal" in done.stderr and "Traceback" not in done.stderr
+    assert "registrar stopped" in done.stderr and db.exists()
+    serve = serve_process.start()
+    attach = subprocess.run([sys.executable, "-m", "sipconsole", "attach", "--control", str(serve.control)],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert attach.returncode == 2, attach.stderr
+    assert attach.stderr.count("\n") == 1 and "the console needs a terminal" in attach.stderr
+    assert serve.ctl("stats")[0] == 0, "the registrar it found keeps running"
+
+
 def test_embedded_start_failure_is_one_line(short_dir):
     """A port already taken: exit 1 with one line on stderr, never a traceback."""
     import socket
