@@ -19,7 +19,7 @@ import sys
 from setuptools import setup
 
 # What every request passes through. Not here: the stream transports (asyncio protocol subclasses),
-# the event bus (busy only while a console is attached), the control socket, the console.
+# the control socket, the console.
 HOT_PATH = [
     "registrar_core/sip/errors.py",
     "registrar_core/sip/limits.py",

@@ -81,6 +81,8 @@ _CLOSED: dict[str, Any] = {"kind": "connection.closed"}  # marks the end of a cl
 FRAME = 0.05
 #: Events a ControlClient holds for a reader that does not take them, before it drops them for one events.lost.
 MAX_QUEUED_EVENTS = 100_000
+
+
 class RpcError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)

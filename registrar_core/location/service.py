@@ -364,18 +364,14 @@ class LocationService:
             if bindings.ruid == contact.ruid:
                 old = bindings
                 aors[contact.aor] = contact
-            else:
-                aors[contact.aor] = (bindings, contact)
-        elif bindings is None:
-            aors[contact.aor] = contact
-        else:
+        elif bindings is not None:
             for i, binding in enumerate(bindings):
                 if binding.ruid == contact.ruid:
                     old = binding
                     aors[contact.aor] = bindings[:i] + (contact,) + bindings[i + 1:]
                     break
-            else:
-                aors[contact.aor] = bindings + (contact,)
+        if old is None:  # a new ruid
+            aors[contact.aor] = _joined(bindings, contact)
         # One expiry entry per binding, not one per refresh: when a refresh moves the time
         # later, the entry stays and expire_now() moves it on when it comes due.
         if old is None or contact.expires < old.expires:
