@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import logging
 import secrets
+import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,9 +87,29 @@ def resolved_address(plan: Plan, resolution: Resolution) -> tuple[str, int] | st
     return target.addr
 
 
-def options_request(plan: Plan, call_id: str, branch: str, from_user: str) -> bytes:
-    """The OPTIONS bytes; raises SipError when the contact is not a SIP URI."""
+def sent_by_host(host: str, addr: tuple[str, int]) -> str:
+    """The address to put in Via and From: ``host``, or, for a socket bound to 0.0.0.0 or ::,
+    the address the kernel sends from towards ``addr`` (a route look-up: connecting a UDP
+    socket sends nothing). A Via of 0.0.0.0 names no host: a device that answers to the
+    sent-by, or checks it, cannot."""
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host
+    if not unspecified:
+        return host
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(addr)
+            return str(probe.getsockname()[0])
+    except OSError:  # no route (or the unknown address of a closed flow): nothing better to say
+        return host
+
+
+def options_request(plan: Plan, call_id: str, branch: str, from_user: str, addr: tuple[str, int]) -> bytes:
+    """The OPTIONS bytes towards ``addr``; raises SipError when the contact is not a SIP URI."""
     _, host, port = parse_address(plan.local)
+    host = sent_by_host(host, addr)
     host = f"[{host}]" if ":" in host else host
     uri = parse_uri(plan.request_uri)
     if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
@@ -180,7 +201,7 @@ class Prober:
         token = f"{next(self._ids):x}{secrets.token_hex(6)}"  # unguessable: a forged 200 cannot match
         branch = f"z9hG4bKq{token}"
         try:
-            data = options_request(plan, f"q{self._prefix}-{token}", branch, self.from_user)
+            data = options_request(plan, f"q{self._prefix}-{token}", branch, self.from_user, addr)
         except SipError as exc:
             self.report(context, None, f"bad contact URI ({exc.reason})", "")
             return None
@@ -241,4 +262,4 @@ def _literal_contact(addr: str) -> bool:
     return True
 
 
-__all__ = ["Plan", "Prober", "options_request", "plan_probe", "resolved_address"]
+__all__ = ["Plan", "Prober", "options_request", "plan_probe", "resolved_address", "sent_by_host"]

@@ -494,3 +494,22 @@ def test_bad_flap_settings_are_refused_in_one_line():
         done = run_cli("serve", *args)
         assert done.returncode == 2, (args, done.stderr)
         assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_probe_from_a_wildcard_socket_names_the_address_it_leaves_from():
+    """Bound to 0.0.0.0 or ::, the OPTIONS's Via and From carry the kernel's source address
+    towards the device (a route look-up), never the wildcard; a bound address stays as it is."""
+    from registrar_core.qualify_probe import Plan, options_request
+
+    def via_and_from(local: str, addr: tuple[str, int]) -> tuple[str, str]:
+        plan = Plan(local, None, "udp", f"sip:dev@{addr[0] if ':' not in addr[0] else '[' + addr[0] + ']'}:{addr[1]}",
+                    (), None, addr)
+        request = parse_message(options_request(plan, "q-1", "z9hG4bKq1", "qualify", addr))
+        return request.headers.get("Via"), request.headers.get("From")
+
+    via, from_ = via_and_from("udp:0.0.0.0:5060", ("127.0.0.1", 5070))
+    assert via.startswith("SIP/2.0/UDP 127.0.0.1:5060;") and "@127.0.0.1:5060>" in from_
+    via, from_ = via_and_from("udp:[::]:5060", ("::1", 5070))
+    assert via.startswith("SIP/2.0/UDP [::1]:5060;") and "@[::1]:5060>" in from_
+    via, _ = via_and_from("udp:127.0.0.2:5060", ("127.0.0.1", 5070))
+    assert via.startswith("SIP/2.0/UDP 127.0.0.2:5060;")
