@@ -6,7 +6,7 @@ import time
 import zlib
 from sys import intern
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import FrozenInstanceError, dataclass, replace
 from typing import Any, cast
 
 # Kamailio's save() flags.
@@ -54,28 +54,29 @@ class Contact:
                  socket: str = "", user_agent: str = "", methods: str = "", flags: int = 0, cflags: int = 0,
                  instance: str = "", regid: int = 0, conid: int | None = None,
                  modified: float | None = None, node: str = "") -> None:
-        # Frozen, so through object.__setattr__ as @dataclass's own __init__ does.
-        put = object.__setattr__
-        put(self, "ruid", ruid)
-        put(self, "aor", aor)
-        put(self, "addr", addr)
-        put(self, "expires", expires)
-        put(self, "callid", callid)
-        put(self, "cseq", cseq)
-        put(self, "q", q)
-        put(self, "params", params)
-        put(self, "path", path)
-        put(self, "received", intern(received))
-        put(self, "socket", intern(socket))
-        put(self, "user_agent", intern(user_agent))
-        put(self, "methods", intern(methods))
-        put(self, "flags", flags)
-        put(self, "cflags", cflags)
-        put(self, "instance", instance)
-        put(self, "regid", regid)
-        put(self, "conid", conid)
-        put(self, "modified", time.time() if modified is None else modified)
-        put(self, "node", intern(node))
+        # Plain assignments: compiled (mypyc), each stores into the object's slot (the twenty
+        # 0.6 us, through object.__setattr__ 1.5), and the class stays frozen for everyone else.
+        # Not compiled, the frozen __setattr__ refuses them: _python_init below stands in.
+        self.ruid = ruid  # type: ignore[misc]
+        self.aor = aor  # type: ignore[misc]
+        self.addr = addr  # type: ignore[misc]
+        self.expires = expires  # type: ignore[misc]
+        self.callid = callid  # type: ignore[misc]
+        self.cseq = cseq  # type: ignore[misc]
+        self.q = q  # type: ignore[misc]
+        self.params = params  # type: ignore[misc]
+        self.path = path  # type: ignore[misc]
+        self.received = intern(received)  # type: ignore[misc]
+        self.socket = intern(socket)  # type: ignore[misc]
+        self.user_agent = intern(user_agent)  # type: ignore[misc]
+        self.methods = intern(methods)  # type: ignore[misc]
+        self.flags = flags  # type: ignore[misc]
+        self.cflags = cflags  # type: ignore[misc]
+        self.instance = instance  # type: ignore[misc]
+        self.regid = regid  # type: ignore[misc]
+        self.conid = conid  # type: ignore[misc]
+        self.modified = time.time() if modified is None else modified  # type: ignore[misc]
+        self.node = intern(node)  # type: ignore[misc]
 
     @property
     def domain(self) -> str:
@@ -119,3 +120,41 @@ class Contact:
 
 def aor_hash(aor: str) -> int:
     return zlib.crc32(aor.encode("utf-8", "surrogateescape"))
+
+
+
+def _python_init(self: Contact, ruid: str, aor: str, addr: str, expires: float, callid: str, cseq: int,
+                 q: float | None = None, params: str = "", path: tuple[str, ...] = (), received: str = "",
+                 socket: str = "", user_agent: str = "", methods: str = "", flags: int = 0, cflags: int = 0,
+                 instance: str = "", regid: int = 0, conid: int | None = None,
+                 modified: float | None = None, node: str = "") -> None:
+    """Contact.__init__ where it is not compiled: the frozen class's __setattr__ refuses plain
+    assignments, so through object.__setattr__, as @dataclass's own __init__ does (a generic
+    copy from a stand-in object took 3.3 us per Contact instead of 1.8)."""
+    put = object.__setattr__
+    put(self, "ruid", ruid)
+    put(self, "aor", aor)
+    put(self, "addr", addr)
+    put(self, "expires", expires)
+    put(self, "callid", callid)
+    put(self, "cseq", cseq)
+    put(self, "q", q)
+    put(self, "params", params)
+    put(self, "path", path)
+    put(self, "received", intern(received))
+    put(self, "socket", intern(socket))
+    put(self, "user_agent", intern(user_agent))
+    put(self, "methods", intern(methods))
+    put(self, "flags", flags)
+    put(self, "cflags", cflags)
+    put(self, "instance", instance)
+    put(self, "regid", regid)
+    put(self, "conid", conid)
+    put(self, "modified", time.time() if modified is None else modified)
+    put(self, "node", intern(node))
+
+
+try:
+    Contact("", "", "", 0.0, "", 0)
+except FrozenInstanceError:  # not compiled
+    setattr(Contact, "__init__", _python_init)
