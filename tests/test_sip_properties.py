@@ -5,13 +5,18 @@
 * Fuzz: arbitrary bytes, and torture messages with bytes mutated, make
   parse_message, the parsed views and StreamFramer.feed raise SipError and
   nothing else; parse_message never needs its last-resort wrapper for it.
+* Fast paths: the compiled character scans that replaced the parser's regular
+  expressions accept exactly what those expressions matched, with the same parts
+  (the expressions are kept here as the oracle), on generated and mutated values.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +33,8 @@ from registrar_core.sip import (
     build_response,
     parse_message,
 )
+from registrar_core.sip.headers import is_token, name_addr_parts, quoted_end, via_parts
+from registrar_core.sip.uri import has_space, is_hostname, is_port, sip_parts
 
 # Modest budgets: CI has 2 cores. Tests that draw several whole messages get fewer examples.
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -298,3 +305,178 @@ def test_fuzz_mutated_torture_messages(data: bytes) -> None:
 @given(mutated(requests().map(bytes)))
 def test_fuzz_mutated_generated_messages(data: bytes) -> None:
     exercise(data)
+
+
+# --- Fast paths against the regular expressions they replaced ----------------------------------
+
+# The expressions as the parser had them before 19's rework (commit 14c2ea2): the oracle.
+HOSTNAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9\-._]*[A-Za-z0-9])?\.?"
+TOKEN_PATTERN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+QUOTED_PATTERN = r'"(?:[^"\\]|\\.)*+"'
+ORACLE_SIP = re.compile(
+    rf'(sips?):(?:([^\x00-\x20\x7f<>"@:;?%]+)@)?({HOSTNAME_PATTERN})(?::([0-9]{{1,5}}))?'
+    r'(?:;([^\x00-\x20\x7f<>"@?%]*))?\Z'
+)
+ORACLE_VIA = re.compile(rf"SIP/2\.0/([A-Za-z]+) ({HOSTNAME_PATTERN})(?::([0-9]{{1,5}}))?(?:;(.*))?\Z", re.S)
+ORACLE_NAME_ADDR = re.compile(rf"(?:({QUOTED_PATTERN})\s*)?<([^>\s]*)>(?:;(.*))?\Z", re.S)
+ORACLE_QUOTED = re.compile(QUOTED_PATTERN, re.S)
+ORACLE_TOKEN = re.compile(TOKEN_PATTERN + r"\Z")
+ORACLE_HOSTNAME = re.compile(HOSTNAME_PATTERN + r"\Z")
+ORACLE_PORT = re.compile(r"[0-9]{1,5}\Z")
+
+# Characters at every edge of those expressions: each class's members and neighbours, ASCII
+# whitespace that str.isspace() knows (\x1c-\x1f too), non-ASCII letters, digits and spaces.
+EDGES = list(
+    "aZsSiIpP09-._@:;?%<>\"\\/=+*!~'`()&$,[]# \t\r\n\x0b\x0c\x1c\x1f\x00\x7f"
+    "\x85\xa0\xb2\xe9\u0660\u2000\u3000\U0001f600"
+)
+edge_text = st.text(st.sampled_from(EDGES) | st.characters(max_codepoint=0x7F), max_size=24)
+
+
+@st.composite
+def edited(draw: st.DrawFn, seeds: st.SearchStrategy[str]) -> str:
+    """A seed value with a few characters deleted, replaced or inserted (from EDGES mostly)."""
+    text = list(draw(seeds))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        char = draw(st.sampled_from(EDGES) | st.characters())
+        op = draw(st.integers(0, 2))
+        if op == 0:
+            del text[at : at + 1]
+        elif op == 1 and at < len(text):
+            text[at] = char
+        else:
+            text.insert(at, char)
+    return "".join(text)
+
+
+def shapes(*prefixes: str) -> st.SearchStrategy[str]:
+    """A prefix, then edge text and the separators of these shapes in any order."""
+    parts = st.sampled_from(["@", ":", ";", "<", ">", '"', " ", "5060", "example.com", "1.2.3.4", "a-b_c."])
+    return st.builds(
+        lambda prefix, pieces: prefix + "".join(pieces),
+        st.sampled_from(prefixes),
+        st.lists(parts | edge_text, max_size=6),
+    )
+
+
+def groups(pattern: re.Pattern[str], text: str) -> tuple[str | None, ...] | None:
+    match = pattern.match(text)
+    return None if match is None else match.groups()
+
+
+# The shapes the fast paths take, so that about half of the values match.
+simple = st.text(string.ascii_letters + string.digits + "-_.!~*'()&=+$,/", min_size=1, max_size=8)
+optional_port = st.sampled_from(["", ":"]).flatmap(
+    lambda colon: st.just("") if not colon else st.text(string.digits, max_size=6).map(colon.__add__)
+)
+# Letters, digits, "-", "_" and "." in any order: hostnames and near misses.
+host_like = st.text(string.ascii_letters[:6] + string.digits[:3] + "-_.", min_size=1, max_size=10)
+optional_params = st.none() | st.lists(simple, max_size=3).map(";".join).map(";".__add__)
+common_sip = st.builds(
+    lambda scheme, user, host, port, params: f"{scheme}:{user}{host}{port}{params or ''}",
+    st.sampled_from(["sip", "sips"]),
+    st.just("") | simple.map(lambda u: u + "@"),
+    hostname | hostname.map(lambda h: h + ".") | ipv4 | host_like,
+    optional_port,
+    optional_params,
+)
+common_via = st.builds(
+    lambda transport, host, port, params: f"SIP/2.0/{transport} {host}{port}{params or ''}",
+    st.sampled_from(["UDP", "tcp", "TLS", "WS", "X"]),
+    hostname | ipv4 | host_like,
+    optional_port,
+    optional_params,
+)
+sip_texts = common_sip | edited(
+    common_sip | any_uri.map(str) | shapes("sip:", "sips:", "SIP:", "sip", "sipx:", "tel:", "") | edge_text
+)
+via_texts = common_via | edited(
+    common_via | vias.map(str) | shapes("SIP/2.0/UDP ", "SIP/2.0/", "SIP/2.0/tcp  ", "sip/2.0/UDP ") | edge_text
+)
+name_addr_texts = edited(
+    name_addrs.map(str) | common_sip.map(lambda uri: f"<{uri}>") | shapes('"', "<", '"a" <', '"\\"" \t<', "") | edge_text
+)
+token_texts = edited(token | edge_text)
+host_texts = host_like | edited(host | hostname.map(lambda h: h + ".") | edge_text)
+
+
+@SETTINGS
+@given(sip_texts)
+def test_sip_parts_match_the_common_uri_expression(text: str) -> None:
+    assert sip_parts(text) == groups(ORACLE_SIP, text)
+
+
+@SETTINGS
+@given(via_texts)
+def test_via_parts_match_the_common_via_expression(text: str) -> None:
+    assert via_parts(text) == groups(ORACLE_VIA, text)
+
+
+@SETTINGS
+@given(name_addr_texts)
+def test_name_addr_parts_match_the_common_name_addr_expression(text: str) -> None:
+    assert name_addr_parts(text) == groups(ORACLE_NAME_ADDR, text)
+    quoted = ORACLE_QUOTED.match(text)
+    assert quoted_end(text) == (-1 if quoted is None else quoted.end())
+    assert has_space(text, 0, len(text)) == (re.search(r"\s", text) is not None)
+
+
+@SETTINGS
+@given(token_texts, host_texts)
+def test_token_hostname_and_port_checks_match_their_expressions(token_text: str, host_text: str) -> None:
+    assert is_token(token_text) == (ORACLE_TOKEN.match(token_text) is not None)
+    assert is_hostname(host_text, 0, len(host_text)) == (ORACLE_HOSTNAME.match(host_text) is not None)
+    for text in (token_text, host_text):
+        assert is_port(text, 0, len(text)) == (ORACLE_PORT.match(text) is not None)
+
+
+# Every ASCII character and some others, in each part of each shape: the class edges exhaustively.
+ANY_CHAR = [chr(code) for code in range(128)] + ["\x85", "\xa0", "\xe9", "\u0660", "\u2000", "\U0001f600"]
+
+
+def test_every_character_in_every_part_as_the_expressions_say() -> None:
+    for c in ANY_CHAR:
+        for text in (f"sip:a{c}b@h", f"sip:{c}@h", f"sips:a@h{c}b", f"sip:a@h:5{c}", f"sip:a@h;x{c}y",
+                     f"sip:h{c}", f"sip:a@h.{c}"):
+            assert sip_parts(text) == groups(ORACLE_SIP, text), repr(text)
+        for text in (f"SIP/2.0/U{c}P h;b", f"SIP/2.0/UDP{c}h", f"SIP/2.0/UDP h{c}x:1", f"SIP/2.0/UDP h:1{c};x",
+                     f"SIP/2.0/UDP h;{c}"):
+            assert via_parts(text) == groups(ORACLE_VIA, text), repr(text)
+        for text in (f'"a{c}b" <sip:h>', f'"a"{c}<sip:h>', f"<sip:a{c}b>", f"<sip:h>{c}x", f"<sip:h>;{c}",
+                     f'"\\{c}"<s>'):
+            assert name_addr_parts(text) == groups(ORACLE_NAME_ADDR, text), repr(text)
+        for text in (c, f"ab{c}", f"a{c}b"):
+            assert is_token(text) == (ORACLE_TOKEN.match(text) is not None), repr(text)
+            assert is_hostname(text, 0, len(text)) == (ORACLE_HOSTNAME.match(text) is not None), repr(text)
+            assert is_port(text, 0, len(text)) == (ORACLE_PORT.match(text) is not None), repr(text)
+            assert has_space(text, 0, len(text)) == (re.search(r"\s", text) is not None), repr(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["sip:example.com", "sip:u12@127.0.0.1:5062", "sips:a@b.:1;x=1;y", "sip:a@b:99999", "sip:a@b:",
+     "sip:@b", "sip:a@b@c", "sip:a:b@c", "sip:é@b", "sip:a@b;é", "sip:a@b;x\x85", "sip:a@-b", "sip:a@b-",
+     "sip:a@b..", "sip:a@.", "sip:a@b;", "sip:a\x1c@b", "sip:a@[::1]", "sip:a%20@b", "SIP:a@b"],
+)
+def test_sip_parts_on_the_edges(text: str) -> None:
+    assert sip_parts(text) == groups(ORACLE_SIP, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"a" <sip:b>', '"a"\x1c<sip:b>;x', '"a"\u3000<sip:b>', '"a\\"b"<sip:b>', '"a\\', '"a', "<sip:b>x",
+     "<sip:b>;", "<sip:a b>", "<sip:a\x85b>", "<>", "<sip:b", '"a" x <sip:b>', "a <sip:b>", '"a\\\\"<s>'],
+)
+def test_name_addr_parts_on_the_edges(text: str) -> None:
+    assert name_addr_parts(text) == groups(ORACLE_NAME_ADDR, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["SIP/2.0/UDP a", "SIP/2.0/UDP a:5060;branch=x", "SIP/2.0/UDP a:;x", "SIP/2.0/UDP a:123456",
+     "SIP/2.0/ a", "SIP/2.0/UDP  a", "SIP/2.0/UDP a;\nx", "SIP/2.0/UDP [::1]:5060", "SIP/2.0/UDP a.:1",
+     "SIP/2.0/Ü a", "SIP/2.0/UDP a b"],
+)
+def test_via_parts_on_the_edges(text: str) -> None:
+    assert via_parts(text) == groups(ORACLE_VIA, text)

@@ -6,7 +6,21 @@ import re
 from dataclasses import dataclass
 
 from .errors import SipError
-from .uri import HOSTNAME_PATTERN, URI, Params, format_params, param, parse_host, parse_params, parse_uri
+from .uri import (
+    ALPHA,
+    TOKEN,
+    URI,
+    Params,
+    all_of,
+    format_params,
+    has_space,
+    is_hostname,
+    is_port,
+    param,
+    parse_host,
+    parse_params,
+    parse_uri,
+)
 
 # Compact forms (RFC 3261 §7.3.3 and later RFCs) to full names.
 COMPACT_FORMS = {
@@ -43,7 +57,6 @@ LIST_HEADERS = frozenset(
 )
 
 _TOKEN_CHARS = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_TOKEN = re.compile(_TOKEN_CHARS + r"\Z")
 # via-parm (RFC 3261 §25.1): LWS is allowed around "/" and ":" (SLASH, COLON), and
 # between sent-protocol and sent-by; the params (from ";") are split by parse_params.
 _VIA = re.compile(
@@ -51,15 +64,6 @@ _VIA = re.compile(
     r"(\[[^\]]*\]|[^\s:;\[\]]+)(?:\s*:\s*([^\s;]*))?\s*(?:;(.*))?\Z",
     re.S,
 )
-# The common Via, ``SIP/2.0/UDP hostname[:port][;params]`` without LWS: the same
-# parts _VIA and parse_host would find, in one match.
-_COMMON_VIA = re.compile(
-    rf"SIP/2\.0/([A-Za-z]+) ({HOSTNAME_PATTERN})(?::([0-9]{{1,5}}))?(?:;(.*))?\Z", re.S
-)
-_QUOTED_STRING = r'"(?:[^"\\]|\\.)*+"'  # with quoted-pairs
-_QUOTED = re.compile(_QUOTED_STRING, re.S)
-# The common name-addr, ``["display"] <uri>[;params]``, LWS only after the display name.
-_NAME_ADDR = re.compile(rf"(?:({_QUOTED_STRING})\s*)?<([^>\s]*)>(?:;(.*))?\Z", re.S)
 _CSEQ = re.compile(rf"([0-9]+)\s+({_TOKEN_CHARS})\Z")
 MAX_CSEQ = 2**32 - 1
 
@@ -128,13 +132,53 @@ class NameAddr:
         return f"{display}<{self.uri.raw or self.uri}>{format_params(self.params)}"
 
 
+def quoted_end(text: str) -> int:
+    """The index after the quoted-string (with quoted-pairs) that starts ``text``, or -1."""
+    end = len(text)
+    if not end or text[0] != '"':
+        return -1
+    i = 1
+    while i < end:
+        if text[i] == '"':
+            return i + 1
+        i += 2 if text[i] == "\\" else 1
+    return -1
+
+
+def name_addr_parts(text: str) -> tuple[str | None, str, str | None] | None:
+    r"""(display, URI, params) of the common name-addr ``["display"] <uri>[;params]``, whitespace
+    only after the display name, or None for any other shape: what the regular expression
+    ``(?:("(?:[^"\\]|\\.)*+")\s*)?<([^>\s]*)>(?:;(.*))?\Z`` (re.S) matched, in one compiled pass
+    (tests/test_sip_properties.py keeps the expression as the oracle)."""
+    display: str | None = None
+    lt = 0
+    end = len(text)
+    if end and text[0] == '"':
+        lt = quoted_end(text)
+        if lt < 0:
+            return None
+        display = text[:lt]
+        while lt < end and has_space(text, lt, lt + 1):
+            lt += 1
+    if lt >= end or text[lt] != "<":
+        return None
+    gt = text.find(">", lt + 1)
+    if gt < 0 or has_space(text, lt + 1, gt):
+        return None
+    if gt + 1 == end:
+        return display, text[lt + 1 : gt], None
+    if text[gt + 1] != ";":
+        return None
+    return display, text[lt + 1 : gt], text[gt + 2 :]
+
+
 def parse_name_addr(text: str, like: URI | None = None) -> NameAddr:
     """Parse one From/To/Contact/Route-style value. ``like``: a URI parsed already, shared
     when this one is written the same (a REGISTER's To is mostly its From; URIs are values)."""
     text = text.strip()
-    common = _NAME_ADDR.match(text)
+    common = name_addr_parts(text)
     if common is not None:
-        display, uri_text, params = common.groups()
+        display, uri_text, params = common
         uri = like if like is not None and uri_text and like.raw == uri_text else parse_uri(uri_text)
         return NameAddr(uri, display, () if params is None else parse_params(params))
     if not text:
@@ -142,10 +186,9 @@ def parse_name_addr(text: str, like: URI | None = None) -> NameAddr:
     lt = -1
     display = None
     if text.startswith('"'):
-        quoted = _QUOTED.match(text)
-        if not quoted:
+        end = quoted_end(text)
+        if end < 0:
             raise SipError(400, "Unbalanced quotes")
-        end = quoted.end()
         display = text[:end]
         lt = text.find("<", end)
         if lt < 0 or text[end:lt].strip():
@@ -156,7 +199,7 @@ def parse_name_addr(text: str, like: URI | None = None) -> NameAddr:
             display_text = text[:lt].strip()
             if display_text:
                 # An unquoted display name is a sequence of tokens (RFC 3261 §25.1).
-                if not all(_TOKEN.match(w) for w in display_text.split()):
+                if not all(is_token(w) for w in display_text.split()):
                     raise SipError(400, "Display name must be quoted")
                 display = display_text
     if lt >= 0:
@@ -215,12 +258,38 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
+def via_parts(text: str) -> tuple[str, str, str | None, str | None] | None:
+    r"""(transport, host, port, params) of the common Via ``SIP/2.0/UDP hostname[:port][;params]``
+    without LWS, or None for any other shape: what the regular expression
+    ``SIP/2\.0/([A-Za-z]+) (hostname)(?::([0-9]{1,5}))?(?:;(.*))?\Z`` (re.S) matched
+    (tests/test_sip_properties.py keeps the expression as the oracle)."""
+    if not text.startswith("SIP/2.0/"):
+        return None
+    space = text.find(" ", 8)
+    if space <= 8 or not all_of(text, 8, space, ALPHA):
+        return None
+    start = space + 1
+    end = len(text)
+    semi = text.find(";", start)
+    host_end = end if semi < 0 else semi
+    colon = text.find(":", start, host_end)
+    port: str | None = None
+    if colon >= 0:
+        if not is_port(text, colon + 1, host_end):
+            return None
+        port = text[colon + 1 : host_end]
+        host_end = colon
+    if not is_hostname(text, start, host_end):
+        return None
+    return text[8:space], text[start:host_end], port, None if semi < 0 else text[semi + 1 :]
+
+
 def parse_via(text: str) -> Via:
     """Parse one Via value; LWS around ``/ : ; =`` is allowed (RFC 3261 §25.1, RFC 4475 wsinv)."""
     text = text.strip()
-    common = _COMMON_VIA.match(text)
+    common = via_parts(text)
     if common is not None:
-        transport, host, port_text, params = common.groups()
+        transport, host, port_text, params = common
         port = None if port_text is None else int(port_text)
         if port is None or port <= 65535:  # else the general path says why not
             return Via(transport.upper(), host, port, () if params is None else parse_params(params))
@@ -272,7 +341,8 @@ def parse_delta(text: str, name: str) -> int:
 
 
 def is_token(text: str) -> bool:
-    return bool(_TOKEN.match(text))
+    """A non-empty RFC 3261 token."""
+    return len(text) > 0 and all_of(text, 0, len(text), TOKEN)
 
 
 def is_digits(text: str) -> bool:
