@@ -9,7 +9,8 @@ top to bottom through the methods of :class:`Pipeline`, in this order:
    a STUN Binding request) are answered here and go no further.
 3. **parse**: sip/ turns the bytes into a Request (malformed: a stateless 400 from what
    can be salvaged, stateless.py); a Response goes to the response sinks (qualify's
-   OPTIONS); ACKs and scanners are dropped.
+   OPTIONS); ACKs and scanners are dropped. Under auth, a REGISTER without credentials is
+   answered before this step, its 401 from a minimal parse (:meth:`Pipeline._challenge`).
 4. **transaction**: over UDP the server transaction table (transactions.py) answers a
    retransmission with the response already sent; TCP never retransmits, so keeps none,
    and a REGISTER without credentials under auth gets its challenge statelessly.
@@ -39,9 +40,10 @@ from .config import Config
 from .events import EventBus
 from .keepalive import is_crlf_keepalive, stun_binding_response
 from .location import DEFAULT_TABLE
-from .registrar import Registrar, RegisterRejected, reply
+from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
-from .sip import Request, Response, SipError, SipURI, parse_message
+from .sip import Request, Response, SipError, SipURI, parse_message, parse_uri
+from .sip.message import SIP_VERSION, parse_head, response_head
 from .sip.uri import URI
 from .source import Source
 from .stateless import salvage_reply
@@ -122,6 +124,10 @@ class Pipeline:
             return
         if data and data[0] < 0x20 and self._keepalive(data, source, respond):  # no SIP starts so
             return
+        authenticator = self.authenticator
+        if authenticator is not None and data.startswith(b"REGISTER ") and self._challenge(
+                authenticator, data, source, respond):
+            return
         # 3. parse
         try:
             message = parse_message(data, self._limits)
@@ -174,6 +180,55 @@ class Pipeline:
         (the responses kept 32 s) are never stored."""
         return (self.authenticator is not None and request.method == "REGISTER"
                 and request.headers.get("Authorization") is None)
+
+    def _challenge(self, authenticator: Authenticator, data: bytes, source: Source, respond: Respond) -> bool:
+        """The 401 to a REGISTER without credentials from a minimal parse, as Kamailio's auth_db
+        answers it: the header fields, then only what the 401 echoes or needs (the request line,
+        Via, To, Call-ID, CSeq, the framing) and the checks RFC 3261 §10.3 puts before
+        authentication (Require, the To's scheme and domain, Path). From, Max-Forwards, Expires
+        and the Contacts are left to the REGISTER that answers the challenge, which is parsed in
+        full and gets every check: a 401 stores nothing and is the same for everyone, so a
+        request those checks would refuse is refused one round trip later. False, and nothing
+        done: the full path answers (credentials, an unusual shape, a failed check: the answer
+        it always gave)."""
+        if b"uthorization" in data:  # credentials (as usually spelled): parse in full
+            return False
+        try:
+            start, headers, _ = parse_head(data, self._limits)
+            method, uri, version = start.split(" ")
+            if (method != "REGISTER" or version != SIP_VERSION or headers.get("Authorization") is not None
+                    or "" in headers.get_all("Via") or len(headers.get_all("To")) != 1
+                    or len(headers.get_all("Call-ID")) != 1 or len(headers.get_all("CSeq")) != 1):
+                return False
+            target = parse_uri(uri)
+            if isinstance(target, SipURI) and target.headers is not None:
+                return False
+            request = Request(headers, b"", method, target)
+            if not request.vias or request.cseq[1] != method:
+                return False
+            self.registrar.check(request)
+        except (SipError, RegisterRejected, ValueError):  # ValueError: not a three-part request line
+            return False
+        to = request.to.uri
+        if not isinstance(to, SipURI):  # check() refuses those: for the type checker
+            return False
+        if self.config.drop_scanners and self._dropped_as_scanner(request, source):
+            respond(None)
+            return True
+        request.stamp_source(source.ip, source.port)
+        address = reply_address(request, source)
+        self.stats.requests[method] += 1
+        note = _Note(request, source) if self.events.active else None
+        challenge = authenticator.challenge(to.host.lower())  # the realm, as _authenticate takes it
+        # The bytes of bytes(reply(request, 401, ...)), written at once: no Response to build.
+        parts = [_UNAUTHORIZED]
+        for fields in (response_head(request, self.to_tag), challenge.headers):
+            for name, value in fields:
+                parts += ("\r\n", name, ": ", value)
+        parts.append(_UNAUTHORIZED_END)
+        self._count(method, note, 401, "Unauthorized", True)
+        respond(("".join(parts).encode("utf-8", "surrogateescape"), address))
+        return True
 
     def _keepalive(self, data: bytes, source: Source, respond: Respond) -> bool:
         """RFC 5626 keepalives: a bare CRLF is dropped, a STUN Binding request (UDP) answered,
@@ -263,12 +318,20 @@ class Pipeline:
                  response: Response, challenged: bool = False) -> None:
         """Count and publish a request's outcome, then hand its response on; ``challenged``:
         a 401 asking for (fresh) credentials, counted apart from real rejections."""
-        if method == "REGISTER":
-            self.stats.count_register(response.status == 200, challenged, self.clock())
-        self.stats.responses[str(response.status)] += 1
-        if note is not None:
-            self.events.handled(method, note, response.status, response.reason)
+        self._count(method, note, response.status, response.reason, challenged)
         done(response)
+
+    def _count(self, method: str, note: _Note | None, status: int, reason: str, challenged: bool) -> None:
+        """The statistics and the request.handled event of an answer (a 401 made as bytes too)."""
+        if method == "REGISTER":
+            self.stats.count_register(status == 200, challenged, self.clock())
+        self.stats.responses[str(status)] += 1
+        if note is not None:
+            self.events.handled(method, note, status, reason)
+
+
+_UNAUTHORIZED = "SIP/2.0 401 Unauthorized"
+_UNAUTHORIZED_END = f"\r\n{SERVER[0]}: {SERVER[1]}\r\nContent-Length: 0\r\n\r\n"  # as reply() ends it
 
 
 @dataclass(slots=True, init=False)  # one per request while someone listens: not frozen (cheaper to make)

@@ -5,6 +5,7 @@ its callback, and the UDP transaction step and the reply step wrap every handler
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -12,9 +13,10 @@ from registrar_core.api import RegistrarCore
 from registrar_core.config import build_config
 from registrar_core.events import REQUEST_HANDLED
 from registrar_core.registrar import reply
+from registrar_core.sip import parse_message
 from registrar_core.source import Source
 
-from .sipclient import request_bytes
+from .sipclient import authorization, challenges, register_bytes, request_bytes
 
 SOURCE = Source("udp", "127.0.0.1", 5062, "udp:127.0.0.1:5060")
 
@@ -23,6 +25,16 @@ SOURCE = Source("udp", "127.0.0.1", 5062, "udp:127.0.0.1:5060")
 async def core():
     core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": ":memory:"}), memory_only=True)
     await core.start()
+    yield core
+    await core.stop()
+
+
+@pytest.fixture
+async def auth_core(tmp_path):
+    core = RegistrarCore(build_config({"auth": True, "ip_budget": 0, "db": ":memory:",
+                                       "auth_key": str(tmp_path / "auth.key")}), memory_only=True)
+    await core.start()
+    await core.add_subscriber("alice@example.com", "secret")
     yield core
     await core.stop()
 
@@ -83,3 +95,105 @@ async def test_scanner_verdicts_hold_for_every_request_of_a_user_agent(core):
         answers.append(await core.handle(message, SOURCE))
     assert [a is not None for a in answers] == [True, False, True, False, False, True]
     assert core.snapshot_stats()["security"]["scanner"] == 3
+
+
+def _register(*, extra: list[str] | None = None, replace: tuple[str, str] | None = None) -> bytes:
+    data = register_bytes("alice@example.com", ["<sip:alice@10.0.0.7:5060>"], local=("127.0.0.1", 5062),
+                          extra=extra)
+    return data.replace(replace[0].encode(), replace[1].encode(), 1) if replace else data
+
+
+async def _answer(core, data: bytes, source: Source = SOURCE, parse: bool = True):
+    reply_bytes, address = await core.handle(data, source)
+    return parse_message(reply_bytes) if parse else None, reply_bytes, address
+
+
+@pytest.mark.parametrize("shape", [
+    {},
+    {"replace": ("Via: SIP/2.0/UDP 127.0.0.1:5062;", "v: SIP/2.0/UDP 127.0.0.1:5062;")},
+    {"replace": ("To: <sip:alice@example.com>", "t: \"Alice\" <sip:alice@Example.COM>;tag=known")},
+    {"replace": ("From: ", "f: ")},
+    {"replace": ("Call-ID: ", "i: ")},
+    {"replace": (";rport\r\n", ";received=10.1.1.1\r\n")},  # no rport, a received to replace
+    {"replace": ("Via: SIP/2.0/UDP 127.0.0.1:5062;", "Via: SIP/2.0/TCP phone.example.net;")},  # a host name
+    {"replace": (";rport\r\n", ";rport, SIP/2.0/UDP 10.2.2.2:5070;branch=z9hG4bKup\r\n")},  # two in one field
+    {"extra": ["Via: SIP/2.0/UDP 10.3.3.3;branch=z9hG4bKfurther"]},  # two Via fields
+    {"extra": ["Supported: path, gruu", "Path: <sip:edge.example.com;lr>", "Require: path"]},
+])
+async def test_a_register_without_credentials_gets_the_full_paths_401_bytes(auth_core, shape):
+    """The 401 to a REGISTER without credentials comes from a minimal parse (issue 19.2): the
+    bytes are those the full path's reply() makes from the fully parsed, stamped request."""
+    data = _register(**shape)
+    response, answer, address = await _answer(auth_core, data)
+    assert response.status == 401
+    request = parse_message(data)
+    request.stamp_source(SOURCE.ip, SOURCE.port)
+    expected = reply(request, 401, "Unauthorized", [("WWW-Authenticate", v)
+                                                     for v in response.headers.get_all("WWW-Authenticate")],
+                     auth_core.to_tag)
+    assert answer == bytes(expected)
+    assert address == (("10.1.1.1", 5062) if "received=10.1.1.1" in data.decode() else ("127.0.0.1", 5062))
+    stats = auth_core.snapshot_stats()
+    assert (stats["challenged"], stats["requests"]["REGISTER"], stats["responses"]["401"]) == (1, 1, 1)
+    assert stats["transactions"] == 0, "answered statelessly"
+
+
+@pytest.mark.parametrize("flaw, status", [
+    (("From: <sip:alice@example.com>", "From: <sip:alice@example.com"), 400),
+    (("Expires: 3600", "Expires: soon"), 400),
+    (("Max-Forwards: 70", "Max-Forwards: many"), 400),
+])
+async def test_checks_the_401_does_not_need_are_left_to_the_authorized_register(auth_core, flaw, status):
+    """From, Max-Forwards, Expires (and the Contacts) are checked when the credentials come:
+    the 401 stores nothing, the authorized REGISTER is parsed in full and refused."""
+    _, answer, _ = await _answer(auth_core, _register(replace=flaw), parse=False)
+    assert answer.startswith(b"SIP/2.0 401 Unauthorized\r\n")  # echoing the flawed field as sent
+    nonce = re.search(rb'nonce="([^"]+)"', answer).group(1).decode()
+    challenge = {"realm": "example.com", "nonce": nonce, "algorithm": "MD5"}
+    credentials = authorization(challenge, "alice", "secret", "sip:example.com")
+    refused = await auth_core.handle(_register(extra=[credentials], replace=flaw), SOURCE)
+    if status is None:
+        assert refused is None
+    else:
+        assert refused is not None and refused[0].startswith(f"SIP/2.0 {status} ".encode())
+    assert auth_core.fetch_contacts("alice@example.com").count == 0
+
+
+@pytest.mark.parametrize("flaw, status", [
+    (("To: <sip:alice@example.com>", "To: <sip:alice@example.com"), 400),  # the realm comes from To
+    (("To: <sip:alice@example.com>", "To: <tel:+15551234>"), 400),
+    (("CSeq: 1 REGISTER", "CSeq: 1 INVITE"), 400),
+    (("CSeq: 1 REGISTER", "CSeq: 1 REGISTER\r\nCSeq: 2 REGISTER"), 400),
+    (("Content-Length: 0", "Content-Length: 10"), 400),
+    (("REGISTER sip:example.com SIP/2.0", "REGISTER sip:example.com?x=y SIP/2.0"), 400),
+    (("Call-ID: ", "X-Call-ID: "), None),
+    (("User-Agent: sipconsole-tests", "Require: foo"), 420),  # RFC 3261 §10.3 step 2 before step 3
+])
+async def test_what_the_401_uses_is_checked_before_it_as_ever(auth_core, flaw, status):
+    """A flaw in what the 401 echoes or needs gets the full path's answer: 400, 420, or none
+    (dropped: nothing to answer with)."""
+    answered = await auth_core.handle(_register(replace=flaw), SOURCE)
+    if status is None:
+        assert answered is None
+    else:
+        assert answered is not None and answered[0].startswith(f"SIP/2.0 {status} ".encode())
+        assert b"WWW-Authenticate" not in answered[0]
+
+
+async def test_credentials_in_any_spelling_are_checked_not_challenged(auth_core):
+    response, _, _ = await _answer(auth_core, _register())
+    line = authorization(challenges(response)[0], "alice", "secret", "sip:example.com")
+    ok, _, _ = await _answer(auth_core, _register(extra=["AUTHORIZATION" + line[len("Authorization"):]]))
+    assert ok.status == 200 and auth_core.fetch_contacts("alice@example.com").count == 1
+
+
+async def test_a_401_is_published_while_someone_listens_and_a_scanners_register_dropped(auth_core):
+    events = auth_core.subscribe()
+    response, _, _ = await _answer(auth_core, _register())
+    assert response.status == 401
+    handled = [e.data for e in events.drain() if e.kind == REQUEST_HANDLED]
+    assert [(h["method"], h["status"], h["aor"], h["user_agent"]) for h in handled] == [
+        ("REGISTER", 401, "alice@example.com", "sipconsole-tests")]
+    scanner = _register(replace=("User-Agent: sipconsole-tests", "User-Agent: friendly-scanner"))
+    assert await auth_core.handle(scanner, SOURCE) is None
+    assert auth_core.snapshot_stats()["challenged"] == 1
