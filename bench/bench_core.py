@@ -55,6 +55,7 @@ from registrar_core.config import Listen, build_config  # noqa: E402
 from registrar_core.control import _events_line  # noqa: E402
 from registrar_core.server import GC_THRESHOLDS, install_fast_loop  # noqa: E402
 from registrar_core.source import Source  # noqa: E402
+from registrar_core.transactions import TransactionTable  # noqa: E402
 from registrar_core.transport import Transports  # noqa: E402
 
 SOURCE = Source("udp", "127.0.0.1", 5062, "udp:127.0.0.1:5060")
@@ -215,12 +216,14 @@ def client(port: int, aors: int, repeat: int, window: int) -> None:
         print("done", flush=True)
 
 
-async def udp(aors: int, repeat: int, window: int) -> dict[str, list[float]]:
+async def udp(aors: int, repeat: int, window: int, max_transactions: int = 0) -> dict[str, list[float]]:
     gc.set_threshold(*GC_THRESHOLDS)  # as Server.start
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         config = build_config({"auth": False, "ip_budget": 0, "db": str(Path(tmp) / "location.db")})
         core = RegistrarCore(config)
         await core.start()
+        if max_transactions:  # what the transaction table's memory churn costs (issue 19.1)
+            core.pipeline.transactions = TransactionTable(max_entries=max_transactions)
         gc.freeze()
         transports = Transports(core.pipeline.receive, config.limits, config.tcp_idle_timeout)
         address = await transports.listen(Listen("udp", "127.0.0.1", 0))
@@ -265,6 +268,8 @@ def main() -> None:
                         f"digest: at most {SUBSCRIBERS:,} subscribers)")
     parser.add_argument("--repeat", type=int, default=6, help="repetitions; the first registers, the rest refresh")
     parser.add_argument("--window", type=int, default=500, help="udp: REGISTERs in flight (as sipp -users)")
+    parser.add_argument("--max-transactions", type=int, default=0,
+                        help="udp: cap the transaction table at this many entries (default: serve's)")
     parser.add_argument("--quick", action="store_true", help="2,000 AORs")
     parser.add_argument("--gruu", action="store_true",
                         help="plain: REGISTERs asking for GRUUs (RFC 5627; the auth key file is read or made)")
@@ -290,7 +295,7 @@ def main() -> None:
     for case in cases:
         if case == "udp":
             fast = install_fast_loop()
-            results[case] = asyncio.run(udp(aors, repeat, args.window))
+            results[case] = asyncio.run(udp(aors, repeat, args.window, args.max_transactions))
         else:
             results[case] = asyncio.run(plain(aors, repeat, args.gruu, args.watchers, args.console, args.frame, args.server_gc) if case == "plain" else digest(aors, repeat))
     print(f"build {registrar_core.build()}, {aors:,} AORs, CPU per REGISTER:")
@@ -302,7 +307,7 @@ def main() -> None:
     medians = {f"{case}.{name}": statistics.median(times[1:]) for case, figures in results.items()
                for name, times in figures.items()}
     out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "uvloop": fast, "gruu": args.gruu,
-                               "watchers": args.watchers,
+                               "watchers": args.watchers, "max_transactions": args.max_transactions,
                                "console": args.console, "frame": args.frame, "server_gc": args.server_gc,
                                "cases": results, "medians_us": medians}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -28,7 +28,6 @@ closure, never a task.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,7 +150,7 @@ class Pipeline:
         if source.proto != "udp" or self._challenged(message):
             # A reliable transport never retransmits (RFC 3261 §17.2.2: Timer J is 0 s), so
             # there is no transaction state to keep: 32 s of responses is UDP's cost alone.
-            self._dispatch(message, source, lambda response: respond((bytes(response), address)))
+            self._dispatch(message, source, _Answered(self, message.method, "", address, respond))
             return
         key = transaction_key(message)
         previous = self.transactions.lookup(key)
@@ -160,14 +159,8 @@ class Pipeline:
             respond((previous, address) if previous else None)
             return
         self.transactions.begin(key)
-
-        def completed(response: Response) -> None:
-            payload = bytes(response)
-            self.transactions.complete(key, payload)
-            respond((payload, address))
-
         try:
-            self._dispatch(message, source, completed)
+            self._dispatch(message, source, _Answered(self, message.method, key, address, respond))
         except BaseException:
             self.transactions.forget(key)
             raise
@@ -262,14 +255,14 @@ class Pipeline:
         return True
 
     # 5. handler --------------------------------------------------------------------------
-    def _dispatch(self, request: Request, source: Source, done: Callable[[Response], None]) -> None:
+    def _dispatch(self, request: Request, source: Source, answer: _Answered) -> None:
         method = request.method
         self.stats.requests[method] += 1
         # What the request.handled event tells, read when the event is made (a console makes
         # it for the few requests a frame it shows); nothing when nobody listens.
-        note = _Note(request, source) if self.events.active else None
-        handler = self._handlers.get(method, self._fallback)
-        handler(request, source, functools.partial(self.answered, method, note, done))
+        if self.events.active:
+            answer.note = _Note(request, source)
+        self._handlers.get(method, self._fallback)(request, source, answer)
 
     def register(self, request: Request, source: Source, answer: Answer) -> None:
         """REGISTER, RFC 3261 §10.3 in order: the domain (step 1) and Require (step 2) are
@@ -314,12 +307,10 @@ class Pipeline:
         self.events.publish(ev.SECURITY, event=event, ip=source.ip, port=source.port, user=user)
 
     # 6. reply ----------------------------------------------------------------------------
-    def answered(self, method: str, note: _Note | None, done: Callable[[Response], None],
-                 response: Response, challenged: bool = False) -> None:
-        """Count and publish a request's outcome, then hand its response on; ``challenged``:
-        a 401 asking for (fresh) credentials, counted apart from real rejections."""
+    def answered(self, method: str, note: _Note | None, response: Response, challenged: bool = False) -> None:
+        """Count and publish a request's outcome; ``challenged``: a 401 asking for (fresh)
+        credentials, counted apart from real rejections."""
         self._count(method, note, response.status, response.reason, challenged)
-        done(response)
 
     def _count(self, method: str, note: _Note | None, status: int, reason: str, challenged: bool) -> None:
         """The statistics and the request.handled event of an answer (a 401 made as bytes too)."""
@@ -328,6 +319,30 @@ class Pipeline:
         self.stats.responses[str(status)] += 1
         if note is not None:
             self.events.handled(method, note, status, reason)
+
+
+class _Answered:
+    """A request's ``answer`` (step 6): counts its outcome, keeps a UDP transaction's response
+    for the retransmissions (``key``; "" keeps none) and sends it. One object per request
+    where a ``functools.partial`` of a bound method and a closure were four (compiled, a
+    closure is an object and its environment)."""
+
+    def __init__(self, pipeline: Pipeline, method: str, key: str, address: tuple[str, int],
+                 respond: Respond) -> None:
+        self.pipeline = pipeline
+        self.method = method
+        self.key = key
+        self.address = address
+        self.respond = respond
+        self.note: _Note | None = None  # set by _dispatch while someone listens for request.handled
+
+    def __call__(self, response: Response, challenged: bool = False) -> None:
+        pipeline = self.pipeline
+        pipeline.answered(self.method, self.note, response, challenged)
+        payload = bytes(response)
+        if self.key:
+            pipeline.transactions.complete(self.key, payload)
+        self.respond((payload, self.address))
 
 
 _UNAUTHORIZED = "SIP/2.0 401 Unauthorized"

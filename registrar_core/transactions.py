@@ -28,10 +28,10 @@ def transaction_key(request: Request) -> str:
     via = request.vias[0]
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
-    sent_by = f"{via.host}:{via.port or ''}"
     if branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
-        return f"{branch} {sent_by} {method}"
-    return f"{request.call_id} {request.cseq[0]} {method} {request.from_.tag or ''} {sent_by} {branch}"
+        return f"{branch} {via.host}:{via.port or ''} {method}"  # one f-string: no sent-by string apart
+    return (f"{request.call_id} {request.cseq[0]} {method} {request.from_.tag or ''} "
+            f"{via.host}:{via.port or ''} {branch}")
 
 
 class TransactionTable:
