@@ -304,9 +304,9 @@ def sip_parts(text: str) -> tuple[str, str | None, str, str | None, str | None] 
     user: str | None = None
     at = text.find("@", start)
     if at >= 0:  # no class after the user part has "@": it ends at the first one
-        if at == start or not all_of(text, start, at, USER):
-            return None
         user = text[start:at]
+        if not user or not (user.isalnum() or all_of(user, 0, len(user), USER)):  # letters and digits all are
+            return None
         start = at + 1
     end = len(text)
     semi = text.find(";", start)
