@@ -132,14 +132,26 @@ def parse_params(text: str) -> Params:
 
     LWS around ``;`` and ``=`` is dropped (RFC 3261 §25.1 SEMI, EQUAL).
     """
+    if '"' in text:  # a quoted value may hold ";"
+        return tuple([_param(part, 0, len(part)) for part in _split_semicolons(text)])
     params: list[tuple[str, str | None]] = []
-    for part in _split_semicolons(text):
-        name, eq, value = part.partition("=")
-        name = name.strip()
-        if not name:
-            raise _bad("empty parameter" if not eq else "parameter without a name")
-        params.append((name, value.strip() if eq else None))
-    return tuple(params)
+    start = 0
+    while True:  # sliced from the text by index: no string per part, no partition tuple
+        semi = text.find(";", start)
+        if semi < 0:
+            params.append(_param(text, start, len(text)))
+            return tuple(params)
+        params.append(_param(text, start, semi))
+        start = semi + 1
+
+
+def _param(text: str, start: int, end: int) -> tuple[str, str | None]:
+    """The parameter ``name[=value]`` written in ``text[start:end]``."""
+    eq = text.find("=", start, end)
+    name = text[start : end if eq < 0 else eq].strip()
+    if not name:
+        raise _bad("empty parameter" if eq < 0 else "parameter without a name")
+    return name, None if eq < 0 else text[eq + 1 : end].strip()
 
 
 def format_params(params: Params) -> str:
