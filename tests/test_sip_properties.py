@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from registrar_core.sip import (
     parse_message,
 )
 from registrar_core.sip.headers import is_token, name_addr_parts, quoted_end, via_parts
-from registrar_core.sip.uri import has_space, is_hostname, is_port, sip_parts
+from registrar_core.sip.uri import _split_semicolons, has_space, is_hostname, is_port, parse_params, sip_parts
 
 # Modest budgets: CI has 2 cores. Tests that draw several whole messages get fewer examples.
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -480,3 +481,30 @@ def test_name_addr_parts_on_the_edges(text: str) -> None:
 )
 def test_via_parts_on_the_edges(text: str) -> None:
     assert via_parts(text) == groups(ORACLE_VIA, text)
+
+
+def partitioned_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    """parse_params as it was before 19's rework (a string and a partition per part): the oracle."""
+    params: list[tuple[str, str | None]] = []
+    for part in _split_semicolons(text):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not name:
+            raise SipError(400, "Bad URI: " + ("empty parameter" if not eq else "parameter without a name"))
+        params.append((name, value.strip() if eq else None))
+    return tuple(params)
+
+
+def outcome(parse: Callable[[str], object], text: str) -> object:
+    """What ``parse`` returns, or the status and reason of the SipError it raises."""
+    try:
+        return parse(text)
+    except SipError as exc:
+        return (exc.status, exc.reason)
+
+
+@SETTINGS
+@given(edited(st.lists(st.sampled_from(["a", "b=1", " c = 2 ", "=", "", '"x;y"', "d=\u3000", "\t"]), max_size=5)
+              .map(";".join) | edge_text))
+def test_parse_params_splits_as_the_partitioned_version(text: str) -> None:
+    assert outcome(parse_params, text) == outcome(partitioned_params, text)

@@ -59,10 +59,13 @@ T = TypeVar("T")
 
 
 class cached_property(Generic[T]):  # noqa: N801 - drop-in for functools.cached_property
-    """Compute once per instance, then store in the instance ``__dict__``.
+    """Compute once per instance, then store as the instance's attribute (found first from
+    then on: this descriptor has no ``__set__``).
 
     functools.cached_property takes a lock on every first access on Python 3.11;
-    a message is parsed and read by one task, so the lock is pure cost here.
+    a message is parsed and read by one task, so the lock is pure cost here. It also
+    writes through ``instance.__dict__``, which makes CPython build the instance's dict
+    (its attributes are kept inline until something asks for it); setattr does not.
     """
 
     def __init__(self, func: Callable[[Any], T]) -> None:
@@ -76,7 +79,8 @@ class cached_property(Generic[T]):  # noqa: N801 - drop-in for functools.cached_
     def __get__(self, instance: object, owner: type | None = None) -> T:
         if instance is None:
             return self  # type: ignore[return-value]
-        value = instance.__dict__[self.name] = self.func(instance)
+        value = self.func(instance)
+        setattr(instance, self.name, value)
         return value
 
 
@@ -217,8 +221,7 @@ class _Message:
 
     @cached_property
     def to(self) -> NameAddr:
-        from_ = self.__dict__.get("from_")  # parsed first when the message is: its URI may serve
-        return parse_name_addr(_required(self.headers, "To"), None if from_ is None else from_.uri)
+        return parse_name_addr(_required(self.headers, "To"))
 
     @cached_property
     def call_id(self) -> str:
@@ -292,7 +295,7 @@ class Request(_Message):
         if "," in first:  # other Vias share the field: keep them as written
             text = ", ".join([text, *split_values(first)[1:]])
         self.headers.replace_first("Via", text)
-        self.__dict__["vias"] = [stamped, *vias[1:]]
+        setattr(self, "vias", [stamped, *vias[1:]])
 
 
 def _same_address(sent_by: str, source: str) -> bool:
@@ -350,15 +353,21 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
     fields: list[tuple[str, str]] = []
     index: dict[str, list[str]] = {}
     for line in lines:
-        name, colon, value = line.partition(":")
-        known = _SPELLINGS.get(name) if colon else None
+        colon = line.find(":")
+        known = _SPELLINGS.get(line[:colon]) if colon > 0 else None
         if known is None:
             if line[:1] in (" ", "\t"):
                 _unfold(line, fields, index)
                 continue
             known = _field_name(line)
         name, key = known
-        value = value.strip(" \t")
+        # The value without the blanks around it, sliced once (compiled, line[i] is a native read).
+        start, end = colon + 1, len(line)
+        while start < end and (line[start] == " " or line[start] == "\t"):
+            start += 1
+        while end > start and (line[end - 1] == " " or line[end - 1] == "\t"):
+            end -= 1
+        value = line[start:end]
         fields.append((name, value))
         values = index.get(key)
         if values is None:
@@ -529,7 +538,10 @@ def _validate_common(message: _Message, headers: Headers) -> None:
         raise SipError(400, "Missing Via")
     if not all(index["via"]):
         raise SipError(400, "Empty Via")
-    _ = message.from_, message.to, message.call_id, message.cseq
+    like = message.from_.uri  # From first: its errors before To's
+    # To shares From's parsed URI when written the same (a REGISTER's usual case; URIs are values).
+    setattr(message, "to", parse_name_addr(_required(headers, "To"), like))
+    _ = message.call_id, message.cseq
 
 
 def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str, str]]:

@@ -132,14 +132,26 @@ def parse_params(text: str) -> Params:
 
     LWS around ``;`` and ``=`` is dropped (RFC 3261 §25.1 SEMI, EQUAL).
     """
+    if '"' in text:  # a quoted value may hold ";"
+        return tuple([_param(part, 0, len(part)) for part in _split_semicolons(text)])
     params: list[tuple[str, str | None]] = []
-    for part in _split_semicolons(text):
-        name, eq, value = part.partition("=")
-        name = name.strip()
-        if not name:
-            raise _bad("empty parameter" if not eq else "parameter without a name")
-        params.append((name, value.strip() if eq else None))
-    return tuple(params)
+    start = 0
+    while True:  # sliced from the text by index: no string per part, no partition tuple
+        semi = text.find(";", start)
+        if semi < 0:
+            params.append(_param(text, start, len(text)))
+            return tuple(params)
+        params.append(_param(text, start, semi))
+        start = semi + 1
+
+
+def _param(text: str, start: int, end: int) -> tuple[str, str | None]:
+    """The parameter ``name[=value]`` written in ``text[start:end]``."""
+    eq = text.find("=", start, end)
+    name = text[start : end if eq < 0 else eq].strip()
+    if not name:
+        raise _bad("empty parameter" if eq < 0 else "parameter without a name")
+    return name, None if eq < 0 else text[eq + 1 : end].strip()
 
 
 def format_params(params: Params) -> str:
@@ -304,9 +316,9 @@ def sip_parts(text: str) -> tuple[str, str | None, str, str | None, str | None] 
     user: str | None = None
     at = text.find("@", start)
     if at >= 0:  # no class after the user part has "@": it ends at the first one
-        if at == start or not all_of(text, start, at, USER):
-            return None
         user = text[start:at]
+        if not user or not (user.isalnum() or all_of(user, 0, len(user), USER)):  # letters and digits all are
+            return None
         start = at + 1
     end = len(text)
     semi = text.find(";", start)
