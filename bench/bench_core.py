@@ -14,7 +14,9 @@ Not a test; figures to track across changes to the request path, robust on a sha
   127.0.0.1, uvloop when installed, a durable SQLite file (group commit, fsync), the
   collector tuned as ``Server.start`` does; a client process keeps ``--window`` REGISTERs in
   flight. CPU of the event-loop thread, and of the whole server (with the SQLite thread), per
-  REGISTER.
+  REGISTER. ``--max-transactions N`` caps the transaction table (serve: 200,000): with
+  ``--repeat 16`` a cap of 200,000 is reached after the 10th repetition, 20,000 after the first
+  (what keeping responses for Timer J costs once the table is full: bench/README.md).
 
 Each repetition registers (first) or refreshes (after) every AOR once; the first is
 reported apart, the figure is the median of the rest. Run ``python bench/bench_core.py``

@@ -22,8 +22,8 @@ top to bottom through the methods of :class:`Pipeline`, in this order:
    transaction table first over UDP.
 
 A handler answers through its ``answer`` callback, at once or when the change it made is
-durable (a REGISTER's group commit), so a REGISTER waiting for its commit holds only a
-closure, never a task.
+durable (a REGISTER's group commit), so a REGISTER waiting for its commit holds only its
+answer (one small object, :class:`_Answered`), never a task.
 """
 
 from __future__ import annotations
