@@ -24,7 +24,7 @@ from .. import journal
 from ..awaitable import awaited
 from ..events import EventBus
 from ..metrics import COMMIT_SECONDS_BUCKETS, COMMIT_SIZE_BUCKETS, Histogram
-from .contact import Contact
+from .contact import SAVE_MEMORY_ONLY, Contact
 from .store import Batch, StorageError, Store, SubscriberChange
 
 log = logging.getLogger(__name__)
@@ -638,37 +638,56 @@ def _journal_row(now: float, table: str, contact: Contact, event: str, detail: s
     return (now, table, contact.aor, contact.ruid, event, contact.addr, contact.received, contact.modified, detail)
 
 
+def _renews(old: Contact, new: Contact) -> bool:
+    """Does ``new`` change only what a re-REGISTER changes (expires, callid, cseq, modified) of
+    ``old``, a binding the store holds (not a memory-only one)?"""
+    return (not old.flags & SAVE_MEMORY_ONLY and old.params == new.params and old.q == new.q
+            and old.methods == new.methods and old.flags == new.flags and old.cflags == new.cflags
+            and old.instance == new.instance and old.regid == new.regid and old.node == new.node)
+
+
 def _merge(changes: list[_Pending], binding: Callable[[str, str, str], Contact | None], now: float) -> Batch:
     """Collapse changes in order into one batch: the last change to each ruid wins. Each change
     is journaled: a removal with its reason, a new binding, a refresh only when it changed
-    something beside its expiry and CSeq (``binding``: memory before the batch)."""
+    something beside its expiry and CSeq (``binding``: memory before the batch). The refreshes
+    that change nothing a re-REGISTER does not are ``renewed`` (the store may write less)."""
     final: dict[str, tuple[str, Contact] | None] = {}
     born: set[str] = set()  # new bindings in this batch: may be inserted
     refreshed: set[str] = set()
     merged = Batch()
+    renewed = merged.renewed
     rows = merged.journal
     for change in changes:
         table = change.table
         for contact, reason in change.removes:
             final[contact.ruid] = None
+            renewed.discard(contact.ruid)
             note = change.note
             if not note and change.puts and (reason == REMOVED_REPLACED or reason == REMOVED_EVICTED):
                 note = "for " + change.puts[0][0].addr  # the binding that took its place
             rows.append(_journal_row(now, table, contact, reason, note))
         for contact, is_new in change.puts:
-            final[contact.ruid] = (table, contact)
+            ruid = contact.ruid
+            final[ruid] = (table, contact)
+            renews = False
             if is_new:
-                born.add(contact.ruid)
+                born.add(ruid)
                 rows.append(_journal_row(now, table, contact, journal.REGISTERED,
                                          f"expires in {contact.expires - now:.0f} s"))
-                continue
-            refreshed.add(contact.ruid)
-            old = binding(table, contact.aor, contact.ruid)
-            # Compared here (compiled), not in journal.changed: this runs for every refresh.
-            if old is not None and (old.addr != contact.addr or old.received != contact.received
-                                    or old.socket != contact.socket or old.path != contact.path
-                                    or old.user_agent != contact.user_agent):
-                rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
+            else:
+                refreshed.add(ruid)
+                old = binding(table, contact.aor, ruid)
+                # Compared here (compiled), not in journal.changed: this runs for every refresh.
+                if old is not None and (old.addr != contact.addr or old.received != contact.received
+                                        or old.socket != contact.socket or old.path != contact.path
+                                        or old.user_agent != contact.user_agent):
+                    rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
+                elif old is not None:
+                    renews = _renews(old, contact)
+            if renews:
+                renewed.add(ruid)
+            else:
+                renewed.discard(ruid)
         if change.limit is not None and change.puts:
             merged.limits[(table, change.puts[0][0].aor)] = change.limit
         if change.batch is not None:  # policies and subscribers only (see commit())
