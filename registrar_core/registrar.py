@@ -165,6 +165,14 @@ class Registrar:
     def __init__(self, config: Config, location: LocationService, to_tag: str) -> None:
         self.config = config
         self.node = config.node  # recorded in every binding made here (once: a hostname look-up)
+        # What every REGISTER reads of the (frozen) config, held by this compiled class: an
+        # attribute of Config, which is not compiled, is a generic look-up by name.
+        self.default_expires = config.default_expires
+        self.min_expires = config.min_expires
+        self.max_expires = config.max_expires
+        self.expires_range = config.expires_range
+        self.single_contact_default = config.single_contact
+        self.max_contacts_default = config.max_contacts
         self.location = location
         self.to_tag = to_tag
         self.new_ruid: Callable[[], str] = new_ruid  # tests give counted ones
@@ -177,7 +185,7 @@ class Registrar:
         value = self.location.policy(table, aor, POLICY_SINGLE_CONTACT)
         if value is None:
             value = self.location.policy(table, GLOBAL, POLICY_SINGLE_CONTACT)
-        return self.config.single_contact if value is None else value == "on"
+        return self.single_contact_default if value is None else value == "on"
 
     def max_contacts(self, table: str, aor: str) -> int:
         """The max-contacts limit for ``aor``: its own, else the table-wide one (both set at
@@ -185,7 +193,7 @@ class Registrar:
         value = self.location.policy(table, aor, POLICY_MAX_CONTACTS)
         if value is None:
             value = self.location.policy(table, GLOBAL, POLICY_MAX_CONTACTS)
-        return self.config.max_contacts if value is None else int(value)
+        return self.max_contacts_default if value is None else int(value)
 
     def save(self, table: str, request: Request, flags: int, source: Source,
              done: Callable[[Response], None]) -> None:
@@ -328,14 +336,14 @@ class Registrar:
         elif request.expires is not None:
             expires = request.expires
         else:
-            expires = self.config.default_expires
-        if 0 < expires < self.config.min_expires:
+            expires = self.default_expires
+        if 0 < expires < self.min_expires:
             if self.config.min_expires_mode == "reject":
                 raise RegisterRejected(423, "Interval Too Brief", "Expires below the minimum",
-                                       [("Min-Expires", str(self.config.min_expires))])
-            expires = self.config.min_expires
-        if self.config.max_expires and expires > self.config.max_expires:
-            expires = self.config.max_expires
+                                       [("Min-Expires", str(self.min_expires))])
+            expires = self.min_expires
+        if self.max_expires and expires > self.max_expires:
+            expires = self.max_expires
         q_text = contact.param("q")
         q: float | None = None
         if q_text is not None:
@@ -370,7 +378,7 @@ class Registrar:
         return not uri.params and uri.port is None and uri.aor == aor
 
     def _expires_factor(self, flags: int) -> float:
-        spread = self.config.expires_range
+        spread = self.expires_range
         if not spread or flags & SAVE_NO_EXPIRES_RANDOM:
             return 1.0
         return 1.0 - random.uniform(0, spread / 100)

@@ -280,7 +280,8 @@ class LocationService:
 
     # -- policies --------------------------------------------------------------------
     def policy(self, table: str, aor: str, name: str) -> str | None:
-        return self._policies.get((table, aor, name))
+        policies = self._policies
+        return policies.get((table, aor, name)) if policies else None  # none set: no key made (4 a REGISTER)
 
     def policies(self, name: str) -> dict[tuple[str, str], str]:
         return {(t, a): v for (t, a, n), v in self._policies.items() if n == name}
