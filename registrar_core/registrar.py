@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import email.utils
-import functools
 import itertools
 import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from .config import Config
 from .gruu import Gruus
@@ -26,15 +26,17 @@ from .sip.headers import is_digits, parse_delta
 from .sip.uri import format_params
 from .source import Source
 
-SUPPORTED = ("path", "outbound", "gruu")
-_SUPPORTED_VALUE = ", ".join(SUPPORTED)
-POLICY_SINGLE_CONTACT = "single_contact"
-POLICY_MAX_CONTACTS = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
-GLOBAL = ""  # the AOR key of table-wide policy values
+# Final: folded into the compiled code, or a C variable, not a look-up in the module's dict
+# at every use (see location/contact.py, SAVE_MEMORY_ONLY).
+SUPPORTED: Final = ("path", "outbound", "gruu")
+_SUPPORTED_VALUE: Final = ", ".join(SUPPORTED)
+POLICY_SINGLE_CONTACT: Final = "single_contact"
+POLICY_MAX_CONTACTS: Final = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
+GLOBAL: Final = ""  # the AOR key of table-wide policy values
 
 
-_RUID_PREFIX = f"uloc-{secrets.token_hex(4)}-"
-_ruid_counter = itertools.count(1)
+_RUID_PREFIX: Final = f"uloc-{secrets.token_hex(4)}-"
+_ruid_counter: Final = itertools.count(1)
 
 
 def new_ruid() -> str:
@@ -42,10 +44,22 @@ def new_ruid() -> str:
     return f"{_RUID_PREFIX}{next(_ruid_counter):x}"
 
 
-@functools.lru_cache(maxsize=2)
-def http_date(second: int) -> str:
-    """The Date header value for a whole second (one formatting per second, not per reply)."""
-    return email.utils.formatdate(second, usegmt=True)
+class _HttpDate:
+    """The Date header value of the latest second asked for: formatted once per second, not per
+    reply (a compiled object's two fields, cheaper than a call through functools.lru_cache)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def at(self, second: int) -> str:
+        if second != self.second:
+            self.text = email.utils.formatdate(second, usegmt=True)
+            self.second = second
+        return self.text
+
+
+_HTTP_DATE: Final = _HttpDate()
 
 
 @dataclass(slots=True, init=False)
@@ -85,7 +99,7 @@ class RegisterRejected(Exception):
         self.headers = [("P-Registrar-Error", explanation), *(headers or ())]
 
 
-SERVER = ("Server", "sipconsole")
+SERVER: Final = ("Server", "sipconsole")
 
 
 def reply(request: Request, status: int, reason: str, headers: list[tuple[str, str]], to_tag: str) -> Response:
@@ -127,7 +141,7 @@ class _Replies:
             headers.append(("Require", "outbound"))
             if self.flow_timer:  # RFC 5626 §5.4: keepalives within this keep the flow open
                 headers.append(("Flow-Timer", str(self.flow_timer)))
-        headers += [("Supported", _SUPPORTED_VALUE), ("Date", http_date(int(now))), SERVER]
+        headers += [("Supported", _SUPPORTED_VALUE), ("Date", _HTTP_DATE.at(int(now))), SERVER]
         return response_from(self.head, 200, "OK", headers)
 
     def failed(self, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:

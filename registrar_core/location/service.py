@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from .. import events as ev
 from .. import journal
@@ -29,20 +30,21 @@ from .store import Batch, StorageError, Store, SubscriberChange
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TABLE = "location"
-REMOVED_UNREGISTERED = "unregistered"
-REMOVED_REPLACED = "replaced"
-REMOVED_ADMIN = "admin"
-REMOVED_EXPIRED = "expired"
-REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
-REMOVED_REMOTE = "remote"  # by another registrar sharing the store
-REMOVED_NODE_GONE = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
+# Final: folded into the compiled code that reads them (see contact.py, SAVE_MEMORY_ONLY).
+DEFAULT_TABLE: Final = "location"
+REMOVED_UNREGISTERED: Final = "unregistered"
+REMOVED_REPLACED: Final = "replaced"
+REMOVED_ADMIN: Final = "admin"
+REMOVED_EXPIRED: Final = "expired"
+REMOVED_EVICTED: Final = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
+REMOVED_REMOTE: Final = "remote"  # by another registrar sharing the store
+REMOVED_NODE_GONE: Final = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
 # An AOR's bindings are a tuple, not a dict by ruid: an AOR has one or a few, and a 1-tuple takes
 # 48 bytes where a dict takes 184 (bench_memory: 1,727 -> 1,5xx bytes per contact at 100k). The
 # one binding of most AORs is held alone, without its 1-tuple (48 bytes less): a tuple has two or more.
 Bindings = Contact | tuple[Contact, ...]
 # A read-only stand-in for a table that has nothing: no dict made per lookup.
-_NO_AORS: dict[str, Bindings] = {}
+_NO_AORS: Final[dict[str, Bindings]] = {}
 
 Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
 
