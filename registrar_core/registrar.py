@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import email.utils
-import functools
 import itertools
 import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from .config import Config
 from .gruu import Gruus
@@ -26,15 +26,17 @@ from .sip.headers import is_digits, parse_delta
 from .sip.uri import format_params
 from .source import Source
 
-SUPPORTED = ("path", "outbound", "gruu")
-_SUPPORTED_VALUE = ", ".join(SUPPORTED)
-POLICY_SINGLE_CONTACT = "single_contact"
-POLICY_MAX_CONTACTS = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
-GLOBAL = ""  # the AOR key of table-wide policy values
+# Final: folded into the compiled code, or a C variable, not a look-up in the module's dict
+# at every use (see location/contact.py, SAVE_MEMORY_ONLY).
+SUPPORTED: Final = ("path", "outbound", "gruu")
+_SUPPORTED_VALUE: Final = ", ".join(SUPPORTED)
+POLICY_SINGLE_CONTACT: Final = "single_contact"
+POLICY_MAX_CONTACTS: Final = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
+GLOBAL: Final = ""  # the AOR key of table-wide policy values
 
 
-_RUID_PREFIX = f"uloc-{secrets.token_hex(4)}-"
-_ruid_counter = itertools.count(1)
+_RUID_PREFIX: Final = f"uloc-{secrets.token_hex(4)}-"
+_ruid_counter: Final = itertools.count(1)
 
 
 def new_ruid() -> str:
@@ -42,10 +44,22 @@ def new_ruid() -> str:
     return f"{_RUID_PREFIX}{next(_ruid_counter):x}"
 
 
-@functools.lru_cache(maxsize=2)
-def http_date(second: int) -> str:
-    """The Date header value for a whole second (one formatting per second, not per reply)."""
-    return email.utils.formatdate(second, usegmt=True)
+class _HttpDate:
+    """The Date header value of the latest second asked for: formatted once per second, not per
+    reply (a compiled object's two fields, cheaper than a call through functools.lru_cache)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def at(self, second: int) -> str:
+        if second != self.second:
+            self.text = email.utils.formatdate(second, usegmt=True)
+            self.second = second
+        return self.text
+
+
+_HTTP_DATE: Final = _HttpDate()
 
 
 @dataclass(slots=True, init=False)
@@ -85,7 +99,7 @@ class RegisterRejected(Exception):
         self.headers = [("P-Registrar-Error", explanation), *(headers or ())]
 
 
-SERVER = ("Server", "sipconsole")
+SERVER: Final = ("Server", "sipconsole")
 
 
 def reply(request: Request, status: int, reason: str, headers: list[tuple[str, str]], to_tag: str) -> Response:
@@ -127,7 +141,7 @@ class _Replies:
             headers.append(("Require", "outbound"))
             if self.flow_timer:  # RFC 5626 §5.4: keepalives within this keep the flow open
                 headers.append(("Flow-Timer", str(self.flow_timer)))
-        headers += [("Supported", _SUPPORTED_VALUE), ("Date", http_date(int(now))), SERVER]
+        headers += [("Supported", _SUPPORTED_VALUE), ("Date", _HTTP_DATE.at(int(now))), SERVER]
         return response_from(self.head, 200, "OK", headers)
 
     def failed(self, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:
@@ -165,6 +179,14 @@ class Registrar:
     def __init__(self, config: Config, location: LocationService, to_tag: str) -> None:
         self.config = config
         self.node = config.node  # recorded in every binding made here (once: a hostname look-up)
+        # What every REGISTER reads of the (frozen) config, held by this compiled class: an
+        # attribute of Config, which is not compiled, is a generic look-up by name.
+        self.default_expires = config.default_expires
+        self.min_expires = config.min_expires
+        self.max_expires = config.max_expires
+        self.expires_range = config.expires_range
+        self.single_contact_default = config.single_contact
+        self.max_contacts_default = config.max_contacts
         self.location = location
         self.to_tag = to_tag
         self.new_ruid: Callable[[], str] = new_ruid  # tests give counted ones
@@ -177,7 +199,7 @@ class Registrar:
         value = self.location.policy(table, aor, POLICY_SINGLE_CONTACT)
         if value is None:
             value = self.location.policy(table, GLOBAL, POLICY_SINGLE_CONTACT)
-        return self.config.single_contact if value is None else value == "on"
+        return self.single_contact_default if value is None else value == "on"
 
     def max_contacts(self, table: str, aor: str) -> int:
         """The max-contacts limit for ``aor``: its own, else the table-wide one (both set at
@@ -185,7 +207,7 @@ class Registrar:
         value = self.location.policy(table, aor, POLICY_MAX_CONTACTS)
         if value is None:
             value = self.location.policy(table, GLOBAL, POLICY_MAX_CONTACTS)
-        return self.config.max_contacts if value is None else int(value)
+        return self.max_contacts_default if value is None else int(value)
 
     def save(self, table: str, request: Request, flags: int, source: Source,
              done: Callable[[Response], None]) -> None:
@@ -328,14 +350,14 @@ class Registrar:
         elif request.expires is not None:
             expires = request.expires
         else:
-            expires = self.config.default_expires
-        if 0 < expires < self.config.min_expires:
+            expires = self.default_expires
+        if 0 < expires < self.min_expires:
             if self.config.min_expires_mode == "reject":
                 raise RegisterRejected(423, "Interval Too Brief", "Expires below the minimum",
-                                       [("Min-Expires", str(self.config.min_expires))])
-            expires = self.config.min_expires
-        if self.config.max_expires and expires > self.config.max_expires:
-            expires = self.config.max_expires
+                                       [("Min-Expires", str(self.min_expires))])
+            expires = self.min_expires
+        if self.max_expires and expires > self.max_expires:
+            expires = self.max_expires
         q_text = contact.param("q")
         q: float | None = None
         if q_text is not None:
@@ -370,7 +392,7 @@ class Registrar:
         return not uri.params and uri.port is None and uri.aor == aor
 
     def _expires_factor(self, flags: int) -> float:
-        spread = self.config.expires_range
+        spread = self.expires_range
         if not spread or flags & SAVE_NO_EXPIRES_RANDOM:
             return 1.0
         return 1.0 - random.uniform(0, spread / 100)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from registrar_core.events import EventBus
-from registrar_core.location import Batch, Contact, LocationService, SqliteStore, StorageError
+from registrar_core.location import SAVE_MEMORY_ONLY, Batch, Contact, LocationService, SqliteStore, StorageError
 from registrar_core.location.service import KeyedLock, _merge, _Pending
 
 NOW = time.time()
@@ -168,6 +168,30 @@ def test_merge_journals_a_refresh_only_when_it_changes_how_the_binding_is_reache
         (NOW, "location", old.aor, old.ruid, "refreshed", old.addr, "udp:192.0.2.1:6000", NOW + 1,
          "received udp:192.0.2.1:5060 -> udp:192.0.2.1:6000; user agent - -> Phone/2"),
         (NOW, "location", old.aor, old.ruid, "admin", old.addr, "udp:192.0.2.1:6000", NOW + 1, "by ctl uid=0 pid=1")]
+
+
+def test_merge_marks_as_renewed_only_refreshes_that_change_expiry_call_id_and_cseq_alone():
+    held = contact(1, q=0.5, params=";transport=tcp", received="udp:192.0.2.1:5060", user_agent="Phone/1")
+    memory_only = contact(2, flags=SAVE_MEMORY_ONLY)
+    def memory(table: str, aor: str, ruid: str) -> Contact | None:
+        return {held.ruid: held, memory_only.ruid: memory_only}.get(ruid) if table == "location" else None
+    reregister = held.updated(cseq=2, callid="rebooted", expires=NOW + 60, modified=NOW + 1)
+    assert _merge([_Pending("location", [(reregister, False)], [], None, ignore)], memory, NOW).renewed == {held.ruid}
+    for changed in (reregister.updated(q=1.0), reregister.updated(params=""), reregister.updated(methods="INVITE"),
+                    reregister.updated(received="udp:192.0.2.1:6000"), reregister.updated(flags=1),
+                    reregister.updated(node="b")):
+        assert _merge([_Pending("location", [(changed, False)], [], None, ignore)], memory, NOW).renewed == set()
+    # Stored whole: a binding memory does not hold (or not in that table), one held in memory only
+    # (its row was never written), one that a later change of the batch removes or changes.
+    assert _merge([_Pending("other", [(reregister, False)], [], None, ignore)], memory, NOW).renewed == set()
+    saved = memory_only.updated(cseq=2, flags=0)
+    assert _merge([_Pending("location", [(saved, False)], [], None, ignore)], memory, NOW).renewed == set()
+    merged = _merge([_Pending("location", [(reregister, False)], [], None, ignore),
+                     _Pending("location", [], [(reregister, "admin")], None, ignore)], memory, NOW)
+    assert merged.renewed == set() and merged.puts == []
+    merged = _merge([_Pending("location", [(reregister, False)], [], None, ignore),
+                     _Pending("location", [(reregister.updated(cseq=3, q=None), False)], [], None, ignore)], memory, NOW)
+    assert merged.renewed == set() and len(merged.puts) == 1
 
 
 def test_merge_keeps_each_change_with_its_table_and_every_policy_and_subscriber_change_in_order():

@@ -106,6 +106,23 @@ async def test_a_put_replaces_the_binding_with_its_ruid_and_deletes_go_first(new
         assert await store.load(NOW) == [("location", again)]
 
 
+async def test_renewals_write_their_expiry_call_id_and_cseq_alone_or_among_other_changes(new_store):
+    """Batch.renewed: refreshes that change only expires, callid, cseq and modified (a store may
+    write only those), in a group of their own and in one with other changes."""
+    first = contact(1, q=0.5, path=("<sip:edge.example.com;lr>",), user_agent="Phone/1", methods="INVITE")
+    second, third = contact(2), contact(3, modified=NOW + 3)
+    renewed = first.updated(expires=NOW + 60, callid="rebooted", cseq=7, modified=NOW + 1)
+    again = renewed.updated(expires=NOW + 90, cseq=8, modified=NOW + 2)
+    async with opened(new_store) as store:
+        await store.write(Batch(puts=[("location", first), ("location", second)]))
+        await store.write(Batch(puts=[("location", renewed)], refreshes={first.ruid}, renewed={first.ruid}))
+        assert await store.load(NOW) == [("location", second), ("location", renewed)]
+        await store.write(Batch(puts=[("location", third), ("location", again)], deletes=[second.ruid],
+                                refreshes={first.ruid}, renewed={first.ruid}))
+    async with opened(new_store) as store:
+        assert await store.load(NOW) == [("location", again), ("location", third)]
+
+
 async def test_policies_are_set_replaced_and_deleted(new_store):
     async with opened(new_store) as store:
         await store.write(Batch(policies=[("location", "a@x", "single_contact", "1"),
@@ -264,5 +281,28 @@ async def test_sqlite_checkpoints_its_wal_beside_the_commits_and_keeps_it_bounde
             largest = max(largest, Path(f"{path}-wal").stat().st_size)
         assert largest < 6 << 20, f"WAL grew to {largest} bytes (about 4 MiB expected: 1,000 pages)"
         assert len(await store.load(NOW)) == 10_100
+    finally:
+        await store.close()
+
+
+async def test_sqlite_writes_a_renewal_as_five_columns_or_whole_when_the_file_does_not_hold_its_binding(tmp_path):
+    """SQLite only (a shared store drops a refresh whose binding another registrar deleted): a
+    renewal is an UPDATE of five columns, and one that finds no row is written as a whole row,
+    in a group of renewals alone and among other changes."""
+    store = SqliteStore(tmp_path / "location.db")
+    await store.open()
+    try:
+        held, lost, other = contact(1), contact(2), contact(3)
+        await store.write(Batch(puts=[("location", held)]))
+        # Only the five columns: what else differs (here, against Batch.renewed's promise) stays as stored.
+        wrong = held.updated(cseq=8, callid="rebooted", expires=NOW + 60, modified=NOW + 1, user_agent="other")
+        await store.write(Batch(puts=[("location", wrong)], refreshes={held.ruid}, renewed={held.ruid}))
+        assert await store.load(NOW) == [("location", wrong.updated(user_agent=held.user_agent))]
+        renewals = [("location", held.updated(cseq=9, modified=NOW + 1)), ("location", lost)]
+        await store.write(Batch(puts=renewals, refreshes={held.ruid, lost.ruid}, renewed={held.ruid, lost.ruid}))
+        assert await store.load(NOW) == renewals[::-1]  # oldest modified first
+        again = [("location", lost.updated(cseq=10, modified=NOW + 2)), ("location", other)]
+        await store.write(Batch(puts=again, deletes=[lost.ruid], refreshes={lost.ruid}, renewed={lost.ruid}))
+        assert await store.load(NOW) == [again[1], renewals[0], again[0]]
     finally:
         await store.close()

@@ -18,31 +18,33 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from .. import events as ev
 from .. import journal
 from ..awaitable import awaited
 from ..events import EventBus
 from ..metrics import COMMIT_SECONDS_BUCKETS, COMMIT_SIZE_BUCKETS, Histogram
-from .contact import Contact
+from .contact import SAVE_MEMORY_ONLY, Contact
 from .store import Batch, StorageError, Store, SubscriberChange
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TABLE = "location"
-REMOVED_UNREGISTERED = "unregistered"
-REMOVED_REPLACED = "replaced"
-REMOVED_ADMIN = "admin"
-REMOVED_EXPIRED = "expired"
-REMOVED_EVICTED = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
-REMOVED_REMOTE = "remote"  # by another registrar sharing the store
-REMOVED_NODE_GONE = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
+# Final: folded into the compiled code that reads them (see contact.py, SAVE_MEMORY_ONLY).
+DEFAULT_TABLE: Final = "location"
+REMOVED_UNREGISTERED: Final = "unregistered"
+REMOVED_REPLACED: Final = "replaced"
+REMOVED_ADMIN: Final = "admin"
+REMOVED_EXPIRED: Final = "expired"
+REMOVED_EVICTED: Final = "evicted"  # max-contacts-mode evict-oldest made room for a new binding
+REMOVED_REMOTE: Final = "remote"  # by another registrar sharing the store
+REMOVED_NODE_GONE: Final = "node-gone"  # its connection's node died (the sweeper) or restarted (itself)
 # An AOR's bindings are a tuple, not a dict by ruid: an AOR has one or a few, and a 1-tuple takes
 # 48 bytes where a dict takes 184 (bench_memory: 1,727 -> 1,5xx bytes per contact at 100k). The
 # one binding of most AORs is held alone, without its 1-tuple (48 bytes less): a tuple has two or more.
 Bindings = Contact | tuple[Contact, ...]
 # A read-only stand-in for a table that has nothing: no dict made per lookup.
-_NO_AORS: dict[str, Bindings] = {}
+_NO_AORS: Final[dict[str, Bindings]] = {}
 
 Done = Callable[[StorageError | None], None]  # told the outcome of a change: None, or why it failed
 
@@ -80,15 +82,20 @@ class KeyedLock:
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[Hashable, deque[Callable[[], None]]] = {}
+        # A held key's waiters; None while there are none: no deque made for a key nobody waits
+        # for (an AOR's REGISTERs seldom overlap), one allocation less per REGISTER.
+        self._waiters: dict[Hashable, deque[Callable[[], None]] | None] = {}
 
     def run(self, key: Hashable, holder: Callable[[], None]) -> None:
-        queue = self._waiters.get(key)
-        if queue is None:
-            self._waiters[key] = deque()
+        waiters = self._waiters
+        if key not in waiters:
+            waiters[key] = None
             holder()
-        else:
-            queue.append(holder)
+            return
+        queue = waiters[key]
+        if queue is None:
+            queue = waiters[key] = deque()
+        queue.append(holder)
 
     async def acquire(self, key: Hashable) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -109,7 +116,7 @@ class KeyedLock:
 
     def release(self, key: Hashable) -> None:
         queue = self._waiters[key]
-        if queue:
+        if queue:  # neither None nor empty
             # The next holder runs from the loop, not from here: a chain of holders that
             # finish at once must not recurse.
             asyncio.get_running_loop().call_soon(queue.popleft())
@@ -280,7 +287,8 @@ class LocationService:
 
     # -- policies --------------------------------------------------------------------
     def policy(self, table: str, aor: str, name: str) -> str | None:
-        return self._policies.get((table, aor, name))
+        policies = self._policies
+        return policies.get((table, aor, name)) if policies else None  # none set: no key made (4 a REGISTER)
 
     def policies(self, name: str) -> dict[tuple[str, str], str]:
         return {(t, a): v for (t, a, n), v in self._policies.items() if n == name}
@@ -638,37 +646,56 @@ def _journal_row(now: float, table: str, contact: Contact, event: str, detail: s
     return (now, table, contact.aor, contact.ruid, event, contact.addr, contact.received, contact.modified, detail)
 
 
+def _renews(old: Contact, new: Contact) -> bool:
+    """Does ``new`` change only what a re-REGISTER changes (expires, callid, cseq, modified) of
+    ``old``, a binding the store holds (not a memory-only one)?"""
+    return (not old.flags & SAVE_MEMORY_ONLY and old.params == new.params and old.q == new.q
+            and old.methods == new.methods and old.flags == new.flags and old.cflags == new.cflags
+            and old.instance == new.instance and old.regid == new.regid and old.node == new.node)
+
+
 def _merge(changes: list[_Pending], binding: Callable[[str, str, str], Contact | None], now: float) -> Batch:
     """Collapse changes in order into one batch: the last change to each ruid wins. Each change
     is journaled: a removal with its reason, a new binding, a refresh only when it changed
-    something beside its expiry and CSeq (``binding``: memory before the batch)."""
+    something beside its expiry and CSeq (``binding``: memory before the batch). The refreshes
+    that change nothing a re-REGISTER does not are ``renewed`` (the store may write less)."""
     final: dict[str, tuple[str, Contact] | None] = {}
     born: set[str] = set()  # new bindings in this batch: may be inserted
     refreshed: set[str] = set()
     merged = Batch()
+    renewed = merged.renewed
     rows = merged.journal
     for change in changes:
         table = change.table
         for contact, reason in change.removes:
             final[contact.ruid] = None
+            renewed.discard(contact.ruid)
             note = change.note
             if not note and change.puts and (reason == REMOVED_REPLACED or reason == REMOVED_EVICTED):
                 note = "for " + change.puts[0][0].addr  # the binding that took its place
             rows.append(_journal_row(now, table, contact, reason, note))
         for contact, is_new in change.puts:
-            final[contact.ruid] = (table, contact)
+            ruid = contact.ruid
+            final[ruid] = (table, contact)
+            renews = False
             if is_new:
-                born.add(contact.ruid)
+                born.add(ruid)
                 rows.append(_journal_row(now, table, contact, journal.REGISTERED,
                                          f"expires in {contact.expires - now:.0f} s"))
-                continue
-            refreshed.add(contact.ruid)
-            old = binding(table, contact.aor, contact.ruid)
-            # Compared here (compiled), not in journal.changed: this runs for every refresh.
-            if old is not None and (old.addr != contact.addr or old.received != contact.received
-                                    or old.socket != contact.socket or old.path != contact.path
-                                    or old.user_agent != contact.user_agent):
-                rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
+            else:
+                refreshed.add(ruid)
+                old = binding(table, contact.aor, ruid)
+                # Compared here (compiled), not in journal.changed: this runs for every refresh.
+                if old is not None and (old.addr != contact.addr or old.received != contact.received
+                                        or old.socket != contact.socket or old.path != contact.path
+                                        or old.user_agent != contact.user_agent):
+                    rows.append(_journal_row(now, table, contact, journal.REFRESHED, journal.changed(old, contact)))
+                elif old is not None:
+                    renews = _renews(old, contact)
+            if renews:
+                renewed.add(ruid)
+            else:
+                renewed.discard(ruid)
         if change.limit is not None and change.puts:
             merged.limits[(table, change.puts[0][0].aor)] = change.limit
         if change.batch is not None:  # policies and subscribers only (see commit())

@@ -93,6 +93,11 @@ _ROW_MARKS = "(" + ",".join("?" * len(_COLUMNS.split(", "))) + ")"
 # statements cover every batch size and stay prepared in the statement cache. (SQLite before
 # 3.32 takes at most 999 parameters in a statement: 19 columns x 32 rows.)
 MAX_CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
+# A renewal (Batch.renewed: a re-REGISTER that changes only these) writes 5 values, not 19: SQLite
+# CPU per row 1.9 -> 1.2 us (250-row groups of 20,000 bindings in order), and fewer to bind while
+# holding the GIL. UPDATE ... FROM needs SQLite 3.33; before, renewals are written as whole rows.
+_RENEWED = ("ruid", "expires", "callid", "cseq", "modified")
+RENEWS = sqlite3.sqlite_version_info >= (3, 33, 0)
 
 
 LOAD_PAGE = 4096  # rows per round trip to the database thread while loading
@@ -125,6 +130,15 @@ def _chunks(count: int, largest: int = MAX_CHUNK) -> list[tuple[int, int]]:
 @functools.cache  # rows <= MAX_CHUNK
 def _upsert_sql(rows: int) -> str:
     return f"INSERT INTO contacts ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
+
+
+@functools.cache  # rows <= MAX_CHUNK
+def _renew_sql(rows: int) -> str:
+    """An UPDATE from a VALUES list (its columns are column1...): a statement that starts with
+    UPDATE, so that sqlite3 gives its rowcount (not one that starts WITH)."""
+    marks = "(" + ",".join("?" * len(_RENEWED)) + ")"
+    return ("UPDATE contacts SET " + ", ".join(f"{c} = v.column{i + 1}" for i, c in enumerate(_RENEWED) if i)
+            + " FROM (VALUES " + ",".join([marks] * rows) + ") AS v WHERE contacts.ruid = v.column1")
 
 
 @functools.cache  # rows <= MAX_CHUNK
@@ -171,6 +185,11 @@ def _needs_reconnect(exc: BaseException) -> bool:
 def _values(puts: list[tuple[str, Contact]]) -> list[object]:
     """The parameters of an upsert of ``puts``, row after row."""
     return [value for table, contact in puts for value in _row(table, contact)]
+
+
+def _renewals(puts: list[tuple[str, Contact]]) -> list[object]:
+    """The parameters of a renewal of ``puts`` (_RENEWED's columns), row after row."""
+    return [value for _, c in puts for value in (c.ruid, c.expires, c.callid, c.cseq, c.modified)]
 
 
 def _row(table: str, c: Contact) -> tuple[object, ...]:
@@ -232,7 +251,7 @@ class SqliteStore:
     async def _connect(self, target: str, *, uri: bool) -> None:
         try:
             db = await aiosqlite.connect(target, isolation_level=None, uri=uri,
-                                         cached_statements=MAX_CHUNK + 64)  # an upsert per batch size
+                                         cached_statements=2 * MAX_CHUNK + 64)  # an upsert and a renewal per batch size
         except Exception as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
         self._db = db
@@ -402,7 +421,10 @@ class SqliteStore:
                 # The usual group commit: one statement, its own transaction. One round trip
                 # to the database thread, not one each for BEGIN, the rows and COMMIT: each
                 # waits for a busy event loop to take its result (about a loop iteration).
-                await db.execute(_upsert_sql(len(puts)), _values(puts))
+                if RENEWS and len(batch.renewed) == len(puts):
+                    await self._renew(db, puts)
+                else:
+                    await db.execute(_upsert_sql(len(puts)), _values(puts))
             else:
                 await self._write_transaction(db, batch)
             self._check_identity()
@@ -414,6 +436,13 @@ class SqliteStore:
         if now >= self._next_checkpoint and self._checkpointing is None and self._inode is not None:
             self._next_checkpoint = now + CHECKPOINT_INTERVAL
             self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    @staticmethod
+    async def _renew(db: aiosqlite.Connection, puts: list[tuple[str, Contact]]) -> None:
+        """Write renewals (at most MAX_CHUNK), in a transaction or in their own."""
+        cursor = await db.execute(_renew_sql(len(puts)), _renewals(puts))
+        if cursor.rowcount != len(puts):  # a binding the file does not hold (not expected): whole rows
+            await db.execute(_upsert_sql(len(puts)), _values(puts))
 
     async def _checkpoint(self) -> None:
         """One PASSIVE checkpoint on the checkpointer's connection: it waits for no writer and
@@ -453,8 +482,14 @@ class SqliteStore:
             for start, size in _chunks(len(deletes)):
                 await db.execute(_delete_sql(size), deletes[start:start + size])
             puts = batch.puts
+            renewed: list[tuple[str, Contact]] = []
+            if RENEWS and batch.renewed:
+                renewed = [p for p in puts if p[1].ruid in batch.renewed]
+                puts = [p for p in puts if p[1].ruid not in batch.renewed]
             for start, size in _chunks(len(puts)):
                 await db.execute(_upsert_sql(size), _values(puts[start:start + size]))
+            for start, size in _chunks(len(renewed)):
+                await self._renew(db, renewed[start:start + size])
             journal = batch.journal
             for start, size in _chunks(len(journal)):
                 await db.execute(_journal_sql(size), [v for row in journal[start:start + size] for v in row])

@@ -63,7 +63,9 @@ class Batch:
     ``limits``: (table, aor) -> (most bindings, reason): a store several registrars write
     removes the AOR's oldest bindings beyond that (others' too), with that reason.
     ``refreshes``: ruids of puts that refresh a binding: such a store writes them only if the
-    binding is still stored (another registrar's delete committed first wins)."""
+    binding is still stored (another registrar's delete committed first wins). ``renewed``: those
+    of them that change only expires, callid, cseq and modified (a phone's re-REGISTER): a store
+    may write just those columns (SQLite: 5 values a row instead of 19)."""
 
     puts: list[tuple[str, Contact]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
@@ -72,6 +74,7 @@ class Batch:
     journal: list[JournalRow] = field(default_factory=list)
     limits: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
     refreshes: set[str] = field(default_factory=set)
+    renewed: set[str] = field(default_factory=set)
 
 
 class Feed(Protocol):
