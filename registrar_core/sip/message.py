@@ -551,17 +551,21 @@ def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str
     Kept apart from the request, they let a response be built once the request is gone
     (a REGISTER waiting for its group commit holds these few strings, not the message).
     """
-    asked = request.headers
-    to = asked.get("To") or ""
+    index = request.headers._lookup()  # by lookup key: no name spelling resolved per field
+    head = [("Via", v) for v in index.get("via") or ()]
+    to = _first(index, "to")
     if to_tag and request.to.tag is None:
         to = f"{to};tag={to_tag}"
-    return [
-        *[("Via", v) for v in asked.get_all("Via")],
-        ("From", asked.get("From") or ""),
-        ("To", to),
-        ("Call-ID", request.call_id),
-        ("CSeq", asked.get("CSeq") or ""),
-    ]
+    head.append(("From", _first(index, "from")))
+    head.append(("To", to))
+    head.append(("Call-ID", request.call_id))
+    head.append(("CSeq", _first(index, "cseq")))
+    return head
+
+
+def _first(index: dict[str, list[str]], key: str) -> str:
+    values = index.get(key)
+    return values[0] if values else ""
 
 
 def response_from(
