@@ -433,33 +433,16 @@ def parse_head(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Heade
     """A message's start line, header fields and body (cut to its Content-Length), checked
     against ``limits`` and nothing more: for a caller that validates only what it uses and
     hands anything else to :func:`parse_message` (the 401 to a REGISTER without credentials,
-    pipeline.py). Raises SipError, and nothing else. The first steps of ``_parse``."""
+    pipeline.py). Raises SipError, and nothing else."""
     try:
-        if len(data) > limits.max_message_size:
-            raise SipError(513, "Message Too Large")
-        head_bytes, body = _split_head(data.lstrip(b"\r\n"))
-        if len(head_bytes) > limits.max_header_block:
-            raise SipError(513, "Message Too Large")
-        head = head_bytes.decode("utf-8", "surrogateescape")
-        lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
-        if len(lines) > limits.max_headers * 2:
-            raise SipError(400, "Too many headers")
-        if len(head) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
-            raise SipError(400, "Line too long")
-        headers = _header_fields(lines[1:], limits)
-        length = content_length(headers.get_all("Content-Length"))
-        if length is not None:
-            if length > len(body):
-                raise SipError(400, "Content-Length larger than the message")
-            body = body[:length]
-        return lines[0], headers, body
+        return _head(data, limits)
     except SipError:
         raise
     except Exception as exc:  # parse_message's contract
         raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
 
 
-def _parse(data: bytes, limits: Limits) -> Message:
+def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
     if len(data) > limits.max_message_size:
         raise SipError(513, "Message Too Large")
     data = data.lstrip(b"\r\n")
@@ -481,7 +464,11 @@ def _parse(data: bytes, limits: Limits) -> Message:
         if length > len(body):
             raise SipError(400, "Content-Length larger than the message")
         body = body[:length]
-    start = lines[0]
+    return lines[0], headers, body
+
+
+def _parse(data: bytes, limits: Limits) -> Message:
+    start, headers, body = _head(data, limits)
     if start.startswith("SIP/"):
         return _parse_response(start, headers, body)
     return _parse_request(start, headers, body)
