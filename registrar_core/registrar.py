@@ -23,7 +23,7 @@ from .location import (
 from .location.service import REMOVED_EVICTED, REMOVED_REPLACED, REMOVED_UNREGISTERED, KeyedLock
 from .sip import NameAddr, Request, Response, SipError, SipURI, build_response, response_from, response_head
 from .sip.headers import is_digits, parse_delta
-from .sip.uri import format_params
+from .sip.uri import Params, format_params
 from .source import Source
 
 # Final: folded into the compiled code, or a C variable, not a look-up in the module's dict
@@ -344,7 +344,7 @@ class Registrar:
         uri = contact.uri
         if not isinstance(uri, SipURI):
             raise RegisterRejected(400, "Bad Request", "Contact must be a SIP URI")
-        expires_param = contact.param("expires")
+        expires_param, q_text, instance_param, regid_text, params = _contact_params(contact.params)
         if expires_param is not None:
             expires = parse_delta(expires_param, "contact expires")
         elif request.expires is not None:
@@ -358,7 +358,6 @@ class Registrar:
             expires = self.min_expires
         if self.max_expires and expires > self.max_expires:
             expires = self.max_expires
-        q_text = contact.param("q")
         q: float | None = None
         if q_text is not None:
             try:
@@ -367,20 +366,16 @@ class Registrar:
                 raise RegisterRejected(400, "Bad Request", "Invalid q value") from None
             if not 0.0 <= q <= 1.0:
                 raise RegisterRejected(400, "Bad Request", "q value out of range")
-        instance = contact.param("+sip.instance") or ""
+        instance = instance_param or ""
         if len(instance) >= 2 and instance[0] == instance[-1] == '"':
             instance = instance[1:-1]  # as Kamailio's $ulc(instance): <urn:uuid:...>
         if instance and expires and self._loops(uri, aor):
             raise RegisterRejected(403, "Forbidden", "Contact is the AOR or one of its GRUUs: requests would loop")
-        regid_text = contact.param("reg-id")
         regid = 0
         if instance and regid_text is not None and "outbound" in _supported(request):
             if not is_digits(regid_text) or not 1 <= int(regid_text) <= 2**31 - 1:
                 raise RegisterRejected(400, "Bad Request", "Invalid reg-id (RFC 5626: 1 to 2^31-1)")
             regid = int(regid_text)
-        params = ""
-        if contact.params:
-            params = format_params(tuple((n, v) for n, v in contact.params if n.lower() not in ("expires", "q")))
         return _Wanted(contact, uri.raw or str(uri), expires, q, params, instance, regid)
 
     def _loops(self, uri: SipURI, aor: str) -> bool:
@@ -416,6 +411,32 @@ class Registrar:
         status = self.config.max_contacts_status
         reason = "Service Unavailable" if status == 503 else "Forbidden"
         raise RegisterRejected(status, reason, f"Too many registered contacts (max {limit})")
+
+
+def _contact_params(params: Params) -> tuple[str | None, str | None, str | None, str | None, str]:
+    """A Contact's expires, q, +sip.instance and reg-id parameters (the first of each: "" for a
+    flag, None when absent, as NameAddr.param) and its parameters but expires and q, as written
+    again: one pass, not a search (and a lower-cased name) for each, none without parameters."""
+    expires: str | None = None
+    q: str | None = None
+    instance: str | None = None
+    regid: str | None = None
+    kept: list[tuple[str, str | None]] = []
+    for name, value in params:
+        key = name.lower()
+        text = "" if value is None else value
+        if key == "expires":
+            expires = text if expires is None else expires
+            continue
+        if key == "q":
+            q = text if q is None else q
+            continue
+        if key == "+sip.instance" and instance is None:
+            instance = text
+        elif key == "reg-id" and regid is None:
+            regid = text
+        kept.append((name, value))
+    return expires, q, instance, regid, format_params(tuple(kept)) if kept else ""
 
 
 def _expires(contact: Contact) -> float:
