@@ -10,6 +10,8 @@ import pytest
 
 from registrar_core.api import RegistrarCore
 from registrar_core.config import build_config
+from registrar_core.registrar import _contact_params
+from registrar_core.sip.headers import parse_name_addr
 from registrar_core.source import Source
 
 from .sipclient import register_bytes
@@ -64,3 +66,18 @@ async def test_a_register_waiting_for_its_commit_holds_no_parsed_request(core):
     while len(replies) < 50 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
     assert len(replies) == 50 and all(r[0].startswith(b"SIP/2.0 200 ") for r in replies)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("contact", [
+    "<sip:a@192.0.2.1>",
+    "<sip:a@192.0.2.1>;expires=60;q=0.5",
+    '<sip:a@192.0.2.1>;EXPIRES=60;Q=1;+sip.instance="<urn:uuid:1>";reg-id=1;ob;expires=5;x=y',
+    "<sip:a@192.0.2.1>;q;+SIP.INSTANCE;Reg-Id;expires",
+])
+def test_contact_params_in_one_pass_read_as_name_addr_param_does(contact):
+    """The first of each (any case), "" for a flag, None when absent; the rest but every expires
+    and q written again as they came."""
+    parsed = parse_name_addr(contact)
+    kept = "".join(f";{n}" if v is None else f";{n}={v}" for n, v in parsed.params if n.lower() not in ("expires", "q"))
+    assert _contact_params(parsed.params) == (parsed.param("expires"), parsed.param("q"), parsed.param("+sip.instance"),
+                                              parsed.param("reg-id"), kept)
