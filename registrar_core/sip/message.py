@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from mypy_extensions import mypyc_attr
 
@@ -31,11 +31,11 @@ from .headers import (
 from .limits import DEFAULT_LIMITS, Limits
 from .uri import URI, SipURI, parse_uri
 
-SIP_VERSION = "SIP/2.0"
+SIP_VERSION: Final = "SIP/2.0"
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
-_SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "expires", "content-type")
+_SINGLE: Final = ("to", "from", "call-id", "cseq", "max-forwards", "expires", "content-type")
 # Lower-case name (or compact letter) -> conventional spelling of the full name.
-_NAMES = {
+_NAMES: Final[dict[str, str]] = {
     name.lower(): name
     for name in (
         *COMPACT_FORMS.values(),
@@ -47,12 +47,12 @@ _NAMES = {
 } | COMPACT_FORMS
 # The usual spellings of the names above (conventional, lower- and upper-case, compact)
 # -> (canonical name, lookup key): no str.lower() for them; others go through _NAMES.
-_SPELLINGS: dict[str, tuple[str, str]] = {
+_SPELLINGS: Final[dict[str, tuple[str, str]]] = {
     spelling: (_NAMES[spelling.lower()], _NAMES[spelling.lower()].lower())
     for name in _NAMES
     for spelling in (name, name.upper(), _NAMES[name])
 }
-_KEYS = {spelling: key for spelling, (_, key) in _SPELLINGS.items()}
+_KEYS: Final[dict[str, str]] = {spelling: key for spelling, (_, key) in _SPELLINGS.items()}
 
 
 T = TypeVar("T")
