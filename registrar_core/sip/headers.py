@@ -14,8 +14,7 @@ from .uri import (
     all_of,
     format_params,
     has_space,
-    is_hostname,
-    is_port,
+    host_port,
     param,
     parse_host,
     parse_params,
@@ -273,18 +272,10 @@ def via_parts(text: str) -> tuple[str, str, str | None, str | None] | None:
     if space <= 8 or not all_of(text, 8, space, ALPHA):
         return None
     start = space + 1
-    end = len(text)
-    semi = text.find(";", start)
-    host_end = end if semi < 0 else semi
-    colon = text.find(":", start, host_end)
-    port: str | None = None
-    if colon >= 0:
-        if not is_port(text, colon + 1, host_end):
-            return None
-        port = text[colon + 1 : host_end]
-        host_end = colon
-    if not is_hostname(text, start, host_end):
+    host = host_port(text, start)
+    if host is None:
         return None
+    host_end, semi, port = host
     return text[8:space], text[start:host_end], port, None if semi < 0 else text[semi + 1 :]
 
 

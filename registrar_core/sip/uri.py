@@ -320,9 +320,24 @@ def sip_parts(text: str) -> tuple[str, str | None, str, str | None, str | None] 
         if not user or not (user.isalnum() or all_of(user, 0, len(user), USER)):  # letters and digits all are
             return None
         start = at + 1
-    end = len(text)
+    host = host_port(text, start)
+    if host is None:
+        return None
+    host_end, semi, port = host
+    params: str | None = None
+    if semi >= 0:
+        if not all_of(text, semi + 1, len(text), PARAM):
+            return None
+        params = text[semi + 1 :]
+    return scheme, user, text[start:host_end], port, params
+
+
+def host_port(text: str, start: int) -> tuple[int, int, str | None] | None:
+    """(where the host ends, the first ";" or -1, the port) of ``hostname[:port]`` from ``start``
+    up to the first ";", or None when the host name or the port is malformed: the part the
+    common URI and the common Via share."""
     semi = text.find(";", start)
-    host_end = end if semi < 0 else semi
+    host_end = len(text) if semi < 0 else semi
     colon = text.find(":", start, host_end)
     port: str | None = None
     if colon >= 0:
@@ -332,12 +347,7 @@ def sip_parts(text: str) -> tuple[str, str | None, str, str | None, str | None] 
         host_end = colon
     if not is_hostname(text, start, host_end):
         return None
-    params: str | None = None
-    if semi >= 0:
-        if not all_of(text, semi + 1, end, PARAM):
-            return None
-        params = text[semi + 1 :]
-    return scheme, user, text[start:host_end], port, params
+    return host_end, semi, port
 
 
 def parse_uri(text: str) -> URI:
