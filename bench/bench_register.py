@@ -635,15 +635,16 @@ def profile(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> i
                 "build": c.sipconsole_build(), "commit": c.source_revision()})
         if args.profile == "cpu":
             return 0 if run.failed == 0 else 1
+        folder = Path(args.output).parent if args.output else c.RESULTS  # beside --output, never into a checkout compared
         if args.profile == "py-spy":
             report = pyspy_report(raw)
-            path = c.RESULTS / "profile-pyspy-top.txt"
+            path = folder / "profile-pyspy-top.txt"
         elif args.profile == "perf":
             report = perf_report(perf_data)
-            path = c.RESULTS / "profile-perf-top.txt"
+            path = folder / "profile-perf-top.txt"
         else:
             report = cprofile_report(out_prof)
-            path = c.RESULTS / "profile-cprofile-top.txt"
+            path = folder / "profile-cprofile-top.txt"
         path.write_text(report + "\n")
         print(report)
         print(f"\nwrote {os.path.relpath(path, c.ROOT)}" + (f" and {os.path.relpath(raw, c.ROOT)}" if args.profile == "py-spy" else ""))
