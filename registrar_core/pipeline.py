@@ -41,8 +41,8 @@ from .keepalive import is_crlf_keepalive, stun_binding_response
 from .location import DEFAULT_TABLE
 from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
-from .sip import Request, Response, SipError, SipURI, parse_message, parse_uri
-from .sip.message import SIP_VERSION, parse_head, response_head
+from .sip import Request, Response, SipError, SipURI, parse_message
+from .sip.message import parse_head, parse_request_line, response_head
 from .sip.uri import URI
 from .source import Source
 from .stateless import salvage_reply
@@ -188,19 +188,16 @@ class Pipeline:
             return False
         try:
             start, headers, _ = parse_head(data, self._limits)
-            method, uri, version = start.split(" ")
-            if (method != "REGISTER" or version != SIP_VERSION or headers.get("Authorization") is not None
+            method, target = parse_request_line(start)
+            if (method != "REGISTER" or headers.get("Authorization") is not None
                     or "" in headers.get_all("Via") or len(headers.get_all("To")) != 1
                     or len(headers.get_all("Call-ID")) != 1 or len(headers.get_all("CSeq")) != 1):
-                return False
-            target = parse_uri(uri)
-            if isinstance(target, SipURI) and target.headers is not None:
                 return False
             request = Request(headers, b"", method, target)
             if not request.vias or request.cseq[1] != method:
                 return False
             self.registrar.check(request)
-        except (SipError, RegisterRejected, ValueError):  # ValueError: not a three-part request line
+        except (SipError, RegisterRejected, ValueError):
             return False
         to = request.to.uri
         if not isinstance(to, SipURI):  # check() refuses those: for the type checker
@@ -219,7 +216,7 @@ class Pipeline:
             for name, value in fields:
                 parts += ("\r\n", name, ": ", value)
         parts.append(_UNAUTHORIZED_END)
-        self._count(method, note, 401, "Unauthorized", True)
+        self.answered(method, note, 401, "Unauthorized", True)
         respond(("".join(parts).encode("utf-8", "surrogateescape"), address))
         return True
 
@@ -307,13 +304,9 @@ class Pipeline:
         self.events.publish(ev.SECURITY, event=event, ip=source.ip, port=source.port, user=user)
 
     # 6. reply ----------------------------------------------------------------------------
-    def answered(self, method: str, note: _Note | None, response: Response, challenged: bool = False) -> None:
-        """Count and publish a request's outcome; ``challenged``: a 401 asking for (fresh)
-        credentials, counted apart from real rejections."""
-        self._count(method, note, response.status, response.reason, challenged)
-
-    def _count(self, method: str, note: _Note | None, status: int, reason: str, challenged: bool) -> None:
-        """The statistics and the request.handled event of an answer (a 401 made as bytes too)."""
+    def answered(self, method: str, note: _Note | None, status: int, reason: str, challenged: bool) -> None:
+        """Count and publish a request's outcome (a 401 made as bytes too); ``challenged``: a 401
+        asking for (fresh) credentials, counted apart from real rejections."""
         if method == "REGISTER":
             self.stats.count_register(status == 200, challenged, self.clock())
         self.stats.responses[str(status)] += 1
@@ -338,7 +331,7 @@ class _Answered:
 
     def __call__(self, response: Response, challenged: bool = False) -> None:
         pipeline = self.pipeline
-        pipeline.answered(self.method, self.note, response, challenged)
+        pipeline.answered(self.method, self.note, response.status, response.reason, challenged)
         payload = bytes(response)
         if self.key:
             pipeline.transactions.complete(self.key, payload)

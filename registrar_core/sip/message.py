@@ -474,7 +474,8 @@ def _parse(data: bytes, limits: Limits) -> Message:
     return _parse_request(start, headers, body)
 
 
-def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
+def parse_request_line(start: str) -> tuple[str, URI]:
+    """The method and Request-URI of a request line; raises SipError (400, 505) otherwise."""
     parts = start.split(" ")
     if len(parts) != 3 or not all(parts):
         raise SipError(400, "Malformed request line")
@@ -488,6 +489,11 @@ def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
     uri = parse_uri(uri_text)
     if isinstance(uri, SipURI) and uri.headers is not None:
         raise SipError(400, "Headers are not allowed in a Request-URI")  # RFC 3261 §19.1.1
+    return method, uri
+
+
+def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
+    method, uri = parse_request_line(start)
     request = Request(headers, body, method, uri)
     _validate_common(request, headers)
     if request.cseq[1] != method:
