@@ -126,7 +126,6 @@ def aor_hash(aor: str) -> int:
     return zlib.crc32(aor.encode("utf-8", "surrogateescape"))
 
 
-
 def _python_init(self: Contact, ruid: str, aor: str, addr: str, expires: float, callid: str, cseq: int,
                  q: float | None = None, params: str = "", path: tuple[str, ...] = (), received: str = "",
                  socket: str = "", user_agent: str = "", methods: str = "", flags: int = 0, cflags: int = 0,
