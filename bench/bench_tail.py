@@ -82,9 +82,10 @@ def probe(argv: list[str]) -> None:
     execute = aiosqlite.core.Connection._execute
 
     async def timed_execute(self: aiosqlite.core.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        # The group commit's writes only (the probe's subject: the upsert, or the renewals' update):
-        # the legs and what the thread wrote.
-        if not (args and isinstance(args[0], str) and args[0].startswith(("INSERT INTO contacts", "UPDATE contacts"))):
+        # The group commit's writes only (the probe's subject: the store's write, run whole in the
+        # database thread; before, its statements one by one): the legs and what the thread wrote.
+        if not (getattr(fn, "__name__", "") == "_write" or args and isinstance(args[0], str)
+                and args[0].startswith(("INSERT INTO contacts", "UPDATE contacts"))):
             return await execute(self, fn, *args, **kwargs)
         legs = [clock(), 0.0, 0.0, 0]
 

@@ -14,7 +14,6 @@ import logging
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable
 from pathlib import Path
 from sys import intern
 from typing import TYPE_CHECKING
@@ -198,6 +197,57 @@ def _row(table: str, c: Contact) -> tuple[object, ...]:
         json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
         c.cflags, c.instance, c.regid, c.modified,
     )
+
+
+def _write(conn: sqlite3.Connection, batch: Batch) -> None:
+    """Write ``batch`` in one transaction on ``conn`` (in the database thread): all or nothing."""
+    puts = batch.puts
+    if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers or batch.journal):
+        # The usual group commit: one statement, its own transaction (no BEGIN and COMMIT:
+        # sqlite3 takes the GIL back after each statement, a thread switch on a busy registrar).
+        if RENEWS and len(batch.renewed) == len(puts):
+            _renew_rows(conn, puts)
+        else:
+            conn.execute(_upsert_sql(len(puts)), _values(puts))
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deletes = batch.deletes
+        for start, size in _chunks(len(deletes)):
+            conn.execute(_delete_sql(size), deletes[start:start + size])
+        renewed: list[tuple[str, Contact]] = []
+        if RENEWS and batch.renewed:
+            renewed = [p for p in puts if p[1].ruid in batch.renewed]
+            puts = [p for p in puts if p[1].ruid not in batch.renewed]
+        for start, size in _chunks(len(puts)):
+            conn.execute(_upsert_sql(size), _values(puts[start:start + size]))
+        for start, size in _chunks(len(renewed)):
+            _renew_rows(conn, renewed[start:start + size])
+        journal = batch.journal
+        for start, size in _chunks(len(journal)):
+            conn.execute(_journal_sql(size), [v for row in journal[start:start + size] for v in row])
+        for tbl, aor, name, value in batch.policies:
+            if value is None:
+                conn.execute("DELETE FROM policies WHERE tbl=? AND aor=? AND name=?", (tbl, aor, name))
+            else:
+                conn.execute("INSERT OR REPLACE INTO policies VALUES (?,?,?,?)", (tbl, aor, name, value))
+        for username, domain, ha1s in batch.subscribers:
+            if ha1s is None:
+                conn.execute("DELETE FROM subscribers WHERE username=? AND domain=?", (username, domain))
+            else:
+                conn.execute("INSERT OR REPLACE INTO subscribers VALUES (?,?,?,?,?)", (username, domain, *ha1s))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _renew_rows(conn: sqlite3.Connection, puts: list[tuple[str, Contact]]) -> None:
+    """Write renewals (at most MAX_CHUNK), in a transaction or in their own (database thread)."""
+    if conn.execute(_renew_sql(len(puts)), _renewals(puts)).rowcount != len(puts):
+        # A binding the file does not hold (not expected): whole rows.
+        conn.execute(_upsert_sql(len(puts)), _values(puts))
 
 
 class SqliteStore:
@@ -415,18 +465,13 @@ class SqliteStore:
         """Apply one batch in one transaction; all or nothing."""
         db = await self._writable()
         try:
-            puts = batch.puts
-            if 0 < len(puts) <= MAX_CHUNK and not (batch.deletes or batch.policies or batch.subscribers
-                                                   or batch.journal):
-                # The usual group commit: one statement, its own transaction. One round trip
-                # to the database thread, not one each for BEGIN, the rows and COMMIT: each
-                # waits for a busy event loop to take its result (about a loop iteration).
-                if RENEWS and len(batch.renewed) == len(puts):
-                    await self._renew(db, puts)
-                else:
-                    await db.execute(_upsert_sql(len(puts)), _values(puts))
-            else:
-                await self._write_transaction(db, batch)
+            # Run whole in the database thread: one round trip, however large the group. Each
+            # result is taken by a turn of the event loop, and a turn under load reads up to 256
+            # datagrams (5-10 ms): a group of more than MAX_CHUNK rows, statement by statement
+            # (BEGIN, each chunk, COMMIT), waited six turns or more, the next group grew
+            # meanwhile, and an open loop ran away (issue 19.3). aiosqlite has no public call
+            # to run a function in its thread: ``_execute`` is what its own methods use.
+            await db._execute(_write, db._conn, batch)
             self._check_identity()
         except StorageError:
             raise
@@ -436,13 +481,6 @@ class SqliteStore:
         if now >= self._next_checkpoint and self._checkpointing is None and self._inode is not None:
             self._next_checkpoint = now + CHECKPOINT_INTERVAL
             self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
-
-    @staticmethod
-    async def _renew(db: aiosqlite.Connection, puts: list[tuple[str, Contact]]) -> None:
-        """Write renewals (at most MAX_CHUNK), in a transaction or in their own."""
-        cursor = await db.execute(_renew_sql(len(puts)), _renewals(puts))
-        if cursor.rowcount != len(puts):  # a binding the file does not hold (not expected): whole rows
-            await db.execute(_upsert_sql(len(puts)), _values(puts))
 
     async def _checkpoint(self) -> None:
         """One PASSIVE checkpoint on the checkpointer's connection: it waits for no writer and
@@ -474,39 +512,6 @@ class SqliteStore:
         if db is not None:
             with contextlib.suppress(Exception):
                 await db.close()
-
-    async def _write_transaction(self, db: aiosqlite.Connection, batch: Batch) -> None:
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            deletes = batch.deletes
-            for start, size in _chunks(len(deletes)):
-                await db.execute(_delete_sql(size), deletes[start:start + size])
-            puts = batch.puts
-            renewed: list[tuple[str, Contact]] = []
-            if RENEWS and batch.renewed:
-                renewed = [p for p in puts if p[1].ruid in batch.renewed]
-                puts = [p for p in puts if p[1].ruid not in batch.renewed]
-            for start, size in _chunks(len(puts)):
-                await db.execute(_upsert_sql(size), _values(puts[start:start + size]))
-            for start, size in _chunks(len(renewed)):
-                await self._renew(db, renewed[start:start + size])
-            journal = batch.journal
-            for start, size in _chunks(len(journal)):
-                await db.execute(_journal_sql(size), [v for row in journal[start:start + size] for v in row])
-            if batch.policies:
-                await self._write_policies(db, batch.policies)
-            for username, domain, ha1s in batch.subscribers:
-                if ha1s is None:
-                    await db.execute("DELETE FROM subscribers WHERE username=? AND domain=?",
-                                     (username, domain))
-                else:
-                    await db.execute("INSERT OR REPLACE INTO subscribers VALUES (?,?,?,?,?)",
-                                     (username, domain, *ha1s))
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
 
     async def history(self, table: str, aor: str, since: float, limit: int) -> list[JournalRow]:
         db = self._require()
@@ -544,20 +549,6 @@ class SqliteStore:
                 await db.execute("ROLLBACK")
             raise
         self._check_identity()
-
-    @staticmethod
-    async def _write_policies(
-        db: aiosqlite.Connection, policies: Iterable[tuple[str, str, str, str | None]]
-    ) -> None:
-        for tbl, aor, name, value in policies:
-            if value is None:
-                await db.execute(
-                    "DELETE FROM policies WHERE tbl=? AND aor=? AND name=?", (tbl, aor, name)
-                )
-            else:
-                await db.execute(
-                    "INSERT OR REPLACE INTO policies VALUES (?,?,?,?)", (tbl, aor, name, value)
-                )
 
     async def close(self) -> None:
         self._opened = False
