@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
 
-IN_FLIGHT = 200  # REGISTERs sipp keeps outstanding (as bench_console.py)
+IN_FLIGHT = 200  # REGISTERs sipp keeps outstanding by default (as bench_console.py)
 TIMER_J = 32.0
 PROBE_ENV = "BENCH_RSS_PROBE"  # where the probe in the registrar appends its samples (JSON lines)
 
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 epilog="Writes bench/results/rss.json.")
     p.add_argument("--contacts", type=int, default=100_000, help="AORs registered and refreshed (default 100,000)")
     p.add_argument("--seconds", type=int, default=180, help="seconds of closed-loop refreshes (default 180)")
+    p.add_argument("--users", type=int, default=IN_FLIGHT, help=f"REGISTERs sipp keeps in flight (default {IN_FLIGHT})")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
     p.add_argument("--settle", type=float, default=TIMER_J + 3,
                    help=f"seconds of quiet after the load (default {TIMER_J + 3:.0f}: Timer J and a little)")
@@ -210,7 +211,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         time.sleep(1.5)
         out["samples"].append(sample(server, control, probe, "started", t0))
         print(f"registering {args.contacts:,} AORs ...", flush=True)
-        pre = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "preload", users=IN_FLIGHT,
+        pre = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "preload", users=args.users,
                          calls=args.contacts, core=sipp_core, rtt=False, local_port=sipp_port)
         out["preload"] = {"ok": pre.successful, "failed": pre.failed, "wall_s": round(pre.wall, 1)}
         out["samples"].append(sample(server, control, probe, "registered", t0))
@@ -220,7 +221,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                                                control, probe, "load", t0))
         sampler.start()
         try:
-            run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "load", users=IN_FLIGHT,
+            run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "load", users=args.users,
                              duration=args.seconds, core=sipp_core, rtt=False, timeout=args.seconds + 120,
                              local_port=sipp_port)
         finally:
