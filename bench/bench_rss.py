@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--contacts", type=int, default=100_000, help="AORs registered and refreshed (default 100,000)")
     p.add_argument("--seconds", type=int, default=180, help="seconds of closed-loop refreshes (default 180)")
     p.add_argument("--users", type=int, default=IN_FLIGHT, help=f"REGISTERs sipp keeps in flight (default {IN_FLIGHT})")
+    p.add_argument("--rounds", type=int, default=1, help="load and quiet, this many times (default 1)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
     p.add_argument("--settle", type=float, default=TIMER_J + 3,
                    help=f"seconds of quiet after the load (default {TIMER_J + 3:.0f}: Timer J and a little)")
@@ -59,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--output", type=Path, default=c.RESULTS / "rss.json", help="JSON output path")
     args = p.parse_args(argv)
-    if args.contacts <= 0 or args.seconds <= 0 or args.interval <= 0:
-        p.error("--contacts, --seconds and --interval must be positive")
+    if min(args.contacts, args.seconds, args.interval, args.rounds, args.users) <= 0:
+        p.error("--contacts, --seconds, --interval, --rounds and --users must be positive")
     return args
 
 
@@ -215,39 +216,52 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                          calls=args.contacts, core=sipp_core, rtt=False, local_port=sipp_port)
         out["preload"] = {"ok": pre.successful, "failed": pre.failed, "wall_s": round(pre.wall, 1)}
         out["samples"].append(sample(server, control, probe, "registered", t0))
-        print(f"closed loop for {args.seconds} s, sampling every {args.interval:g} s ...", flush=True)
-        stop = threading.Event()
-        sampler = threading.Thread(target=sample_until, args=(stop, out["samples"], args.interval, server,
-                                                               control, probe, "load", t0))
-        sampler.start()
-        try:
-            run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work / "load", users=args.users,
-                             duration=args.seconds, core=sipp_core, rtt=False, timeout=args.seconds + 120,
-                             local_port=sipp_port)
-        finally:
-            stop.set()
-            sampler.join()
-        out["load"] = {"ok": run.successful, "failed": run.failed, "wall_s": round(run.wall, 1),
-                       "reg_per_s": round(run.successful / max(run.wall, 1e-9))}
-        if probe is not None:
-            Path(str(probe) + ".gc").touch()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and Path(str(probe) + ".gc").exists():
-                time.sleep(0.2)
-            time.sleep(1.5)
-            with contextlib.suppress(OSError, ValueError):
-                out["objects_after_load"] = next(json.loads(line)["objects"] for line in
-                                                 reversed(probe.read_text().splitlines()) if '"objects"' in line)
-        out["samples"].append(sample(server, control, probe, "loaded", t0))
-        if args.settle:
-            print(f"quiet for {args.settle:.0f} s ...", flush=True)
-            time.sleep(args.settle)
-            c.sip_probe(port, "OPTIONS")  # the transaction table purges on its next request
-            time.sleep(1.5)
-            out["samples"].append(sample(server, control, probe, "settled", t0))
+        out["loads"] = []
+        for n in range(1, args.rounds + 1):
+            suffix = str(n) if args.rounds > 1 else ""
+            out["loads"].append(load_round(args, out, (port, sipp_port, sipp_core), injection, work / f"load{suffix}",
+                                           (server, control, probe, t0), suffix))
+        out["load"] = out["loads"][0]
     finally:
         server.stop(timeout=60)
     return out
+
+
+def load_round(args: argparse.Namespace, out: dict[str, Any], ports: tuple[int, int, int | None], injection: Path,
+               work: Path, watched: tuple[c.Managed, Path, Path | None, float], suffix: str) -> dict[str, Any]:
+    """One closed-loop run, sampled; the Python objects after it (--probe); then the quiet."""
+    port, sipp_port, sipp_core = ports
+    server, control, probe, t0 = watched
+    print(f"closed loop for {args.seconds} s, sampling every {args.interval:g} s ...", flush=True)
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_until, args=(stop, out["samples"], args.interval, server,
+                                                           control, probe, f"load{suffix}", t0))
+    sampler.start()
+    try:
+        run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work, users=args.users,
+                         duration=args.seconds, core=sipp_core, rtt=False, timeout=args.seconds + 120,
+                         local_port=sipp_port)
+    finally:
+        stop.set()
+        sampler.join()
+    if probe is not None:
+        Path(str(probe) + ".gc").touch()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(str(probe) + ".gc").exists():
+            time.sleep(0.2)
+        time.sleep(1.5)
+        with contextlib.suppress(OSError, ValueError):
+            out["objects_after_load"] = next(json.loads(line)["objects"] for line in
+                                             reversed(probe.read_text().splitlines()) if '"objects"' in line)
+    out["samples"].append(sample(server, control, probe, f"loaded{suffix}", t0))
+    if args.settle:
+        print(f"quiet for {args.settle:.0f} s ...", flush=True)
+        time.sleep(args.settle)
+        c.sip_probe(port, "OPTIONS")  # the transaction table purges on its next request
+        time.sleep(1.5)
+        out["samples"].append(sample(server, control, probe, f"settled{suffix}", t0))
+    return {"ok": run.successful, "failed": run.failed, "wall_s": round(run.wall, 1),
+            "reg_per_s": round(run.successful / max(run.wall, 1e-9))}
 
 
 def render(r: dict[str, Any]) -> str:
@@ -255,9 +269,8 @@ def render(r: dict[str, Any]) -> str:
             "malloc_free_mib", "pymalloc_arenas_mib", "pymalloc_used_mib"]
     have = [k for k in cols if any(k in s for s in r["samples"])]
     rows = [[str(s.get(k, "")) for k in have] for s in r["samples"]]
-    head = (f"sipconsole serve, {r['contacts']:,} contacts, closed loop {r['seconds']} s "
-            f"({r.get('load', {}).get('reg_per_s', '?')} REG/s, {r.get('load', {}).get('failed', '?')} failed); "
-            f"MiB\n")
+    loads = "; ".join(f"{x['reg_per_s']:,} REG/s, {x['failed']} failed" for x in r.get("loads", []))
+    head = f"sipconsole serve, {r['contacts']:,} contacts, closed loop {r['seconds']} s x {len(r.get('loads', []))} ({loads}); MiB\n"
     text = head + c.table(have, rows, right=set(range(2, len(have))))
     if "objects_after_load" in r:
         objects = r["objects_after_load"]
