@@ -31,11 +31,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.processes import Terminal
 
 IN_FLIGHT = 200  # REGISTERs sipp keeps outstanding by default (as bench_console.py)
 TIMER_J = 32.0
@@ -54,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"seconds of quiet after the load (default {TIMER_J + 3:.0f}: Timer J and a little)")
     p.add_argument("--probe", action="store_true",
                    help="sample SQLite, glibc and pymalloc memory inside the registrar, and gc objects by type")
+    p.add_argument("--attach", action="store_true",
+                   help="a `sipconsole attach` (on a pseudo-terminal, the load's core) shows the table meanwhile")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="nice level of the registrar (default 0)")
     p.add_argument("--option", action="append", default=[], metavar="OPT",
                    help="one more `sipconsole serve` option (repeat; e.g. --option=--max-transactions=...)")
@@ -216,15 +221,39 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                          calls=args.contacts, core=sipp_core, rtt=False, local_port=sipp_port)
         out["preload"] = {"ok": pre.successful, "failed": pre.failed, "wall_s": round(pre.wall, 1)}
         out["samples"].append(sample(server, control, probe, "registered", t0))
+        console = attach(control, sdir, sipp_core, args.contacts) if args.attach else None
+        if console is not None:
+            out["samples"].append(sample(server, control, probe, "attached", t0))
         out["loads"] = []
         for n in range(1, args.rounds + 1):
             suffix = str(n) if args.rounds > 1 else ""
             out["loads"].append(load_round(args, out, (port, sipp_port, sipp_core), injection, work / f"load{suffix}",
                                            (server, control, probe, t0), suffix))
         out["load"] = out["loads"][0]
+        if console is not None:
+            out["console_rss_mib"] = round(c.rss_kib(console.proc.pid) / 1024, 1)
+            console.close()
     finally:
         server.stop(timeout=60)
     return out
+
+
+def attach(control: Path, sdir: Path, core: int | None, contacts: int, timeout: float = 300) -> Terminal:
+    """`sipconsole attach` as a user runs it, once its table shows every AOR."""
+    sys.path.insert(0, str(c.ROOT))
+    from tests.processes import Terminal
+    print("attaching a console ...", flush=True)
+    term = Terminal(["attach", "--control", str(control)], size=(160, 50), prefix=tuple(c.pinned([], core)),
+                    env={"PYTHONPATH": str(c.ROOT), "XDG_DATA_HOME": str(sdir / "xdg-data"),
+                         "XDG_RUNTIME_DIR": str(sdir / "xdg-run")})
+    title = f"AORs · {contacts:,} ·".encode()
+    deadline = time.monotonic() + timeout
+    while title not in term.output:
+        if time.monotonic() > deadline or term.proc.poll() is not None:
+            term.close()
+            raise RuntimeError(f"the console never showed {contacts:,} AORs: {bytes(term.output[-500:])!r}")
+        time.sleep(0.2)
+    return term
 
 
 def load_round(args: argparse.Namespace, out: dict[str, Any], ports: tuple[int, int, int | None], injection: Path,
@@ -272,6 +301,8 @@ def render(r: dict[str, Any]) -> str:
     loads = "; ".join(f"{x['reg_per_s']:,} REG/s, {x['failed']} failed" for x in r.get("loads", []))
     head = f"sipconsole serve, {r['contacts']:,} contacts, closed loop {r['seconds']} s x {len(r.get('loads', []))} ({loads}); MiB\n"
     text = head + c.table(have, rows, right=set(range(2, len(have))))
+    if "console_rss_mib" in r:
+        text += f"\nthe attached console's own process: {r['console_rss_mib']} MiB RSS"
     if "objects_after_load" in r:
         objects = r["objects_after_load"]
         text += ("\nPython objects after the load: " + ", ".join(f"{k} {v:,}" for k, v in objects["by_type"].items())
