@@ -761,9 +761,12 @@ def _epoch(cell: str) -> float:
 def run_sipp(port: int, scenario: Path, injection: Path, workdir: Path, *, transport: str = "u1",
              users: int = 500, duration: float | None = None, calls: int | None = None, core: int | None = None,
              sampler: CpuSampler | None = None, rtt: bool = True, timeout: float = 600,
-             rate: int | None = None, extra: list[str] | None = None) -> SippRun:
+             rate: int | None = None, extra: list[str] | None = None, local_port: int | None = None) -> SippRun:
     """sipp as a closed-loop UAC (``users`` calls always in flight) against 127.0.0.1:port, or,
     with ``rate``, open loop: ``rate`` new calls per second (at most ``users`` x 4 in flight).
+
+    The Contact of register.xml carries sipp's local port: runs from a fresh port (the default)
+    each add a binding per AOR; runs from one ``local_port`` refresh the same bindings.
 
     Stops after ``duration`` seconds (then lets calls in flight finish) or after ``calls`` calls.
     """
@@ -773,7 +776,7 @@ def run_sipp(port: int, scenario: Path, injection: Path, workdir: Path, *, trans
         old.unlink(missing_ok=True)
     cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(scenario), "-inf", str(injection),
            *(["-r", str(rate), "-rp", "1000", "-l", str(users * 4)] if rate else ["-users", str(users)]),
-           "-t", transport, "-i", "127.0.0.1", "-p", str(free_port()),
+           "-t", transport, "-i", "127.0.0.1", "-p", str(local_port or free_port()),
            "-nostdin", "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(4 << 20),
            "-max_recv_loops", "1000", "-trace_err", "-error_file", str(workdir / "errors.log")]
     if rtt:

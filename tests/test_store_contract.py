@@ -10,6 +10,7 @@ need a way to break each kind of storage: the SQLite ones are in test_reliabilit
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -336,5 +337,40 @@ async def test_sqlite_writes_a_group_of_any_size_in_one_round_trip_to_its_thread
         await store.write(Batch(puts=renewed, deletes=[rows[0][1].ruid], refreshes=ruids, renewed=ruids))
         assert len(calls) == 2
         assert sorted(await store.load(NOW), key=lambda r: r[1].ruid) == sorted(renewed, key=lambda r: r[1].ruid)
+    finally:
+        await store.close()
+
+
+def _sqlite_memory() -> Callable[[], int] | None:
+    """SQLite's own count of the memory it holds (the library sqlite3 uses), where ctypes finds it."""
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return None
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    return lib.sqlite3_memory_used
+
+
+async def test_sqlite_group_commits_of_every_size_write_their_rows_alone_with_few_prepared_statements(tmp_path):
+    """SQLite only: a group commit is one statement of a few padded sizes (a prepared statement
+    per size 1..256 held 77 MB). The padding writes nothing of its own: an upsert repeats its last
+    row, a renewal's padding matches no row (a renewal still writes its five columns alone)."""
+    memory = _sqlite_memory()
+    store = SqliteStore(tmp_path / "location.db")
+    await store.open()
+    try:
+        before = memory() if memory else 0
+        held = [("location", contact(n)) for n in range(1, 257)]
+        for size in range(1, 257):
+            await store.write(Batch(puts=held[:size]))
+        assert await store.load(NOW) == held
+        for size in range(1, 257):
+            renewed = [(t, c.updated(cseq=1000 + size, user_agent="not written")) for t, c in held[:size]]
+            ruids = {c.ruid for _, c in renewed}
+            await store.write(Batch(puts=renewed, refreshes=ruids, renewed=ruids))
+        assert await store.load(NOW) == [(t, c.updated(cseq=1256)) for t, c in held]
+        if memory:
+            grown = memory() - before
+            assert grown < 8 << 20, f"SQLite holds {grown >> 20} MiB more after group commits of every size"
     finally:
         await store.close()
