@@ -23,6 +23,7 @@ from sortedcontainers import SortedList
 from registrar_core import events as ev
 
 from . import memory
+from .feed import AOR_FIELD, TABLE_FIELD, Record
 
 TABLE = "location"
 ADDED = (ev.CONTACT_ADDED, ev.CONTACT_REFRESHED)
@@ -167,7 +168,7 @@ class Registry:
         """Take one page of a ``dump`` (an AOR read twice keeps its newest bindings)."""
         for entry in entries:
             for contact in entry["contacts"]:
-                self._put(contact)
+                self._put_contact(contact)
 
     def finish_load(self, policy: dict[str, Any], *, index: bool = True) -> None:
         """The pages are in: summarise the rows and take the policy; ``index=False`` leaves the
@@ -193,15 +194,20 @@ class Registry:
         self.overrides = dict(policy["single_contact_overrides"])
         self.caller_check = policy["caller_check"]
 
-    def apply(self, events: Iterable[Event]) -> set[str]:
+    def apply(self, events: Iterable[Event | Record]) -> set[str]:
         """Apply contact, policy and storage events; returns the AORs whose rows changed."""
         dirty: set[str] = set()
+        put = self._put
         for event in events:
+            if not isinstance(event, dict):  # a compact record of a contact added or refreshed (feed.Record)
+                if event[TABLE_FIELD] == TABLE and put(*event[AOR_FIELD:]):
+                    dirty.add(event[AOR_FIELD])
+                continue
             kind = event["kind"]
             if event.get("table", TABLE) != TABLE:
                 continue
             if kind in ADDED:
-                if self._put(event["contact"]):
+                if self._put_contact(event["contact"]):
                     dirty.add(event["aor"])
             elif kind in REMOVED:
                 if self._drop(event["aor"], event["ruid"]):
@@ -228,17 +234,20 @@ class Registry:
         self._reindex(dirty)
         return dirty
 
-    def _put(self, contact: dict[str, Any]) -> bool:
-        """Keep what the table needs of ``contact``, as values of our own (see :func:`own`)."""
-        aor, ruid = contact["aor"], contact["ruid"]
+    def _put_contact(self, contact: dict[str, Any]) -> bool:
+        return self._put(contact["aor"], contact["ruid"], contact["expires_at"], contact["modified"],
+                         contact["user_agent"])
+
+    def _put(self, aor: str, ruid: str, expires_at: float, modified: float, agent: str) -> bool:
+        """Keep what the table needs of a contact, as values of our own (see :func:`own`)."""
         row = self.rows.get(aor)
         if row is None:
             key = own(aor)
             row = self.rows[key] = AorRow(key)
         old = row.bindings.get(ruid)
-        if old is not None and old.modified > contact["modified"]:
+        if old is not None and old.modified > modified:
             return False  # an event older than what the dump already showed
-        expires_at, modified, agent = contact["expires_at"] + 0.0, contact["modified"] + 0.0, contact["user_agent"]
+        expires_at, modified = expires_at + 0.0, modified + 0.0
         if old is None:
             self.contacts += 1
             row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
