@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Set, Sized
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import contains, itemgetter
@@ -194,59 +194,60 @@ class Registry:
         self.overrides = dict(policy["single_contact_overrides"])
         self.caller_check = policy["caller_check"]
 
-    def apply(self, events: Iterable[Event | Record]) -> set[str]:
+    def apply(self, events: Iterable[Event | Record]) -> Set[str]:
         """Apply contact, policy and storage events; returns the AORs whose rows changed."""
-        dirty: set[str] = set()
-        put = self._put
+        # AOR -> its row now (None: gone): each row is looked up once in a table of 100,000, and
+        # every later step (summarise, move) takes it from here.
+        dirty: dict[str, AorRow | None] = {}
+        put, rows = self._put, self.rows
         for event in events:
             if not isinstance(event, dict):  # a compact record of a contact added or refreshed (feed.Record)
-                if event[TABLE_FIELD] == TABLE and put(*event[AOR_FIELD:]):
-                    dirty.add(event[AOR_FIELD])
+                if event[TABLE_FIELD] == TABLE and (row := put(*event[AOR_FIELD:])) is not None:
+                    dirty[row.aor] = row
                 continue
             kind = event["kind"]
             if event.get("table", TABLE) != TABLE:
                 continue
             if kind in ADDED:
-                if self._put_contact(event["contact"]):
-                    dirty.add(event["aor"])
+                if (row := self._put_contact(event["contact"])) is not None:
+                    dirty[row.aor] = row
             elif kind in REMOVED:
                 if self._drop(event["aor"], event["ruid"]):
-                    dirty.add(event["aor"])
+                    dirty[event["aor"]] = rows.get(event["aor"])
             elif kind == ev.POLICY_CHANGED:
                 self._policy_event(event)
                 if event["aor"]:
-                    dirty.add(event["aor"])
+                    dirty[event["aor"]] = rows.get(event["aor"])
             elif kind == ev.STORAGE_STATE:
                 self.storage_error = event["error"]
-        for aor in dirty:
-            row = self.rows.get(aor)
+        return self._changed(dirty)
+
+    def forget(self, contacts: Iterable[dict[str, Any]]) -> Set[str]:
+        """Drop contacts the console itself just unregistered (their events follow later)."""
+        return self._changed({c["aor"]: self.rows.get(c["aor"]) for c in contacts if self._drop(c["aor"], c["ruid"])})
+
+    def _changed(self, dirty: dict[str, AorRow | None]) -> Set[str]:
+        """Summarise the rows of ``dirty`` and move them in the orders; its AORs."""
+        for row in dirty.values():
             if row is not None and row.bindings:
                 row.summarise()
         self._reindex(dirty)
-        return dirty
+        return dirty.keys()
 
-    def forget(self, contacts: Iterable[dict[str, Any]]) -> set[str]:
-        """Drop contacts the console itself just unregistered (their events follow later)."""
-        dirty = {c["aor"] for c in contacts if self._drop(c["aor"], c["ruid"])}
-        for aor in dirty:
-            if aor in self.rows:
-                self.rows[aor].summarise()
-        self._reindex(dirty)
-        return dirty
-
-    def _put_contact(self, contact: dict[str, Any]) -> bool:
+    def _put_contact(self, contact: dict[str, Any]) -> AorRow | None:
         return self._put(contact["aor"], contact["ruid"], contact["expires_at"], contact["modified"],
                          contact["user_agent"])
 
-    def _put(self, aor: str, ruid: str, expires_at: float, modified: float, agent: str) -> bool:
-        """Keep what the table needs of a contact, as values of our own (see :func:`own`)."""
+    def _put(self, aor: str, ruid: str, expires_at: float, modified: float, agent: str) -> AorRow | None:
+        """Keep what the table needs of a contact, as values of our own (see :func:`own`); its
+        row, None when the event is older than what the row holds."""
         row = self.rows.get(aor)
         if row is None:
             key = own(aor)
             row = self.rows[key] = AorRow(key)
         old = row.bindings.get(ruid)
         if old is not None and old.modified > modified:
-            return False  # an event older than what the dump already showed
+            return None  # an event older than what the dump already showed
         expires_at, modified = expires_at + 0.0, modified + 0.0
         if old is None:
             self.contacts += 1
@@ -255,7 +256,7 @@ class Registry:
             old.expires_at, old.modified = expires_at, modified
             if agent != old.user_agent:
                 old.user_agent = sys.intern(agent)
-        return True
+        return row
 
     def _drop(self, aor: str, ruid: str) -> bool:
         row = self.rows.get(aor)
@@ -299,7 +300,7 @@ class Registry:
             return
         self._all, stale = kept
         self._view = self._all  # the filter is applied once, below
-        self._move(stale, filtered=False)
+        self._move(stale, self.rows, filtered=False)
         self._view = self._filtered(self._all)
 
     def set_filter(self, text: str) -> None:
@@ -342,27 +343,26 @@ class Registry:
             self._all = SortedAors(key(r) for r in self.rows.values())
             self._view = self._filtered(self._all)
 
-    def _too_many(self, dirty: set[str]) -> bool:
+    def _too_many(self, dirty: Sized) -> bool:
         """Whether sorting everything again is quicker than moving each of ``dirty``."""
         return len(dirty) > max(64, len(self.rows) // 4)
 
-    def _reindex(self, dirty: set[str]) -> None:
+    def _reindex(self, dirty: dict[str, AorRow | None]) -> None:
         for name, (_, stale) in list(self._kept.items()):
-            stale |= dirty
+            stale.update(dirty)
             if self._too_many(stale):
                 del self._kept[name]  # sorted again when shown: no point keeping it up
         if self._too_many(dirty):
             self._rebuild()
         else:
-            self._move(dirty, filtered=self._view is not self._all)
+            self._move(dirty, dirty, filtered=self._view is not self._all)
 
-    def _move(self, dirty: set[str], *, filtered: bool) -> None:
-        """Put each AOR of ``dirty`` where its row's key now belongs (or out, gone)."""
-        key = SORTS[self.sort]
-        for aor in dirty:
-            row = self.rows.get(aor)
-            self._all.move(aor, None if row is None else key(row),
-                           self._view if filtered and self.matches(aor) else None)
+    def _move(self, aors: Iterable[str], rows: Mapping[str, AorRow | None], *, filtered: bool) -> None:
+        """Put each of ``aors`` where its row (in ``rows``) now belongs (or out, gone)."""
+        key, order, view = SORTS[self.sort], self._all, self._view
+        for aor in aors:
+            row = rows.get(aor)
+            order.move(aor, None if row is None else key(row), view if filtered and self.matches(aor) else None)
 
 
 #: AORs per ``dump`` call of the initial load (about 30 ms of the registrar's time each), and

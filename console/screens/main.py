@@ -13,7 +13,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from contextlib import suppress
 from typing import Any
 
@@ -311,7 +311,7 @@ class MainScreen(Screen[None]):
         self.contacts.refresh()
 
     def _registry_changed(self, keep: str | None, fallback: int | None = None, *,
-                          changed: set[str] | None = None, shown: list[str] | None = None) -> None:
+                          changed: Set[str] | None = None, shown: list[str] | None = None) -> None:
         self.aors.follow(keep, fallback, changed=changed, shown=shown)
         r = self.registry
         rows = f"{len(r):,} of {len(r.rows):,} matching “{escape(r.filter)}”" if r.filter else f"{len(r):,}"
