@@ -299,7 +299,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             server.stop(timeout=60)
     result["key_latency_ms"] = {k: {"p50": round(c.median(v), 1), "p95": round(c.percentile(v, 95), 1),
-                                    "max": round(max(v), 1), "n": len(v)} for k, v in latencies.items()}
+                                    "max": round(max(v), 1), "n": len(v), "each": [round(x, 1) for x in v]}
+                                for k, v in latencies.items()}
     return result
 
 
