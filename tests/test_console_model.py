@@ -285,3 +285,18 @@ def test_compact_records_as_they_come_give_the_table_their_expanded_form_gives()
     summary = {aor: (row.count, row.soonest, row.newest, row.agent) for aor, row in as_dicts.rows.items()}
     assert {aor: (row.count, row.soonest, row.newest, row.agent) for aor, row in as_records.rows.items()} == summary
     assert summary["a@x"] == (1, 128.0, 28.0, "new") and view(as_records) == view(as_dicts) == expected(as_dicts)
+
+
+def test_a_row_summarises_the_soonest_expiry_and_the_newest_binding():
+    rng = random.Random(3)
+    registry = Registry()
+    registry.load({"aors": []}, POLICY)
+    for step in range(300):
+        n = rng.randrange(1, 5)
+        registry.apply([event("contact.refreshed", contact("a@x", f"r{step}-{i}", rng.choice([10, 20, 30]),
+                                                          rng.uniform(0, 100), f"ua{step}-{i}")) for i in range(n)])
+        bindings = list(registry.rows["a@x"].bindings.values())
+        newest = max(b.modified for b in bindings)
+        row = registry.rows["a@x"]
+        assert row.soonest == min(b.expires_at for b in bindings) and row.newest == newest
+        assert row.agent == next(b.user_agent for b in bindings if b.modified == newest)  # the first of equals
