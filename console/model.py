@@ -346,6 +346,7 @@ class Registry:
             key = SORTS[self.sort]
             self._all = SortedAors(key(r) for r in self.rows.values())
             self._view = self._filtered(self._all)
+            memory.keep()
 
     def _too_many(self, dirty: Sized) -> bool:
         """Whether sorting everything again is quicker than moving each of ``dirty``."""
