@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -35,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,30 @@ async def key_latencies(pilot: Any, app: TimedConsole, presses: int) -> dict[str
     return out
 
 
+@contextmanager
+def collections_timed() -> Iterator[dict[str, Any]]:
+    """The garbage collector's passes in the block, per generation: how many, their total and
+    longest milliseconds (a full pass over a large heap is a stall the keys may meet)."""
+    pauses: dict[str, Any] = {}
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[0]) * 1000
+        gen = pauses.setdefault(f"gen{info['generation']}", {"n": 0, "total_ms": 0.0, "max_ms": 0.0})
+        gen["n"] += 1
+        gen["total_ms"] = round(gen["total_ms"] + ms, 1)
+        gen["max_ms"] = round(max(gen["max_ms"], ms), 1)
+
+    gc.callbacks.append(timed)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(timed)
+
+
 def registrar_args(work: Path, port: int) -> list[str]:
     """The options ``sipconsole serve`` and ``sipconsole`` get: the bench's lab settings."""
     return ["--listen", f"udp:127.0.0.1:{port}", "--db", str(work / "location.db"), "--control",
@@ -293,13 +319,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 sender = asyncio.create_task(asyncio.to_thread(
                     paced, port, injection, work / "paced", sipp_core, args.rate, seconds))
                 await asyncio.sleep(2)  # the rate is up
-                latencies = await key_latencies(pilot, app, args.presses)
+                with collections_timed() as pauses:
+                    latencies = await key_latencies(pilot, app, args.presses)
+                result["gc_during_keys"] = pauses
                 result["paced_load"] = await sender
             await client.close()
         finally:
             server.stop(timeout=60)
     result["key_latency_ms"] = {k: {"p50": round(c.median(v), 1), "p95": round(c.percentile(v, 95), 1),
-                                    "max": round(max(v), 1), "n": len(v)} for k, v in latencies.items()}
+                                    "max": round(max(v), 1), "n": len(v), "each": [round(x, 1) for x in v]}
+                                for k, v in latencies.items()}
     return result
 
 
@@ -334,6 +363,9 @@ def report(r: dict[str, Any]) -> str:
         f"response p50 {r['load_under_traffic']['rtt_ms_p50']} ms / p99 {r['load_under_traffic']['rtt_ms_p99']} ms",
         f"during the key presses: {load['offered_per_s']:,} REG/s offered, {load['answered_per_s']:,}/s answered, "
         f"{load['failed']} failed, response p50 {load['rtt_ms_p50']} ms / p99 {load['rtt_ms_p99']} ms",
+        "garbage collector during the key presses (this process): " + ("; ".join(
+            f"{gen} {v['n']} passes, {v['total_ms']} ms in all, longest {v['max_ms']} ms"
+            for gen, v in sorted(r.get("gc_during_keys", {}).items())) or "no pass"),
         "",
         c.table(["key -> updated frame", "p50 ms", "p95 ms", "max ms", "n"], [
             [k, f"{v['p50']}", f"{v['p95']}", f"{v['max']}", str(v["n"])] for k, v in r["key_latency_ms"].items()

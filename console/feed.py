@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from registrar_core import events as ev
 
 Event = dict[str, Any]
+#: A compact record as the console reads it (``events(compact=True, expand=False)``, see
+#: events.expanded): request.handled [kind, time, method, aor, source, status, reason, user_agent];
+#: contact added or refreshed [kind, table, aor, ruid, expires_at, modified, user_agent]. Taken apart
+#: where it is used: expanding each into two dicts was a third of the console's event path (parse, buffer,
+#: apply: 4.6 -> 2.6 us per REGISTER without it).
+Record = Sequence[Any]
+TABLE_FIELD, AOR_FIELD, RUID_FIELD = 1, 2, 3  # of a contact record (then expires_at, modified, user_agent)
 TRAFFIC = (ev.REQUEST_HANDLED, ev.SECURITY, ev.OPERATOR_ACTION)  # shown in the traffic pane, in arrival order
 GONE = (ev.CONTACT_REMOVED, ev.CONTACT_EXPIRED)  # change the table, and show in the traffic pane why
 
@@ -20,16 +28,22 @@ class EventBuffer:
     """
 
     def __init__(self, traffic_limit: int) -> None:
-        self.contacts: dict[str, Event] = {}
+        self.contacts: dict[str, Event | Record] = {}
         self.reachability: dict[str, Event] = {}  # apart: it must not replace a contact.added
         self.state: dict[tuple[str, ...], Event] = {}
-        self.traffic: deque[Event] = deque(maxlen=traffic_limit)  # requests, security events, removals
+        self.traffic: deque[Event | Record] = deque(maxlen=traffic_limit)  # requests, security events, removals
         self.received = 0
         self.lost = False  # the core dropped events: what the console holds is stale, reload
 
-    def add(self, batch: list[Event]) -> None:
+    def add(self, batch: list[Event | Record]) -> None:
         self.received += len(batch)
         for event in batch:
+            if not isinstance(event, dict):  # a compact record: a request, or a contact added or refreshed
+                if event[0] == ev.REQUEST_HANDLED:
+                    self.traffic.append(event)
+                else:
+                    self.contacts[event[RUID_FIELD]] = event
+                continue
             kind = event["kind"]
             if kind in TRAFFIC:
                 self.traffic.append(event)
@@ -51,13 +65,13 @@ class EventBuffer:
     def __len__(self) -> int:
         return len(self.contacts) + len(self.reachability) + len(self.state) + len(self.traffic)
 
-    def take(self) -> tuple[list[Event], list[Event]]:
+    def take(self) -> tuple[list[Event | Record], list[Event | Record]]:
         """(contact and state events, request and security events), emptying the buffer."""
         changes = [*self.state.values(), *self.contacts.values(), *self.reachability.values()]
         self.contacts, self.state, self.reachability = {}, {}, {}
         return changes, self.take_traffic()
 
-    def take_traffic(self) -> list[Event]:
+    def take_traffic(self) -> list[Event | Record]:
         """Only the request and security events (during a load the changes wait for the table)."""
         traffic = list(self.traffic)
         self.traffic.clear()

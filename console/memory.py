@@ -11,8 +11,18 @@ from contextlib import contextmanager
 from functools import cache
 
 
+#: The collector's thresholds once a table is loaded, as ``serve`` sets them (registrar_core/
+#: server.py GC_THRESHOLDS): a young pass every 100,000 allocations, a full one every 200 young
+#: ones. Python's defaults (700, 10, 10) made a console under 1,000 REG/s run 19 full passes in
+#: 50 s, 128 ms each on average (what it built since the load: the orders of other columns,
+#: filtered views, new bindings), the stalls that made the slowest key presses, and spend 7 % of
+#: its time collecting (bench_console.py, "garbage collector during the key presses").
+THRESHOLDS = (100_000, 20, 10)
+
+
 def release() -> None:
-    """Collect the reply's garbage, return free heap pages to the OS (glibc), freeze the survivors.
+    """Collect the reply's garbage, return free heap pages to the OS (glibc), freeze the survivors,
+    and make the collector's passes rare (:data:`THRESHOLDS`).
 
     ``gc.freeze()`` moves every object alive now to a permanent generation: the 100,000
     rows just loaded are never scanned again by a full collection, each of which would
@@ -22,6 +32,14 @@ def release() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+
+
+def keep() -> None:
+    """Freeze what was just built: a new order of the whole table (100,000 keys) holds no cycles
+    and lives until it is replaced (then freed as usual). Left young, the next young pass would
+    scan all of it, 100 ms or more added to the key press that sorted."""
     gc.freeze()
 
 

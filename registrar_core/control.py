@@ -618,7 +618,7 @@ class ControlClient:
                 if not isinstance(message, dict):
                     continue
                 if message.get("method") == "events":
-                    self._queue_events([expanded(event) for event in message["params"]["events"]])
+                    self._queue_events(message["params"]["events"])  # expanded (or not) by events()
                     continue
                 stream = self._streams.get(message.get("id"))  # type: ignore[arg-type]  # a reply without an id matches nothing
                 if stream is not None:
@@ -707,9 +707,11 @@ class ControlClient:
         self._writer.write(json.dumps(request).encode() + b"\n")
         await self._writer.drain()
 
-    async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self, compact: bool = False, *, expand: bool = True) -> AsyncIterator[list[Any]]:
         """Subscribe, then yield the events in batches as they arrive (``compact``: as
-        events.CompactSubscription has them); raises ConnectionError when the registrar goes away."""
+        events.CompactSubscription has them; ``expand=False`` leaves its arrays as they came, for a
+        reader that takes them apart itself: events.expanded would make two dicts per REGISTER);
+        raises ConnectionError when the registrar goes away."""
         await self.call("subscribe", actor=self.actor, **({"compact": True} if compact else {}))
         while True:
             while not self._events:
@@ -719,9 +721,10 @@ class ControlClient:
             self._events.clear()
             if _CLOSED in batch:
                 if batch[0] is not _CLOSED:
-                    yield batch[: batch.index(_CLOSED)]
+                    batch = batch[: batch.index(_CLOSED)]
+                    yield [expanded(event) for event in batch] if expand else batch
                 raise ConnectionError("the registrar closed the control connection")
-            yield batch
+            yield [expanded(event) for event in batch] if expand else batch
 
 
 def _result(reply: dict[str, Any]) -> Any:
@@ -752,11 +755,12 @@ class LocalClient:
             result = await result.collect()
         return json.loads(json.dumps(result, default=str))
 
-    async def events(self, compact: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self, compact: bool = False, *, expand: bool = True) -> AsyncIterator[list[Any]]:
         sub = self.core.subscribe_compact(self.backlog) if compact else self.core.subscribe(self.backlog)
         try:
             while True:
                 await sub.wait()
-                yield [expanded(record) for record in sub.records()]
+                records = sub.records()
+                yield [expanded(record) for record in records] if expand else records
         finally:
             sub.close()

@@ -335,7 +335,8 @@ async def test_sort_keys_and_header_clicks(server):
 
 async def test_the_aor_table_redraws_only_when_what_it_shows_changes(server):
     """An event for a row off screen leaves the AOR table as drawn (most events, at 100k AORs);
-    one for a row on screen, or rows coming and going, redraws it."""
+    one for a row on screen draws that line again (with what it now shows), and rows coming and
+    going redraw the table."""
     names = [next_aor(f"redraw{i:02d}-") for i in range(40)]
     (phone,) = await phones(server, 1)
     for aor in names:
@@ -345,18 +346,30 @@ async def test_the_aor_table_redraws_only_when_what_it_shows_changes(server):
         await until(pilot, lambda: len(main.registry) == 40)
         table = main.aors
         redraws: list[int | None] = []
-        plain = table.rows_changed
-        table.rows_changed = lambda cursor=None, **kw: (redraws.append(cursor), plain(cursor, **kw))[1]
+        lines: list[int] = []
+        drawn: list[tuple[int, str, str]] = []  # (row index, AOR, contacts) as the screen draws them
+        plain_rows_changed, plain_refresh_lines, plain_row_cells = table.rows_changed, table.refresh_lines, table.row_cells
+        table.rows_changed = lambda cursor=None, **kw: (redraws.append(cursor), plain_rows_changed(cursor, **kw))[1]
+        table.refresh_lines = lambda y, n=1: (lines.append(y), plain_refresh_lines(y, n))[1]
+
+        def row_cells(index: int):
+            cells = plain_row_cells(index)
+            drawn.append((index, cells[0], cells[1]))
+            return cells
+
+        table.row_cells = row_cells
         assert names[-1] not in table.shown() and names[1] in table.shown()
         await phone.register(names[-1], contacts=["<sip:second@127.0.0.1:5099>"])
         await until(pilot, lambda: main.registry.rows[names[-1]].count == 2)
-        assert redraws == []
+        assert redraws == [] and lines == []
         await phone.register(names[1], contacts=["<sip:second@127.0.0.1:5099>"])
         await until(pilot, lambda: main.registry.rows[names[1]].count == 2)
-        assert len(redraws) == 1
+        line = table.shown().index(names[1]) + int(table.scroll_y) + 1  # below the header
+        assert redraws == [] and lines == [line]
+        await until(pilot, lambda: (table.shown().index(names[1]), names[1], "2") in drawn)
         await phone.register(names[0], contacts=["*"], expires=0)
         await until(pilot, lambda: names[0] not in main.registry.rows)
-        assert len(redraws) == 2 and table.shown()[0] == names[1]
+        assert len(redraws) == 1 and table.shown()[0] == names[1]
     phone.close()
 
 

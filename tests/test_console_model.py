@@ -248,3 +248,55 @@ def test_a_column_shown_again_catches_up_with_the_changes_made_meanwhile():
                                       contact(aor, ruid, 1000 + step, 2000 + rng.randrange(500), rng.choice("aBc")))])
         assert view(registry) == expected(registry)
     assert len(registry._kept) > 1  # the test went through kept orders, not only rebuilds
+
+
+def test_compact_records_as_they_come_give_the_table_their_expanded_form_gives():
+    """The console reads a compact subscription's arrays without expanding them (feed.Record):
+    the same frames, taken apart by the buffer and the registry, give the same rows as the dicts
+    events.expanded makes of them."""
+    import orjson
+
+    from registrar_core.events import CONTACT_REMOVED, EventBus, expanded
+    from registrar_core.location import Contact
+
+    bus = EventBus()
+    sub = bus.subscribe_compact()
+    as_records, as_dicts = Registry(), Registry()
+    for registry in (as_records, as_dicts):
+        registry.load({"aors": [{"aor": "a@x", "contacts": [contact("a@x", "ra", 1, 100, "old")]}]}, POLICY)
+    raw, rich = EventBuffer(traffic_limit=10), EventBuffer(traffic_limit=10)
+
+    def bound(aor: str, ruid: str, n: int, agent: str) -> Contact:
+        return Contact(ruid, aor, f"sip:{ruid}@192.0.2.1", 100.0 + n, "call", n, user_agent=agent, modified=float(n))
+
+    for n in range(1, 30):
+        bus.changed("location", bound(f"u{n % 7}@x", f"r{n % 7}", n, f"ua{n % 3}"), n < 7)
+        bus.changed("location", bound("a@x", "ra", n, "new"), False)
+        if n % 10 == 0:
+            gone = bound(f"u{n % 7}@x", f"r{n % 7}", n, "x")
+            bus.publish(CONTACT_REMOVED, table="location", aor=gone.aor, ruid=gone.ruid, contact=gone, reason="expired")
+        if n % 4 == 0:  # a frame
+            records = orjson.loads(orjson.dumps(sub.records(), default=str))
+            assert any(isinstance(r, list) for r in records)
+            raw.add(records)
+            rich.add([expanded(r) for r in records])
+            as_records.apply(raw.take()[0])
+            as_dicts.apply(rich.take()[0])
+    summary = {aor: (row.count, row.soonest, row.newest, row.agent) for aor, row in as_dicts.rows.items()}
+    assert {aor: (row.count, row.soonest, row.newest, row.agent) for aor, row in as_records.rows.items()} == summary
+    assert summary["a@x"] == (1, 128.0, 28.0, "new") and view(as_records) == view(as_dicts) == expected(as_dicts)
+
+
+def test_a_row_summarises_the_soonest_expiry_and_the_newest_binding():
+    rng = random.Random(3)
+    registry = Registry()
+    registry.load({"aors": []}, POLICY)
+    for step in range(300):
+        n = rng.randrange(1, 5)
+        registry.apply([event("contact.refreshed", contact("a@x", f"r{step}-{i}", rng.choice([10, 20, 30]),
+                                                          rng.uniform(0, 100), f"ua{step}-{i}")) for i in range(n)])
+        bindings = list(registry.rows["a@x"].bindings.values())
+        newest = max(b.modified for b in bindings)
+        row = registry.rows["a@x"]
+        assert row.soonest == min(b.expires_at for b in bindings) and row.newest == newest
+        assert row.agent == next(b.user_agent for b in bindings if b.modified == newest)  # the first of equals

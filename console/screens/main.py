@@ -13,7 +13,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from contextlib import suppress
 from typing import Any
 
@@ -28,7 +28,7 @@ from registrar_core.control import NOT_FOUND, RpcError
 
 from .. import memory
 from ..actions import ACTIONS, DESTRUCTIVE, bindings, key_names
-from ..feed import EventBuffer
+from ..feed import Event, EventBuffer, Record
 from ..model import Registry, read_table
 from ..widgets.aor_table import AorTable
 from ..widgets.contacts_table import Contact, ContactsTable
@@ -126,7 +126,7 @@ class MainScreen(Screen[None]):
     @work(group="events", exit_on_error=False)
     async def read_events(self) -> None:
         try:
-            async for batch in self.client.events(compact=True):
+            async for batch in self.client.events(compact=True, expand=False):
                 self.buffer.add(batch)
         except (ConnectionError, RpcError) as exc:
             self._gone(str(exc))
@@ -266,7 +266,7 @@ class MainScreen(Screen[None]):
         if not len(self.buffer):
             return
         if self.reading:
-            changes: list[dict[str, Any]] = []
+            changes: list[Event | Record] = []
             traffic = self.buffer.take_traffic()
         else:
             changes, traffic = self.buffer.take()
@@ -281,10 +281,10 @@ class MainScreen(Screen[None]):
                 self.traffic.append(traffic)
                 self._security_news(traffic)
 
-    def _security_news(self, traffic: list[dict[str, Any]]) -> None:
+    def _security_news(self, traffic: list[Event | Record]) -> None:
         """Bans are worth a toast (at most one every few seconds) and a fresh header at once; so is
         what another operator changed (this console's own actions have their toast already)."""
-        rare = [e for e in traffic if e["kind"] != ev.REQUEST_HANDLED]
+        rare = [e for e in traffic if isinstance(e, dict) and e["kind"] != ev.REQUEST_HANDLED]
         if not rare:
             return
         others = [e for e in rare if e["kind"] == ev.OPERATOR_ACTION and e.get("pid") != os.getpid()]
@@ -311,7 +311,7 @@ class MainScreen(Screen[None]):
         self.contacts.refresh()
 
     def _registry_changed(self, keep: str | None, fallback: int | None = None, *,
-                          changed: set[str] | None = None, shown: list[str] | None = None) -> None:
+                          changed: Set[str] | None = None, shown: list[str] | None = None) -> None:
         self.aors.follow(keep, fallback, changed=changed, shown=shown)
         r = self.registry
         rows = f"{len(r):,} of {len(r.rows):,} matching “{escape(r.filter)}”" if r.filter else f"{len(r):,}"

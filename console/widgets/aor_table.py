@@ -70,13 +70,18 @@ class AorTable(VirtualTable):
         (else on row ``fallback``, or on the same row number when that is None).
 
         With ``changed`` (the AORs whose rows changed) and ``shown`` (what was on screen before):
-        no redraw when the same AORs are on screen, none of them changed and the row count is
-        the same. Most events are for rows far off screen; the countdowns move at the next tick.
+        when the same AORs are on screen and the row count is the same, only the lines of the
+        changed ones are drawn again (none, mostly: most events are for rows far off screen; the
+        countdowns move at the next tick). Under load a flush changes a few of the 40 lines shown,
+        and drawing the whole table was most of the console's drawing.
         """
         index = None if aor is None else self.registry.position(aor)
         cursor = fallback if index is None else index
         if (changed is not None and shown is not None and cursor in (None, self.cursor)
-                and len(self.registry) + 1 == self.virtual_size.height
-                and changed.isdisjoint(shown) and shown == self.shown()):
+                and len(self.registry) + 1 == self.virtual_size.height and shown == self.shown()):
+            top = int(self.scroll_y) + 1  # the header is line 0
+            for line, shown_aor in enumerate(shown, top):
+                if shown_aor in changed:
+                    self.refresh_lines(line)
             return
         self.rows_changed(cursor, keep_screen_row=True)

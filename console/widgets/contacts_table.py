@@ -7,9 +7,10 @@ from typing import Any
 
 from rich.cells import cell_len
 
-from registrar_core.events import CONTACT_REACHABILITY
+from registrar_core.events import CONTACT_REACHABILITY, expanded
 
 from ..format import ADDRESS_WIDTH, countdown, short_address
+from ..feed import AOR_FIELD, Record
 from ..model import ADDED, REMOVED
 from .virtual_table import Cell, Column, VirtualTable, text_of
 
@@ -126,12 +127,16 @@ class ContactsTable(VirtualTable):
         self.aor = aor
         self._set(list(contacts), keep, 0 if not same else None)
 
-    def apply(self, events: Iterable[dict[str, Any]]) -> bool:
+    def apply(self, events: Iterable[dict[str, Any] | Record]) -> bool:
         """Apply the contact events of the AOR shown. Returns whether a contact came compact
         (only what the AOR table needs: events.CompactSubscription): then ask ``show`` for the rest."""
         by_ruid = {c["ruid"]: c for c in self.contacts}
         changed = incomplete = False
         for event in events:
+            if not isinstance(event, dict):  # a compact record (feed.Record): taken apart only for this AOR
+                if event[AOR_FIELD] != self.aor:
+                    continue
+                event = expanded(event)
             if event.get("aor") != self.aor or event.get("table", "location") != "location":
                 continue
             if event["kind"] in ADDED:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from registrar_core import events as ev
 
-from ..feed import GONE
+from ..feed import GONE, Record
 from ..format import clock_time, status_tone
 from .virtual_table import Cell, Column, VirtualTable
 
@@ -149,12 +149,15 @@ class TrafficLog(VirtualTable):
         r = self.entries[index]
         return "alert" if r.security and SECURITY.get(r.security, ("", "", ""))[2] == "alert" else ""
 
-    def append(self, events: list[dict[str, Any]]) -> None:
+    def append(self, events: list[dict[str, Any] | Record]) -> None:
         """Add ``request.handled``, ``security``, ``operator.action`` and contact removal events, oldest first."""
         before, added = len(self.entries), 0
         for e in events:
-            gone = e["kind"] in GONE
-            if gone:
+            gone = False
+            if not isinstance(e, dict):  # a compact request.handled record (feed.Record)
+                request = Request(e[1], e[4], e[2], e[3], e[5], e[6], e[7])
+            elif e["kind"] in GONE:
+                gone = True
                 request = gone_request(e)
             elif e["kind"] in (ev.SECURITY, ev.OPERATOR_ACTION):
                 request = security_request(e) if e["kind"] == ev.SECURITY else operator_request(e)
