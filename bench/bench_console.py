@@ -89,23 +89,27 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def closed_loop(port: int, injection: Path, work: Path, core: int | None, *, seconds: int | None = None,
-                calls: int | None = None) -> dict[str, Any]:
-    """sipp with IN_FLIGHT REGISTERs always outstanding; REGISTERs/s answered 200."""
+def closed_loop(port: int, injection: Path, work: Path, core: int | None, local_port: int, *,
+                seconds: int | None = None, calls: int | None = None) -> dict[str, Any]:
+    """sipp with IN_FLIGHT REGISTERs always outstanding; REGISTERs/s answered 200. Every sipp
+    run sends from ``local_port``: its Contact carries the port, so runs from one port refresh
+    the preloaded bindings (from a new port each would add a binding to every AOR: 100,000 more
+    a run, and the later runs measured a bigger table)."""
     run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work, users=IN_FLIGHT, duration=seconds,
-                     calls=calls, core=core, rtt=False)
+                     calls=calls, core=core, rtt=False, local_port=local_port)
     periods = c.steady_periods(run, IN_FLIGHT, warmup=1.0)
     rate = c.median([p["rate"] for p in periods]) if periods else run.successful / run.wall
     return {"ok": run.successful, "failed": run.failed, "wall_s": round(run.wall, 2),
             "reg_per_s": round(rate or 0), "retransmissions": run.retransmissions}
 
 
-def paced(port: int, injection: Path, work: Path, core: int | None, rate: int, seconds: int) -> dict[str, Any]:
+def paced(port: int, injection: Path, work: Path, core: int | None, local_port: int, rate: int,
+          seconds: int) -> dict[str, Any]:
     """sipp sending ``rate`` REGISTERs/s for ``seconds``: how many were answered, and how fast."""
     work.mkdir(parents=True, exist_ok=True)
     stat = work / "paced.csv"
     cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(c.SCENARIOS / "register.xml"), "-inf", str(injection),
-           "-r", str(rate), "-m", str(rate * seconds), "-t", "u1", "-i", "127.0.0.1", "-p", str(c.free_port()),
+           "-r", str(rate), "-m", str(rate * seconds), "-t", "u1", "-i", "127.0.0.1", "-p", str(local_port),
            "-nostdin", "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(4 << 20),
            "-timeout", f"{seconds + 30}s", "-trace_rtt", "-rtt_freq", "100"]
     t0 = time.monotonic()
@@ -227,11 +231,11 @@ def pin(pid: int, core: int | None) -> None:
         subprocess.run(["taskset", "-pc", str(core), str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
-def measured(port: int, injection: Path, work: Path, core: int | None, seconds: int,
+def measured(port: int, injection: Path, work: Path, core: int | None, local_port: int, seconds: int,
              pids: dict[str, int]) -> dict[str, Any]:
     """A closed-loop run, with the CPU time per REGISTER answered of each process in ``pids``."""
     before = {name: c.cpu_seconds([pid]) for name, pid in pids.items()}
-    run = closed_loop(port, injection, work, core, seconds=seconds)
+    run = closed_loop(port, injection, work, core, local_port, seconds=seconds)
     spent = {name: c.cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
     run["cpu_us_per_register"] = {name: round(cpu / max(1, run["ok"]) * 1e6, 1) for name, cpu in spent.items()}
     run["rss_mib"] = {name: round(c.rss_kib(pid) / 1024) for name, pid in pids.items()}
@@ -244,7 +248,8 @@ async def throughput(args: argparse.Namespace, work: Path, port: int, injection:
     sipp_core, server_core = cores
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
     server = serve(work, port, server_core)
-    preload = await asyncio.to_thread(closed_loop, port, injection, work / "preload", sipp_core, calls=args.contacts)
+    preload = await asyncio.to_thread(closed_loop, port, injection, work / "preload", sipp_core,
+                                    args.sipp_port, calls=args.contacts)
     kinds = list(runs)
     for rep in range(args.repeat):
         for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
@@ -252,14 +257,14 @@ async def throughput(args: argparse.Namespace, work: Path, port: int, injection:
             print(f"throughput, console: {kind}: sipp closed loop for {args.seconds} s ...", flush=True)
             if kind == "none":
                 runs[kind].append(await asyncio.to_thread(measured, port, injection, work / label, sipp_core,
-                                                          args.seconds, {"registrar": server.pid}))
+                                                          args.sipp_port, args.seconds, {"registrar": server.pid}))
             elif kind == "attached":
                 term = Terminal(["attach", "--control", str(work / "control.sock")], size=SIZE,
                                 prefix=tuple(c.pinned([], sipp_core)), env=registrar_env(work))
                 try:
                     await term.until(console_loaded(term, args.contacts), timeout=300)
                     runs[kind].append(await asyncio.to_thread(
-                        measured, port, injection, work / label, sipp_core, args.seconds,
+                        measured, port, injection, work / label, sipp_core, args.sipp_port, args.seconds,
                         {"registrar": server.pid, "console": term.proc.pid}))
                 finally:
                     term.close()
@@ -273,7 +278,7 @@ async def throughput(args: argparse.Namespace, work: Path, port: int, injection:
                     pin(child, sipp_core)
                     await term.until(console_loaded(term, args.contacts), timeout=300)
                     runs[kind].append(await asyncio.to_thread(
-                        measured, port, injection, work / label, sipp_core, args.seconds,
+                        measured, port, injection, work / label, sipp_core, args.sipp_port, args.seconds,
                         {"registrar": term.proc.pid, "console": child}))
                     term.type("q")
                     await term.until(lambda: b"Stop and quit" in term.output)
@@ -291,6 +296,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sc-bench-console-") as tmp:
         work = Path(tmp)
         port = c.free_port()
+        args.sipp_port = c.free_port()  # every sipp run's source port: they refresh the same bindings
         injection = work / "aors.csv"
         c.write_injection(injection, 0, args.contacts)
         result: dict[str, Any] = {"contacts": args.contacts, "cores": cores_note, "machine": c.machine(),
@@ -305,7 +311,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             window = 15 if args.quick else 30
             print(f"{args.rate:,} REG/s for {window} s while the console loads the table ...", flush=True)
             during_load = asyncio.create_task(asyncio.to_thread(
-                paced, port, injection, work / "paced-load", sipp_core, args.rate, window))
+                paced, port, injection, work / "paced-load", sipp_core, args.sipp_port, args.rate, window))
             await asyncio.sleep(2)  # the rate is up
             t0 = time.perf_counter()
             async with app.run_test(size=SIZE) as pilot:
@@ -317,7 +323,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 seconds = max(20, args.presses * 2)
                 print(f"{args.rate:,} REG/s for up to {seconds} s while pressing keys ...", flush=True)
                 sender = asyncio.create_task(asyncio.to_thread(
-                    paced, port, injection, work / "paced", sipp_core, args.rate, seconds))
+                    paced, port, injection, work / "paced", sipp_core, args.sipp_port, args.rate, seconds))
                 await asyncio.sleep(2)  # the rate is up
                 with collections_timed() as pauses:
                     latencies = await key_latencies(pilot, app, args.presses)

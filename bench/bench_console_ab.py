@@ -48,18 +48,19 @@ async def bench(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     kinds = list(results)
     with tempfile.TemporaryDirectory(prefix="sc-bench-console-ab-") as tmp:
         work = Path(tmp)
-        port = c.free_port()
+        port, sipp_port = c.free_port(), c.free_port()  # sipp_port: every run refreshes the same bindings
         injection = work / "aors.csv"
         c.write_injection(injection, 0, args.contacts)
         server = b.serve(work, port, server_core)
         try:
-            await asyncio.to_thread(b.closed_loop, port, injection, work / "preload", sipp_core, calls=args.contacts)
+            await asyncio.to_thread(b.closed_loop, port, injection, work / "preload", sipp_core, sipp_port,
+                                    calls=args.contacts)
             for rnd in range(args.rounds):
                 for kind in kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]:
                     label = work / f"{kind}-{rnd}"
                     if kind == "none":
-                        run = await asyncio.to_thread(b.measured, port, injection, label, sipp_core, args.seconds,
-                                                      {"registrar": server.pid})
+                        run = await asyncio.to_thread(b.measured, port, injection, label, sipp_core, sipp_port,
+                                                      args.seconds, {"registrar": server.pid})
                     else:
                         home = args.checkouts[kind]
                         term = Terminal(["attach", "--control", str(work / "control.sock")], size=b.SIZE,
@@ -67,7 +68,8 @@ async def bench(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                                         env={**b.registrar_env(work), "PYTHONPATH": home})
                         try:
                             await term.until(b.console_loaded(term, args.contacts), timeout=300)
-                            run = await asyncio.to_thread(b.measured, port, injection, label, sipp_core, args.seconds,
+                            run = await asyncio.to_thread(b.measured, port, injection, label, sipp_core, sipp_port,
+                                                          args.seconds,
                                                           {"registrar": server.pid, "console": term.proc.pid})
                         finally:
                             term.close()

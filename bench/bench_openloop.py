@@ -77,15 +77,18 @@ class SyscallCounter:
 
 
 def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work: Path, core: int | None,
-         seconds: int, rate: int | None) -> dict[str, Any]:
-    """One closed-loop (``rate`` None) or open-loop step against the running server."""
+         seconds: int, rate: int | None, sipp_port: int) -> dict[str, Any]:
+    """One closed-loop (``rate`` None) or open-loop step against the running server. Every step
+    of a start sends from ``sipp_port``, so the steps refresh the same bindings (the Contact
+    carries the port) instead of adding a binding to every AOR each."""
     sampler = c.CpuSampler()
     sampler.start(server.pid)
     before = commit_totals(metrics_port)
     counter = SyscallCounter(server.pid, work / "perf.txt")
     try:
         run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work, transport="u1", users=500,
-                         duration=seconds, core=core, sampler=sampler, timeout=seconds + 120, rate=rate)
+                         duration=seconds, core=core, sampler=sampler, timeout=seconds + 120, rate=rate,
+                         local_port=sipp_port)
         sampler.sample()
     finally:
         syscalls = counter.stop()
@@ -150,20 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         injection = work / "users.csv"
         c.write_injection(injection, 0, args.aors)
         for n in range(args.starts):
-            port, metrics_port = c.free_port(), c.free_port()
+            port, metrics_port, sipp_port = c.free_port(), c.free_port(), c.free_port()
             target = dataclasses.replace(c.Target("sipconsole", "sipconsole", "durable"),
                                          options=("--metrics-listen", f"127.0.0.1:{metrics_port}"))
             server = target.start(work / f"server-{n}", port, server_core)
             steps = []
             load = Path("/proc/loadavg").read_text().split()[:3]
             try:
-                closed = step(server, port, metrics_port, injection, work / f"sipp-{n}-0", sipp_core, args.seconds, None)
+                closed = step(server, port, metrics_port, injection, work / f"sipp-{n}-0", sipp_core,
+                              args.seconds, None, sipp_port)
                 steps.append(closed)
                 print(f"start {n}: {describe(closed)}", flush=True)
                 maximum = closed.get("reg_per_s") or 0
                 for i, rate in enumerate(rates or [round(maximum * f) for f in fractions], 1):
                     row = step(server, port, metrics_port, injection, work / f"sipp-{n}-{i}", sipp_core,
-                               args.seconds, rate)
+                               args.seconds, rate, sipp_port)
                     if maximum:
                         row["of_closed_loop"] = round(rate / maximum, 2)
                     steps.append(row)
