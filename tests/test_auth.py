@@ -53,6 +53,8 @@ def test_sha512_256_is_the_truncated_sha512_variant():
     (r'username="al\"ice", opaque="a\\b"', {"username": 'al"ice', "opaque": "a\\b"}),
     ('realm="", x=', {"realm": "", "x": ""}),
     ('Response=\t"AbC"', {"response": "AbC"}),
+    ('a= \t"x\\"y", b=  z , c="d"', {"a": 'x"y', "b": "z", "c": "d"}),  # escapes and spaces in one text
+    ('a="1", b=2,c="3"', {"a": "1", "b": "2", "c": "3"}),
 ])
 def test_digest_parameters_parsed(text, expected):
     assert digest._parse_params(text) == expected
@@ -63,6 +65,8 @@ def test_digest_parameters_parsed(text, expected):
     (r'username="alice\"', "unterminated quoted string"),
     ('username="a", realm', "malformed Digest parameters"),
     ('nonce="a", Nonce="b"', "duplicate Digest parameter nonce"),
+    ('a=1, b=2, a=1', "duplicate Digest parameter a"),
+    (r'a="\\", b="x', "unterminated quoted string"),
 ])
 def test_malformed_digest_parameters_are_refused(text, problem):
     with pytest.raises(digest.DigestError, match=problem):
