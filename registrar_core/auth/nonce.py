@@ -49,6 +49,15 @@ def load_key(path: Path) -> bytes:
     return key
 
 
+_BODY = struct.Struct("!IIQ")  # exp, boot, nid
+
+
+def _unpack_body(body: bytes) -> tuple[int, int, int]:
+    """The nonce's exp, boot and nid, typed: compiled, they are then compared as C integers."""
+    expires, boot, nid = _BODY.unpack(body)
+    return expires, boot, nid
+
+
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -101,7 +110,7 @@ class NonceFactory:
         nid = self._next
         self._next = nid + 1
         self._nc[nid % self._window] = 0  # the slot's previous nonce has left the window
-        body = struct.pack("!IIQ", int(self.clock()) + self.lifetime, self.boot, nid)
+        body = _BODY.pack(int(self.clock()) + self.lifetime, self.boot, nid)
         return _b64(body + self._mac(body, realm))
 
     def check(self, nonce: str, realm: str) -> int:
@@ -115,8 +124,8 @@ class NonceFactory:
         body, mac = raw[:16], raw[16:]
         if not hmac.compare_digest(mac, self._mac(body, realm)):
             return FORGED
-        expires, boot, nid = struct.unpack("!IIQ", body)
-        now = self.clock()
+        expires, boot, nid = _unpack_body(body)
+        now = int(self.clock())  # whole seconds, as expires: the same answers, compared as C integers
         if (boot != self.boot or expires <= now or expires > now + self.lifetime + MAX_DRIFT
                 or not self._next - self._window <= nid < self._next):
             return STALE
