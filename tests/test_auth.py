@@ -57,20 +57,31 @@ def test_sha512_256_is_the_truncated_sha512_variant():
     ('a="1", b=2,c="3"', {"a": "1", "b": "2", "c": "3"}),
 ])
 def test_digest_parameters_parsed(text, expected):
-    assert digest._parse_params(text) == expected
+    assert digest._params(text) == list(expected.items())
 
 
 @pytest.mark.parametrize("text, problem", [
     ('username="alice', "unterminated quoted string"),
     (r'username="alice\"', "unterminated quoted string"),
     ('username="a", realm', "malformed Digest parameters"),
+    (r'a="\\", b="x', "unterminated quoted string"),
     ('nonce="a", Nonce="b"', "duplicate Digest parameter nonce"),
     ('a=1, b=2, a=1', "duplicate Digest parameter a"),
-    (r'a="\\", b="x', "unterminated quoted string"),
+    ('username="u", realm="r", nonce="n", uri="sip:r", response="d", username="v"', "duplicate Digest parameter username"),
+    ('username="u", realm="r", nonce="n", uri="sip:r"', "lack response"),
+    ('username="u", realm="r", nonce="n", uri="sip:r", response="d", algorithm=MD4', "unsupported algorithm MD4"),
 ])
 def test_malformed_digest_parameters_are_refused(text, problem):
     with pytest.raises(digest.DigestError, match=problem):
-        digest._parse_params(text)
+        digest.parse_authorization("Digest " + text)
+
+
+def test_digest_credentials_parsed():
+    creds = digest.parse_authorization('Digest Username="u", realm="r", nonce="n", uri="sip:r", response="d", '
+                                       'algorithm=sha-256, cnonce="c", qop=auth, nc=00000001, opaque="o", x=1')
+    assert (creds.username, creds.realm, creds.nonce, creds.uri, creds.response, creds.algorithm, creds.qop,
+            creds.nc, creds.cnonce, creds.opaque) == ("u", "r", "n", "sip:r", "d", "SHA-256", "auth", "00000001", "c", "o")
+    assert digest.parse_authorization('Basic dTpw') is None
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 65, 200])
