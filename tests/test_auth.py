@@ -135,6 +135,18 @@ def test_nonce_past_its_lifetime_or_the_count_window_is_stale():
     assert [nonces.check(n, "example.com") for n in later] == [1, 2, 3]
 
 
+def test_recent_nonce_is_known_as_made_and_older_ones_by_their_mac():
+    from registrar_core.auth.nonce import FORGED, HmacSha256, NonceFactory
+
+    nonces = NonceFactory(b"k" * 32, recent=2)
+    first, second, third = (nonces.make("example.com") for _ in range(3))  # third takes first's slot
+    assert [nonces.check(n, "example.com") for n in (first, second, third)] == [0, 1, 2]
+    nonces._hmac = HmacSha256(b"another key")  # from now on no MAC of ours verifies
+    assert nonces.check(first, "example.com") == FORGED, "out of the recent ones: its MAC decides"
+    assert [nonces.check(n, "example.com") for n in (second, third)] == [1, 2], "recent: compared as made"
+    assert nonces.check(third, "example.org") == FORGED, "made for another realm"
+
+
 @pytest.fixture
 async def auth_server(make_server):
     srv = await make_server(auth=True)
