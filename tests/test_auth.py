@@ -53,20 +53,35 @@ def test_sha512_256_is_the_truncated_sha512_variant():
     (r'username="al\"ice", opaque="a\\b"', {"username": 'al"ice', "opaque": "a\\b"}),
     ('realm="", x=', {"realm": "", "x": ""}),
     ('Response=\t"AbC"', {"response": "AbC"}),
+    ('a= \t"x\\"y", b=  z , c="d"', {"a": 'x"y', "b": "z", "c": "d"}),  # escapes and spaces in one text
+    ('a="1", b=2,c="3"', {"a": "1", "b": "2", "c": "3"}),
 ])
 def test_digest_parameters_parsed(text, expected):
-    assert digest._parse_params(text) == expected
+    assert digest._params(text) == list(expected.items())
 
 
 @pytest.mark.parametrize("text, problem", [
     ('username="alice', "unterminated quoted string"),
     (r'username="alice\"', "unterminated quoted string"),
     ('username="a", realm', "malformed Digest parameters"),
+    (r'a="\\", b="x', "unterminated quoted string"),
     ('nonce="a", Nonce="b"', "duplicate Digest parameter nonce"),
+    ('a=1, b=2, a=1', "duplicate Digest parameter a"),
+    ('username="u", realm="r", nonce="n", uri="sip:r", response="d", username="v"', "duplicate Digest parameter username"),
+    ('username="u", realm="r", nonce="n", uri="sip:r"', "lack response"),
+    ('username="u", realm="r", nonce="n", uri="sip:r", response="d", algorithm=MD4', "unsupported algorithm MD4"),
 ])
 def test_malformed_digest_parameters_are_refused(text, problem):
     with pytest.raises(digest.DigestError, match=problem):
-        digest._parse_params(text)
+        digest.parse_authorization("Digest " + text)
+
+
+def test_digest_credentials_parsed():
+    creds = digest.parse_authorization('Digest Username="u", realm="r", nonce="n", uri="sip:r", response="d", '
+                                       'algorithm=sha-256, cnonce="c", qop=auth, nc=00000001, opaque="o", x=1')
+    assert (creds.username, creds.realm, creds.nonce, creds.uri, creds.response, creds.algorithm, creds.qop,
+            creds.nc, creds.cnonce, creds.opaque) == ("u", "r", "n", "sip:r", "d", "SHA-256", "auth", "00000001", "c", "o")
+    assert digest.parse_authorization('Basic dTpw') is None
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 65, 200])
@@ -118,6 +133,18 @@ def test_nonce_past_its_lifetime_or_the_count_window_is_stale():
     assert nonces.check(first, "example.com") == STALE, "its count slot now belongs to a newer nonce"
     assert nonces.check(fifth, "example.com") == 4 and nonces.nc_fresh(4, 1), "which starts from nothing"
     assert [nonces.check(n, "example.com") for n in later] == [1, 2, 3]
+
+
+def test_recent_nonce_is_known_as_made_and_older_ones_by_their_mac():
+    from registrar_core.auth.nonce import FORGED, HmacSha256, NonceFactory
+
+    nonces = NonceFactory(b"k" * 32, recent=2)
+    first, second, third = (nonces.make("example.com") for _ in range(3))  # third takes first's slot
+    assert [nonces.check(n, "example.com") for n in (first, second, third)] == [0, 1, 2]
+    nonces._hmac = HmacSha256(b"another key")  # from now on no MAC of ours verifies
+    assert nonces.check(first, "example.com") == FORGED, "out of the recent ones: its MAC decides"
+    assert [nonces.check(n, "example.com") for n in (second, third)] == [1, 2], "recent: compared as made"
+    assert nonces.check(third, "example.org") == FORGED, "made for another realm"
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ The nid counts the nonces made since boot, as Kamailio's nonce index does (auth 
 ``nc_array_size``): the highest accepted nonce count of each of the last ``NC_WINDOW`` nonces
 lives in a fixed array at ``nid % NC_WINDOW``, so that replay protection costs one array slot
 per nonce instead of a dictionary entry (a string key, a tuple) per challenge answered. A
-nonce that has left the window is stale, as one past its expiry.
+nonce that has left the window is stale, as one past its expiry. The last ``RECENT`` nonces
+made are kept as made: the REGISTER that answers a challenge is checked by comparing its nonce
+with that one instead of computing the MAC again (the MAC still decides for every other).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ MAX_DRIFT = 3  # a nonce dated further in the future is stale
 # Nonces whose counts are tracked (4 bytes each, allocated once): the last million made, more
 # than 300 s of challenges at 3,000 a second; under a heavier storm older nonces go stale early.
 NC_WINDOW = 1 << 20
+# The last nonces made, kept with their realm (about 100 bytes each): the answer to a challenge
+# comes a round trip later, and a nonce equal to the one made for its nid and realm needs no
+# HMAC (12,000 instructions compiled, a quarter of the credentials' check); an older one,
+# or one spelled otherwise, is checked by its MAC as before.
+RECENT = 1 << 13
 # What NonceFactory.check answers besides a valid nonce's id (>= 0).
 STALE = -1
 FORGED = -2
@@ -47,6 +54,15 @@ def load_key(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as fh:
         fh.write(key)
     return key
+
+
+_BODY = struct.Struct("!IIQ")  # exp, boot, nid
+
+
+def _unpack_body(body: bytes) -> tuple[int, int, int]:
+    """The nonce's exp, boot and nid, typed: compiled, they are then compared as C integers."""
+    expires, boot, nid = _BODY.unpack(body)
+    return expires, boot, nid
 
 
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -85,7 +101,7 @@ class HmacSha256:
 
 class NonceFactory:
     def __init__(self, key: bytes, *, lifetime: int = NONCE_LIFETIME, clock=time.time,
-                 window: int = NC_WINDOW) -> None:
+                 window: int = NC_WINDOW, recent: int = RECENT) -> None:
         self._hmac = HmacSha256(key)
         self.lifetime = lifetime
         self.clock = clock
@@ -93,6 +109,9 @@ class NonceFactory:
         self._next = 0  # the nid of the next nonce made
         self._window = window
         self._nc = array("I", [0]) * window  # highest accepted nc of the nonce nid, at nid % window
+        self._recent = recent
+        self._made = [""] * recent  # the nonce nid as made, at nid % recent
+        self._made_realm = [""] * recent  # and the realm it was made for
 
     def _mac(self, body: bytes, realm: str) -> bytes:
         return self._hmac.digest(body + realm.encode())[:16]
@@ -101,8 +120,12 @@ class NonceFactory:
         nid = self._next
         self._next = nid + 1
         self._nc[nid % self._window] = 0  # the slot's previous nonce has left the window
-        body = struct.pack("!IIQ", int(self.clock()) + self.lifetime, self.boot, nid)
-        return _b64(body + self._mac(body, realm))
+        body = _BODY.pack(int(self.clock()) + self.lifetime, self.boot, nid)
+        nonce = _b64(body + self._mac(body, realm))
+        slot = nid % self._recent
+        self._made[slot] = nonce
+        self._made_realm[slot] = realm
+        return nonce
 
     def check(self, nonce: str, realm: str) -> int:
         """The nonce's id (>= 0) when it is ours, for ``realm``, and current; else STALE or FORGED."""
@@ -112,11 +135,13 @@ class NonceFactory:
             return FORGED
         if len(raw) != 32:
             return FORGED
-        body, mac = raw[:16], raw[16:]
-        if not hmac.compare_digest(mac, self._mac(body, realm)):
+        body = raw[:16]
+        expires, boot, nid = _unpack_body(body)
+        slot = nid % self._recent
+        made = self._made[slot] == nonce and self._made_realm[slot] == realm  # public values: == is fine
+        if not made and not hmac.compare_digest(raw[16:], self._mac(body, realm)):
             return FORGED
-        expires, boot, nid = struct.unpack("!IIQ", body)
-        now = self.clock()
+        now = int(self.clock())  # whole seconds, as expires: the same answers, compared as C integers
         if (boot != self.boot or expires <= now or expires > now + self.lifetime + MAX_DRIFT
                 or not self._next - self._window <= nid < self._next):
             return STALE
