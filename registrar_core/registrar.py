@@ -128,7 +128,7 @@ class _Replies:
     @classmethod
     def to(cls, request: Request, to_tag: str, flow_timer: int, gruus: Gruus) -> _Replies:
         supported = _supported(request)
-        paths = request.headers.values("Path") if "path" in supported else []
+        paths = request.headers.listed("path") if "path" in supported else []
         return cls(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
                    gruus if "gruu" in supported else None)
 
@@ -321,15 +321,15 @@ class Registrar:
         puts: list[tuple[Contact, bool]] = []
         removes: list[tuple[Contact, str]] = []
         if isinstance(contacts, str):  # "*"
-            if request.expires != 0 or len(request.headers.values("Contact")) != 1:
+            if request.expires != 0 or len(request.headers.listed("contact")) != 1:
                 raise RegisterRejected(400, "Bad Request", "* used with other contacts or non-zero expires")
             removes = [(c, REMOVED_UNREGISTERED) for c in existing if _newer(c, callid, cseq)]
         elif contacts:
             wanted = [self._wanted(c, request, aor) for c in contacts]
             by_key = {c.key(): c for c in existing}
-            path = tuple(request.headers.values("Path"))
-            user_agent = request.headers.get("User-Agent") or ""
-            methods = ",".join(request.headers.values("Allow"))
+            path = tuple(request.headers.listed("path"))
+            user_agent = request.headers.first("user-agent") or ""
+            methods = ",".join(request.headers.listed("allow"))
             expires_factor = self._expires_factor(flags)
             for w in wanted:
                 old = by_key.get(w.key)
@@ -458,12 +458,12 @@ def _expires(contact: Contact) -> float:
 
 def unsupported(request: Request) -> list[str]:
     """The option tags of Require and Proxy-Require that we do not support (RFC 3261 §8.2.2.3: 420)."""
-    required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
+    required = [*request.headers.listed("require"), *request.headers.listed("proxy-require")]
     return [o for o in required if o.lower() not in SUPPORTED]
 
 
 def _supported(request: Request) -> set[str]:
-    return {v.lower() for v in request.headers.values("Supported")}
+    return {v.lower() for v in request.headers.listed("supported")}
 
 
 def _newer(binding: Contact, callid: str, cseq: int) -> bool:

@@ -139,12 +139,21 @@ class Headers:
 
     def _find(self, name: str) -> list[str] | None:
         """The field values of ``name``, or None; the index itself, not a copy."""
+        return self._found(_key(name))
+
+    def _found(self, key: str) -> list[str] | None:
+        """The field values by lookup key, or None; the index itself, not a copy."""
         index = self._index if self._index is not None else self._lookup()
-        return index.get(_key(name))
+        return index.get(key)
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (any spelling or compact form), or None."""
-        values = self._find(name)
+        return self.first(_key(name))
+
+    def first(self, key: str) -> str | None:
+        """:meth:`get` by lookup key (the full name, lower-cased: "user-agent"): the hot path's
+        callers name a constant header, so the spelling's own look-up is left out."""
+        values = self._found(key)
         return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
@@ -154,7 +163,11 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """The list elements of ``name`` across all its fields, comma-split."""
-        values = self._find(name)
+        return self.listed(_key(name))
+
+    def listed(self, key: str) -> list[str]:
+        """:meth:`values` by lookup key (see :meth:`first`)."""
+        values = self._found(key)
         if not values:
             return []
         if len(values) == 1:
@@ -213,27 +226,27 @@ class _Message:
     # Parsed views of the headers every SIP message carries; computed once.
     @cached_property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.values("Via")]
+        return [parse_via(v) for v in self.headers.listed("via")]
 
     @cached_property
     def from_(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "From"))
+        return parse_name_addr(_required(self.headers, "from", "From"))
 
     @cached_property
     def to(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "To"))
+        return parse_name_addr(_required(self.headers, "to", "To"))
 
     @cached_property
     def call_id(self) -> str:
-        return _required(self.headers, "Call-ID")
+        return _required(self.headers, "call-id", "Call-ID")
 
     @cached_property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(_required(self.headers, "CSeq"))
+        return parse_cseq(_required(self.headers, "cseq", "CSeq"))
 
     @cached_property
     def expires(self) -> int | None:
-        value = self.headers.get("Expires")
+        value = self.headers.first("expires")
         return None if value is None else parse_delta(value, "Expires")
 
     @cached_property
@@ -242,7 +255,7 @@ class _Message:
 
         A ``*`` mixed with other contacts is a 400 (RFC 3261 §10.3 step 6).
         """
-        values = self.headers.values("Contact")
+        values = self.headers.listed("contact")
         if "*" in values:
             if len(values) > 1:
                 raise SipError(400, "Wildcard Contact must stand alone")
@@ -274,7 +287,7 @@ class Request(_Message):
         ``received`` is added when the sent-by is not that address (RFC 3261 §18.2.1);
         an empty ``rport`` gets the source port, and then ``received`` always (RFC 3581 §4).
         """
-        first = self.headers.get("Via")
+        first = self.headers.first("via")
         if first is None:
             return
         vias = self.vias  # parsed once, at parse time
@@ -330,8 +343,9 @@ class Response(_Message):
 Message = Request | Response
 
 
-def _required(headers: Headers, name: str) -> str:
-    value = headers.get(name)
+def _required(headers: Headers, key: str, name: str) -> str:
+    """The first value of a header every message needs (by lookup key), else a 400 naming it."""
+    value = headers.first(key)
     if value is None:
         raise SipError(400, f"Missing {name}")
     return value
@@ -498,7 +512,7 @@ def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
     _validate_common(request, headers)
     if request.cseq[1] != method:
         raise SipError(400, "CSeq method does not match the request")
-    max_forwards = headers.get("Max-Forwards")
+    max_forwards = headers.first("max-forwards")
     if max_forwards is not None and not is_digits(max_forwards):
         raise SipError(400, "Malformed Max-Forwards")
     _ = request.expires
@@ -533,7 +547,7 @@ def _validate_common(message: _Message, headers: Headers) -> None:
         raise SipError(400, "Empty Via")
     like = message.from_.uri  # From first: its errors before To's
     # To shares From's parsed URI when written the same (a REGISTER's usual case; URIs are values).
-    setattr(message, "to", parse_name_addr(_required(headers, "To"), like))
+    setattr(message, "to", parse_name_addr(_required(headers, "to", "To"), like))
     _ = message.call_id, message.cseq
 
 
