@@ -212,14 +212,19 @@ class _Message:
     body: bytes
 
     def _serialise(self, start_line: str) -> bytes:
-        # One join over the parts: no string per header line made only to be copied again.
-        parts = [start_line]
-        for name, value in self.headers._fields:  # parts.append: a native list append, compiled
-            parts.append("\r\n")
-            parts.append(name)
-            parts.append(": ")
-            parts.append(value)
-        parts.append("\r\n\r\n")
+        # One join over the parts: no string per header line made only to be copied again. The
+        # list is made at its size, CRLFs in place, and filled by index (compiled, a native
+        # store): appending its 4 parts per field cost a call each and the list's regrowth.
+        fields = self.headers._fields
+        parts = ["\r\n"] * (4 * len(fields) + 2)
+        parts[0] = start_line
+        i = 2
+        for name, value in fields:
+            parts[i] = name
+            parts[i + 1] = ": "
+            parts[i + 2] = value
+            i += 4
+        parts[i - 1] = "\r\n\r\n"
         head = "".join(parts).encode("utf-8", "surrogateescape")
         return head + self.body if self.body else head
 
