@@ -297,6 +297,12 @@ class Request(_Message):
             return
         vias = self.vias  # parsed once, at parse time
         via = vias[0]
+        usual = _stamped_rport(via, first, host, port)
+        if usual is not None:  # the usual shape, as a phone or sipp writes it
+            usual_via, usual_text = usual
+            self.headers.replace_first("Via", usual_text)
+            setattr(self, "vias", [usual_via, *vias[1:]])
+            return
         fill_rport = ("rport", None) in via.params or any(  # the usual spelling, else any
             not v and n.lower() == "rport" for n, v in via.params
         )
@@ -314,6 +320,26 @@ class Request(_Message):
             text = ", ".join([text, *split_values(first)[1:]])
         self.headers.replace_first("Via", text)
         setattr(self, "vias", [stamped, *vias[1:]])
+
+
+def _stamped_rport(via: Via, text: str, host: str, port: int) -> tuple[Via, str] | None:
+    """:meth:`Request.stamp_source` for the usual Via, one field written ``...;rport`` (empty,
+    last) with no ``received``: both values appended to the text as the UA wrote it (the
+    response's Via equals the request's, RFC 3261 §8.2.6.2), where the general path writes the
+    stamped Via out again (the same text for a Via written as usual; 1.1-1.3 us compiled).
+    None for any other shape."""
+    params = via.params
+    if not params or "," in text or not text.endswith(";rport"):
+        return None
+    last = params[-1]
+    if last[0] != "rport" or last[1] is not None:
+        return None
+    for name, _ in params:
+        if len(name) == 8 and name.lower() == "received":
+            return None
+    value = str(port)
+    stamped = Via(via.transport, via.host, via.port, params[:-1] + (("rport", value), ("received", host)))
+    return stamped, f"{text}={value};received={host}"
 
 
 def _same_address(sent_by: str, source: str) -> bool:
