@@ -22,6 +22,7 @@ from .location import (
 )
 from .location.service import REMOVED_EVICTED, REMOVED_REPLACED, REMOVED_UNREGISTERED
 from .sip import NameAddr, Request, Response, SipError, SipURI, build_response, response_from, response_head
+from .sip.message import bodiless_response
 from .sip.headers import is_digits, parse_delta
 from .sip.uri import Params, format_params
 from .source import Source
@@ -30,6 +31,7 @@ from .source import Source
 # at every use (see location/contact.py, SAVE_MEMORY_ONLY).
 SUPPORTED: Final = ("path", "outbound", "gruu")
 _SUPPORTED_VALUE: Final = ", ".join(SUPPORTED)
+_SUPPORTED: Final = ("Supported", _SUPPORTED_VALUE)
 POLICY_SINGLE_CONTACT: Final = "single_contact"
 POLICY_MAX_CONTACTS: Final = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
 GLOBAL: Final = ""  # the AOR key of table-wide policy values
@@ -134,15 +136,20 @@ class _Replies:
 
     def ok(self, bindings: list[Contact], now: float) -> Response:
         gruus = self.gruus
-        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings] if gruus is None \
-            else [("Contact", format_binding(c, now) + gruus.contact_params(c)) for c in bindings]
-        headers += [("Path", p) for p in self.paths]
+        fields = self.head.copy()  # then names spelled canonically here: no check per field
+        for c in bindings:
+            fields.append(("Contact", format_binding(c, now) if gruus is None
+                           else format_binding(c, now) + gruus.contact_params(c)))
+        for p in self.paths:
+            fields.append(("Path", p))
         if self.outbound and any(c.regid for c in bindings):
-            headers.append(("Require", "outbound"))
+            fields.append(("Require", "outbound"))
             if self.flow_timer:  # RFC 5626 §5.4: keepalives within this keep the flow open
-                headers.append(("Flow-Timer", str(self.flow_timer)))
-        headers += [("Supported", _SUPPORTED_VALUE), ("Date", _HTTP_DATE.at(int(now))), SERVER]
-        return response_from(self.head, 200, "OK", headers)
+                fields.append(("Flow-Timer", str(self.flow_timer)))
+        fields.append(_SUPPORTED)
+        fields.append(("Date", _HTTP_DATE.at(int(now))))
+        fields.append(SERVER)
+        return bodiless_response(fields, 200, "OK")
 
     def failed(self, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:
         return response_from(self.head, status, reason, [*headers, SERVER])

@@ -104,17 +104,21 @@ class Headers:
 
     __slots__ = ("_fields", "_index")
 
-    def __init__(self, fields: Iterable[tuple[str, str]] | None = None) -> None:
-        self._fields: list[tuple[str, str]] = [] if fields is None else [(canonical_name(n), v) for n, v in fields]
-        self._index: dict[str, list[str]] | None = None
+    def __init__(self, fields: Iterable[tuple[str, str]] | None = None,
+                 canonical: list[tuple[str, str]] | None = None,
+                 index: dict[str, list[str]] | None = None) -> None:
+        """``fields`` (any spelling), or ``canonical``: fields already spelled canonically, kept
+        as they are (:meth:`_canonical`), with their ``index`` when made."""
+        if canonical is not None:
+            self._fields: list[tuple[str, str]] = canonical
+        else:
+            self._fields = [] if fields is None else [(canonical_name(n), v) for n, v in fields]
+        self._index: dict[str, list[str]] | None = index
 
     @classmethod
     def _canonical(cls, fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
         """Wrap fields whose names are already canonical (the parser's fast path)."""
-        headers = cls()  # not cls.__new__(cls): mypyc cannot compile that
-        headers._fields = fields
-        headers._index = index
-        return headers
+        return cls(None, fields, index)  # not cls.__new__(cls): mypyc cannot compile that
 
     def _lookup(self) -> dict[str, list[str]]:
         index = self._index
@@ -625,6 +629,14 @@ def response_from(
 
 
 _NO_BODY = ("Content-Length", "0")
+
+
+def bodiless_response(fields: list[tuple[str, str]], status: int, reason: str) -> Response:
+    """A response without a body of ``fields`` (a :func:`response_head`'s and the caller's,
+    all spelled canonically: constants), Content-Length added, taken as they are: the 200 to
+    a REGISTER, where :func:`response_from` would check every name's spelling and copy."""
+    fields.append(_NO_BODY)
+    return Response(Headers._canonical(fields), b"", status, reason)
 
 
 def build_response(
