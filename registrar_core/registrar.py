@@ -22,8 +22,8 @@ from .location import (
 )
 from .location.service import REMOVED_EVICTED, REMOVED_REPLACED, REMOVED_UNREGISTERED
 from .sip import NameAddr, Request, Response, SipError, SipURI, build_response, response_from, response_head
-from .sip.message import bodiless_response
 from .sip.headers import is_digits, parse_delta
+from .sip.message import bodiless_response
 from .sip.uri import Params, format_params
 from .source import Source
 

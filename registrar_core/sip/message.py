@@ -341,9 +341,14 @@ def _stamped_rport(via: Via, text: str, host: str, port: int) -> tuple[Via, str]
     last = params[-1]
     if last[0] != "rport" or last[1] is not None:
         return None
+    rports = 0  # the general path fills every rport: a second one (any case) goes there
     for name, _ in params:
         if len(name) == 8 and name.lower() == "received":
             return None
+        if len(name) == 5 and name.lower() == "rport":
+            rports += 1
+    if rports != 1:
+        return None
     value = str(port)
     stamped = Via(via.transport, via.host, via.port, params[:-1] + (("rport", value), ("received", host)))
     return stamped, f"{text}={value};received={host}"
