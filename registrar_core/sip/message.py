@@ -218,11 +218,11 @@ class _Message:
     # Parsed views of the headers every SIP message carries; computed once.
     @cached_property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.listed("via")]
+        return _vias(self.headers)
 
     @cached_property
     def from_(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "from", "From"))
+        return _from(self.headers)
 
     @cached_property
     def to(self) -> NameAddr:
@@ -230,11 +230,11 @@ class _Message:
 
     @cached_property
     def call_id(self) -> str:
-        return _required(self.headers, "call-id", "Call-ID")
+        return _call_id(self.headers)
 
     @cached_property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(_required(self.headers, "cseq", "CSeq"))
+        return _cseq(self.headers)
 
     @cached_property
     def expires(self) -> int | None:
@@ -584,14 +584,36 @@ def _validate_common(message: _Message, headers: Headers) -> None:
         for name in _SINGLE:
             if len(index.get(name, ())) > 1:
                 raise SipError(400, f"Duplicate {canonical_name(name)}")
-    if not message.vias:
+    # The parsed views set here, not read through their cached_property: compiled, each read
+    # of a descriptor of the non-native message class is a generic call (about 500 instructions).
+    vias = _vias(headers)
+    if not vias:
         raise SipError(400, "Missing Via")
     if not all(index["via"]):
         raise SipError(400, "Empty Via")
-    like = message.from_.uri  # From first: its errors before To's
+    setattr(message, "vias", vias)
+    from_ = _from(headers)  # From first: its errors before To's
+    setattr(message, "from_", from_)
     # To shares From's parsed URI when written the same (a REGISTER's usual case; URIs are values).
-    setattr(message, "to", parse_name_addr(_required(headers, "to", "To"), like))
-    _ = message.call_id, message.cseq
+    setattr(message, "to", parse_name_addr(_required(headers, "to", "To"), from_.uri))
+    setattr(message, "call_id", _call_id(headers))
+    setattr(message, "cseq", _cseq(headers))
+
+
+def _vias(headers: Headers) -> list[Via]:
+    return [parse_via(v) for v in headers.listed("via")]
+
+
+def _from(headers: Headers) -> NameAddr:
+    return parse_name_addr(_required(headers, "from", "From"))
+
+
+def _call_id(headers: Headers) -> str:
+    return _required(headers, "call-id", "Call-ID")
+
+
+def _cseq(headers: Headers) -> tuple[int, str]:
+    return parse_cseq(_required(headers, "cseq", "CSeq"))
 
 
 def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str, str]]:
