@@ -232,7 +232,7 @@ class Pipeline:
 
     def _dropped_as_scanner(self, request: Request, source: Source) -> bool:
         """A scanner's User-Agent: drop silently, and say so once per address (they send thousands)."""
-        user_agent = request.headers.get("User-Agent")
+        user_agent = request.headers.first("user-agent")
         if not user_agent:
             return False
         verdicts = self._scanner_verdicts

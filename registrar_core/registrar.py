@@ -23,6 +23,7 @@ from .location import (
 from .location.service import REMOVED_EVICTED, REMOVED_REPLACED, REMOVED_UNREGISTERED
 from .sip import NameAddr, Request, Response, SipError, SipURI, build_response, response_from, response_head
 from .sip.headers import is_digits, parse_delta
+from .sip.message import bodiless_response
 from .sip.uri import Params, format_params
 from .source import Source
 
@@ -30,6 +31,7 @@ from .source import Source
 # at every use (see location/contact.py, SAVE_MEMORY_ONLY).
 SUPPORTED: Final = ("path", "outbound", "gruu")
 _SUPPORTED_VALUE: Final = ", ".join(SUPPORTED)
+_SUPPORTED: Final = ("Supported", _SUPPORTED_VALUE)
 POLICY_SINGLE_CONTACT: Final = "single_contact"
 POLICY_MAX_CONTACTS: Final = "max_contacts"  # a limit "N" ("0": none); the config's max-contacts is the default
 GLOBAL: Final = ""  # the AOR key of table-wide policy values
@@ -128,21 +130,26 @@ class _Replies:
     @classmethod
     def to(cls, request: Request, to_tag: str, flow_timer: int, gruus: Gruus) -> _Replies:
         supported = _supported(request)
-        paths = request.headers.values("Path") if "path" in supported else []
+        paths = request.headers.listed("path") if "path" in supported else []
         return cls(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
                    gruus if "gruu" in supported else None)
 
     def ok(self, bindings: list[Contact], now: float) -> Response:
         gruus = self.gruus
-        headers: list[tuple[str, str]] = [("Contact", format_binding(c, now)) for c in bindings] if gruus is None \
-            else [("Contact", format_binding(c, now) + gruus.contact_params(c)) for c in bindings]
-        headers += [("Path", p) for p in self.paths]
+        fields = self.head.copy()  # then names spelled canonically here: no check per field
+        for c in bindings:
+            fields.append(("Contact", format_binding(c, now) if gruus is None
+                           else format_binding(c, now) + gruus.contact_params(c)))
+        for p in self.paths:
+            fields.append(("Path", p))
         if self.outbound and any(c.regid for c in bindings):
-            headers.append(("Require", "outbound"))
+            fields.append(("Require", "outbound"))
             if self.flow_timer:  # RFC 5626 §5.4: keepalives within this keep the flow open
-                headers.append(("Flow-Timer", str(self.flow_timer)))
-        headers += [("Supported", _SUPPORTED_VALUE), ("Date", _HTTP_DATE.at(int(now))), SERVER]
-        return response_from(self.head, 200, "OK", headers)
+                fields.append(("Flow-Timer", str(self.flow_timer)))
+        fields.append(_SUPPORTED)
+        fields.append(("Date", _HTTP_DATE.at(int(now))))
+        fields.append(SERVER)
+        return bodiless_response(fields, 200, "OK")
 
     def failed(self, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:
         return response_from(self.head, status, reason, [*headers, SERVER])
@@ -321,15 +328,15 @@ class Registrar:
         puts: list[tuple[Contact, bool]] = []
         removes: list[tuple[Contact, str]] = []
         if isinstance(contacts, str):  # "*"
-            if request.expires != 0 or len(request.headers.values("Contact")) != 1:
+            if request.expires != 0 or len(request.headers.listed("contact")) != 1:
                 raise RegisterRejected(400, "Bad Request", "* used with other contacts or non-zero expires")
             removes = [(c, REMOVED_UNREGISTERED) for c in existing if _newer(c, callid, cseq)]
         elif contacts:
             wanted = [self._wanted(c, request, aor) for c in contacts]
             by_key = {c.key(): c for c in existing}
-            path = tuple(request.headers.values("Path"))
-            user_agent = request.headers.get("User-Agent") or ""
-            methods = ",".join(request.headers.values("Allow"))
+            path = tuple(request.headers.listed("path"))
+            user_agent = request.headers.first("user-agent") or ""
+            methods = ",".join(request.headers.listed("allow"))
             expires_factor = self._expires_factor(flags)
             for w in wanted:
                 old = by_key.get(w.key)
@@ -458,12 +465,12 @@ def _expires(contact: Contact) -> float:
 
 def unsupported(request: Request) -> list[str]:
     """The option tags of Require and Proxy-Require that we do not support (RFC 3261 §8.2.2.3: 420)."""
-    required = [*request.headers.values("Require"), *request.headers.values("Proxy-Require")]
+    required = [*request.headers.listed("require"), *request.headers.listed("proxy-require")]
     return [o for o in required if o.lower() not in SUPPORTED]
 
 
 def _supported(request: Request) -> set[str]:
-    return {v.lower() for v in request.headers.values("Supported")}
+    return {v.lower() for v in request.headers.listed("supported")}
 
 
 def _newer(binding: Contact, callid: str, cseq: int) -> bool:

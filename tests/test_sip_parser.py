@@ -636,6 +636,18 @@ def test_stamp_fills_rport_and_always_adds_received() -> None:
     assert b"Via: SIP/2.0/UDP 192.0.2.4:5060;rport=40000;branch=z9hG4bK1;received=192.0.2.4\r\n" in bytes(request)
 
 
+def test_stamp_appends_to_the_usual_via_as_written() -> None:
+    """The usual shape (';rport' last) keeps the Via as the UA wrote it, the two values added."""
+    request = _stamped("SIP/2.0/udp 192.0.2.4:5060;branch=z9hG4bK1;rport", "192.0.2.9", 40000)
+    assert request.headers.get_all("Via")[0] == "SIP/2.0/udp 192.0.2.4:5060;branch=z9hG4bK1;rport=40000;received=192.0.2.9"
+    assert request.vias[0].params == (("branch", "z9hG4bK1"), ("rport", "40000"), ("received", "192.0.2.9"))
+    assert (request.vias[0].transport, request.vias[1].host) == ("UDP", "second.example.com")
+    stale = _stamped("SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bK1;RECEIVED=1.1.1.1;rport", "192.0.2.9", 7)
+    assert stale.headers.get_all("Via")[0] == "SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bK1;rport=7;received=192.0.2.9"
+    twice = _stamped("SIP/2.0/UDP 192.0.2.4:5060;RPort;branch=z9hG4bK1;rport", "192.0.2.9", 7)
+    assert [v for n, v in twice.vias[0].params if n.lower() == "rport"] == ["7", "7"]
+
+
 def test_stamp_keeps_an_rport_that_has_a_value() -> None:
     request = _stamped("SIP/2.0/UDP 10.0.0.1;rport=1234", "192.0.2.4", 40000)
     assert request.vias[0].rport == "1234" and request.vias[0].received == "192.0.2.4"

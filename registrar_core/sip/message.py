@@ -104,17 +104,21 @@ class Headers:
 
     __slots__ = ("_fields", "_index")
 
-    def __init__(self, fields: Iterable[tuple[str, str]] | None = None) -> None:
-        self._fields: list[tuple[str, str]] = [] if fields is None else [(canonical_name(n), v) for n, v in fields]
-        self._index: dict[str, list[str]] | None = None
+    def __init__(self, fields: Iterable[tuple[str, str]] | None = None,
+                 canonical: list[tuple[str, str]] | None = None,
+                 index: dict[str, list[str]] | None = None) -> None:
+        """``fields`` (any spelling), or ``canonical``: fields already spelled canonically, kept
+        as they are (:meth:`_canonical`), with their ``index`` when made."""
+        if canonical is not None:
+            self._fields: list[tuple[str, str]] = canonical
+        else:
+            self._fields = [] if fields is None else [(canonical_name(n), v) for n, v in fields]
+        self._index: dict[str, list[str]] | None = index
 
-    @classmethod
-    def _canonical(cls, fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
+    @staticmethod
+    def _canonical(fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
         """Wrap fields whose names are already canonical (the parser's fast path)."""
-        headers = cls()  # not cls.__new__(cls): mypyc cannot compile that
-        headers._fields = fields
-        headers._index = index
-        return headers
+        return Headers(None, fields, index)  # compiled, a native call (cls(...): a generic one)
 
     def _lookup(self) -> dict[str, list[str]]:
         index = self._index
@@ -139,12 +143,21 @@ class Headers:
 
     def _find(self, name: str) -> list[str] | None:
         """The field values of ``name``, or None; the index itself, not a copy."""
+        return self._found(_key(name))
+
+    def _found(self, key: str) -> list[str] | None:
+        """The field values by lookup key, or None; the index itself, not a copy."""
         index = self._index if self._index is not None else self._lookup()
-        return index.get(_key(name))
+        return index.get(key)
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (any spelling or compact form), or None."""
-        values = self._find(name)
+        return self.first(_key(name))
+
+    def first(self, key: str) -> str | None:
+        """:meth:`get` by lookup key (the full name, lower-cased: "user-agent"): the hot path's
+        callers name a constant header, so the spelling's own look-up is left out."""
+        values = self._found(key)
         return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
@@ -154,7 +167,11 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """The list elements of ``name`` across all its fields, comma-split."""
-        values = self._find(name)
+        return self.listed(_key(name))
+
+    def listed(self, key: str) -> list[str]:
+        """:meth:`values` by lookup key (see :meth:`first`)."""
+        values = self._found(key)
         if not values:
             return []
         if len(values) == 1:
@@ -198,42 +215,30 @@ class _Message:
     headers: Headers
     body: bytes
 
-    def _serialise(self, start_line: str) -> bytes:
-        # One join over the parts: no string per header line made only to be copied again.
-        parts = [start_line]
-        for name, value in self.headers._fields:  # parts.append: a native list append, compiled
-            parts.append("\r\n")
-            parts.append(name)
-            parts.append(": ")
-            parts.append(value)
-        parts.append("\r\n\r\n")
-        head = "".join(parts).encode("utf-8", "surrogateescape")
-        return head + self.body if self.body else head
-
     # Parsed views of the headers every SIP message carries; computed once.
     @cached_property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.values("Via")]
+        return _vias(self.headers)
 
     @cached_property
     def from_(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "From"))
+        return _from(self.headers)
 
     @cached_property
     def to(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "To"))
+        return parse_name_addr(_required(self.headers, "to", "To"))
 
     @cached_property
     def call_id(self) -> str:
-        return _required(self.headers, "Call-ID")
+        return _call_id(self.headers)
 
     @cached_property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(_required(self.headers, "CSeq"))
+        return _cseq(self.headers)
 
     @cached_property
     def expires(self) -> int | None:
-        value = self.headers.get("Expires")
+        value = self.headers.first("expires")
         return None if value is None else parse_delta(value, "Expires")
 
     @cached_property
@@ -242,7 +247,7 @@ class _Message:
 
         A ``*`` mixed with other contacts is a 400 (RFC 3261 §10.3 step 6).
         """
-        values = self.headers.values("Contact")
+        values = self.headers.listed("contact")
         if "*" in values:
             if len(values) > 1:
                 raise SipError(400, "Wildcard Contact must stand alone")
@@ -266,7 +271,7 @@ class Request(_Message):
         self.version = version
 
     def __bytes__(self) -> bytes:
-        return self._serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}")
+        return _serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}", self.headers, self.body)
 
     def stamp_source(self, host: str, port: int) -> None:
         """Note the packet's source address in the top Via.
@@ -274,11 +279,17 @@ class Request(_Message):
         ``received`` is added when the sent-by is not that address (RFC 3261 §18.2.1);
         an empty ``rport`` gets the source port, and then ``received`` always (RFC 3581 §4).
         """
-        first = self.headers.get("Via")
+        first = self.headers.first("via")
         if first is None:
             return
         vias = self.vias  # parsed once, at parse time
         via = vias[0]
+        usual = _stamped_rport(via, first, host, port)
+        if usual is not None:  # the usual shape, as a phone or sipp writes it
+            usual_via, usual_text = usual
+            self.headers.replace_first("Via", usual_text)
+            setattr(self, "vias", [usual_via, *vias[1:]])
+            return
         fill_rport = ("rport", None) in via.params or any(  # the usual spelling, else any
             not v and n.lower() == "rport" for n, v in via.params
         )
@@ -296,6 +307,51 @@ class Request(_Message):
             text = ", ".join([text, *split_values(first)[1:]])
         self.headers.replace_first("Via", text)
         setattr(self, "vias", [stamped, *vias[1:]])
+
+
+def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
+    """A message's bytes: a function, not a method of the (non-native) message class, whose
+    call compiled was a look-up by name on the type (1,800 instructions a response)."""
+    # One join over the parts: no string per header line made only to be copied again. The
+    # list is made at its size, CRLFs in place, and filled by index (compiled, a native
+    # store): appending its 4 parts per field cost a call each and the list's regrowth.
+    fields = headers._fields
+    parts = ["\r\n"] * (4 * len(fields) + 2)
+    parts[0] = start_line
+    i = 2
+    for name, value in fields:
+        parts[i] = name
+        parts[i + 1] = ": "
+        parts[i + 2] = value
+        i += 4
+    parts[i - 1] = "\r\n\r\n"
+    head = "".join(parts).encode("utf-8", "surrogateescape")
+    return head + body if body else head
+
+
+def _stamped_rport(via: Via, text: str, host: str, port: int) -> tuple[Via, str] | None:
+    """:meth:`Request.stamp_source` for the usual Via, one field written ``...;rport`` (empty,
+    last) with no ``received``: both values appended to the text as the UA wrote it (the
+    response's Via equals the request's, RFC 3261 §8.2.6.2), where the general path writes the
+    stamped Via out again (the same text for a Via written as usual; 1.1-1.3 us compiled).
+    None for any other shape."""
+    params = via.params
+    if not params or "," in text or not text.endswith(";rport"):
+        return None
+    last = params[-1]
+    if last[0] != "rport" or last[1] is not None:
+        return None
+    rports = 0  # the general path fills every rport: a second one (any case) goes there
+    for name, _ in params:
+        if len(name) == 8 and name.lower() == "received":
+            return None
+        if len(name) == 5 and name.lower() == "rport":
+            rports += 1
+    if rports != 1:
+        return None
+    value = str(port)
+    stamped = Via(via.transport, via.host, via.port, params[:-1] + (("rport", value), ("received", host)))
+    return stamped, f"{text}={value};received={host}"
 
 
 def _same_address(sent_by: str, source: str) -> bool:
@@ -324,14 +380,15 @@ class Response(_Message):
         self.version = version
 
     def __bytes__(self) -> bytes:
-        return self._serialise(f"{self.version} {self.status} {self.reason}")
+        return _serialise(f"{self.version} {self.status} {self.reason}", self.headers, self.body)
 
 
 Message = Request | Response
 
 
-def _required(headers: Headers, name: str) -> str:
-    value = headers.get(name)
+def _required(headers: Headers, key: str, name: str) -> str:
+    """The first value of a header every message needs (by lookup key), else a 400 naming it."""
+    value = headers.first(key)
     if value is None:
         raise SipError(400, f"Missing {name}")
     return value
@@ -498,7 +555,7 @@ def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
     _validate_common(request, headers)
     if request.cseq[1] != method:
         raise SipError(400, "CSeq method does not match the request")
-    max_forwards = headers.get("Max-Forwards")
+    max_forwards = headers.first("max-forwards")
     if max_forwards is not None and not is_digits(max_forwards):
         raise SipError(400, "Malformed Max-Forwards")
     _ = request.expires
@@ -527,14 +584,36 @@ def _validate_common(message: _Message, headers: Headers) -> None:
         for name in _SINGLE:
             if len(index.get(name, ())) > 1:
                 raise SipError(400, f"Duplicate {canonical_name(name)}")
-    if not message.vias:
+    # The parsed views set here, not read through their cached_property: compiled, each read
+    # of a descriptor of the non-native message class is a generic call (about 500 instructions).
+    vias = _vias(headers)
+    if not vias:
         raise SipError(400, "Missing Via")
     if not all(index["via"]):
         raise SipError(400, "Empty Via")
-    like = message.from_.uri  # From first: its errors before To's
+    setattr(message, "vias", vias)
+    from_ = _from(headers)  # From first: its errors before To's
+    setattr(message, "from_", from_)
     # To shares From's parsed URI when written the same (a REGISTER's usual case; URIs are values).
-    setattr(message, "to", parse_name_addr(_required(headers, "To"), like))
-    _ = message.call_id, message.cseq
+    setattr(message, "to", parse_name_addr(_required(headers, "to", "To"), from_.uri))
+    setattr(message, "call_id", _call_id(headers))
+    setattr(message, "cseq", _cseq(headers))
+
+
+def _vias(headers: Headers) -> list[Via]:
+    return [parse_via(v) for v in headers.listed("via")]
+
+
+def _from(headers: Headers) -> NameAddr:
+    return parse_name_addr(_required(headers, "from", "From"))
+
+
+def _call_id(headers: Headers) -> str:
+    return _required(headers, "call-id", "Call-ID")
+
+
+def _cseq(headers: Headers) -> tuple[int, str]:
+    return parse_cseq(_required(headers, "cseq", "CSeq"))
 
 
 def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str, str]]:
@@ -580,6 +659,14 @@ def response_from(
 
 
 _NO_BODY = ("Content-Length", "0")
+
+
+def bodiless_response(fields: list[tuple[str, str]], status: int, reason: str) -> Response:
+    """A response without a body of ``fields`` (a :func:`response_head`'s and the caller's,
+    all spelled canonically: constants), Content-Length added, taken as they are: the 200 to
+    a REGISTER, where :func:`response_from` would check every name's spelling and copy."""
+    fields.append(_NO_BODY)
+    return Response(Headers._canonical(fields), b"", status, reason)
 
 
 def build_response(

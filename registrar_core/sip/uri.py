@@ -159,10 +159,12 @@ def format_params(params: Params) -> str:
 
 
 def param(params: Params, name: str) -> str | None:
-    """The value of ``name`` (case-insensitive); "" for a flag, None when absent."""
-    lname = name.lower()
+    """The value of ``name`` (ASCII, any case: matched case-insensitively); "" for a flag, None
+    when absent. A name as written (the usual case) matches without lower-casing, and one of
+    another length cannot match (an ASCII name's lower case keeps its length): no string made
+    per parameter (several a request: branch, rport, received, tag)."""
     for n, v in params:
-        if n.lower() == lname:
+        if n == name or (len(n) == len(name) and n.lower() == name.lower()):
             return "" if v is None else v
     return None
 
