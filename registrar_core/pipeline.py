@@ -42,7 +42,7 @@ from .location import DEFAULT_TABLE
 from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
 from .sip import Request, Response, SipError, SipURI, parse_message
-from .sip.message import parse_head, parse_request_line, response_head
+from .sip.message import parse_head, parse_request_line, response_head, serialise
 from .sip.uri import URI
 from .source import Source
 from .stateless import salvage_reply
@@ -211,13 +211,11 @@ class Pipeline:
         note = _Note(request, source) if self.events.active else None
         challenge = authenticator.challenge(to.host.lower())  # the realm, as _authenticate takes it
         # The bytes of bytes(reply(request, 401, ...)), written at once: no Response to build.
-        parts = [_UNAUTHORIZED]
-        for fields in (response_head(request, self.to_tag), challenge.headers):
-            for name, value in fields:
-                parts += ("\r\n", name, ": ", value)
-        parts.append(_UNAUTHORIZED_END)
+        fields = response_head(request, self.to_tag)
+        fields += challenge.headers
+        fields += _UNAUTHORIZED_TAIL
         self.answered(method, note, 401, "Unauthorized", True)
-        respond(("".join(parts).encode("utf-8", "surrogateescape"), address))
+        respond((serialise("SIP/2.0 401 Unauthorized", fields, b""), address))
         return True
 
     def _keepalive(self, data: bytes, source: Source, respond: Respond) -> bool:
@@ -338,8 +336,7 @@ class _Answered:
         self.respond((payload, self.address))
 
 
-_UNAUTHORIZED = "SIP/2.0 401 Unauthorized"
-_UNAUTHORIZED_END = f"\r\n{SERVER[0]}: {SERVER[1]}\r\nContent-Length: 0\r\n\r\n"  # as reply() ends it
+_UNAUTHORIZED_TAIL = (SERVER, ("Content-Length", "0"))  # as reply() ends a 401
 
 
 @dataclass(slots=True, init=False)  # one per request while someone listens: not frozen (cheaper to make)

@@ -271,7 +271,7 @@ class Request(_Message):
         self.version = version
 
     def __bytes__(self) -> bytes:
-        return _serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}", self.headers, self.body)
+        return serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}", self.headers._fields, self.body)
 
     def stamp_source(self, host: str, port: int) -> None:
         """Note the packet's source address in the top Via.
@@ -309,13 +309,14 @@ class Request(_Message):
         setattr(self, "vias", [stamped, *vias[1:]])
 
 
-def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
-    """A message's bytes: a function, not a method of the (non-native) message class, whose
-    call compiled was a look-up by name on the type (1,800 instructions a response)."""
+def serialise(start_line: str, fields: list[tuple[str, str]], body: bytes) -> bytes:
+    """A message's bytes from its start line, header fields and body: a function, not a method
+    of the (non-native) message class, whose call compiled was a look-up by name on the type
+    (1,800 instructions a response); the 401 to a REGISTER without credentials writes its
+    fields with it, no Response made (pipeline.py)."""
     # One join over the parts: no string per header line made only to be copied again. The
     # list is made at its size, CRLFs in place, and filled by index (compiled, a native
     # store): appending its 4 parts per field cost a call each and the list's regrowth.
-    fields = headers._fields
     parts = ["\r\n"] * (4 * len(fields) + 2)
     parts[0] = start_line
     i = 2
@@ -380,7 +381,7 @@ class Response(_Message):
         self.version = version
 
     def __bytes__(self) -> bytes:
-        return _serialise(f"{self.version} {self.status} {self.reason}", self.headers, self.body)
+        return serialise(f"{self.version} {self.status} {self.reason}", self.headers._fields, self.body)
 
 
 Message = Request | Response
