@@ -23,7 +23,7 @@ from sortedcontainers import SortedList
 from registrar_core import events as ev
 
 from . import memory
-from .feed import AOR_FIELD, TABLE_FIELD, Record
+from .feed import Record
 
 TABLE = "location"
 ADDED = (ev.CONTACT_ADDED, ev.CONTACT_REFRESHED)
@@ -206,7 +206,7 @@ class Registry:
         put, rows = self._put, self.rows
         for event in events:
             if not isinstance(event, dict):  # a compact record of a contact added or refreshed (feed.Record)
-                if event[TABLE_FIELD] == TABLE and (row := put(*event[AOR_FIELD:])) is not None:
+                if event[ev.RECORD_TABLE] == TABLE and (row := put(*event[ev.RECORD_AOR:])) is not None:
                     dirty[row.aor] = row
                 continue
             kind = event["kind"]

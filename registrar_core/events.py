@@ -225,6 +225,9 @@ class CompactSubscription(_Reader):
 # expanded() gives the client the dict a full subscriber gets (its fields as named here).
 _HANDLED_FIELDS = ("kind", "time", "method", "aor", "source", "status", "reason", "user_agent")
 _CONTACT_FIELDS = ("aor", "ruid", "expires_at", "modified", "user_agent")
+# Where a contact record [kind, table, aor, ruid, expires_at, modified, user_agent] keeps its table,
+# AOR and ruid: for a reader that takes the records apart itself (the console, not expanded()).
+RECORD_TABLE, RECORD_AOR, RECORD_RUID = 1, 2, 3
 
 
 def _handled_record(request: tuple[float, str, Handled, int, str]) -> tuple[Any, ...]:

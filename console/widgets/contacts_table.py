@@ -7,10 +7,10 @@ from typing import Any
 
 from rich.cells import cell_len
 
-from registrar_core.events import CONTACT_REACHABILITY, expanded
+from registrar_core.events import CONTACT_REACHABILITY, RECORD_AOR, expanded
 
 from ..format import ADDRESS_WIDTH, countdown, short_address
-from ..feed import AOR_FIELD, Record
+from ..feed import Record
 from ..model import ADDED, REMOVED
 from .virtual_table import Cell, Column, VirtualTable, text_of
 
@@ -134,7 +134,7 @@ class ContactsTable(VirtualTable):
         changed = incomplete = False
         for event in events:
             if not isinstance(event, dict):  # a compact record (feed.Record): taken apart only for this AOR
-                if event[AOR_FIELD] != self.aor:
+                if event[RECORD_AOR] != self.aor:
                     continue
                 event = expanded(event)
             if event.get("aor") != self.aor or event.get("table", "location") != "location":
