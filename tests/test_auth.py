@@ -198,6 +198,22 @@ async def test_register_with_each_algorithm(make_server, algorithm):
     phone.close()
 
 
+async def test_each_algorithm_in_turn_to_one_request_uri(make_server):
+    """H(method:uri) is remembered per Request-URI: a phone changing algorithm is checked with its own."""
+    srv = await make_server(auth=True, auth_algorithms=["SHA-256", "SHA-512-256", "MD5"])
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    phone = await UdpPhone(server_address(srv)).open()
+    cseq = 1
+    for algorithm, password, status in (("MD5", PASSWORD, 200), ("SHA-256", PASSWORD, 200), ("MD5", "wrong", 401),
+                                        ("SHA-512-256", PASSWORD, 200), ("SHA-256", "wrong", 401), ("MD5", PASSWORD, 200)):
+        ch = challenges(await register(phone, cseq=cseq))[0]
+        r = await register(phone, auth=authorization(ch, "alice", password, "sip:example.com", algorithm=algorithm),
+                           cseq=cseq + 1)
+        assert r.status == status, (algorithm, password)
+        cseq += 2
+    phone.close()
+
+
 async def test_algorithm_not_offered_is_refused(auth_server, phone):
     ch = challenges(await register(phone))[0]
     r = await register(phone, auth=authorization(ch, "alice", PASSWORD, "sip:example.com", algorithm="SHA-256"),

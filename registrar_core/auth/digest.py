@@ -35,11 +35,21 @@ def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
     return hash_hex(algorithm, f"{username}:{realm}:{password}")
 
 
+def ha2(algorithm: str, method: str, uri: str) -> str:
+    """H(A2) for qop=auth (RFC 7616 §3.4.3): the same for every request of one method to one URI."""
+    return hash_hex(algorithm, f"{method}:{uri}")
+
+
 def response(algorithm: str, ha1_hex: str, nonce: str, nc: str, cnonce: str, qop: str,
              method: str, uri: str) -> str:
     """The request-digest for qop=auth (RFC 7616 §3.4.1)."""
-    ha2 = hash_hex(algorithm, f"{method}:{uri}")
-    return hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return response_from_ha2(algorithm, ha1_hex, nonce, nc, cnonce, qop, ha2(algorithm, method, uri))
+
+
+def response_from_ha2(algorithm: str, ha1_hex: str, nonce: str, nc: str, cnonce: str, qop: str,
+                      ha2_hex: str) -> str:
+    """:func:`response` with H(A2) already known (the registrar remembers it per Request-URI)."""
+    return hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2_hex}")
 
 
 def matches(expected: str, given: str) -> bool:
