@@ -11,6 +11,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registrar_core.auth import digest
 from registrar_core.config import Config, build_config, load_toml
@@ -57,7 +59,56 @@ def test_sha512_256_is_the_truncated_sha512_variant():
     ('a="1", b=2,c="3"', {"a": "1", "b": "2", "c": "3"}),
 ])
 def test_digest_parameters_parsed(text, expected):
-    assert digest._params(text) == list(expected.items())
+    assert params(text) == list(expected.items())
+
+
+def params(text: str) -> list[tuple[str, str]]:
+    """digest._param's pairs, one after the other, names lower-cased as parse_authorization reads them."""
+    pairs, i, escapes = [], 0, "\\" in text
+    while True:
+        name, value, i = digest._param(text, i, escapes)
+        if i < 0:
+            return pairs
+        pairs.append((name.lower(), value))
+
+
+def params_before_19_2(text: str) -> list[tuple[str, str]]:
+    """The parameters as split before the parse went character by character (a string method
+    per separator, a list of pairs): the oracle of the property below."""
+    found: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        equals = text.find("=", i)
+        if equals < 0:
+            if text[i:].strip(" \t,"):
+                raise digest.DigestError("malformed Digest parameters")
+            return found
+        name = text[i:equals].lstrip(" \t,").strip().lower()
+        i = equals + 1
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            value, i = digest._quoted(name, text, i + 1)[1:]
+        else:
+            end = text.find(",", i)
+            end = n if end < 0 else end
+            value, i = text[i:end].strip(), end
+        found.append((name, value))
+
+
+def parsed(split, text: str) -> object:
+    try:
+        return split(text)
+    except digest.DigestError as exc:
+        return str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(['nonce="a, b"', "nc=00000001", "Realm", "=", ",", ", ", " ", "\t", '"', "\\",
+                                 '\\"', "qop = auth ", "x=\u00a0y\u00a0", "\u3000", "\n", "é", 'uri="sip:r"',
+                                 "opaque=", "A=1"]), max_size=8).map("".join))
+def test_digest_parameters_split_as_before(text):
+    assert parsed(params, text) == parsed(params_before_19_2, text)
 
 
 @pytest.mark.parametrize("text, problem", [
