@@ -127,6 +127,11 @@ def test_malformed_digest_parameters_are_refused(text, problem):
         digest.parse_authorization("Digest " + text)
 
 
+def test_response_matched_in_either_case_and_never_when_not_ascii():
+    assert digest.matches("0a9f", "0a9f") and digest.matches("0a9f", "0A9F")
+    assert not digest.matches("0a9f", "0a9e") and not digest.matches("0a9f", "0a9") and not digest.matches("0a9f", "0a9é")
+
+
 def test_digest_credentials_parsed():
     creds = digest.parse_authorization('Digest Username="u", realm="r", nonce="n", uri="sip:r", response="d", '
                                        'algorithm=sha-256, cnonce="c", qop=auth, nc=00000001, opaque="o", x=1')
@@ -398,6 +403,23 @@ async def test_hijack_auth_as_alice_register_bob_is_403(auth_server, phone):
     r = await register(phone, "bob@example.com", auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)
     assert r.status == 403
     assert auth_server.core.fetch_contacts("bob@example.com").count == 0
+
+
+@pytest.mark.parametrize("to, from_aor, allowed", [
+    ("sip:alice@example.com", "alice@example.com", True),
+    ("sip:alice@Example.COM", "alice@example.com", True),  # the host in any case
+    ("sip:alice@example.com", "alice@Example.COM", True),
+    ("sip:bob@example.com", "alice@example.com", False),  # another's AOR in To
+    ("sip:alice@example.com", "bob@example.com", False),  # or in From
+    ("sip:alice@example.org", "alice@example.org", False),  # another realm
+    ("sip:Alice@example.com", "Alice@example.com", False),  # the user is case-sensitive
+])
+def test_authorised_for_its_own_aor_in_to_and_from(to, from_aor, allowed):
+    from registrar_core.auth import authorised_for
+    from registrar_core.sip import parse_message
+
+    request = parse_message(request_bytes("REGISTER", to, from_aor, local=("127.0.0.1", 5062)))
+    assert authorised_for(request, "alice", "example.com") is allowed
 
 
 async def test_unauthenticated_wildcard_removal_refused(auth_server, phone):

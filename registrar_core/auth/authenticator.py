@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..sip import Request, SipURI
+from ..sip import AbsoluteURI, Request, SipURI
 from .digest import ALGORITHMS, DigestError, challenge_parts, ha2, matches, parse_authorization, response_from_ha2
 from .nonce import FORGED, STALE, NonceFactory
 from .subscribers import Subscribers
@@ -89,7 +89,7 @@ class Authenticator:
         try:
             for value in request.headers.get_all("Authorization"):
                 found = parse_authorization(value)
-                if found is not None and found.realm.lower() == realm:
+                if found is not None and (found.realm == realm or found.realm.lower() == realm):
                     creds = found
                     break
         except DigestError as exc:
@@ -166,10 +166,19 @@ class Authenticator:
 
 def authorised_for(request: Request, username: str, realm: str) -> bool:
     """RFC 3261 §10.3 step 4: the authenticated user registers its own AOR only."""
-    for uri in (request.to.uri, request.from_.uri):
-        if not isinstance(uri, SipURI) or uri.user != username or uri.host.lower() != realm:
-            return False
-    return True
+    to = request.to.uri
+    if not _owned(to, username, realm):
+        return False
+    from_ = request.from_.uri
+    return from_ is to or _owned(from_, username, realm)  # the parser shares a From written as the To
+
+
+def _owned(uri: SipURI | AbsoluteURI, username: str, realm: str) -> bool:
+    """Is ``uri`` the AOR of ``username`` in ``realm`` (lower case)? The host in any case."""
+    if not isinstance(uri, SipURI) or uri.user != username:
+        return False
+    host = uri.host
+    return host == realm or host.lower() == realm
 
 
 def _nc(text: str | None) -> int | None:

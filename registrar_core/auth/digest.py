@@ -53,7 +53,11 @@ def response_from_ha2(algorithm: str, ha1_hex: str, nonce: str, nc: str, cnonce:
 
 
 def matches(expected: str, given: str) -> bool:
-    return hmac.compare_digest(expected.encode(), given.lower().encode())
+    """``given`` (a response, hex in either case) is ``expected``, compared in constant time."""
+    try:
+        return hmac.compare_digest(expected, given.lower())  # str: no encoding needed when ASCII
+    except TypeError:  # non-ASCII: not a hex digest
+        return False
 
 
 @dataclass(slots=True, init=False)  # one per authenticated request: not frozen (cheaper to make); never mutated

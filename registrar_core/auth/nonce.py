@@ -25,6 +25,7 @@ import struct
 import time
 from array import array
 from pathlib import Path
+from typing import Final
 
 NONCE_LIFETIME = 300  # seconds, as Kamailio's nonce_expire
 MAX_DRIFT = 3  # a nonce dated further in the future is stale
@@ -36,9 +37,10 @@ NC_WINDOW = 1 << 20
 # decoded nor its HMAC (12,000 instructions compiled, a quarter of the credentials' check); an
 # older one, or one spelled otherwise, is checked by its MAC as before.
 RECENT = 1 << 13
-# What NonceFactory.check answers besides a valid nonce's id (>= 0).
-STALE = -1
-FORGED = -2
+# What NonceFactory.check answers besides a valid nonce's id (>= 0). Final: compiled, a
+# constant in the code that compares with them, not a look-up in this module's dict.
+STALE: Final = -1
+FORGED: Final = -2
 
 
 def load_key(path: Path) -> bytes:
