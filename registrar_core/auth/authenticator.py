@@ -14,7 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..sip import AbsoluteURI, Request, SipURI
-from .digest import ALGORITHMS, DigestError, challenge_parts, ha2, matches, parse_authorization, response_from_ha2
+from .digest import (ALGORITHMS, DigestError, challenge_parts, ha1_index, ha2, matches, parse_authorization,
+                     response_from_ha2)
 from .nonce import FORGED, STALE, NonceFactory
 from .subscribers import Subscribers
 
@@ -53,6 +54,7 @@ class Authenticator:
                  algorithms: tuple[str, ...] = ALGORITHMS, fail_budget: int = 5, fail_window: float = 60.0, ban_time: float = 300.0,
                  clock=time.time) -> None:
         self.subscribers = subscribers
+        self._ha1s = subscribers.table  # (username, domain) -> HA1s, the subscribers' own dict
         self.nonces = nonces
         self.algorithms = algorithms
         self._dummy_key = hashlib.sha256(b"dummy-ha1" + key).digest()
@@ -114,7 +116,8 @@ class Authenticator:
             left = self._locked.get(key, 0.0) - self.clock()
             if left > 0:
                 return AuthOutcome(refusal=self._try_later(left, creds.username))
-        known = self.subscribers.ha1(creds.username, realm, creds.algorithm)
+        ha1s = self._ha1s.get((creds.username, realm))
+        known = None if ha1s is None else ha1s[ha1_index(creds.algorithm)]
         ha1 = known if known is not None else self._dummy_ha1(creds.username, realm, creds.algorithm)
         expected = response_from_ha2(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
                                      self._ha2_of(creds.algorithm, request.method, creds.uri))

@@ -23,6 +23,11 @@ _HASHES: dict[str, Callable[[bytes], Any]] = {
     "MD5": _md5, "SHA-256": hashlib.sha256, "SHA-512-256": functools.partial(hashlib.new, "sha512_256")}
 
 
+def ha1_index(algorithm: str) -> int:
+    """Where a subscriber's HA1 for ``algorithm`` is among its HA1s (subscribers.ha1_set's order)."""
+    return 0 if algorithm == "MD5" else 1 if algorithm == "SHA-256" else 2
+
+
 class DigestError(ValueError):
     """Credentials that cannot even be checked (malformed, incomplete)."""
 
