@@ -127,6 +127,17 @@ def test_malformed_digest_parameters_are_refused(text, problem):
         digest.parse_authorization("Digest " + text)
 
 
+@pytest.mark.parametrize("value", [
+    'Digest username="u", realm="r", nonce="n", uri="sip:r", response="d"',
+    ' Digest username="u", realm="r", nonce="n", uri="sip:r", response="d" ',
+    'digest username="u", realm="r", nonce="n", uri="sip:r", response="d"\u00a0',
+    'DIGEST  username="u", realm="r", nonce="n", uri="sip:r", response="d",',
+])
+def test_digest_scheme_in_any_case_and_spacing(value):
+    creds = digest.parse_authorization(value)
+    assert (creds.username, creds.realm, creds.nonce, creds.uri, creds.response) == ("u", "r", "n", "sip:r", "d")
+
+
 def test_response_matched_in_either_case_and_never_when_not_ascii():
     assert digest.matches("0a9f", "0a9f") and digest.matches("0a9f", "0A9F")
     assert not digest.matches("0a9f", "0a9e") and not digest.matches("0a9f", "0a9") and not digest.matches("0a9f", "0a9é")

@@ -100,9 +100,12 @@ def parse_authorization(value: str) -> Credentials | None:
     dict of them cost a third of the parse: a hashed insert per parameter, a look-up per field;
     a list of pairs, the tuples and their release). A name is lower-cased only when it is not
     already one of the fields as written (phones write them in lower case)."""
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        return None
+    if value.startswith("Digest ") and 32 < ord(value[-1]) < 127:  # as written by phones: nothing to strip
+        rest = value[7:]
+    else:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() != "digest":
+            return None
     username = realm = nonce = uri = digest = algorithm = qop = nc = cnonce = opaque = None
     others: set[str] | None = None  # the names of other parameters: a duplicate is refused too
     escapes = "\\" in rest  # looked for once: a phone never escapes
