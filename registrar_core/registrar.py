@@ -274,17 +274,20 @@ class Registrar:
     def check(self, request: Request) -> str:
         """The checks that come before authentication (RFC 3261 §10.3 steps 1-2: a domain we
         do not serve gets 404, an unknown Require 420), plus the To and Path checks that need
-        no credentials either; returns the AOR or raises."""
-        extensions = unsupported(request)
-        if extensions:
-            raise RegisterRejected(420, "Bad Extension", "Unsupported extension required",
-                                   [("Unsupported", ", ".join(extensions))])
+        no credentials either; returns the AOR or raises. The headers looked up by key: a
+        REGISTER seldom has Require or Path, and seeing that they are absent is two dict look-ups."""
+        headers = request.headers
+        if headers.first("require") is not None or headers.first("proxy-require") is not None:
+            extensions = unsupported(request)
+            if extensions:
+                raise RegisterRejected(420, "Bad Extension", "Unsupported extension required",
+                                       [("Unsupported", ", ".join(extensions))])
         uri = request.to.uri
         if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
             raise RegisterRejected(400, "Bad Request", "To must be a sip or sips URI")
         if self.config.domain and uri.host.lower() not in self.config.domain:
             raise RegisterRejected(404, "Not Found", "Domain not served here")
-        if request.headers.get("Path") is not None and "path" not in _supported(request):
+        if headers.first("path") is not None and "path" not in _supported(request):
             raise RegisterRejected(420, "Bad Extension", "Path without Supported: path",
                                    [("Unsupported", "path")])
         return uri.aor

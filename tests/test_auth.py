@@ -11,6 +11,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registrar_core.auth import digest
 from registrar_core.config import Config, build_config, load_toml
@@ -57,7 +59,56 @@ def test_sha512_256_is_the_truncated_sha512_variant():
     ('a="1", b=2,c="3"', {"a": "1", "b": "2", "c": "3"}),
 ])
 def test_digest_parameters_parsed(text, expected):
-    assert digest._params(text) == list(expected.items())
+    assert params(text) == list(expected.items())
+
+
+def params(text: str) -> list[tuple[str, str]]:
+    """digest._param's pairs, one after the other, names lower-cased as parse_authorization reads them."""
+    pairs, i, escapes = [], 0, "\\" in text
+    while True:
+        name, value, i = digest._param(text, i, escapes)
+        if i < 0:
+            return pairs
+        pairs.append((name.lower(), value))
+
+
+def params_before_19_2(text: str) -> list[tuple[str, str]]:
+    """The parameters as split before the parse went character by character (a string method
+    per separator, a list of pairs): the oracle of the property below."""
+    found: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        equals = text.find("=", i)
+        if equals < 0:
+            if text[i:].strip(" \t,"):
+                raise digest.DigestError("malformed Digest parameters")
+            return found
+        name = text[i:equals].lstrip(" \t,").strip().lower()
+        i = equals + 1
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            value, i = digest._quoted(name, text, i + 1)[1:]
+        else:
+            end = text.find(",", i)
+            end = n if end < 0 else end
+            value, i = text[i:end].strip(), end
+        found.append((name, value))
+
+
+def parsed(split, text: str) -> object:
+    try:
+        return split(text)
+    except digest.DigestError as exc:
+        return str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(['nonce="a, b"', "nc=00000001", "Realm", "=", ",", ", ", " ", "\t", '"', "\\",
+                                 '\\"', "qop = auth ", "x=\u00a0y\u00a0", "\u3000", "\n", "é", 'uri="sip:r"',
+                                 "opaque=", "A=1"]), max_size=8).map("".join))
+def test_digest_parameters_split_as_before(text):
+    assert parsed(params, text) == parsed(params_before_19_2, text)
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -74,6 +125,22 @@ def test_digest_parameters_parsed(text, expected):
 def test_malformed_digest_parameters_are_refused(text, problem):
     with pytest.raises(digest.DigestError, match=problem):
         digest.parse_authorization("Digest " + text)
+
+
+@pytest.mark.parametrize("value", [
+    'Digest username="u", realm="r", nonce="n", uri="sip:r", response="d"',
+    ' Digest username="u", realm="r", nonce="n", uri="sip:r", response="d" ',
+    'digest username="u", realm="r", nonce="n", uri="sip:r", response="d"\u00a0',
+    'DIGEST  username="u", realm="r", nonce="n", uri="sip:r", response="d",',
+])
+def test_digest_scheme_in_any_case_and_spacing(value):
+    creds = digest.parse_authorization(value)
+    assert (creds.username, creds.realm, creds.nonce, creds.uri, creds.response) == ("u", "r", "n", "sip:r", "d")
+
+
+def test_response_matched_in_either_case_and_never_when_not_ascii():
+    assert digest.matches("0a9f", "0a9f") and digest.matches("0a9f", "0A9F")
+    assert not digest.matches("0a9f", "0a9e") and not digest.matches("0a9f", "0a9") and not digest.matches("0a9f", "0a9é")
 
 
 def test_digest_credentials_parsed():
@@ -195,6 +262,22 @@ async def test_register_with_each_algorithm(make_server, algorithm):
                        cseq=2)
     assert r.status == 200
     assert srv.core.fetch_contacts("alice@example.com").count == 1
+    phone.close()
+
+
+async def test_each_algorithm_in_turn_to_one_request_uri(make_server):
+    """H(method:uri) is remembered per Request-URI: a phone changing algorithm is checked with its own."""
+    srv = await make_server(auth=True, auth_algorithms=["SHA-256", "SHA-512-256", "MD5"])
+    await srv.core.subscribers.add("alice@example.com", PASSWORD)
+    phone = await UdpPhone(server_address(srv)).open()
+    cseq = 1
+    for algorithm, password, status in (("MD5", PASSWORD, 200), ("SHA-256", PASSWORD, 200), ("MD5", "wrong", 401),
+                                        ("SHA-512-256", PASSWORD, 200), ("SHA-256", "wrong", 401), ("MD5", PASSWORD, 200)):
+        ch = challenges(await register(phone, cseq=cseq))[0]
+        r = await register(phone, auth=authorization(ch, "alice", password, "sip:example.com", algorithm=algorithm),
+                           cseq=cseq + 1)
+        assert r.status == status, (algorithm, password)
+        cseq += 2
     phone.close()
 
 
@@ -331,6 +414,23 @@ async def test_hijack_auth_as_alice_register_bob_is_403(auth_server, phone):
     r = await register(phone, "bob@example.com", auth=authorization(ch, "alice", PASSWORD, "sip:example.com"), cseq=2)
     assert r.status == 403
     assert auth_server.core.fetch_contacts("bob@example.com").count == 0
+
+
+@pytest.mark.parametrize("to, from_aor, allowed", [
+    ("sip:alice@example.com", "alice@example.com", True),
+    ("sip:alice@Example.COM", "alice@example.com", True),  # the host in any case
+    ("sip:alice@example.com", "alice@Example.COM", True),
+    ("sip:bob@example.com", "alice@example.com", False),  # another's AOR in To
+    ("sip:alice@example.com", "bob@example.com", False),  # or in From
+    ("sip:alice@example.org", "alice@example.org", False),  # another realm
+    ("sip:Alice@example.com", "Alice@example.com", False),  # the user is case-sensitive
+])
+def test_authorised_for_its_own_aor_in_to_and_from(to, from_aor, allowed):
+    from registrar_core.auth import authorised_for
+    from registrar_core.sip import parse_message
+
+    request = parse_message(request_bytes("REGISTER", to, from_aor, local=("127.0.0.1", 5062)))
+    assert authorised_for(request, "alice", "example.com") is allowed
 
 
 async def test_unauthenticated_wildcard_removal_refused(auth_server, phone):

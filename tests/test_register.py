@@ -148,6 +148,8 @@ async def test_require_unknown_extension_is_420(server, phone):
     r = await phone.register(next_aor(), extra=["Require: foo, path"])
     assert r.status == 420 and r.headers.get("Unsupported") == "foo"
     assert server.core.snapshot_stats()["rejected_regs"] == 1
+    r = await phone.register(next_aor(), extra=["Proxy-Require: bar"])
+    assert r.status == 420 and r.headers.get("Unsupported") == "bar", "Proxy-Require alone is checked too"
 
 
 async def test_non_sip_to_is_400(server, phone):

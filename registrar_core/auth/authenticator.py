@@ -13,8 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..sip import Request, SipURI
-from .digest import ALGORITHMS, DigestError, challenge_parts, matches, parse_authorization, response
+from ..sip import AbsoluteURI, Request, SipURI
+from .digest import (ALGORITHMS, DigestError, challenge_parts, ha1_index, ha2, matches, parse_authorization,
+                     response_from_ha2)
 from .nonce import FORGED, STALE, NonceFactory
 from .subscribers import Subscribers
 
@@ -53,6 +54,7 @@ class Authenticator:
                  algorithms: tuple[str, ...] = ALGORITHMS, fail_budget: int = 5, fail_window: float = 60.0, ban_time: float = 300.0,
                  clock=time.time) -> None:
         self.subscribers = subscribers
+        self._ha1s = subscribers.table  # (username, domain) -> HA1s, the subscribers' own dict
         self.nonces = nonces
         self.algorithms = algorithms
         self._dummy_key = hashlib.sha256(b"dummy-ha1" + key).digest()
@@ -66,6 +68,9 @@ class Authenticator:
         # realm -> the text around the nonce of each WWW-Authenticate (fresh, stale=true).
         self._fresh: dict[str, list[tuple[str, str]]] = {}
         self._stale: dict[str, list[tuple[str, str]]] = {}
+        # Request-URI -> (method, algorithm, H(method:uri)): every REGISTER of a domain goes to
+        # the same Request-URI, so its H(A2) is one MD5 made once instead of per request.
+        self._ha2: dict[str, tuple[str, str, str]] = {}
 
     def challenge(self, realm: str, *, stale: bool = False, failure: str | None = None,
                   user: str = "") -> Refusal:
@@ -86,7 +91,7 @@ class Authenticator:
         try:
             for value in request.headers.get_all("Authorization"):
                 found = parse_authorization(value)
-                if found is not None and found.realm.lower() == realm:
+                if found is not None and (found.realm == realm or found.realm.lower() == realm):
                     creds = found
                     break
         except DigestError as exc:
@@ -111,16 +116,28 @@ class Authenticator:
             left = self._locked.get(key, 0.0) - self.clock()
             if left > 0:
                 return AuthOutcome(refusal=self._try_later(left, creds.username))
-        known = self.subscribers.ha1(creds.username, realm, creds.algorithm)
+        ha1s = self._ha1s.get((creds.username, realm))
+        known = None if ha1s is None else ha1s[ha1_index(creds.algorithm)]
         ha1 = known if known is not None else self._dummy_ha1(creds.username, realm, creds.algorithm)
-        expected = response(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
-                            request.method, creds.uri)
+        expected = response_from_ha2(creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce, creds.qop,
+                                     self._ha2_of(creds.algorithm, request.method, creds.uri))
         if not matches(expected, creds.response) or known is None:  # compared either way: the same work
             return AuthOutcome(refusal=self._failed(key))
         self.nonces.accept_nc(nid, nc)
         if self._failures:
             self._failures.pop(key, None)
         return AuthOutcome(username=creds.username)
+
+    def _ha2_of(self, algorithm: str, method: str, uri: str) -> str:
+        """H(method:uri), remembered per URI (bounded: URIs are the client's to choose)."""
+        known = self._ha2.get(uri)
+        if known is not None and known[0] == method and known[1] == algorithm:
+            return known[2]
+        value = ha2(algorithm, method, uri)
+        if len(self._ha2) >= 1024:
+            self._ha2.clear()
+        self._ha2[uri] = (method, algorithm, value)
+        return value
 
     def _dummy_ha1(self, username: str, realm: str, algorithm: str) -> str:
         """A stable fake HA1: unknown users cost the same work as known ones."""
@@ -152,10 +169,19 @@ class Authenticator:
 
 def authorised_for(request: Request, username: str, realm: str) -> bool:
     """RFC 3261 §10.3 step 4: the authenticated user registers its own AOR only."""
-    for uri in (request.to.uri, request.from_.uri):
-        if not isinstance(uri, SipURI) or uri.user != username or uri.host.lower() != realm:
-            return False
-    return True
+    to = request.to.uri
+    if not _owned(to, username, realm):
+        return False
+    from_ = request.from_.uri
+    return from_ is to or _owned(from_, username, realm)  # the parser shares a From written as the To
+
+
+def _owned(uri: SipURI | AbsoluteURI, username: str, realm: str) -> bool:
+    """Is ``uri`` the AOR of ``username`` in ``realm`` (lower case)? The host in any case."""
+    if not isinstance(uri, SipURI) or uri.user != username:
+        return False
+    host = uri.host
+    return host == realm or host.lower() == realm
 
 
 def _nc(text: str | None) -> int | None:

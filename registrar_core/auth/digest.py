@@ -14,9 +14,18 @@ from typing import Any
 # even when MD5 is offered first; sipsak and sipp 3.6 when SHA-256 comes first); SHA-256 and
 # SHA-512-256 are a configuration away (config auth_algorithms, first offered first: RFC 8760 §2.4).
 ALGORITHMS = ("MD5",)
+try:  # CPython's own MD5: hashlib's (OpenSSL) sets up an EVP context per hash, 40 % of a short one
+    from _md5 import md5 as _md5
+except ImportError:  # an interpreter built without it
+    _md5 = hashlib.md5
 # The hash constructors themselves: hashlib.new looks the name up on every call.
 _HASHES: dict[str, Callable[[bytes], Any]] = {
-    "MD5": hashlib.md5, "SHA-256": hashlib.sha256, "SHA-512-256": functools.partial(hashlib.new, "sha512_256")}
+    "MD5": _md5, "SHA-256": hashlib.sha256, "SHA-512-256": functools.partial(hashlib.new, "sha512_256")}
+
+
+def ha1_index(algorithm: str) -> int:
+    """Where a subscriber's HA1 for ``algorithm`` is among its HA1s (subscribers.ha1_set's order)."""
+    return 0 if algorithm == "MD5" else 1 if algorithm == "SHA-256" else 2
 
 
 class DigestError(ValueError):
@@ -31,15 +40,29 @@ def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
     return hash_hex(algorithm, f"{username}:{realm}:{password}")
 
 
+def ha2(algorithm: str, method: str, uri: str) -> str:
+    """H(A2) for qop=auth (RFC 7616 §3.4.3): the same for every request of one method to one URI."""
+    return hash_hex(algorithm, f"{method}:{uri}")
+
+
 def response(algorithm: str, ha1_hex: str, nonce: str, nc: str, cnonce: str, qop: str,
              method: str, uri: str) -> str:
     """The request-digest for qop=auth (RFC 7616 §3.4.1)."""
-    ha2 = hash_hex(algorithm, f"{method}:{uri}")
-    return hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return response_from_ha2(algorithm, ha1_hex, nonce, nc, cnonce, qop, ha2(algorithm, method, uri))
+
+
+def response_from_ha2(algorithm: str, ha1_hex: str, nonce: str, nc: str, cnonce: str, qop: str,
+                      ha2_hex: str) -> str:
+    """:func:`response` with H(A2) already known (the registrar remembers it per Request-URI)."""
+    return hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2_hex}")
 
 
 def matches(expected: str, given: str) -> bool:
-    return hmac.compare_digest(expected.encode(), given.lower().encode())
+    """``given`` (a response, hex in either case) is ``expected``, compared in constant time."""
+    try:
+        return hmac.compare_digest(expected, given.lower())  # str: no encoding needed when ASCII
+    except TypeError:  # non-ASCII: not a hex digest
+        return False
 
 
 @dataclass(slots=True, init=False)  # one per authenticated request: not frozen (cheaper to make); never mutated
@@ -73,35 +96,49 @@ class Credentials:
 def parse_authorization(value: str) -> Credentials | None:
     """Digest credentials from an Authorization header; None for another scheme.
 
-    The parameters are taken from the list of pairs by an if-chain into locals: a dict of
-    them cost a third of the parse (a hashed insert per parameter, a look-up per field)."""
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        return None
+    The parameters are read one at a time into locals by an if-chain on their field number (a
+    dict of them cost a third of the parse: a hashed insert per parameter, a look-up per field;
+    a list of pairs, the tuples and their release). A name is lower-cased only when it is not
+    already one of the fields as written (phones write them in lower case)."""
+    if value.startswith("Digest ") and 32 < ord(value[-1]) < 127:  # as written by phones: nothing to strip
+        rest = value[7:]
+    else:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() != "digest":
+            return None
     username = realm = nonce = uri = digest = algorithm = qop = nc = cnonce = opaque = None
     others: set[str] | None = None  # the names of other parameters: a duplicate is refused too
-    for name, text in _params(rest):
-        if name == "username" and username is None:
+    escapes = "\\" in rest  # looked for once: a phone never escapes
+    i = 0
+    while True:
+        name, text, i = _param(rest, i, escapes)
+        if i < 0:
+            break
+        field = _field(name)
+        if field < 0:
+            name = name.lower()
+            field = _field(name)
+        if field == 0 and username is None:
             username = text
-        elif name == "realm" and realm is None:
+        elif field == 1 and realm is None:
             realm = text
-        elif name == "nonce" and nonce is None:
+        elif field == 2 and nonce is None:
             nonce = text
-        elif name == "uri" and uri is None:
+        elif field == 3 and uri is None:
             uri = text
-        elif name == "response" and digest is None:
+        elif field == 4 and digest is None:
             digest = text
-        elif name == "algorithm" and algorithm is None:
+        elif field == 5 and algorithm is None:
             algorithm = text
-        elif name == "cnonce" and cnonce is None:
+        elif field == 6 and cnonce is None:
             cnonce = text
-        elif name == "qop" and qop is None:
+        elif field == 7 and qop is None:
             qop = text
-        elif name == "nc" and nc is None:
+        elif field == 8 and nc is None:
             nc = text
-        elif name == "opaque" and opaque is None:
+        elif field == 9 and opaque is None:
             opaque = text
-        elif name in _FIELDS or (others is not None and name in others):
+        elif field >= 0 or (others is not None and name in others):
             raise DigestError(f"duplicate Digest parameter {name}")
         else:
             if others is None:
@@ -117,55 +154,77 @@ def parse_authorization(value: str) -> Credentials | None:
     return Credentials(username, realm, nonce, uri, digest, algorithm, qop, nc, cnonce, opaque)
 
 
-_FIELDS = frozenset(("username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "qop", "nc", "opaque"))
+def _field(name: str) -> int:
+    """The field number of a Digest parameter name as parse_authorization keeps it, -1 for another.
+    By length first: one or two comparisons a name instead of up to ten."""
+    size = len(name)
+    if size == 8:
+        return 0 if name == "username" else 4 if name == "response" else -1
+    if size == 5:
+        return 1 if name == "realm" else 2 if name == "nonce" else -1
+    if size == 3:
+        return 3 if name == "uri" else 7 if name == "qop" else -1
+    if size == 9:
+        return 5 if name == "algorithm" else -1
+    if size == 6:
+        return 6 if name == "cnonce" else 9 if name == "opaque" else -1
+    if size == 2:
+        return 8 if name == "nc" else -1
+    return -1
+
+
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
-def _params(text: str) -> list[tuple[str, str]]:
-    """``a="x, y", b=z`` -> [("a", "x, y"), ("b", "z")]; names lower-cased, quoted-pairs unescaped.
+def _param(text: str, i: int, escapes: bool) -> tuple[str, str, int]:
+    """The parameter from ``i`` on in ``a="x, y", b=z``: (name as written, value unquoted, the
+    index after it); ("", "", -1) when only separators are left. ``escapes``: a backslash is
+    somewhere in ``text``.
 
-    Written with str.find rather than a regular expression: a REGISTER's credentials carry
-    about ten parameters, and a regex that steps through quoted strings one character at a
-    time was a fifth of an authenticated REGISTER's CPU. Each string operation costs about
-    200 instructions compiled, so a parameter gets as few as it can: the backslash is looked
-    for once in the whole text (a phone never escapes) and the character after ``=`` is read
-    once."""
-    params: list[tuple[str, str]] = []
-    i, n = 0, len(text)
-    escapes = "\\" in text
-    while True:
-        equals = text.find("=", i)
-        if equals < 0:
-            if text[i:].strip(" \t,"):
-                raise DigestError("malformed Digest parameters")
-            return params
-        name = text[i:equals].lstrip(" \t,").strip().lower()  # the separators before it, in one call
-        i = equals + 1
-        first = text[i] if i < n else ""
-        if first != '"' and (first == " " or first == "\t"):  # whitespace after "=": seldom
-            while first == " " or first == "\t":
-                i += 1
-                first = text[i] if i < n else ""
-        if first == '"':
-            start = i + 1
-            if escapes:
-                value, i = _quoted(text, start)
-            else:
-                close = text.find('"', start)
-                if close < 0:
-                    raise DigestError("unterminated quoted string")
-                value = text[start:close]
-                i = close + 1
-        else:
-            comma = text.find(",", i)
-            end = n if comma < 0 else comma
-            value = text[i:end].strip()
-            i = end
-        params.append((name, value))
+    Written with str.find and single characters read as ints rather than a regular expression
+    (a regex stepping through quoted strings was a fifth of an authenticated REGISTER's CPU;
+    re.findall costs more than this whole parse) or a string method per separator: compiled,
+    ``ord(text[i])`` is a few instructions, a string operation about 200. The separators before
+    the name are skipped as ``lstrip(" \\t,")`` would, anything else around it as ``strip()``."""
+    n = len(text)
+    while i < n:
+        c = ord(text[i])
+        if c != 32 and c != 44 and c != 9:  # " ", ",", tab
+            break
+        i += 1
+    if i >= n:
+        return "", "", -1
+    equals = text.find("=", i)
+    if equals < 0:
+        raise DigestError("malformed Digest parameters")
+    name = text[i:equals]
+    # Only a character outside 33-126 can be one strip() removes: tested inline (a call per
+    # test was 5 % of an authorized REGISTER in pure Python).
+    if not 32 < ord(text[i]) < 127 or (equals > i and not 32 < ord(text[equals - 1]) < 127):
+        name = name.strip()
+    i = equals + 1
+    c = ord(text[i]) if i < n else 0
+    while c == 32 or c == 9:  # whitespace after "=": seldom
+        i += 1
+        c = ord(text[i]) if i < n else 0
+    if c == 34:  # '"'
+        start = i + 1
+        if escapes:
+            return _quoted(name, text, start)
+        close = text.find('"', start)
+        if close < 0:
+            raise DigestError("unterminated quoted string")
+        return name, text[start:close], close + 1
+    comma = text.find(",", i)
+    end = n if comma < 0 else comma
+    value = text[i:end]
+    if end > i and (not 32 < c < 127 or not 32 < ord(text[end - 1]) < 127):
+        value = value.strip()
+    return name, value, end
 
 
-def _quoted(text: str, start: int) -> tuple[str, int]:
-    """The quoted string opened before ``start``, unescaped, and the index after its closing quote."""
+def _quoted(name: str, text: str, start: int) -> tuple[str, str, int]:
+    """(name, the quoted string opened before ``start`` unescaped, the index after its closing quote)."""
     k = start
     escaped = False
     while True:
@@ -178,7 +237,7 @@ def _quoted(text: str, start: int) -> tuple[str, int]:
         escaped = True
         k = backslash + 2  # the escaped character, a quote maybe, is part of the value
     value = text[start:close]
-    return (_QUOTED_PAIR.sub(r"\1", value) if escaped else value), close + 1
+    return name, (_QUOTED_PAIR.sub(r"\1", value) if escaped else value), close + 1
 
 
 def challenge_parts(realm: str, algorithm: str, *, stale: bool = False) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..location.store import Batch, Store, SubscriberChange
-from .digest import ha1
+from .digest import ha1, ha1_index
 
 _USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
 _DOMAIN = re.compile(r"[A-Za-z0-9\-.]+\Z")
@@ -29,6 +29,7 @@ def split_user(text: str) -> tuple[str, str]:
 
 
 def ha1_set(username: str, domain: str, password: str) -> tuple[str, str, str]:
+    """The HA1 of each algorithm, in digest.ha1_index's order."""
     if not password:
         raise SubscriberError("the password must not be empty")
     return (ha1("MD5", username, domain, password), ha1("SHA-256", username, domain, password),
@@ -60,11 +61,18 @@ class Subscribers:
     def __len__(self) -> int:
         return len(self._ha1)
 
+    @property
+    def table(self) -> dict[tuple[str, str], tuple[str, str, str]]:
+        """(username, domain) -> the HA1s of ha1_set, changed in place only: the compiled
+        Authenticator reads it per REGISTER, where a call into this interpreted class cost
+        more than the look-up itself."""
+        return self._ha1
+
     def ha1(self, username: str, domain: str, algorithm: str) -> str | None:
         ha1s = self._ha1.get((username, domain.lower()))
         if ha1s is None:
             return None
-        return ha1s[("MD5", "SHA-256", "SHA-512-256").index(algorithm)]
+        return ha1s[ha1_index(algorithm)]
 
     def list(self) -> list[str]:
         return [f"{u}@{d}" for u, d in sorted(self._ha1, key=lambda k: (k[1], k[0]))]
