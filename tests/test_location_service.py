@@ -14,6 +14,7 @@ import pytest
 from registrar_core.events import EventBus
 from registrar_core.location import SAVE_MEMORY_ONLY, Batch, Contact, LocationService, SqliteStore, StorageError
 from registrar_core.location.service import KeyedLock, _merge, _Pending
+from registrar_core.location.store import Written
 
 NOW = time.time()
 
@@ -218,9 +219,9 @@ class RecordingStore(SqliteStore):
         super().__init__(path)
         self.batches: list[Batch] = []
 
-    async def write(self, batch: Batch) -> None:
+    def write_then(self, batch: Batch, done: Written) -> None:
         self.batches.append(batch)
-        await super().write(batch)
+        super().write_then(batch, done)
 
 
 async def test_changes_submitted_together_go_in_one_write_and_reach_memory_only_after_it(tmp_path):

@@ -24,11 +24,12 @@ import uuid
 
 import asyncpg
 
+from ..awaitable import spawn
 from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .nodes import CONNECTION_TRANSPORTS, NodeIdentity, NodeState
 from .service import REMOVED_NODE_GONE
-from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
+from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError, Written
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,7 @@ class PostgresStore:
         self._beating: asyncio.Task[None] | None = None
         self._started = time.time()
         self._nodes: list[NodeState] = []  # as the last heartbeat read them (consoles ask every second)
+        self._writes: set[asyncio.Task[None]] = set()  # write_then()'s, until they end
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -592,6 +594,18 @@ class PostgresStore:
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
+    def write_then(self, batch: Batch, done: Written) -> None:
+        """asyncpg is loop-native: the outcome is told right after the awaited write."""
+        spawn(self._write_then(batch, done), self._writes)
+
+    async def _write_then(self, batch: Batch, done: Written) -> None:
+        try:
+            await self.write(batch)
+        except StorageError as exc:
+            done(exc)
+        else:
+            done(None)
+
     async def _tell_lost(self, conn: asyncpg.Connection, puts: list[tuple[str, Contact]]) -> None:
         """Bindings this write left alone (another node stored a newer CSeq of them first, or
         deleted a refreshed one first): the stored rows go to the feed right after the caller
@@ -821,6 +835,8 @@ class PostgresStore:
         await conn.execute("UPDATE sipconsole_schema SET version = version")
 
     async def close(self) -> None:
+        if self._writes:  # write_then()'s: told their outcome before the connection goes
+            await asyncio.wait(set(self._writes))
         self._opened = False
         self._fault = self._reconnect_error = ""
         if self._beating is not None:

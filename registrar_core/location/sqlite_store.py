@@ -14,16 +14,18 @@ import logging
 import sqlite3
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from sys import intern
 from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from ..awaitable import awaited, spawn
 from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .nodes import NodeState
-from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
+from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError, Written
 
 if TYPE_CHECKING:
     from ..dblock import DatabaseLock
@@ -271,6 +273,19 @@ def _write(conn: sqlite3.Connection, batch: Batch) -> None:
         raise
 
 
+def _commit(conn: sqlite3.Connection, batch: Batch, check: Callable[[], None], loop: asyncio.AbstractEventLoop,
+            then: Callable[[BaseException | None], None]) -> None:
+    """Write ``batch`` and check the file is still ours (database thread), then hand the outcome
+    to ``then`` on the loop."""
+    try:
+        _write(conn, batch)
+        check()
+    except BaseException as exc:  # handed over whatever it is, as aiosqlite's worker does
+        loop.call_soon_threadsafe(then, exc)
+    else:
+        loop.call_soon_threadsafe(then, None)
+
+
 def _renew_rows(conn: sqlite3.Connection, puts: list[tuple[str, Contact]]) -> None:
     """Write renewals (at most MAX_CHUNK), in a transaction or in their own (database thread)."""
     if conn.execute(_renew_sql(len(puts)), _renewals(puts)).rowcount != len(puts):
@@ -297,6 +312,7 @@ class SqliteStore:
         self._checkpointer: aiosqlite.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         self._next_checkpoint = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()  # writes being refused or waiting for a reopen
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
@@ -491,24 +507,55 @@ class SqliteStore:
 
     async def write(self, batch: Batch) -> None:
         """Apply one batch in one transaction; all or nothing."""
-        db = await self._writable()
+        error = await awaited(functools.partial(self.write_then, batch))
+        if error is not None:
+            raise error
+
+    def write_then(self, batch: Batch, done: Written) -> None:
+        """Apply one batch in one transaction; ``done`` hears the outcome on the loop."""
+        db = self._db
+        if db is None:  # closed, or dropped after a fault: opened again first (or refused)
+            spawn(self._reopened_write(batch, done), self._tasks)
+            return
         try:
-            # Run whole in the database thread: one round trip, however large the group. Each
-            # result is taken by a turn of the event loop, and a turn under load reads up to 256
-            # datagrams (5-10 ms): a group of more than MAX_CHUNK rows, statement by statement
-            # (BEGIN, each chunk, COMMIT), waited six turns or more, the next group grew
-            # meanwhile, and an open loop ran away (issue 19.3). aiosqlite has no public call
-            # to run a function in its thread: ``_execute`` is what its own methods use.
-            await db._execute(_write, db._conn, batch)
-            self._check_identity()
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise await self._failed(db, exc) from exc
+            conn = db._conn
+        except ValueError as exc:  # aiosqlite's "no active connection"
+            spawn(self._refused(db, exc, done), self._tasks)
+            return
+        # Run whole in the database thread: one hand-off, however large the group (statement
+        # by statement, each result taken by a turn of a busy loop, a large group waited six
+        # turns or more and an open loop ran away: issue 19.3). Queued without a future: the
+        # thread hands the outcome back itself, so it is acted on in the loop's next turn, not
+        # the turn after (a future's task steps a turn after the future is set). aiosqlite has
+        # no public call for either: its worker runs what is on ``_tx``, calling back when given
+        # a future (here None); its own methods queue their work so.
+        loop = asyncio.get_running_loop()
+        db._tx.put_nowait((None, functools.partial(
+            _commit, conn, batch, self._check_identity, loop, functools.partial(self._written, db, done))))
+
+    def _written(self, db: aiosqlite.Connection, done: Written, exc: BaseException | None) -> None:
+        """The database thread's outcome of a write, on the loop."""
+        if exc is not None:
+            spawn(self._refused(db, exc, done), self._tasks)
+            return
         now = time.monotonic()
         if now >= self._next_checkpoint and self._checkpointing is None and self._inode is not None:
             self._next_checkpoint = now + CHECKPOINT_INTERVAL
             self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+        done(None)
+
+    async def _reopened_write(self, batch: Batch, done: Written) -> None:
+        try:
+            await self._writable()
+        except StorageError as exc:
+            done(exc)
+            return
+        self.write_then(batch, done)
+
+    async def _refused(self, db: aiosqlite.Connection, exc: BaseException, done: Written) -> None:
+        error = await self._failed(db, exc)
+        error.__cause__ = exc
+        done(error)
 
     async def _checkpoint(self) -> None:
         """One PASSIVE checkpoint on the checkpointer's connection: it waits for no writer and
@@ -579,6 +626,8 @@ class SqliteStore:
         self._check_identity()
 
     async def close(self) -> None:
+        if self._tasks:  # a refused write's drop, a reopen: theirs to finish before the close
+            await asyncio.wait(set(self._tasks))
         self._opened = False
         self._fault = self._reopen_error = ""
         await self._drop()
