@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import operator
 import sqlite3
 import time
 import urllib.parse
@@ -82,12 +83,19 @@ _COLUMNS = (
     "ruid, tbl, aor, addr, params, expires, q, callid, cseq, path, received, socket, "
     "user_agent, methods, flags, cflags, instance, regid, modified"
 )
+# The columns of an upsert in the order its values are made: a binding's own attributes, read in
+# one C call (operator.attrgetter), then its table and its path as JSON. A function building a
+# tuple per row took 0.46 us a row, in the database thread holding the GIL; this 0.24.
+_ATTRIBUTES = ("ruid", "aor", "addr", "params", "expires", "q", "callid", "cseq", "received", "socket",
+               "user_agent", "methods", "flags", "cflags", "instance", "regid", "modified")
+_attributes = operator.attrgetter(*_ATTRIBUTES)
+_WRITTEN = ", ".join(_ATTRIBUTES) + ", tbl, path"
 # An update in place, not INSERT OR REPLACE (a delete and an insert: both indexes touched
 # twice). A binding never changes table or AOR, so the (tbl, aor) index is left alone:
 # SQLite CPU per refreshed binding 12.5 -> 8.7 us in random order.
 _UPSERT_SET = " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
-_WIDTH = len(_COLUMNS.split(", "))
+    f"{c} = excluded.{c}" for c in _WRITTEN.split(", ") if c not in ("ruid", "tbl", "aor"))
+_WIDTH = len(_ATTRIBUTES) + 2
 _ROW_MARKS = "(" + ",".join("?" * _WIDTH) + ")"
 # Rows go in a few multi-row statements, not one statement per row: sqlite3 takes the GIL
 # back after every step, and on a busy registrar each time costs a thread switch (and up to
@@ -147,7 +155,7 @@ def _upsert_sql(rows: int) -> str:
 
 @functools.cache  # rows: a size of _padded
 def _upsert_padded(rows: int) -> str:
-    return f"INSERT INTO contacts ({_COLUMNS}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
+    return f"INSERT INTO contacts ({_WRITTEN}) VALUES " + ",".join([_ROW_MARKS] * rows) + _UPSERT_SET
 
 
 def _renew_sql(rows: int) -> str:
@@ -206,27 +214,32 @@ def _needs_reconnect(exc: BaseException) -> bool:
 
 
 def _values(puts: list[tuple[str, Contact]]) -> list[object]:
-    """The parameters of an upsert of ``puts``, row after row. Its padding repeats the last row
-    (written again, the same values): cheaper for SQLite than rows a WHERE leaves out."""
-    values = [value for table, contact in puts for value in _row(table, contact)]
+    """The parameters of an upsert of ``puts`` (_WRITTEN's columns), row after row. Its padding
+    repeats the last row (written again, the same values): cheaper for SQLite than rows a WHERE
+    leaves out."""
+    values: list[object] = []
+    extend = values.extend
+    append = values.append
+    for table, contact in puts:
+        extend(_attributes(contact))
+        append(table)
+        path = contact.path
+        append(json.dumps(path) if path else "[]")
     values += values[-_WIDTH:] * (_padded(len(puts)) - len(puts))
     return values
+
+
+_renewed = operator.attrgetter(*_RENEWED)
 
 
 def _renewals(puts: list[tuple[str, Contact]]) -> list[object]:
     """The parameters of a renewal of ``puts`` (_RENEWED's columns), row after row. Its padding
     is NULL rows: they match no contact, so the rowcount counts the rows of ``puts``."""
-    values: list[object] = [value for _, c in puts for value in (c.ruid, c.expires, c.callid, c.cseq, c.modified)]
+    values: list[object] = []
+    for _, contact in puts:
+        values += _renewed(contact)
     values += [None] * (len(_RENEWED) * (_padded(len(puts)) - len(puts)))
     return values
-
-
-def _row(table: str, c: Contact) -> tuple[object, ...]:
-    return (
-        c.ruid, table, c.aor, c.addr, c.params, c.expires, c.q, c.callid, c.cseq,
-        json.dumps(c.path) if c.path else "[]", c.received, c.socket, c.user_agent, c.methods, c.flags,
-        c.cflags, c.instance, c.regid, c.modified,
-    )
 
 
 def _write(conn: sqlite3.Connection, batch: Batch) -> None:
