@@ -196,6 +196,24 @@ async def test_a_probe_writes_nothing_visible(new_store):
         assert await everything(store) == before
 
 
+async def test_write_then_tells_each_outcome_later_on_the_loop(new_store):
+    """The group commit's write: ``done`` is never called from inside write_then (the caller
+    may be in the middle of its own bookkeeping), and each batch hears its own outcome."""
+    async with opened(new_store) as store:
+        told: dict[str, StorageError | None] = {}
+        store.write_then(Batch(puts=[("location", contact(1))]), lambda e: told.setdefault("one", e))
+        store.write_then(Batch(puts=[("location", contact(2, cseq=2 ** 70))]), lambda e: told.setdefault("bad", e))
+        store.write_then(Batch(puts=[("location", contact(3))]), lambda e: told.setdefault("three", e))
+        assert told == {}
+        deadline = time.monotonic() + 10
+        while len(told) < 3:
+            assert time.monotonic() < deadline, f"outcomes told: {told}"
+            await asyncio.sleep(0.005)
+        assert told["one"] is None and told["three"] is None
+        assert isinstance(told["bad"], StorageError) and told["bad"].bad_data
+        assert sorted(c.ruid for _, c in await store.load(NOW)) == ["ruid-1", "ruid-3"]
+
+
 async def test_a_closed_store_answers_storage_error(new_store):
     async with opened(new_store) as store:
         await store.write(Batch(puts=[("location", contact(1))]))

@@ -16,6 +16,7 @@ silently stale table.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -24,7 +25,6 @@ import uuid
 
 import asyncpg
 
-from ..awaitable import spawn
 from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .nodes import CONNECTION_TRANSPORTS, NodeIdentity, NodeState
@@ -326,7 +326,9 @@ class PostgresStore:
         self._beating: asyncio.Task[None] | None = None
         self._started = time.time()
         self._nodes: list[NodeState] = []  # as the last heartbeat read them (consoles ask every second)
-        self._writes: set[asyncio.Task[None]] = set()  # write_then()'s, until they end
+        # write_then()'s batches, written in order by one task while there are any (_write_queued).
+        self._queued: collections.deque[tuple[Batch, Written]] = collections.deque()
+        self._writing: asyncio.Task[None] | None = None
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -596,15 +598,29 @@ class PostgresStore:
 
     def write_then(self, batch: Batch, done: Written) -> None:
         """asyncpg is loop-native: the outcome is told right after the awaited write."""
-        spawn(self._write_then(batch, done), self._writes)
+        self._queued.append((batch, done))
+        if self._writing is None:
+            self._writing = asyncio.get_running_loop().create_task(self._write_queued())
 
-    async def _write_then(self, batch: Batch, done: Written) -> None:
+    async def _write_queued(self) -> None:
+        """Write the queued batches in order. One task for a run of them, not one each: a batch
+        queued by a ``done`` (the next group commit, handed over as the last one comes back) is
+        sent in the same step, where a new task would start only a loop turn later."""
         try:
-            await self.write(batch)
-        except StorageError as exc:
-            done(exc)
-        else:
-            done(None)
+            while self._queued:
+                batch, done = self._queued.popleft()
+                try:
+                    await self.write(batch)
+                except StorageError as exc:
+                    outcome: StorageError | None = exc
+                else:
+                    outcome = None
+                try:
+                    done(outcome)
+                except Exception:
+                    log.exception("error handling the outcome of a write")
+        finally:
+            self._writing = None
 
     async def _tell_lost(self, conn: asyncpg.Connection, puts: list[tuple[str, Contact]]) -> None:
         """Bindings this write left alone (another node stored a newer CSeq of them first, or
@@ -835,8 +851,8 @@ class PostgresStore:
         await conn.execute("UPDATE sipconsole_schema SET version = version")
 
     async def close(self) -> None:
-        if self._writes:  # write_then()'s: told their outcome before the connection goes
-            await asyncio.wait(set(self._writes))
+        if self._writing is not None:  # write_then()'s: told their outcome before the connection goes
+            await asyncio.wait({self._writing})
         self._opened = False
         self._fault = self._reconnect_error = ""
         if self._beating is not None:
