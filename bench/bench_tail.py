@@ -39,9 +39,10 @@ def probe(argv: list[str]) -> None:
     import gc
     import runpy
 
-    import aiosqlite.core
+    import collections
 
     from registrar_core import server, transport
+    from registrar_core.location import sqlite_store
 
     clock = time.perf_counter
     record: dict[str, Any] = {"gc": [], "lateness_ms": {}, "writes": [], "served": []}
@@ -79,31 +80,36 @@ def probe(argv: list[str]) -> None:
         record["_ticker"] = asyncio.get_running_loop().create_task(ticker())
 
     server.Server.start = started  # type: ignore[method-assign]
-    execute = aiosqlite.core.Connection._execute
+    # The group commit's writes: the store's write_then queues one call into the database thread
+    # (sqlite_store._commit), which hands the outcome back itself: the legs and what the thread wrote.
+    write_then = sqlite_store.SqliteStore.write_then
+    commit = sqlite_store._commit
+    queued: collections.deque[list[float]] = collections.deque()  # the thread takes them in order
 
-    async def timed_execute(self: aiosqlite.core.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        # The group commit's writes only (the probe's subject: the store's write, run whole in the
-        # database thread; before, its statements one by one): the legs and what the thread wrote.
-        if not (getattr(fn, "__name__", "") == "_write" or args and isinstance(args[0], str)
-                and args[0].startswith(("INSERT INTO contacts", "UPDATE contacts"))):
-            return await execute(self, fn, *args, **kwargs)
+    def timed_write_then(self: sqlite_store.SqliteStore, batch: Any, done: Any) -> None:
         legs = [clock(), 0.0, 0.0, 0]
 
-        def run(*a: Any, **k: Any) -> Any:
-            legs[1] = clock()
-            written = wchar()
-            try:
-                return fn(*a, **k)
-            finally:
-                legs[2], legs[3] = clock(), wchar() - written
-
-        try:
-            return await execute(self, run, *args, **kwargs)
-        finally:
+        def back(error: Any) -> None:
             now = clock()
             record["writes"].append((legs[1] - legs[0], legs[2] - legs[1], now - legs[2], legs[3], now - legs[0]))
+            done(error)
 
-    aiosqlite.core.Connection._execute = timed_execute  # type: ignore[method-assign]
+        queued.append(legs)
+        write_then(self, batch, back)
+
+    def timed_commit(conn: Any, batch: Any, check: Any, loop: Any, then: Any) -> None:
+        legs = queued.popleft()
+        legs[1] = clock()
+        written = wchar()
+
+        def checked() -> None:  # the write is done: what is left in the thread is a stat
+            legs[2], legs[3] = clock(), wchar() - written
+            check()
+
+        commit(conn, batch, checked, loop, then)
+
+    sqlite_store.SqliteStore.write_then = timed_write_then  # type: ignore[method-assign]
+    sqlite_store._commit = timed_commit  # type: ignore[assignment]
     listener = transport.UdpListener  # compiled (udp.py): its methods cannot be replaced, its core entry point can
 
     def timed_listener(sock: Any, local: str, receive: Any) -> Any:

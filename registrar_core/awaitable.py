@@ -1,14 +1,15 @@
 """One bridge from the callback style of the request path to coroutines.
 
 The REGISTER hot path answers through callbacks (no task per datagram); the public API,
-the console and tests await. :func:`awaited` is the one place that joins the two.
+the console and tests await. :func:`awaited` is the one place that joins the two, and
+:func:`spawn` the one place a callback-style call starts coroutine work that nobody awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -36,6 +37,15 @@ async def awaited(start: Callable[[Callable[[Any], None]], None], *, settle: boo
     if cancelled:
         task.cancel()  # type: ignore[union-attr]
     return future.result()
+
+
+def spawn(work: Coroutine[Any, Any, None], held: set[asyncio.Task[None]]) -> None:
+    """Run ``work`` as a task kept in ``held`` until it ends: the loop holds tasks only weakly,
+    and one that nothing else holds may be collected before it ends (a store's callback-style
+    write that must first reopen its database, or report a fault, has no awaiting caller)."""
+    task = asyncio.get_running_loop().create_task(work)
+    held.add(task)
+    task.add_done_callback(held.discard)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

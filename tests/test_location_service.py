@@ -14,6 +14,7 @@ import pytest
 from registrar_core.events import EventBus
 from registrar_core.location import SAVE_MEMORY_ONLY, Batch, Contact, LocationService, SqliteStore, StorageError
 from registrar_core.location.service import KeyedLock, _merge, _Pending
+from registrar_core.location.store import Written
 
 NOW = time.time()
 
@@ -217,10 +218,16 @@ class RecordingStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.batches: list[Batch] = []
+        self.from_task: list[bool] = []  # was each write started by a task (or by a callback)?
+        self.meanwhile: Callable[[], None] | None = None  # run once, right after the next write starts
 
-    async def write(self, batch: Batch) -> None:
+    def write_then(self, batch: Batch, done: Written) -> None:
         self.batches.append(batch)
-        await super().write(batch)
+        self.from_task.append(asyncio.current_task() is not None)
+        super().write_then(batch, done)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
 
 
 async def test_changes_submitted_together_go_in_one_write_and_reach_memory_only_after_it(tmp_path):
@@ -246,5 +253,45 @@ async def test_changes_submitted_together_go_in_one_write_and_reach_memory_only_
     await reopened.open()
     try:
         assert sorted(c.ruid for _, c in await reopened.load(NOW)) == sorted(f"ruid-{n}" for n in range(1, 50))
+    finally:
+        await reopened.close()
+
+
+async def test_changes_submitted_while_a_group_is_with_the_store_go_to_it_as_soon_as_that_group_is_back(tmp_path):
+    """The group's outcome is acted on where the store hands it back (a callback, not the
+    writer task a loop turn later): the changes that came meanwhile are handed to the store
+    there, and each group reaches memory only once durable."""
+    store = RecordingStore(tmp_path / "location.db")
+    service = LocationService(store, EventBus())
+    await service.start()
+    try:
+        outcomes: list[StorageError | None] = []
+        store.meanwhile = lambda: [service.submit("location", [(contact(n), True)], [], outcomes.append)
+                                   for n in range(1, 11)]
+        service.submit("location", [(contact(0), True)], [], outcomes.append)
+        await eventually(lambda: len(outcomes) == 11, "both groups")
+        assert outcomes == [None] * 11
+        assert [len(b.puts) for b in store.batches] == [1, 10]
+        assert store.from_task == [True, False], "the second group waited for the writer task"
+        assert service.counts() == (11, 11)
+    finally:
+        await service.stop()
+
+
+async def test_stop_lets_the_group_with_the_store_finish_and_answers_it(tmp_path):
+    """A group already handed to the store at stop() is committed: its changes are answered as
+    committed, not failed as "shutting down" while the database makes them durable."""
+    store = RecordingStore(tmp_path / "location.db")
+    service = LocationService(store, EventBus())
+    await service.start()
+    outcomes: list[StorageError | None] = []
+    service.submit("location", [(contact(1), True)], [], outcomes.append)
+    await eventually(lambda: bool(store.batches), "the group handed to the store")
+    await service.stop()
+    assert outcomes == [None] and service.counts() == (1, 1), "committed, so applied and answered"
+    reopened = SqliteStore(tmp_path / "location.db")
+    await reopened.open()
+    try:
+        assert [c.ruid for _, c in await reopened.load(NOW)] == ["ruid-1"]
     finally:
         await reopened.close()

@@ -196,6 +196,24 @@ async def test_a_probe_writes_nothing_visible(new_store):
         assert await everything(store) == before
 
 
+async def test_write_then_tells_each_outcome_later_on_the_loop(new_store):
+    """The group commit's write: ``done`` is never called from inside write_then (the caller
+    may be in the middle of its own bookkeeping), and each batch hears its own outcome."""
+    async with opened(new_store) as store:
+        told: dict[str, StorageError | None] = {}
+        store.write_then(Batch(puts=[("location", contact(1))]), lambda e: told.setdefault("one", e))
+        store.write_then(Batch(puts=[("location", contact(2, cseq=2 ** 70))]), lambda e: told.setdefault("bad", e))
+        store.write_then(Batch(puts=[("location", contact(3))]), lambda e: told.setdefault("three", e))
+        assert told == {}
+        deadline = time.monotonic() + 10
+        while len(told) < 3:
+            assert time.monotonic() < deadline, f"outcomes told: {told}"
+            await asyncio.sleep(0.005)
+        assert told["one"] is None and told["three"] is None
+        assert isinstance(told["bad"], StorageError) and told["bad"].bad_data
+        assert sorted(c.ruid for _, c in await store.load(NOW)) == ["ruid-1", "ruid-3"]
+
+
 async def test_a_closed_store_answers_storage_error(new_store):
     async with opened(new_store) as store:
         await store.write(Batch(puts=[("location", contact(1))]))
@@ -312,30 +330,41 @@ async def test_sqlite_writes_a_renewal_as_five_columns_or_whole_when_the_file_do
 async def test_sqlite_writes_a_group_of_any_size_in_one_round_trip_to_its_thread(tmp_path, monkeypatch):
     """A group larger than one statement (MAX_CHUNK rows), with journal rows and deletes, is one
     call into the database thread, not one per statement: each call's result waits for a turn
-    of the event loop, and under load a turn is milliseconds (issue 19.3)."""
+    of the event loop, and under load a turn is milliseconds (issue 19.3). And the outcome comes
+    back from the thread's own hand-off, not through a future whose task steps a turn later."""
     import aiosqlite
 
+    from registrar_core.location import sqlite_store
     from registrar_core.location.sqlite_store import MAX_CHUNK
 
     store = SqliteStore(tmp_path / "location.db")
     await store.open()
     calls: list[object] = []
     execute = aiosqlite.Connection._execute
+    commit = sqlite_store._commit
 
     async def counted(self: aiosqlite.Connection, fn: object, *args: object, **kwargs: object) -> object:
         if self is store._db:  # the writer's connection (not the background checkpointer's)
             calls.append(fn)
         return await execute(self, fn, *args, **kwargs)
 
+    def counted_commit(*args: object) -> None:
+        calls.append(commit)
+        commit(*args)  # type: ignore[arg-type]
+
     monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    monkeypatch.setattr(sqlite_store, "_commit", counted_commit)
     try:
         rows = [("location", contact(n)) for n in range(2 * MAX_CHUNK + 3)]
         journal = [(NOW, "location", c.aor, c.ruid, "registered", c.addr, "", NOW, "") for _, c in rows]
         await store.write(Batch(puts=rows, journal=journal))
         renewed = [("location", c.updated(cseq=c.cseq + 1, modified=NOW + 5)) for _, c in rows[1:]]
         ruids = {c.ruid for _, c in renewed}
-        await store.write(Batch(puts=renewed, deletes=[rows[0][1].ruid], refreshes=ruids, renewed=ruids))
-        assert len(calls) == 2
+        outcome: asyncio.Future[tuple[object, object]] = asyncio.get_running_loop().create_future()
+        store.write_then(Batch(puts=renewed, deletes=[rows[0][1].ruid], refreshes=ruids, renewed=ruids),
+                         lambda error: outcome.set_result((error, asyncio.current_task())))
+        assert await outcome == (None, None), "told from a task, not from the thread's hand-off"
+        assert calls == [commit, commit]
         assert sorted(await store.load(NOW), key=lambda r: r[1].ruid) == sorted(renewed, key=lambda r: r[1].ruid)
     finally:
         await store.close()

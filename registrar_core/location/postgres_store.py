@@ -16,6 +16,7 @@ silently stale table.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from ..journal import JOURNAL_COLUMNS, JournalRow
 from .contact import Contact
 from .nodes import CONNECTION_TRANSPORTS, NodeIdentity, NodeState
 from .service import REMOVED_NODE_GONE
-from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError
+from .store import POLICY_AND_SUBSCRIBER_TABLES, Batch, Feed, StorageError, Written
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,9 @@ class PostgresStore:
         self._beating: asyncio.Task[None] | None = None
         self._started = time.time()
         self._nodes: list[NodeState] = []  # as the last heartbeat read them (consoles ask every second)
+        # write_then()'s batches, written in order by one task while there are any (_write_queued).
+        self._queued: collections.deque[tuple[Batch, Written]] = collections.deque()
+        self._writing: asyncio.Task[None] | None = None
 
     def describe(self) -> str:
         return f"PostgreSQL {without_password(self.dsn)}"
@@ -592,6 +596,32 @@ class PostgresStore:
             except Exception as exc:
                 raise await self._failed(exc) from exc
 
+    def write_then(self, batch: Batch, done: Written) -> None:
+        """asyncpg is loop-native: the outcome is told right after the awaited write."""
+        self._queued.append((batch, done))
+        if self._writing is None:
+            self._writing = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        """Write the queued batches in order. One task for a run of them, not one each: a batch
+        queued by a ``done`` (the next group commit, handed over as the last one comes back) is
+        sent in the same step, where a new task would start only a loop turn later."""
+        try:
+            while self._queued:
+                batch, done = self._queued.popleft()
+                try:
+                    await self.write(batch)
+                except StorageError as exc:
+                    outcome: StorageError | None = exc
+                else:
+                    outcome = None
+                try:
+                    done(outcome)
+                except Exception:
+                    log.exception("error handling the outcome of a write")
+        finally:
+            self._writing = None
+
     async def _tell_lost(self, conn: asyncpg.Connection, puts: list[tuple[str, Contact]]) -> None:
         """Bindings this write left alone (another node stored a newer CSeq of them first, or
         deleted a refreshed one first): the stored rows go to the feed right after the caller
@@ -821,6 +851,8 @@ class PostgresStore:
         await conn.execute("UPDATE sipconsole_schema SET version = version")
 
     async def close(self) -> None:
+        if self._writing is not None:  # write_then()'s: told their outcome before the connection goes
+            await asyncio.wait({self._writing})
         self._opened = False
         self._fault = self._reconnect_error = ""
         if self._beating is not None:

@@ -10,6 +10,7 @@ commits a group, then applies each change and calls its ``done``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import heapq
 import logging
@@ -154,6 +155,9 @@ class LocationService:
         self._due: dict[tuple[int, str], list[str]] = {}
         self._seconds: list[tuple[int, str]] = []
         self._pending: list[_Pending] = []
+        # A group is with the store (or, refused, being retried): the next starts when it is back.
+        self._writing = False
+        self._retry: list[_Pending] | None = None  # a group refused for one change's data: one by one
         self._wake = asyncio.Event()
         self._expiry_interval = expiry_interval
         # While storage is failing, a test write this often, so the fault is seen to
@@ -203,7 +207,7 @@ class LocationService:
         ]
 
     async def stop(self) -> None:
-        while self._pending and self._tasks and not self._tasks[0].done():
+        while (self._pending or self._writing) and self._tasks and not self._tasks[0].done():
             self._wake.set()
             await asyncio.sleep(0.01)
         for task in self._tasks:
@@ -212,6 +216,9 @@ class LocationService:
         self._tasks = []
         if self.store is not None:
             await self.store.close()
+        pending, self._pending = self._pending, []  # submitted while the writer was stopping
+        for change in pending:
+            self._finish(change, StorageError("registrar is shutting down"))
 
     # -- reading ---------------------------------------------------------------------
     def tables(self) -> list[str]:
@@ -331,7 +338,8 @@ class LocationService:
             done(None)
             return
         self._pending.append(_Pending(table, puts, removes, None, done, note, limit))
-        self._wake.set()
+        if not self._writing:  # else the group with the store takes it when it comes back
+            self._wake.set()
 
     async def apply(
         self,
@@ -433,7 +441,8 @@ class LocationService:
 
         def queue(done: Done) -> None:
             self._pending.append(_Pending("", [], [], batch, done))
-            self._wake.set()
+            if not self._writing:
+                self._wake.set()
 
         await self._settle(queue)
 
@@ -450,9 +459,12 @@ class LocationService:
             raise error
 
     async def _writer(self) -> None:
+        """Start a group commit when changes wait and no group is with the store; prune the
+        journal and probe a failing store between groups. While commits follow each other,
+        :meth:`_written` starts the next group itself and this task sleeps."""
         assert self.store is not None or not self._pending
         while True:
-            if self.storage_error and self.store is not None and not self._pending:
+            if self.storage_error and self.store is not None and not self._pending and not self._writing:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.probe_interval)
                 except asyncio.TimeoutError:
@@ -461,41 +473,58 @@ class LocationService:
             else:
                 await self._wake.wait()
             self._wake.clear()
+            retry, self._retry = self._retry, None
+            if retry is not None:
+                await self._write_each(retry)
+                self._writing = False
+            if self._writing:
+                continue
             if self._prune_due:  # here, so that it never runs inside a commit
                 self._prune_due = False
                 await self.prune_journal()
             pending, self._pending = self._pending, []
-            if not pending or self.store is None:
-                continue
-            try:
-                try:
-                    began = time.perf_counter()
-                    await self.store.write(_merge(pending, self._binding, self.clock()))
-                    self.commit_seconds.observe(time.perf_counter() - began)
-                    self.commit_size.observe(len(pending))
-                except StorageError as exc:
-                    if not exc.bad_data or len(pending) == 1:
-                        raise
-                    # One request brought something unstorable: commit the others without it.
-                    await self._write_each(pending)
-                    continue
-            except StorageError as exc:
-                self.storage_errors += 1
-                if not exc.bad_data:
-                    self._storage_state(str(exc))
-                for change in pending:
-                    self._finish(change, StorageError(str(exc), bad_data=exc.bad_data))
-                continue
-            except asyncio.CancelledError:
-                for change in pending:
-                    self._finish(change, StorageError("registrar is shutting down"))
-                raise
+            if pending and self.store is not None:
+                self._start(pending)
+
+    def _start(self, pending: list[_Pending]) -> None:
+        """Hand a group to the store; :meth:`_written` goes on when it is durable or refused."""
+        assert self.store is not None
+        self._writing = True
+        began = time.perf_counter()
+        self.store.write_then(_merge(pending, self._binding, self.clock()),
+                              functools.partial(self._written, pending, began))
+
+    def _written(self, pending: list[_Pending], began: float, error: StorageError | None) -> None:
+        """A group's outcome, in the loop turn the store hands it back: the committed changes
+        go into memory and are answered, and the changes that came meanwhile go to the store
+        at once (a task woken from here would step only in the turn after)."""
+        if error is None:
+            self.commit_seconds.observe(time.perf_counter() - began)
+            self.commit_size.observe(len(pending))
             self._storage_state(None)
             # One at a time off the list: each request's objects are freed right after its
             # reply, while still in cache, not all at once when the batch goes (10% of CPU).
             pending.reverse()
             while pending:
                 self._finish(pending.pop(), None)
+        elif error.bad_data and len(pending) > 1:
+            # One request brought something unstorable: the writer commits the others without it.
+            self._retry = pending
+            self._wake.set()
+            return
+        else:
+            self.storage_errors += 1
+            if not error.bad_data:
+                self._storage_state(str(error))
+            for change in pending:
+                self._finish(change, StorageError(str(error), bad_data=error.bad_data))
+        if self._pending and not self._prune_due and error is None:
+            pending, self._pending = self._pending, []
+            self._start(pending)
+            return
+        self._writing = False
+        if self._pending or self._prune_due or error is not None:  # the writer probes a failing store
+            self._wake.set()
 
     def _finish(self, change: _Pending, error: StorageError | None) -> None:
         """A committed change goes into memory; then its caller hears the outcome."""

@@ -11,7 +11,7 @@ for every store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..journal import JournalRow
@@ -51,6 +51,9 @@ class StorageError(Exception):
         super().__init__(message)
         self.bad_data = bad_data
 
+
+# Told the outcome of a write_then(): None once the batch is durable, or why it failed.
+Written = Callable[[StorageError | None], None]
 
 # (username, domain, (ha1_md5, ha1_sha256, ha1_sha512_256) or None: deleted)
 SubscriberChange = tuple[str, str, tuple[str, str, str] | None]
@@ -140,6 +143,16 @@ class Store(Protocol):
 
         Deletes come before puts; a put replaces the binding with the same ruid. A value
         the database cannot hold fails with ``bad_data=True`` and leaves the store usable.
+        """
+
+    def write_then(self, batch: Batch, done: Written) -> None:
+        """:meth:`write` for the group commit: returns at once; ``done`` is called later, on the
+        event loop, with None once the batch is durable or with the :class:`StorageError`.
+
+        Why not an awaited write: a future set from the database's thread wakes its task one
+        turn of the loop later, and a turn under load reads up to 256 datagrams per socket;
+        a store calls ``done`` in the first turn (SQLite: from its thread's own hand-off), so
+        the committed group is answered, and the next one handed over, a turn sooner.
         """
 
     async def history(self, table: str, aor: str, since: float, limit: int) -> list[JournalRow]:
