@@ -537,13 +537,14 @@ class SqliteStore:
             return
         # Run whole in the database thread: one hand-off, however large the group (statement
         # by statement, each result taken by a turn of a busy loop, a large group waited six
-        # turns or more and an open loop ran away: issue 19.3). Queued without a future: the
-        # thread hands the outcome back itself, so it is acted on in the loop's next turn, not
-        # the turn after (a future's task steps a turn after the future is set). aiosqlite has
-        # no public call for either: its worker runs what is on ``_tx``, calling back when given
-        # a future (here None); its own methods queue their work so.
+        # turns or more and an open loop ran away: issue 19.3). The thread hands the outcome
+        # back itself, so it is acted on in the loop's next turn, not the turn after (a future's
+        # task steps a turn after the future is set). aiosqlite has no public call for either:
+        # its worker runs what is on ``_tx`` and resolves the future queued with it, which
+        # nobody awaits here (every version's worker needs one: 0.20 and 0.21 call its loop
+        # unconditionally, and without one their thread would end).
         loop = asyncio.get_running_loop()
-        db._tx.put_nowait((None, functools.partial(
+        db._tx.put_nowait((loop.create_future(), functools.partial(
             _commit, conn, batch, self._check_identity, loop, functools.partial(self._written, db, done))))
 
     def _written(self, db: aiosqlite.Connection, done: Written, exc: BaseException | None) -> None:
