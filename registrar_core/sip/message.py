@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
-
-from mypy_extensions import mypyc_attr
+from collections.abc import Iterable, Iterator
+from typing import Final
 
 from .errors import SipError
 from .headers import (
@@ -53,35 +50,6 @@ _SPELLINGS: Final[dict[str, tuple[str, str]]] = {
     for spelling in (name, name.upper(), _NAMES[name])
 }
 _KEYS: Final[dict[str, str]] = {spelling: key for spelling, (_, key) in _SPELLINGS.items()}
-
-
-T = TypeVar("T")
-
-
-class cached_property(Generic[T]):  # noqa: N801 - drop-in for functools.cached_property
-    """Compute once per instance, then store as the instance's attribute (found first from
-    then on: this descriptor has no ``__set__``).
-
-    functools.cached_property takes a lock on every first access on Python 3.11;
-    a message is parsed and read by one task, so the lock is pure cost here. It also
-    writes through ``instance.__dict__``, which makes CPython build the instance's dict
-    (its attributes are kept inline until something asks for it); setattr does not.
-    """
-
-    def __init__(self, func: Callable[[Any], T]) -> None:
-        self.func = func
-        self.name = getattr(func, "__name__", "")  # compiled (mypyc) methods have none:
-        self.__doc__ = getattr(func, "__doc__", None)  # __set_name__ gives it
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: object, owner: type | None = None) -> T:
-        if instance is None:
-            return self  # type: ignore[return-value]
-        value = self.func(instance)
-        setattr(instance, self.name, value)
-        return value
 
 
 def canonical_name(name: str) -> str:
@@ -209,66 +177,122 @@ class Headers:
         return Headers._canonical(list(self._fields))
 
 
-@mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
-@dataclass(eq=True)
 class _Message:
+    """What requests and responses share: the header fields, the body, and the parsed views of
+    the headers every message carries, computed once (the parser sets them as it validates).
+
+    A native class (compiled, setup.py) with the views in optional attributes, read through
+    properties: no per-message ``__dict__``, and every read a native call where a cached
+    descriptor of a non-native class was a generic one (about 500 instructions)."""
+
+    __slots__ = ("headers", "body", "_vias", "_from", "_to", "_call_id", "_cseq", "_expires", "_expires_read",
+                 "_contacts")
     headers: Headers
     body: bytes
+    _vias: list[Via] | None
+    _from: NameAddr | None
+    _to: NameAddr | None
+    _call_id: str | None
+    _cseq: tuple[int, str] | None
+    _expires: int | None
+    _expires_read: bool
+    _contacts: list[NameAddr] | str | None
 
-    # Parsed views of the headers every SIP message carries; computed once.
-    @cached_property
+    def __init__(self, headers: Headers, body: bytes) -> None:
+        self.headers = headers
+        self.body = body
+        self._vias = None
+        self._from = None
+        self._to = None
+        self._call_id = None
+        self._cseq = None
+        self._expires = None
+        self._expires_read = False
+        self._contacts = None
+
+    @property
     def vias(self) -> list[Via]:
-        return _vias(self.headers)
+        vias = self._vias
+        if vias is None:
+            vias = self._vias = _vias(self.headers)
+        return vias
 
-    @cached_property
+    @property
     def from_(self) -> NameAddr:
-        return _from(self.headers)
+        from_ = self._from
+        if from_ is None:
+            from_ = self._from = _from(self.headers)
+        return from_
 
-    @cached_property
+    @property
     def to(self) -> NameAddr:
-        return parse_name_addr(_required(self.headers, "to", "To"))
+        to = self._to
+        if to is None:
+            to = self._to = parse_name_addr(_required(self.headers, "to", "To"))
+        return to
 
-    @cached_property
+    @property
     def call_id(self) -> str:
-        return _call_id(self.headers)
+        call_id = self._call_id
+        if call_id is None:
+            call_id = self._call_id = _call_id(self.headers)
+        return call_id
 
-    @cached_property
+    @property
     def cseq(self) -> tuple[int, str]:
-        return _cseq(self.headers)
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = _cseq(self.headers)
+        return cseq
 
-    @cached_property
+    @property
     def expires(self) -> int | None:
-        value = self.headers.first("expires")
-        return None if value is None else parse_delta(value, "Expires")
+        if not self._expires_read:
+            value = self.headers.first("expires")
+            self._expires = None if value is None else parse_delta(value, "Expires")
+            self._expires_read = True
+        return self._expires
 
-    @cached_property
+    @property
     def contacts(self) -> list[NameAddr] | str:
         """The Contact list, or the string ``"*"`` for a wildcard Contact.
 
         A ``*`` mixed with other contacts is a 400 (RFC 3261 §10.3 step 6).
         """
-        values = self.headers.listed("contact")
-        if "*" in values:
-            if len(values) > 1:
-                raise SipError(400, "Wildcard Contact must stand alone")
-            return "*"
-        return [parse_name_addr(v) for v in values]
+        contacts = self._contacts
+        if contacts is None:
+            values = self.headers.listed("contact")
+            if "*" in values:
+                if len(values) > 1:
+                    raise SipError(400, "Wildcard Contact must stand alone")
+                contacts = "*"
+            else:
+                contacts = [parse_name_addr(v) for v in values]
+            self._contacts = contacts
+        return contacts
 
 
-@mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
-@dataclass(init=False, eq=True)
 class Request(_Message):
+    __slots__ = ("method", "uri", "version")
     method: str
     uri: URI
     version: str
 
     def __init__(self, headers: Headers, body: bytes, method: str = "OPTIONS", uri: URI | None = None,
-                 version: str = SIP_VERSION) -> None:  # written out: compiled (setup.py)
-        self.headers = headers
-        self.body = body
+                 version: str = SIP_VERSION) -> None:
+        super().__init__(headers, body)
         self.method = method
         self.uri = parse_uri("sip:invalid") if uri is None else uri
         self.version = version
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Request) and type(other) is type(self) and self.headers == other.headers
+                and self.body == other.body and self.method == other.method and self.uri == other.uri
+                and self.version == other.version)
+
+    def __repr__(self) -> str:
+        return (f"Request(headers={self.headers!r}, body={self.body!r}, method={self.method!r}, "
+                f"uri={self.uri!r}, version={self.version!r})")
 
     def __bytes__(self) -> bytes:
         return serialise(f"{self.method} {self.uri.raw or self.uri} {self.version}", self.headers._fields, self.body)
@@ -288,7 +312,7 @@ class Request(_Message):
         if usual is not None:  # the usual shape, as a phone or sipp writes it
             usual_via, usual_text = usual
             self.headers.replace_first("Via", usual_text)
-            setattr(self, "vias", [usual_via, *vias[1:]])
+            self._vias = [usual_via, *vias[1:]]
             return
         fill_rport = ("rport", None) in via.params or any(  # the usual spelling, else any
             not v and n.lower() == "rport" for n, v in via.params
@@ -306,7 +330,7 @@ class Request(_Message):
         if "," in first:  # other Vias share the field: keep them as written
             text = ", ".join([text, *split_values(first)[1:]])
         self.headers.replace_first("Via", text)
-        setattr(self, "vias", [stamped, *vias[1:]])
+        self._vias = [stamped, *vias[1:]]
 
 
 def serialise(start_line: str, fields: list[tuple[str, str]], body: bytes) -> bytes:
@@ -365,23 +389,30 @@ def _same_address(sent_by: str, source: str) -> bool:
         return False  # a host name: RFC 3261 §18.2.1 always adds received
 
 
-@mypyc_attr(native_class=False)  # keeps __dict__ for cached_property
-@dataclass(init=False, eq=True)
 class Response(_Message):
+    __slots__ = ("status", "reason", "version")
     status: int
     reason: str
     version: str
 
     def __init__(self, headers: Headers, body: bytes, status: int = 200, reason: str = "OK",
-                 version: str = SIP_VERSION) -> None:  # written out: compiled (setup.py)
-        self.headers = headers
-        self.body = body
+                 version: str = SIP_VERSION) -> None:
+        super().__init__(headers, body)
         self.status = status
         self.reason = reason
         self.version = version
 
     def __bytes__(self) -> bytes:
         return serialise(f"{self.version} {self.status} {self.reason}", self.headers._fields, self.body)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Response) and type(other) is type(self) and self.headers == other.headers
+                and self.body == other.body and self.status == other.status and self.reason == other.reason
+                and self.version == other.version)
+
+    def __repr__(self) -> str:
+        return (f"Response(headers={self.headers!r}, body={self.body!r}, status={self.status!r}, "
+                f"reason={self.reason!r}, version={self.version!r})")
 
 
 Message = Request | Response
@@ -585,20 +616,19 @@ def _validate_common(message: _Message, headers: Headers) -> None:
         for name in _SINGLE:
             if len(index.get(name, ())) > 1:
                 raise SipError(400, f"Duplicate {canonical_name(name)}")
-    # The parsed views set here, not read through their cached_property: compiled, each read
-    # of a descriptor of the non-native message class is a generic call (about 500 instructions).
+    # The parsed views, set as they are validated.
     vias = _vias(headers)
     if not vias:
         raise SipError(400, "Missing Via")
     if not all(index["via"]):
         raise SipError(400, "Empty Via")
-    setattr(message, "vias", vias)
+    message._vias = vias
     from_ = _from(headers)  # From first: its errors before To's
-    setattr(message, "from_", from_)
+    message._from = from_
     # To shares From's parsed URI when written the same (a REGISTER's usual case; URIs are values).
-    setattr(message, "to", parse_name_addr(_required(headers, "to", "To"), from_.uri))
-    setattr(message, "call_id", _call_id(headers))
-    setattr(message, "cseq", _cseq(headers))
+    message._to = parse_name_addr(_required(headers, "to", "To"), from_.uri)
+    message._call_id = _call_id(headers)
+    message._cseq = _cseq(headers)
 
 
 def _vias(headers: Headers) -> list[Via]:
