@@ -307,7 +307,7 @@ class Pipeline:
         asking for (fresh) credentials, counted apart from real rejections."""
         if method == "REGISTER":
             self.stats.count_register(status == 200, challenged, self.clock())
-        self.stats.responses[str(status)] += 1
+        self.stats.by_status[status] += 1  # a status code: 100-699
         if note is not None:
             self.events.handled(method, note, status, reason)
 
