@@ -330,7 +330,7 @@ class _Answered:
     def __call__(self, response: Response, challenged: bool = False) -> None:
         pipeline = self.pipeline
         pipeline.answered(self.method, self.note, response.status, response.reason, challenged)
-        payload = bytes(response)
+        payload = response.serialised()
         if self.key:
             pipeline.transactions.complete(self.key, payload)
         self.respond((payload, self.address))

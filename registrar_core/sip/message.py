@@ -403,6 +403,11 @@ class Response(_Message):
         self.version = version
 
     def __bytes__(self) -> bytes:
+        return self.serialised()
+
+    def serialised(self) -> bytes:
+        """bytes(response) as a method: compiled, a native call, where bytes() looks the special
+        method up on the type and calls it through its wrapper (about 1,000 instructions)."""
         return serialise(f"{self.version} {self.status} {self.reason}", self.headers._fields, self.body)
 
     def __eq__(self, other: object) -> bool:
