@@ -431,14 +431,48 @@ def _required(headers: Headers, key: str, name: str) -> str:
     return value
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
+def _split_head(data: bytes, limits: Limits) -> tuple[str, bytes]:
+    """The head (decoded, the CRLFs before it dropped) and the body of a message. An ASCII message,
+    the usual one, is decoded whole and cut with str methods, whose offsets are then the bytes'
+    (compiled, str.find and str.lstrip are primitives, bytes.find and bytes.lstrip generic method
+    calls: about 2,200 instructions a message); any other is cut as bytes first."""
+    text = data.decode("utf-8", "surrogateescape")
+    if len(text) != len(data):
+        return _split_head_bytes(data, limits)
+    start = len(text) - len(text.lstrip("\r\n"))
+    if start == len(text):
+        raise SipError(400, "Empty message", drop=True)
+    end = text.find("\r\n\r\n", start)
+    if end >= 0:
+        head, body = text[start:end], data[end + 4 :]
+    else:
+        end = text.find("\n\n", start)
+        if end >= 0:
+            head, body = text[start:end], data[end + 2 :]
+        else:
+            head, body = text[start:].rstrip("\r\n"), b""
+    if len(head) > limits.max_header_block:
+        raise SipError(513, "Message Too Large")
+    return head, body
+
+
+def _split_head_bytes(data: bytes, limits: Limits) -> tuple[str, bytes]:
+    """:func:`_split_head` for a message with bytes beyond ASCII."""
+    data = data.lstrip(b"\r\n")
+    if not data:
+        raise SipError(400, "Empty message", drop=True)
     end = data.find(b"\r\n\r\n")
     if end >= 0:
-        return data[:end], data[end + 4 :]
-    end = data.find(b"\n\n")
-    if end >= 0:
-        return data[:end], data[end + 2 :]
-    return data.rstrip(b"\r\n"), b""
+        head, body = data[:end], data[end + 4 :]
+    else:
+        end = data.find(b"\n\n")
+        if end >= 0:
+            head, body = data[:end], data[end + 2 :]
+        else:
+            head, body = data.rstrip(b"\r\n"), b""
+    if len(head) > limits.max_header_block:
+        raise SipError(513, "Message Too Large")
+    return head.decode("utf-8", "surrogateescape"), body
 
 
 def _header_fields(lines: list[str], limits: Limits) -> Headers:
@@ -495,8 +529,9 @@ def _unfold(line: str, fields: list[tuple[str, str]], index: dict[str, list[str]
     index[name.lower()][-1] = value
 
 
-def content_length(values: list[str]) -> int | None:
-    """The one Content-Length of a message; a bad or conflicting one cannot be framed."""
+def content_length(values: list[str] | None) -> int | None:
+    """The one Content-Length of a message (its fields' values, None: none); a bad or conflicting
+    one cannot be framed."""
     if not values:
         return None
     numbers = set()
@@ -539,13 +574,7 @@ def parse_head(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Heade
 def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
     if len(data) > limits.max_message_size:
         raise SipError(513, "Message Too Large")
-    data = data.lstrip(b"\r\n")
-    if not data:
-        raise SipError(400, "Empty message", drop=True)
-    head_bytes, body = _split_head(data)
-    if len(head_bytes) > limits.max_header_block:
-        raise SipError(513, "Message Too Large")
-    head = head_bytes.decode("utf-8", "surrogateescape")
+    head, body = _split_head(data, limits)
     lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
     if len(lines) > limits.max_headers * 2:
         raise SipError(400, "Too many headers")
@@ -553,7 +582,7 @@ def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
     if len(head) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
         raise SipError(400, "Line too long")
     headers = _header_fields(lines[1:], limits)
-    length = content_length(headers.get_all("Content-Length"))
+    length = content_length(headers._found("content-length"))  # the index's list: not copied
     if length is not None:
         if length > len(body):
             raise SipError(400, "Content-Length larger than the message")
