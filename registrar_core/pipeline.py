@@ -41,7 +41,7 @@ from .keepalive import is_crlf_keepalive, stun_binding_response
 from .location import DEFAULT_TABLE
 from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
-from .sip import Request, Response, SipError, SipURI, parse_message
+from .sip import Headers, Request, Response, SipError, SipURI, parse_message
 from .sip.message import parse_head, parse_request_line, response_head, serialise
 from .sip.uri import URI
 from .source import Source
@@ -189,9 +189,10 @@ class Pipeline:
         try:
             start, headers, _ = parse_head(data, self._limits)
             method, target = parse_request_line(start)
-            if (method != "REGISTER" or headers.get("Authorization") is not None
-                    or "" in headers.get_all("Via") or len(headers.get_all("To")) != 1
-                    or len(headers.get_all("Call-ID")) != 1 or len(headers.get_all("CSeq")) != 1):
+            vias = headers.found("via")  # by lookup key, the index's lists: no copies
+            if (method != "REGISTER" or headers.found("authorization") is not None
+                    or vias is None or "" in vias or not _one(headers, "to")
+                    or not _one(headers, "call-id") or not _one(headers, "cseq")):
                 return False
             request = Request(headers, b"", method, target)
             if not request.vias or request.cseq[1] != method:
@@ -334,6 +335,12 @@ class _Answered:
         if self.key:
             pipeline.transactions.complete(self.key, payload)
         self.respond((payload, self.address))
+
+
+def _one(headers: Headers, key: str) -> bool:
+    """``headers`` have exactly one field of lookup key ``key``."""
+    values = headers.found(key)
+    return values is not None and len(values) == 1
 
 
 _UNAUTHORIZED_TAIL = (SERVER, ("Content-Length", "0"))  # as reply() ends a 401

@@ -111,9 +111,9 @@ class Headers:
 
     def _find(self, name: str) -> list[str] | None:
         """The field values of ``name``, or None; the index itself, not a copy."""
-        return self._found(_key(name))
+        return self.found(_key(name))
 
-    def _found(self, key: str) -> list[str] | None:
+    def found(self, key: str) -> list[str] | None:
         """The field values by lookup key, or None; the index itself, not a copy."""
         index = self._index if self._index is not None else self._lookup()
         return index.get(key)
@@ -125,7 +125,7 @@ class Headers:
     def first(self, key: str) -> str | None:
         """:meth:`get` by lookup key (the full name, lower-cased: "user-agent"): the hot path's
         callers name a constant header, so the spelling's own look-up is left out."""
-        values = self._found(key)
+        values = self.found(key)
         return values[0] if values else None
 
     def get_all(self, name: str) -> list[str]:
@@ -139,7 +139,7 @@ class Headers:
 
     def listed(self, key: str) -> list[str]:
         """:meth:`values` by lookup key (see :meth:`first`)."""
-        values = self._found(key)
+        values = self.found(key)
         if not values:
             return []
         if len(values) == 1:
@@ -582,7 +582,7 @@ def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
     if len(head) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
         raise SipError(400, "Line too long")
     headers = _header_fields(lines[1:], limits)
-    length = content_length(headers._found("content-length"))  # the index's list: not copied
+    length = content_length(headers.found("content-length"))  # the index's list: not copied
     if length is not None:
         if length > len(body):
             raise SipError(400, "Content-Length larger than the message")
