@@ -50,6 +50,22 @@ _SPELLINGS: Final[dict[str, tuple[str, str]]] = {
     for spelling in (name, name.upper(), _NAMES[name])
 }
 _KEYS: Final[dict[str, str]] = {spelling: key for spelling, (_, key) in _SPELLINGS.items()}
+_SHAPE_LENGTH: Final = 32  # names of the usual spellings are shorter
+
+
+def _shapes() -> list[tuple[tuple[str, str, str], ...]]:
+    """The usual spellings by shape, ``len(name) * 128 + ord(first character)``: (spelling,
+    canonical name, lookup key) for each. A header line finds its name among the one or two of
+    its shape with ``startswith``, with no string made and hashed per line (compiled, the name's
+    slice, its hash and the dict look-up were about 500 instructions a line)."""
+    table: list[list[tuple[str, str, str]]] = [[] for _ in range(_SHAPE_LENGTH * 128)]
+    for spelling, (name, key) in _SPELLINGS.items():
+        if len(spelling) < _SHAPE_LENGTH and spelling.isascii():
+            table[len(spelling) * 128 + ord(spelling[0])].append((spelling, name, key))
+    return [tuple(sorted(entries, key=lambda entry: entry[0] != entry[1])) for entries in table]  # as usual first
+
+
+_SHAPES: Final = _shapes()
 
 
 def canonical_name(name: str) -> str:
@@ -482,13 +498,17 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
     index: dict[str, list[str]] = {}
     for line in lines:
         colon = line.find(":")
-        known = _SPELLINGS.get(line[:colon]) if colon > 0 else None
-        if known is None:
+        name = key = ""
+        if 0 < colon < _SHAPE_LENGTH and ord(line[0]) < 128:
+            for spelling, canonical, lookup in _SHAPES[colon * 128 + ord(line[0])]:
+                if line.startswith(spelling):  # of the shape: line[:colon] == spelling
+                    name, key = canonical, lookup
+                    break
+        if not name:
             if line[:1] in (" ", "\t"):
                 _unfold(line, fields, index)
                 continue
-            known = _field_name(line)
-        name, key = known
+            name, key = _field_name(line)
         # The value without the blanks around it, sliced once (compiled, line[i] is a native read).
         start, end = colon + 1, len(line)
         while start < end and (line[start] == " " or line[start] == "\t"):
