@@ -554,15 +554,22 @@ def content_length(values: list[str] | None) -> int | None:
     one cannot be framed."""
     if not values:
         return None
-    numbers = set()
-    for value in values:
-        value = value.strip(" \t\r")
-        if not is_digits(value) or len(value.lstrip("0")) > 10:
-            raise SipError(400, "Invalid Content-Length", drop=True)
-        numbers.add(int(value))
+    if len(values) == 1:  # the usual case: no set of the values
+        return _length(values[0])
+    numbers = {_length(value) for value in values}
     if len(numbers) > 1:
         raise SipError(400, "Conflicting Content-Length", drop=True)
     return numbers.pop()
+
+
+def _length(value: str) -> int:
+    """One Content-Length value. Blanks stripped only when there are some, leading zeros only
+    from a long one: compiled, a strip with characters is about 370 instructions."""
+    if value[:1] in " \t\r" or value[-1:] in " \t\r":  # an empty one too
+        value = value.strip(" \t\r")
+    if not is_digits(value) or (len(value) > 10 and len(value.lstrip("0")) > 10):
+        raise SipError(400, "Invalid Content-Length", drop=True)
+    return int(value)
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
