@@ -183,7 +183,7 @@ class Headers:
         """Give the first ``name`` field a new value, in place (no-op when absent)."""
         key = _key(name)
         for i, (n, _) in enumerate(self._fields):
-            if n.lower() == key:
+            if n == name or n.lower() == key:  # as named (a canonical name: no lower-cased copy), else any case
                 self._fields[i] = (n, value)
                 if self._index is not None:
                     self._index[key][0] = value  # the first field of ``key`` is its first value
@@ -386,7 +386,7 @@ def _stamped_rport(via: Via, text: str, host: str, port: int) -> tuple[Via, str]
     for name, _ in params:
         if len(name) == 8 and name.lower() == "received":
             return None
-        if len(name) == 5 and name.lower() == "rport":
+        if len(name) == 5 and (name == "rport" or name.lower() == "rport"):
             rports += 1
     if rports != 1:
         return None
