@@ -208,7 +208,7 @@ class Pipeline:
             return True
         request.stamp_source(source.ip, source.port)
         address = reply_address(request, source)
-        self.stats.requests[method] += 1
+        self.stats.count_request(method)
         note = _Note(request, source) if self.events.active else None
         challenge = authenticator.challenge(to.host.lower())  # the realm, as _authenticate takes it
         # The bytes of bytes(reply(request, 401, ...)), written at once: no Response to build.
@@ -253,7 +253,7 @@ class Pipeline:
     # 5. handler --------------------------------------------------------------------------
     def _dispatch(self, request: Request, source: Source, answer: _Answered) -> None:
         method = request.method
-        self.stats.requests[method] += 1
+        self.stats.count_request(method)
         # What the request.handled event tells, read when the event is made (a console makes
         # it for the few requests a frame it shows); nothing when nobody listens.
         if self.events.active:
