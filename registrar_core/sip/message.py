@@ -29,6 +29,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .uri import URI, SipURI, parse_uri
 
 SIP_VERSION: Final = "SIP/2.0"
+_OK: Final = f"{SIP_VERSION} 200 OK"
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
 _SINGLE: Final = ("to", "from", "call-id", "cseq", "max-forwards", "expires", "content-type")
 # Lower-case name (or compact letter) -> conventional spelling of the full name.
@@ -424,7 +425,11 @@ class Response(_Message):
     def serialised(self) -> bytes:
         """bytes(response) as a method: compiled, a native call, where bytes() looks the special
         method up on the type and calls it through its wrapper (about 1,000 instructions)."""
-        return serialise(f"{self.version} {self.status} {self.reason}", self.headers._fields, self.body)
+        if self.status == 200 and self.reason == "OK" and self.version == SIP_VERSION:
+            start = _OK  # most responses: no status code formatted, no line built
+        else:
+            start = f"{self.version} {self.status} {self.reason}"
+        return serialise(start, self.headers._fields, self.body)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Response) and type(other) is type(self) and self.headers == other.headers
