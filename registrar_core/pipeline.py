@@ -41,7 +41,7 @@ from .keepalive import is_crlf_keepalive, stun_binding_response
 from .location import DEFAULT_TABLE
 from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
-from .sip import Request, Response, SipError, SipURI, parse_message
+from .sip import Headers, Request, Response, SipError, SipURI, parse_message
 from .sip.message import parse_head, parse_request_line, response_head, serialise
 from .sip.uri import URI
 from .source import Source
@@ -189,9 +189,10 @@ class Pipeline:
         try:
             start, headers, _ = parse_head(data, self._limits)
             method, target = parse_request_line(start)
-            if (method != "REGISTER" or headers.get("Authorization") is not None
-                    or "" in headers.get_all("Via") or len(headers.get_all("To")) != 1
-                    or len(headers.get_all("Call-ID")) != 1 or len(headers.get_all("CSeq")) != 1):
+            vias = headers.found("via")  # by lookup key, the index's lists: no copies
+            if (method != "REGISTER" or headers.found("authorization") is not None
+                    or vias is None or "" in vias or not _one(headers, "to")
+                    or not _one(headers, "call-id") or not _one(headers, "cseq")):
                 return False
             request = Request(headers, b"", method, target)
             if not request.vias or request.cseq[1] != method:
@@ -207,7 +208,7 @@ class Pipeline:
             return True
         request.stamp_source(source.ip, source.port)
         address = reply_address(request, source)
-        self.stats.requests[method] += 1
+        self.stats.count_request(method)
         note = _Note(request, source) if self.events.active else None
         challenge = authenticator.challenge(to.host.lower())  # the realm, as _authenticate takes it
         # The bytes of bytes(reply(request, 401, ...)), written at once: no Response to build.
@@ -252,7 +253,7 @@ class Pipeline:
     # 5. handler --------------------------------------------------------------------------
     def _dispatch(self, request: Request, source: Source, answer: _Answered) -> None:
         method = request.method
-        self.stats.requests[method] += 1
+        self.stats.count_request(method)
         # What the request.handled event tells, read when the event is made (a console makes
         # it for the few requests a frame it shows); nothing when nobody listens.
         if self.events.active:
@@ -307,7 +308,7 @@ class Pipeline:
         asking for (fresh) credentials, counted apart from real rejections."""
         if method == "REGISTER":
             self.stats.count_register(status == 200, challenged, self.clock())
-        self.stats.responses[str(status)] += 1
+        self.stats.by_status[status] += 1  # a status code: 100-699
         if note is not None:
             self.events.handled(method, note, status, reason)
 
@@ -330,10 +331,16 @@ class _Answered:
     def __call__(self, response: Response, challenged: bool = False) -> None:
         pipeline = self.pipeline
         pipeline.answered(self.method, self.note, response.status, response.reason, challenged)
-        payload = bytes(response)
+        payload = response.serialised()
         if self.key:
             pipeline.transactions.complete(self.key, payload)
         self.respond((payload, self.address))
+
+
+def _one(headers: Headers, key: str) -> bool:
+    """``headers`` have exactly one field of lookup key ``key``."""
+    values = headers.found(key)
+    return values is not None and len(values) == 1
 
 
 _UNAUTHORIZED_TAIL = (SERVER, ("Content-Length", "0"))  # as reply() ends a 401

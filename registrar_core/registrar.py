@@ -131,8 +131,8 @@ class _Replies:
     def to(cls, request: Request, to_tag: str, flow_timer: int, gruus: Gruus) -> _Replies:
         supported = _supported(request)
         paths = request.headers.listed("path") if "path" in supported else []
-        return cls(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
-                   gruus if "gruu" in supported else None)
+        return _Replies(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
+                        gruus if "gruu" in supported else None)  # compiled, a native call (cls(...): a generic one)
 
     def ok(self, bindings: list[Contact], now: float) -> Response:
         gruus = self.gruus
@@ -340,7 +340,7 @@ class Registrar:
             path = tuple(request.headers.listed("path"))
             user_agent = request.headers.first("user-agent") or ""
             methods = ",".join(request.headers.listed("allow"))
-            expires_factor = self._expires_factor(flags)
+            expires_factor = self._expires_factor(flags)  # 1.0 unless default-expires-range is set
             for w in wanted:
                 old = by_key.get(w.key)
                 if old is not None and not _newer(old, callid, cseq):
@@ -351,7 +351,8 @@ class Registrar:
                     continue
                 contact = Contact(
                     ruid=old.ruid if old else self.new_ruid(), aor=aor, addr=w.addr,
-                    expires=now + round(w.expires * expires_factor), callid=callid, cseq=cseq,
+                    expires=now + (w.expires if expires_factor == 1.0 else round(w.expires * expires_factor)),
+                    callid=callid, cseq=cseq,
                     q=w.q, params=w.params, path=path, received=source.address,
                     socket=source.local, user_agent=user_agent, methods=methods,
                     flags=SAVE_MEMORY_ONLY if flags & SAVE_MEMORY_ONLY else 0,

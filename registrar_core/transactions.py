@@ -28,8 +28,13 @@ def transaction_key(request: Request) -> str:
     via = request.vias[0]
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
+    port = via.port
     if branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
-        return f"{branch} {via.host}:{via.port or ''} {method}"  # one f-string: no sent-by string apart
+        # One f-string: no sent-by string apart; the port formatted as an int (compiled, "port or ''"
+        # is an object formatted through a generic str()).
+        if port is None:
+            return f"{branch} {via.host}: {method}"
+        return f"{branch} {via.host}:{port} {method}"
     return (f"{request.call_id} {request.cseq[0]} {method} {request.from_.tag or ''} "
             f"{via.host}:{via.port or ''} {branch}")
 
