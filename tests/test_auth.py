@@ -152,14 +152,17 @@ def test_digest_credentials_parsed():
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 65, 200])
-def test_nonce_mac_is_hmac_sha256(size):
-    import hmac
+def test_nonce_mac_is_keyed_blake2s(size):
+    import hashlib
 
-    from registrar_core.auth.nonce import HmacSha256
+    from registrar_core.auth.nonce import NonceMac
 
     key = bytes(range(256))[:size]
+    keyed = key if size <= 32 else hashlib.sha256(key).digest()  # longer keys are hashed first
+    mac = NonceMac(key)
     for message in (b"", b"x" * 16 + b"example.com", bytes(range(200))):
-        assert HmacSha256(key).digest(message) == hmac.new(key, message, "sha256").digest()
+        assert mac.digest(message) == hashlib.blake2s(message, key=keyed, digest_size=16).digest()
+    assert mac.digest(b"a") != NonceMac(key + b"!").digest(b"a"), "the key decides"
 
 
 def test_nonce_round_trip_and_nonce_count():
@@ -203,12 +206,12 @@ def test_nonce_past_its_lifetime_or_the_count_window_is_stale():
 
 
 def test_recent_nonce_is_known_as_made_and_older_ones_by_their_mac():
-    from registrar_core.auth.nonce import FORGED, HmacSha256, NonceFactory
+    from registrar_core.auth.nonce import FORGED, NonceFactory, NonceMac
 
     nonces = NonceFactory(b"k" * 32, recent=2)
     first, second, third = (nonces.make("example.com") for _ in range(3))  # third takes first's slot
     assert [nonces.check(n, "example.com") for n in (first, second, third)] == [0, 1, 2]
-    nonces._hmac = HmacSha256(b"another key")  # from now on no MAC of ours verifies
+    nonces._mac_of = NonceMac(b"another key")  # from now on no MAC of ours verifies
     assert nonces.check(first, "example.com") == FORGED, "out of the recent ones: its MAC decides"
     assert [nonces.check(n, "example.com") for n in (second, third)] == [1, 2], "recent: compared as made"
     assert nonces.check(third, "example.org") == FORGED, "made for another realm"
