@@ -118,7 +118,7 @@ class Config:
     # Challenged in this order, others refused. MD5 alone by default: baresip 1.0, sipsak and
     # sipp 3.6 fail on SHA-256 challenges (README, Security).
     auth_algorithms: tuple[str, ...] = ("MD5",)
-    auth_key: str = ""  # HMAC key file for nonces; default: auth.key beside the database
+    auth_key: str = ""  # MAC key file for nonces; default: auth.key beside the database
     auth_fail_budget: int = 5  # failed authentications per user per minute before a ban
     ip_budget: int = 400  # requests per source IP per 2 s before a ban (pike); 0 = no limit
     ban_time: int = 300  # seconds an IP or user stays banned

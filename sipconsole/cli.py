@@ -106,7 +106,7 @@ def _registrar_options(p: Any) -> None:
     s.add_argument("--auth-algorithms", metavar="LIST",
                    help="digest algorithms challenged, in order (default MD5, which every phone speaks; "
                         "also SHA-256, SHA-512-256)")
-    s.add_argument("--auth-key", metavar="FILE", help="HMAC key for nonces, made at first start (default auth.key beside the SQLite database; with PostgreSQL, in ~/.local/share/sipconsole: give every node the same file)")
+    s.add_argument("--auth-key", metavar="FILE", help="MAC key for nonces, made at first start (default auth.key beside the SQLite database; with PostgreSQL, in ~/.local/share/sipconsole: give every node the same file)")
     s.add_argument("--ip-budget", type=int, metavar="N", help="requests per source IP per 2 s before a ban, 0 = no limit (default 400)")
     s.add_argument("--ban-time", type=int, metavar="S", help="seconds an IP or user stays banned (default 300)")
     s.add_argument("--auth-fail-budget", type=int, metavar="N", help="failed authentications per user and source address per minute before that address is banned (default 5)")
