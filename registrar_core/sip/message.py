@@ -245,7 +245,7 @@ class _Message:
     def to(self) -> NameAddr:
         to = self._to
         if to is None:
-            to = self._to = parse_name_addr(_required(self.headers, "to", "To"))
+            to = self._to = _to(self.headers)
         return to
 
     @property
@@ -351,10 +351,9 @@ class Request(_Message):
 
 
 def serialise(start_line: str, fields: list[tuple[str, str]], body: bytes) -> bytes:
-    """A message's bytes from its start line, header fields and body: a function, not a method
-    of the (non-native) message class, whose call compiled was a look-up by name on the type
-    (1,800 instructions a response); the 401 to a REGISTER without credentials writes its
-    fields with it, no Response made (pipeline.py)."""
+    """A message's bytes from its start line, header fields and body: a function over the
+    fields, not a method, because the 401 to a REGISTER without credentials writes its fields
+    with it and makes no Response (pipeline.py); requests and responses call it too."""
     # One join over the parts: no string per header line made only to be copied again. The
     # list is made at its size, CRLFs in place, and filled by index (compiled, a native
     # store): appending its 4 parts per field cost a call each and the list's regrowth.
@@ -692,7 +691,7 @@ def _validate_common(message: _Message, headers: Headers) -> None:
     from_ = _from(headers)  # From first: its errors before To's
     message._from = from_
     # To shares From's parsed URI when written the same (a REGISTER's usual case; URIs are values).
-    message._to = parse_name_addr(_required(headers, "to", "To"), from_.uri)
+    message._to = _to(headers, from_.uri)
     message._call_id = _call_id(headers)
     message._cseq = _cseq(headers)
 
@@ -703,6 +702,10 @@ def _vias(headers: Headers) -> list[Via]:
 
 def _from(headers: Headers) -> NameAddr:
     return parse_name_addr(_required(headers, "from", "From"))
+
+
+def _to(headers: Headers, like: URI | None = None) -> NameAddr:
+    return parse_name_addr(_required(headers, "to", "To"), like)
 
 
 def _call_id(headers: Headers) -> str:
