@@ -7,17 +7,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from .location.contact import Contact
 
-# Event kinds.
-CONTACT_ADDED = "contact.added"
-CONTACT_REFRESHED = "contact.refreshed"
-CONTACT_REMOVED = "contact.removed"
-CONTACT_EXPIRED = "contact.expired"
-REQUEST_HANDLED = "request.handled"
+# Event kinds (Final where a frame reads them per record: compiled, not a globals lookup).
+CONTACT_ADDED: Final = "contact.added"
+CONTACT_REFRESHED: Final = "contact.refreshed"
+CONTACT_REMOVED: Final = "contact.removed"
+CONTACT_EXPIRED: Final = "contact.expired"
+REQUEST_HANDLED: Final = "request.handled"
 POLICY_CHANGED = "policy.changed"
 STORAGE_STATE = "storage.state"
 SECURITY = "security"  # ban, unban, auth-failed, user-banned, wrong-aor, scanner
@@ -26,11 +26,11 @@ EVENTS_LOST = "events.lost"  # a subscriber fell behind: what it holds is stale,
 CONTACT_REACHABILITY = "contact.reachability"  # qualify: state, rtt_ms, reason, previous, failures, target, flapping
 # An operator changed something (audit trail): actor (console, ctl, api), uid, pid, action, target, result.
 OPERATOR_ACTION = "operator.action"
-_GONE = (CONTACT_REMOVED, CONTACT_EXPIRED)
+_GONE: Final = (CONTACT_REMOVED, CONTACT_EXPIRED)
 
 #: request.handled events a compact subscriber (a console) gets per frame, the newest: its
 #: traffic pane shows the last few thousand anyway, and the others are never made.
-TRAFFIC_PER_FRAME = 250
+TRAFFIC_PER_FRAME: Final = 250
 
 
 class Handled(Protocol):
@@ -144,10 +144,13 @@ class CompactSubscription(_Reader):
     """What a console reads, built when it reads (once a frame), not per request or change:
 
     - of the requests handled, the newest TRAFFIC_PER_FRAME, kept as tuples (time, method,
-      note, status, reason) and made into request.handled records only then;
-    - an added or refreshed contact marks its (table, ruid): one record per contact per frame
-      (repeated refreshes coalesce), its latest state, with only what the AOR table shows
-      (aor, ruid, expires_at, modified, user_agent: a third of the bytes to encode);
+      note, status, reason) in a ring (a list written in place: a deque's append, a method
+      call, cost twice the rest of a request's event) and made into request.handled records
+      only then;
+    - an added or refreshed contact marks its ruid in its table's marks: one record per
+      contact per frame (repeated refreshes coalesce), its latest state, with only what the
+      AOR table shows (aor, ruid, expires_at, modified, user_agent: a third of the bytes to
+      encode); marks are per table so that no (table, ruid) key is made per REGISTER;
     - every other event (removals with their reason and whole contact, security, policy...)
       as published, in order, merged with the requests by time. A removal takes back its
       contact's mark: the console keeps the latest event per contact, and the removal is it.
@@ -158,64 +161,108 @@ class CompactSubscription(_Reader):
     def __init__(self, bus: EventBus, maxsize: int) -> None:
         super().__init__(bus, maxsize)
         self._events: list[Event] = []
-        self._traffic: deque[tuple[float, str, Handled, int, str]] = deque(maxlen=TRAFFIC_PER_FRAME)
-        self._added: dict[tuple[str, str], Contact] = {}
-        self._refreshed: dict[tuple[str, str], Contact] = {}
+        self._traffic: list[tuple[float, str, Handled, int, str] | None] = [None] * TRAFFIC_PER_FRAME
+        self._next = 0  # where the ring's next request goes
+        self._requests = 0  # requests handled since the last frame (the ring holds the newest)
+        self._added: dict[str, dict[str, Contact]] = {}  # table -> ruid -> its latest state
+        self._refreshed: dict[str, dict[str, Contact]] = {}
+        self._marked = 0  # contacts marked in both, for the bound
 
-    def _queued(self) -> int:
-        return len(self._events) + len(self._added) + len(self._refreshed)
-
-    def _overflow(self, when: float) -> None:
-        lost = self._lost(self._queued() + len(self._traffic), when)
-        self._added.clear()
-        self._refreshed.clear()
-        self._traffic.clear()
+    def _overflow(self, queued: int, when: float) -> None:
+        """``queued`` (events and marks) and the requests are lost, and one more."""
+        lost = self._lost(queued + min(self._requests, TRAFFIC_PER_FRAME), when)
+        self._unmark()
+        self._clear_traffic()
         self._events = [lost]
+
+    def _unmark(self) -> None:
+        self._added = {}
+        self._refreshed = {}
+        self._marked = 0
+
+    def _clear_traffic(self) -> None:
+        self._traffic = [None] * TRAFFIC_PER_FRAME
+        self._next = self._requests = 0
 
     def put(self, event: Event) -> None:
         if event.kind in _GONE:
-            key = (str(event.data.get("table", "")), str(event.data.get("ruid", "")))
-            self._added.pop(key, None)
-            self._refreshed.pop(key, None)
-        if self._queued() >= self.maxsize:
-            self._overflow(event.time)
+            table, ruid = str(event.data.get("table", "")), str(event.data.get("ruid", ""))
+            for marks in (self._added.get(table), self._refreshed.get(table)):
+                if marks is not None and marks.pop(ruid, None) is not None:
+                    self._marked -= 1
+        queued = len(self._events) + self._marked
+        if queued >= self.maxsize:
+            self._overflow(queued, event.time)
         else:
             self._events.append(event)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def handled(self, request: tuple[float, str, Handled, int, str]) -> None:
-        self._traffic.append(request)
-        self._wake()
+        at = self._next
+        self._traffic[at] = request
+        self._next = 0 if at == TRAFFIC_PER_FRAME - 1 else at + 1
+        self._requests += 1
+        if self._waiter is not None:
+            self._wake()
 
     def changed(self, table: str, contact: Contact, is_new: bool) -> None:
-        key = (table, contact.ruid)
-        marks = self._added if is_new or key in self._added else self._refreshed  # added, then refreshed: added
-        if key not in marks and self._queued() >= self.maxsize:
-            self._overflow(self._bus.clock())
+        ruid = contact.ruid
+        added = self._added.get(table)
+        marks: dict[str, Contact] | None
+        if is_new or (added is not None and ruid in added):  # added, then refreshed: added
+            marks = added
+            if marks is None:
+                marks = self._added[table] = {}
         else:
-            marks[key] = contact
-        self._wake()
+            marks = self._refreshed.get(table)
+            if marks is None:
+                marks = self._refreshed[table] = {}
+        size = len(marks)
+        marks[ruid] = contact
+        if len(marks) != size:  # a contact not yet marked: one more queued, or the one too many
+            queued = len(self._events) + self._marked
+            if queued >= self.maxsize:
+                self._overflow(queued, self._bus.clock())
+            else:
+                self._marked += 1
+        if self._waiter is not None:
+            self._wake()
 
     def pending(self) -> bool:
-        return bool(self._events or self._traffic or self._added or self._refreshed)
+        return bool(self._events or self._requests or self._marked)
+
+    def _newest(self) -> list[tuple[float, str, Handled, int, str]]:
+        """The requests in the ring, oldest first, and an empty ring."""
+        ring, at, count = self._traffic, self._next, min(self._requests, TRAFFIC_PER_FRAME)
+        out: list[tuple[float, str, Handled, int, str]] = []
+        for index in range(at - count, at):
+            request = ring[index]  # a negative index: from the ring's end, as wrapped
+            if request is not None:
+                out.append(request)
+        self._clear_traffic()
+        return out
 
     def records(self) -> list[Any]:
         """Dicts for the events as published, arrays for requests and contacts (see expanded())."""
         out: list[Any] = []
-        traffic = self._traffic
+        traffic = self._newest()
+        taken = 0
         for event in self._events:  # both in time order: merged
-            while traffic and traffic[0][0] <= event.time:
-                out.append(_handled_record(traffic.popleft()))
+            while taken < len(traffic) and traffic[taken][0] <= event.time:
+                out.append(_handled_record(traffic[taken]))
+                taken += 1
             out.append(event.to_dict())
-        while traffic:
-            out.append(_handled_record(traffic.popleft()))
+        for request in traffic[taken:]:
+            out.append(_handled_record(request))
         self._events = []
-        for key, contact in self._added.items():
-            out.append(_contact_record(CONTACT_ADDED, key[0], contact))
-        for key, contact in self._refreshed.items():
-            out.append(_contact_record(CONTACT_REFRESHED, key[0], contact))
-        self._added = {}
-        self._refreshed = {}
+        for table, marks in self._added.items():
+            for contact in marks.values():
+                out.append(_contact_record(CONTACT_ADDED, table, contact))
+        for table, marks in self._refreshed.items():
+            for contact in marks.values():
+                out.append(_contact_record(CONTACT_REFRESHED, table, contact))
+        self._unmark()
         return out
 
 

@@ -119,3 +119,32 @@ def test_a_compact_subscriber_that_falls_behind_gets_events_lost():
     assert not bus.active
     bus.changed("location", contact("r7", 1000.0), True)  # nobody listens: nothing kept
     assert sub.records() == []
+
+
+class _Note:
+    """What the pipeline hands to request.handled: the request's AOR, source and User-Agent."""
+
+    def __init__(self, n: int) -> None:
+        self.aor, self.source, self.user_agent = f"u{n}@example.com", f"udp:192.0.2.{n % 250}:5060", "desk"
+
+
+def test_requests_come_in_order_merged_with_the_events_by_time_frame_after_frame():
+    """A frame holds its requests oldest first, the other events between them by time; the next
+    frame starts from its own requests, whether the last one wrapped the ring or not."""
+    now = [0.0]
+    bus = EventBus(clock=lambda: now[0])
+    sub = bus.subscribe_compact()
+    for total in (3, TRAFFIC_PER_FRAME + 7, 1):
+        for n in range(total):
+            now[0] += 1.0
+            bus.handled("REGISTER", _Note(n), 200, "OK")
+            if n == 1:
+                bus.publish("security", event="ban", ip="192.0.2.9", port=5060, user="")
+        records = frame(sub)
+        requests = [r for r in records if r["kind"] == REQUEST_HANDLED]
+        shown = min(total, TRAFFIC_PER_FRAME)
+        assert [r["aor"] for r in requests] == [f"u{n}@example.com" for n in range(total - shown, total)]
+        assert [r["time"] for r in records if "time" in r] == sorted(r["time"] for r in records)
+        assert [r["kind"] for r in records].count("security") == (1 if total > 1 else 0)
+        assert not sub.pending() and sub.records() == []
+    sub.close()
