@@ -81,6 +81,7 @@ class Pipeline:
                  stats: Stats, guard: IpGuard, clock: Callable[[], float]) -> None:
         self.config = config
         self._limits = config.limits  # a property that builds a Limits: once, not per message
+        self._drop_scanners = config.drop_scanners  # every request: a compiled attribute, not Config's
         self.registrar = registrar
         self.events = events
         self.stats = stats
@@ -141,7 +142,7 @@ class Pipeline:
             respond(None)
             return
         if message.method == "ACK" or (
-                self.config.drop_scanners and self._dropped_as_scanner(message, source)):
+                self._drop_scanners and self._dropped_as_scanner(message, source)):
             respond(None)
             return
         message.stamp_source(source.ip, source.port)
@@ -205,7 +206,7 @@ class Pipeline:
         to = request.to.uri
         if not isinstance(to, SipURI):  # check() refuses those: for the type checker
             return False
-        if self.config.drop_scanners and self._dropped_as_scanner(request, source):
+        if self._drop_scanners and self._dropped_as_scanner(request, source):
             respond(None)
             return True
         request.stamp_source(source.ip, source.port)

@@ -226,6 +226,7 @@ class Registrar:
         self.expires_range = config.expires_range
         self.single_contact_default = config.single_contact
         self.max_contacts_default = config.max_contacts
+        self.domains = config.domain  # read by check(): the 401 and every REGISTER
         self.location = location
         self.to_tag = to_tag
         self.new_ruid: Callable[[], str] = new_ruid  # tests give counted ones
@@ -285,7 +286,8 @@ class Registrar:
         uri = request.to.uri
         if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
             raise RegisterRejected(400, "Bad Request", "To must be a sip or sips URI")
-        if self.config.domain and uri.host.lower() not in self.config.domain:
+        domains = self.domains
+        if domains and uri.host.lower() not in domains:
             raise RegisterRejected(404, "Not Found", "Domain not served here")
         if headers.first("path") is not None and "path" not in _supported(request):
             raise RegisterRejected(420, "Bad Extension", "Path without Supported: path",
