@@ -514,6 +514,20 @@ def test_version_is_case_insensitive_and_normalised() -> None:
     assert parse_request(make(start="REGISTER sip:example.com sip/2.0")).version == "SIP/2.0"
 
 
+def test_register_request_lines_are_parsed_once_and_checked_every_time() -> None:
+    """A REGISTER line seen before shares its parsed URI (message.py keeps it by its text);
+    a bad line is refused however often it comes, and other methods are parsed afresh."""
+    start = "REGISTER sip:shared.example.com;transport=udp SIP/2.0"
+    first, second = parse_request(make(start=start)), parse_request(make(start=start))
+    assert second.uri is first.uri
+    assert (second.method, second.uri) == ("REGISTER", parse_uri("sip:shared.example.com;transport=udp"))
+    bad = "REGISTER sip:shared.example.com?Route=x SIP/2.0"
+    assert [sip_error(make(start=bad)).status for _ in range(2)] == [400, 400]
+    options = "OPTIONS sip:bob@example.com SIP/2.0"
+    base = [h.replace("REGISTER", "OPTIONS") for h in BASE_HEADERS]
+    assert parse_request(make(start=options, base=base)).uri is not parse_request(make(start=options, base=base)).uri
+
+
 def test_response_parses() -> None:
     data = make(start="SIP/2.0 401 Unauthorized", body=b"x")
     response = parse_message(data)
