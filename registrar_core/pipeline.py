@@ -42,7 +42,7 @@ from .location import DEFAULT_TABLE
 from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
 from .sip import Headers, Request, Response, SipError, SipURI, parse_message
-from .sip.message import parse_head, parse_request_line, response_head, serialise
+from .sip.message import has_empty, parse_head, parse_request_line, response_head, serialise
 from .sip.uri import URI
 from .source import Source
 from .stateless import salvage_reply
@@ -192,9 +192,9 @@ class Pipeline:
         try:
             start, headers, _ = parse_head(data, self._limits)
             method, target = parse_request_line(start)
-            vias = headers.found("via")  # by lookup key, the index's lists: no copies
+            vias = headers.found("via")  # by lookup key, the index's own entries: no copies
             if (method != "REGISTER" or headers.found("authorization") is not None
-                    or vias is None or "" in vias or not _one(headers, "to")
+                    or vias is None or has_empty(vias) or not _one(headers, "to")
                     or not _one(headers, "call-id") or not _one(headers, "cseq")):
                 return False
             request = Request(headers, b"", method, target)
@@ -341,9 +341,8 @@ class _Answered:
 
 
 def _one(headers: Headers, key: str) -> bool:
-    """``headers`` have exactly one field of lookup key ``key``."""
-    values = headers.found(key)
-    return values is not None and len(values) == 1
+    """``headers`` have exactly one field of lookup key ``key`` (the index holds its value, not a list)."""
+    return isinstance(headers.found(key), str)
 
 
 _UNAUTHORIZED_TAIL = (SERVER, ("Content-Length", "0"))  # as reply() ends a 401

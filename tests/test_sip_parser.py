@@ -182,6 +182,25 @@ def test_headers_api() -> None:
     assert headers == Headers([("X-THING", "3")]) != Headers([("X-THING", "4")])
 
 
+def test_parsed_index_of_single_and_repeated_names() -> None:
+    """The parser's index holds a name's one value, or a list once repeated: every look-up
+    answers the same either way, folding and replace_first included."""
+    request = parse_request(make("Route: <sip:p1>", "X-A: one", "Route: <sip:p2>,\r\n <sip:p3>",
+                                 "X-A: two\r\n more", "Subject: s\r\n t"))
+    headers = request.headers
+    assert headers.found("subject") == "s t" and headers.get("Subject") == "s t"
+    assert headers.found("route") == ["<sip:p1>", "<sip:p2>, <sip:p3>"]
+    assert headers.get_all("Route") == ["<sip:p1>", "<sip:p2>, <sip:p3>"]
+    assert headers.values("Route") == ["<sip:p1>", "<sip:p2>", "<sip:p3>"]
+    assert headers.get_all("x-a") == ["one", "two more"] and headers.get("X-A") == "one"
+    assert headers.get_all("Subject") == ["s t"] and headers.found("missing") is None
+    headers.replace_first("Route", "<sip:p0>")
+    headers.replace_first("Subject", "u")
+    assert headers.get_all("Route") == ["<sip:p0>", "<sip:p2>, <sip:p3>"] and headers.get("Subject") == "u"
+    assert [v for n, v in headers if n == "Route"] == ["<sip:p0>", "<sip:p2>, <sip:p3>"]
+    assert sip_error(make("Call-ID: second")).reason == "Duplicate Call-ID"
+
+
 # --- name-addr / addr-spec ----------------------------------------------------------------
 
 
