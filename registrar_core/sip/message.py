@@ -26,7 +26,7 @@ from .headers import (
     split_values,
 )
 from .limits import DEFAULT_LIMITS, Limits
-from .uri import URI, SipURI, parse_uri
+from .uri import URI, SipURI, digits_value, parse_uri
 
 SIP_VERSION: Final = "SIP/2.0"
 _OK: Final = f"{SIP_VERSION} 200 OK"
@@ -596,7 +596,7 @@ def _length(value: str) -> int:
         value = value.strip(" \t\r")
     if not is_digits(value) or (len(value) > 10 and len(value.lstrip("0")) > 10):
         raise SipError(400, "Invalid Content-Length", drop=True)
-    return int(value)
+    return digits_value(value)
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
