@@ -612,11 +612,22 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
 
 
+def parse_parsed_head(head: tuple[str, Headers, bytes]) -> Message:
+    """:func:`parse_message` for a message whose head :func:`parse_head` has split already (a
+    REGISTER the 401's minimal parse left to the full path): the head is split once."""
+    try:
+        return _message(head[0], head[1], head[2])
+    except SipError:
+        raise
+    except Exception as exc:  # parse_message's contract
+        raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
+
+
 def parse_head(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Headers, bytes]:
     """A message's start line, header fields and body (cut to its Content-Length), checked
     against ``limits`` and nothing more: for a caller that validates only what it uses and
-    hands anything else to :func:`parse_message` (the 401 to a REGISTER without credentials,
-    pipeline.py). Raises SipError, and nothing else."""
+    hands anything else to :func:`parse_parsed_head` (the 401 to a REGISTER without
+    credentials, pipeline.py). Raises SipError, and nothing else."""
     try:
         return _head(data, limits)
     except SipError:
@@ -646,6 +657,10 @@ def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
 
 def _parse(data: bytes, limits: Limits) -> Message:
     start, headers, body = _head(data, limits)
+    return _message(start, headers, body)
+
+
+def _message(start: str, headers: Headers, body: bytes) -> Message:
     if start.startswith("SIP/"):
         return _parse_response(start, headers, body)
     return _parse_request(start, headers, body)
