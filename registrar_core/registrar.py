@@ -129,9 +129,12 @@ class _Replies:
 
     @classmethod
     def to(cls, request: Request, to_tag: str, flow_timer: int, gruus: Gruus) -> _Replies:
+        head = response_head(request, to_tag)
+        if request.headers.first("supported") is None:  # no extension to answer: no set made
+            return _Replies(head, [], False, flow_timer, None)
         supported = _supported(request)
         paths = request.headers.listed("path") if "path" in supported else []
-        return _Replies(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
+        return _Replies(head, paths, "outbound" in supported, flow_timer,
                         gruus if "gruu" in supported else None)  # compiled, a native call (cls(...): a generic one)
 
     def ok(self, bindings: list[Contact], now: float) -> Response:

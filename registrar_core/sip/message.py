@@ -780,14 +780,14 @@ def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str
     (a REGISTER waiting for its group commit holds these few strings, not the message).
     """
     index = request.headers._lookup()  # by lookup key: no name spelling resolved per field
-    vias = index.get("via")
-    if isinstance(vias, str):
-        head = [("Via", vias)]
-    else:
-        head = [("Via", v) for v in vias or ()]
     to = _first(index, "to")
     if to_tag and request.to.tag is None:
         to = f"{to};tag={to_tag}"
+    vias = index.get("via")
+    if isinstance(vias, str):  # one Via field, the usual case: the list made whole, at its size
+        return [("Via", vias), ("From", _first(index, "from")), ("To", to), ("Call-ID", request.call_id),
+                ("CSeq", _first(index, "cseq"))]
+    head = [("Via", v) for v in vias or ()]
     head.append(("From", _first(index, "from")))
     head.append(("To", to))
     head.append(("Call-ID", request.call_id))
