@@ -207,11 +207,8 @@ class Pipeline:
             request = Request(headers, b"", method, target)
             if not request.vias or request.cseq[1] != method:
                 return False
-            self.registrar.check(request)
+            to = self.registrar.checked_to(request)
         except (SipError, RegisterRejected, ValueError):
-            return False
-        to = request.to.uri
-        if not isinstance(to, SipURI):  # check() refuses those: for the type checker
             return False
         if self._drop_scanners and self._dropped_as_scanner(request, source):
             respond(None)

@@ -278,8 +278,13 @@ class Registrar:
     def check(self, request: Request) -> str:
         """The checks that come before authentication (RFC 3261 §10.3 steps 1-2: a domain we
         do not serve gets 404, an unknown Require 420), plus the To and Path checks that need
-        no credentials either; returns the AOR or raises. The headers looked up by key: a
-        REGISTER seldom has Require or Path, and seeing that they are absent is two dict look-ups."""
+        no credentials either; returns the AOR or raises."""
+        return self.checked_to(request).aor
+
+    def checked_to(self, request: Request) -> SipURI:
+        """:meth:`check`, returning the To's URI: the 401 needs its host, not the AOR (whose
+        canonical form is about 1,200 instructions). The headers looked up by key: a REGISTER
+        seldom has Require or Path, and seeing that they are absent is two dict look-ups."""
         headers = request.headers
         if headers.first("require") is not None or headers.first("proxy-require") is not None:
             extensions = unsupported(request)
@@ -295,7 +300,7 @@ class Registrar:
         if headers.first("path") is not None and "path" not in _supported(request):
             raise RegisterRejected(420, "Bad Extension", "Path without Supported: path",
                                    [("Unsupported", "path")])
-        return uri.aor
+        return uri
 
     def _save_locked(self, save: _Save) -> None:
         """With the AOR's lock held: work out the changes and commit them; ``save`` answers
