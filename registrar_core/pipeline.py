@@ -42,7 +42,7 @@ from .location import DEFAULT_TABLE
 from .registrar import SERVER, Registrar, RegisterRejected, reply
 from .security import ADMIT, BAN, IpGuard, is_scanner, sipsec
 from .sip import Headers, Request, Response, SipError, SipURI, parse_message
-from .sip.message import parse_head, parse_request_line, response_head, serialise
+from .sip.message import has_empty, parse_head, parse_parsed_head, parse_request_line, response_head, serialise
 from .sip.uri import URI
 from .source import Source
 from .stateless import salvage_reply
@@ -81,6 +81,7 @@ class Pipeline:
                  stats: Stats, guard: IpGuard, clock: Callable[[], float]) -> None:
         self.config = config
         self._limits = config.limits  # a property that builds a Limits: once, not per message
+        self._drop_scanners = config.drop_scanners  # every request: a compiled attribute, not Config's
         self.registrar = registrar
         self.events = events
         self.stats = stats
@@ -123,13 +124,21 @@ class Pipeline:
             return
         if data and data[0] < 0x20 and self._keepalive(data, source, respond):  # no SIP starts so
             return
+        # Under auth, a REGISTER's head is split first: a REGISTER without credentials is
+        # answered from it (its 401), any other goes on with it to the full parse.
+        head: tuple[str, Headers, bytes] | None = None
         authenticator = self.authenticator
-        if authenticator is not None and data.startswith(b"REGISTER ") and self._challenge(
-                authenticator, data, source, respond):
-            return
+        if authenticator is not None and data.startswith(b"REGISTER "):
+            try:
+                head = parse_head(data, self._limits)
+            except SipError:
+                pass  # the full parse below gives the answer
+            else:
+                if self._challenge(authenticator, head, source, respond):
+                    return
         # 3. parse
         try:
-            message = parse_message(data, self._limits)
+            message = parse_message(data, self._limits) if head is None else parse_parsed_head(head)
         except SipError as exc:
             self.stats.parse_errors += 1
             salvaged = salvage_reply(data, exc, self.to_tag)
@@ -141,7 +150,7 @@ class Pipeline:
             respond(None)
             return
         if message.method == "ACK" or (
-                self.config.drop_scanners and self._dropped_as_scanner(message, source)):
+                self._drop_scanners and self._dropped_as_scanner(message, source)):
             respond(None)
             return
         message.stamp_source(source.ip, source.port)
@@ -172,9 +181,10 @@ class Pipeline:
         UAC's completed transaction absorbs, and half a digest registration's transactions
         (the responses kept 32 s) are never stored."""
         return (self.authenticator is not None and request.method == "REGISTER"
-                and request.headers.get("Authorization") is None)
+                and request.headers.first("authorization") is None)
 
-    def _challenge(self, authenticator: Authenticator, data: bytes, source: Source, respond: Respond) -> bool:
+    def _challenge(self, authenticator: Authenticator, head: tuple[str, Headers, bytes], source: Source,
+                   respond: Respond) -> bool:
         """The 401 to a REGISTER without credentials from a minimal parse, as Kamailio's auth_db
         answers it: the header fields, then only what the 401 echoes or needs (the request line,
         Via, To, Call-ID, CSeq, the framing) and the checks RFC 3261 §10.3 puts before
@@ -183,27 +193,24 @@ class Pipeline:
         full and gets every check: a 401 stores nothing and is the same for everyone, so a
         request those checks would refuse is refused one round trip later. False, and nothing
         done: the full path answers (credentials, an unusual shape, a failed check: the answer
-        it always gave)."""
-        if b"uthorization" in data:  # credentials (as usually spelled): parse in full
+        it always gave), with ``head``, the message's head as :func:`parse_head` split it, which
+        nothing here changes."""
+        start, headers, _ = head
+        if headers.found("authorization") is not None:  # credentials: parsed in full
             return False
         try:
-            start, headers, _ = parse_head(data, self._limits)
             method, target = parse_request_line(start)
-            vias = headers.found("via")  # by lookup key, the index's lists: no copies
-            if (method != "REGISTER" or headers.found("authorization") is not None
-                    or vias is None or "" in vias or not _one(headers, "to")
+            vias = headers.found("via")  # by lookup key, the index's own entries: no copies
+            if (method != "REGISTER" or vias is None or has_empty(vias) or not _one(headers, "to")
                     or not _one(headers, "call-id") or not _one(headers, "cseq")):
                 return False
             request = Request(headers, b"", method, target)
             if not request.vias or request.cseq[1] != method:
                 return False
-            self.registrar.check(request)
+            to = self.registrar.checked_to(request)
         except (SipError, RegisterRejected, ValueError):
             return False
-        to = request.to.uri
-        if not isinstance(to, SipURI):  # check() refuses those: for the type checker
-            return False
-        if self.config.drop_scanners and self._dropped_as_scanner(request, source):
+        if self._drop_scanners and self._dropped_as_scanner(request, source):
             respond(None)
             return True
         request.stamp_source(source.ip, source.port)
@@ -338,9 +345,8 @@ class _Answered:
 
 
 def _one(headers: Headers, key: str) -> bool:
-    """``headers`` have exactly one field of lookup key ``key``."""
-    values = headers.found(key)
-    return values is not None and len(values) == 1
+    """``headers`` have exactly one field of lookup key ``key`` (the index holds its value, not a list)."""
+    return isinstance(headers.found(key), str)
 
 
 _UNAUTHORIZED_TAIL = (SERVER, ("Content-Length", "0"))  # as reply() ends a 401

@@ -129,9 +129,12 @@ class _Replies:
 
     @classmethod
     def to(cls, request: Request, to_tag: str, flow_timer: int, gruus: Gruus) -> _Replies:
+        head = response_head(request, to_tag)
+        if request.headers.first("supported") is None:  # no extension to answer: no set made
+            return _Replies(head, [], False, flow_timer, None)
         supported = _supported(request)
         paths = request.headers.listed("path") if "path" in supported else []
-        return _Replies(response_head(request, to_tag), paths, "outbound" in supported, flow_timer,
+        return _Replies(head, paths, "outbound" in supported, flow_timer,
                         gruus if "gruu" in supported else None)  # compiled, a native call (cls(...): a generic one)
 
     def ok(self, bindings: list[Contact], now: float) -> Response:
@@ -226,6 +229,7 @@ class Registrar:
         self.expires_range = config.expires_range
         self.single_contact_default = config.single_contact
         self.max_contacts_default = config.max_contacts
+        self.domains = config.domain  # read by check(): the 401 and every REGISTER
         self.location = location
         self.to_tag = to_tag
         self.new_ruid: Callable[[], str] = new_ruid  # tests give counted ones
@@ -274,8 +278,13 @@ class Registrar:
     def check(self, request: Request) -> str:
         """The checks that come before authentication (RFC 3261 §10.3 steps 1-2: a domain we
         do not serve gets 404, an unknown Require 420), plus the To and Path checks that need
-        no credentials either; returns the AOR or raises. The headers looked up by key: a
-        REGISTER seldom has Require or Path, and seeing that they are absent is two dict look-ups."""
+        no credentials either; returns the AOR or raises."""
+        return self.checked_to(request).aor
+
+    def checked_to(self, request: Request) -> SipURI:
+        """:meth:`check`, returning the To's URI: the 401 needs its host, not the AOR (whose
+        canonical form is about 1,200 instructions). The headers looked up by key: a REGISTER
+        seldom has Require or Path, and seeing that they are absent is two dict look-ups."""
         headers = request.headers
         if headers.first("require") is not None or headers.first("proxy-require") is not None:
             extensions = unsupported(request)
@@ -285,12 +294,13 @@ class Registrar:
         uri = request.to.uri
         if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
             raise RegisterRejected(400, "Bad Request", "To must be a sip or sips URI")
-        if self.config.domain and uri.host.lower() not in self.config.domain:
+        domains = self.domains
+        if domains and uri.host.lower() not in domains:
             raise RegisterRejected(404, "Not Found", "Domain not served here")
         if headers.first("path") is not None and "path" not in _supported(request):
             raise RegisterRejected(420, "Bad Extension", "Path without Supported: path",
                                    [("Unsupported", "path")])
-        return uri.aor
+        return uri
 
     def _save_locked(self, save: _Save) -> None:
         """With the AOR's lock held: work out the changes and commit them; ``save`` answers

@@ -4,6 +4,7 @@ transport address, Kamailio style: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 
 def format_address(proto: str, host: str, port: int) -> str:
@@ -19,6 +20,27 @@ def parse_address(text: str) -> tuple[str, str, int]:
     proto, _, rest = text.partition(":")
     host, _, port = rest.rpartition(":")
     return proto.lower(), host.strip("[]"), int(port)
+
+
+class _LastAddress:
+    """The address last formatted for a Source, as (proto, ip, port, text): REGISTERs often
+    come one after another from one address (an edge proxy or an SBC in front, a NAT), and
+    comparing with it is a fraction of formatting (compiled, about 1,100 instructions: an
+    f-string with an int). One tuple, read once: a thread formatting meanwhile cannot mix two."""
+
+    def __init__(self) -> None:
+        self.last: tuple[str, str, int, str] = ("", "", -1, "")
+
+    def of(self, proto: str, ip: str, port: int) -> str:
+        last = self.last
+        if last[2] == port and last[1] == ip and last[0] == proto:
+            return last[3]
+        text = format_address(proto, ip, port)
+        self.last = (proto, ip, port, text)
+        return text
+
+
+_LAST_ADDRESS: Final = _LastAddress()
 
 
 @dataclass(slots=True, init=False)
@@ -40,4 +62,4 @@ class Source:
 
     @property
     def address(self) -> str:
-        return format_address(self.proto, self.ip, self.port)
+        return _LAST_ADDRESS.of(self.proto, self.ip, self.port)

@@ -134,6 +134,28 @@ def nothing(table: str, aor: str, ruid: str) -> Contact | None:
     return None
 
 
+def test_the_fields_bindings_share_are_one_interned_copy_whatever_came_between():
+    """Contact interns received, socket, user agent, Allow and node (memory: one copy each);
+    remembering the last one interned must hand out that copy, never a look-alike."""
+    def text(value: str) -> str:
+        return "".join(list(value))  # a fresh, not interned, equal string
+
+    fields = ("received", "socket", "user_agent", "methods", "node")
+    values = {"received": "udp:192.0.2.7:5060", "socket": "udp:127.0.0.1:5060", "user_agent": "phone/1.0",
+              "methods": "INVITE,ACK", "node": "node-a"}
+    first = Contact("r1", "a@example.com", "sip:a@192.0.2.7", 0.0, "c1", 1,
+                    **{f: text(values[f]) for f in fields})  # type: ignore[arg-type]
+    other = Contact("r2", "b@example.com", "sip:b@192.0.2.8", 0.0, "c2", 1,
+                    **{f: text(values[f] + "x") for f in fields})  # type: ignore[arg-type]
+    again = Contact("r3", "c@example.com", "sip:c@192.0.2.9", 0.0, "c3", 1,
+                    **{f: text(values[f]) for f in fields})  # type: ignore[arg-type]
+    same = Contact("r4", "d@example.com", "sip:d@192.0.2.9", 0.0, "c4", 1,
+                   **{f: text(values[f]) for f in fields})  # type: ignore[arg-type]
+    for f in fields:
+        assert getattr(first, f) == values[f] and getattr(other, f) == values[f] + "x"
+        assert getattr(again, f) is getattr(first, f) is getattr(same, f) is sys.intern(text(values[f])), f
+
+
 def test_merge_keeps_the_last_change_to_each_binding_in_the_order_first_seen():
     added, refreshed = contact(1), contact(1, cseq=2)
     removed, readded = contact(2), contact(2, cseq=5)

@@ -182,6 +182,25 @@ def test_headers_api() -> None:
     assert headers == Headers([("X-THING", "3")]) != Headers([("X-THING", "4")])
 
 
+def test_parsed_index_of_single_and_repeated_names() -> None:
+    """The parser's index holds a name's one value, or a list once repeated: every look-up
+    answers the same either way, folding and replace_first included."""
+    request = parse_request(make("Route: <sip:p1>", "X-A: one", "Route: <sip:p2>,\r\n <sip:p3>",
+                                 "X-A: two\r\n more", "Subject: s\r\n t"))
+    headers = request.headers
+    assert headers.found("subject") == "s t" and headers.get("Subject") == "s t"
+    assert headers.found("route") == ["<sip:p1>", "<sip:p2>, <sip:p3>"]
+    assert headers.get_all("Route") == ["<sip:p1>", "<sip:p2>, <sip:p3>"]
+    assert headers.values("Route") == ["<sip:p1>", "<sip:p2>", "<sip:p3>"]
+    assert headers.get_all("x-a") == ["one", "two more"] and headers.get("X-A") == "one"
+    assert headers.get_all("Subject") == ["s t"] and headers.found("missing") is None
+    headers.replace_first("Route", "<sip:p0>")
+    headers.replace_first("Subject", "u")
+    assert headers.get_all("Route") == ["<sip:p0>", "<sip:p2>, <sip:p3>"] and headers.get("Subject") == "u"
+    assert [v for n, v in headers if n == "Route"] == ["<sip:p0>", "<sip:p2>, <sip:p3>"]
+    assert sip_error(make("Call-ID: second")).reason == "Duplicate Call-ID"
+
+
 # --- name-addr / addr-spec ----------------------------------------------------------------
 
 
@@ -512,6 +531,20 @@ def test_bad_request_lines(start: str, status: int) -> None:
 
 def test_version_is_case_insensitive_and_normalised() -> None:
     assert parse_request(make(start="REGISTER sip:example.com sip/2.0")).version == "SIP/2.0"
+
+
+def test_register_request_lines_are_parsed_once_and_checked_every_time() -> None:
+    """A REGISTER line seen before shares its parsed URI (message.py keeps it by its text);
+    a bad line is refused however often it comes, and other methods are parsed afresh."""
+    start = "REGISTER sip:shared.example.com;transport=udp SIP/2.0"
+    first, second = parse_request(make(start=start)), parse_request(make(start=start))
+    assert second.uri is first.uri
+    assert (second.method, second.uri) == ("REGISTER", parse_uri("sip:shared.example.com;transport=udp"))
+    bad = "REGISTER sip:shared.example.com?Route=x SIP/2.0"
+    assert [sip_error(make(start=bad)).status for _ in range(2)] == [400, 400]
+    options = "OPTIONS sip:bob@example.com SIP/2.0"
+    base = [h.replace("REGISTER", "OPTIONS") for h in BASE_HEADERS]
+    assert parse_request(make(start=options, base=base)).uri is not parse_request(make(start=options, base=base)).uri
 
 
 def test_response_parses() -> None:

@@ -35,7 +35,15 @@ from registrar_core.sip import (
     parse_message,
 )
 from registrar_core.sip.headers import is_token, name_addr_parts, quoted_end, via_parts
-from registrar_core.sip.uri import _split_semicolons, has_space, is_hostname, is_port, parse_params, sip_parts
+from registrar_core.sip.uri import (
+    _split_semicolons,
+    digits_value,
+    has_space,
+    is_hostname,
+    is_port,
+    parse_params,
+    sip_parts,
+)
 
 # Modest budgets: CI has 2 cores. Tests that draw several whole messages get fewer examples.
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -508,3 +516,10 @@ def outcome(parse: Callable[[str], object], text: str) -> object:
               .map(";".join) | edge_text))
 def test_parse_params_splits_as_the_partitioned_version(text: str) -> None:
     assert outcome(parse_params, text) == outcome(partitioned_params, text)
+
+
+@SETTINGS
+@given(st.text(alphabet="0123456789", min_size=1, max_size=40))
+def test_digits_value_is_int(text: str) -> None:
+    """The compiled digit loop that reads ports, CSeq, Expires and Content-Length agrees with int()."""
+    assert digits_value(text) == int(text)

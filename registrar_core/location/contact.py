@@ -20,6 +20,31 @@ SAVE_NO_EXPIRES_RANDOM: Final = 0x08
 _intern: Final = intern
 
 
+class _Interned:
+    """One field's interning, remembering the last string interned: the fields that bindings
+    share (socket, node, user agent, Allow, often the received address) are mostly those of the
+    binding made before, and a comparison with it is a fraction of a call to ``sys.intern``
+    (compiled, a generic call: about 240 instructions; five a Contact). The same interned copy
+    either way: the memory figure is unchanged."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def of(self, text: str) -> str:
+        last = self.last  # read once: another thread may intern meanwhile
+        if text == last:
+            return last
+        interned = self.last = _intern(text)
+        return interned
+
+
+_RECEIVED: Final = _Interned()
+_SOCKET: Final = _Interned()
+_USER_AGENT: Final = _Interned()
+_METHODS: Final = _Interned()
+_NODE: Final = _Interned()
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Contact:
     """A registered contact. ``expires`` is absolute (epoch seconds), as in $ulc.
@@ -70,17 +95,17 @@ class Contact:
         self.q = q  # type: ignore[misc]
         self.params = params  # type: ignore[misc]
         self.path = path  # type: ignore[misc]
-        self.received = _intern(received)  # type: ignore[misc]
-        self.socket = _intern(socket)  # type: ignore[misc]
-        self.user_agent = _intern(user_agent)  # type: ignore[misc]
-        self.methods = _intern(methods)  # type: ignore[misc]
+        self.received = _RECEIVED.of(received)  # type: ignore[misc]
+        self.socket = _SOCKET.of(socket)  # type: ignore[misc]
+        self.user_agent = _USER_AGENT.of(user_agent)  # type: ignore[misc]
+        self.methods = _METHODS.of(methods)  # type: ignore[misc]
         self.flags = flags  # type: ignore[misc]
         self.cflags = cflags  # type: ignore[misc]
         self.instance = instance  # type: ignore[misc]
         self.regid = regid  # type: ignore[misc]
         self.conid = conid  # type: ignore[misc]
         self.modified = time.time() if modified is None else modified  # type: ignore[misc]
-        self.node = _intern(node)  # type: ignore[misc]
+        self.node = _NODE.of(node)  # type: ignore[misc]
 
     @property
     def domain(self) -> str:
@@ -144,17 +169,17 @@ def _python_init(self: Contact, ruid: str, aor: str, addr: str, expires: float, 
     put(self, "q", q)
     put(self, "params", params)
     put(self, "path", path)
-    put(self, "received", intern(received))
-    put(self, "socket", intern(socket))
-    put(self, "user_agent", intern(user_agent))
-    put(self, "methods", intern(methods))
+    put(self, "received", _RECEIVED.of(received))
+    put(self, "socket", _SOCKET.of(socket))
+    put(self, "user_agent", _USER_AGENT.of(user_agent))
+    put(self, "methods", _METHODS.of(methods))
     put(self, "flags", flags)
     put(self, "cflags", cflags)
     put(self, "instance", instance)
     put(self, "regid", regid)
     put(self, "conid", conid)
     put(self, "modified", time.time() if modified is None else modified)
-    put(self, "node", intern(node))
+    put(self, "node", _NODE.of(node))
 
 
 try:

@@ -12,6 +12,7 @@ from .uri import (
     URI,
     Params,
     all_of,
+    digits_value,
     format_params,
     has_space,
     host_port,
@@ -289,7 +290,7 @@ def parse_via(text: str) -> Via:
     common = via_parts(text)
     if common is not None:
         transport, host, port_text, params = common
-        port = None if port_text is None else int(port_text)
+        port = None if port_text is None else digits_value(port_text)  # is_port checked it
         if port is None or port <= 65535:  # else the general path says why not
             return Via(transport.upper(), host, port, () if params is None else parse_params(params))
     m = _VIA.match(text)
@@ -303,10 +304,10 @@ def parse_via(text: str) -> Via:
 def _number(digits: str) -> int | None:
     """The value of an ASCII digit string, or None when it exceeds 2**32-1."""
     # Leading zeros stripped only from a long one (compiled, lstrip with characters is about
-    # 370 instructions): also keeps int() away from its 4300-digit limit.
+    # 370 instructions): a longer value with more than 10 digits left is out of range anyway.
     if len(digits) > 10 and len(digits.lstrip("0")) > 10:
         return None
-    value = int(digits)
+    value = digits_value(digits)  # the callers checked is_digits
     return value if value <= MAX_CSEQ else None
 
 

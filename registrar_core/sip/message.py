@@ -26,7 +26,7 @@ from .headers import (
     split_values,
 )
 from .limits import DEFAULT_LIMITS, Limits
-from .uri import URI, SipURI, parse_uri
+from .uri import URI, SipURI, digits_value, parse_uri
 
 SIP_VERSION: Final = "SIP/2.0"
 _OK: Final = f"{SIP_VERSION} 200 OK"
@@ -84,33 +84,36 @@ class Headers:
     """Ordered header fields with case-insensitive lookup by full name.
 
     Names are stored in their canonical spelling (compact forms expanded); values
-    as received, unfolded. Lookups go through an index built on first use.
+    as received, unfolded. Lookups go through an index built on first use (the parser builds
+    it as it splits): lookup key -> the value of a name that comes once (nearly every name of a
+    message), or the list of its values when it is repeated. A list only for a repeated name:
+    compiled, a list per name made, filled and freed was about 2,000 instructions a REGISTER.
     """
 
     __slots__ = ("_fields", "_index")
 
     def __init__(self, fields: Iterable[tuple[str, str]] | None = None,
                  canonical: list[tuple[str, str]] | None = None,
-                 index: dict[str, list[str]] | None = None) -> None:
+                 index: dict[str, str | list[str]] | None = None) -> None:
         """``fields`` (any spelling), or ``canonical``: fields already spelled canonically, kept
         as they are (:meth:`_canonical`), with their ``index`` when made."""
         if canonical is not None:
             self._fields: list[tuple[str, str]] = canonical
         else:
             self._fields = [] if fields is None else [(canonical_name(n), v) for n, v in fields]
-        self._index: dict[str, list[str]] | None = index
+        self._index: dict[str, str | list[str]] | None = index
 
     @staticmethod
-    def _canonical(fields: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
+    def _canonical(fields: list[tuple[str, str]], index: dict[str, str | list[str]] | None = None) -> Headers:
         """Wrap fields whose names are already canonical (the parser's fast path)."""
         return Headers(None, fields, index)  # compiled, a native call (cls(...): a generic one)
 
-    def _lookup(self) -> dict[str, list[str]]:
+    def _lookup(self) -> dict[str, str | list[str]]:
         index = self._index
         if index is None:
             index = {}
             for n, v in self._fields:
-                index.setdefault(n.lower(), []).append(v)
+                _indexed(index, n.lower(), v)
             self._index = index
         return index
 
@@ -126,12 +129,9 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({self._fields!r})"
 
-    def _find(self, name: str) -> list[str] | None:
-        """The field values of ``name``, or None; the index itself, not a copy."""
-        return self.found(_key(name))
-
-    def found(self, key: str) -> list[str] | None:
-        """The field values by lookup key, or None; the index itself, not a copy."""
+    def found(self, key: str) -> str | list[str] | None:
+        """The field value by lookup key (a name that comes once), or the list of its values
+        (a repeated name: the index's own list, not a copy), or None."""
         index = self._index if self._index is not None else self._lookup()
         return index.get(key)
 
@@ -143,12 +143,16 @@ class Headers:
         """:meth:`get` by lookup key (the full name, lower-cased: "user-agent"): the hot path's
         callers name a constant header, so the spelling's own look-up is left out."""
         values = self.found(key)
-        return values[0] if values else None
+        if values is None or isinstance(values, str):
+            return values
+        return values[0]
 
     def get_all(self, name: str) -> list[str]:
         """Every field value of ``name``, as written (not comma-split)."""
-        values = self._find(name)
-        return list(values) if values else []
+        values = self.found(_key(name))
+        if values is None:
+            return []
+        return [values] if isinstance(values, str) else list(values)
 
     def values(self, name: str) -> list[str]:
         """The list elements of ``name`` across all its fields, comma-split."""
@@ -157,10 +161,10 @@ class Headers:
     def listed(self, key: str) -> list[str]:
         """:meth:`values` by lookup key (see :meth:`first`)."""
         values = self.found(key)
-        if not values:
+        if values is None:
             return []
-        if len(values) == 1:
-            return split_values(values[0])
+        if isinstance(values, str):
+            return split_values(values)
         out: list[str] = []
         for value in values:
             out.extend(split_values(value))
@@ -186,8 +190,13 @@ class Headers:
         for i, (n, _) in enumerate(self._fields):
             if n == name or n.lower() == key:  # as named (a canonical name: no lower-cased copy), else any case
                 self._fields[i] = (n, value)
-                if self._index is not None:
-                    self._index[key][0] = value  # the first field of ``key`` is its first value
+                index = self._index
+                if index is not None:  # the first field of ``key`` is its first value
+                    values = index[key]
+                    if isinstance(values, str):
+                        index[key] = value
+                    else:
+                        values[0] = value
                 return
 
     def copy(self) -> Headers:
@@ -499,7 +508,7 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
     """Header lines to Headers (canonical names, folded lines joined, RFC 3261 §7.3.1),
     with the lookup index built in the same pass."""
     fields: list[tuple[str, str]] = []
-    index: dict[str, list[str]] = {}
+    index: dict[str, str | list[str]] = {}
     for line in lines:
         colon = line.find(":")
         name = key = ""
@@ -521,11 +530,7 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
             end -= 1
         value = line[start:end]
         fields.append((name, value))
-        values = index.get(key)
-        if values is None:
-            index[key] = [value]
-        else:
-            values.append(value)
+        _indexed(index, key, value)
     if len(fields) > limits.max_headers:
         raise SipError(400, "Too many headers")
     return Headers._canonical(fields, index)
@@ -543,22 +548,40 @@ def _field_name(line: str) -> tuple[str, str]:
     return known, known.lower()
 
 
-def _unfold(line: str, fields: list[tuple[str, str]], index: dict[str, list[str]]) -> None:
+def _unfold(line: str, fields: list[tuple[str, str]], index: dict[str, str | list[str]]) -> None:
     """Join a continuation line to the field before it, in ``fields`` and ``index``."""
     if not fields:
         raise SipError(400, "Continuation line before any header")
     name, value = fields[-1]
     value = (value + " " + line.strip(" \t")).strip(" \t")
     fields[-1] = (name, value)
-    index[name.lower()][-1] = value
+    key = name.lower()
+    values = index[key]
+    if isinstance(values, str):
+        index[key] = value
+    else:
+        values[-1] = value
 
 
-def content_length(values: list[str] | None) -> int | None:
-    """The one Content-Length of a message (its fields' values, None: none); a bad or conflicting
-    one cannot be framed."""
+def _indexed(index: dict[str, str | list[str]], key: str, value: str) -> None:
+    """Add a field's value to a header index (see :class:`Headers`)."""
+    values = index.get(key)
+    if values is None:
+        index[key] = value
+    elif isinstance(values, str):
+        index[key] = [values, value]
+    else:
+        values.append(value)
+
+
+def content_length(values: str | list[str] | None) -> int | None:
+    """The one Content-Length of a message (its field's value, or its fields' values; None:
+    none); a bad or conflicting one cannot be framed."""
+    if values is None or isinstance(values, str):  # the usual case: no set of the values
+        return None if values is None else _length(values)
     if not values:
         return None
-    if len(values) == 1:  # the usual case: no set of the values
+    if len(values) == 1:
         return _length(values[0])
     numbers = {_length(value) for value in values}
     if len(numbers) > 1:
@@ -573,7 +596,7 @@ def _length(value: str) -> int:
         value = value.strip(" \t\r")
     if not is_digits(value) or (len(value) > 10 and len(value.lstrip("0")) > 10):
         raise SipError(400, "Invalid Content-Length", drop=True)
-    return int(value)
+    return digits_value(value)
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -589,11 +612,22 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
 
 
+def parse_parsed_head(head: tuple[str, Headers, bytes]) -> Message:
+    """:func:`parse_message` for a message whose head :func:`parse_head` has split already (a
+    REGISTER the 401's minimal parse left to the full path): the head is split once."""
+    try:
+        return _message(head[0], head[1], head[2])
+    except SipError:
+        raise
+    except Exception as exc:  # parse_message's contract
+        raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
+
+
 def parse_head(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Headers, bytes]:
     """A message's start line, header fields and body (cut to its Content-Length), checked
     against ``limits`` and nothing more: for a caller that validates only what it uses and
-    hands anything else to :func:`parse_message` (the 401 to a REGISTER without credentials,
-    pipeline.py). Raises SipError, and nothing else."""
+    hands anything else to :func:`parse_parsed_head` (the 401 to a REGISTER without
+    credentials, pipeline.py). Raises SipError, and nothing else."""
     try:
         return _head(data, limits)
     except SipError:
@@ -613,7 +647,7 @@ def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
     if len(head) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
         raise SipError(400, "Line too long")
     headers = _header_fields(lines[1:], limits)
-    length = content_length(headers.found("content-length"))  # the index's list: not copied
+    length = content_length(headers.found("content-length"))
     if length is not None:
         if length > len(body):
             raise SipError(400, "Content-Length larger than the message")
@@ -623,13 +657,30 @@ def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
 
 def _parse(data: bytes, limits: Limits) -> Message:
     start, headers, body = _head(data, limits)
+    return _message(start, headers, body)
+
+
+def _message(start: str, headers: Headers, body: bytes) -> Message:
     if start.startswith("SIP/"):
         return _parse_response(start, headers, body)
     return _parse_request(start, headers, body)
 
 
+# REGISTER request lines already parsed, by their text. A registrar's REGISTERs name its domain
+# (RFC 3261 §10.2: no user part), so their request lines are a handful, written the same by every
+# UA of a domain, and a URI is a value (never mutated): the method and URI parsed from one are
+# shared by every REGISTER that writes it so (the split, the method's and version's checks and
+# the URI's parse: about 5,000 instructions, compiled). Only lines that parsed are kept; other
+# methods are not (an OPTIONS or INVITE names a user); bounded, started afresh when full.
+_REGISTER_LINES: Final[dict[str, tuple[str, URI]]] = {}
+_REGISTER_LINES_MAX: Final = 256
+
+
 def parse_request_line(start: str) -> tuple[str, URI]:
     """The method and Request-URI of a request line; raises SipError (400, 505) otherwise."""
+    known = _REGISTER_LINES.get(start)
+    if known is not None:
+        return known
     parts = start.split(" ")
     if len(parts) != 3 or "" in parts:  # compiled, "in" a C call; all() a generic one (800 instructions)
         raise SipError(400, "Malformed request line")
@@ -643,7 +694,12 @@ def parse_request_line(start: str) -> tuple[str, URI]:
     uri = parse_uri(uri_text)
     if isinstance(uri, SipURI) and uri.headers is not None:
         raise SipError(400, "Headers are not allowed in a Request-URI")  # RFC 3261 §19.1.1
-    return method, uri
+    if method != "REGISTER":
+        return method, uri
+    if len(_REGISTER_LINES) >= _REGISTER_LINES_MAX:
+        _REGISTER_LINES.clear()
+    parsed = _REGISTER_LINES[start] = (method, uri)
+    return parsed
 
 
 def _parse_request(start: str, headers: Headers, body: bytes) -> Request:
@@ -679,13 +735,13 @@ def _validate_common(message: _Message, headers: Headers) -> None:
     index = headers._lookup()
     if len(index) < len(headers):  # some name is repeated
         for name in _SINGLE:
-            if len(index.get(name, ())) > 1:
+            if isinstance(index.get(name), list):
                 raise SipError(400, f"Duplicate {canonical_name(name)}")
     # The parsed views, set as they are validated.
     vias = _vias(headers)
     if not vias:
         raise SipError(400, "Missing Via")
-    if "" in index["via"]:
+    if has_empty(index["via"]):
         raise SipError(400, "Empty Via")
     message._vias = vias
     from_ = _from(headers)  # From first: its errors before To's
@@ -724,10 +780,14 @@ def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str
     (a REGISTER waiting for its group commit holds these few strings, not the message).
     """
     index = request.headers._lookup()  # by lookup key: no name spelling resolved per field
-    head = [("Via", v) for v in index.get("via") or ()]
     to = _first(index, "to")
     if to_tag and request.to.tag is None:
         to = f"{to};tag={to_tag}"
+    vias = index.get("via")
+    if isinstance(vias, str):  # one Via field, the usual case: the list made whole, at its size
+        return [("Via", vias), ("From", _first(index, "from")), ("To", to), ("Call-ID", request.call_id),
+                ("CSeq", _first(index, "cseq"))]
+    head = [("Via", v) for v in vias or ()]
     head.append(("From", _first(index, "from")))
     head.append(("To", to))
     head.append(("Call-ID", request.call_id))
@@ -735,9 +795,16 @@ def response_head(request: Request, to_tag: str | None = None) -> list[tuple[str
     return head
 
 
-def _first(index: dict[str, list[str]], key: str) -> str:
+def _first(index: dict[str, str | list[str]], key: str) -> str:
     values = index.get(key)
-    return values[0] if values else ""
+    if values is None or isinstance(values, str):
+        return values or ""
+    return values[0]
+
+
+def has_empty(values: str | list[str]) -> bool:
+    """An index entry (see :class:`Headers`) holds an empty value."""
+    return values == "" if isinstance(values, str) else "" in values
 
 
 def response_from(

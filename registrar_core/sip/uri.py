@@ -73,6 +73,16 @@ def all_of(text: str, start: int, end: int, cls: int) -> bool:
     return True
 
 
+def digits_value(digits: str) -> int:
+    """The value of a string of ASCII digits, as the caller has checked it is: read digit by
+    digit in a compiled loop, about 15 instructions a digit, where int() of a str is about 380
+    (a port, the CSeq, Expires, Content-Length: five a REGISTER)."""
+    value = 0
+    for i in range(len(digits)):
+        value = value * 10 + ord(digits[i]) - 48
+    return value
+
+
 def has_space(text: str, start: int, end: int) -> bool:
     """True when ``text[start:end]`` holds whitespace as str.isspace() (and a regex's ``\\s``) sees it."""
     table = _CLASSES
@@ -357,7 +367,7 @@ def parse_uri(text: str) -> URI:
     common = sip_parts(text)
     if common is not None:
         scheme, user, host, port_text, params = common
-        port = None if port_text is None else int(port_text)
+        port = None if port_text is None else digits_value(port_text)  # is_port checked it
         if port is None or port <= 65535:  # else the general path says why not
             parsed = () if params is None else parse_params(params)
             return SipURI(scheme, host, user, None, port, parsed, None, text)
