@@ -23,12 +23,15 @@ MAX_TRANSACTIONS = 200_000
 # The table's dicts (a power of two): at the bound, about 800 keys each.
 SHARDS: Final = 256
 SHARD_MASK: Final[i64] = SHARDS - 1
+SHARD_SHIFT: Final[i64] = 48  # bits 48-55 of the hash pick the shard
 
 
 def _shard(key: str) -> i64:
-    """The key's shard. Compiled, hash() makes an int object for the half of the hashes that
-    do not fit a tagged int: as an i64 it is at least not masked by a generic long operation."""
-    return i64(hash(key)) & SHARD_MASK
+    """The key's shard, from high bits of its hash: a dict places keys by the low bits, and
+    keys that shared those would crowd a few slots of their shard's dict. (Compiled, hash()
+    makes an int object for the half of the hashes that do not fit a tagged int: as an i64 it
+    is at least not shifted and masked by generic long operations.)"""
+    return (i64(hash(key)) >> SHARD_SHIFT) & SHARD_MASK
 
 
 def transaction_key(request: Request) -> str:
