@@ -11,6 +11,7 @@ loop stop keeping up, and how far is that from the closed-loop maximum of the sa
 
     python bench/bench_openloop.py --nice -10 --output /tmp/x.json      # 70, 80, 90, 100 % of the closed loop
     python bench/bench_openloop.py --rates 26000,30000 --starts 3 --nice -10
+    python bench/bench_openloop.py --fractions 0.8 --starts 4 --transport tcp --nice -10
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class SyscallCounter:
 
 
 def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work: Path, core: int | None,
-         seconds: int, rate: int | None, sipp_port: int) -> dict[str, Any]:
+         seconds: int, rate: int | None, sipp_port: int, transport: str = "udp") -> dict[str, Any]:
     """One closed-loop (``rate`` None) or open-loop step against the running server. Every step
     of a start sends from ``sipp_port``, so the steps refresh the same bindings (the Contact
     carries the port) instead of adding a binding to every AOR each."""
@@ -86,7 +87,8 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
     before = commit_totals(metrics_port)
     counter = SyscallCounter(server.pid, work / "perf.txt")
     try:
-        run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work, transport="u1", users=500,
+        run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work,
+                         transport={"udp": "u1", "tcp": "t1"}[transport], users=500,
                          duration=seconds, core=core, sampler=sampler, timeout=seconds + 120, rate=rate,
                          local_port=sipp_port)
         sampler.sample()
@@ -111,11 +113,13 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
                    commit_ms_mean=round(secs / commits * 1000, 2))
     if syscalls:
         row["syscalls"] = syscalls
-        reads, empty = syscalls.get("sys_enter_recvfrom", 0), syscalls.get("sys_exit_recvfrom", 0)
         waits = syscalls.get("sys_enter_epoll_pwait", 0) + syscalls.get("sys_enter_epoll_wait", 0)
-        row.update(datagrams=reads - empty, empty_reads=empty, loop_waits=waits)
-        if waits:
-            row["datagrams_per_loop_wait"] = round((reads - empty) / waits, 1)
+        row["loop_waits"] = waits
+        if transport == "udp":  # (TCP segments are read with read(), not recvfrom)
+            reads, empty = syscalls.get("sys_enter_recvfrom", 0), syscalls.get("sys_exit_recvfrom", 0)
+            row.update(datagrams=reads - empty, empty_reads=empty)
+            if waits:
+                row["datagrams_per_loop_wait"] = round((reads - empty) / waits, 1)
     return row
 
 
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", default="0.7,0.8,0.9,1.0",
                    help="open-loop steps as fractions of the start's closed-loop REG/s (when --rates is not given; "
                         "a loaded machine moves the maximum between starts)")
+    p.add_argument("--transport", choices=["udp", "tcp"], default="udp", help="sipp's transport (tcp: one connection)")
     p.add_argument("--seconds", type=int, default=10, help="seconds per step (default 10)")
     p.add_argument("--starts", type=int, default=1, help="server starts, each with all the steps (default 1)")
     p.add_argument("--aors", type=int, default=10_000, help="distinct AORs (default 10,000)")
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     c.pin_self(sipp_core)
     c.NICE = args.nice
     starts: list[dict[str, Any]] = []
-    print(f"sipconsole UDP, closed loop then open-loop steps of {args.seconds} s ({core_note})", flush=True)
+    print(f"sipconsole {args.transport.upper()}, closed loop then open-loop steps of {args.seconds} s ({core_note})", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-openloop-") as tmp:
         work = Path(tmp)
         injection = work / "users.csv"
@@ -161,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             load = Path("/proc/loadavg").read_text().split()[:3]
             try:
                 closed = step(server, port, metrics_port, injection, work / f"sipp-{n}-0", sipp_core,
-                              args.seconds, None, sipp_port)
+                              args.seconds, None, sipp_port, args.transport)
                 steps.append(closed)
                 print(f"start {n}: {describe(closed)}", flush=True)
                 maximum = closed.get("reg_per_s") or 0
                 for i, rate in enumerate(rates or [round(maximum * f) for f in fractions], 1):
                     row = step(server, port, metrics_port, injection, work / f"sipp-{n}-{i}", sipp_core,
-                               args.seconds, rate, sipp_port)
+                               args.seconds, rate, sipp_port, args.transport)
                     if maximum:
                         row["of_closed_loop"] = round(rate / maximum, 2)
                     steps.append(row)
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
             starts.append({"load_average": load, "steps": steps})
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"starts": starts, "machine": c.machine(), "commit": c.source_revision(),
+    args.output.write_text(json.dumps({"transport": args.transport, "starts": starts, "machine": c.machine(), "commit": c.source_revision(),
                                        "command": sys.argv, "started": time.time()}, indent=1))
     print(f"wrote {args.output}")
     return 0

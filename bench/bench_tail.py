@@ -11,6 +11,13 @@ what of the tail each part explains (bench/README.md, "The open-loop tail").
 
     python bench/bench_tail.py --rate 19000                 # UDP, 10 s
     python bench/bench_tail.py --rate 25000 --transport tcp --nice -10
+    python bench/bench_tail.py --table 1500000      # the transaction table's worst single operation
+
+``--table N`` times the transaction table (registrar_core/transactions.py, the build of this
+checkout) alone under the churn of N UDP REGISTERs (lookup, begin, complete each, the bound at
+200,000 reached after 200,000): each request's CPU time (thread time, so that another process
+taking the core does not count) and the worst ones, with the request's number: a dict that
+rebuilds itself shows as the same numbers every run.
 """
 
 from __future__ import annotations
@@ -139,6 +146,30 @@ def probe(argv: list[str]) -> None:
     runpy.run_module("sipconsole", run_name="__main__", alter_sys=True)
 
 
+def table_worst(n: int) -> dict[str, Any]:
+    """The transaction table's per-request CPU time under n requests' churn (see --table)."""
+    import gc
+
+    from registrar_core.transactions import TransactionTable
+
+    table, response, clock = TransactionTable(), b"x" * 400, time.thread_time_ns
+    keys = (f"z9hG4bK{i:016x} 127.0.0.1:5061 REGISTER" for i in range(n))
+    times: list[int] = []
+    gc.disable()  # the collector's pauses are not the table's (bench_tail's probe measures them apart)
+    for key in keys:
+        began = clock()
+        if table.lookup(key) is None:
+            table.begin(key)
+            table.complete(key, response)
+        times.append(clock() - began)
+    gc.enable()
+    worst = sorted(range(n), key=times.__getitem__)[-8:][::-1]
+    ordered = sorted(times)
+    return {"requests": n, "p50_us": ordered[n // 2] / 1000, "p99_99_us": ordered[int(n * 0.9999)] / 1000,
+            "over_1ms": sum(1 for t in times if t > 1_000_000),
+            "worst": [(i, round(times[i] / 1e6, 2)) for i in worst]}
+
+
 def quantiles(values: list[float], scale: float = 1000.0) -> str:
     if not values:
         return "-"
@@ -148,13 +179,22 @@ def quantiles(values: list[float], scale: float = 1000.0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rate", type=int, required=True, help="REGISTERs per second offered (sipp -r)")
+    p.add_argument("--rate", type=int, help="REGISTERs per second offered (sipp -r)")
+    p.add_argument("--table", type=int, metavar="N", help="time the transaction table alone under N requests' churn")
     p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     p.add_argument("--seconds", type=int, default=10, help="seconds of load (default 10)")
     p.add_argument("--aors", type=int, default=10_000, help="distinct AORs (default 10,000)")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="nice level of the server and sipp (root)")
     p.add_argument("--output", type=Path, default=c.RESULTS / "tail.json", help="JSON output path")
     args = p.parse_args(argv)
+    if args.table:
+        sys.path.insert(0, str(c.ROOT))
+        worst = table_worst(args.table)
+        print(f"transaction table, {worst['requests']:,} requests: CPU per request p50 {worst['p50_us']} us, "
+              f"p99.99 {worst['p99_99_us']} us, {worst['over_1ms']} over 1 ms; worst (request, ms): {worst['worst']}")
+        return 0
+    if not args.rate:
+        p.error("--rate (or --table) is needed")
     sipp_core, server_core, core_note = c.pick_cores()
     c.pin_self(sipp_core)
     c.NICE = args.nice

@@ -4,7 +4,9 @@ a retransmitted request gets the same response again and is not processed twice.
 from __future__ import annotations
 
 import time
-from collections import deque
+from typing import Final
+
+from mypy_extensions import i64
 
 from .sip import Request
 
@@ -18,6 +20,18 @@ IN_PROGRESS = b""  # the table's value while a transaction has no response yet
 # same Call-ID and CSeq never update a binding (RFC 3261 §10.3 step 7), the reply lists the
 # current bindings, and a retransmitted challenge gets a fresh nonce.
 MAX_TRANSACTIONS = 200_000
+# The table's dicts (a power of two): at the bound, about 800 keys each.
+SHARDS: Final = 256
+SHARD_MASK: Final[i64] = SHARDS - 1
+SHARD_SHIFT: Final[i64] = 48  # bits 48-55 of the hash pick the shard
+
+
+def _shard(key: str) -> i64:
+    """The key's shard, from high bits of its hash: a dict places keys by the low bits, and
+    keys that shared those would crowd a few slots of their shard's dict. (Compiled, hash()
+    makes an int object for the half of the hashes that do not fit a tagged int: as an i64 it
+    is at least not shifted and masked by generic long operations.)"""
+    return (i64(hash(key)) >> SHARD_SHIFT) & SHARD_MASK
 
 
 def transaction_key(request: Request) -> str:
@@ -43,45 +57,67 @@ class TransactionTable:
     """Responses of recent transactions, forgotten Timer J after the request came.
 
     Keys are strings and values response bytes (a retransmission carries the same Via,
-    so where the response goes is worked out from it again); deadlines queue in arrival
-    order. Timer J counts from arrival rather than from the response (milliseconds apart).
-    Beyond ``max_entries`` the oldest are forgotten early (``evicted`` counts them).
+    so where the response goes is worked out from it again). Timer J counts from arrival
+    rather than from the response (milliseconds apart). Beyond ``max_entries`` the oldest
+    are forgotten early (``evicted`` counts them).
+
+    The entries are spread over ``SHARDS`` small dicts by the key's hash (a str caches it, so
+    the dict probe that follows does not hash again). Why: a dict under churn (one insertion
+    and one deletion per request) rebuilds itself whenever its free slots run out, and one
+    dict of 200,000 keys took 10-26 ms to do so, a stall of the event loop and of every
+    datagram queued behind it; a shard of about 800 keys rebuilds in well under a millisecond.
+    Arrival order is a ring of ``max_entries`` slots in three lists (key, deadline, shard),
+    made at start (about 5 MB, frozen out of the collector by ``Server.start``): compiled, a
+    list's item is set natively where a deque's append is a method call.
     """
 
     def __init__(self, lifetime: float = TIMER_J, clock=time.monotonic,
                  max_entries: int = MAX_TRANSACTIONS) -> None:
-        self._entries: dict[str, bytes] = {}
-        self._deadlines: deque[float] = deque()
-        self._keys: deque[str] = deque()
+        self._shards: list[dict[str, bytes]] = [{} for _ in range(SHARDS)]
+        self._ring_keys: list[str] = [""] * max_entries
+        self._ring_deadlines: list[float] = [0.0] * max_entries
+        self._ring_shards: list[i64] = [0] * max_entries  # small ints: no object made
+        self._oldest = 0  # the ring's slot of the oldest entry
+        self._queued = 0  # entries in the ring
+        # The key of the last lookup and its shard: the pipeline begins the transaction it
+        # has just looked up.
+        self._looked_up = ""
+        self._looked_up_shard: i64 = 0
         self._lifetime = lifetime
         self._clock = clock
         self._max_entries = max_entries
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(shard) for shard in self._shards)
 
     def lookup(self, key: str) -> bytes | None:
         """None for a new transaction; IN_PROGRESS or the final response for a known one."""
-        return self._entries.get(key)
+        shard = _shard(key)
+        self._looked_up, self._looked_up_shard = key, shard
+        return self._shards[shard].get(key)
 
     def begin(self, key: str) -> None:
         now = self._clock()
-        deadlines, keys = self._deadlines, self._keys
-        while deadlines and deadlines[0] <= now:
-            deadlines.popleft()
-            self._entries.pop(keys.popleft(), None)
-        if len(keys) >= self._max_entries:
-            deadlines.popleft()
-            if self._entries.pop(keys.popleft(), None):  # completed: one whose retransmission may come
-                self.evicted += 1
-        self._entries[key] = IN_PROGRESS
-        deadlines.append(now + self._lifetime)
-        keys.append(key)
+        keys, deadlines, key_shards, shards = self._ring_keys, self._ring_deadlines, self._ring_shards, self._shards
+        size, oldest, queued = self._max_entries, self._oldest, self._queued
+        while queued and (deadlines[oldest] <= now or queued >= size):
+            # Timer J has fired, or the ring is full: the oldest goes.
+            if shards[key_shards[oldest]].pop(keys[oldest], None) and deadlines[oldest] > now:
+                self.evicted += 1  # completed and early: a retransmission of it would be processed again
+            keys[oldest] = ""  # the key string is freed now, not when the slot comes round again
+            oldest = oldest + 1 if oldest + 1 < size else 0
+            queued -= 1
+        shard = self._looked_up_shard if key is self._looked_up else _shard(key)
+        shards[shard][key] = IN_PROGRESS
+        slot = oldest + queued if oldest + queued < size else oldest + queued - size
+        keys[slot], deadlines[slot], key_shards[slot] = key, now + self._lifetime, shard
+        self._oldest, self._queued = oldest, queued + 1
 
     def complete(self, key: str, response: bytes) -> None:
-        if key in self._entries:  # not when evicted meanwhile: it has left the deadline queue
-            self._entries[key] = response
+        shard = self._shards[_shard(key)]
+        if key in shard:  # not when evicted meanwhile: it has left the ring
+            shard[key] = response
 
     def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._shards[_shard(key)].pop(key, None)

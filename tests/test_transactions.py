@@ -40,6 +40,40 @@ def test_transaction_table_is_bounded_oldest_first_and_never_revives_an_evicted_
     assert [table.lookup(k) for k in keys[2:4]] == [reply, reply] and table.lookup(keys[4]) == IN_PROGRESS
 
 
+def test_transaction_table_ring_wraps_round_with_timer_j_and_the_bound():
+    """Arrival order is a ring of max_entries slots: several laps of expiries and evictions
+    keep exactly the newest, spread over the shards, and count only completed evictions."""
+    now = [0.0]
+    table = TransactionTable(lifetime=10.0, clock=lambda: now[0], max_entries=100)
+    reply = b"SIP/2.0 200 OK\r\n\r\n"
+    for i in range(350):  # 3.5 laps; every third left in progress
+        key = f"z9hG4bK{i} 192.0.2.1:5060 REGISTER"
+        assert table.lookup(key) is None
+        table.begin(key)
+        if i % 3:
+            table.complete(key, reply)
+    assert len(table) == 100
+    assert all(table.lookup(f"z9hG4bK{i} 192.0.2.1:5060 REGISTER") is None for i in range(250))
+    assert all(table.lookup(f"z9hG4bK{i} 192.0.2.1:5060 REGISTER") == (reply if i % 3 else IN_PROGRESS)
+               for i in range(250, 350))
+    assert table.evicted == sum(1 for i in range(250) if i % 3)
+    now[0] = 10.0  # Timer J for all: the next begin forgets every one of them, none counted evicted
+    table.begin("z9hG4bKlast 192.0.2.1:5060 REGISTER")
+    assert len(table) == 1 and table.evicted == sum(1 for i in range(250) if i % 3)
+    table.forget("z9hG4bKlast 192.0.2.1:5060 REGISTER")
+    assert len(table) == 0 and table.lookup("z9hG4bKlast 192.0.2.1:5060 REGISTER") is None
+
+
+def test_transaction_table_begins_a_key_other_than_the_one_looked_up():
+    """begin() reuses the last lookup's shard only for that same key."""
+    table = TransactionTable(clock=lambda: 0.0)
+    looked, other = "z9hG4bKa 192.0.2.1:5060 REGISTER", "z9hG4bKb 192.0.2.1:5060 REGISTER"
+    assert table.lookup(looked) is None
+    table.begin(other)
+    table.complete(other, b"reply")
+    assert table.lookup(other) == b"reply" and table.lookup(looked) is None
+
+
 def _request(via: str, method: str = "REGISTER", cseq: str = "1 REGISTER") -> bytes:
     return (f"{method} sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {via}\r\n"
             f"From: <sip:alice@example.com>;tag=f1\r\nTo: <sip:alice@example.com>\r\n"
