@@ -236,7 +236,7 @@ async def healthy(srv, legit: UdpPhone, legit_aor: str, cseq: int, where: str) -
     loop = asyncio.get_running_loop()
     location = srv.core.location
     assert not location.locks._waiters, f"{where}: per-AOR locks left held: {list(location.locks._waiters)[:3]}"
-    stuck = [k for k, reply in srv.core.transactions._entries.items() if reply == IN_PROGRESS]
+    stuck = [k for shard in srv.core.transactions._shards for k, reply in shard.items() if reply == IN_PROGRESS]
     assert not stuck, f"{where}: transactions left in progress: {stuck[:3]}"
     assert location.storage_error is None, f"{where}: storage reported failing: {location.storage_error}"
     for data in (register_bytes(next_aor("legit"), [legit.contact], local=legit.local),
