@@ -531,8 +531,12 @@ async def test_contact_detail_draws_the_rtt_sparkline_and_marks_flapping(make_se
         device.status = None  # stops answering, then answers again: two changes
         await until(pilot, lambda: main.contacts.cursor_contact["state"] == "unreachable", timeout=10)
         device.status = 200
-        await until(pilot, lambda: flapping.display, timeout=10)
-        shown = pilot.app.export_screenshot().replace("&#160;", " ")
+
+        def screen() -> str:  # what is drawn, not only what is set: a shown widget is laid out a frame later
+            return pilot.app.export_screenshot().replace("&#160;", " ")
+
+        await until(pilot, lambda: flapping.display and "FLAPPING: 2 or more" in screen(), timeout=10)
+        shown = screen()
         assert "FLAPPING: 2 or more reachable/unreachable changes within 10m00s" in shown
         assert "2 state changes, last reachable" in shown
         # The contacts table marks it too (from the contact.reachability event).
