@@ -602,14 +602,10 @@ def _length(value: str) -> int:
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Parse one whole message (a UDP datagram, or one message framed from a stream).
 
-    Raises SipError, and nothing else, for any input that is not a usable message.
+    Raises SipError, and nothing else, for any input that is not a usable message: the head
+    split by :func:`parse_head`, the rest by :func:`parse_parsed_head`, each keeping that contract.
     """
-    try:
-        return _parse(data, limits)
-    except SipError:
-        raise
-    except Exception as exc:  # the parser's contract: only SipError escapes
-        raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
+    return parse_parsed_head(parse_head(data, limits))
 
 
 def parse_parsed_head(head: tuple[str, Headers, bytes]) -> Message:
@@ -619,7 +615,7 @@ def parse_parsed_head(head: tuple[str, Headers, bytes]) -> Message:
         return _message(head[0], head[1], head[2])
     except SipError:
         raise
-    except Exception as exc:  # parse_message's contract
+    except Exception as exc:  # the parser's contract: only SipError escapes
         raise SipError(400, f"Unparseable message ({type(exc).__name__})") from exc
 
 
@@ -653,11 +649,6 @@ def _head(data: bytes, limits: Limits) -> tuple[str, Headers, bytes]:
             raise SipError(400, "Content-Length larger than the message")
         body = body[:length]
     return lines[0], headers, body
-
-
-def _parse(data: bytes, limits: Limits) -> Message:
-    start, headers, body = _head(data, limits)
-    return _message(start, headers, body)
 
 
 def _message(start: str, headers: Headers, body: bytes) -> Message:
