@@ -567,11 +567,14 @@ def _unfold(line: str, fields: list[tuple[str, str]], index: dict[str, str | lis
 
 
 def _indexed(index: dict[str, str | list[str]], key: str, value: str) -> None:
-    """Add a field's value to a header index (see :class:`Headers`)."""
-    values = index.get(key)
-    if values is None:
-        index[key] = value
-    elif isinstance(values, str):
+    """Add a field's value to a header index (see :class:`Headers`). One probe of the dict for
+    a name's first field (nearly every field): setdefault, and the index's size tells whether
+    it was there (not identity: equal short values can be one cached string)."""
+    size = len(index)
+    values = index.setdefault(key, value)
+    if len(index) != size:
+        return
+    if isinstance(values, str):
         index[key] = [values, value]
     else:
         values.append(value)
