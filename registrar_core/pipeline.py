@@ -74,6 +74,16 @@ def reply_address(request: Request, source: Source) -> tuple[str, int]:
     return host, via.port or 5060
 
 
+def stamped_reply_address(request: Request, source: Source) -> tuple[str, int]:
+    """Stamp the request's top Via with its source (:meth:`Request.stamp_source`) and return
+    :func:`reply_address`: the source itself when an rport was filled (received is then the
+    source's IP and rport its port), without reading the Via's parameters back and calling
+    ``int()`` on the port just written (compiled, about 1,000 instructions a request)."""
+    if request.stamp_source(source.ip, source.port):
+        return source.ip, source.port
+    return reply_address(request, source)
+
+
 class Pipeline:
     """receive -> guard -> parse -> transaction -> handler -> reply (see the module's strategy)."""
 
@@ -153,8 +163,7 @@ class Pipeline:
                 self._drop_scanners and self._dropped_as_scanner(message, source)):
             respond(None)
             return
-        message.stamp_source(source.ip, source.port)
-        address = reply_address(message, source)  # taken now: the request need not outlive its handler
+        address = stamped_reply_address(message, source)  # taken now: the request need not outlive its handler
         # 4. transaction
         if source.proto != "udp" or self._challenged(message):
             # A reliable transport never retransmits (RFC 3261 §17.2.2: Timer J is 0 s), so
@@ -213,8 +222,7 @@ class Pipeline:
         if self._drop_scanners and self._dropped_as_scanner(request, source):
             respond(None)
             return True
-        request.stamp_source(source.ip, source.port)
-        address = reply_address(request, source)
+        address = stamped_reply_address(request, source)
         self.stats.count_request(method)
         note = _Note(request, source) if self.events.active else None
         challenge = authenticator.challenge(to.host.lower())  # the realm, as _authenticate takes it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import logging
 import re
@@ -170,15 +171,23 @@ def test_nonce_round_trip_and_nonce_count():
 
     nonces = NonceFactory(b"k" * 32)
     nonce = nonces.make("example.com")
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", nonce)
+    assert re.fullmatch(r"[0-9a-f]{64}", nonce)
     nid = nonces.check(nonce, "example.com")
     assert nid == 0, "the first nonce made"
     assert nonces.check(nonce, "example.org") == FORGED
-    # A MAC character changed (not the last: 43 base64 characters carry 258 bits for 256, so the
-    # last one's low bits are padding, and flipping only those leaves the same bytes).
-    assert nonces.check(nonce[:-2] + ("A" if nonce[-2] != "A" else "B") + nonce[-1], "example.com") == FORGED
+    # A MAC character changed; a character that is no hex digit, whitespace (which bytes.fromhex
+    # would skip), a character more or less.
+    assert nonces.check(nonce[:-1] + ("a" if nonce[-1] != "a" else "b"), "example.com") == FORGED
     assert nonces.check("é" + nonce[1:], "example.com") == FORGED
+    assert nonces.check(nonce[:-2] + " " + nonce[-1], "example.com") == FORGED
+    assert nonces.check(nonce[:2] + " " + nonce[2:], "example.com") == FORGED
+    assert nonces.check(nonce[:-1], "example.com") == FORGED
     assert NonceFactory(b"k" * 32).check(nonce, "example.com") == STALE  # another boot
+    # The base64url nonces of versions before hex: genuine ones (an earlier boot) stale, not failures.
+    legacy = base64.urlsafe_b64encode(bytes.fromhex(nonce)).rstrip(b"=").decode()
+    assert len(legacy) == 43 and NonceFactory(b"k" * 32).check(legacy, "example.com") == STALE
+    assert NonceFactory(b"k" * 32).check(legacy[:-2] + ("A" if legacy[-2] != "A" else "B") + legacy[-1],
+                                         "example.com") == FORGED
     assert nonces.nc_fresh(nid, 1)
     nonces.accept_nc(nid, 1)
     assert not nonces.nc_fresh(nid, 1) and nonces.nc_fresh(nid, 2)
@@ -244,7 +253,7 @@ async def test_default_challenge_is_md5_alone_with_qop(auth_server, phone):
     chs = challenges(r)
     assert [c["algorithm"] for c in chs] == ["MD5"], "baresip 1.0, sipsak, sipp 3.6 fail on SHA-256"
     assert all(c["qop"] == "auth" and c["realm"] == "example.com" for c in chs)
-    assert re.fullmatch(r"[A-Za-z0-9_-]+", chs[0]["nonce"]), "nonce is base64url only"
+    assert re.fullmatch(r"[0-9a-f]{64}", chs[0]["nonce"]), "nonce is hex: no character any client quotes or escapes"
     assert auth_server.core.fetch_contacts("alice@example.com").count == 0
 
 

@@ -12,6 +12,7 @@ import pytest
 from registrar_core.api import RegistrarCore
 from registrar_core.config import build_config
 from registrar_core.events import REQUEST_HANDLED
+from registrar_core.pipeline import reply_address, stamped_reply_address
 from registrar_core.registrar import reply
 from registrar_core.sip import parse_message
 from registrar_core.source import Source
@@ -106,6 +107,26 @@ def _register(*, extra: list[str] | None = None, replace: tuple[str, str] | None
 async def _answer(core, data: bytes, source: Source = SOURCE, parse: bool = True):
     reply_bytes, address = await core.handle(data, source)
     return parse_message(reply_bytes) if parse else None, reply_bytes, address
+
+
+@pytest.mark.parametrize("via, address", [
+    ("SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1;rport", ("127.0.0.1", 40000)),  # the usual shape
+    ("SIP/2.0/UDP 10.0.0.1:5070;rport;branch=z9hG4bK1", ("127.0.0.1", 40000)),  # the general path fills it
+    ("SIP/2.0/UDP 10.0.0.1:5070;RPort;branch=z9hG4bK1;rport", ("127.0.0.1", 40000)),  # two, both filled
+    ("SIP/2.0/UDP 10.0.0.1;rport=1234;branch=z9hG4bK1", ("127.0.0.1", 1234)),  # a value is kept
+    ("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1", ("127.0.0.1", 5070)),  # no rport: the sent-by's port
+    ("SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1", ("127.0.0.1", 5060)),  # the source's own address, no port
+    ("SIP/2.0/UDP phone.example.net;branch=z9hG4bK1;received=10.1.1.1", ("127.0.0.1", 5060)),
+])
+def test_the_stamped_reply_address_is_the_one_read_back_from_the_stamped_via(via, address):
+    """stamped_reply_address answers the source when it filled an rport, without reading the
+    Via back: the address RFC 3261 §18.2.2 with RFC 3581 reads from the stamped Via."""
+    data = _register(replace=("Via: SIP/2.0/UDP 127.0.0.1:5062;branch=", f"Via: {via}\r\nX-Old-Branch: "))
+    source = Source("udp", "127.0.0.1", 40000, "udp:127.0.0.1:5060")
+    stamped, read_back = parse_message(data), parse_message(data)
+    read_back.stamp_source(source.ip, source.port)
+    assert stamped_reply_address(stamped, source) == reply_address(read_back, source) == address
+    assert stamped.headers.get_all("Via") == read_back.headers.get_all("Via")
 
 
 @pytest.mark.parametrize("shape", [

@@ -504,6 +504,14 @@ def test_duplicate_single_headers_are_400(extra: tuple[str, ...]) -> None:
     assert "Duplicate" in sip_error(make(*extra)).reason
 
 
+def test_a_repeated_header_with_an_equal_one_character_value_is_indexed_twice() -> None:
+    """Equal one-character values are one cached string: the index must still see two fields."""
+    request = parse_request(make("X-A: 1", "X-A: 1", "Allow: A", "Allow: A", "Content-Length: 0"))
+    assert request.headers.get_all("X-A") == ["1", "1"] and request.headers.listed("allow") == ["A", "A"]
+    assert request.headers.get_all("Content-Length") == ["0", "0"]
+    assert sip_error(make("Max-Forwards: 7", "Max-Forwards: 7", drop=("Max-Forwards",))).reason == "Duplicate Max-Forwards"
+
+
 def test_max_forwards_must_be_digits() -> None:
     assert parse_request(make(base=BASE_HEADERS)).headers.get("Max-Forwards") == "70"
     assert sip_error(make("Max-Forwards: seventy", drop=("Max-Forwards",))).status == 400

@@ -36,7 +36,16 @@ from registrar_core.sip import (
 )
 from registrar_core.sip.headers import is_token, name_addr_parts, quoted_end, via_parts
 from registrar_core.sip.uri import (
+    ALPHA,
+    DIGIT,
+    HOST,
+    PARAM,
+    SPACE,
+    TOKEN,
+    USER,
+    _CLASSES,
     _split_semicolons,
+    all_of,
     digits_value,
     has_space,
     is_hostname,
@@ -523,3 +532,17 @@ def test_parse_params_splits_as_the_partitioned_version(text: str) -> None:
 def test_digits_value_is_int(text: str) -> None:
     """The compiled digit loop that reads ports, CSeq, Expires and Content-Length agrees with int()."""
     assert digits_value(text) == int(text)
+
+
+@SETTINGS
+@given(st.text(alphabet=st.characters(max_codepoint=0x3000) | st.sampled_from("\x85\xa0\ud800\U0010ffff"),
+               max_size=12), st.data())
+def test_all_of_agrees_with_the_class_table_character_by_character(text: str, data: st.DataObject) -> None:
+    """all_of (a compiled loop, or interpreted a regular expression of the class) answers as the
+    class table read one character at a time: ASCII by its bits, the rest allowed only by the
+    classes defined by what they leave out (USER, PARAM)."""
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, len(text)))
+    for cls in (ALPHA, DIGIT, HOST, USER, PARAM, TOKEN, SPACE, ALPHA | DIGIT):
+        expected = all(_CLASSES[ord(c)] & cls if ord(c) < 128 else cls & (USER | PARAM) for c in text[start:end])
+        assert all_of(text, start, end, cls) == bool(expected)

@@ -88,12 +88,14 @@ class KeyedLock:
         self._waiters: dict[Hashable, deque[Callable[[], None]] | None] = {}
 
     def run(self, key: Hashable, holder: Callable[[], None]) -> None:
+        # One probe of the dict for a free key (the usual case), the dict's size telling whether
+        # it was there: a key is a tuple, whose hash is computed again at every probe.
         waiters = self._waiters
-        if key not in waiters:
-            waiters[key] = None
+        size = len(waiters)
+        queue = waiters.setdefault(key, None)
+        if len(waiters) != size:
             holder()
             return
-        queue = waiters[key]
         if queue is None:
             queue = waiters[key] = deque()
         queue.append(holder)
@@ -116,13 +118,13 @@ class KeyedLock:
             raise
 
     def release(self, key: Hashable) -> None:
-        queue = self._waiters[key]
+        waiters = self._waiters
+        queue = waiters.pop(key)  # one probe when nobody waits (the usual case)
         if queue:  # neither None nor empty
+            waiters[key] = queue  # still held: by the next holder
             # The next holder runs from the loop, not from here: a chain of holders that
             # finish at once must not recurse.
             asyncio.get_running_loop().call_soon(queue.popleft())
-        else:
-            del self._waiters[key]
 
 
 class LocationService:
