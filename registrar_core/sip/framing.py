@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import SipError
 from .limits import DEFAULT_LIMITS, Limits
 from .message import content_length
 
 # A CRLFCRLF "ping" between messages (RFC 5626 §4.4.1); answered with a CRLF "pong".
 KEEPALIVE = b"\r\n\r\n"
-# A Content-Length field's name at a line's start, in the head lower-cased with a line end
-# put in front (the first line is one too); the compact "l" then must be followed by the colon.
-_LENGTH_NAMES = (b"\ncontent-length", b"\nl")
-
-
-def _length_values(head: bytes) -> list[str]:
-    """Every Content-Length field's value in a header block, any case, long or compact name.
-
-    Found with ``find`` in the lower-cased head rather than a case-insensitive multi-line
-    regex: that one tried every position of every message on a stream (1.4 us a REGISTER,
-    against 0.4)."""
-    lower = b"\n" + head.lower()
-    values: list[str] = []
-    for name in _LENGTH_NAMES:
-        at = lower.find(name)
-        while at >= 0:
-            i = at + len(name)
-            while lower[i:i + 1] in (b" ", b"\t"):
-                i += 1
-            if lower[i:i + 1] == b":":
-                end = lower.find(b"\n", i)
-                if end < 0:
-                    end = len(lower)
-                values.append(lower[i + 1:end].decode("latin-1"))
-            at = lower.find(name, i)
-    return values
+# A Content-Length field (long or compact name, any case) at a line's start, searched in the
+# head with a line end put in front (the first line is one too). Led by the literal line end,
+# the search skips from line to line; the multi-line "^" it replaces was tried at every byte
+# of every message on a stream (about 15k instructions a REGISTER).
+_LENGTH_FIELD = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\n]*)", re.I)
 
 
 class StreamFramer:
@@ -92,8 +73,8 @@ class StreamFramer:
             return None
         if end > limits.max_header_block:
             raise SipError(513, "Header block too large", drop=True)
-        head = bytes(self._buffer[:end])
-        length = content_length(_length_values(head))
+        head = b"\n" + self._buffer[:end]  # (one copy: bytes + bytearray is bytes)
+        length = content_length([m.decode("latin-1") for m in _LENGTH_FIELD.findall(head)])
         if length is None:
             raise SipError(400, "Content-Length required on a stream", drop=True)
         total = end + 4 + length
