@@ -42,15 +42,18 @@ class StreamFramer:
         out: list[bytes] = []
         while self._buffer:
             if self._total is None:
-                if self._buffer.startswith(KEEPALIVE):
-                    del self._buffer[:4]
-                    out.append(KEEPALIVE)
-                    continue
-                if self._buffer.startswith(b"\r\n"):
-                    if len(self._buffer) < 4 and KEEPALIVE.startswith(self._buffer):
-                        break  # maybe the start of a ping
-                    del self._buffer[:2]  # a CRLF "pong" or stray line end between messages
-                    continue
+                # Only a ping, a pong or a stray line end starts with CR (no SIP message does):
+                # one byte read per message instead of two method calls.
+                if self._buffer[0] == 13:
+                    if self._buffer.startswith(KEEPALIVE):
+                        del self._buffer[:4]
+                        out.append(KEEPALIVE)
+                        continue
+                    if self._buffer.startswith(b"\r\n"):
+                        if len(self._buffer) < 4 and KEEPALIVE.startswith(self._buffer):
+                            break  # maybe the start of a ping
+                        del self._buffer[:2]  # a CRLF "pong" or stray line end between messages
+                        continue
                 self._total = self._read_head()
                 if self._total is None:
                     break
