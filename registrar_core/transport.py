@@ -86,8 +86,13 @@ class TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.source: Source | None = None
         self.proven = False  # has delivered at least one whole message
+        # The idle and read timers are not moved per read (a cancel and a new timer each, two
+        # or three per read, and an open loop brings a read per few messages): a read notes
+        # the time, a timer that fires early waits the rest.
         self._idle: asyncio.TimerHandle | None = None
+        self._heard = 0.0  # loop time of the last read
         self._deadline: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # loop time the message being received must be whole by
         self.in_flight = 0  # messages handed to the core and not answered yet
         self._backlog: deque[bytes] = deque()  # framed, not yet handed to the core
         self._drain_scheduled = False
@@ -118,21 +123,45 @@ class TcpConnection(asyncio.Protocol):
         self._arm_deadline()  # the first message must come within the read timeout too
 
     def _touch(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(self.idle_timeout, self.close)
+        """Traffic: the connection is not idle for another idle timeout from now."""
+        self._heard = asyncio.get_running_loop().time()
+        if self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(self.idle_timeout, self._idle_due)
+
+    def _idle_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = self._heard + self.idle_timeout - loop.time()
+        if left > 0:
+            self._idle = loop.call_later(left, self._idle_due)
+        else:
+            self._idle = None
+            self.close()
 
     def _arm_deadline(self) -> None:
-        if self._deadline is None:
-            self._deadline = asyncio.get_running_loop().call_later(self.read_timeout, self._too_slow)
+        """The message being received must be whole within the read timeout from now (a
+        deadline already running stands)."""
+        if self._due is None:
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + self.read_timeout
+            if self._deadline is None:
+                self._deadline = loop.call_later(self.read_timeout, self._deadline_due)
 
     def _disarm_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._due = None  # a timer still running finds nothing due
+
+    def _deadline_due(self) -> None:
+        self._deadline = None
+        if self._due is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._due - loop.time()
+        if left > 0:
+            self._deadline = loop.call_later(left, self._deadline_due)
+            return
+        self._due = None
+        self._too_slow()
 
     def _too_slow(self) -> None:
-        self._deadline = None
         what = "a message" if self.proven else "its first message"
         log.info("closing TCP connection from %s: %s not complete after %gs (%d bytes held)",
                  self.source and self.source.address, what, self.read_timeout, self.framer.buffered)
@@ -246,7 +275,8 @@ class TcpConnection(asyncio.Protocol):
                 del owner.per_ip[self.source.ip]
         if self._idle is not None:
             self._idle.cancel()
-        self._disarm_deadline()
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self.proven and self.source is not None and self.proto in FLOW_TRANSPORTS and owner.flow_closed:
             owner.flow_closed(self.source)
 

@@ -96,6 +96,14 @@ def test_compact_and_lower_case_content_length() -> None:
         assert StreamFramer().feed(data + MESSAGES[0]) == [data, MESSAGES[0]]
 
 
+def test_only_a_whole_content_length_name_at_a_line_start_counts() -> None:
+    """Blanks before the colon are allowed; names that merely begin like it (an extension
+    "Lamp", "Content-Lengths"), a folded line's text and a Via parameter are other fields."""
+    data = MESSAGES[2].replace(b"Content-Length: 1", b"Lamp: 7\r\nContent-Lengths: 9\r\n"
+                               b"Subject: a\r\n content-length: 5\r\nVia: x;l=3\r\nContent-Length \t: 1")
+    assert StreamFramer().feed(data + MESSAGES[0]) == [data, MESSAGES[0]]
+
+
 def test_content_length_zero_ends_at_the_blank_line() -> None:
     framer = StreamFramer()
     assert framer.feed(MESSAGES[0] + b"REGISTER") == [MESSAGES[0]]
