@@ -5,18 +5,24 @@ other, and the console as a user runs it, on a pseudo-terminal of its own: ``sip
 attach``, and ``sipconsole`` (the registrar, with its console in a child process).
 
 1. sipp registers ``--contacts`` distinct AORs (one contact each) into ``sipconsole serve``.
-2. Closed-loop throughput (sipp, 200 in flight, ``--seconds`` each), ``--repeat`` times, the
-   order rotating: no console; ``sipconsole attach`` showing the whole table; ``sipconsole``
-   (the registrar restarted on the same database, its console loaded). Each run also gives the
-   CPU time per REGISTER answered of the registrar process and of the console's process
-   (/proc): the figures a loaded machine disturbs least. Consoles are pinned to sipp's core,
-   the registrar keeps its own (``sipconsole``'s console process is moved there once started).
+2. A console's cost, in pairs (``--repeat`` per kind): closed-loop throughput (sipp, 200 in
+   flight, ``--seconds`` each) with the console beside a run without one, next to it, the order
+   alternating between pairs. Attached: all pairs in one ``serve`` start, ``sipconsole attach``
+   started (its table loaded) and quit between runs, as a user would. ``sipconsole`` is the
+   registrar's own process, so it cannot share a start with ``serve``: its run is paired with a
+   ``serve`` run on the same database just before its start or just after its exit. Each run
+   gives REG/s and the CPU time per REGISTER answered of the registrar and of the console's
+   process (/proc). Per pair: REG/s with the console / without, and the registrar's CPU per
+   REGISTER with minus without; then the median of the pairs and their min-max. (The VM's
+   speed drifts by a third within minutes: one run of each kind says nothing of a 90 % target.)
+   Consoles are pinned to sipp's core, the registrar keeps its own (``sipconsole``'s console
+   process is moved there once started).
 3. The console (Pilot, headless, in this process, attached to the serve process like the
    console's own process) opens while sipp sends ``--rate`` REGISTERs/s: time until the rows
    are loaded, how the registrar answered meanwhile; then keypress -> updated-frame latency
    (the frame time is when Textual composes the first frame that shows the key's effect).
 
-    python bench/bench_console.py            # 100,000 contacts, 1,000 REG/s, 10-s throughput runs
+    python bench/bench_console.py            # 100,000 contacts, 4 pairs per console, 10-s runs, 1,000 REG/s
     python bench/bench_console.py --quick    # 20,000 contacts, 5-s runs
     python bench/bench_console.py --repeat 0 # only the load and the keys (no throughput runs)
 
@@ -36,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,15 +81,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=1000, help="paced REGISTERs/s during the key presses (default 1,000)")
     p.add_argument("--seconds", type=int, help="length of each throughput run (default 10)")
     p.add_argument("--presses", type=int, default=25, help="presses of each key (default 25)")
-    p.add_argument("--repeat", type=int, default=2,
-                   help="throughput runs of each kind (default 2; 0: only the console's load and keys)")
-    p.add_argument("--kinds", default="none,attached,embedded",
-                   help="throughput runs: none, attached, embedded (default all three)")
+    p.add_argument("--repeat", type=int, default=4,
+                   help="pairs of throughput runs per console kind (default 4; 0: only the console's load and keys)")
+    p.add_argument("--kinds", default="attached,embedded",
+                   help="consoles measured in pairs with a run without one: attached, embedded (default both)")
     p.add_argument("--output", type=Path, default=c.RESULTS / "console.json", help="JSON output path")
     args = p.parse_args()
     args.kinds = args.kinds.split(",")
-    if not set(args.kinds) <= {"none", "attached", "embedded"} or "none" not in args.kinds:
-        p.error("--kinds: a comma list of none, attached, embedded, with none")
+    if not set(args.kinds) <= {"attached", "embedded"}:
+        p.error("--kinds: a comma list of attached, embedded (each is paired with a run without a console)")
     args.contacts = args.contacts or (20_000 if args.quick else 100_000)
     args.seconds = args.seconds or (5 if args.quick else 10)
     return args
@@ -181,19 +187,25 @@ async def key_latencies(pilot: Any, app: TimedConsole, presses: int) -> dict[str
 @contextmanager
 def collections_timed() -> Iterator[dict[str, Any]]:
     """The garbage collector's passes in the block, per generation: how many, their total and
-    longest milliseconds (a full pass over a large heap is a stall the keys may meet)."""
+    longest milliseconds (a full pass over a large heap is a stall the keys may meet), in wall
+    time and in the CPU time of the thread that collected (the wall time of a pass includes
+    whatever a loaded machine took from this process meanwhile; the CPU time does not)."""
     pauses: dict[str, Any] = {}
-    started = [0.0]
+    started = [0.0, 0.0]
 
     def timed(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[:] = time.perf_counter(), time.thread_time()
             return
         ms = (time.perf_counter() - started[0]) * 1000
-        gen = pauses.setdefault(f"gen{info['generation']}", {"n": 0, "total_ms": 0.0, "max_ms": 0.0})
+        cpu_ms = (time.thread_time() - started[1]) * 1000
+        gen = pauses.setdefault(f"gen{info['generation']}", {"n": 0, "total_ms": 0.0, "max_ms": 0.0,
+                                                             "cpu_total_ms": 0.0, "cpu_max_ms": 0.0})
         gen["n"] += 1
         gen["total_ms"] = round(gen["total_ms"] + ms, 1)
         gen["max_ms"] = round(max(gen["max_ms"], ms), 1)
+        gen["cpu_total_ms"] = round(gen["cpu_total_ms"] + cpu_ms, 1)
+        gen["cpu_max_ms"] = round(max(gen["cpu_max_ms"], cpu_ms), 1)
 
     gc.callbacks.append(timed)
     try:
@@ -242,52 +254,98 @@ def measured(port: int, injection: Path, work: Path, core: int | None, local_por
     return run
 
 
-async def throughput(args: argparse.Namespace, work: Path, port: int, injection: Path,
-                     cores: tuple[int | None, int | None]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """The closed-loop runs of each kind; the serve process is running again at the end."""
-    sipp_core, server_core = cores
-    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
-    server = serve(work, port, server_core)
-    preload = await asyncio.to_thread(closed_loop, port, injection, work / "preload", sipp_core,
-                                    args.sipp_port, calls=args.contacts)
-    kinds = list(runs)
-    for rep in range(args.repeat):
-        for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
-            label = f"{kind}-{rep}"
-            print(f"throughput, console: {kind}: sipp closed loop for {args.seconds} s ...", flush=True)
-            if kind == "none":
-                runs[kind].append(await asyncio.to_thread(measured, port, injection, work / label, sipp_core,
-                                                          args.sipp_port, args.seconds, {"registrar": server.pid}))
-            elif kind == "attached":
-                term = Terminal(["attach", "--control", str(work / "control.sock")], size=SIZE,
-                                prefix=tuple(c.pinned([], sipp_core)), env=registrar_env(work))
-                try:
-                    await term.until(console_loaded(term, args.contacts), timeout=300)
-                    runs[kind].append(await asyncio.to_thread(
-                        measured, port, injection, work / label, sipp_core, args.sipp_port, args.seconds,
-                        {"registrar": server.pid, "console": term.proc.pid}))
-                finally:
-                    term.close()
-            else:
-                server.stop(timeout=60)
-                term = Terminal(registrar_args(work, port), size=SIZE, prefix=tuple(c.pinned([], server_core)),
-                                env=registrar_env(work))
-                try:
-                    await term.until(lambda: term.children(), timeout=60)
-                    child = term.children()[0]
-                    pin(child, sipp_core)
-                    await term.until(console_loaded(term, args.contacts), timeout=300)
-                    runs[kind].append(await asyncio.to_thread(
-                        measured, port, injection, work / label, sipp_core, args.sipp_port, args.seconds,
-                        {"registrar": term.proc.pid, "console": child}))
-                    term.type("q")
-                    await term.until(lambda: b"Stop and quit" in term.output)
-                    term.type("y")
-                    await term.until(lambda: term.proc.poll() is not None, timeout=60)
-                finally:
-                    term.close()
-                server = serve(work, port, server_core)
-    return runs, {"preload": preload, "server": server}
+class Runs:
+    """The closed-loop runs on one database: ``serve`` (restarted only around an embedded run),
+    sipp, and the consoles as a user starts and stops them."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, port: int, injection: Path,
+                 cores: tuple[int | None, int | None]) -> None:
+        self.args, self.work, self.port, self.injection = args, work, port, injection
+        self.sipp_core, self.server_core = cores
+        self.server = serve(work, port, self.server_core)
+        self.start = 1  # the serve process's start, counted from 1 (an embedded run restarts it)
+        self.done = 0
+
+    def _measured(self, pids: dict[str, int]) -> Awaitable[dict[str, Any]]:
+        self.done += 1
+        return asyncio.to_thread(measured, self.port, self.injection, self.work / f"run-{self.done}",
+                                 self.sipp_core, self.args.sipp_port, self.args.seconds, pids)
+
+    async def none(self) -> dict[str, Any]:
+        return {**await self._measured({"registrar": self.server.pid}), "start": self.start}
+
+    async def attached(self) -> dict[str, Any]:
+        """``sipconsole attach`` started, its table loaded, the run, the console closed."""
+        term = Terminal(["attach", "--control", str(self.work / "control.sock")], size=SIZE,
+                        prefix=tuple(c.pinned([], self.sipp_core)), env=registrar_env(self.work))
+        try:
+            await term.until(console_loaded(term, self.args.contacts), timeout=300)
+            run = await self._measured({"registrar": self.server.pid, "console": term.proc.pid})
+        finally:
+            term.close()
+        return {**run, "start": self.start}
+
+    async def embedded(self) -> dict[str, Any]:
+        """``serve`` stopped, ``sipconsole`` on the same database (a registrar start of its own),
+        the run, ``sipconsole`` quit, ``serve`` started again."""
+        self.server.stop(timeout=60)
+        self.start += 1
+        term = Terminal(registrar_args(self.work, self.port), size=SIZE,
+                        prefix=tuple(c.pinned([], self.server_core)), env=registrar_env(self.work))
+        try:
+            await term.until(lambda: term.children(), timeout=60)
+            child = term.children()[0]
+            pin(child, self.sipp_core)
+            await term.until(console_loaded(term, self.args.contacts), timeout=300)
+            run = {**await self._measured({"registrar": term.proc.pid, "console": child}), "start": self.start}
+            term.type("q")
+            await term.until(lambda: b"Stop and quit" in term.output)
+            term.type("y")
+            await term.until(lambda: term.proc.poll() is not None, timeout=60)
+        finally:
+            term.close()
+        self.server = serve(self.work, self.port, self.server_core)
+        self.start += 1
+        return run
+
+
+def paired(kind: str, runs: dict[str, dict[str, Any]], first: str) -> dict[str, Any]:
+    """One pair: the console's run beside its adjacent run without one, and what the console
+    changed (REG/s as a ratio, the registrar's CPU per REGISTER as a difference)."""
+    none, cons = runs["none"], runs[kind]
+    return {"first": first, "none": none, kind: cons,
+            "reg_ratio": round(cons["reg_per_s"] / max(1, none["reg_per_s"]), 3),
+            "registrar_cpu_us_diff": round(cons["cpu_us_per_register"]["registrar"]
+                                           - none["cpu_us_per_register"]["registrar"], 1)}
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max (a handful of pairs: min-max says more than an interquartile range)."""
+    return {"median": round(c.median(values) or 0.0, 3), "min": min(values), "max": max(values), "n": len(values)}
+
+
+async def throughput(args: argparse.Namespace, runs: Runs) -> dict[str, list[dict[str, Any]]]:
+    """``--repeat`` pairs per console kind; the serve process is running at the end.
+
+    The VM's speed moves the registrar's CPU per REGISTER by a third within minutes, more than
+    a console costs: a console's run is compared only with a run without one next to it, the
+    order alternating between pairs so that a drift favours neither. The attached pairs all run
+    in one ``serve`` start (the console attached and detached between runs). ``sipconsole`` is
+    the registrar's own process, so it cannot share a start with ``serve``: its run is paired
+    with a ``serve`` run just before its start or just after its exit.
+    """
+    pairs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
+    for kind in args.kinds:
+        run_console = runs.attached if kind == "attached" else runs.embedded
+        for i in range(args.repeat):
+            order = ("none", kind) if i % 2 == 0 else (kind, "none")
+            print(f"pair {i + 1}/{args.repeat}, {kind}: {order[0]} then {order[1]}, sipp closed loop "
+                  f"for {args.seconds} s each ...", flush=True)
+            done = {}
+            for k in order:
+                done[k] = await (runs.none() if k == "none" else run_console())
+            pairs[kind].append(paired(kind, done, order[0]))
+    return pairs
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -302,9 +360,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {"contacts": args.contacts, "cores": cores_note, "machine": c.machine(),
                                   "commit": c.source_revision()}
         print(f"registering {args.contacts:,} AORs with sipp ...", flush=True)
-        runs, state = await throughput(args, work, port, injection, (sipp_core, server_core))
-        server: c.Managed = state["server"]
-        result["preload"], result["throughput"] = state["preload"], runs
+        runs = Runs(args, work, port, injection, (sipp_core, server_core))
+        result["preload"] = await asyncio.to_thread(closed_loop, port, injection, work / "preload", sipp_core,
+                                                    args.sipp_port, calls=args.contacts)
+        result["pairs"] = await throughput(args, runs)
+        result["summary"] = {kind: {"reg_ratio": spread([p["reg_ratio"] for p in ps]),
+                                    "registrar_cpu_us_diff": spread([p["registrar_cpu_us_diff"] for p in ps]),
+                                    "console_cpu_us": spread([p[kind]["cpu_us_per_register"]["console"] for p in ps])}
+                             for kind, ps in result["pairs"].items() if ps}
+        server = runs.server
         try:
             client = await ControlClient(str(work / "control.sock"), actor="console").connect()
             app = TimedConsole(client, embedded=False)
@@ -338,31 +402,52 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+LABELS = {"attached": "sipconsole attach (another process)", "embedded": "sipconsole (console in a child process)"}
+
+
+def report_pairs(r: dict[str, Any]) -> list[str]:
+    """The summary (median of the pairs, min-max) and every pair, for the throughput runs."""
+    if not r["summary"]:
+        return []
+
+    def ranged(v: dict[str, Any], fmt: str) -> str:
+        return f"{v['median']:{fmt}} ({v['min']:{fmt}} to {v['max']:{fmt}})"
+
+    summary = [[LABELS[kind], str(v["reg_ratio"]["n"]), ranged(v["reg_ratio"], ".0%"),
+                ranged(v["registrar_cpu_us_diff"], "+.1f"), ranged(v["console_cpu_us"], ".1f")]
+               for kind, v in r["summary"].items()]
+    each = []
+    for kind, pairs in r["pairs"].items():
+        for i, p in enumerate(pairs, 1):
+            none, cons = p["none"], p[kind]
+            each.append([f"{kind} {i}", f"{none['start']}/{cons['start']}", f"{p['first']} first",
+                         f"{none['reg_per_s']:,}", f"{cons['reg_per_s']:,}", f"{p['reg_ratio']:.0%}",
+                         f"{none['cpu_us_per_register']['registrar']:.1f}",
+                         f"{cons['cpu_us_per_register']['registrar']:.1f}", f"{p['registrar_cpu_us_diff']:+.1f}",
+                         f"{cons['cpu_us_per_register']['console']:.1f}"])
+    return [
+        "a console's cost: pairs of sipp closed-loop runs (UDP), the console's run beside a run without one",
+        "in the same serve start (sipconsole: the serve run just before its start or after its exit)",
+        c.table(["console", "pairs", "REG/s of none: median (min to max)",
+                 "registrar CPU us/REG, console minus none", "console's own CPU us/REG"], summary,
+                right={1, 2, 3, 4}),
+        "",
+        c.table(["pair", "start none/console", "order", "none REG/s", "console REG/s", "of none",
+                 "none us/REG", "console us/REG", "difference", "console's own us/REG"], each,
+                right={3, 4, 5, 6, 7, 8, 9}),
+        "RSS after each kind's last pair, MiB: " + "; ".join(
+            f"{kind}: " + ", ".join(f"{name} {v}" for name, v in pairs[-1][kind]["rss_mib"].items())
+            for kind, pairs in r["pairs"].items() if pairs),
+        "",
+    ]
+
+
 def report(r: dict[str, Any]) -> str:
-    runs = {kind: rs for kind, rs in r["throughput"].items() if rs}
-    mean = {kind: sum(x["reg_per_s"] for x in rs) / len(rs) for kind, rs in runs.items()}
-
-    def cpu(kind: str, name: str) -> str:
-        values = [x["cpu_us_per_register"].get(name) for x in runs[kind]]
-        return " / ".join(f"{v:.1f}" for v in values if v is not None) or "-"
-
     load = r["paced_load"]
-    rows = []
-    for kind, label in (("none", "no console (sipconsole serve)"), ("attached", "sipconsole attach (another process)"),
-                        ("embedded", "sipconsole (console in a child process)")):
-        if kind not in runs:
-            continue
-        rows.append([label, f"{mean[kind]:,.0f}", f"{mean[kind] / max(1.0, mean.get('none', 0.0)):.0%}",
-                     ", ".join(f"{x['reg_per_s']:,}" for x in runs[kind]), cpu(kind, "registrar"), cpu(kind, "console")])
-    rss = {kind: rs[-1]["rss_mib"] for kind, rs in runs.items()}
     lines = [
         f"{r['contacts']:,} contacts ({r['rows']:,} AOR rows) · {r['cores']}",
-        "RSS after the last run, MiB: " + "; ".join(
-            f"{kind}: " + ", ".join(f"{name} {v}" for name, v in values.items()) for kind, values in rss.items()),
         "",
-        c.table(["registrar throughput (sipp closed loop, UDP)", "REG/s (mean)", "of none", "runs",
-                 "registrar CPU us/REG", "console CPU us/REG"], rows, right={1, 2, 4, 5}),
-        "",
+        *report_pairs(r),
         f"console load: {r['console_load_s']} s for the initial load (pages of 1,000 AORs); meanwhile "
         f"{r['load_under_traffic']['offered_per_s']:,} REG/s offered: "
         f"{r['load_under_traffic']['answered_per_s']:,}/s answered, {r['load_under_traffic']['failed']} failed, "
@@ -370,7 +455,8 @@ def report(r: dict[str, Any]) -> str:
         f"during the key presses: {load['offered_per_s']:,} REG/s offered, {load['answered_per_s']:,}/s answered, "
         f"{load['failed']} failed, response p50 {load['rtt_ms_p50']} ms / p99 {load['rtt_ms_p99']} ms",
         "garbage collector during the key presses (this process): " + ("; ".join(
-            f"{gen} {v['n']} passes, {v['total_ms']} ms in all, longest {v['max_ms']} ms"
+            f"{gen} {v['n']} passes, {v['total_ms']} ms in all (CPU {v['cpu_total_ms']}), "
+            f"longest {v['max_ms']} ms (CPU {v['cpu_max_ms']})"
             for gen, v in sorted(r.get("gc_during_keys", {}).items())) or "no pass"),
         "",
         c.table(["key -> updated frame", "p50 ms", "p95 ms", "max ms", "n"], [

@@ -11,18 +11,22 @@ from contextlib import contextmanager
 from functools import cache
 
 
-#: The collector's thresholds once a table is loaded, as ``serve`` sets them (registrar_core/
-#: server.py GC_THRESHOLDS): a young pass every 100,000 allocations, a full one every 200 young
-#: ones. Python's defaults (700, 10, 10) made a console under 1,000 REG/s run 19 full passes in
-#: 50 s, 128 ms each on average (what it built since the load: the orders of other columns,
-#: filtered views, new bindings), the stalls that made the slowest key presses, and spend 7 % of
-#: its time collecting (bench_console.py, "garbage collector during the key presses").
-THRESHOLDS = (100_000, 20, 10)
+#: The collector's thresholds once a table is loaded: a young pass every 10,000 allocations, a
+#: middle one every 5 young ones, whose survivors are then frozen (:func:`_freeze_survivors`), so
+#: that the oldest generation stays empty and a full pass is no dearer than a middle one.
+#: A pass costs what it scans: with a young pass every 100,000 allocations (``serve``'s
+#: GC_THRESHOLDS) each scanned about 100,000 live objects (the table's freshly drawn rows, their
+#: Textual strips and caches, the traffic pane's requests) for 125-150 ms of CPU, and a key press
+#: that met one waited as long; now a young pass takes about 10 ms and a middle one 35, for the
+#: same CPU in all (bench_console.py, "garbage collector during the key presses"). Python's
+#: defaults (700, 10, 10) made a console under 1,000 REG/s run 19 full passes in 50 s, 128 ms
+#: each: what survived the young passes piled up in the oldest generation, scanned whole.
+THRESHOLDS = (10_000, 5, 10)
 
 
 def release() -> None:
     """Collect the reply's garbage, return free heap pages to the OS (glibc), freeze the survivors,
-    and make the collector's passes rare (:data:`THRESHOLDS`).
+    and keep each later pass short (:data:`THRESHOLDS`, :func:`_freeze_survivors`).
 
     ``gc.freeze()`` moves every object alive now to a permanent generation: the 100,000
     rows just loaded are never scanned again by a full collection, each of which would
@@ -34,6 +38,21 @@ def release() -> None:
         trim(0)
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+    if _freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(_freeze_survivors)
+
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """After a middle (or full) pass, freeze what survived it. Left in the collector's care, it
+    would be scanned by every later middle pass, then by full ones: a stall that grows with what
+    the console keeps (the rows drawn, their strips, the traffic pane's requests). Frozen objects
+    are still freed when their last reference goes; only a cycle among them that dies later is not
+    reclaimed, as with :func:`keep` and :func:`release`'s own freeze. bench_console.py found no
+    more of that than before: after its key presses, the cyclic garbage a full pass finds once
+    ``gc.unfreeze()`` is called was 63k objects with this, 87k without (most of it frozen by the
+    load's own freeze)."""
+    if phase == "stop" and info["generation"] >= 1:
+        gc.freeze()
 
 
 def keep() -> None:

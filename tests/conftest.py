@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import ssl
 import tempfile
@@ -30,6 +31,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if source.exists() and source.stat().st_mtime > max(shared, compiled.stat().st_mtime):
             pytest.exit(f"{source.relative_to(root.parent)} is newer than its compiled module: "
                         "rebuild with `python3 -m pip install -e .` (or delete the .so files)", returncode=4)
+
+
+@pytest.fixture(autouse=True)
+def _collector_settings_restored() -> Iterator[None]:
+    """A console sets its process's collector for a process of its own (console/memory.py: the
+    thresholds, and a callback that freezes what each middle pass leaves); many consoles run in
+    this one, so each test ends with the settings it started with."""
+    thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
+    yield
+    gc.set_threshold(*thresholds)
+    gc.callbacks[:] = callbacks
 
 
 @pytest.fixture

@@ -227,6 +227,26 @@ def test_collector_pauses_nest():
     assert gc.isenabled()
 
 
+def test_after_a_load_young_passes_collect_cycles_and_a_middle_pass_freezes_its_survivors():
+    import gc
+
+    from console import memory
+
+    memory.release()  # conftest gives the collector's settings back after the test
+    assert gc.get_threshold() == memory.THRESHOLDS
+    frozen = gc.get_freeze_count()
+    kept = [[] for _ in range(100)]  # alive through the passes below
+    cycle: list[object] = []
+    cycle.append(cycle)
+    del cycle
+    assert gc.collect(0) >= 1  # a young pass still reclaims a cycle that died young
+    assert gc.get_freeze_count() == frozen  # and freezes nothing
+    gc.collect(1)
+    assert gc.get_freeze_count() >= frozen + len(kept)  # the middle pass's survivors: out of later passes
+    memory.release()  # a reload registers the freezing once, not twice
+    assert gc.callbacks.count(memory._freeze_survivors) == 1
+
+
 def test_a_column_shown_again_catches_up_with_the_changes_made_meanwhile():
     rng = random.Random(5)
     registry = Registry()
