@@ -208,7 +208,9 @@ def summarize(starts: list[dict[str, Any]], target_ms: float) -> list[dict[str, 
         held = [r["p99_ms"] for r in rows if r["held"]]
         out.append({"fraction": fraction, "steps": len(rows), "held": len(held),
                     "p99_ms_median": c.median(held), "p99_ms_range": [min(held), max(held)] if held else None,
-                    "p99_ms_held": held, f"within_{target_ms:g}_ms": sum(1 for p in held if p <= target_ms),
+                    f"within_{target_ms:g}_ms": sum(1 for p in held if p <= target_ms),
+                    "held_steps": [{"p99_ms": r["p99_ms"], "load": r["load"], "server_cpu": r["cpu"]["server"]}
+                                   for r in rows if r["held"]],
                     "not_held": [{"p99_ms": r.get("p99_ms"), "load": r["load"], "why": r["why"]}
                                  for r in rows if not r["held"]]})
     return out
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         print(f"at {s['fraction']:.0%} of the closed loop: {s['held']} of {s['steps']} steps held it; their p99 median "
               f"{s['p99_ms_median']} ms (range {s['p99_ms_range']}), {s[f'within_{args.target_ms:g}_ms']} within "
-              f"{args.target_ms:g} ms; not held: "
+              f"{args.target_ms:g} ms (" + ", ".join(f"{h['p99_ms']:g} ms at {max(h['load']):.2f}" for h in s["held_steps"])
+              + "); not held: "
               + ("; ".join(f"p99 {r['p99_ms']} ms ({', '.join(r['why'])})" for r in s["not_held"]) or "none"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"transport": args.transport, "summary": summary, "starts": starts,
