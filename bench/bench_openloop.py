@@ -8,8 +8,8 @@ AND the one just after it: this VM's phases move CPU per REGISTER by a third wit
 a rate that was 80 % when it was set can be 95 % of the core a minute later, and then anything
 queues. Per step: offered REG/s, the two brackets and the offered rate's share of each, the
 server's CPU utilization (CPU seconds of the server process / wall seconds, pinned to one core:
-the share of its core it needed) and what other processes took of that core, sipp's p50/p99/max, failed and retransmitted, CPU per
-REGISTER, rows per group commit (the metrics endpoint, the step's delta) and, from ``perf
+the share of its core it needed) and what other processes took of that core, sipp's
+p50/p99/max, failed and retransmitted, CPU per REGISTER, rows per group commit (the metrics endpoint, the step's delta) and, from ``perf
 stat`` syscall counts, event-loop wake-ups (``epoll_wait``) and datagrams per read wake-up.
 
 A step *held* its fraction when the offered rate was at most fraction + ``--slack`` of both
@@ -20,8 +20,8 @@ the median p99 (and range) over the steps that held, how many of them were withi
 ``--target-ms``, and how many did not hold.
 
 sipp's response times come in whole ticks of its clock (4 ms on this VM: kernel HZ 250): a
-p99 of 20 ms is 16-24 ms. The step's resolution (the smallest gap between two distinct
-response times) is printed. Each p99 is a nearest-rank percentile of every response in the
+p99 of 20 ms is 16-24 ms. Each step's JSON has that resolution (the commonest gap between two
+neighbouring distinct response times). Each p99 is a nearest-rank percentile of every response in the
 step's steady window (a 6 s step at 20,000 REG/s: 80,000 responses, the p99 the 800th worst).
 ``--wait-quiet`` waits for a quieter machine before each start.
 
@@ -166,9 +166,10 @@ def judge(row: dict[str, Any], fraction: float | None, before: int, after: int, 
     if "p99_ms" not in row:
         why.append("no steady window")
     if fraction is not None:
-        worst = max((x for x in row["load"] if x is not None), default=None)
-        if worst is None or worst > fraction + slack:
-            why.append(f"offered {worst} of a bracket")
+        if None in row["load"]:
+            why.append("a bracket without a steady window")
+        elif max(row["load"]) > fraction + slack:
+            why.append(f"offered {max(row['load'])} of a bracket")
     cpu = row.get("cpu") or {}
     if cpu.get("server") is None or cpu["server"] > max_cpu:
         why.append(f"server CPU {cpu.get('server')} %")
