@@ -14,7 +14,9 @@ stat`` syscall counts, event-loop wake-ups (``epoll_wait``) and datagrams per re
 
 A step *held* its fraction when the offered rate was at most fraction + ``--slack`` of both
 brackets, the server used at most ``--max-cpu`` % of its core, and other processes (with the
-hypervisor's steal) took at most ``--max-neighbours`` % of that core; a step that did not is
+hypervisor's steal) took at most ``--max-neighbours`` % of that core and
+``--max-client-neighbours`` % of sipp's (a busy core makes sipp send and read late, and sipp
+measures the response times); a step that did not is
 listed with the reason, never counted as a run at that fraction. The summary, per fraction:
 the median p99 (and range) over the steps that held, how many of them were within
 ``--target-ms``, and how many did not hold.
@@ -55,13 +57,20 @@ SYSCALLS = ("syscalls:sys_enter_epoll_pwait", "syscalls:sys_enter_epoll_wait", "
             "syscalls:sys_exit_recvfrom")
 
 
-def commit_totals(metrics_port: int) -> tuple[float, float, float]:
-    """(group commits, rows, seconds) so far, from the registrar's Prometheus endpoint."""
+SLOW_COMMIT_MS = (10, 25, 50)  # bounds of the registrar's commit-time histogram (metrics.py)
+
+
+def commit_totals(metrics_port: int) -> tuple[float, ...]:
+    """(group commits, rows, seconds, then the commits that took longer than each of
+    SLOW_COMMIT_MS) so far, from the registrar's Prometheus endpoint. A commit that waits for a
+    slow fsync (the disk shared with other jobs) holds back its whole group's answers."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     values = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("sipconsole_group_commit_"))
-    return (float(values.get("sipconsole_group_commit_size_count", 0)),
-            float(values.get("sipconsole_group_commit_size_sum", 0)),
-            float(values.get("sipconsole_group_commit_seconds_sum", 0)))
+    count = float(values.get("sipconsole_group_commit_size_count", 0))
+    within = [float(values.get(f'sipconsole_group_commit_seconds_bucket{{le="{ms / 1000:g}"}}', count))
+              for ms in SLOW_COMMIT_MS]
+    return (count, float(values.get("sipconsole_group_commit_size_sum", 0)),
+            float(values.get("sipconsole_group_commit_seconds_sum", 0)), *(count - w for w in within))
 
 
 class SyscallCounter:
@@ -101,7 +110,7 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
     """One closed-loop (``rate`` None) or open-loop step against the running server. Every step
     of a start sends from ``sipp_port``, so the steps refresh the same bindings (the Contact
     carries the port) instead of adding a binding to every AOR each."""
-    sampler = c.CpuSampler(core=server_core)
+    sampler = c.CpuSampler(core=server_core, client_core=core)
     sampler.start(server.pid)
     before = commit_totals(metrics_port)
     counter = SyscallCounter(server.pid, work / "perf.txt")
@@ -129,10 +138,11 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
                    p99_ms=c.percentile(rtts, 99), max_ms=max(rtts, default=None),
                    resolution_ms=resolution(rtts), cpu=cpu,
                    us_per_register=round(cpu["server"] * 1e4 / reg_s, 1) if cpu["server"] and reg_s else None)
-    commits, rows, secs = (b - a for a, b in zip(before, after))
+    commits, rows, secs, *slow = (b - a for a, b in zip(before, after))
     if commits:
         row.update(commits=int(commits), rows_per_commit=round(rows / commits, 1),
-                   commit_ms_mean=round(secs / commits * 1000, 2))
+                   commit_ms_mean=round(secs / commits * 1000, 2),
+                   commits_over_ms={str(ms): int(n) for ms, n in zip(SLOW_COMMIT_MS, slow)})
     if syscalls:
         row["syscalls"] = syscalls
         waits = syscalls.get("sys_enter_epoll_pwait", 0) + syscalls.get("sys_enter_epoll_wait", 0)
@@ -154,7 +164,7 @@ def resolution(rtts: list[float]) -> float | None:
 
 
 def judge(row: dict[str, Any], fraction: float | None, before: int, after: int, slack: float,
-          max_cpu: float, max_neighbours: float) -> None:
+          max_cpu: float, max_neighbours: float, max_client_neighbours: float) -> None:
     """Set the open step's brackets, the offered rate's share of each and whether it held
     ``fraction`` (``why`` it did not: over a bracket, the server's core near full or shared with
     other processes, no steady window)."""
@@ -175,6 +185,8 @@ def judge(row: dict[str, Any], fraction: float | None, before: int, after: int, 
         why.append(f"server CPU {cpu.get('server')} %")
     if cpu.get("core_others") is not None and cpu["core_others"] > max_neighbours:
         why.append(f"others on its core {cpu['core_others']} %")
+    if cpu.get("client_core_others") is not None and cpu["client_core_others"] > max_client_neighbours:
+        why.append(f"others on sipp's core {cpu['client_core_others']} %")  # sipp's clock and sends run late
     row["held"] = fraction is not None and not why
     row["why"] = why
 
@@ -192,8 +204,10 @@ def describe(row: dict[str, Any]) -> str:
             f"max {row.get('max_ms')} ms ({row.get('responses', 0):,} responses), failed {row['failed']}, "
             f"retrans {row['retransmissions']}; server CPU {cpu.get('server')} % of its core "
             f"({row.get('us_per_register')} us/REG), others on its core {cpu.get('core_others')} % "
-            f"(steal {cpu.get('core_steal')}), other processes {cpu.get('other')} %; rows/commit "
-            f"{row.get('rows_per_commit')}, commit {row.get('commit_ms_mean')} ms; datagrams/loop wait "
+            f"(steal {cpu.get('core_steal')}), on sipp's {cpu.get('client_core_others')} %, other processes "
+            f"{cpu.get('other')} %; rows/commit "
+            f"{row.get('rows_per_commit')}, commit {row.get('commit_ms_mean')} ms (over 10/25/50 ms: "
+            f"{'/'.join(str(n) for n in (row.get('commits_over_ms') or {}).values()) or '-'}); datagrams/loop wait "
             f"{row.get('datagrams_per_loop_wait')} ({row.get('loop_waits')} waits, {row.get('empty_reads')} empty reads)")
 
 
@@ -237,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-neighbours", type=float, default=10.0,
                    help="... and other processes (and the hypervisor's steal) took at most this %% of that core "
                         "(default 10: a neighbour's time slice queues every request behind it)")
+    p.add_argument("--max-client-neighbours", type=float, default=20.0,
+                   help="... and at most this %% of sipp's core (default 20: this script and perf run there too)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help="before each start wait up to S seconds for other processes on the whole machine to go "
                         "below --max-neighbours %% of a core (default 0: do not wait)")
@@ -287,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                                args.seconds, offered, sipp_port, args.transport, server_core)
                     steps.append(row)
                     before, maximum = maximum, closed(i)
-                    judge(row, fraction, before, maximum, args.slack, args.max_cpu, args.max_neighbours)
+                    judge(row, fraction, before, maximum, args.slack, args.max_cpu, args.max_neighbours,
+                          args.max_client_neighbours)
                     print(f"start {n}: {describe(row)}", flush=True)
             finally:
                 server.stop()
