@@ -1,7 +1,9 @@
 """Where an open-loop REGISTER's latency goes: ``sipconsole serve`` probed under sipp ``-r``.
 
 The registrar runs with a probe loaded before it (this file with ``--probe``, wrapped around
-``python -m sipconsole serve``): a 1 ms ticker on the event loop (its lateness: stalls),
+``python -m sipconsole serve``): a 1 ms ticker on the event loop (its lateness: stalls,
+each split by the loop thread's ``/proc`` schedstat into its own CPU, its wait in the run queue
+and blocked time, so that a neighbour's time slice is told from our own work),
 ``gc.callbacks`` (every collection's pause), every store write timed in three legs (to the
 SQLite thread, in it, back to the loop) with the bytes the writer's thread wrote (a commit that
 also copied a WAL checkpoint writes megabytes), and, over UDP, each datagram's time from
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as c  # noqa: E402
 
 PROBE_ENV = "BENCH_TAIL_OUT"  # where the probe writes its JSON when the registrar exits
+PER_WAKE_ENV = "BENCH_TAIL_PER_WAKE"  # datagrams the UDP listener reads per wake-up (--per-wake)
 
 
 def probe(argv: list[str]) -> None:
@@ -52,7 +55,7 @@ def probe(argv: list[str]) -> None:
     from registrar_core.location import sqlite_store
 
     clock = time.perf_counter
-    record: dict[str, Any] = {"gc": [], "lateness_ms": {}, "writes": [], "served": []}
+    record: dict[str, Any] = {"gc": [], "lateness_ms": {}, "stalls": [], "writes": [], "served": []}
 
     def wchar() -> int:
         with open("/proc/thread-self/io") as f:
@@ -72,13 +75,28 @@ def probe(argv: list[str]) -> None:
     gc.callbacks.append(on_gc)
 
     async def ticker() -> None:
+        """A 1 ms timer's lateness; a tick 2 ms or more late is a stall, split into the event-loop
+        thread's own CPU (the loop's work: ours; its thread clock), its wait in the run queue
+        (another thread or process had the core; its schedstat, exact whenever the thread runs,
+        as it does when it reads it) and the rest (blocked: the GIL, a syscall)."""
         loop = asyncio.get_running_loop()
         lateness: dict[int, int] = record["lateness_ms"]
-        while True:
-            t = loop.time()
+        stalls: list[tuple[float, float, float]] = record["stalls"]
+        schedstat = open("/proc/thread-self/schedstat", "rb", buffering=0)  # the loop's thread: this one
+
+        def sched() -> tuple[int, int]:
+            schedstat.seek(0)
+            return time.thread_time_ns(), int(schedstat.read().split()[1])
+
+        while True:  # (perf_counter, not loop.time(): uvloop's is the iteration's start, in whole ms)
+            t = clock()
+            ran, waited = sched()
             await asyncio.sleep(0.001)
-            late = int((loop.time() - t - 0.001) * 1000)
-            lateness[late] = lateness.get(late, 0) + 1
+            late = clock() - t - 0.001
+            lateness[int(late * 1000)] = lateness.get(int(late * 1000), 0) + 1
+            if late >= 0.002:
+                ran2, waited2 = sched()
+                stalls.append((late * 1000, (ran2 - ran) / 1e6, (waited2 - waited) / 1e6))
 
     start = server.Server.start
 
@@ -129,7 +147,10 @@ def probe(argv: list[str]) -> None:
 
             receive(data, source, answered)
 
-        return listener(sock, local, timed_receive)
+        made = listener(sock, local, timed_receive)
+        if os.environ.get(PER_WAKE_ENV):
+            made.per_wake = int(os.environ[PER_WAKE_ENV])
+        return made
 
     transport.UdpListener = timed_listener  # type: ignore[misc,assignment]
 
@@ -170,6 +191,27 @@ def table_worst(n: int) -> dict[str, Any]:
             "worst": [(i, round(times[i] / 1e6, 2)) for i in worst]}
 
 
+def stall_summary(stalls: list[list[float]]) -> dict[str, Any]:
+    """The stalls of 5 ms or more, each as (late, own CPU, run-queue wait, blocked) ms over the tick's
+    whole interval (the 1 ms sleep and the lateness), their parts' totals, and the longest own CPU
+    in any stall: how long the loop's own work kept a timer waiting."""
+    big = [(late, ran, waited, max(0.0, late + 1 - ran - waited)) for late, ran, waited in stalls if late >= 5]
+    totals = [round(sum(x[i] for x in big), 1) for i in range(4)]
+    return {"over_2ms": len(stalls), "over_5ms": len(big), "ms_late_own_cpu_run_queue_blocked": totals,
+            "longest_own_cpu_ms": round(max((x[1] for x in stalls), default=0.0), 2),
+            "worst": [[round(v, 2) for v in x] for x in sorted(big, reverse=True)[:8]]}
+
+
+def describe_stalls(s: dict[str, Any]) -> str:
+    late, ran, waited, blocked = s["ms_late_own_cpu_run_queue_blocked"]
+    interval = late + s["over_5ms"]  # each tick's interval is its 1 ms sleep and its lateness
+    share = (lambda part: f"{part / interval:.0%}") if late else (lambda part: "-")
+    return (f"event-loop stalls (a 1 ms timer 5 ms or more late): {s['over_5ms']}, {late} ms late in all: the loop's own "
+            f"CPU {share(ran)}, waiting in the run queue (another thread or process on the core) {share(waited)}, "
+            f"blocked {share(blocked)}; longest own CPU in a stall {s['longest_own_cpu_ms']} ms; worst (late, own, "
+            f"queue, blocked ms): {s['worst'][:4]}")
+
+
 def quantiles(values: list[float], scale: float = 1000.0) -> str:
     if not values:
         return "-"
@@ -183,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", type=int, metavar="N", help="time the transaction table alone under N requests' churn")
     p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     p.add_argument("--seconds", type=int, default=10, help="seconds of load (default 10)")
+    p.add_argument("--per-wake", type=int, metavar="N",
+                   help="datagrams the UDP listener reads per wake-up (default: udp.py's DATAGRAMS_PER_WAKE)")
     p.add_argument("--aors", type=int, default=10_000, help="distinct AORs (default 10,000)")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="nice level of the server and sipp (root)")
     p.add_argument("--output", type=Path, default=c.RESULTS / "tail.json", help="JSON output path")
@@ -206,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         target = c.Target("sipconsole", "sipconsole", "durable")
         sampler = c.CpuSampler()
         port = c.free_port()
-        server = target.start(work / "server", port, server_core, extra_env={PROBE_ENV: str(probed)},
+        env = {PROBE_ENV: str(probed), **({PER_WAKE_ENV: str(args.per_wake)} if args.per_wake else {})}
+        server = target.start(work / "server", port, server_core, extra_env=env,
                               wrap=[str(Path(__file__).resolve()), "--probe"])
         try:
             sampler.start(server.pid)
@@ -235,20 +280,23 @@ def main(argv: list[str] | None = None) -> int:
     collections: dict[int, list[float]] = {}
     for generation, seconds in record["gc"]:
         collections.setdefault(generation, []).append(seconds)
+    reg_s = c.median([p["rate"] for p in periods]) or 0
     summary = {
-        "transport": args.transport, "offered": args.rate,
-        "reg_per_s": round(c.median([p["rate"] for p in periods]) or 0),
+        "transport": args.transport, "offered": args.rate, "per_wake": args.per_wake, "reg_per_s": round(reg_s),
         "sipp_p50_ms": c.percentile(rtts, 50), "sipp_p99_ms": c.percentile(rtts, 99),
         "failed": run.failed, "retransmissions": run.retransmissions, "cpu": cpu,
         "commits": len(writes), "commits_copying_a_checkpoint": len(copying),
         "loop_lateness_ms": dict(sorted(lateness.items())),
         "gc_pauses": {g: len(v) for g, v in collections.items()},
+        "us_per_register": round(cpu["server"] * 1e4 / reg_s, 1) if cpu["server"] and reg_s else None,
+        "stalls": stall_summary(record["stalls"]),
     }
     lines = [
-        f"sipconsole open loop, {args.transport.upper()}, {args.rate:,}/s offered for {args.seconds} s ({core_note})",
+        f"sipconsole open loop, {args.transport.upper()}, {args.rate:,}/s offered for {args.seconds} s"
+        + (f", {args.per_wake} datagrams per wake-up" if args.per_wake else "") + f" ({core_note})",
         f"sipp: {summary['reg_per_s']:,} REG/s, p50 {summary['sipp_p50_ms']} ms, p99 {summary['sipp_p99_ms']} ms, "
-        f"failed {run.failed}, retransmissions {run.retransmissions}; CPU % server {cpu['server']}, sipp {cpu['sipp']}, "
-        f"other {cpu['other']}",
+        f"failed {run.failed}, retransmissions {run.retransmissions}; CPU % server {cpu['server']} "
+        f"({summary['us_per_register']} us/REG), sipp {cpu['sipp']}, other {cpu['other']}",
         f"group commits ({len(writes)}), ms: whole {quantiles([w[4] for w in writes])}; to the SQLite thread "
         f"{quantiles([w[0] for w in writes])}; in it {quantiles([w[1] for w in writes])}; back to the loop "
         f"{quantiles([w[2] for w in writes])}",
@@ -256,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f", ms {quantiles([w[4] for w in copying])}" if copying else ""),
         "event-loop lateness of a 1 ms timer, ms (count): "
         + (", ".join(f"{k}: {v}" for k, v in sorted(lateness.items()) if k >= 2) or "never 2 ms or more"),
+        describe_stalls(summary["stalls"]),
         "garbage collections: " + ("; ".join(f"generation {g}: {len(v)}, pause {quantiles(v)} ms"
                                              for g, v in sorted(collections.items())) or "none"),
     ]

@@ -200,6 +200,18 @@ def system_cpu() -> tuple[float, float, float]:
     return (v[0] + v[1] + v[2]) / CLK_TCK, (v[5] + v[6]) / CLK_TCK, sum(v) / CLK_TCK
 
 
+def core_cpu(core: int) -> tuple[float, float]:
+    """(busy, steal) CPU seconds of one CPU since boot. Busy counts user, nice, system, irq,
+    softirq and steal (time the hypervisor gave this virtual CPU to someone else): a process's
+    own system time includes the interrupts served while it ran (on loopback, its packets), so
+    busy less that process's time is what the others took."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            v = [int(x) for x in line.split()[1:9]]
+            return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK, v[7] / CLK_TCK
+    return 0.0, 0.0
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -245,11 +257,14 @@ def wait_quiet(limit_pct: float, max_wait: float) -> float:
 
 
 class CpuSampler:
-    """Samples CPU seconds of the server tree, sipp and the whole machine every ``interval``."""
+    """Samples CPU seconds of the server tree, sipp and the whole machine every ``interval``
+    (and of the server's ``core`` and sipp's ``client_core``, when given: what else ran there)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, core: int | None = None, client_core: int | None = None) -> None:
         self.interval = interval
-        self.samples: list[tuple[float, float, float, float, float, float]] = []
+        self.core = core
+        self.client_core = client_core
+        self.samples: list[tuple[float, ...]] = []
         self.server_pid: int | None = None
         self.sipp_pid: int | None = None
         self._stop = threading.Event()
@@ -275,7 +290,9 @@ class CpuSampler:
         server = cpu_seconds(self._tree)
         sipp = cpu_seconds([self.sipp_pid]) if self.sipp_pid else 0.0
         busy, irq, total = system_cpu()
-        self.samples.append((now, server, sipp, busy, irq, total))
+        core_busy, core_steal = core_cpu(self.core) if self.core is not None else (0.0, 0.0)
+        client_busy = core_cpu(self.client_core)[0] if self.client_core is not None else 0.0
+        self.samples.append((now, server, sipp, busy, irq, total, core_busy, core_steal, client_busy))
 
     def stop(self) -> None:
         self._stop.set()
@@ -283,7 +300,10 @@ class CpuSampler:
             self._thread.join(5)
 
     def between(self, t0: float, t1: float) -> dict[str, float | None]:
-        """CPU use in [t0, t1] as percent of one core: server, sipp, other processes, interrupts."""
+        """CPU use in [t0, t1] as percent of one core: server, sipp, other processes, interrupts;
+        with a ``core``, what else than the server took that core (``core_others``, steal included)
+        and the steal alone; with a ``client_core``, what else than sipp took that one (this script
+        included: a few percent)."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         if len(inside) < 2:
             return {"server": None, "sipp": None, "other": None, "irq": None}
@@ -293,8 +313,14 @@ class CpuSampler:
         sipp = (b[2] - a[2]) / wall * 100
         busy = (b[3] - a[3]) / wall * 100
         irq = (b[4] - a[4]) / wall * 100
-        return {"server": round(server, 1), "sipp": round(sipp, 1),
-                "other": round(max(0.0, busy - server - sipp), 1), "irq": round(irq, 1)}
+        out: dict[str, float | None] = {"server": round(server, 1), "sipp": round(sipp, 1),
+                                        "other": round(max(0.0, busy - server - sipp), 1), "irq": round(irq, 1)}
+        if self.core is not None:
+            out["core_others"] = round(max(0.0, (b[6] - a[6]) / wall * 100 - server), 1)
+            out["core_steal"] = round((b[7] - a[7]) / wall * 100, 1)
+        if self.client_core is not None:
+            out["client_core_others"] = round(max(0.0, (b[8] - a[8]) / wall * 100 - sipp), 1)
+        return out
 
 
 # -- processes ---------------------------------------------------------------------------

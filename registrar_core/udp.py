@@ -40,6 +40,7 @@ class UdpListener:
         self.local = local  # Kamailio style: "udp:127.0.0.1:5060"
         self.receive = receive
         self.max_in_flight = MAX_UDP_IN_FLIGHT
+        self.per_wake = DATAGRAMS_PER_WAKE
         self.in_flight = 0  # datagrams handed to the core and not answered yet
         self.dropped = 0  # datagrams dropped at the in-flight bound
         self.unsent = 0  # replies the socket refused (full send buffer, unreachable network)
@@ -55,7 +56,7 @@ class UdpListener:
 
     def _readable(self) -> None:
         recvfrom, receive, respond, local = self.sock.recvfrom, self.receive, self._respond, self.local
-        for _ in range(DATAGRAMS_PER_WAKE):
+        for _ in range(self.per_wake):
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):

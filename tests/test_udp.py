@@ -63,6 +63,42 @@ async def test_a_waiting_burst_is_read_in_one_wake_up_and_each_sender_answered()
     assert sock.fileno() == -1
 
 
+async def test_per_wake_bounds_what_one_wake_up_reads():
+    """``per_wake`` (bench_tail.py --per-wake tries other values without a rebuild): a wake-up
+    reads at most that many; the rest waits for the next turns, and nothing is lost."""
+    loop = asyncio.get_running_loop()
+    sock = _bound()
+    port = sock.getsockname()[1]
+    seen: list[bytes] = []
+    after_turn: list[int] = []  # datagrams read so far, at the end of each wake-up that read some
+
+    def turn_ended() -> None:
+        after_turn.append(len(seen))
+
+    def receive(data: bytes, source: Source, respond) -> None:
+        if len(after_turn) * 16 == len(seen):  # the first of a wake-up: mark where it ends
+            loop.call_soon(turn_ended)
+        seen.append(data)
+        respond(None)
+
+    listener = UdpListener(sock, f"udp:127.0.0.1:{port}", receive)
+    listener.per_wake = 16
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(40):
+            client.sendto(b"m%d" % i, ("127.0.0.1", port))
+        listener.start(loop)
+        deadline = loop.time() + 10
+        while len(seen) < 40 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert seen == [b"m%d" % i for i in range(40)]
+        assert after_turn == [16, 32, 40], "16 a wake-up, then 16 more, then the last 8"
+        assert listener.in_flight == 0
+    finally:
+        listener.close()
+        client.close()
+
+
 async def test_datagrams_beyond_the_in_flight_bound_are_dropped_and_counted():
     loop = asyncio.get_running_loop()
     sock = _bound()
