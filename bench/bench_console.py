@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common as c  # noqa: E402
 
+from console import memory  # noqa: E402
 from console.app import SipConsole  # noqa: E402
 from registrar_core.control import ControlClient  # noqa: E402
 from registrar_core.server import install_fast_loop  # noqa: E402
@@ -348,6 +349,16 @@ async def throughput(args: argparse.Namespace, runs: Runs) -> dict[str, list[dic
     return pairs
 
 
+def reclaim_timed() -> dict[str, Any]:
+    """The console's reclaim of the cycles that died frozen (console/memory.py), run once after
+    the key presses: the stall it costs an idle operator, with the whole table in memory."""
+    frozen = gc.get_freeze_count()
+    wall, cpu = time.perf_counter(), time.thread_time()
+    found = memory.reclaim()
+    return {"ms": round((time.perf_counter() - wall) * 1000, 1), "cpu_ms": round((time.thread_time() - cpu) * 1000, 1),
+            "found": found, "frozen_before": frozen, "frozen_after": gc.get_freeze_count()}
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     sipp_core, server_core, cores_note = c.pick_cores()
     c.pin_self(sipp_core)
@@ -383,6 +394,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 result["console_load_s"] = round(time.perf_counter() - t0, 2)
                 result["load_under_traffic"] = await during_load
                 result["rows"] = len(app.main.registry)
+                result["frozen_after_load"] = gc.get_freeze_count()  # the reclaim's base (console/memory.py)
                 print(f"console loaded {result['rows']:,} rows in {result['console_load_s']} s", flush=True)
                 seconds = max(20, args.presses * 2)
                 print(f"{args.rate:,} REG/s for up to {seconds} s while pressing keys ...", flush=True)
@@ -393,6 +405,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     latencies = await key_latencies(pilot, app, args.presses)
                 result["gc_during_keys"] = pauses
                 result["paced_load"] = await sender
+                result["reclaim"] = reclaim_timed()
             await client.close()
         finally:
             server.stop(timeout=60)
@@ -458,6 +471,10 @@ def report(r: dict[str, Any]) -> str:
             f"{gen} {v['n']} passes, {v['total_ms']} ms in all (CPU {v['cpu_total_ms']}), "
             f"longest {v['max_ms']} ms (CPU {v['cpu_max_ms']})"
             for gen, v in sorted(r.get("gc_during_keys", {}).items())) or "no pass"),
+        "the console's reclaim after them (console/memory.py, run when idle): " + (
+            "{ms} ms (CPU {cpu_ms}), {found:,} unreachable objects found, frozen {frozen_before:,} -> "
+            "{frozen_after:,} ({loaded:,} after the load)".format(**r["reclaim"], loaded=r["frozen_after_load"])
+            if "reclaim" in r else "not measured"),
         "",
         c.table(["key -> updated frame", "p50 ms", "p95 ms", "max ms", "n"], [
             [k, f"{v['p50']}", f"{v['p95']}", f"{v['max']}", str(v["n"])] for k, v in r["key_latency_ms"].items()

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.app import App
 from textual.markup import escape
 from textual.screen import Screen
@@ -31,6 +31,7 @@ from registrar_core.config import Config
 from registrar_core.control import ControlClient
 from registrar_core.server import Server, install_fast_loop
 
+from . import memory
 from .actions import Action, bindings
 from .commands import ActionCommands
 from .format import count
@@ -63,6 +64,14 @@ class SipConsole(App[None]):
         self.read_only = read_only
         self.clock = clock
         self.mode = mode or ("embedded" if embedded else "attached")
+
+    def on_mount(self) -> None:
+        self.set_interval(memory.RECLAIM_CHECK, memory.reclaim_if_due)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            memory.key_seen()  # the collector's reclaim waits for an idle operator
+        await super().on_event(event)
 
     def get_default_screen(self) -> Screen[Any]:
         return MainScreen(self.client, clock=self.clock, read_only=self.read_only, mode=self.mode)

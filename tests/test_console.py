@@ -4,9 +4,12 @@ keys remove bindings and flip policy, and the core confirms."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
+import time
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +17,7 @@ from textual.css.query import NoMatches
 from textual.widgets import Sparkline
 from textual.widgets._footer import FooterKey  # the keys a Footer shows (not exported by textual.widgets)
 
+from console import memory
 from console.app import SipConsole, attached, console_session, embedded
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import ContactDetailScreen
@@ -1188,3 +1192,33 @@ async def test_reg_event_watchers_screen_lists_who_watches_which_aor(server):
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen))
     watcher.close()
+
+
+class _Node:
+    """A Textual-like node: weak-referenceable, in a cycle with itself."""
+
+
+async def test_a_cycle_that_died_frozen_is_reclaimed_once_no_key_came_for_a_while(server, monkeypatch):
+    """The console freezes what survives each middle pass (console/memory.py): a cycle that dies
+    afterwards is left to the reclaim, which the app's timer runs once the frozen population has
+    grown by a share, but never while the operator is pressing keys."""
+    monkeypatch.setattr(memory, "RECLAIM_CHECK", 0.1)  # the app's timer asks ten times a second
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        await ready(pilot)  # the load's release() took the frozen population as the base
+        before_key = time.monotonic()
+        await pilot.press("down")
+        node = _Node()
+        node.self = node  # type: ignore[attr-defined]
+        dead = weakref.ref(node)
+        ballast = [[] for _ in range(int(gc.get_freeze_count() * memory.RECLAIM_GROWTH) + 1)]
+        gc.collect(1)  # a middle pass: the node and the ballast survive it and are frozen
+        del node
+        gc.collect()
+        assert dead() is not None, "a full pass reclaimed a frozen cycle: nothing to bound"
+        assert not memory.reclaim_if_due(now=before_key + memory.RECLAIM_IDLE - 1)  # a key came 29 s ago
+        await pilot.pause(0.5)  # the timer asks five times: the share has grown, but a key came
+        assert dead() is not None
+        monkeypatch.setattr(memory, "RECLAIM_IDLE", 0.0)  # the operator idle long enough
+        await until(pilot, lambda: dead() is None)
+        assert gc.get_freeze_count() >= len(ballast)  # what lives is frozen again
+        assert not memory.reclaim_if_due(now=time.monotonic() + 3600)  # the new base: no growth since
