@@ -20,6 +20,22 @@ def _bound() -> socket.socket:
     return sock
 
 
+async def _until(condition, seconds: float = 10) -> None:
+    """Poll until ``condition()`` holds or ``seconds`` pass (the asserts after it say which)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def _waiting(port: int, payloads: list[bytes]) -> socket.socket:
+    """A client whose ``payloads`` all wait in the listener's socket before it starts reading."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for payload in payloads:
+        client.sendto(payload, ("127.0.0.1", port))
+    return client
+
+
 async def test_a_waiting_burst_is_read_in_one_wake_up_and_each_sender_answered():
     """What arrived while the loop was busy (a group commit) is read before anything else runs,
     so it joins the next commit; every datagram is answered to where it came from."""
@@ -45,9 +61,7 @@ async def test_a_waiting_burst_is_read_in_one_wake_up_and_each_sender_answered()
         for i in range(burst):  # all waiting in the socket before the listener reads
             clients[i % 2].sendto(b"m%d" % i, ("127.0.0.1", port))
         listener.start(loop)
-        deadline = loop.time() + 10
-        while len(seen) < burst and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(seen) >= burst)
         assert [d for d, _ in seen] == [b"m%d" % i for i in range(burst)]
         assert before_next_turn == [DATAGRAMS_PER_WAKE], "one wake-up reads its whole share"
         assert {s.local for _, s in seen} == {f"udp:127.0.0.1:{port}"}
@@ -83,14 +97,10 @@ async def test_per_wake_bounds_what_one_wake_up_reads():
 
     listener = UdpListener(sock, f"udp:127.0.0.1:{port}", receive)
     listener.per_wake = 16
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = _waiting(port, [b"m%d" % i for i in range(40)])
     try:
-        for i in range(40):
-            client.sendto(b"m%d" % i, ("127.0.0.1", port))
         listener.start(loop)
-        deadline = loop.time() + 10
-        while len(seen) < 40 and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(seen) >= 40)
         assert seen == [b"m%d" % i for i in range(40)]
         assert after_turn == [16, 32, 40], "16 a wake-up, then 16 more, then the last 8"
         assert listener.in_flight == 0
@@ -106,19 +116,14 @@ async def test_datagrams_beyond_the_in_flight_bound_are_dropped_and_counted():
     held: list = []
     listener = UdpListener(sock, f"udp:127.0.0.1:{port}", lambda data, source, respond: held.append(respond))
     listener.max_in_flight = 5
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = _waiting(port, [b"x%d" % i for i in range(8)])
     try:
-        for i in range(8):
-            client.sendto(b"x%d" % i, ("127.0.0.1", port))
         listener.start(loop)
-        deadline = loop.time() + 10
-        while listener.dropped < 3 and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await _until(lambda: listener.dropped >= 3)
         assert (len(held), listener.in_flight, listener.dropped) == (5, 5, 3)
         held[0](None)  # answered with nothing to send: room for one more
         client.sendto(b"late", ("127.0.0.1", port))
-        while len(held) < 6 and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(held) >= 6)
         assert (len(held), listener.in_flight, listener.dropped) == (6, 5, 3)
     finally:
         listener.close()
