@@ -76,7 +76,7 @@ class StreamFramer:
             return None
         if end > limits.max_header_block:
             raise SipError(513, "Header block too large", drop=True)
-        head = b"\n" + self._buffer[:end]  # (one copy: bytes + bytearray is bytes)
+        head = b"\n" + self._buffer[:end]  # bytes + bytearray is bytes: no bytes() call needed
         length = content_length([m.decode("latin-1") for m in _LENGTH_FIELD.findall(head)])
         if length is None:
             raise SipError(400, "Content-Length required on a stream", drop=True)
