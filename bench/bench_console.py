@@ -16,7 +16,9 @@ attach``, and ``sipconsole`` (the registrar, with its console in a child process
    REGISTER with minus without; then the median of the pairs and their min-max. (The VM's
    speed drifts by a third within minutes: one run of each kind says nothing of a 90 % target.)
    Consoles are pinned to sipp's core, the registrar keeps its own (``sipconsole``'s console
-   process is moved there once started).
+   process is moved there once started). ``--kinds bare``: a compact subscriber that reads the
+   events a console gets and drops them (this script, ``--subscribe``), in pairs as attached: the
+   registrar's side of a console without the console's own work on sipp's core.
 3. The console (Pilot, headless, in this process, attached to the serve process like the
    console's own process) opens while sipp sends ``--rate`` REGISTERs/s: time until the rows
    are loaded, how the registrar answered meanwhile; then keypress -> updated-frame latency
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -85,12 +88,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=4,
                    help="pairs of throughput runs per console kind (default 4; 0: only the console's load and keys)")
     p.add_argument("--kinds", default="attached,embedded",
-                   help="consoles measured in pairs with a run without one: attached, embedded (default both)")
+                   help="consoles measured in pairs with a run without one: attached, embedded, bare "
+                        "(a subscriber without a console; default attached,embedded)")
     p.add_argument("--output", type=Path, default=c.RESULTS / "console.json", help="JSON output path")
+    p.add_argument("--subscribe", metavar="SOCKET", help=argparse.SUPPRESS)  # the bare kind's subscriber process
     args = p.parse_args()
     args.kinds = args.kinds.split(",")
-    if not set(args.kinds) <= {"attached", "embedded"}:
-        p.error("--kinds: a comma list of attached, embedded (each is paired with a run without a console)")
+    if not set(args.kinds) <= {"attached", "embedded", "bare"}:
+        p.error("--kinds: a comma list of attached, embedded, bare (each is paired with a run without a console)")
     args.contacts = args.contacts or (20_000 if args.quick else 100_000)
     args.seconds = args.seconds or (5 if args.quick else 10)
     return args
@@ -286,6 +291,22 @@ class Runs:
             term.close()
         return {**run, "start": self.start}
 
+    async def bare(self) -> dict[str, Any]:
+        """A bare compact subscriber (``--subscribe``) on sipp's core, the run, the subscriber stopped."""
+        log = self.work / f"subscriber-{self.done + 1}.log"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--subscribe", str(self.work / "control.sock")]
+        sub = c.Managed(c.pinned(cmd, self.sipp_core), log, cwd=c.ROOT, env={**os.environ, **registrar_env(self.work)})
+        try:
+            deadline = time.monotonic() + 60
+            while b"subscribing" not in log.read_bytes():
+                if not sub.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the bare subscriber did not connect: {sub.tail()}")
+                await asyncio.sleep(0.05)
+            run = await self._measured({"registrar": self.server.pid, "console": sub.pid})
+        finally:
+            sub.stop()
+        return {**run, "start": self.start}
+
     async def embedded(self) -> dict[str, Any]:
         """``serve`` stopped, ``sipconsole`` on the same database (a registrar start of its own),
         the run, ``sipconsole`` quit, ``serve`` started again."""
@@ -337,7 +358,7 @@ async def throughput(args: argparse.Namespace, runs: Runs) -> dict[str, list[dic
     """
     pairs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
     for kind in args.kinds:
-        run_console = runs.attached if kind == "attached" else runs.embedded
+        run_console = {"attached": runs.attached, "embedded": runs.embedded, "bare": runs.bare}[kind]
         for i in range(args.repeat):
             order = ("none", kind) if i % 2 == 0 else (kind, "none")
             print(f"pair {i + 1}/{args.repeat}, {kind}: {order[0]} then {order[1]}, sipp closed loop "
@@ -415,7 +436,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-LABELS = {"attached": "sipconsole attach (another process)", "embedded": "sipconsole (console in a child process)"}
+LABELS = {"attached": "sipconsole attach (another process)", "embedded": "sipconsole (console in a child process)",
+          "bare": "a compact subscriber, no console"}
 
 
 def report_pairs(r: dict[str, Any]) -> list[str]:
@@ -483,9 +505,21 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def subscribe(control: str) -> None:
+    """The bare kind's subscriber: a console's compact event stream, read and dropped."""
+    client = await ControlClient(control, actor="console").connect()
+    print("connected, subscribing", flush=True)
+    with contextlib.suppress(ConnectionError):
+        async for _ in client.events(compact=True, expand=False):
+            pass
+
+
 def main() -> None:
     args = parse_args()
     install_fast_loop()
+    if args.subscribe:
+        asyncio.run(subscribe(args.subscribe))
+        return
     result = asyncio.run(bench(args))
     print()
     print(report(result))

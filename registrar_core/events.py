@@ -28,8 +28,8 @@ CONTACT_REACHABILITY = "contact.reachability"  # qualify: state, rtt_ms, reason,
 OPERATOR_ACTION = "operator.action"
 _GONE: Final = (CONTACT_REMOVED, CONTACT_EXPIRED)
 
-#: request.handled events a compact subscriber (a console) gets per frame, the newest: its
-#: traffic pane shows the last few thousand anyway, and the others are never made.
+#: request.handled events a compact subscriber (a console) gets per frame, the first since the
+#: last frame: its traffic pane shows the last few thousand anyway, and the others are never made.
 TRAFFIC_PER_FRAME: Final = 250
 
 
@@ -143,10 +143,11 @@ class Subscription(_Reader):
 class CompactSubscription(_Reader):
     """What a console reads, built when it reads (once a frame), not per request or change:
 
-    - of the requests handled, the newest TRAFFIC_PER_FRAME, kept as tuples (time, method,
-      note, status, reason) in a ring (a list written in place: a deque's append, a method
-      call, cost twice the rest of a request's event) and made into request.handled records
-      only then;
+    - of the requests handled, the first TRAFFIC_PER_FRAME since the last frame, kept as
+      tuples (time, method, note, status, reason) and made into request.handled records only
+      then; the rest are only counted. Not the newest: a ring of the newest made a tuple for
+      every request and kept it (and its note) for TRAFFIC_PER_FRAME requests more; above
+      TRAFFIC_PER_FRAME requests a frame the pane shows a sample either way;
     - an added or refreshed contact marks its ruid in its table's marks: one record per
       contact per frame (repeated refreshes coalesce), its latest state, with only what the
       AOR table shows (aor, ruid, expires_at, modified, user_agent: a third of the bytes to
@@ -161,9 +162,8 @@ class CompactSubscription(_Reader):
     def __init__(self, bus: EventBus, maxsize: int) -> None:
         super().__init__(bus, maxsize)
         self._events: list[Event] = []
-        self._traffic: list[tuple[float, str, Handled, int, str] | None] = [None] * TRAFFIC_PER_FRAME
-        self._next = 0  # where the ring's next request goes
-        self._requests = 0  # requests handled since the last frame (the ring holds the newest)
+        self._traffic: list[tuple[float, str, Handled, int, str]] = []  # the first of the frame's requests
+        self._requests = 0  # requests handled since the last frame (_traffic holds the first)
         self._added: dict[str, dict[str, Contact]] = {}  # table -> ruid -> its latest state
         self._refreshed: dict[str, dict[str, Contact]] = {}
         self._marked = 0  # contacts marked in both, for the bound
@@ -181,8 +181,8 @@ class CompactSubscription(_Reader):
         self._marked = 0
 
     def _clear_traffic(self) -> None:
-        self._traffic = [None] * TRAFFIC_PER_FRAME
-        self._next = self._requests = 0
+        self._traffic = []
+        self._requests = 0
 
     def put(self, event: Event) -> None:
         if event.kind in _GONE:
@@ -198,11 +198,11 @@ class CompactSubscription(_Reader):
         if self._waiter is not None:
             self._wake()
 
-    def handled(self, request: tuple[float, str, Handled, int, str]) -> None:
-        at = self._next
-        self._traffic[at] = request
-        self._next = 0 if at == TRAFFIC_PER_FRAME - 1 else at + 1
-        self._requests += 1
+    def handled(self, when: float, method: str, note: Handled, status: int, reason: str) -> None:
+        count = self._requests
+        if count < TRAFFIC_PER_FRAME:
+            self._traffic.append((when, method, note, status, reason))
+        self._requests = count + 1
         if self._waiter is not None:
             self._wake()
 
@@ -232,21 +232,11 @@ class CompactSubscription(_Reader):
     def pending(self) -> bool:
         return bool(self._events or self._requests or self._marked)
 
-    def _newest(self) -> list[tuple[float, str, Handled, int, str]]:
-        """The requests in the ring, oldest first, and an empty ring."""
-        ring, at, count = self._traffic, self._next, min(self._requests, TRAFFIC_PER_FRAME)
-        out: list[tuple[float, str, Handled, int, str]] = []
-        for index in range(at - count, at):
-            request = ring[index]  # a negative index: from the ring's end, as wrapped
-            if request is not None:
-                out.append(request)
-        self._clear_traffic()
-        return out
-
     def records(self) -> list[Any]:
         """Dicts for the events as published, arrays for requests and contacts (see expanded())."""
         out: list[Any] = []
-        traffic = self._newest()
+        traffic = self._traffic
+        self._clear_traffic()
         taken = 0
         for event in self._events:  # both in time order: merged
             while taken < len(traffic) and traffic[taken][0] <= event.time:
@@ -346,10 +336,8 @@ class EventBus:
                                             "status": status, "reason": reason, "user_agent": note.user_agent}, now)
             for sub in self._subscribers:
                 sub.put(event)
-        if self._compact:
-            request = (now, method, note, status, reason)
-            for compact in self._compact:
-                compact.handled(request)
+        for compact in self._compact:
+            compact.handled(now, method, note, status, reason)
 
     def changed(self, table: str, contact: Contact, is_new: bool) -> None:
         """A contact added or refreshed (contact.added, contact.refreshed); only while :attr:`active`."""
