@@ -113,6 +113,7 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
     sampler = c.CpuSampler(core=server_core, client_core=core)
     sampler.start(server.pid)
     before = commit_totals(metrics_port)
+    switches = c.thread_switches(server.pid)
     counter = SyscallCounter(server.pid, work / "perf.txt")
     try:
         run = c.run_sipp(port, c.SCENARIOS / "register.xml", injection, work,
@@ -124,6 +125,7 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
         syscalls = counter.stop()
         sampler.stop()
     after = commit_totals(metrics_port)
+    switched = switches_per_commit(server.pid, switches, c.thread_switches(server.pid), after[0] - before[0])
     # The closed loop is full from its first period; an open loop's first second still ramps.
     periods = c.steady_periods(run, None if rate else 500, 2.0 if rate else 1.0)
     answered = run.successful
@@ -142,7 +144,8 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
     if commits:
         row.update(commits=int(commits), rows_per_commit=round(rows / commits, 1),
                    commit_ms_mean=round(secs / commits * 1000, 2),
-                   commits_over_ms={str(ms): int(n) for ms, n in zip(SLOW_COMMIT_MS, slow)})
+                   commits_over_ms={str(ms): int(n) for ms, n in zip(SLOW_COMMIT_MS, slow)},
+                   switches_per_commit=switched)
     if syscalls:
         row["syscalls"] = syscalls
         waits = syscalls.get("sys_enter_epoll_pwait", 0) + syscalls.get("sys_enter_epoll_wait", 0)
@@ -153,6 +156,21 @@ def step(server: c.Managed, port: int, metrics_port: int, injection: Path, work:
             if waits:
                 row["datagrams_per_loop_wait"] = round((reads - empty) / waits, 1)
     return row
+
+
+def switches_per_commit(pid: int, before: dict[int, tuple[str, int, int]],
+                        after: dict[int, tuple[str, int, int]], commits: float) -> dict[str, list[float]]:
+    """Per server thread that switched (``main`` the event loop, the others by thread id; the
+    group commit's is the busiest of them): [voluntary, involuntary] context switches per group
+    commit over the step (with the whole step's other work: the loop's epoll waits, and the
+    GIL handed between the threads that share the server's core)."""
+    out: dict[str, list[float]] = {}
+    for tid, (name, voluntary, involuntary) in after.items():
+        _, v0, n0 = before.get(tid, (name, 0, 0))
+        if commits and (voluntary - v0 or involuntary - n0):
+            key = "main" if tid == pid else f"{name}-{tid}"
+            out[key] = [round((voluntary - v0) / commits, 2), round((involuntary - n0) / commits, 2)]
+    return out
 
 
 def resolution(rtts: list[float]) -> float | None:
@@ -204,10 +222,12 @@ def describe(row: dict[str, Any]) -> str:
             f"max {row.get('max_ms')} ms ({row.get('responses', 0):,} responses), failed {row['failed']}, "
             f"retrans {row['retransmissions']}; server CPU {cpu.get('server')} % of its core "
             f"({row.get('us_per_register')} us/REG), others on its core {cpu.get('core_others')} % "
-            f"(steal {cpu.get('core_steal')}), on sipp's {cpu.get('client_core_others')} %, other processes "
+            f"(steal {cpu.get('core_steal')}), on sipp's {cpu.get('client_core_others')} % (steal "
+            f"{cpu.get('client_core_steal')}), other processes "
             f"{cpu.get('other')} %; rows/commit "
             f"{row.get('rows_per_commit')}, commit {row.get('commit_ms_mean')} ms (over 10/25/50 ms: "
-            f"{'/'.join(str(n) for n in (row.get('commits_over_ms') or {}).values()) or '-'}); datagrams/loop wait "
+            f"{'/'.join(str(n) for n in (row.get('commits_over_ms') or {}).values()) or '-'}); per commit, context "
+            f"switches [voluntary, involuntary] by thread {row.get('switches_per_commit')}; datagrams/loop wait "
             f"{row.get('datagrams_per_loop_wait')} ({row.get('loop_waits')} waits, {row.get('empty_reads')} empty reads)")
 
 
@@ -224,7 +244,8 @@ def summarize(starts: list[dict[str, Any]], target_ms: float) -> list[dict[str, 
         out.append({"fraction": fraction, "steps": len(rows), "held": len(held),
                     "p99_ms_median": c.median(held), "p99_ms_range": [min(held), max(held)] if held else None,
                     f"within_{target_ms:g}_ms": sum(1 for p in held if p <= target_ms),
-                    "held_steps": [{"p99_ms": r["p99_ms"], "load": r["load"], "server_cpu": r["cpu"]["server"]}
+                    "held_steps": [{"p99_ms": r["p99_ms"], "load": r["load"], "server_cpu": r["cpu"]["server"],
+                                    "steal": [r["cpu"].get("core_steal"), r["cpu"].get("client_core_steal")]}
                                    for r in rows if r["held"]],
                     "not_held": [{"p99_ms": r.get("p99_ms"), "load": r["load"], "why": r["why"]}
                                  for r in rows if not r["held"]]})

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         c.write_injection(injection, 0, args.aors)
         probed = work / "probe.json"
         target = c.Target("sipconsole", "sipconsole", "durable")
-        sampler = c.CpuSampler()
+        sampler = c.CpuSampler(core=server_core, client_core=sipp_core)
         port = c.free_port()
         env = {PROBE_ENV: str(probed), **({PER_WAKE_ENV: str(args.per_wake)} if args.per_wake else {})}
         server = target.start(work / "server", port, server_core, extra_env=env,
@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f", {args.per_wake} datagrams per wake-up" if args.per_wake else "") + f" ({core_note})",
         f"sipp: {summary['reg_per_s']:,} REG/s, p50 {summary['sipp_p50_ms']} ms, p99 {summary['sipp_p99_ms']} ms, "
         f"failed {run.failed}, retransmissions {run.retransmissions}; CPU % server {cpu['server']} "
-        f"({summary['us_per_register']} us/REG), sipp {cpu['sipp']}, other {cpu['other']}",
+        f"({summary['us_per_register']} us/REG), sipp {cpu['sipp']}, other {cpu['other']}; others on the "
+        f"server's core {cpu.get('core_others')} (steal {cpu.get('core_steal')}), on sipp's "
+        f"{cpu.get('client_core_others')} (steal {cpu.get('client_core_steal')})",
         f"group commits ({len(writes)}), ms: whole {quantiles([w[4] for w in writes])}; to the SQLite thread "
         f"{quantiles([w[0] for w in writes])}; in it {quantiles([w[1] for w in writes])}; back to the loop "
         f"{quantiles([w[2] for w in writes])}",

@@ -212,6 +212,19 @@ def core_cpu(core: int) -> tuple[float, float]:
     return 0.0, 0.0
 
 
+def thread_switches(pid: int) -> dict[int, tuple[str, int, int]]:
+    """Per thread of ``pid``: (name, voluntary, involuntary) context switches since it started.
+    A voluntary one is a wait (a futex: the GIL, a queue; epoll; I/O), an involuntary one the
+    scheduler taking the core away; between two threads of one pinned process, a hand-off."""
+    out: dict[int, tuple[str, int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
+            out[int(task.name)] = (fields["Name"].strip(), int(fields["voluntary_ctxt_switches"]),
+                                   int(fields["nonvoluntary_ctxt_switches"]))
+    return out
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -291,8 +304,8 @@ class CpuSampler:
         sipp = cpu_seconds([self.sipp_pid]) if self.sipp_pid else 0.0
         busy, irq, total = system_cpu()
         core_busy, core_steal = core_cpu(self.core) if self.core is not None else (0.0, 0.0)
-        client_busy = core_cpu(self.client_core)[0] if self.client_core is not None else 0.0
-        self.samples.append((now, server, sipp, busy, irq, total, core_busy, core_steal, client_busy))
+        client_busy, client_steal = core_cpu(self.client_core) if self.client_core is not None else (0.0, 0.0)
+        self.samples.append((now, server, sipp, busy, irq, total, core_busy, core_steal, client_busy, client_steal))
 
     def stop(self) -> None:
         self._stop.set()
@@ -303,7 +316,7 @@ class CpuSampler:
         """CPU use in [t0, t1] as percent of one core: server, sipp, other processes, interrupts;
         with a ``core``, what else than the server took that core (``core_others``, steal included)
         and the steal alone; with a ``client_core``, what else than sipp took that one (this script
-        included: a few percent)."""
+        included: a few percent) and its steal."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         if len(inside) < 2:
             return {"server": None, "sipp": None, "other": None, "irq": None}
@@ -320,6 +333,7 @@ class CpuSampler:
             out["core_steal"] = round((b[7] - a[7]) / wall * 100, 1)
         if self.client_core is not None:
             out["client_core_others"] = round(max(0.0, (b[8] - a[8]) / wall * 100 - sipp), 1)
+            out["client_core_steal"] = round((b[9] - a[9]) / wall * 100, 1)
         return out
 
 
