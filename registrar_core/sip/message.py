@@ -375,7 +375,7 @@ def serialise(start_line: str, fields: list[tuple[str, str]], body: bytes) -> by
     # store): appending its 4 parts per field cost a call each and the list's regrowth.
     parts = ["\r\n"] * (4 * len(fields) + 2)
     parts[0] = start_line
-    i = 2
+    i: i64 = 2  # native: the stores' index checks and the steps are C, not tagged
     for name, value in fields:
         parts[i] = name
         parts[i + 1] = ": "
