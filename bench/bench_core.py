@@ -29,7 +29,7 @@ frames a second), inside the timed part; the write to the socket is left out. ``
 the JSON file. Every case runs with the collector tuned as ``Server.start`` tunes it (``serve``'s
 thresholds, what start loaded frozen), so the figure measures what ``serve`` runs; ``--default-gc``
 keeps Python's default thresholds instead, as ``plain`` and ``digest`` ran before (their figures up to
-8bbb252, unless ``--server-gc`` was given, include about 5k instructions of young collections per
+8bbb252, unless ``--server-gc`` was given, include about 7k instructions of young collections per
 REGISTER).
 """
 
