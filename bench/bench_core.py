@@ -26,8 +26,11 @@ reg event (what the notifier costs a REGISTER of an AOR nobody watches while oth
 ``--console`` keeps a console's compact subscription on the control socket's event stream, its
 frame (what control.py's pump writes) made every ``--frame`` REGISTERs (1,250: 25,000 REG/s at 20
 frames a second), inside the timed part; the write to the socket is left out. ``--output`` names
-the JSON file; ``--server-gc`` tunes the collector as ``Server.start`` does (as in ``serve``: compare
-a console's cost with and without ``--console`` under it).
+the JSON file. Every case runs with the collector tuned as ``Server.start`` tunes it (``serve``'s
+thresholds, what start loaded frozen), so the figure measures what ``serve`` runs; ``--default-gc``
+keeps Python's default thresholds instead, as ``plain`` and ``digest`` ran before (their figures up to
+8bbb252, unless ``--server-gc`` was given, include about 7k instructions of young collections per
+REGISTER).
 """
 
 from __future__ import annotations
@@ -123,13 +126,18 @@ def _framed(receive, batch: list[bytes], replies: list, frame, every: int) -> fl
     return time.process_time() - start
 
 
-async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0,
-                console: bool = False, every: int = 1_250, server_gc: bool = False) -> dict[str, list[float]]:
-    core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": ":memory:"}), memory_only=True)
-    await core.start()
-    if server_gc:
+def server_gc(default_gc: bool) -> None:
+    """The collector as ``Server.start`` leaves it (unless ``default_gc``): called once the core has started."""
+    if not default_gc:
         gc.set_threshold(*GC_THRESHOLDS)
         gc.freeze()
+
+
+async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0,
+                console: bool = False, every: int = 1_250, default_gc: bool = False) -> dict[str, list[float]]:
+    core = RegistrarCore(build_config({"auth": False, "ip_budget": 0, "db": ":memory:"}), memory_only=True)
+    await core.start()
+    server_gc(default_gc)
     replies: list[object] = []
     sub = core.subscribe_compact() if console else None
     written = [0]
@@ -163,7 +171,7 @@ async def plain(aors: int, repeat: int, gruu: bool = False, watchers: int = 0,
     return {"us_per_register": per_register}
 
 
-async def digest(aors: int, repeat: int) -> dict[str, list[float]]:
+async def digest(aors: int, repeat: int, default_gc: bool = False) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         config = build_config({"auth": True, "ip_budget": 0, "db": ":memory:", "auth_algorithms": ["MD5"],
                                "auth_key": str(Path(tmp) / "auth.key")})
@@ -172,6 +180,7 @@ async def digest(aors: int, repeat: int) -> dict[str, list[float]]:
         await core.start()
         for n in range(min(aors, SUBSCRIBERS)):
             await core.add_subscriber(f"u{n}@{DOMAIN}", f"pw{n}")
+        server_gc(default_gc)
         users = min(aors, SUBSCRIBERS)
         challenge_us, authorized_us = [], []
         try:
@@ -281,7 +290,9 @@ def main() -> None:
     parser.add_argument("--console", action="store_true",
                         help="plain: a console's compact event subscription, its frame made every --frame REGISTERs")
     parser.add_argument("--frame", type=int, default=1_250, help="plain --console: REGISTERs per frame")
-    parser.add_argument("--server-gc", action="store_true", help="plain: the collector tuned as serve tunes it")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="plain, digest: Python's default collector thresholds instead of serve's")
+    parser.add_argument("--server-gc", action="store_true", help=argparse.SUPPRESS)  # the default now; older commands
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "core.json",
                         help="JSON output path (default bench/results/core.json)")
     parser.add_argument("--udp-client", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the udp case's load
@@ -299,7 +310,8 @@ def main() -> None:
             fast = install_fast_loop()
             results[case] = asyncio.run(udp(aors, repeat, args.window, args.max_transactions))
         else:
-            results[case] = asyncio.run(plain(aors, repeat, args.gruu, args.watchers, args.console, args.frame, args.server_gc) if case == "plain" else digest(aors, repeat))
+            results[case] = asyncio.run(plain(aors, repeat, args.gruu, args.watchers, args.console, args.frame, args.default_gc) if case == "plain"
+                                        else digest(aors, repeat, args.default_gc))
     print(f"build {registrar_core.build()}, {aors:,} AORs, CPU per REGISTER:")
     for case, figures in results.items():
         for name, times in figures.items():
@@ -310,7 +322,7 @@ def main() -> None:
                for name, times in figures.items()}
     out.write_text(json.dumps({"build": registrar_core.build(), "aors": aors, "uvloop": fast, "gruu": args.gruu,
                                "watchers": args.watchers, "max_transactions": args.max_transactions,
-                               "console": args.console, "frame": args.frame, "server_gc": args.server_gc,
+                               "console": args.console, "frame": args.frame, "server_gc": not args.default_gc,
                                "cases": results, "medians_us": medians}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mypy_extensions import i64
+
 from . import events as ev
 from .auth import Authenticator, Refusal, authorised_for
 from .config import Config
@@ -176,9 +178,9 @@ class Pipeline:
             self.stats.retransmissions += 1
             respond((previous, address) if previous else None)
             return
-        self.transactions.begin(key)
+        shard = self.transactions.begin(key)
         try:
-            self._dispatch(message, source, _Answered(self, message.method, key, address, respond))
+            self._dispatch(message, source, _Answered(self, message.method, key, address, respond, shard))
         except BaseException:
             self.transactions.forget(key)
             raise
@@ -335,10 +337,11 @@ class _Answered:
     closure is an object and its environment)."""
 
     def __init__(self, pipeline: Pipeline, method: str, key: str, address: tuple[str, int],
-                 respond: Respond) -> None:
+                 respond: Respond, shard: i64 = -1) -> None:
         self.pipeline = pipeline
         self.method = method
         self.key = key
+        self.shard = shard  # the key's shard in the transaction table, as begin() found it
         self.address = address
         self.respond = respond
         self.note: _Note | None = None  # set by _dispatch while someone listens for request.handled
@@ -348,7 +351,7 @@ class _Answered:
         pipeline.answered(self.method, self.note, response.status, response.reason, challenged)
         payload = response.serialised()
         if self.key:
-            pipeline.transactions.complete(self.key, payload)
+            pipeline.transactions.complete(self.key, payload, self.shard)
         self.respond((payload, self.address))
 
 

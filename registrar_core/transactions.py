@@ -97,7 +97,8 @@ class TransactionTable:
         self._looked_up, self._looked_up_shard = key, shard
         return self._shards[shard].get(key)
 
-    def begin(self, key: str) -> None:
+    def begin(self, key: str) -> i64:
+        """Note a new transaction as in progress; returns its shard, for :meth:`complete`."""
         now = self._clock()
         keys, deadlines, key_shards, shards = self._ring_keys, self._ring_deadlines, self._ring_shards, self._shards
         size, oldest, queued = self._max_entries, self._oldest, self._queued
@@ -113,11 +114,15 @@ class TransactionTable:
         slot = oldest + queued if oldest + queued < size else oldest + queued - size
         keys[slot], deadlines[slot], key_shards[slot] = key, now + self._lifetime, shard
         self._oldest, self._queued = oldest, queued + 1
+        return shard
 
-    def complete(self, key: str, response: bytes) -> None:
-        shard = self._shards[_shard(key)]
-        if key in shard:  # not when evicted meanwhile: it has left the ring
-            shard[key] = response
+    def complete(self, key: str, response: bytes, shard: i64 = -1) -> None:
+        """The transaction's final response; ``shard``: what :meth:`begin` returned (the pipeline
+        keeps it: compiled, the key's hash as an i64 goes through a long object, 200-400
+        instructions), or -1 to work it out again."""
+        entries = self._shards[_shard(key) if shard < 0 else shard]
+        if key in entries:  # not when evicted meanwhile: it has left the ring
+            entries[key] = response
 
     def forget(self, key: str) -> None:
         self._shards[_shard(key)].pop(key, None)

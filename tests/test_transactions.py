@@ -23,6 +23,21 @@ def test_transaction_table_keeps_a_response_for_timer_j_then_forgets_it():
     assert table.lookup(first) is None and table.lookup(second) == IN_PROGRESS and len(table) == 2
 
 
+def test_transaction_table_completes_in_the_shard_begin_returned():
+    """The pipeline keeps the shard begin() returns and hands it to complete(): the response is
+    stored where lookup() finds it, as when complete() works the shard out itself."""
+    table = TransactionTable(clock=lambda: 0.0)
+    reply = b"SIP/2.0 200 OK\r\n\r\n"
+    keys = [f"z9hG4bK{i} 127.0.0.1:5060 REGISTER" for i in range(64)]
+    shards = {key: table.begin(key) for key in keys}
+    assert len(set(shards.values())) > 1 and all(0 <= shard < 256 for shard in shards.values())
+    for key in keys[::2]:
+        table.complete(key, reply, shards[key])
+    for key in keys[1::2]:
+        table.complete(key, reply)
+    assert [table.lookup(key) for key in keys] == [reply] * len(keys) and len(table) == len(keys)
+
+
 def test_transaction_table_is_bounded_oldest_first_and_never_revives_an_evicted_key():
     table = TransactionTable(clock=lambda: 0.0, max_entries=3)
     reply = b"SIP/2.0 200 OK\r\n\r\n"

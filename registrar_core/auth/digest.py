@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import i64
+
 # The default challenge: MD5 only. Clients still in the field fail on SHA-256 (baresip 1.0
 # even when MD5 is offered first; sipsak and sipp 3.6 when SHA-256 comes first); SHA-256 and
 # SHA-512-256 are a configuration away (config auth_algorithms, first offered first: RFC 8760 §2.4).
@@ -109,7 +111,7 @@ def parse_authorization(value: str) -> Credentials | None:
     username = realm = nonce = uri = digest = algorithm = qop = nc = cnonce = opaque = None
     others: set[str] | None = None  # the names of other parameters: a duplicate is refused too
     escapes = "\\" in rest  # looked for once: a phone never escapes
-    i = 0
+    i: i64 = 0
     while True:
         name, text, i = _param(rest, i, escapes)
         if i < 0:
@@ -176,7 +178,7 @@ def _field(name: str) -> int:
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
-def _param(text: str, i: int, escapes: bool) -> tuple[str, str, int]:
+def _param(text: str, i: i64, escapes: bool) -> tuple[str, str, i64]:
     """The parameter from ``i`` on in ``a="x, y", b=z``: (name as written, value unquoted, the
     index after it); ("", "", -1) when only separators are left. ``escapes``: a backslash is
     somewhere in ``text``.
@@ -185,8 +187,10 @@ def _param(text: str, i: int, escapes: bool) -> tuple[str, str, int]:
     (a regex stepping through quoted strings was a fifth of an authenticated REGISTER's CPU;
     re.findall costs more than this whole parse) or a string method per separator: compiled,
     ``ord(text[i])`` is a few instructions, a string operation about 200. The separators before
-    the name are skipped as ``lstrip(" \\t,")`` would, anything else around it as ``strip()``."""
-    n = len(text)
+    the name are skipped as ``lstrip(" \\t,")`` would, anything else around it as ``strip()``.
+    The indices and characters are native integers (i64): no tagged checks, no ``+`` calls."""
+    n: i64 = len(text)
+    c: i64
     while i < n:
         c = ord(text[i])
         if c != 32 and c != 44 and c != 9:  # " ", ",", tab
@@ -194,7 +198,7 @@ def _param(text: str, i: int, escapes: bool) -> tuple[str, str, int]:
         i += 1
     if i >= n:
         return "", "", -1
-    equals = text.find("=", i)
+    equals: i64 = text.find("=", i)
     if equals < 0:
         raise DigestError("malformed Digest parameters")
     name = text[i:equals]
@@ -208,30 +212,30 @@ def _param(text: str, i: int, escapes: bool) -> tuple[str, str, int]:
         i += 1
         c = ord(text[i]) if i < n else 0
     if c == 34:  # '"'
-        start = i + 1
+        start: i64 = i + 1
         if escapes:
             return _quoted(name, text, start)
-        close = text.find('"', start)
+        close: i64 = text.find('"', start)
         if close < 0:
             raise DigestError("unterminated quoted string")
         return name, text[start:close], close + 1
-    comma = text.find(",", i)
-    end = n if comma < 0 else comma
+    comma: i64 = text.find(",", i)
+    end: i64 = n if comma < 0 else comma
     value = text[i:end]
     if end > i and (not 32 < c < 127 or not 32 < ord(text[end - 1]) < 127):
         value = value.strip()
     return name, value, end
 
 
-def _quoted(name: str, text: str, start: int) -> tuple[str, str, int]:
+def _quoted(name: str, text: str, start: i64) -> tuple[str, str, i64]:
     """(name, the quoted string opened before ``start`` unescaped, the index after its closing quote)."""
-    k = start
+    k: i64 = start
     escaped = False
     while True:
-        close = text.find('"', k)
+        close: i64 = text.find('"', k)
         if close < 0:
             raise DigestError("unterminated quoted string")
-        backslash = text.find("\\", k, close)
+        backslash: i64 = text.find("\\", k, close)
         if backslash < 0:
             break
         escaped = True

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from mypy_extensions import i64
+
 from .errors import SipError
 from .headers import (
     COMPACT_FORMS,
@@ -373,7 +375,7 @@ def serialise(start_line: str, fields: list[tuple[str, str]], body: bytes) -> by
     # store): appending its 4 parts per field cost a call each and the list's regrowth.
     parts = ["\r\n"] * (4 * len(fields) + 2)
     parts[0] = start_line
-    i = 2
+    i: i64 = 2  # native: the stores' index checks and the steps are C, not tagged
     for name, value in fields:
         parts[i] = name
         parts[i + 1] = ": "
@@ -515,7 +517,7 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
     fields: list[tuple[str, str]] = []
     index: dict[str, str | list[str]] = {}
     for line in lines:
-        colon = line.find(":")
+        colon: i64 = line.find(":")  # the indices native (i64): no tagged checks a character
         name = key = ""
         if 0 < colon < _SHAPE_LENGTH and ord(line[0]) < 128:
             for spelling, canonical, lookup in _SHAPES[colon * 128 + ord(line[0])]:
@@ -528,7 +530,8 @@ def _header_fields(lines: list[str], limits: Limits) -> Headers:
                 continue
             name, key = _field_name(line)
         # The value without the blanks around it, sliced once (compiled, line[i] is a native read).
-        start, end = colon + 1, len(line)
+        start: i64 = colon + 1
+        end: i64 = len(line)
         while start < end and (line[start] == " " or line[start] == "\t"):
             start += 1
         while end > start and (line[end - 1] == " " or line[end - 1] == "\t"):

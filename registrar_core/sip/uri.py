@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from mypy_extensions import i64
+
 from .errors import SipError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
@@ -81,13 +83,15 @@ def _matcher(cls: int) -> Callable[[str, int, int], object]:
     return matcher
 
 
-def all_of(text: str, start: int, end: int, cls: int) -> bool:
-    """True when every character of ``text[start:end]`` is of class ``cls`` (True when empty)."""
+def all_of(text: str, start: i64, end: i64, cls: i64) -> bool:
+    """True when every character of ``text[start:end]`` is of class ``cls`` (True when empty).
+    Compiled, the index, the character and the class are native integers (i64): with tagged
+    ints each character cost a tagged check of the index, of the code and an ``&`` call."""
     if _INTERPRETED:
         return end <= start or _matcher(cls)(text, start, end) is not None
     table = _CLASSES
     for i in range(start, end):
-        code = ord(text[i])
+        code: i64 = ord(text[i])
         if code < 128:
             if not table[code] & cls:
                 return False
@@ -101,33 +105,35 @@ def digits_value(digits: str) -> int:
     digit in a compiled loop, about 15 instructions a digit, where int() of a str is about 380
     (a port, the CSeq, Expires, Content-Length: five a REGISTER). Interpreted, int() (the same
     value for a string of ASCII digits)."""
-    if _INTERPRETED:
+    size: i64 = len(digits)
+    if _INTERPRETED or size > 18:  # 18 digits fit a native int (i64) whatever they are
         return int(digits)
-    value = 0
-    for i in range(len(digits)):
+    value: i64 = 0
+    for i in range(size):
         value = value * 10 + ord(digits[i]) - 48
     return value
 
 
-def has_space(text: str, start: int, end: int) -> bool:
+def has_space(text: str, start: i64, end: i64) -> bool:
     """True when ``text[start:end]`` holds whitespace as str.isspace() (and a regex's ``\\s``) sees it."""
     table = _CLASSES
     for i in range(start, end):
-        code = ord(text[i])
+        code: i64 = ord(text[i])
         if table[code] & SPACE if code < 128 else text[i].isspace():
             return True
     return False
 
 
-def is_hostname(text: str, start: int, end: int) -> bool:
+def is_hostname(text: str, start: i64, end: i64) -> bool:
     """``text[start:end]`` is a hostname: letters, digits, "-", "." and "_", starting and ending
     with a letter or digit, one final "." allowed (RFC 3261 §25.1, "_" as seen in the wild)."""
     if end > start and text[end - 1] == ".":
         end -= 1
     if end <= start:
         return False
-    first, last = ord(text[start]), ord(text[end - 1])
-    alnum = ALPHA | DIGIT
+    first: i64 = ord(text[start])
+    last: i64 = ord(text[end - 1])
+    alnum: i64 = ALPHA | DIGIT
     if first >= 128 or last >= 128 or not _CLASSES[first] & alnum or not _CLASSES[last] & alnum:
         return False
     return all_of(text, start, end, HOST)
@@ -333,7 +339,7 @@ class AbsoluteURI:
 URI = SipURI | AbsoluteURI
 
 
-def is_port(text: str, start: int, end: int) -> bool:
+def is_port(text: str, start: i64, end: i64) -> bool:
     """One to five ASCII digits (the value is checked apart)."""
     return 0 < end - start <= 5 and all_of(text, start, end, DIGIT)
 
