@@ -159,6 +159,9 @@ class Registry:
         # The orders of the other columns shown before, each with the AORs changed since (the
         # next time its column is chosen, only those move): switching back costs no full sort.
         self._kept: dict[str, tuple[SortedAors, set[str]]] = {}
+        # AORs whose rows were made since the orders were last brought up to date: sorted by AOR,
+        # only these and the rows gone move (a row's key by AOR never changes while it exists).
+        self._born: list[str] = []
 
     # -- loading and events ------------------------------------------------------------
     def load(self, dump: dict[str, Any], policy: dict[str, Any]) -> None:
@@ -249,6 +252,7 @@ class Registry:
         if row is None:
             key = own(aor)
             row = self.rows[key] = AorRow(key)
+            self._born.append(key)
         old = row.bindings.get(ruid)
         if old is not None and old.modified > modified:
             return None  # an event older than what the dump already showed
@@ -342,6 +346,7 @@ class Registry:
     def _rebuild(self) -> None:
         # The new keys are a table's worth of young objects: left on, the collector would scan
         # them (and every other tracked object) several times over; none of them forms a cycle.
+        self._born.clear()
         with memory.collector_paused():
             key = SORTS[self.sort]
             self._all = SortedAors(key(r) for r in self.rows.values())
@@ -359,7 +364,12 @@ class Registry:
                 del self._kept[name]  # sorted again when shown: no point keeping it up
         if self._too_many(dirty):
             self._rebuild()
+        elif self.sort == "aor":  # most events refresh a row in place: finding each unmoved cost more than the rest
+            self._move([*self._born, *(aor for aor, row in dirty.items() if row is None)], self.rows,
+                       filtered=self._view is not self._all)
+            self._born.clear()
         else:
+            self._born.clear()
             self._move(dirty, dirty, filtered=self._view is not self._all)
 
     def _move(self, aors: Iterable[str], rows: Mapping[str, AorRow | None], *, filtered: bool) -> None:
