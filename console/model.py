@@ -209,7 +209,8 @@ class Registry:
         put, rows = self._put, self.rows
         for event in events:
             if not isinstance(event, dict):  # a compact record of a contact added or refreshed (feed.Record)
-                if event[ev.RECORD_TABLE] == TABLE and (row := put(*event[ev.RECORD_AOR:])) is not None:
+                _, table, aor, ruid, expires_at, modified, agent = event  # no slice, no call with *args
+                if table == TABLE and (row := put(aor, ruid, expires_at, modified, agent)) is not None:
                     dirty[row.aor] = row
                 continue
             kind = event["kind"]
