@@ -104,6 +104,22 @@ def test_event_buffer_keeps_the_latest_event_per_contact():
     assert len(buffer) == 0
 
 
+def test_event_buffer_says_when_a_contact_event_came_whole():
+    """The contacts pane reads compact records only when its AOR's row changed; a whole event
+    (a removal, reachability) it reads in any case: the buffer says whether one came."""
+    buffer = EventBuffer(traffic_limit=3)
+    buffer.add([["contact.refreshed", "location", "a@x", "r1", 10.0, 1.0, "ua"],
+                ["request.handled", 1.0, "REGISTER", "a@x", "udp:1.2.3.4:5060", 200, "OK", "ua"],
+                {"kind": "storage.state", "ok": True, "error": None}])
+    assert not buffer.whole
+    buffer.add([{"kind": "contact.reachability", "ruid": "r1", "state": "up", "rtt_ms": 3}])
+    assert buffer.whole
+    buffer.take()
+    assert not buffer.whole
+    buffer.add([event("contact.removed", contact("a@x", "r1", 1, 10), reason="admin")])
+    assert buffer.whole
+
+
 def test_formats():
     assert [duration(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
     assert countdown(100, 99.2) == ("1s", "warn")
