@@ -235,9 +235,10 @@ class Registry:
         return self._changed({c["aor"]: self.rows.get(c["aor"]) for c in contacts if self._drop(c["aor"], c["ruid"])})
 
     def _changed(self, dirty: dict[str, AorRow | None]) -> Set[str]:
-        """Summarise the rows of ``dirty`` and move them in the orders; its AORs."""
+        """Summarise the rows of ``dirty`` and move them in the orders; its AORs. A row of one
+        binding (most) was summarised as it changed, by :meth:`_put` or :meth:`_drop`."""
         for row in dirty.values():
-            if row is not None and row.bindings:
+            if row is not None and len(row.bindings) > 1:
                 row.summarise()
         self._reindex(dirty)
         return dirty.keys()
@@ -260,11 +261,13 @@ class Registry:
         expires_at, modified = expires_at + 0.0, modified + 0.0
         if old is None:
             self.contacts += 1
-            row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
+            old = row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
         else:  # a refresh, the usual event: the binding changes in place
             old.expires_at, old.modified = expires_at, modified
             if agent != old.user_agent:
                 old.user_agent = sys.intern(agent)
+        if len(row.bindings) == 1:  # the row's summary is this binding: no second pass over the row
+            row.soonest, row.newest, row.agent = expires_at, modified, old.user_agent
         return row
 
     def _drop(self, aor: str, ruid: str) -> bool:
@@ -274,6 +277,8 @@ class Registry:
         self.contacts -= 1
         if not row.bindings:
             del self.rows[aor]
+        else:
+            row.summarise()
         return True
 
     def _policy_event(self, event: Event) -> None:

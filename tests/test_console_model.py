@@ -28,6 +28,10 @@ def view(registry: Registry) -> list[str]:
 
 def expected(registry: Registry) -> list[str]:
     rows = [r for r in registry.rows.values() if registry.filter in r.aor.lower()]
+    for r in rows:  # each row's summary is its bindings' now, however it changed
+        newest = max(r.bindings.values(), key=lambda b: b.modified)
+        assert (r.soonest, r.newest, r.agent) == (min(b.expires_at for b in r.bindings.values()), newest.modified,
+                                                  newest.user_agent)
     rows.sort(key=SORTS[registry.sort], reverse=registry.reverse)
     return [r.aor for r in rows]
 
