@@ -32,6 +32,9 @@ class EventBuffer:
         self.state: dict[tuple[str, ...], Event] = {}
         self.traffic: deque[Event | Record] = deque(maxlen=traffic_limit)  # requests, security events, removals
         self.received = 0
+        # A contact or reachability event came whole (a dict, not a compact record) since the last
+        # take: the contacts pane reads every change then; else only when its AOR's row changed.
+        self.whole = False
         self.lost = False  # the core dropped events: what the console holds is stale, reload
 
     def add(self, batch: list[Event | Record]) -> None:
@@ -52,8 +55,10 @@ class EventBuffer:
                 self.lost = True
             elif kind == ev.CONTACT_REACHABILITY:
                 self.reachability[event["ruid"]] = event
+                self.whole = True
             elif kind.startswith("contact."):
                 self.contacts[event["ruid"]] = event
+                self.whole = True
                 if kind in GONE:  # only removals: adds and refreshes would flood the pane
                     self.traffic.append(event)
             elif kind == ev.POLICY_CHANGED:
@@ -68,6 +73,7 @@ class EventBuffer:
         """(contact and state events, request and security events), emptying the buffer."""
         changes = [*self.state.values(), *self.contacts.values(), *self.reachability.values()]
         self.contacts, self.state, self.reachability = {}, {}, {}
+        self.whole = False
         return changes, self.take_traffic()
 
     def take_traffic(self) -> list[Event | Record]:

@@ -159,6 +159,9 @@ class Registry:
         # The orders of the other columns shown before, each with the AORs changed since (the
         # next time its column is chosen, only those move): switching back costs no full sort.
         self._kept: dict[str, tuple[SortedAors, set[str]]] = {}
+        # AORs whose rows were made since the orders were last brought up to date: sorted by AOR,
+        # only these and the rows gone move (a row's key by AOR never changes while it exists).
+        self._born: list[str] = []
 
     # -- loading and events ------------------------------------------------------------
     def load(self, dump: dict[str, Any], policy: dict[str, Any]) -> None:
@@ -206,7 +209,8 @@ class Registry:
         put, rows = self._put, self.rows
         for event in events:
             if not isinstance(event, dict):  # a compact record of a contact added or refreshed (feed.Record)
-                if event[ev.RECORD_TABLE] == TABLE and (row := put(*event[ev.RECORD_AOR:])) is not None:
+                _, table, aor, ruid, expires_at, modified, agent = event  # no slice, no call with *args
+                if table == TABLE and (row := put(aor, ruid, expires_at, modified, agent)) is not None:
                     dirty[row.aor] = row
                 continue
             kind = event["kind"]
@@ -231,9 +235,10 @@ class Registry:
         return self._changed({c["aor"]: self.rows.get(c["aor"]) for c in contacts if self._drop(c["aor"], c["ruid"])})
 
     def _changed(self, dirty: dict[str, AorRow | None]) -> Set[str]:
-        """Summarise the rows of ``dirty`` and move them in the orders; its AORs."""
+        """Summarise the rows of ``dirty`` and move them in the orders; its AORs. A row of one
+        binding (most) was summarised as it changed, by :meth:`_put` or :meth:`_drop`."""
         for row in dirty.values():
-            if row is not None and row.bindings:
+            if row is not None and len(row.bindings) > 1:
                 row.summarise()
         self._reindex(dirty)
         return dirty.keys()
@@ -249,17 +254,20 @@ class Registry:
         if row is None:
             key = own(aor)
             row = self.rows[key] = AorRow(key)
+            self._born.append(key)
         old = row.bindings.get(ruid)
         if old is not None and old.modified > modified:
             return None  # an event older than what the dump already showed
         expires_at, modified = expires_at + 0.0, modified + 0.0
         if old is None:
             self.contacts += 1
-            row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
+            old = row.bindings[own(ruid)] = Binding(expires_at, modified, sys.intern(agent))
         else:  # a refresh, the usual event: the binding changes in place
             old.expires_at, old.modified = expires_at, modified
             if agent != old.user_agent:
                 old.user_agent = sys.intern(agent)
+        if len(row.bindings) == 1:  # the row's summary is this binding: no second pass over the row
+            row.soonest, row.newest, row.agent = expires_at, modified, old.user_agent
         return row
 
     def _drop(self, aor: str, ruid: str) -> bool:
@@ -269,6 +277,8 @@ class Registry:
         self.contacts -= 1
         if not row.bindings:
             del self.rows[aor]
+        else:
+            row.summarise()
         return True
 
     def _policy_event(self, event: Event) -> None:
@@ -342,6 +352,7 @@ class Registry:
     def _rebuild(self) -> None:
         # The new keys are a table's worth of young objects: left on, the collector would scan
         # them (and every other tracked object) several times over; none of them forms a cycle.
+        self._born.clear()
         with memory.collector_paused():
             key = SORTS[self.sort]
             self._all = SortedAors(key(r) for r in self.rows.values())
@@ -359,7 +370,12 @@ class Registry:
                 del self._kept[name]  # sorted again when shown: no point keeping it up
         if self._too_many(dirty):
             self._rebuild()
+        elif self.sort == "aor":  # most events refresh a row in place: finding each unmoved cost more than the rest
+            self._move([*self._born, *(aor for aor, row in dirty.items() if row is None)], self.rows,
+                       filtered=self._view is not self._all)
+            self._born.clear()
         else:
+            self._born.clear()
             self._move(dirty, dirty, filtered=self._view is not self._all)
 
     def _move(self, aors: Iterable[str], rows: Mapping[str, AorRow | None], *, filtered: bool) -> None:

@@ -127,6 +127,27 @@ async def test_registered_phones_appear_live(server):
         p.close()
 
 
+async def test_the_contacts_pane_follows_its_aor_live(server):
+    """Compact records reach the pane only through its AOR's row: a phone joining the AOR shown
+    appears in it; another AOR's REGISTERs leave it as it is."""
+    alice, bob = next_aor("alice"), next_aor("bob")
+    desk, mobile, other = await phones(server, 3)
+    async with console_for(server).run_test(size=SIZE) as pilot:
+        main = await ready(pilot)
+        assert (await desk.register(alice)).status == 200
+        await highlight(pilot, main, alice)
+        await until(pilot, lambda: len(main.contacts.contacts) == 1)
+        assert (await other.register(bob)).status == 200
+        await until(pilot, lambda: bob in main.registry.rows)
+        assert [c["aor"] for c in main.contacts.contacts] == [alice]
+        assert (await mobile.register(alice)).status == 200
+        await until(pilot, lambda: len(main.contacts.contacts) == 2)
+        assert {c["received"] for c in main.contacts.contacts} == {
+            f"udp:127.0.0.1:{desk.local[1]}", f"udp:127.0.0.1:{mobile.local[1]}"}
+    for p in (desk, mobile, other):
+        p.close()
+
+
 async def test_a_contact_expiring_leaves_the_table(make_server):
     srv = await make_server(min_expires=1)
     aor = next_aor("brief")

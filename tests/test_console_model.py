@@ -28,6 +28,10 @@ def view(registry: Registry) -> list[str]:
 
 def expected(registry: Registry) -> list[str]:
     rows = [r for r in registry.rows.values() if registry.filter in r.aor.lower()]
+    for r in rows:  # each row's summary is its bindings' now, however it changed
+        newest = max(r.bindings.values(), key=lambda b: b.modified)
+        assert (r.soonest, r.newest, r.agent) == (min(b.expires_at for b in r.bindings.values()), newest.modified,
+                                                  newest.user_agent)
     rows.sort(key=SORTS[registry.sort], reverse=registry.reverse)
     return [r.aor for r in rows]
 
@@ -40,22 +44,28 @@ def test_incremental_updates_match_a_rebuild(sort):
     registry.set_sort(sort, reverse=sort == "expires")
     registry.set_filter("1")
     live: dict[str, dict] = {}
+    batch: list[dict] = []  # a flush applies several: an AOR may come and go within one
     for step in range(3000):
         aor = f"user{rng.randrange(60)}@example.com"
         if live and rng.random() < 0.3:
             gone = live.pop(rng.choice(list(live)))
-            batch = [event(rng.choice(["contact.removed", "contact.expired"]), gone, reason="x")]
+            batch.append(event(rng.choice(["contact.removed", "contact.expired"]), gone, reason="x"))
         else:
             ruid = f"r{rng.randrange(150)}"
             c = contact(aor, ruid, step, step + rng.randrange(1, 500), rng.choice("abc"))
             if ruid in live and live[ruid]["aor"] != aor:
                 continue
             live[ruid] = c
-            batch = [event("contact.added", c)]
+            batch.append(event("contact.added", c))
+        if rng.random() < 0.6:
+            continue
         registry.apply(batch)
+        batch = []
         if step % 97 == 0:
             registry.set_filter(rng.choice(["", "1", "12", "user2"]))
         assert view(registry) == expected(registry)
+    registry.apply(batch)
+    assert view(registry) == expected(registry)
     assert registry.contacts == len(live)
 
 
@@ -96,6 +106,22 @@ def test_event_buffer_keeps_the_latest_event_per_contact():
     assert [e["kind"] for e in changes] == ["storage.state", "contact.removed"]
     assert changes[0]["ok"] and [t["n"] for t in traffic] == [2, 3, 4]
     assert len(buffer) == 0
+
+
+def test_event_buffer_says_when_a_contact_event_came_whole():
+    """The contacts pane reads compact records only when its AOR's row changed; a whole event
+    (a removal, reachability) it reads in any case: the buffer says whether one came."""
+    buffer = EventBuffer(traffic_limit=3)
+    buffer.add([["contact.refreshed", "location", "a@x", "r1", 10.0, 1.0, "ua"],
+                ["request.handled", 1.0, "REGISTER", "a@x", "udp:1.2.3.4:5060", 200, "OK", "ua"],
+                {"kind": "storage.state", "ok": True, "error": None}])
+    assert not buffer.whole
+    buffer.add([{"kind": "contact.reachability", "ruid": "r1", "state": "up", "rtt_ms": 3}])
+    assert buffer.whole
+    buffer.take()
+    assert not buffer.whole
+    buffer.add([event("contact.removed", contact("a@x", "r1", 1, 10), reason="admin")])
+    assert buffer.whole
 
 
 def test_formats():

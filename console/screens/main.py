@@ -265,6 +265,7 @@ class MainScreen(Screen[None]):
             self.load("events lost")  # replaces a load already running: it may be stale too
         if not len(self.buffer):
             return
+        whole = self.buffer.whole
         if self.reading:
             changes: list[Event | Record] = []
             traffic = self.buffer.take_traffic()
@@ -274,8 +275,10 @@ class MainScreen(Screen[None]):
             if changes:
                 keep, shown = self.aors.cursor_aor, self.aors.shown()
                 dirty = self.registry.apply(changes)
-                if self.contacts.apply(changes):  # compact events: the pane's AOR asks for the rest
-                    self.load_contacts(self.contacts.aor)
+                # Compact records touch the pane only when they changed its AOR's row: not a pass
+                # over thousands of them per flush for the one AOR shown.
+                if (whole or self.contacts.aor in dirty) and self.contacts.apply(changes):
+                    self.load_contacts(self.contacts.aor)  # compact events: the pane's AOR asks for the rest
                 self._registry_changed(keep, changed=dirty, shown=shown)
             if traffic:
                 self.traffic.append(traffic)
