@@ -277,7 +277,7 @@ class Registry:
         self.contacts -= 1
         if not row.bindings:
             del self.rows[aor]
-        else:
+        elif len(row.bindings) == 1:  # as in _put: a row of one binding here, of more in _changed
             row.summarise()
         return True
 
